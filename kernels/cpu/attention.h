@@ -1,0 +1,74 @@
+// Attention over the cached positions (SPEC.md steps 5-8), shared by the fast and the standard
+// path and by both formulations: the formulation only changes what the pointers hold.
+//   naive:  q = [q_nope | q_pe] per head, keys = [k_nope | k_pe] per head, values = v per head.
+//   absorb: q = [q_lat | q_pe] per head, keys = values = the latent cache [c_n | k_pe], shared by
+//           every head (key_head_stride = value_head_stride = 0), value_dim = C; the caller
+//           applies Wv afterwards.
+#pragma once
+
+#include <cstdint>
+
+namespace mla {
+
+struct AttentionParams {
+  // Token (b, s), head h: q + (b * seq + s) * q_token_stride + h * q_head_stride, score_dim values.
+  const float* q = nullptr;
+  int64_t q_token_stride = 0;
+  int64_t q_head_stride = 0;
+  // Cached position t of sequence b, head h: keys + b * key_batch_stride + t * key_pos_stride +
+  // h * key_head_stride.
+  const float* keys = nullptr;
+  int64_t key_batch_stride = 0;
+  int64_t key_pos_stride = 0;
+  int64_t key_head_stride = 0;
+  const float* values = nullptr;  // laid out like keys, value_dim values each
+  int64_t value_batch_stride = 0;
+  int64_t value_pos_stride = 0;
+  int64_t value_head_stride = 0;
+  float* out = nullptr;  // token (b, s), head h: out + (b * seq + s) * out_token_stride + h * out_head_stride
+  int64_t out_token_stride = 0;
+  int64_t out_head_stride = 0;
+
+  int64_t batch = 0;
+  int64_t seq = 0;  // S, new tokens this step
+  int64_t n_heads = 0;
+  int64_t start_pos = 0;  // p: the query s sits at position p + s
+  int64_t kv_len = 0;     // e = p + S cached positions
+  int64_t score_dim = 0;
+  // bf16 only: DeepSeek's absorb code computes the latent part [0, score_split) and the rope part
+  // as two einsums, each rounded to bf16, then adds them. 0: one dot product (naive).
+  int64_t score_split = 0;
+  int64_t value_dim = 0;
+  float scale = 1.0f;
+  // Additive mask [seq, kv_len] (row stride mask_stride), replacing the causal rule; nullptr:
+  // causal, the query at position p + s sees t <= p + s.
+  const float* mask = nullptr;
+  int64_t mask_stride = 0;
+  bool round_to_bf16 = false;  // bf16 activations: scores, probabilities and outputs rounded
+};
+
+// Fast path: per query row, the scores live in a thread-local buffer of kv_len floats (L1 for
+// kv_len <= 256), then an exact fp32 softmax and the value product; no score matrix in memory.
+void attention_fast(const AttentionParams& params);
+int64_t attention_fast_workspace_bytes(const AttentionParams& params, int threads);
+
+// Standard path: for each (sequence, head, chunk of query_chunk query rows) the scores
+// [query_chunk, kv_len] are materialized by a GEMM, soft-maxed in fp32, and multiplied by the
+// values with a second GEMM. query_chunk bounds the memory.
+void attention_standard(const AttentionParams& params, int64_t query_chunk);
+int64_t attention_standard_workspace_bytes(const AttentionParams& params, int64_t query_chunk, int threads);
+// The largest query chunk whose score buffers, over all threads, fit in budget_bytes (at least 1).
+int64_t attention_standard_query_chunk(const AttentionParams& params, int64_t budget_bytes, int threads);
+
+}  // namespace mla
+
+namespace mla {
+
+// Positions the query row s may attend to: [0, visible_len). Causal: t <= p + s.
+inline int64_t attention_visible_len(const AttentionParams& params, int64_t s) {
+  if (params.mask != nullptr) return params.kv_len;
+  const int64_t last_visible = params.start_pos + s + 1;
+  return last_visible < params.kv_len ? last_visible : params.kv_len;
+}
+
+}  // namespace mla

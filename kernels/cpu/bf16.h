@@ -1,0 +1,49 @@
+// bfloat16 conversions. Activations in bf16 compute mode are kept as fp32 values that are exactly
+// representable in bf16, so every GEMM can go through fp32 BLAS with fp32 accumulation.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace mla {
+
+inline float bf16_bits_to_f32(uint16_t bits) {
+  const uint32_t widened = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &widened, sizeof(value));
+  return value;
+}
+
+// Round to nearest even, as PyTorch's .to(torch.bfloat16); NaN stays a (quiet) NaN.
+inline uint16_t f32_to_bf16_bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  if (std::isnan(value)) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  const uint32_t rounding_bias = 0x7fff + ((bits >> 16) & 1);
+  return static_cast<uint16_t>((bits + rounding_bias) >> 16);
+}
+
+inline float round_to_bf16(float value) { return bf16_bits_to_f32(f32_to_bf16_bits(value)); }
+
+inline void round_to_bf16_inplace(float* values, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) values[i] = round_to_bf16(values[i]);
+}
+
+// fp16 (IEEE binary16) to fp32, for checkpoints stored as F16.
+inline float f16_bits_to_f32(uint16_t bits) {
+  const uint32_t sign = static_cast<uint32_t>(bits >> 15) & 1;
+  const int exponent = (bits >> 10) & 0x1f;
+  const uint32_t mantissa = bits & 0x3ff;
+  float magnitude;
+  if (exponent == 0) {
+    magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+  } else if (exponent == 31) {
+    magnitude = mantissa ? NAN : INFINITY;
+  } else {
+    magnitude = std::ldexp(static_cast<float>(mantissa | 0x400), exponent - 25);
+  }
+  return sign ? -magnitude : magnitude;
+}
+
+}  // namespace mla

@@ -1,0 +1,51 @@
+#include "kernels/cpu/fp8.h"
+
+#include <array>
+#include <cmath>
+
+#include "kernels/cpu/bf16.h"
+
+namespace mla {
+
+namespace {
+const std::array<float, 256>& fp8_table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> values{};
+    for (int code = 0; code < 256; ++code) values[code] = fp8_e4m3_to_f32(static_cast<uint8_t>(code));
+    return values;
+  }();
+  return table;
+}
+}  // namespace
+
+uint8_t f32_to_fp8_e4m3(float value) {
+  if (std::isnan(value)) return 0x7f;
+  const std::array<float, 256>& table = fp8_table();
+  const uint8_t sign = std::signbit(value) ? 0x80 : 0x00;
+  const float magnitude = std::fabs(value);
+  // Codes 0x00..0x7e hold the finite magnitudes in increasing order.
+  uint8_t best = 0;
+  for (uint8_t code = 1; code <= 0x7e; ++code) {
+    const float distance = std::fabs(table[code] - magnitude);
+    const float best_distance = std::fabs(table[best] - magnitude);
+    if (distance < best_distance || (distance == best_distance && (code & 1) == 0)) best = code;
+    if (table[code] > magnitude) break;
+  }
+  return static_cast<uint8_t>(sign | best);
+}
+
+void fp8_dequant_blocks(const Fp8DequantParams& params) {
+  const std::array<float, 256>& table = fp8_table();
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < params.rows; ++row) {
+    const uint8_t* codes = params.weight + row * params.cols;
+    const float* scale_row = params.scale + (row / kFp8BlockSize) * params.scale_cols;
+    float* out_row = params.out + row * params.cols;
+    for (int64_t col = 0; col < params.cols; ++col) {
+      const float value = table[codes[col]] * scale_row[col / kFp8BlockSize];
+      out_row[col] = params.round_to_bf16 ? round_to_bf16(value) : value;
+    }
+  }
+}
+
+}  // namespace mla

@@ -1,0 +1,58 @@
+#include "kernels/cpu/gemm.h"
+
+#include <cblas.h>
+
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cpu/bf16.h"
+
+namespace mla {
+
+namespace {
+// Debian's OpenBLAS takes 32-bit sizes; a shape past that is a bug upstream, not user input.
+blasint to_blas_int(int64_t value, const char* what) {
+  if (value < 0 || value > std::numeric_limits<blasint>::max()) {
+    throw std::length_error(std::string("gemm: ") + what + " = " + std::to_string(value) +
+                            " does not fit a BLAS integer");
+  }
+  return static_cast<blasint>(value);
+}
+}  // namespace
+
+void gemm(const GemmParams& p) {
+  if (p.m == 0 || p.n == 0) return;
+  if (p.k == 0) {
+    // BLAS leaves c untouched for k == 0 only when beta == 1; make the result explicit.
+    for (int64_t row = 0; row < p.m; ++row)
+      for (int64_t col = 0; col < p.n; ++col) p.c[row * p.ldc + col] *= p.beta;
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, p.transpose_a ? CblasTrans : CblasNoTrans,
+              p.transpose_b ? CblasTrans : CblasNoTrans, to_blas_int(p.m, "m"), to_blas_int(p.n, "n"),
+              to_blas_int(p.k, "k"), p.alpha, p.a, to_blas_int(p.lda, "lda"), p.b,
+              to_blas_int(p.ldb, "ldb"), p.beta, p.c, to_blas_int(p.ldc, "ldc"));
+}
+
+void linear(const LinearParams& p) {
+  GemmParams gemm_params;
+  gemm_params.transpose_b = true;
+  gemm_params.m = p.rows;
+  gemm_params.n = p.out_features;
+  gemm_params.k = p.in_features;
+  gemm_params.a = p.x;
+  gemm_params.lda = p.x_stride;
+  gemm_params.b = p.weight;
+  gemm_params.ldb = p.in_features;
+  gemm_params.c = p.y;
+  gemm_params.ldc = p.y_stride;
+  gemm(gemm_params);
+  if (p.round_to_bf16) {
+    for (int64_t row = 0; row < p.rows; ++row) round_to_bf16_inplace(p.y + row * p.y_stride, p.out_features);
+  }
+}
+
+void set_blas_threads(int threads) { openblas_set_num_threads(threads); }
+
+}  // namespace mla

@@ -1,0 +1,47 @@
+// Dense GEMMs through OpenBLAS (cblas_sgemm). Row-major everywhere, fp32 in and out, fp32
+// accumulation. A call made inside one of our OpenMP regions runs single-threaded (OpenBLAS's
+// OpenMP build detects the enclosing region), so batched per-head GEMMs parallelise over heads.
+#pragma once
+
+#include <cstdint>
+
+namespace mla {
+
+// c[m, n] = alpha * op(a) op(b) + beta * c, op(x) = x or x^T; row-major with leading dimensions.
+struct GemmParams {
+  bool transpose_a = false;
+  bool transpose_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  float alpha = 1.0f;
+  const float* a = nullptr;
+  int64_t lda = 0;
+  const float* b = nullptr;
+  int64_t ldb = 0;
+  float beta = 0.0f;
+  float* c = nullptr;
+  int64_t ldc = 0;
+};
+
+void gemm(const GemmParams& params);
+
+// A linear layer, y = x W^T (SPEC.md, Weights): x [rows, in_features] with row stride x_stride,
+// W [out_features, in_features] row-major, y [rows, out_features] with row stride y_stride.
+// round_to_bf16 rounds y as DeepSeek's bf16 F.linear does (fp32 accumulation, bf16 result).
+struct LinearParams {
+  const float* x = nullptr;
+  int64_t x_stride = 0;
+  const float* weight = nullptr;
+  float* y = nullptr;
+  int64_t y_stride = 0;
+  int64_t rows = 0;
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+  bool round_to_bf16 = false;
+};
+
+void linear(const LinearParams& params);
+
+// Threads OpenBLAS may use for a call made outside our parallel regions.
+void set_blas_threads(int threads);
+
+}  // namespace mla

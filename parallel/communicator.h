@@ -1,0 +1,30 @@
+// How ranks talk: the layer's partial outputs are summed across ranks (SPEC.md step 9).
+// The MPI implementation (CPU ranks) and the NCCL one (GPU ranks) come behind this interface.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace mla {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  virtual std::string host() const = 0;
+  // In place: every rank ends with the element-wise sum over ranks, bitwise identical everywhere.
+  virtual void allreduce_sum(float* values, int64_t count) = 0;
+};
+
+// A world of one: the sum over ranks is the rank's own value.
+class SingleProcessCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int world() const override { return 1; }
+  std::string host() const override;
+  void allreduce_sum(float* /*values*/, int64_t /*count*/) override {}
+};
+
+}  // namespace mla

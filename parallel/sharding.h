@@ -1,0 +1,26 @@
+// Which heads a rank owns (SPEC.md, Weights: rank r of W owns head block r).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace mla {
+
+struct HeadShard {
+  int rank = 0;
+  int world = 1;
+  int64_t n_heads = 0;        // H, all heads of the model
+  int64_t head_begin = 0;     // first head this rank owns
+  int64_t n_local_heads = 0;  // Hl
+
+  bool is_whole() const { return head_begin == 0 && n_local_heads == n_heads; }
+};
+
+// Even split: rank r owns [r*H/W, (r+1)*H/W); H % W != 0 is refused unless uneven is set, in
+// which case the first H % W ranks take one head more. Throws std::invalid_argument with the
+// reason on a bad combination (the caller adds the config key to the message).
+HeadShard shard_heads(int64_t n_heads, int world, int rank, bool uneven);
+
+std::string describe(const HeadShard& shard);  // "heads 0-15 of 16 (rank 0 of 1)"
+
+}  // namespace mla

@@ -1,0 +1,389 @@
+#include "runtime/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "runtime/errors.h"
+
+namespace mla {
+
+const char* to_string(WeightsFormat value) {
+  switch (value) {
+    case WeightsFormat::DeepSeek: return "deepseek";
+    case WeightsFormat::HuggingFace: return "hf";
+    case WeightsFormat::Random: return "random";
+  }
+  return "?";
+}
+const char* to_string(WeightDType value) { return value == WeightDType::BF16 ? "bf16" : "fp8"; }
+const char* to_string(Backend value) {
+  switch (value) {
+    case Backend::Cpu: return "cpu";
+    case Backend::Cuda: return "cuda";
+    case Backend::Auto: return "auto";
+  }
+  return "?";
+}
+const char* to_string(ComputeDType value) { return value == ComputeDType::FP32 ? "fp32" : "bf16"; }
+const char* to_string(AttentionChoice value) {
+  switch (value) {
+    case AttentionChoice::Auto: return "auto";
+    case AttentionChoice::Fast: return "fast";
+    case AttentionChoice::Standard: return "standard";
+  }
+  return "?";
+}
+const char* to_string(FormulationChoice value) {
+  switch (value) {
+    case FormulationChoice::Auto: return "auto";
+    case FormulationChoice::Naive: return "naive";
+    case FormulationChoice::Absorb: return "absorb";
+  }
+  return "?";
+}
+
+std::vector<int64_t> ScheduleConfig::steps(int64_t tokens) const {
+  std::vector<int64_t> result;
+  if (explicit_chunks) {
+    result = chunks;
+  } else {
+    const int64_t prefill_tokens = prefill > 0 ? prefill : tokens - decode_steps;
+    if (prefill_tokens < 1) {
+      throw UserError("run.schedule: " + std::to_string(decode_steps) + " decode steps leave no token to prefill of the " +
+                      std::to_string(tokens) + " input tokens");
+    }
+    result.push_back(prefill_tokens);
+    result.insert(result.end(), static_cast<size_t>(decode_steps), 1);
+  }
+  int64_t total = 0;
+  for (int64_t step : result) total += step;
+  if (total != tokens) {
+    throw UserError("run.schedule: the steps add up to " + std::to_string(total) + " tokens but the input has " +
+                    std::to_string(tokens) + " (run.input)");
+  }
+  return result;
+}
+
+namespace {
+
+// Where a value came from, for messages: "configs/x.yaml:12" or "--set run.threads=4".
+struct Origin {
+  std::string source;
+  std::set<std::string>* overridden_keys = nullptr;
+};
+
+// Reads one YAML mapping strictly: every key must be read, once, with the right type.
+class MapReader {
+ public:
+  MapReader(const YAML::Node& node, std::string prefix, const Origin& origin)
+      : node_(node), prefix_(std::move(prefix)), origin_(origin) {
+    if (node_ && !node_.IsNull() && !node_.IsMap()) fail(prefix_, node_, "expected a mapping of keys");
+    if (!node_.IsMap()) return;
+    for (const auto& item : node_) {
+      if (!item.first.IsScalar()) fail(prefix_, item.first, "keys must be plain names");
+      const std::string key = item.first.Scalar();
+      if (!seen_.insert(key).second) fail(path(key), item.first, "the key appears twice");
+    }
+  }
+
+  bool has(const std::string& key) const { return seen_.count(key) > 0; }
+
+  YAML::Node node(const std::string& key) {
+    used_.insert(key);
+    return node_.IsMap() ? node_[key] : YAML::Node();
+  }
+
+  int64_t get_int(const std::string& key, int64_t fallback, int64_t min_value,
+                  int64_t max_value = std::numeric_limits<int64_t>::max()) {
+    const YAML::Node value = node(key);
+    if (!value) return fallback;
+    int64_t parsed = 0;
+    if (!value.IsScalar() || !YAML::convert<int64_t>::decode(value, parsed)) {
+      fail(path(key), value, "expected an integer, got " + show(value));
+    }
+    if (parsed < min_value || parsed > max_value) {
+      fail(path(key), value, "expected an integer in [" + std::to_string(min_value) + ", " +
+                                 (max_value == std::numeric_limits<int64_t>::max() ? std::string("inf")
+                                                                                 : std::to_string(max_value)) +
+                                 "], got " + show(value));
+    }
+    return parsed;
+  }
+
+  double get_double(const std::string& key, double fallback, double min_value, bool min_exclusive) {
+    const YAML::Node value = node(key);
+    if (!value) return fallback;
+    double parsed = 0.0;
+    if (!value.IsScalar() || !YAML::convert<double>::decode(value, parsed) || !std::isfinite(parsed)) {
+      fail(path(key), value, "expected a finite number, got " + show(value));
+    }
+    if (parsed < min_value || (min_exclusive && parsed == min_value)) {
+      std::ostringstream bound;
+      bound << (min_exclusive ? "> " : ">= ") << min_value;
+      fail(path(key), value, "expected a number " + bound.str() + ", got " + show(value));
+    }
+    return parsed;
+  }
+
+  std::string get_string(const std::string& key, const std::string& fallback) {
+    const YAML::Node value = node(key);
+    if (!value) return fallback;
+    if (value.IsNull()) return "";  // `output:` or --set run.output= : explicitly nothing
+    if (!value.IsScalar()) fail(path(key), value, "expected a string, got " + show(value));
+    return value.Scalar();
+  }
+
+  // One of `names`; returns its index.
+  size_t get_choice(const std::string& key, size_t fallback, const std::vector<std::string>& names) {
+    const YAML::Node value = node(key);
+    if (!value) return fallback;
+    if (value.IsScalar()) {
+      for (size_t i = 0; i < names.size(); ++i)
+        if (value.Scalar() == names[i]) return i;
+    }
+    std::string allowed;
+    for (const std::string& name : names) allowed += (allowed.empty() ? "" : " | ") + name;
+    fail(path(key), value, "expected one of " + allowed + ", got " + show(value));
+  }
+
+  // Unknown keys are errors: a typo must not silently fall back to a default.
+  void finish() const {
+    for (const std::string& key : seen_) {
+      if (used_.count(key) == 0) {
+        std::string known;
+        for (const std::string& name : used_) known += (known.empty() ? "" : ", ") + name;
+        fail(path(key), node_[key], "unknown key (known here: " + known + ")");
+      }
+    }
+  }
+
+  std::string path(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "." + key; }
+
+  [[noreturn]] void fail(const std::string& key_path, const YAML::Node& at, const std::string& what) const {
+    std::string where = origin_.source;
+    if (origin_.overridden_keys != nullptr && origin_.overridden_keys->count(key_path) > 0) {
+      where = "--set " + key_path;
+    } else if (at && at.Mark().line >= 0) {
+      where += ":" + std::to_string(at.Mark().line + 1);
+    }
+    throw UserError(where + ": " + key_path + ": " + what);
+  }
+
+ private:
+  static std::string show(const YAML::Node& value) {
+    if (value.IsScalar()) return "'" + value.Scalar() + "'";
+    if (value.IsSequence()) return "a list";
+    if (value.IsMap()) return "a mapping";
+    return "nothing";
+  }
+
+  YAML::Node node_;
+  std::string prefix_;
+  const Origin& origin_;
+  std::set<std::string> seen_;
+  std::set<std::string> used_;
+};
+
+void parse_model(MapReader reader, ModelArgs& model) {
+  const int64_t kMaxDim = int64_t{1} << 20;
+  model.dim = reader.get_int("dim", model.dim, 1, kMaxDim);
+  model.n_heads = reader.get_int("n_heads", model.n_heads, 1, 1 << 16);
+  model.q_lora_rank = reader.get_int("q_lora_rank", model.q_lora_rank, 0, kMaxDim);
+  model.kv_lora_rank = reader.get_int("kv_lora_rank", model.kv_lora_rank, 1, kMaxDim);
+  model.qk_nope_head_dim = reader.get_int("qk_nope_head_dim", model.qk_nope_head_dim, 1, kMaxDim);
+  model.qk_rope_head_dim = reader.get_int("qk_rope_head_dim", model.qk_rope_head_dim, 2, kMaxDim);
+  if (model.qk_rope_head_dim % 2 != 0) {
+    reader.fail(reader.path("qk_rope_head_dim"), reader.node("qk_rope_head_dim"),
+                "must be even: RoPE rotates pairs of values");
+  }
+  model.v_head_dim = reader.get_int("v_head_dim", model.v_head_dim, 1, kMaxDim);
+  model.max_batch_size = reader.get_int("max_batch_size", model.max_batch_size, 1, 1 << 20);
+  model.max_seq_len = reader.get_int("max_seq_len", model.max_seq_len, 1, int64_t{1} << 26);
+  model.original_seq_len = reader.get_int("original_seq_len", model.original_seq_len, 1, int64_t{1} << 26);
+  // theta > 1: YaRN divides by ln(theta).
+  model.rope_theta = reader.get_double("rope_theta", model.rope_theta, 1.0, true);
+  model.rope_factor = reader.get_double("rope_factor", model.rope_factor, 0.0, true);
+  model.beta_fast = reader.get_double("beta_fast", model.beta_fast, 0.0, true);
+  model.beta_slow = reader.get_double("beta_slow", model.beta_slow, 0.0, true);
+  model.mscale = reader.get_double("mscale", model.mscale, 0.0, false);
+  reader.finish();
+}
+
+void parse_weights(MapReader reader, WeightsConfig& weights) {
+  weights.format = static_cast<WeightsFormat>(
+      reader.get_choice("format", static_cast<size_t>(weights.format), {"deepseek", "hf", "random"}));
+  weights.path = reader.get_string("path", weights.path);
+  weights.layer = reader.get_int("layer", weights.layer, 0, 1 << 20);
+  weights.dtype = static_cast<WeightDType>(reader.get_choice("dtype", 0, {"bf16", "fp8"}));
+  weights.seed = static_cast<uint64_t>(reader.get_int("seed", 1, 0));
+  if (weights.format != WeightsFormat::Random && weights.path.empty()) {
+    reader.fail(reader.path("path"), reader.node("path"),
+                std::string("required for format ") + to_string(weights.format) +
+                    " (a checkpoint directory or .safetensors file)");
+  }
+  if (weights.format != WeightsFormat::Random && (reader.has("dtype") || reader.has("seed"))) {
+    reader.fail(reader.path(reader.has("dtype") ? "dtype" : "seed"), reader.node(reader.has("dtype") ? "dtype" : "seed"),
+                "only applies to format random (a checkpoint's dtype comes from its file)");
+  }
+  reader.finish();
+}
+
+void parse_input(const YAML::Node& node, const std::string& key_path, const Origin& origin, InputConfig& input) {
+  if (node.IsScalar()) {
+    input.path = node.Scalar();
+    if (input.path.empty()) MapReader(YAML::Node(), "", origin).fail(key_path, node, "expected a file name");
+    return;
+  }
+  MapReader reader(node, key_path, origin);
+  MapReader random(reader.node("random"), reader.path("random"), origin);
+  if (!reader.has("random")) {
+    reader.fail(key_path, node, "expected a .safetensors file name or {random: {batch: B, tokens: T, seed: S}}");
+  }
+  input.random = true;
+  input.batch = random.get_int("batch", 0, 1, 1 << 20);
+  input.tokens = random.get_int("tokens", 0, 1, int64_t{1} << 26);
+  input.seed = static_cast<uint64_t>(random.get_int("seed", 0, 0));
+  for (const char* required : {"batch", "tokens"}) {
+    if (!random.has(required)) random.fail(random.path(required), node, "required");
+  }
+  random.finish();
+  reader.finish();
+}
+
+void parse_schedule(MapReader reader, ScheduleConfig& schedule) {
+  if (reader.has("chunks")) {
+    if (reader.has("prefill") || reader.has("decode_steps")) {
+      reader.fail(reader.path("chunks"), reader.node("chunks"), "give either chunks or prefill/decode_steps, not both");
+    }
+    const YAML::Node chunks = reader.node("chunks");
+    if (!chunks.IsSequence() || chunks.size() == 0) {
+      reader.fail(reader.path("chunks"), chunks, "expected a non-empty list of step lengths, e.g. [16, 16, 1, 1]");
+    }
+    schedule.explicit_chunks = true;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      int64_t length = 0;
+      if (!chunks[i].IsScalar() || !YAML::convert<int64_t>::decode(chunks[i], length) || length < 1) {
+        reader.fail(reader.path("chunks") + "[" + std::to_string(i) + "]", chunks[i],
+                    "expected a positive integer step length");
+      }
+      schedule.chunks.push_back(length);
+    }
+  } else {
+    schedule.prefill = reader.get_int("prefill", 0, 1);
+    schedule.decode_steps = reader.get_int("decode_steps", 0, 0);
+  }
+  reader.finish();
+}
+
+void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
+  run.backend = static_cast<Backend>(reader.get_choice("backend", 0, {"cpu", "cuda", "auto"}));
+  run.compute_dtype = static_cast<ComputeDType>(reader.get_choice("compute_dtype", 0, {"fp32", "bf16"}));
+  run.attention = static_cast<AttentionChoice>(reader.get_choice("attention", 0, {"auto", "fast", "standard"}));
+  run.formulation = static_cast<FormulationChoice>(reader.get_choice("formulation", 0, {"auto", "naive", "absorb"}));
+  run.fast_path_max_len = reader.get_int("fast_path_max_len", run.fast_path_max_len, 1, int64_t{1} << 20);
+  if (!reader.has("input")) reader.fail(reader.path("input"), YAML::Node(), "required: a .safetensors file or {random: ...}");
+  parse_input(reader.node("input"), reader.path("input"), origin, run.input);
+  parse_schedule(MapReader(reader.node("schedule"), reader.path("schedule"), origin), run.schedule);
+  run.output = reader.get_string("output", "");
+  run.mask = reader.get_string("mask", "");
+  run.threads = static_cast<int>(reader.get_int("threads", 0, 0, 4096));
+  run.score_chunk_bytes = reader.get_int("score_chunk_bytes", run.score_chunk_bytes, 4096);
+  reader.finish();
+}
+
+// "run.threads=4" -> root["run"]["threads"] = 4, the value read as YAML (numbers, lists, maps).
+void apply_override(YAML::Node& root, const std::string& assignment, std::set<std::string>& overridden) {
+  const size_t equals = assignment.find('=');
+  if (equals == std::string::npos || equals == 0) {
+    throw UserError("--set '" + assignment + "': expected section.key=value");
+  }
+  const std::string key_path = assignment.substr(0, equals);
+  YAML::Node value;
+  try {
+    value = YAML::Load(assignment.substr(equals + 1));
+  } catch (const YAML::Exception& error) {
+    throw UserError("--set " + key_path + ": the value is not valid YAML: " + error.msg);
+  }
+  std::vector<std::string> keys;
+  std::stringstream stream(key_path);
+  for (std::string key; std::getline(stream, key, '.');) {
+    if (key.empty()) throw UserError("--set '" + assignment + "': empty key in '" + key_path + "'");
+    keys.push_back(key);
+  }
+  YAML::Node current(root);
+  for (size_t i = 0; i + 1 < keys.size(); ++i) {
+    YAML::Node child = current[keys[i]];
+    if (!child.IsMap()) {
+      child = YAML::Node(YAML::NodeType::Map);  // replaces a scalar, e.g. run.input: x.safetensors
+    }
+    current.reset(child);  // rebinds; `current = child` would assign into the tree
+  }
+  current[keys.back()] = value;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    std::string prefix;
+    for (size_t j = 0; j <= i; ++j) prefix += (j ? "." : "") + keys[j];
+    overridden.insert(prefix);
+  }
+  // Every key under an overridden mapping came from the command line too.
+  std::vector<std::pair<std::string, YAML::Node>> pending{{key_path, value}};
+  while (!pending.empty()) {
+    auto [prefix, node] = pending.back();
+    pending.pop_back();
+    overridden.insert(prefix);
+    if (node.IsMap()) {
+      for (const auto& item : node) pending.emplace_back(prefix + "." + item.first.as<std::string>(), item.second);
+    }
+  }
+}
+
+Config parse_root(const YAML::Node& root, const std::string& source_name, std::set<std::string>& overridden) {
+  const Origin origin{source_name, &overridden};
+  MapReader top(root, "", origin);
+  Config config;
+  config.source = source_name;
+  if (!root.IsMap()) top.fail("(top level)", root, "expected a mapping with sections model, weights, run");
+  parse_model(MapReader(top.node("model"), "model", origin), config.model);
+  parse_weights(MapReader(top.node("weights"), "weights", origin), config.weights);
+  if (!top.has("run")) top.fail("run", root, "required section (input, schedule, output, ...)");
+  parse_run(MapReader(top.node("run"), "run", origin), origin, config.run);
+  top.finish();
+  return config;
+}
+
+}  // namespace
+
+Config parse_config(const std::string& yaml_text, const std::string& source_name,
+                    const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& error) {
+    throw UserError(source_name + ":" + std::to_string(error.mark.line + 1) + ": not valid YAML: " + error.msg);
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  std::set<std::string> overridden;
+  for (const std::string& assignment : overrides) {
+    if (!root.IsMap()) break;  // parse_root reports the top level
+    apply_override(root, assignment, overridden);
+  }
+  try {
+    return parse_root(root, source_name, overridden);
+  } catch (const YAML::Exception& error) {
+    throw UserError(source_name + ": " + error.msg);
+  }
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw UserError(path + ": cannot open the config file");
+  std::stringstream text;
+  text << file.rdbuf();
+  if (file.bad()) throw UserError(path + ": cannot read the config file");
+  return parse_config(text.str(), path, overrides);
+}
+
+}  // namespace mla

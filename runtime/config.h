@@ -1,0 +1,85 @@
+// The run configuration: a YAML file with the sections model, weights and run (README: config
+// keys), plus `--set section.key=value` overrides. Loading is strict: an unknown key, a wrong
+// type or an out-of-range value is a UserError naming the key and where it came from.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/model_args.h"
+
+namespace mla {
+
+enum class WeightsFormat { DeepSeek, HuggingFace, Random };
+enum class WeightDType { BF16, FP8 };
+enum class Backend { Cpu, Cuda, Auto };
+enum class ComputeDType { FP32, BF16 };
+enum class AttentionChoice { Auto, Fast, Standard };
+enum class FormulationChoice { Auto, Naive, Absorb };
+
+const char* to_string(WeightsFormat value);
+const char* to_string(WeightDType value);
+const char* to_string(Backend value);
+const char* to_string(ComputeDType value);
+const char* to_string(AttentionChoice value);
+const char* to_string(FormulationChoice value);
+
+struct WeightsConfig {
+  WeightsFormat format = WeightsFormat::DeepSeek;
+  std::string path;               // deepseek / hf: a directory or one .safetensors file
+  int64_t layer = 0;              // which layer's attention weights to load
+  WeightDType dtype = WeightDType::BF16;  // random only
+  uint64_t seed = 1;              // random only
+};
+
+struct InputConfig {
+  std::string path;  // safetensors file with tensor "x" [B, T, dim]; empty when random
+  bool random = false;
+  int64_t batch = 0;
+  int64_t tokens = 0;
+  uint64_t seed = 0;
+};
+
+// Either a prefill followed by single-token decode steps, or an explicit list of step lengths
+// (chunked prefill, then 1s for decode). Absent: one prefill of every input token.
+struct ScheduleConfig {
+  bool explicit_chunks = false;
+  int64_t prefill = 0;  // 0: all input tokens not taken by decode steps
+  int64_t decode_steps = 0;
+  std::vector<int64_t> chunks;
+
+  // The new-token count of every step, for an input of `tokens` tokens. Throws UserError when
+  // the steps do not add up to `tokens`.
+  std::vector<int64_t> steps(int64_t tokens) const;
+};
+
+struct RunConfig {
+  Backend backend = Backend::Cpu;
+  ComputeDType compute_dtype = ComputeDType::FP32;
+  AttentionChoice attention = AttentionChoice::Auto;
+  FormulationChoice formulation = FormulationChoice::Auto;
+  int64_t fast_path_max_len = 256;
+  InputConfig input;
+  ScheduleConfig schedule;
+  std::string output;  // safetensors file for "y"; empty: not written
+  std::string mask;    // optional safetensors file with an additive mask "mask" [T, T]
+  int threads = 0;     // 0: every core of the machine
+  int64_t score_chunk_bytes = int64_t{64} << 20;  // standard path: score buffers, all threads together
+};
+
+struct Config {
+  std::string source;  // the config file's path, for messages
+  ModelArgs model;
+  WeightsConfig weights;
+  RunConfig run;
+};
+
+// Loads `path`, applies overrides ("section.key=value", value parsed as YAML) in order, and
+// validates. Throws UserError on any problem.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// The same from YAML text; `source_name` stands for the file in messages.
+Config parse_config(const std::string& yaml_text, const std::string& source_name,
+                    const std::vector<std::string>& overrides = {});
+
+}  // namespace mla

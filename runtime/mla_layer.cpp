@@ -1,0 +1,302 @@
+#include "runtime/mla_layer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/bf16.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/kv_cache_append.h"
+#include "kernels/cpu/rmsnorm.h"
+
+namespace mla {
+
+namespace {
+
+template <typename T>
+T* sized(std::vector<T>& buffer, int64_t count) {
+  if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(static_cast<size_t>(count));
+  return buffer.data();
+}
+
+void run_linear(const float* x, int64_t x_stride, const std::vector<float>& weight, int64_t rows, int64_t in,
+                int64_t out, float* y, int64_t y_stride, bool round_bf16) {
+  LinearParams params;
+  params.x = x;
+  params.x_stride = x_stride;
+  params.weight = weight.data();
+  params.y = y;
+  params.y_stride = y_stride;
+  params.rows = rows;
+  params.in_features = in;
+  params.out_features = out;
+  params.round_to_bf16 = round_bf16;
+  linear(params);
+}
+
+RopeFrequencyParams rope_params(const ModelArgs& m) {
+  RopeFrequencyParams params;
+  params.rope_dim = m.qk_rope_head_dim;
+  params.rope_theta = m.rope_theta;
+  params.yarn = m.yarn_active();
+  params.rope_factor = m.rope_factor;
+  params.beta_fast = m.beta_fast;
+  params.beta_slow = m.beta_slow;
+  params.original_seq_len = m.original_seq_len;
+  return params;
+}
+
+}  // namespace
+
+MlaLayer::MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights weights, const RunConfig& run)
+    : model_(model),
+      shard_(shard),
+      weights_(std::move(weights)),
+      run_(run),
+      round_bf16_(run.compute_dtype == ComputeDType::BF16),
+      rope_table_(make_rope_table(rope_params(model), model.max_seq_len)),
+      latent_width_(model.kv_lora_rank + model.qk_rope_head_dim),
+      kv_cache_(static_cast<size_t>(model.max_batch_size * model.max_seq_len * latent_width_), 0.0f) {}
+
+StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                             int64_t mask_stride, float* y_partial) {
+  const auto started = std::chrono::steady_clock::now();
+  if (batch < 1 || batch > model_.max_batch_size || seq < 1 || start_pos < 0 ||
+      start_pos + seq > model_.max_seq_len) {
+    throw std::invalid_argument("MlaLayer::forward: batch " + std::to_string(batch) + ", positions [" +
+                                std::to_string(start_pos) + ", " + std::to_string(start_pos + seq) +
+                                ") do not fit the cache (max_batch_size " + std::to_string(model_.max_batch_size) +
+                                ", max_seq_len " + std::to_string(model_.max_seq_len) + ")");
+  }
+  if (start_pos > cached_len_ || (start_pos > 0 && batch > cached_batch_)) {
+    throw std::invalid_argument("MlaLayer::forward: start_pos " + std::to_string(start_pos) + " skips past the " +
+                                std::to_string(cached_len_) + " cached positions of " + std::to_string(cached_batch_) +
+                                " sequences");
+  }
+  const int64_t tokens = batch * seq;
+  const float* x_act = x;
+  if (round_bf16_) {
+    // DeepSeek's activations are bf16 from the embedding on.
+    float* rounded = sized(x_rounded_, tokens * model_.dim);
+    for (int64_t i = 0; i < tokens * model_.dim; ++i) rounded[i] = round_to_bf16(x[i]);
+    x_act = rounded;
+  }
+  project_queries(x_act, tokens);
+  project_latent(x_act, batch, seq, start_pos);
+  cached_len_ = start_pos + seq;
+  cached_batch_ = start_pos == 0 ? batch : cached_batch_;
+
+  StepReport report;
+  report.batch = batch;
+  report.seq = seq;
+  report.start_pos = start_pos;
+  report.kv_len = start_pos + seq;
+  const StepShape shape{batch, seq, start_pos, shard_.n_local_heads, mask != nullptr};
+  report.plan = plan_step(model_, run_, shape);
+  attend(report.plan, batch, seq, start_pos, mask, mask_stride, report);
+
+  const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
+  run_linear(o_.data(), o_width, weights_.wo, tokens, o_width, model_.dim, y_partial, model_.dim, round_bf16_);
+  report.time_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  return report;
+}
+
+// SPEC.md step 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))), then RoPE on each head's q_pe.
+void MlaLayer::project_queries(const float* x, int64_t tokens) {
+  const int64_t dq = model_.qk_head_dim();
+  const int64_t q_width = shard_.n_local_heads * dq;
+  float* q = sized(q_, tokens * q_width);
+  if (model_.q_lora_rank == 0) {
+    run_linear(x, model_.dim, weights_.wq, tokens, model_.dim, q_width, q, q_width, round_bf16_);
+  } else {
+    const int64_t rank = model_.q_lora_rank;
+    float* q_latent = sized(q_latent_, tokens * rank);
+    run_linear(x, model_.dim, weights_.wq_a, tokens, model_.dim, rank, q_latent, rank, round_bf16_);
+    rmsnorm({q_latent, rank, weights_.q_norm.data(), q_latent, rank, tokens, rank, 1e-6f, round_bf16_});
+    run_linear(q_latent, rank, weights_.wq_b, tokens, rank, q_width, q, q_width, round_bf16_);
+  }
+}
+
+// SPEC.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)], appended to the cache.
+void MlaLayer::project_latent(const float* x, int64_t batch, int64_t seq, int64_t start_pos) {
+  const int64_t tokens = batch * seq;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t dq = model_.qk_head_dim();
+  float* kv = sized(kv_, tokens * latent_width_);
+  run_linear(x, model_.dim, weights_.wkv_a, tokens, model_.dim, latent_width_, kv, latent_width_, round_bf16_);
+  rmsnorm({kv, latent_width_, weights_.kv_norm.data(), kv, latent_width_, tokens, C, 1e-6f, round_bf16_});
+
+  RopeParams rope;
+  rope.table = &rope_table_;
+  rope.batch = batch;
+  rope.seq = seq;
+  rope.start_pos = start_pos;
+  rope.round_to_bf16 = round_bf16_;
+  rope.x = kv + C;
+  rope.token_stride = latent_width_;
+  rope_apply(rope);
+  rope.x = q_.data() + model_.qk_nope_head_dim;
+  rope.token_stride = shard_.n_local_heads * dq;
+  rope.vecs_per_token = shard_.n_local_heads;
+  rope.vec_stride = dq;
+  rope_apply(rope);
+
+  kv_cache_append({kv, latent_width_, kv_cache_.data(), model_.max_seq_len, latent_width_, batch, seq, start_pos});
+}
+
+void MlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                      int64_t mask_stride, StepReport& report) {
+  const int64_t tokens = batch * seq;
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t dq = model_.qk_head_dim();
+  const int64_t dv = model_.v_head_dim;
+  AttentionParams p;
+  p.batch = batch;
+  p.seq = seq;
+  p.n_heads = heads;
+  p.start_pos = start_pos;
+  p.kv_len = start_pos + seq;
+  p.scale = static_cast<float>(model_.softmax_scale());
+  p.mask = mask;
+  p.mask_stride = mask_stride;
+  p.round_to_bf16 = round_bf16_;
+  float* o = sized(o_, tokens * heads * dv);
+  if (plan.formulation == Formulation::Absorb) {
+    absorb_queries(tokens);
+    p.q = q_absorbed_.data();
+    p.q_token_stride = heads * latent_width_;
+    p.q_head_stride = latent_width_;
+    p.keys = p.values = kv_cache_.data();
+    p.key_batch_stride = p.value_batch_stride = model_.max_seq_len * latent_width_;
+    p.key_pos_stride = p.value_pos_stride = latent_width_;
+    p.key_head_stride = p.value_head_stride = 0;  // one latent row serves every head
+    p.score_dim = latent_width_;
+    p.score_split = C;
+    p.value_dim = C;
+    p.out = sized(o_latent_, tokens * heads * C);
+    p.out_token_stride = heads * C;
+    p.out_head_stride = C;
+    run_attention(plan.path, p, report);
+    absorb_outputs(tokens);
+  } else {
+    expand_keys_values(batch, p.kv_len);
+    const int64_t kv_width = heads * (model_.qk_nope_head_dim + dv);
+    p.q = q_.data();
+    p.q_token_stride = heads * dq;
+    p.q_head_stride = dq;
+    p.keys = keys_.data();
+    p.key_batch_stride = p.kv_len * heads * dq;
+    p.key_pos_stride = heads * dq;
+    p.key_head_stride = dq;
+    p.values = kv_expanded_.data() + model_.qk_nope_head_dim;
+    p.value_batch_stride = p.kv_len * kv_width;
+    p.value_pos_stride = kv_width;
+    p.value_head_stride = model_.qk_nope_head_dim + dv;
+    p.score_dim = dq;
+    p.value_dim = dv;
+    p.out = o;
+    p.out_token_stride = heads * dv;
+    p.out_head_stride = dv;
+    run_attention(plan.path, p, report);
+  }
+}
+
+void MlaLayer::run_attention(const AttentionPath path, const AttentionParams& params, StepReport& report) {
+  const int threads = omp_get_max_threads();
+  if (path == AttentionPath::Fast) {
+    attention_fast(params);
+    report.attention_workspace_bytes = attention_fast_workspace_bytes(params, threads);
+  } else {
+    const int64_t chunk = attention_standard_query_chunk(params, run_.score_chunk_bytes, threads);
+    attention_standard(params, chunk);
+    report.attention_workspace_bytes = attention_standard_workspace_bytes(params, chunk, threads);
+  }
+}
+
+// SPEC.md step 5, absorb: q_lat[h] = Wk[h]^T q_nope[h] (one GEMM per head), next to q_pe[h].
+void MlaLayer::absorb_queries(int64_t tokens) {
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t dn = model_.qk_nope_head_dim;
+  const int64_t dq = model_.qk_head_dim();
+  const int64_t head_rows = dn + model_.v_head_dim;
+  float* q_absorbed = sized(q_absorbed_, tokens * heads * latent_width_);
+#pragma omp parallel for schedule(static) if (heads > 1)
+  for (int64_t h = 0; h < heads; ++h) {
+    GemmParams g;
+    g.m = tokens;
+    g.n = C;
+    g.k = dn;
+    g.a = q_.data() + h * dq;
+    g.lda = heads * dq;
+    g.b = weights_.wkv_b.data() + h * head_rows * C;  // Wk[h]: [dn, C]
+    g.ldb = C;
+    g.c = q_absorbed + h * latent_width_;
+    g.ldc = heads * latent_width_;
+    gemm(g);
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* row = q_absorbed + (t * heads + h) * latent_width_;
+      if (round_bf16_) round_to_bf16_inplace(row, C);
+      std::memcpy(row + C, q_.data() + t * heads * dq + h * dq + dn, model_.qk_rope_head_dim * sizeof(float));
+    }
+  }
+}
+
+// SPEC.md step 8, absorb: o[h] = Wv[h] o_lat[h].
+void MlaLayer::absorb_outputs(int64_t tokens) {
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t dv = model_.v_head_dim;
+  const int64_t head_rows = model_.qk_nope_head_dim + dv;
+#pragma omp parallel for schedule(static) if (heads > 1)
+  for (int64_t h = 0; h < heads; ++h) {
+    GemmParams g;
+    g.transpose_b = true;
+    g.m = tokens;
+    g.n = dv;
+    g.k = C;
+    g.a = o_latent_.data() + h * C;
+    g.lda = heads * C;
+    g.b = weights_.wkv_b.data() + (h * head_rows + model_.qk_nope_head_dim) * C;  // Wv[h]: [dv, C]
+    g.ldb = C;
+    g.c = o_.data() + h * dv;
+    g.ldc = heads * dv;
+    gemm(g);
+    if (round_bf16_) {
+      for (int64_t t = 0; t < tokens; ++t) round_to_bf16_inplace(o_.data() + t * heads * dv + h * dv, dv);
+    }
+  }
+}
+
+// SPEC.md step 5, naive, from the one latent cache: [k_nope | v] = wkv_b c_n for every cached
+// position, and k = [k_nope | k_pe] per head. DeepSeek keeps a second, per-head cache for this;
+// recomputing it keeps one cache for both formulations and lets chunked prefill use naive too.
+void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t dn = model_.qk_nope_head_dim;
+  const int64_t dr = model_.qk_rope_head_dim;
+  const int64_t dq = model_.qk_head_dim();
+  const int64_t kv_width = heads * (dn + model_.v_head_dim);
+  float* expanded = sized(kv_expanded_, batch * kv_len * kv_width);
+  float* keys = sized(keys_, batch * kv_len * heads * dq);
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;
+    run_linear(cache, latent_width_, weights_.wkv_b, kv_len, model_.kv_lora_rank, kv_width,
+               expanded + b * kv_len * kv_width, kv_width, round_bf16_);
+#pragma omp parallel for schedule(static) if (kv_len * heads > 1024)
+    for (int64_t t = 0; t < kv_len; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        float* key = keys + ((b * kv_len + t) * heads + h) * dq;
+        std::memcpy(key, expanded + (b * kv_len + t) * kv_width + h * (dn + model_.v_head_dim), dn * sizeof(float));
+        std::memcpy(key + dn, cache + t * latent_width_ + model_.kv_lora_rank, dr * sizeof(float));
+      }
+    }
+  }
+}
+
+}  // namespace mla

@@ -1,0 +1,74 @@
+// One rank's MLA layer on the CPU (SPEC.md, Forward pass of one rank): its slice of heads, the
+// latent KV cache, and a forward step that returns the partial output before the all-reduce.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu/rope.h"
+#include "parallel/sharding.h"
+#include "runtime/attention_plan.h"
+#include "runtime/config.h"
+#include "runtime/weights.h"
+
+namespace mla {
+
+struct StepReport {
+  int64_t batch = 0;
+  int64_t seq = 0;
+  int64_t start_pos = 0;
+  int64_t kv_len = 0;
+  StepPlan plan;
+  double time_ms = 0.0;
+  int64_t attention_workspace_bytes = 0;  // score buffers of the chosen path, all threads
+};
+
+class MlaLayer {
+ public:
+  // `run` supplies compute_dtype, attention, formulation, fast_path_max_len, score_chunk_bytes.
+  MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights weights, const RunConfig& run);
+
+  // One step: x [batch, seq, dim] holds the tokens at positions start_pos .. start_pos+seq-1 of
+  // every sequence; start_pos must not skip past what is cached. mask: nullptr (causal) or an
+  // additive [seq, start_pos+seq] mask with row stride mask_stride. Writes this rank's partial
+  // output y_partial [batch, seq, dim]. Throws std::invalid_argument on shapes the cache cannot hold.
+  StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                     int64_t mask_stride, float* y_partial);
+
+  int64_t kv_cache_bytes() const { return static_cast<int64_t>(kv_cache_.size() * sizeof(float)); }
+  const HeadShard& shard() const { return shard_; }
+
+ private:
+  void project_queries(const float* x, int64_t tokens);
+  void project_latent(const float* x, int64_t batch, int64_t seq, int64_t start_pos);
+  void attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+              int64_t mask_stride, StepReport& report);
+  void absorb_queries(int64_t tokens);
+  void absorb_outputs(int64_t tokens);
+  void expand_keys_values(int64_t batch, int64_t kv_len);
+  void run_attention(const AttentionPath path, const struct AttentionParams& params, StepReport& report);
+
+  ModelArgs model_;
+  HeadShard shard_;
+  LayerWeights weights_;
+  RunConfig run_;
+  bool round_bf16_ = false;
+  RopeTable rope_table_;
+  int64_t latent_width_ = 0;  // C + dr: one cache row, [c_n | k_pe]
+  std::vector<float> kv_cache_;  // [max_batch_size, max_seq_len, C + dr]
+  int64_t cached_len_ = 0;
+  int64_t cached_batch_ = 0;
+
+  // Per-step buffers, grown on demand and reused.
+  std::vector<float> x_rounded_;  // [B*S, D] bf16 mode: the input as bf16 values
+  std::vector<float> q_latent_;   // [B*S, q_lora_rank]
+  std::vector<float> q_;          // [B*S, Hl, dq]
+  std::vector<float> kv_;         // [B*S, C + dr]
+  std::vector<float> q_absorbed_; // absorb: [B*S, Hl, C + dr] = [Wk^T q_nope | q_pe]
+  std::vector<float> o_latent_;   // absorb: [B*S, Hl, C]
+  std::vector<float> kv_expanded_;// naive: [B, kv_len, Hl, dn + dv] = wkv_b c_n
+  std::vector<float> keys_;       // naive: [B, kv_len, Hl, dq] = [k_nope | k_pe]
+  std::vector<float> o_;          // [B*S, Hl*dv]
+};
+
+}  // namespace mla

@@ -1,0 +1,44 @@
+// Runs a schedule of steps through one rank's layer, as serving does: from position 0, the KV
+// cache carried from step to step, each step's partial output summed over ranks.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "parallel/communicator.h"
+#include "runtime/config.h"
+#include "runtime/mla_layer.h"
+
+namespace mla {
+
+struct InputTensor {
+  int64_t batch = 0;
+  int64_t tokens = 0;
+  int64_t dim = 0;
+  std::vector<float> values;  // [batch, tokens, dim]
+  std::string description;
+};
+
+// run.input: the tensor "x" [B, T, dim] (F32 or BF16) of a safetensors file, or seeded random
+// values U(-1, 1) that depend only on the seed and the element's index. Throws UserError naming
+// run.input or the file when the shape does not fit the model.
+InputTensor load_input(const InputConfig& input, const ModelArgs& model);
+
+// run.mask: the tensor "mask" [T, T] (F32) of a safetensors file, additive; a step at start_pos p
+// with S tokens uses rows p..p+S-1 and columns 0..p+S-1. Empty path: no mask (causal).
+std::vector<float> load_mask(const std::string& path, int64_t tokens);
+
+struct RunResult {
+  std::vector<float> y;  // [B, T, dim], every step's all-reduced output in order
+  std::vector<StepReport> steps;
+  double total_ms = 0.0;
+  double allreduce_ms = 0.0;
+};
+
+// steps: new tokens per step, adding up to x.tokens. on_step (may be empty) sees each report.
+RunResult run_schedule(MlaLayer& layer, Communicator& comm, const InputTensor& x, const std::vector<int64_t>& steps,
+                       const std::vector<float>& mask, const std::function<void(const StepReport&)>& on_step);
+
+}  // namespace mla

@@ -1,0 +1,345 @@
+// Float64 reference of SPEC.md's forward pass. Every step is a plain loop over the indices the spec
+// names, so a reader can check it line by line against the spec.
+#include "tests/reference/mla_reference.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numbers>
+#include <stdexcept>
+#include <string>
+
+namespace mla::ref {
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("mla::ref: " + what);
+}
+
+void require_size(const std::vector<double>& v, int64_t expected, const char* name) {
+  require(static_cast<int64_t>(v.size()) == expected,
+          std::string(name) + " has " + std::to_string(v.size()) + " values, expected " +
+              std::to_string(expected));
+}
+
+double dot(const double* a, const double* b, int64_t n) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// Masking rule of SPEC step 6, then softmax over t (step 7). scores holds t < e = start_pos + seq.
+// A row that sees nothing (all -inf) yields NaN, as softmax over an empty set does in DeepSeek's code.
+void mask_and_softmax(std::vector<double>& scores, int64_t s, int64_t seq, int64_t start_pos,
+                      const std::vector<double>* mask) {
+  const int64_t end_pos = start_pos + seq;
+  const double neg_inf = -std::numeric_limits<double>::infinity();
+  for (int64_t t = 0; t < end_pos; ++t) {
+    if (mask == nullptr) {
+      if (t > start_pos + s) scores[t] = neg_inf;
+    } else {
+      scores[t] += (*mask)[s * end_pos + t];
+    }
+  }
+  double max_score = neg_inf;
+  for (int64_t t = 0; t < end_pos; ++t) max_score = std::max(max_score, scores[t]);
+  double sum = 0.0;
+  for (int64_t t = 0; t < end_pos; ++t) {
+    scores[t] = std::exp(scores[t] - max_score);
+    sum += scores[t];
+  }
+  for (int64_t t = 0; t < end_pos; ++t) scores[t] /= sum;
+}
+
+}  // namespace
+
+std::vector<double> linear(const std::vector<double>& x, int64_t rows, int64_t in_features,
+                           const std::vector<double>& weight, int64_t out_features) {
+  std::vector<double> y(rows * out_features, 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < out_features; ++o)
+      y[r * out_features + o] = dot(&x[r * in_features], &weight[o * in_features], in_features);
+  return y;
+}
+
+std::vector<double> rmsnorm(const std::vector<double>& x, int64_t rows, const std::vector<double>& weight,
+                            double eps) {
+  const int64_t n = static_cast<int64_t>(weight.size());
+  std::vector<double> y(rows * n);
+  for (int64_t r = 0; r < rows; ++r) {
+    const double* v = &x[r * n];
+    const double mean_square = dot(v, v, n) / static_cast<double>(n);
+    const double inv_rms = 1.0 / std::sqrt(mean_square + eps);
+    for (int64_t i = 0; i < n; ++i) y[r * n + i] = v[i] * inv_rms * weight[i];
+  }
+  return y;
+}
+
+std::vector<double> rope_frequencies(const RefConfig& config) {
+  const int64_t dr = config.qk_rope_head_dim;
+  const double dr_d = static_cast<double>(dr);
+  std::vector<double> freqs(dr / 2);
+  for (int64_t i = 0; i < dr / 2; ++i)
+    freqs[i] = std::pow(config.rope_theta, -2.0 * static_cast<double>(i) / dr_d);
+  if (config.max_seq_len <= config.original_seq_len) return freqs;
+
+  // YaRN (SPEC "RoPE and YaRN"): dimensions that rotate fewer than beta_slow times over the original
+  // context are interpolated by rope_factor, those rotating more than beta_fast times are kept.
+  const double original = static_cast<double>(config.original_seq_len);
+  auto corr = [&](double n_rotations) {
+    return dr_d * std::log(original / (n_rotations * 2.0 * std::numbers::pi)) /
+           (2.0 * std::log(config.rope_theta));
+  };
+  const double low = std::max(std::floor(corr(config.beta_fast)), 0.0);
+  double high = std::min(std::ceil(corr(config.beta_slow)), dr_d - 1.0);
+  if (low == high) high += 0.001;  // avoids 0/0 in the ramp, as DeepSeek's linear_ramp_factor does
+  for (int64_t i = 0; i < dr / 2; ++i) {
+    const double ramp = std::clamp((static_cast<double>(i) - low) / (high - low), 0.0, 1.0);
+    freqs[i] = freqs[i] / config.rope_factor * ramp + freqs[i] * (1.0 - ramp);
+  }
+  return freqs;
+}
+
+void rope_apply(double* pair_values, int64_t dr, int64_t position, const std::vector<double>& freqs) {
+  for (int64_t i = 0; i < dr / 2; ++i) {
+    const double angle = static_cast<double>(position) * freqs[i];
+    const double c = std::cos(angle), s = std::sin(angle);
+    const double re = pair_values[2 * i], im = pair_values[2 * i + 1];
+    // (re + i im) * (cos + i sin): SPEC's "rotated as a complex number".
+    pair_values[2 * i] = re * c - im * s;
+    pair_values[2 * i + 1] = re * s + im * c;
+  }
+}
+
+double softmax_scale(const RefConfig& config) {
+  const double dq = static_cast<double>(config.qk_nope_head_dim + config.qk_rope_head_dim);
+  double scale = 1.0 / std::sqrt(dq);
+  if (config.max_seq_len > config.original_seq_len) {
+    const double m = 0.1 * config.mscale * std::log(config.rope_factor) + 1.0;
+    scale *= m * m;
+  }
+  return scale;
+}
+
+double fp8_e4m3_value(uint8_t code) {
+  const bool negative = (code & 0x80) != 0;
+  const int exponent_bits = (code >> 3) & 0xf;
+  const int mantissa_bits = code & 0x7;
+  // e4m3fn ("finite"): the all-ones exponent still holds normal numbers, except S.1111.111 = NaN.
+  if (exponent_bits == 0xf && mantissa_bits == 0x7) return std::numeric_limits<double>::quiet_NaN();
+  double magnitude;
+  if (exponent_bits == 0) {
+    magnitude = std::ldexp(static_cast<double>(mantissa_bits) / 8.0, 1 - 7);  // subnormal
+  } else {
+    magnitude = std::ldexp(1.0 + static_cast<double>(mantissa_bits) / 8.0, exponent_bits - 7);
+  }
+  return negative ? -magnitude : magnitude;
+}
+
+std::vector<double> fp8_dequant(const std::vector<uint8_t>& codes, int64_t rows, int64_t cols,
+                                const std::vector<float>& scale) {
+  const int64_t scale_cols = (cols + 127) / 128;
+  const int64_t scale_rows = (rows + 127) / 128;
+  require(static_cast<int64_t>(codes.size()) == rows * cols, "fp8 codes size != rows*cols");
+  require(static_cast<int64_t>(scale.size()) == scale_rows * scale_cols,
+          "fp8 scale size != ceil(rows/128)*ceil(cols/128)");
+  std::vector<double> w(rows * cols);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      w[i * cols + j] =
+          fp8_e4m3_value(codes[i * cols + j]) * static_cast<double>(scale[(i / 128) * scale_cols + j / 128]);
+  return w;
+}
+
+double relative_l2(const float* got, const std::vector<double>& want) {
+  double diff_sq = 0.0, want_sq = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - want[i];
+    diff_sq += d * d;
+    want_sq += want[i] * want[i];
+  }
+  if (want_sq == 0.0) return diff_sq == 0.0 ? 0.0 : std::numeric_limits<double>::infinity();
+  return std::sqrt(diff_sq / want_sq);
+}
+
+RefMla::RefMla(const RefConfig& config, const RefWeights& weights, int64_t batch, RefFormulation formulation)
+    : cfg_(config), w_(weights), batch_(batch), formulation_(formulation) {
+  const RefConfig& c = cfg_;
+  require(c.dim > 0 && c.n_heads > 0 && c.kv_lora_rank > 0 && c.qk_nope_head_dim > 0 &&
+              c.qk_rope_head_dim > 0 && c.v_head_dim > 0 && c.max_seq_len > 0 && batch > 0,
+          "dims, max_seq_len and batch must be positive");
+  require(c.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim must be even (rope rotates pairs)");
+  require(c.q_lora_rank >= 0, "q_lora_rank must be >= 0");
+  const int64_t D = c.dim, H = c.n_heads, C = c.kv_lora_rank, dr = c.qk_rope_head_dim;
+  const int64_t dq = c.qk_nope_head_dim + dr, dn = c.qk_nope_head_dim, dv = c.v_head_dim;
+  if (c.q_lora_rank == 0) {
+    require_size(w_.wq, H * dq * D, "wq");
+  } else {
+    require_size(w_.wq_a, c.q_lora_rank * D, "wq_a");
+    require_size(w_.q_norm, c.q_lora_rank, "q_norm");
+    require_size(w_.wq_b, H * dq * c.q_lora_rank, "wq_b");
+  }
+  require_size(w_.wkv_a, (C + dr) * D, "wkv_a");
+  require_size(w_.kv_norm, C, "kv_norm");
+  require_size(w_.wkv_b, H * (dn + dv) * C, "wkv_b");
+  require_size(w_.wo, D * H * dv, "wo");
+
+  freqs_ = rope_frequencies(c);
+  scale_ = softmax_scale(c);
+  const int64_t slots = batch * c.max_seq_len;
+  if (formulation_ == RefFormulation::Naive) {
+    k_cache_.assign(slots * H * dq, 0.0);
+    v_cache_.assign(slots * H * dv, 0.0);
+  } else {
+    cn_cache_.assign(slots * C, 0.0);
+    kpe_cache_.assign(slots * dr, 0.0);
+  }
+}
+
+RefMla::Projected RefMla::project(const std::vector<double>& x, int64_t seq, int64_t start_pos) const {
+  const int64_t D = cfg_.dim, H = cfg_.n_heads, C = cfg_.kv_lora_rank, dr = cfg_.qk_rope_head_dim;
+  const int64_t dn = cfg_.qk_nope_head_dim, dq = dn + dr, rows = batch_ * seq;
+  Projected p;
+  // Step 1: q [B*S, H*dq], each head [dn nope, dr rope].
+  if (cfg_.q_lora_rank == 0) {
+    p.q = linear(x, rows, D, w_.wq, H * dq);
+  } else {
+    const std::vector<double> q_a = linear(x, rows, D, w_.wq_a, cfg_.q_lora_rank);
+    p.q = linear(rmsnorm(q_a, rows, w_.q_norm), rows, cfg_.q_lora_rank, w_.wq_b, H * dq);
+  }
+  // Step 3: kv [B*S, C + dr] = [c, k_pe].
+  const std::vector<double> kv = linear(x, rows, D, w_.wkv_a, C + dr);
+  std::vector<double> c(rows * C);
+  p.k_pe.resize(rows * dr);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < C; ++i) c[r * C + i] = kv[r * (C + dr) + i];
+    for (int64_t i = 0; i < dr; ++i) p.k_pe[r * dr + i] = kv[r * (C + dr) + C + i];
+  }
+  // Steps 2 and 3: token s of this call sits at absolute position start_pos + s.
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t s = 0; s < seq; ++s) {
+      const int64_t r = b * seq + s, pos = start_pos + s;
+      for (int64_t h = 0; h < H; ++h) rope_apply(&p.q[(r * H + h) * dq + dn], dr, pos, freqs_);
+      rope_apply(&p.k_pe[r * dr], dr, pos, freqs_);
+    }
+  }
+  // Step 4.
+  p.c_n = rmsnorm(c, rows, w_.kv_norm);
+  return p;
+}
+
+void RefMla::store_naive(const Projected& p, int64_t seq, int64_t start_pos) {
+  const int64_t H = cfg_.n_heads, C = cfg_.kv_lora_rank, dr = cfg_.qk_rope_head_dim;
+  const int64_t dn = cfg_.qk_nope_head_dim, dv = cfg_.v_head_dim, dq = dn + dr;
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t s = 0; s < seq; ++s) {
+      const int64_t r = b * seq + s, slot = b * cfg_.max_seq_len + start_pos + s;
+      const double* cn = &p.c_n[r * C];
+      for (int64_t h = 0; h < H; ++h) {
+        // SPEC "Weights": head h's wkv_b rows are [dn rows of Wk[h], dv rows of Wv[h]].
+        const double* wk = &w_.wkv_b[(h * (dn + dv)) * C];
+        const double* wv = &w_.wkv_b[(h * (dn + dv) + dn) * C];
+        double* k = &k_cache_[(slot * H + h) * dq];
+        double* v = &v_cache_[(slot * H + h) * dv];
+        for (int64_t d = 0; d < dn; ++d) k[d] = dot(&wk[d * C], cn, C);
+        for (int64_t d = 0; d < dr; ++d) k[dn + d] = p.k_pe[r * dr + d];  // shared by all heads
+        for (int64_t d = 0; d < dv; ++d) v[d] = dot(&wv[d * C], cn, C);
+      }
+    }
+  }
+}
+
+void RefMla::store_absorb(const Projected& p, int64_t seq, int64_t start_pos) {
+  const int64_t C = cfg_.kv_lora_rank, dr = cfg_.qk_rope_head_dim;
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t s = 0; s < seq; ++s) {
+      const int64_t r = b * seq + s, slot = b * cfg_.max_seq_len + start_pos + s;
+      for (int64_t i = 0; i < C; ++i) cn_cache_[slot * C + i] = p.c_n[r * C + i];
+      for (int64_t i = 0; i < dr; ++i) kpe_cache_[slot * dr + i] = p.k_pe[r * dr + i];
+    }
+  }
+}
+
+std::vector<double> RefMla::attend_naive(const Projected& p, int64_t seq, int64_t start_pos,
+                                         const std::vector<double>* mask) const {
+  const int64_t H = cfg_.n_heads, dq = cfg_.qk_nope_head_dim + cfg_.qk_rope_head_dim;
+  const int64_t dv = cfg_.v_head_dim, end_pos = start_pos + seq;
+  std::vector<double> o(batch_ * seq * H * dv, 0.0);
+  std::vector<double> probs(end_pos);
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t s = 0; s < seq; ++s) {
+      const int64_t r = b * seq + s;
+      for (int64_t h = 0; h < H; ++h) {
+        const double* q = &p.q[(r * H + h) * dq];
+        for (int64_t t = 0; t < end_pos; ++t)  // step 5, naive
+          probs[t] = scale_ * dot(q, &k_cache_[((b * cfg_.max_seq_len + t) * H + h) * dq], dq);
+        mask_and_softmax(probs, s, seq, start_pos, mask);
+        double* out = &o[(r * H + h) * dv];
+        for (int64_t t = 0; t < end_pos; ++t) {  // step 8, naive
+          const double* v = &v_cache_[((b * cfg_.max_seq_len + t) * H + h) * dv];
+          for (int64_t d = 0; d < dv; ++d) out[d] += probs[t] * v[d];
+        }
+      }
+    }
+  }
+  return o;
+}
+
+std::vector<double> RefMla::attend_absorb(const Projected& p, int64_t seq, int64_t start_pos,
+                                          const std::vector<double>* mask) const {
+  const int64_t H = cfg_.n_heads, C = cfg_.kv_lora_rank, dr = cfg_.qk_rope_head_dim;
+  const int64_t dn = cfg_.qk_nope_head_dim, dv = cfg_.v_head_dim, dq = dn + dr, end_pos = start_pos + seq;
+  std::vector<double> o(batch_ * seq * H * dv, 0.0);
+  std::vector<double> probs(end_pos), q_lat(C), o_lat(C);
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t s = 0; s < seq; ++s) {
+      const int64_t r = b * seq + s;
+      for (int64_t h = 0; h < H; ++h) {
+        const double* q_nope = &p.q[(r * H + h) * dq];
+        const double* q_pe = q_nope + dn;
+        const double* wk = &w_.wkv_b[(h * (dn + dv)) * C];
+        const double* wv = &w_.wkv_b[(h * (dn + dv) + dn) * C];
+        // Step 5, absorb: q_lat = Wk[h]^T q_nope, Wk[h] being [dn, C].
+        std::fill(q_lat.begin(), q_lat.end(), 0.0);
+        for (int64_t d = 0; d < dn; ++d)
+          for (int64_t i = 0; i < C; ++i) q_lat[i] += wk[d * C + i] * q_nope[d];
+        for (int64_t t = 0; t < end_pos; ++t) {
+          const int64_t slot = b * cfg_.max_seq_len + t;
+          probs[t] = scale_ * (dot(q_lat.data(), &cn_cache_[slot * C], C) + dot(q_pe, &kpe_cache_[slot * dr], dr));
+        }
+        mask_and_softmax(probs, s, seq, start_pos, mask);
+        // Step 8, absorb: o_lat = sum_t p c_n[t], then o = Wv[h] o_lat.
+        std::fill(o_lat.begin(), o_lat.end(), 0.0);
+        for (int64_t t = 0; t < end_pos; ++t) {
+          const double* cn = &cn_cache_[(b * cfg_.max_seq_len + t) * C];
+          for (int64_t i = 0; i < C; ++i) o_lat[i] += probs[t] * cn[i];
+        }
+        double* out = &o[(r * H + h) * dv];
+        for (int64_t d = 0; d < dv; ++d) out[d] = dot(&wv[d * C], o_lat.data(), C);
+      }
+    }
+  }
+  return o;
+}
+
+std::vector<double> RefMla::forward(const std::vector<double>& x, int64_t seq, int64_t start_pos,
+                                    const std::vector<double>* mask) {
+  require(seq > 0 && start_pos >= 0, "seq must be > 0 and start_pos >= 0");
+  require(start_pos + seq <= cfg_.max_seq_len, "start_pos + seq exceeds max_seq_len");
+  require_size(x, batch_ * seq * cfg_.dim, "x");
+  if (mask != nullptr) require_size(*mask, seq * (start_pos + seq), "mask");
+
+  const Projected p = project(x, seq, start_pos);
+  std::vector<double> o;
+  if (formulation_ == RefFormulation::Naive) {
+    store_naive(p, seq, start_pos);
+    o = attend_naive(p, seq, start_pos, mask);
+  } else {
+    store_absorb(p, seq, start_pos);
+    o = attend_absorb(p, seq, start_pos, mask);
+  }
+  // Step 9: this slice's partial output, before the all-reduce.
+  return linear(o, batch_ * seq, cfg_.n_heads * cfg_.v_head_dim, w_.wo, cfg_.dim);
+}
+
+}  // namespace mla::ref

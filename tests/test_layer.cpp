@@ -1,0 +1,280 @@
+// The whole layer against the float64 reference: every path x formulation x phase on shapes that
+// hit the edges (SPEC.md, Tolerances: fp32 1e-5, bf16 2e-2 relative L2).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "tests/test_util.h"
+
+namespace mla::test {
+namespace {
+
+struct Shape {
+  std::string name;
+  ModelArgs model;
+  WeightDType weights_dtype = WeightDType::BF16;
+};
+
+ModelArgs args(int64_t dim, int64_t heads, int64_t q_lora, int64_t latent, int64_t nope, int64_t rope, int64_t v,
+               int64_t max_seq_len) {
+  ModelArgs m;
+  m.dim = dim;
+  m.n_heads = heads;
+  m.q_lora_rank = q_lora;
+  m.kv_lora_rank = latent;
+  m.qk_nope_head_dim = nope;
+  m.qk_rope_head_dim = rope;
+  m.v_head_dim = v;
+  m.max_batch_size = 3;
+  m.max_seq_len = max_seq_len;
+  m.original_seq_len = 4096;  // YaRN off unless a shape turns it on
+  return m;
+}
+
+std::vector<Shape> shapes() {
+  std::vector<Shape> list;
+  list.push_back({"odd_dims", args(67, 3, 24, 20, 7, 6, 9, 64)});
+  list.push_back({"one_head_no_q_lora", args(32, 1, 0, 16, 8, 4, 8, 64)});
+  Shape yarn{"yarn", args(48, 2, 16, 32, 16, 8, 16, 128)};
+  yarn.model.original_seq_len = 32;
+  yarn.model.rope_factor = 4.0;
+  yarn.model.mscale = 0.707;
+  list.push_back(yarn);
+  // Every dimension off a multiple of 128, so every fp8 weight has partial blocks.
+  list.push_back({"fp8_partial_blocks", args(200, 2, 136, 144, 16, 8, 24, 64), WeightDType::FP8});
+  return list;
+}
+
+struct Schedule {
+  std::string name;
+  std::vector<int64_t> steps;
+};
+
+// prefill at 0 then decode; chunked prefill (p > 0, S > 1) then decode.
+std::vector<Schedule> schedules() { return {{"prefill_decode", {9, 1, 1, 1}}, {"chunked", {4, 3, 5, 1, 1}}}; }
+
+RunConfig run_config(AttentionChoice attention, FormulationChoice formulation, ComputeDType dtype) {
+  RunConfig run;
+  run.attention = attention;
+  run.formulation = formulation;
+  run.compute_dtype = dtype;
+  return run;
+}
+
+struct Case {
+  Shape shape;
+  Schedule schedule;
+  AttentionChoice attention;
+  FormulationChoice formulation;
+};
+
+std::string describe(const Case& c) {
+  return c.shape.name + "_" + c.schedule.name + "_" + to_string(c.attention) + "_" + to_string(c.formulation);
+}
+
+std::string case_name(const testing::TestParamInfo<Case>& info) { return describe(info.param); }
+
+// gtest prints a parameter in the test's name; without this it dumps the struct's bytes.
+void PrintTo(const Case& c, std::ostream* out) { *out << describe(c); }
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  for (const Shape& shape : shapes())
+    for (const Schedule& schedule : schedules())
+      for (AttentionChoice attention : {AttentionChoice::Fast, AttentionChoice::Standard, AttentionChoice::Auto})
+        for (FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb, FormulationChoice::Auto})
+          cases.push_back({shape, schedule, attention, formulation});
+  return cases;
+}
+
+int64_t total(const std::vector<int64_t>& steps) {
+  int64_t sum = 0;
+  for (int64_t step : steps) sum += step;
+  return sum;
+}
+
+// Relative L2 of each step's tokens, so an error in one decode step cannot hide in the prefill.
+std::vector<double> per_step_errors(const std::vector<float>& got, const std::vector<double>& want, const InputTensor& x,
+                                    const std::vector<int64_t>& steps) {
+  std::vector<double> errors;
+  int64_t start = 0;
+  for (int64_t seq : steps) {
+    std::vector<float> got_step;
+    std::vector<double> want_step;
+    for (int64_t b = 0; b < x.batch; ++b) {
+      const int64_t begin = (b * x.tokens + start) * x.dim;
+      got_step.insert(got_step.end(), got.begin() + begin, got.begin() + begin + seq * x.dim);
+      want_step.insert(want_step.end(), want.begin() + begin, want.begin() + begin + seq * x.dim);
+    }
+    errors.push_back(relative_l2(got_step, want_step));
+    start += seq;
+  }
+  return errors;
+}
+
+class LayerVsReference : public testing::TestWithParam<Case> {};
+
+TEST_P(LayerVsReference, Fp32WithinTolerance) {
+  const Case& c = GetParam();
+  const ModelArgs& m = c.shape.model;
+  const uint64_t seed = 11;
+  const LoadedWeights loaded = load_layer_weights(random_weights(c.shape.weights_dtype, seed), m, whole(m), ComputeDType::FP32);
+  const InputTensor x = random_input(m, 2, total(c.schedule.steps), seed + 1);
+  const RunResult got = layer_run(m, run_config(c.attention, c.formulation, ComputeDType::FP32), whole(m), loaded.weights, x,
+                                  c.schedule.steps);
+  const ref::RefFormulation formulation =
+      c.formulation == FormulationChoice::Naive ? ref::RefFormulation::Naive : ref::RefFormulation::Absorb;
+  const std::vector<double> want = reference_run(m, loaded.weights, m.n_heads, x, c.schedule.steps, formulation);
+  const std::vector<double> errors = per_step_errors(got.y, want, x, c.schedule.steps);
+  for (size_t i = 0; i < errors.size(); ++i) {
+    EXPECT_LE(errors[i], 1e-5) << "step " << i << " (" << to_string(got.steps[i].plan.path) << ", "
+                               << to_string(got.steps[i].plan.formulation) << "), seed " << seed;
+  }
+  for (const StepReport& step : got.steps) {
+    if (c.attention == AttentionChoice::Fast) {
+      EXPECT_EQ(step.plan.path, AttentionPath::Fast);
+    } else if (c.attention == AttentionChoice::Standard) {
+      EXPECT_EQ(step.plan.path, AttentionPath::Standard);
+    }
+    if (c.formulation != FormulationChoice::Auto) {
+      EXPECT_EQ(step.plan.formulation, c.formulation == FormulationChoice::Naive ? Formulation::Naive : Formulation::Absorb);
+    }
+  }
+}
+
+TEST_P(LayerVsReference, Bf16WithinTolerance) {
+  const Case& c = GetParam();
+  const ModelArgs& m = c.shape.model;
+  const uint64_t seed = 23;
+  const WeightsConfig weights = random_weights(c.shape.weights_dtype, seed);
+  const LoadedWeights exact = load_layer_weights(weights, m, whole(m), ComputeDType::FP32);
+  const LoadedWeights rounded = load_layer_weights(weights, m, whole(m), ComputeDType::BF16);
+  const InputTensor x = random_input(m, 2, total(c.schedule.steps), seed + 1);
+  const RunResult got = layer_run(m, run_config(c.attention, c.formulation, ComputeDType::BF16), whole(m),
+                                  rounded.weights, x, c.schedule.steps);
+  const std::vector<double> want = reference_run(m, exact.weights, m.n_heads, x, c.schedule.steps, ref::RefFormulation::Absorb);
+  const std::vector<double> errors = per_step_errors(got.y, want, x, c.schedule.steps);
+  for (size_t i = 0; i < errors.size(); ++i) EXPECT_LE(errors[i], 2e-2) << "step " << i << ", seed " << seed;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllPaths, LayerVsReference, testing::ValuesIn(all_cases()), case_name);
+
+// kv_len 255, 256, 257 around the default fast_path_max_len: auto switches path at 257 and every
+// path agrees with the reference on both sides.
+}  // namespace
+}  // namespace mla::test
+
+namespace mla {
+void PrintTo(FormulationChoice formulation, std::ostream* out) { *out << to_string(formulation); }
+}  // namespace mla
+
+namespace mla::test {
+namespace {
+
+class LayerAtFastPathEdge : public testing::TestWithParam<FormulationChoice> {};
+
+TEST_P(LayerAtFastPathEdge, AutoSwitchesAndStaysExact) {
+  const ModelArgs m = args(64, 2, 0, 32, 8, 8, 8, 320);
+  const std::vector<int64_t> steps = {128, 127, 1, 1};  // kv_len 128, 255, 256, 257
+  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 5), m, whole(m), ComputeDType::FP32);
+  const InputTensor x = random_input(m, 1, total(steps), 6);
+  const std::vector<double> want = reference_run(m, loaded.weights, m.n_heads, x, steps, ref::RefFormulation::Absorb);
+  for (AttentionChoice attention : {AttentionChoice::Auto, AttentionChoice::Fast, AttentionChoice::Standard}) {
+    const RunResult got = layer_run(m, run_config(attention, GetParam(), ComputeDType::FP32), whole(m), loaded.weights, x, steps);
+    const std::vector<double> errors = per_step_errors(got.y, want, x, steps);
+    for (size_t i = 0; i < errors.size(); ++i) EXPECT_LE(errors[i], 1e-5) << "step " << i << ", " << to_string(attention);
+    if (attention == AttentionChoice::Auto) {
+      EXPECT_EQ(got.steps[1].plan.path, AttentionPath::Fast) << "kv_len 255";
+      EXPECT_EQ(got.steps[2].plan.path, AttentionPath::Fast) << "kv_len 256";
+      EXPECT_EQ(got.steps[3].plan.path, AttentionPath::Standard) << "kv_len 257";
+      EXPECT_NE(got.steps[3].plan.reason.find("257 > fast_path_max_len 256"), std::string::npos) << got.steps[3].plan.reason;
+    }
+    if (attention == AttentionChoice::Fast) {
+      EXPECT_EQ(got.steps[3].plan.path, AttentionPath::Standard) << "the fast path cannot take kv_len 257";
+      EXPECT_NE(got.steps[3].plan.reason.find("fast path requested, but"), std::string::npos);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Formulations, LayerAtFastPathEdge,
+                         testing::Values(FormulationChoice::Naive, FormulationChoice::Absorb),
+                         [](const testing::TestParamInfo<FormulationChoice>& param_info) {
+                           return std::string(to_string(param_info.param));
+                         });
+
+// On every shape the fast path accepts, fast and standard compute the same function.
+TEST(FastVsStandard, AgreeOnEveryAcceptedShape) {
+  for (const Shape& shape : shapes()) {
+    const ModelArgs& m = shape.model;
+    const LoadedWeights loaded = load_layer_weights(random_weights(shape.weights_dtype, 3), m, whole(m), ComputeDType::FP32);
+    for (const Schedule& schedule : schedules()) {
+      const InputTensor x = random_input(m, 3, total(schedule.steps), 4);
+      for (FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
+        for (ComputeDType dtype : {ComputeDType::FP32, ComputeDType::BF16}) {
+          const RunResult fast = layer_run(m, run_config(AttentionChoice::Fast, formulation, dtype), whole(m), loaded.weights, x, schedule.steps);
+          const RunResult standard = layer_run(m, run_config(AttentionChoice::Standard, formulation, dtype), whole(m), loaded.weights, x, schedule.steps);
+          // bf16: the two paths round at the same places, so they differ only by fp32 summation order
+          // flipping an occasional bf16 rounding.
+          const double tolerance = dtype == ComputeDType::FP32 ? 2e-6 : 1e-2;
+          EXPECT_LE(relative_l2(fast.y, to_double(standard.y)), tolerance)
+              << shape.name << " " << schedule.name << " " << to_string(formulation) << " " << to_string(dtype);
+        }
+      }
+    }
+  }
+}
+
+// An explicit mask: equal to the causal rule it changes nothing; a padding mask matches the
+// reference and forces the standard path.
+TEST(ExplicitMask, CausalMaskEqualsDefaultAndPaddingMatchesReference) {
+  const ModelArgs m = args(40, 2, 0, 24, 8, 4, 8, 64);
+  const std::vector<int64_t> steps = {6, 3, 1, 1};
+  const int64_t tokens = total(steps);
+  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 8), m, whole(m), ComputeDType::FP32);
+  const InputTensor x = random_input(m, 2, tokens, 9);
+  const float minus_inf = -std::numeric_limits<float>::infinity();
+  std::vector<float> causal(static_cast<size_t>(tokens * tokens), 0.0f), padded = causal;
+  for (int64_t row = 0; row < tokens; ++row) {
+    for (int64_t t = 0; t < tokens; ++t) {
+      if (t > row) causal[row * tokens + t] = padded[row * tokens + t] = minus_inf;
+      if (t < 2 && row >= 2) padded[row * tokens + t] = minus_inf;  // the first two tokens are padding
+    }
+  }
+  const RunConfig run = run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32);
+  const RunResult plain = layer_run(m, run, whole(m), loaded.weights, x, steps);
+  const RunResult with_causal = layer_run(m, run, whole(m), loaded.weights, x, steps, causal);
+  EXPECT_LE(relative_l2(with_causal.y, to_double(plain.y)), 2e-6);
+  for (const StepReport& step : with_causal.steps) EXPECT_EQ(step.plan.path, AttentionPath::Standard);
+
+  const RunResult with_padding = layer_run(m, run, whole(m), loaded.weights, x, steps, padded);
+  for (ref::RefFormulation formulation : {ref::RefFormulation::Naive, ref::RefFormulation::Absorb}) {
+    const std::vector<double> want = reference_run(m, loaded.weights, m.n_heads, x, steps, formulation, padded);
+    EXPECT_LE(relative_l2(with_padding.y, want), 1e-5);
+  }
+}
+
+// Tensor parallelism seam: the sum of every rank's partial output equals the whole layer's output,
+// for even and uneven head splits (emulated ranks run one after another).
+TEST(HeadShards, PartialOutputsSumToTheWholeLayer) {
+  const ModelArgs m = args(72, 6, 16, 24, 8, 4, 12, 64);
+  const std::vector<int64_t> steps = {5, 2, 1};
+  const InputTensor x = random_input(m, 2, total(steps), 13);
+  const RunConfig run = run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32);
+  const WeightsConfig weights = random_weights(WeightDType::BF16, 12);
+  const RunResult whole_run = layer_run(m, run, whole(m), load_layer_weights(weights, m, whole(m), ComputeDType::FP32).weights, x, steps);
+  for (const auto& [world, uneven] : std::vector<std::pair<int, bool>>{{2, false}, {3, false}, {4, true}, {6, false}}) {
+    std::vector<float> sum(whole_run.y.size(), 0.0f);
+    for (int rank = 0; rank < world; ++rank) {
+      const HeadShard shard = shard_heads(m.n_heads, world, rank, uneven);
+      const RunResult part = layer_run(m, run, shard, load_layer_weights(weights, m, shard, ComputeDType::FP32).weights, x, steps);
+      for (size_t i = 0; i < sum.size(); ++i) sum[i] += part.y[i];
+    }
+    EXPECT_LE(relative_l2(sum, to_double(whole_run.y)), 1e-5) << "world " << world;
+  }
+}
+
+}  // namespace
+}  // namespace mla::test

@@ -1,0 +1,191 @@
+// Each CPU op against the float64 reference (or against its definition where the reference has
+// no twin), on awkward sizes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/bf16.h"
+#include "kernels/cpu/fp8.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/kv_cache_append.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/softmax.h"
+#include "tests/reference/mla_reference.h"
+
+namespace mla {
+namespace {
+
+std::vector<float> random_values(size_t count, uint64_t seed, float amplitude = 1.0f) {
+  std::mt19937_64 generator(seed);
+  std::uniform_real_distribution<float> uniform(-amplitude, amplitude);
+  std::vector<float> values(count);
+  for (float& value : values) value = uniform(generator);
+  return values;
+}
+
+std::vector<double> to_double(const std::vector<float>& values) { return {values.begin(), values.end()}; }
+
+TEST(Linear, MatchesReferenceOnOddShapes) {
+  const int64_t rows = 7, in = 131, out = 67;
+  const std::vector<float> x = random_values(rows * in, 1), w = random_values(out * in, 2);
+  std::vector<float> y(rows * out);
+  linear({x.data(), in, w.data(), y.data(), out, rows, in, out, false});
+  EXPECT_LE(ref::relative_l2(y.data(), ref::linear(to_double(x), rows, in, to_double(w), out)), 1e-6);
+}
+
+TEST(RmsNorm, MatchesReferenceWithStridesAndInPlace) {
+  const int64_t rows = 5, dim = 77, stride = 80;
+  std::vector<float> x = random_values(rows * stride, 3, 4.0f);
+  const std::vector<float> weight = random_values(dim, 4);
+  std::vector<double> packed;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < dim; ++i) packed.push_back(x[r * stride + i]);
+  const std::vector<double> want = ref::rmsnorm(packed, rows, to_double(weight));
+  rmsnorm({x.data(), stride, weight.data(), x.data(), stride, rows, dim, 1e-6f, false});
+  std::vector<float> got;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < dim; ++i) got.push_back(x[r * stride + i]);
+  EXPECT_LE(ref::relative_l2(got.data(), want), 1e-6);
+}
+
+TEST(RmsNorm, Bf16RoundsLikeDeepSeek) {
+  const std::vector<float> x = {0.3f, -1.7f, 2.5f}, weight = {round_to_bf16(1.1f), round_to_bf16(0.9f), 1.0f};
+  std::vector<float> y(3);
+  rmsnorm({x.data(), 3, weight.data(), y.data(), 3, 1, 3, 1e-6f, true});
+  const double inv_rms = 1.0 / std::sqrt((0.09 + 2.89 + 6.25) / 3.0 + 1e-6);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(y[i], round_to_bf16(y[i])) << "not a bf16 value";
+    EXPECT_NEAR(y[i], x[i] * inv_rms * weight[i], 1e-2 * std::fabs(x[i] * inv_rms * weight[i]));
+  }
+}
+
+RopeFrequencyParams yarn_params() {
+  RopeFrequencyParams p;
+  p.rope_dim = 64;
+  p.yarn = true;
+  p.rope_factor = 40.0;
+  p.original_seq_len = 4096;
+  return p;
+}
+
+ref::RefConfig yarn_reference_config() {
+  ref::RefConfig c;
+  c.qk_rope_head_dim = 64;
+  c.max_seq_len = 16384;  // > original_seq_len: YaRN on
+  c.original_seq_len = 4096;
+  return c;
+}
+
+TEST(Rope, YarnFrequenciesMatchReference) {
+  const std::vector<double> got = rope_frequencies(yarn_params());
+  const std::vector<double> want = ref::rope_frequencies(yarn_reference_config());
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-15 * std::fabs(want[i]) + 1e-300) << i;
+  RopeFrequencyParams plain = yarn_params();
+  plain.yarn = false;
+  ref::RefConfig plain_config = yarn_reference_config();
+  plain_config.max_seq_len = 4096;
+  const std::vector<double> plain_got = rope_frequencies(plain), plain_want = ref::rope_frequencies(plain_config);
+  for (size_t i = 0; i < plain_got.size(); ++i) EXPECT_NEAR(plain_got[i], plain_want[i], 1e-15) << i;
+}
+
+// Positions far into a long cache: the angle must be formed in double.
+TEST(Rope, RotationMatchesReferenceAtLargePositions) {
+  const RopeFrequencyParams params = yarn_params();
+  const int64_t positions = 16384, heads = 3, seq = 4, start_pos = positions - seq;
+  const RopeTable table = make_rope_table(params, positions);
+  std::vector<float> x = random_values(seq * heads * params.rope_dim, 5);
+  std::vector<double> want = to_double(x);
+  const std::vector<double> freqs = ref::rope_frequencies(yarn_reference_config());
+  for (int64_t s = 0; s < seq; ++s)
+    for (int64_t h = 0; h < heads; ++h) ref::rope_apply(want.data() + (s * heads + h) * 64, 64, start_pos + s, freqs);
+  RopeParams rope;
+  rope.x = x.data();
+  rope.batch = 1;
+  rope.seq = seq;
+  rope.token_stride = heads * 64;
+  rope.vecs_per_token = heads;
+  rope.vec_stride = 64;
+  rope.start_pos = start_pos;
+  rope.table = &table;
+  rope_apply(rope);
+  EXPECT_LE(ref::relative_l2(x.data(), want), 1e-6);
+}
+
+TEST(Fp8, EveryCodeDecodesLikeTheReference) {
+  for (int code = 0; code < 256; ++code) {
+    const double want = ref::fp8_e4m3_value(static_cast<uint8_t>(code));
+    const float got = fp8_e4m3_to_f32(static_cast<uint8_t>(code));
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << code;
+    } else {
+      EXPECT_EQ(static_cast<double>(got), want) << code;
+    }
+  }
+}
+
+TEST(Fp8, EncodeRoundsToNearestAndSaturates) {
+  for (int code = 0; code < 256; ++code) {
+    if ((code & 0x7f) == 0x7f) continue;
+    EXPECT_EQ(fp8_e4m3_to_f32(f32_to_fp8_e4m3(fp8_e4m3_to_f32(static_cast<uint8_t>(code)))),
+              fp8_e4m3_to_f32(static_cast<uint8_t>(code)));
+  }
+  EXPECT_EQ(fp8_e4m3_to_f32(f32_to_fp8_e4m3(1000.0f)), 448.0f);
+  EXPECT_EQ(fp8_e4m3_to_f32(f32_to_fp8_e4m3(-1000.0f)), -448.0f);
+  EXPECT_EQ(fp8_e4m3_to_f32(f32_to_fp8_e4m3(1.07f)), 1.125f) << "steps of 1/8 between 1 and 2";
+  EXPECT_EQ(fp8_e4m3_to_f32(f32_to_fp8_e4m3(1.0625f)), 1.0f) << "a tie goes to the even code";
+  EXPECT_EQ(fp8_e4m3_to_f32(f32_to_fp8_e4m3(1.1875f)), 1.25f) << "a tie goes to the even code";
+}
+
+TEST(Fp8, BlockDequantMatchesReferenceWithPartialBlocks) {
+  const int64_t rows = 130, cols = 200, scale_cols = 2;  // scales [2, 2]: partial blocks on both axes
+  std::vector<uint8_t> codes(rows * cols);
+  std::mt19937 generator(7);
+  for (uint8_t& code : codes) code = static_cast<uint8_t>(generator() % 0x7f) | static_cast<uint8_t>(generator() & 0x80);
+  const std::vector<float> scales = {0.5f, 0.25f, 2.0f, 0.125f};
+  std::vector<float> got(rows * cols);
+  fp8_dequant_blocks({codes.data(), scales.data(), got.data(), rows, cols, scale_cols, false});
+  EXPECT_EQ(ref::relative_l2(got.data(), ref::fp8_dequant(codes, rows, cols, scales)), 0.0);
+}
+
+TEST(Bf16, RoundsToNearestEven) {
+  EXPECT_EQ(round_to_bf16(1.0f), 1.0f);
+  EXPECT_EQ(round_to_bf16(1.0f + 1.0f / 256.0f), 1.0f) << "halfway rounds to even";
+  EXPECT_EQ(round_to_bf16(1.0f + 3.0f / 256.0f), 1.0f + 1.0f / 64.0f) << "halfway rounds to even (up)";
+  EXPECT_TRUE(std::isnan(round_to_bf16(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_EQ(round_to_bf16(std::numeric_limits<float>::infinity()), std::numeric_limits<float>::infinity());
+}
+
+TEST(Softmax, ExactAgainstDoubleAndIgnoresMinusInfinity) {
+  std::vector<float> scores = random_values(257, 9, 30.0f);
+  scores[3] = -std::numeric_limits<float>::infinity();
+  std::vector<double> want(scores.size());
+  double max_score = -1e300, sum = 0.0;
+  for (float s : scores) max_score = std::max(max_score, static_cast<double>(s));
+  for (size_t t = 0; t < scores.size(); ++t) sum += want[t] = std::exp(static_cast<double>(scores[t]) - max_score);
+  for (double& p : want) p /= sum;
+  softmax_row(scores.data(), static_cast<int64_t>(scores.size()), false);
+  EXPECT_EQ(scores[3], 0.0f);
+  EXPECT_LE(ref::relative_l2(scores.data(), want), 1e-6);
+}
+
+TEST(KvCacheAppend, WritesRowsAtTheirPositions) {
+  const int64_t capacity = 6, width = 3, batch = 2, seq = 2, start_pos = 3;
+  std::vector<float> cache(3 * capacity * width, -1.0f);
+  std::vector<float> rows(batch * seq * width);
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<float>(i);
+  kv_cache_append({rows.data(), width, cache.data(), capacity, width, batch, seq, start_pos});
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t s = 0; s < seq; ++s)
+      for (int64_t i = 0; i < width; ++i)
+        EXPECT_EQ(cache[(b * capacity + start_pos + s) * width + i], rows[(b * seq + s) * width + i]);
+  EXPECT_EQ(cache[(0 * capacity + 2) * width], -1.0f) << "earlier positions untouched";
+  EXPECT_THROW(kv_cache_append({rows.data(), width, cache.data(), capacity, width, batch, seq, 5}), std::out_of_range);
+}
+
+}  // namespace
+}  // namespace mla
