@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs the whole test suite.
+# Installs what is missing, builds, and runs the whole test suite: once in the release build, then
+# in an AddressSanitizer + UndefinedBehaviorSanitizer build (skip that with MLA_TEST_SANITIZE=0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)"
+if [ "${MLA_TEST_SANITIZE:-1}" != 0 ]; then
+  MLA_BUILD_DIR=build-sanitize bash launch/setup.sh -DMLA_SANITIZE=ON -DMLA_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  ctest --test-dir build-sanitize --output-on-failure -j "$(nproc)"
+fi

@@ -94,7 +94,8 @@ class MapReader {
 
   YAML::Node node(const std::string& key) {
     used_.insert(key);
-    return node_.IsMap() ? node_[key] : YAML::Node();
+    // Absent: an undefined node, which every getter reads as "use the default".
+    return node_.IsMap() && seen_.count(key) ? node_[key] : YAML::Node(YAML::NodeType::Undefined);
   }
 
   int64_t get_int(const std::string& key, int64_t fallback, int64_t min_value,
@@ -125,6 +126,16 @@ class MapReader {
       std::ostringstream bound;
       bound << (min_exclusive ? "> " : ">= ") << min_value;
       fail(path(key), value, "expected a number " + bound.str() + ", got " + show(value));
+    }
+    return parsed;
+  }
+
+  bool get_bool(const std::string& key, bool fallback) {
+    const YAML::Node value = node(key);
+    if (!value) return fallback;
+    bool parsed = false;
+    if (!value.IsScalar() || !YAML::convert<bool>::decode(value, parsed)) {
+      fail(path(key), value, "expected true or false, got " + show(value));
     }
     return parsed;
   }
@@ -295,6 +306,12 @@ void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
   reader.finish();
 }
 
+void parse_parallel(MapReader reader, ParallelConfig& parallel) {
+  parallel.uneven_heads = reader.get_bool("uneven_heads", parallel.uneven_heads);
+  parallel.check_identical_output = reader.get_bool("check_identical_output", parallel.check_identical_output);
+  reader.finish();
+}
+
 // "run.threads=4" -> root["run"]["threads"] = 4, the value read as YAML (numbers, lists, maps).
 void apply_override(YAML::Node& root, const std::string& assignment, std::set<std::string>& overridden) {
   const size_t equals = assignment.find('=');
@@ -350,11 +367,46 @@ Config parse_root(const YAML::Node& root, const std::string& source_name, std::s
   parse_weights(MapReader(top.node("weights"), "weights", origin), config.weights);
   if (!top.has("run")) top.fail("run", root, "required section (input, schedule, output, ...)");
   parse_run(MapReader(top.node("run"), "run", origin), origin, config.run);
+  parse_parallel(MapReader(top.node("parallel"), "parallel", origin), config.parallel);
   top.finish();
   return config;
 }
 
 }  // namespace
+
+std::vector<std::pair<std::string, std::string>> config_entries(const Config& c) {
+  const auto text = [](auto value) {
+    std::ostringstream out;
+    out.precision(17);
+    out << value;
+    return out.str();
+  };
+  std::string chunks;
+  for (int64_t chunk : c.run.schedule.chunks) chunks += (chunks.empty() ? "" : ",") + std::to_string(chunk);
+  const ModelArgs& m = c.model;
+  const RunConfig& r = c.run;
+  return {{"model.dim", text(m.dim)}, {"model.n_heads", text(m.n_heads)}, {"model.q_lora_rank", text(m.q_lora_rank)},
+          {"model.kv_lora_rank", text(m.kv_lora_rank)}, {"model.qk_nope_head_dim", text(m.qk_nope_head_dim)},
+          {"model.qk_rope_head_dim", text(m.qk_rope_head_dim)}, {"model.v_head_dim", text(m.v_head_dim)},
+          {"model.max_batch_size", text(m.max_batch_size)}, {"model.max_seq_len", text(m.max_seq_len)},
+          {"model.original_seq_len", text(m.original_seq_len)}, {"model.rope_theta", text(m.rope_theta)},
+          {"model.rope_factor", text(m.rope_factor)}, {"model.beta_fast", text(m.beta_fast)},
+          {"model.beta_slow", text(m.beta_slow)}, {"model.mscale", text(m.mscale)},
+          {"weights.format", to_string(c.weights.format)}, {"weights.path", c.weights.path},
+          {"weights.layer", text(c.weights.layer)}, {"weights.dtype", to_string(c.weights.dtype)},
+          {"weights.seed", text(c.weights.seed)}, {"run.backend", to_string(r.backend)},
+          {"run.compute_dtype", to_string(r.compute_dtype)}, {"run.attention", to_string(r.attention)},
+          {"run.formulation", to_string(r.formulation)}, {"run.fast_path_max_len", text(r.fast_path_max_len)},
+          {"run.input", r.input.random ? "random " + text(r.input.batch) + "x" + text(r.input.tokens) + " seed " +
+                                             text(r.input.seed)
+                                       : r.input.path},
+          {"run.schedule", r.schedule.explicit_chunks ? "chunks " + chunks
+                                                      : "prefill " + text(r.schedule.prefill) + " decode_steps " +
+                                                            text(r.schedule.decode_steps)},
+          {"run.output", r.output}, {"run.mask", r.mask}, {"run.score_chunk_bytes", text(r.score_chunk_bytes)},
+          {"parallel.uneven_heads", text(c.parallel.uneven_heads)},
+          {"parallel.check_identical_output", text(c.parallel.check_identical_output)}};
+}
 
 Config parse_config(const std::string& yaml_text, const std::string& source_name,
                     const std::vector<std::string>& overrides) {

@@ -68,12 +68,22 @@ struct RunConfig {
   int64_t score_chunk_bytes = int64_t{64} << 20;  // standard path: score buffers, all threads together
 };
 
+struct ParallelConfig {
+  bool uneven_heads = false;            // allow n_heads % world != 0: the first ranks take one head more
+  bool check_identical_output = false;  // debug: after the run, ranks compare y bit for bit
+};
+
 struct Config {
   std::string source;  // the config file's path, for messages
   ModelArgs model;
   WeightsConfig weights;
   RunConfig run;
+  ParallelConfig parallel;
 };
+
+// Every key with its value, "section.key" -> text, in a fixed order: what ranks compare to agree
+// that they run the same configuration.
+std::vector<std::pair<std::string, std::string>> config_entries(const Config& config);
 
 // Loads `path`, applies overrides ("section.key=value", value parsed as YAML) in order, and
 // validates. Throws UserError on any problem.

@@ -206,7 +206,7 @@ void MlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t 
   }
 }
 
-void MlaLayer::run_attention(const AttentionPath path, const AttentionParams& params, StepReport& report) {
+void MlaLayer::run_attention(AttentionPath path, const AttentionParams& params, StepReport& report) {
   const int threads = omp_get_max_threads();
   if (path == AttentionPath::Fast) {
     attention_fast(params);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/rope.h"
 #include "parallel/sharding.h"
 #include "runtime/attention_plan.h"
@@ -46,7 +47,7 @@ class MlaLayer {
   void absorb_queries(int64_t tokens);
   void absorb_outputs(int64_t tokens);
   void expand_keys_values(int64_t batch, int64_t kv_len);
-  void run_attention(const AttentionPath path, const struct AttentionParams& params, StepReport& report);
+  void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
 
   ModelArgs model_;
   HeadShard shard_;

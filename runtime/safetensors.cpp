@@ -13,10 +13,11 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <utility>
+
+#include <nlohmann/json.hpp>
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/fp8.h"
@@ -96,10 +97,13 @@ std::optional<DType> parse_dtype(const std::string& name) {
   return std::nullopt;
 }
 
+// "[2, 3]"; a shape from a hostile file can have millions of entries, so long lists are cut short.
 template <typename Int>
 std::string bracketed(const std::vector<Int>& values) {
+  constexpr size_t kMaxShown = 8;
   std::string text = "[";
-  for (size_t i = 0; i < values.size(); ++i) text += (i ? ", " : "") + std::to_string(values[i]);
+  for (size_t i = 0; i < std::min(values.size(), kMaxShown); ++i) text += (i ? ", " : "") + std::to_string(values[i]);
+  if (values.size() > kMaxShown) text += ", ... (" + std::to_string(values.size()) + " in all)";
   return text + "]";
 }
 
@@ -122,8 +126,7 @@ void pread_exact(int fd, const std::string& path, void* dst, uint64_t size, uint
   while (size > 0) {
     const ssize_t got = ::pread(fd, cursor, std::min(size, kMaxTransferBytes), static_cast<off_t>(offset));
     if (got < 0 && errno == EINTR) continue;
-    if (got < 0)
-      fail_errno(path, "read failed");
+    if (got < 0) fail_errno(path, "read failed");
     if (got == 0) fail(path, "file ends at offset " + std::to_string(offset) + " (was it truncated while open?)");
     cursor += got;
     size -= static_cast<uint64_t>(got);
@@ -159,7 +162,10 @@ Json parse_header_json(const std::string& path, const std::string& text) {
   try {
     header = Json::parse(text, on_event);
   } catch (const Json::exception& error) {
-    fail(path, "header is not valid JSON: " + printable(error.what()));
+    // The message quotes the bad token, which a hostile header can make megabytes long.
+    constexpr size_t kMaxShown = 300;
+    const std::string detail = printable(error.what());
+    fail(path, "header is not valid JSON: " + detail.substr(0, kMaxShown) + (detail.size() > kMaxShown ? "..." : ""));
   }
   if (duplicate_problem) fail(path, *duplicate_problem);
   if (!header.is_object()) fail(path, std::string("header is a JSON ") + header.type_name() + ", not an object");
@@ -207,48 +213,53 @@ void check_entry_fields(const std::string& path, const std::string& name, const 
   }
 }
 
+DType parse_dtype_field(const std::string& path, const std::string& name, const Json& value) {
+  if (!value.is_string()) fail_tensor(path, name, "dtype must be a string");
+  const std::optional<DType> dtype = parse_dtype(value.get<std::string>());
+  if (!dtype) fail_tensor(path, name, "unknown dtype " + in_quotes(value.get<std::string>()));
+  return *dtype;
+}
+
+// Returns [begin, end] relative to the data section.
+std::vector<int64_t> parse_offsets_field(const std::string& path, const std::string& name, const Json& value) {
+  std::optional<std::vector<int64_t>> offsets = nonnegative_int64_array(value);
+  if (!offsets || offsets->size() != 2) {
+    fail_tensor(path, name, "data_offsets must be an array of 2 non-negative integers");
+  }
+  if ((*offsets)[0] > (*offsets)[1]) {
+    fail_tensor(path, name, "data_offsets " + bracketed(*offsets) + " begin after their end");
+  }
+  return std::move(*offsets);
+}
+
 TensorInfo parse_tensor_entry(const std::string& path, const std::string& name, const Json& entry,
                               const DataSection& data) {
   check_entry_fields(path, name, entry);
   TensorInfo info;
   info.name = name;
-  const Json& dtype_json = entry.at("dtype");
-  if (!dtype_json.is_string()) fail_tensor(path, name, "dtype must be a string");
-  const std::optional<DType> dtype = parse_dtype(dtype_json.get<std::string>());
-  if (!dtype) fail_tensor(path, name, "unknown dtype " + in_quotes(dtype_json.get<std::string>()));
-  info.dtype = *dtype;
-
+  info.dtype = parse_dtype_field(path, name, entry.at("dtype"));
   std::optional<std::vector<int64_t>> shape = nonnegative_int64_array(entry.at("shape"));
-  if (!shape)
-    fail_tensor(path, name,
-                "shape must be an array of non-negative integers");
+  if (!shape) fail_tensor(path, name, "shape must be an array of non-negative integers");
   info.shape = std::move(*shape);
-  const std::optional<std::vector<int64_t>> offsets = nonnegative_int64_array(entry.at("data_offsets"));
-  if (!offsets || offsets->size() != 2) {
-    fail_tensor(
-        path, name,
-        "data_offsets must be an array of 2 non-negative integers");
-  }
-  const int64_t begin = (*offsets)[0];
-  const int64_t end = (*offsets)[1];
-  const std::string offsets_text = "data_offsets " + bracketed(*offsets);
-  if (begin > end) fail_tensor(path, name, offsets_text + " begin after their end");
+  const std::vector<int64_t> offsets = parse_offsets_field(path, name, entry.at("data_offsets"));
 
+  const std::string offsets_text = "data_offsets " + bracketed(offsets);
   const std::string shape_text = "shape " + bracketed(info.shape) + " of " + dtype_name(info.dtype);
+  const int64_t held = offsets[1] - offsets[0];
   const std::optional<int64_t> needed = checked_byte_size(info.shape, dtype_size(info.dtype));
   if (!needed) fail_tensor(path, name, shape_text + " has more bytes than int64 can count");
-  if (*needed != end - begin) {
+  if (*needed != held) {
     fail_tensor(path, name,
-                offsets_text + " hold " + std::to_string(end - begin) + " bytes but " + shape_text + " needs " +
+                offsets_text + " hold " + std::to_string(held) + " bytes but " + shape_text + " needs " +
                     std::to_string(*needed));
   }
-  if (static_cast<uint64_t>(end) > data.size) {
+  if (static_cast<uint64_t>(offsets[1]) > data.size) {
     fail_tensor(
         path, name,
         offsets_text + " go past the end of the file (the data section holds " + std::to_string(data.size) + " bytes)");
   }
-  info.data_begin = data.begin + static_cast<uint64_t>(begin);
-  info.data_end = data.begin + static_cast<uint64_t>(end);
+  info.data_begin = data.begin + static_cast<uint64_t>(offsets[0]);
+  info.data_end = data.begin + static_cast<uint64_t>(offsets[1]);
   return info;
 }
 
@@ -340,8 +351,9 @@ struct Region {
 
 int64_t resolve_range(const std::string& path, const TensorInfo& info, const char* axis, int64_t begin, int64_t count,
                       int64_t extent) {
-  const int64_t resolved = count == -1 ? extent - begin : count;
-  if (begin < 0 || begin > extent || resolved < 0 || resolved > extent - begin) {
+  const bool begin_inside = begin >= 0 && begin <= extent;  // checked first: extent - begin must not overflow
+  const int64_t resolved = !begin_inside ? -1 : count == -1 ? extent - begin : count;
+  if (!begin_inside || resolved < 0 || resolved > extent - begin) {
     fail_tensor(path, info.name,
                 std::string("slice of ") + axis + " begin " + std::to_string(begin) + " count " +
                     std::to_string(count) + " is outside the " + std::to_string(extent) + " " + axis +

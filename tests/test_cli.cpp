@@ -12,89 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/fp8.h"
 #include "runtime/safetensors.h"
-#include "tests/test_util.h"
+#include "tests/cli_fixture.h"
+#include "tests/safetensors_builder.h"
 
 namespace mla::test {
 namespace {
-
-const std::string kFixtureDir = std::string(MLA_SOURCE_DIR) + "/tests/fixtures/deepseek_odd_dims";
-
-struct Outcome {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string read_text(const std::string& path) {
-  std::ifstream file(path);
-  std::stringstream text;
-  text << file.rdbuf();
-  return text.str();
-}
-
-class MlaRunCli : public testing::Test {
- protected:
-  // A small valid config: random bf16 weights, random input, prefill 6 + 2 decode steps.
-  std::string base_config() const {
-    return "model: {dim: 48, n_heads: 3, q_lora_rank: 16, kv_lora_rank: 24, qk_nope_head_dim: 8,\n"
-           "        qk_rope_head_dim: 4, v_head_dim: 8, max_batch_size: 2, max_seq_len: 32}\n"
-           "weights: {format: random, dtype: bf16, seed: 3}\n"
-           "run:\n"
-           "  backend: cpu\n"
-           "  threads: 1\n"
-           "  input: {random: {batch: 2, tokens: 8, seed: 4}}\n"
-           "  schedule: {prefill: 6, decode_steps: 2}\n"
-           "  output: " + output() + "\n";
-  }
-  std::string output() const { return dir_.file("y.safetensors"); }
-
-  Outcome run(const std::string& config_text, const std::vector<std::string>& sets = {}) {
-    const std::string config_path = dir_.file("config.yaml");
-    std::ofstream(config_path) << config_text;
-    std::string command = std::string(MLA_RUN_BINARY) + " " + config_path;
-    for (const std::string& set : sets) command += " --set '" + set + "'";
-    command += " > " + dir_.file("out.txt") + " 2> " + dir_.file("err.txt");
-    const int status = std::system(command.c_str());
-    Outcome outcome;
-    outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    outcome.out = read_text(dir_.file("out.txt"));
-    outcome.err = read_text(dir_.file("err.txt"));
-    return outcome;
-  }
-
-  // Exit 2, one line on stderr containing every word of `expected`, and no output file.
-  void expect_user_error(const Outcome& outcome, const std::vector<std::string>& expected) {
-    EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
-    EXPECT_EQ(std::count(outcome.err.begin(), outcome.err.end(), '\n'), 1) << outcome.err;
-    for (const std::string& word : expected) EXPECT_NE(outcome.err.find(word), std::string::npos) << outcome.err;
-    EXPECT_FALSE(std::filesystem::exists(output())) << "a failed run left " << output();
-    for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
-      EXPECT_EQ(entry.path().string().find(".tmp"), std::string::npos) << "temporary left: " << entry.path();
-    }
-  }
-
-  // A copy of the fixture checkpoint with `edit` applied to its tensors.
-  std::string edited_checkpoint(const std::function<void(std::vector<OutputTensor>&, std::vector<std::vector<float>>&)>& edit) {
-    const SafetensorsFile source = SafetensorsFile::open(kFixtureDir + "/model0-mp1.safetensors");
-    std::vector<std::vector<float>> storage;
-    std::vector<std::string> names = source.names();
-    for (const std::string& name : names) storage.push_back(source.read_f32(name));
-    std::vector<OutputTensor> tensors;
-    for (size_t i = 0; i < names.size(); ++i) tensors.push_back({names[i], source.info(names[i]).shape, storage[i].data()});
-    edit(tensors, storage);
-    const std::string checkpoint_dir = dir_.file("ckpt");
-    std::filesystem::create_directories(checkpoint_dir);
-    write_safetensors_f32(checkpoint_dir + "/model0-mp1.safetensors", tensors);
-    return checkpoint_dir;
-  }
-
-  std::vector<std::string> fixture_sets(const std::string& weights_path) const {
-    return {"weights.path=" + weights_path, "run.input=" + kFixtureDir + "/input.safetensors", "run.output=" + output()};
-  }
-
-  TempDir dir_;
-};
 
 TEST_F(MlaRunCli, WritesYAndLogsThePathOfEveryStep) {
   const Outcome outcome = run(base_config());
@@ -190,6 +114,47 @@ TEST_F(MlaRunCli, NonFiniteWeight) {
   });
   expect_user_error(run(read_text(kFixtureDir + "/config.yaml"), fixture_sets(checkpoint)),
                     {"layers.0.attn.wq_a.weight", "element 17", "not finite"});
+}
+
+// The fixture's wkv_b stored as fp8 with a scale of the wrong block count.
+TEST_F(MlaRunCli, Fp8ScaleOfTheWrongShape) {
+  const SafetensorsFile source = SafetensorsFile::open(kFixtureDir + "/model0-mp1.safetensors");
+  std::vector<RawTensor> tensors;
+  for (const std::string& name : source.names()) {
+    const TensorInfo& info = source.info(name);
+    if (name == "layers.0.attn.wkv_b.weight") {
+      std::vector<uint8_t> codes;
+      for (float value : source.read_f32(name)) codes.push_back(f32_to_fp8_e4m3(value * 64.0f));
+      tensors.push_back({name, "F8_E4M3", info.shape, raw_bytes(codes)});
+      // [320, 80] needs [3, 1] scales; give [2, 1].
+      tensors.push_back({"layers.0.attn.wkv_b.scale", "F32", {2, 1}, raw_bytes(std::vector<float>{1 / 64.0f, 1 / 64.0f})});
+      continue;
+    }
+    std::string bytes(info.data_end - info.data_begin, '\0');
+    source.read_raw(name, {}, bytes.data());
+    tensors.push_back({name, dtype_name(info.dtype), info.shape, bytes});
+  }
+  std::filesystem::create_directories(dir_.file("fp8"));
+  write_bytes(dir_.file("fp8") + "/model0-mp1.safetensors", safetensors_bytes(tensors));
+  expect_user_error(run(read_text(kFixtureDir + "/config.yaml"), fixture_sets(dir_.file("fp8"))),
+                    {"layers.0.attn.wkv_b.scale", "[2, 1]", "expected [3, 1]"});
+}
+
+TEST_F(MlaRunCli, AcceptsBf16Input) {
+  const std::vector<float> x = SafetensorsFile::open(kFixtureDir + "/input.safetensors").read_f32("x");
+  write_bytes(dir_.file("x_bf16.safetensors"), safetensors_bytes({{"x", "BF16", {3, 21, 320}, bf16_bytes(x)}}));
+  std::vector<std::string> sets = fixture_sets(kFixtureDir);
+  sets[1] = "run.input=" + dir_.file("x_bf16.safetensors");
+  const Outcome outcome = run(read_text(kFixtureDir + "/config.yaml"), sets);
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+  // The fixture's x holds bf16 values, so the bf16 file is the same input.
+  const std::vector<float> expected = SafetensorsFile::open(kFixtureDir + "/expected.safetensors").read_f32("y_absorb_f32");
+  EXPECT_LE(relative_l2(SafetensorsFile::open(output()).read_f32("y"), to_double(expected)), 1e-5);
+}
+
+TEST_F(MlaRunCli, InputOfTheWrongWidth) {
+  write_bytes(dir_.file("x.safetensors"), safetensors_bytes({{"x", "F32", {1, 2, 3}, raw_bytes(std::vector<float>(6, 0.5f))}}));
+  expect_user_error(run(base_config(), {"run.input=" + dir_.file("x.safetensors")}), {"x.safetensors", "'x'", "model.dim"});
 }
 
 TEST_F(MlaRunCli, FailedRunKeepsAnOldOutputUntouched) {

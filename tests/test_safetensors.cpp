@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -9,6 +10,10 @@
 #include <initializer_list>
 #include <iterator>
 #include <limits>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "runtime/errors.h"
 #include "runtime/safetensors.h"
@@ -281,6 +286,8 @@ TEST_F(SafetensorsSliceTest, RefusesSlicesOutsideTheTensor) {
   expect_refused("m", {0, -1, 0, 6}, "columns");
   expect_refused("m", {0, -1, 4, 2}, "columns");
   expect_refused("m", {0, -1, 0, -2}, "columns");
+  expect_refused("m", {std::numeric_limits<int64_t>::min(), -1, 0, -1}, "rows");
+  expect_refused("m", {1, std::numeric_limits<int64_t>::max(), 0, -1}, "rows");
   expect_refused("v", {0, 2, 0, -1}, "rows");
   expect_refused("c", {0, -1, 0, 13}, "columns");
 }

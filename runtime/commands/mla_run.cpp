@@ -8,12 +8,15 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
+#include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
 #include "parallel/communicator.h"
+#include "parallel/mpi_session.h"
 #include "parallel/sharding.h"
 #include "runtime/config.h"
 #include "runtime/errors.h"
@@ -25,14 +28,21 @@
 namespace mla {
 namespace {
 
-std::string megabytes(int64_t bytes) {
+std::string format_bytes(int64_t bytes) {
   char text[32];
-  std::snprintf(text, sizeof(text), "%.1f MB", static_cast<double>(bytes) / 1e6);
+  const double value = static_cast<double>(bytes);
+  if (bytes < 1000000) {
+    std::snprintf(text, sizeof(text), "%.1f KB", value / 1e3);
+  } else {
+    std::snprintf(text, sizeof(text), "%.1f MB", value / 1e6);
+  }
   return text;
 }
 
-int configure_threads(const RunConfig& run) {
-  const int threads = run.threads > 0 ? run.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+// Ranks on one node split its cores, so they do not fight over them; run.threads overrides.
+int configure_threads(const RunConfig& run, const MpiSession& session) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = run.threads > 0 ? run.threads : std::max(1, cores / session.local_size());
   omp_set_num_threads(threads);
   set_blas_threads(threads);
   return threads;
@@ -45,58 +55,156 @@ void check_backend(const RunConfig& run) {
   }
 }
 
-void print_model(const ModelArgs& m, const HeadShard& shard) {
-  std::printf("model: dim %ld, n_heads %ld (%s), q_lora_rank %ld, kv_lora_rank %ld, dq %ld (%ld nope + %ld rope), dv %ld\n",
-              m.dim, m.n_heads, describe(shard).c_str(), m.q_lora_rank, m.kv_lora_rank, m.qk_head_dim(),
-              m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim);
+void print_model(const ModelArgs& m) {
+  std::printf("model: dim %ld, n_heads %ld, q_lora_rank %ld, kv_lora_rank %ld, dq %ld (%ld nope + %ld rope), dv %ld\n",
+              m.dim, m.n_heads, m.q_lora_rank, m.kv_lora_rank, m.qk_head_dim(), m.qk_nope_head_dim,
+              m.qk_rope_head_dim, m.v_head_dim);
   std::printf("rope: theta %g, YaRN %s, softmax scale %.6g\n", m.rope_theta,
               m.yarn_active() ? ("on (factor " + std::to_string(m.rope_factor) + ")").c_str() : "off",
               m.softmax_scale());
 }
 
-void print_step(size_t index, const StepReport& step) {
+void print_step(const std::string& label, size_t index, const StepReport& step) {
   const char* phase = step.seq == 1 && step.start_pos > 0 ? "decode" : (step.start_pos == 0 ? "prefill" : "chunk");
-  std::printf("step %zu: %-7s start_pos %ld tokens %ld kv_len %ld -> %s path, %s (%s); workspace %s; %.3f ms\n", index,
-              phase, step.start_pos, step.seq, step.kv_len, to_string(step.plan.path), to_string(step.plan.formulation),
-              step.plan.reason.c_str(), megabytes(step.attention_workspace_bytes).c_str(), step.time_ms);
+  std::printf("%s step %zu: %-7s start_pos %ld tokens %ld kv_len %ld -> %s path, %s (%s); workspace %s; %.3f ms\n",
+              label.c_str(), index, phase, step.start_pos, step.seq, step.kv_len, to_string(step.plan.path),
+              to_string(step.plan.formulation), step.plan.reason.c_str(),
+              format_bytes(step.attention_workspace_bytes).c_str(), step.time_ms);
 }
 
-int run(const std::string& config_path, const std::vector<std::string>& overrides) {
-  const Config config = load_config(config_path, overrides);
-  check_backend(config.run);
-  const int threads = configure_threads(config.run);
-  SingleProcessCommunicator comm;
-  const HeadShard shard = shard_heads(config.model.n_heads, comm.world(), comm.rank(), false);
-  const InputTensor x = load_input(config.run.input, config.model);
-  const std::vector<int64_t> steps = config.run.schedule.steps(x.tokens);
-  const std::vector<float> mask = load_mask(config.run.mask, x.tokens);
+uint64_t fingerprint(const std::vector<const std::vector<float>*>& tensors) {
+  uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a over the bytes
+  for (const std::vector<float>* tensor : tensors) {
+    const auto* bytes = reinterpret_cast<const unsigned char*>(tensor->data());
+    for (size_t i = 0; i < tensor->size() * sizeof(float); ++i) hash = (hash ^ bytes[i]) * 0x100000001b3ull;
+  }
+  return hash;
+}
 
-  std::printf("mla_run: %s; backend cpu, %d threads, compute %s, host %s\n", config_path.c_str(), threads,
-              to_string(config.run.compute_dtype), comm.host().c_str());
-  print_model(config.model, shard);
-  LoadedWeights loaded = load_layer_weights(config.weights, config.model, shard, config.run.compute_dtype);
-  std::printf("weights: %s, stored %s, %s as fp32 compute copies\n", loaded.description.c_str(),
-              loaded.storage_dtype.c_str(), megabytes(loaded.weights.bytes()).c_str());
-  std::printf("input: x [%ld, %ld, %ld] from %s; %zu steps; mask: %s\n", x.batch, x.tokens, x.dim,
-              x.description.c_str(), steps.size(), mask.empty() ? "causal" : config.run.mask.c_str());
+// Ends the job on every rank, with every failing rank's reason, when any rank failed a phase.
+class Phases {
+ public:
+  explicit Phases(const MpiSession& session) : session_(session) {}
 
+  template <typename Body>
+  void run(Body&& body) {
+    std::string message;
+    bool ok = true;
+    try {
+      body();
+    } catch (const UserError& error) {
+      ok = false;
+      message = error.what();
+    }
+    std::string failure;
+    if (session_.all_ok(ok, message, &failure)) return;
+    throw UserError(failure);
+  }
+
+  // Every rank must hold the same text; names the ranks whose text differs from rank 0's.
+  void agree(const std::string& what, const std::string& local_text) {
+    const std::vector<std::string> texts = session_.all_gather(local_text);
+    std::string differing;
+    for (size_t r = 1; r < texts.size(); ++r)
+      if (texts[r] != texts[0]) differing += (differing.empty() ? "" : ", ") + std::to_string(r);
+    if (!differing.empty()) throw UserError(what + " differs between rank 0 and rank(s) " + differing + describe_diff(texts));
+  }
+
+ private:
+  // For key=value lines: the first key whose value differs, with both values.
+  static std::string describe_diff(const std::vector<std::string>& texts) {
+    for (size_t r = 1; r < texts.size(); ++r) {
+      std::istringstream first(texts[0]), other(texts[r]);
+      for (std::string a, b; std::getline(first, a) && std::getline(other, b);) {
+        if (a != b) return ": rank 0 has " + a + ", rank " + std::to_string(r) + " has " + b;
+      }
+    }
+    return "";
+  }
+  const MpiSession& session_;
+};
+
+std::string config_text(const Config& config) {
+  std::string text;
+  for (const auto& [key, value] : config_entries(config)) text += key + "=" + value + "\n";
+  return text;
+}
+
+int run(const MpiSession& session, const std::string& config_path, const std::vector<std::string>& overrides) {
+  const bool leader = session.rank() == 0;
+  const std::string label = session.label();
+  Phases phases(session);
+  Config config;
+  phases.run([&] {
+    config = load_config(config_path, overrides);
+    check_backend(config.run);
+  });
+  phases.agree("the configuration", config_text(config));
+  const int threads = configure_threads(config.run, session);
+  MpiCommunicator comm(session);
+
+  HeadShard shard;
+  InputTensor x;
+  std::vector<int64_t> steps;
+  std::vector<float> mask;
+  LoadedWeights loaded;
+  phases.run([&] {
+    try {
+      shard = shard_heads(config.model.n_heads, comm.world(), comm.rank(), config.parallel.uneven_heads);
+    } catch (const std::invalid_argument& error) {
+      throw UserError(std::string("model.n_heads: ") + error.what());
+    }
+    x = load_input(config.run.input, config.model);
+    steps = config.run.schedule.steps(x.tokens);
+    mask = load_mask(config.run.mask, x.tokens);
+    loaded = load_layer_weights(config.weights, config.model, shard, config.run.compute_dtype);
+  });
+  // Replicated weights and the input must be the same everywhere, or the sum over ranks is wrong.
+  const LayerWeights& w = loaded.weights;
+  phases.agree("the replicated weights (wq_a, q_norm, wkv_a, kv_norm)",
+               std::to_string(fingerprint({&w.wq_a, &w.q_norm, &w.wkv_a, &w.kv_norm})));
+  phases.agree("the input x", std::to_string(fingerprint({&x.values})));
+
+  if (leader) {
+    std::printf("mla_run: %s; backend cpu, world %d, compute %s\n", config_path.c_str(), comm.world(),
+                to_string(config.run.compute_dtype));
+    print_model(config.model);
+    std::printf("input: x [%ld, %ld, %ld] from %s; %zu steps; mask: %s\n", x.batch, x.tokens, x.dim,
+                x.description.c_str(), steps.size(), mask.empty() ? "causal" : config.run.mask.c_str());
+  }
+  std::fflush(stdout);
+  std::printf("%s %s, %d threads; weights: %s, stored %s, %s as fp32 compute copies\n", label.c_str(),
+              describe(shard).c_str(), threads, loaded.description.c_str(), loaded.storage_dtype.c_str(),
+              format_bytes(loaded.weights.bytes()).c_str());
   MlaLayer layer(config.model, shard, std::move(loaded.weights), config.run);
-  std::printf("kv cache: [%ld, %ld, %ld] latent (c_n | k_pe), %s, shared by both formulations\n",
+  std::printf("%s kv cache: [%ld, %ld, %ld] latent (c_n | k_pe), %s, shared by both formulations\n", label.c_str(),
               config.model.max_batch_size, config.model.max_seq_len,
-              config.model.kv_lora_rank + config.model.qk_rope_head_dim, megabytes(layer.kv_cache_bytes()).c_str());
+              config.model.kv_lora_rank + config.model.qk_rope_head_dim, format_bytes(layer.kv_cache_bytes()).c_str());
   size_t step_index = 0;
   const RunResult result = run_schedule(layer, comm, x, steps, mask,
-                                        [&](const StepReport& step) { print_step(step_index++, step); });
-  std::printf("total: %.3f ms for %zu steps (all-reduce %.3f ms)\n", result.total_ms, result.steps.size(),
-              result.allreduce_ms);
-
-  if (config.run.output.empty()) {
-    std::printf("output: not written (run.output is empty)\n");
-    return 0;
+                                        [&](const StepReport& step) { print_step(label, step_index++, step); });
+  std::fflush(stdout);
+  if (config.parallel.check_identical_output) {
+    phases.agree("the output y (parallel.check_identical_output)", std::to_string(fingerprint({&result.y})));
+    if (leader) std::printf("check: y is bitwise identical on all %d ranks\n", comm.world());
   }
-  write_safetensors_f32(config.run.output, {{"y", {x.batch, x.tokens, x.dim}, result.y.data()}},
-                        {{"config", config_path}, {"compute_dtype", to_string(config.run.compute_dtype)}});
-  std::printf("output: y [%ld, %ld, %ld] f32 -> %s\n", x.batch, x.tokens, x.dim, config.run.output.c_str());
+  if (leader) {
+    std::printf("total: %.3f ms for %zu steps (all-reduce %.3f ms)\n", result.total_ms, result.steps.size(),
+                result.allreduce_ms);
+  }
+  phases.run([&] {
+    if (!leader || config.run.output.empty()) return;
+    write_safetensors_f32(config.run.output, {{"y", {x.batch, x.tokens, x.dim}, result.y.data()}},
+                          {{"config", config_path}, {"compute_dtype", to_string(config.run.compute_dtype)},
+                           {"world", std::to_string(comm.world())}});
+  });
+  if (leader) {
+    if (config.run.output.empty()) {
+      std::printf("output: not written (run.output is empty)\n");
+    } else {
+      std::printf("output: y [%ld, %ld, %ld] f32 -> %s\n", x.batch, x.tokens, x.dim, config.run.output.c_str());
+    }
+  }
   return 0;
 }
 
@@ -104,28 +212,39 @@ int run(const std::string& config_path, const std::vector<std::string>& override
 }  // namespace mla
 
 int main(int argc, char** argv) {
+  std::unique_ptr<mla::MpiSession> session;
+  try {
+    session = std::make_unique<mla::MpiSession>(&argc, &argv);
+  } catch (const mla::MpiError& error) {
+    std::fprintf(stderr, "mla_run: error: %s\n", error.what());
+    return 1;
+  }
+  const bool leader = session->rank() == 0;
   CLI::App app{"Runs one MLA layer forward over a schedule of prefill, chunk and decode steps."};
   std::string config_path;
   std::vector<std::string> overrides;
-  app.add_option("config", config_path, "YAML config (sections model, weights, run)")->required();
+  app.add_option("config", config_path, "YAML config (sections model, weights, run, parallel)")->required();
   app.add_option("--set", overrides, "override a config key: section.key=value (value read as YAML); repeatable");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& help) {
-    return app.exit(help);
+    return leader ? app.exit(help) : 0;
   } catch (const CLI::ParseError& error) {
-    std::fprintf(stderr, "mla_run: error: %s\n", error.what());
+    if (leader) std::fprintf(stderr, "mla_run: error: %s\n", error.what());
     return mla::kUserErrorExitCode;
   }
   try {
-    return mla::run(config_path, overrides);
+    return mla::run(*session, config_path, overrides);
   } catch (const mla::UserError& error) {
+    // Every rank got here together (Phases): rank 0 speaks for all of them.
     std::fflush(stdout);
-    std::fprintf(stderr, "mla_run: error: %s\n", error.what());
+    if (leader) std::fprintf(stderr, "mla_run: error: %s\n", error.what());
     return mla::kUserErrorExitCode;
   } catch (const std::exception& error) {
+    // Only this rank knows: take the whole job down instead of leaving the others waiting.
     std::fflush(stdout);
-    std::fprintf(stderr, "mla_run: internal error: %s\n", error.what());
+    std::fprintf(stderr, "mla_run: internal error on %s: %s\n", session->label().c_str(), error.what());
+    if (session->world() > 1) MPI_Abort(MPI_COMM_WORLD, 1);
     return 1;
   }
 }

@@ -1,0 +1,113 @@
+#include "parallel/mpi_session.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <limits>
+
+namespace mla {
+
+namespace {
+std::string this_host() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "unknown-host";
+  return name;
+}
+
+int world_rank_or_unknown() {
+  int initialized = 0, finalized = 0, rank = -1;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+}
+
+// MPI counts are int: a message past 2^31 elements goes in pieces.
+constexpr int64_t kMaxMpiCount = std::numeric_limits<int>::max() / 2;
+}  // namespace
+
+void throw_mpi_error(int code, const char* call, const char* file, int line) {
+  char text[MPI_MAX_ERROR_STRING] = {};
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  throw MpiError(std::string(call) + " failed at " + file + ":" + std::to_string(line) + " on rank " +
+                 std::to_string(world_rank_or_unknown()) + " (" + this_host() + "): " + text);
+}
+
+MpiSession::MpiSession(int* argc, char*** argv) : host_(this_host()) {
+  MPI_CHECK(MPI_Init(argc, argv));
+  // Errors come back as codes for MPI_CHECK to report, instead of MPI aborting silently.
+  MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
+  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world_));
+  MPI_Comm node_comm;
+  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_comm));
+  MPI_CHECK(MPI_Comm_rank(node_comm, &local_rank_));
+  MPI_CHECK(MPI_Comm_size(node_comm, &local_size_));
+  MPI_CHECK(MPI_Comm_free(&node_comm));
+}
+
+MpiSession::~MpiSession() { MPI_Finalize(); }
+
+std::string MpiSession::label() const {
+  return "[rank " + std::to_string(rank_) + "/" + std::to_string(world_) + " " + host_ + "]";
+}
+
+std::vector<std::string> MpiSession::all_gather(const std::string& text) const {
+  int length = static_cast<int>(std::min<size_t>(text.size(), static_cast<size_t>(kMaxMpiCount)));
+  std::vector<int> lengths(static_cast<size_t>(world_));
+  MPI_CHECK(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, MPI_COMM_WORLD));
+  std::vector<int> offsets(static_cast<size_t>(world_), 0);
+  int64_t total = 0;
+  for (int r = 0; r < world_; ++r) {
+    offsets[r] = static_cast<int>(total);
+    total += lengths[r];
+  }
+  if (total > kMaxMpiCount) throw MpiError("all_gather: " + std::to_string(total) + " bytes is too much text");
+  std::string gathered(static_cast<size_t>(total), '\0');
+  MPI_CHECK(MPI_Allgatherv(text.data(), length, MPI_CHAR, gathered.data(), lengths.data(), offsets.data(), MPI_CHAR,
+                           MPI_COMM_WORLD));
+  std::vector<std::string> texts;
+  for (int r = 0; r < world_; ++r) texts.push_back(gathered.substr(static_cast<size_t>(offsets[r]), lengths[r]));
+  return texts;
+}
+
+bool MpiSession::all_ok(bool ok, const std::string& message, std::string* failure) const {
+  int local_ok = ok ? 1 : 0, every_ok = 0;
+  MPI_CHECK(MPI_Allreduce(&local_ok, &every_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  if (every_ok) return true;
+  const std::vector<std::string> messages = all_gather(ok ? std::string() : message);
+  const std::vector<std::string> hosts = all_gather(host_);
+  failure->clear();
+  std::vector<bool> reported(messages.size(), false);
+  for (size_t r = 0; r < messages.size(); ++r) {
+    if (messages[r].empty() || reported[r]) continue;
+    std::string ranks;
+    for (size_t other = r; other < messages.size(); ++other) {
+      if (messages[other] != messages[r]) continue;
+      reported[other] = true;
+      ranks += (ranks.empty() ? "" : ", ") + std::to_string(other) + " (" + hosts[other] + ")";
+    }
+    const bool every_rank = ranks.find(',') != std::string::npos && std::count(reported.begin(), reported.end(), true) ==
+                                                                        static_cast<long>(messages.size());
+    if (!failure->empty()) *failure += "; ";
+    *failure += (world_ == 1 ? "" : every_rank ? "every rank: " : "rank " + ranks + ": ") + messages[r];
+  }
+  return false;
+}
+
+void MpiCommunicator::allreduce_sum(float* values, int64_t count) {
+  if (session_.world() == 1) return;
+  for (int64_t begin = 0; begin < count; begin += kMaxMpiCount) {
+    const int piece = static_cast<int>(std::min(kMaxMpiCount, count - begin));
+    float* chunk = values + begin;
+    if (session_.rank() == 0) {
+      MPI_CHECK(MPI_Reduce(MPI_IN_PLACE, chunk, piece, MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD));
+    } else {
+      MPI_CHECK(MPI_Reduce(chunk, nullptr, piece, MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD));
+    }
+    MPI_CHECK(MPI_Bcast(chunk, piece, MPI_FLOAT, 0, MPI_COMM_WORLD));
+  }
+}
+
+}  // namespace mla

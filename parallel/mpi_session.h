@@ -1,0 +1,78 @@
+// MPI bootstrap and the MPI communicator (CPU ranks).
+//
+// Every MPI call goes through MPI_CHECK: on failure it throws MpiError naming the call, the file
+// and line, the rank and the host, with MPI's own error string.
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "parallel/communicator.h"
+
+namespace mla {
+
+class MpiError : public std::runtime_error {
+ public:
+  explicit MpiError(const std::string& message) : std::runtime_error(message) {}
+};
+
+[[noreturn]] void throw_mpi_error(int code, const char* call, const char* file, int line);
+
+#define MPI_CHECK(call)                                                     \
+  do {                                                                      \
+    const int mpi_check_code_ = (call);                                     \
+    if (mpi_check_code_ != MPI_SUCCESS) {                                   \
+      ::mla::throw_mpi_error(mpi_check_code_, #call, __FILE__, __LINE__);   \
+    }                                                                       \
+  } while (0)
+
+// MPI_Init on construction, MPI_Finalize on destruction. Run without mpirun, it is a world of one.
+class MpiSession {
+ public:
+  MpiSession(int* argc, char*** argv);
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+
+  int rank() const { return rank_; }
+  int world() const { return world_; }
+  int local_rank() const { return local_rank_; }  // rank among the processes of this node
+  int local_size() const { return local_size_; }  // processes of this job on this node
+  const std::string& host() const { return host_; }
+  std::string label() const;  // "[rank 1/4 node-a]"
+
+  // Collective: true on every rank when `ok` is true on every rank. Otherwise `failure` (on every
+  // rank) reads "rank R (HOST): message" for each failing rank, ranks with the same message
+  // grouped, so one rank's bad file stops all of them with its reason instead of leaving them waiting.
+  bool all_ok(bool ok, const std::string& message, std::string* failure) const;
+
+  // Collective: every rank's string, in rank order, on every rank.
+  std::vector<std::string> all_gather(const std::string& text) const;
+
+ private:
+  int rank_ = 0;
+  int world_ = 1;
+  int local_rank_ = 0;
+  int local_size_ = 1;
+  std::string host_;
+};
+
+// Sums partial outputs with MPI. MPI_Allreduce may round differently on different ranks, so the
+// sum is reduced on rank 0 and broadcast: every rank ends with the same bits (SPEC.md step 9).
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(const MpiSession& session) : session_(session) {}
+  int rank() const override { return session_.rank(); }
+  int world() const override { return session_.world(); }
+  std::string host() const override { return session_.host(); }
+  void allreduce_sum(float* values, int64_t count) override;
+
+ private:
+  const MpiSession& session_;
+};
+
+}  // namespace mla

@@ -1,0 +1,134 @@
+// mla_run under mpiexec: worlds of 2 and 4 ranks on this machine give the world-1 output on every
+// path, formulation and phase; ranks hold bitwise-identical y; split and unsplit checkpoints agree;
+// a rank with a different config or a missing file stops the whole job with its reason.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "runtime/safetensors.h"
+#include "tests/cli_fixture.h"
+
+namespace mla::test {
+namespace {
+
+class MlaRunMpi : public MlaRunCli {
+ protected:
+  // y of `ranks` ranks running `config_text` with `sets`; fails the test on a non-zero exit.
+  std::vector<float> y_of(int ranks, const std::string& config_text, std::vector<std::string> sets) {
+    const std::string y_path = dir_.file("y_world" + std::to_string(ranks) + ".safetensors");
+    sets.push_back("run.output=" + y_path);
+    sets.push_back("parallel.check_identical_output=true");
+    const Outcome outcome = run_command(mpiexec(ranks) + mla_run_command(write_config("mpi.yaml", config_text), sets));
+    EXPECT_EQ(outcome.exit_code, 0) << outcome.out << outcome.err;
+    if (outcome.exit_code != 0) return {};
+    EXPECT_NE(outcome.out.find("y is bitwise identical on all " + std::to_string(ranks) + " ranks"), std::string::npos)
+        << outcome.out;
+    return SafetensorsFile::open(y_path).read_f32("y");
+  }
+
+  // 4 heads, every phase: a prefill, a chunk at an offset, decode steps.
+  std::string four_head_config() const {
+    return "model: {dim: 48, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 24, qk_nope_head_dim: 8,\n"
+           "        qk_rope_head_dim: 4, v_head_dim: 8, max_batch_size: 2, max_seq_len: 32}\n"
+           "weights: {format: random, dtype: bf16, seed: 5}\n"
+           "run:\n"
+           "  threads: 1\n"
+           "  input: {random: {batch: 2, tokens: 12, seed: 6}}\n"
+           "  schedule: {chunks: [6, 3, 1, 1, 1]}\n";
+  }
+};
+
+TEST_F(MlaRunMpi, WorldsOfTwoAndFourEqualWorldOneOnEveryPath) {
+  for (const char* attention : {"fast", "standard"}) {
+    for (const char* formulation : {"naive", "absorb"}) {
+      const std::vector<std::string> sets = {std::string("run.attention=") + attention,
+                                             std::string("run.formulation=") + formulation};
+      const std::vector<float> world1 = y_of(1, four_head_config(), sets);
+      for (int ranks : {2, 4}) {
+        const std::vector<float> y = y_of(ranks, four_head_config(), sets);
+        ASSERT_EQ(y.size(), world1.size());
+        EXPECT_LE(relative_l2(y, to_double(world1)), 1e-5) << ranks << " ranks, " << attention << ", " << formulation;
+      }
+    }
+  }
+}
+
+// DeepSeek's fixture has 5 heads: worlds 2 and 4 need uneven sharding, and must still reproduce it.
+TEST_F(MlaRunMpi, UnevenHeadsReproduceDeepSeek) {
+  const std::vector<float> expected = SafetensorsFile::open(kFixtureDir + "/expected.safetensors").read_f32("y_absorb_f32");
+  std::vector<std::string> sets = fixture_sets(kFixtureDir);
+  sets.pop_back();  // y_of sets run.output
+  sets.push_back("parallel.uneven_heads=true");
+  for (int ranks : {2, 4}) {
+    EXPECT_LE(relative_l2(y_of(ranks, read_text(kFixtureDir + "/config.yaml"), sets), to_double(expected)), 1e-5) << ranks;
+  }
+}
+
+TEST_F(MlaRunMpi, HeadsNotDivisibleAreRefusedUnlessUneven) {
+  const Outcome outcome = run_command(mpiexec(2) + mla_run_command(write_config("c.yaml", read_text(kFixtureDir + "/config.yaml")),
+                                                                   fixture_sets(kFixtureDir)));
+  expect_user_error(outcome, {"model.n_heads", "not divisible", "parallel.uneven_heads"});
+}
+
+// DeepSeek's converted files split for world 2 give the same y as each rank slicing model0-mp1.
+TEST_F(MlaRunMpi, SplitAndUnsplitCheckpointsAgree) {
+  ModelArgs m;
+  m.dim = 48;
+  m.n_heads = 4;
+  m.q_lora_rank = 16;
+  m.kv_lora_rank = 24;
+  m.qk_nope_head_dim = 8;
+  m.qk_rope_head_dim = 4;
+  m.v_head_dim = 8;
+  m.max_batch_size = 2;
+  m.max_seq_len = 32;
+  const WeightsConfig random = random_weights(WeightDType::BF16, 5);
+  const auto write_checkpoint = [&](const std::string& path, const HeadShard& shard) {
+    const LayerWeights w = load_layer_weights(random, m, shard, ComputeDType::FP32).weights;
+    const int64_t heads = shard.n_local_heads;
+    const auto name = [](const std::string& n) { return "layers.0.attn." + n + ".weight"; };
+    write_safetensors_f32(path, {{name("wq_a"), {16, 48}, w.wq_a.data()},
+                                 {name("q_norm"), {16}, w.q_norm.data()},
+                                 {name("wq_b"), {heads * 12, 16}, w.wq_b.data()},
+                                 {name("wkv_a"), {28, 48}, w.wkv_a.data()},
+                                 {name("kv_norm"), {24}, w.kv_norm.data()},
+                                 {name("wkv_b"), {heads * 16, 24}, w.wkv_b.data()},
+                                 {name("wo"), {48, heads * 8}, w.wo.data()}});
+  };
+  std::filesystem::create_directories(dir_.file("unsplit"));
+  std::filesystem::create_directories(dir_.file("split"));
+  write_checkpoint(dir_.file("unsplit") + "/model0-mp1.safetensors", whole(m));
+  for (int rank = 0; rank < 2; ++rank) {
+    write_checkpoint(dir_.file("split") + "/model" + std::to_string(rank) + "-mp2.safetensors", shard_heads(4, 2, rank, false));
+  }
+  const std::string config = four_head_config();
+  const std::vector<float> unsplit = y_of(2, config, {"weights={format: deepseek, path: " + dir_.file("unsplit") + "}"});
+  const std::vector<float> split = y_of(2, config, {"weights={format: deepseek, path: " + dir_.file("split") + "}"});
+  const std::vector<float> random_world1 = y_of(1, config, {});
+  EXPECT_EQ(split, unsplit) << "the same weights in the same order: the same bits";
+  EXPECT_LE(relative_l2(unsplit, to_double(random_world1)), 1e-5);
+}
+
+// mpiexec's MPMD form gives rank 1 another config: every rank stops, naming rank 1 and the key.
+TEST_F(MlaRunMpi, ARankWithADifferentConfigIsCaught) {
+  const std::string a = write_config("a.yaml", four_head_config());
+  const std::string b = write_config("b.yaml", four_head_config() + "  fast_path_max_len: 8\n");
+  const Outcome outcome = run_command(mpiexec(1) + mla_run_command(a, {"run.output=" + output()}) + " : -n 1 " +
+                                      mla_run_command(b, {"run.output=" + output()}));
+  expect_user_error(outcome, {"configuration differs", "rank(s) 1", "run.fast_path_max_len=256", "run.fast_path_max_len=8"});
+}
+
+TEST_F(MlaRunMpi, ARankMissingItsCheckpointStopsEveryRank) {
+  const std::string a = write_config("a.yaml", four_head_config());
+  const Outcome outcome = run_command(
+      mpiexec(1) + mla_run_command(a, {"run.output=" + output()}) + " : -n 1 " +
+      mla_run_command(a, {"run.output=" + output(), "weights={format: deepseek, path: " + dir_.file("nowhere") + "}"}));
+  // The configs differ too (weights.format); the first disagreement found is reported.
+  EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
+  EXPECT_NE(outcome.err.find("rank"), std::string::npos) << outcome.err;
+  EXPECT_FALSE(std::filesystem::exists(output()));
+}
+
+}  // namespace
+}  // namespace mla::test
