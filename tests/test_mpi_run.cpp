@@ -130,5 +130,22 @@ TEST_F(MlaRunMpi, ARankMissingItsCheckpointStopsEveryRank) {
   EXPECT_FALSE(std::filesystem::exists(output()));
 }
 
+// The multi-node path for real: a hostfile of two hosts (network namespaces with their own
+// addresses, made by tests/multinode/two_hosts.sh), 2 ranks on each, MPI over their addresses.
+TEST_F(MlaRunMpi, FourRanksOnTwoHostsEqualOneRank) {
+  const std::string config = write_config("hosts.yaml", four_head_config());
+  const std::string y_path = dir_.file("y_two_hosts.safetensors");
+  const Outcome outcome = run_command("bash " + std::string(MLA_SOURCE_DIR) + "/tests/multinode/two_hosts.sh 4 " +
+                                      mla_run_command(config, {"run.output=" + y_path, "parallel.check_identical_output=true"}));
+  if (outcome.exit_code == 77) GTEST_SKIP() << outcome.err;
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.out << outcome.err;
+  for (const char* rank_on_host : {"[rank 0/4 mla-host1]", "[rank 1/4 mla-host1]", "[rank 2/4 mla-host2]", "[rank 3/4 mla-host2]"}) {
+    EXPECT_NE(outcome.out.find(rank_on_host), std::string::npos) << rank_on_host << "\n" << outcome.out;
+  }
+  EXPECT_NE(outcome.out.find("y is bitwise identical on all 4 ranks"), std::string::npos);
+  const std::vector<float> world1 = y_of(1, four_head_config(), {});
+  EXPECT_LE(relative_l2(SafetensorsFile::open(y_path).read_f32("y"), to_double(world1)), 1e-5);
+}
+
 }  // namespace
 }  // namespace mla::test

@@ -4,6 +4,7 @@
 // decode steps) through the layer, prints what it did per step and writes y atomically.
 // Exit codes: 0 done, 2 bad input (config, files, shapes), 1 anything else.
 #include <omp.h>
+#include <sched.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -39,10 +40,13 @@ std::string format_bytes(int64_t bytes) {
   return text;
 }
 
-// Ranks on one node split its cores, so they do not fight over them; run.threads overrides.
+// Ranks on one node split its cores, so they do not fight over them, and a rank bound to fewer
+// CPUs (mpirun --bind-to, Slurm's cpus-per-task) uses only those; run.threads overrides.
 int configure_threads(const RunConfig& run, const MpiSession& session) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int threads = run.threads > 0 ? run.threads : std::max(1, cores / session.local_size());
+  cpu_set_t allowed;
+  const int bound = sched_getaffinity(0, sizeof(allowed), &allowed) == 0 ? CPU_COUNT(&allowed) : cores;
+  const int threads = run.threads > 0 ? run.threads : std::max(1, std::min(bound, cores / session.local_size()));
   omp_set_num_threads(threads);
   set_blas_threads(threads);
   return threads;

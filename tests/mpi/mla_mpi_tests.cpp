@@ -1,0 +1,150 @@
+// Tests that run inside an MPI job (ctest starts them with mpiexec -n 1, 2 and 4): each rank
+// computes its head shard, the MPI communicator sums the partial outputs, and the result must equal
+// the whole layer computed by one process, bitwise the same on every rank.
+//
+// Output: only rank 0 prints GoogleTest's report; a listener gathers every rank's failures after
+// each test and rank 0 prints them, so a failure on rank 3 is seen and fails the job.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "parallel/mpi_session.h"
+#include "tests/test_util.h"
+
+namespace mla::test {
+namespace {
+
+MpiSession* g_session = nullptr;
+
+// After each test, every rank's failure messages travel to rank 0, which prints them.
+class GatherFailuresListener : public testing::EmptyTestEventListener {
+ public:
+  void OnTestPartResult(const testing::TestPartResult& result) override {
+    if (result.failed()) {
+      local_failures_ += std::string(result.file_name() ? result.file_name() : "?") + ":" +
+                         std::to_string(result.line_number()) + ": " + result.summary() + "\n";
+    }
+  }
+
+  void OnTestEnd(const testing::TestInfo& info) override {
+    const std::vector<std::string> failures = g_session->all_gather(local_failures_);
+    local_failures_.clear();
+    if (g_session->rank() != 0) return;
+    for (size_t rank = 0; rank < failures.size(); ++rank) {
+      if (failures[rank].empty()) continue;
+      failed_ranks_ += 1;
+      std::printf("[rank %zu] %s.%s FAILED:\n%s", rank, info.test_suite_name(), info.name(), failures[rank].c_str());
+    }
+  }
+
+  int failed_ranks() const { return failed_ranks_; }
+
+ private:
+  std::string local_failures_;
+  int failed_ranks_ = 0;
+};
+
+ModelArgs model(int64_t heads) {
+  ModelArgs m;
+  m.dim = 56;
+  m.n_heads = heads;
+  m.q_lora_rank = 20;
+  m.kv_lora_rank = 28;
+  m.qk_nope_head_dim = 8;
+  m.qk_rope_head_dim = 6;
+  m.v_head_dim = 10;
+  m.max_batch_size = 2;
+  m.max_seq_len = 48;
+  return m;
+}
+
+// Every phase: a prefill at 0, a chunk at an offset, decode steps.
+const std::vector<int64_t> kSteps = {7, 4, 1, 1};
+
+RunResult sharded_run(const ModelArgs& m, const RunConfig& run, const InputTensor& x, bool uneven) {
+  const HeadShard shard = shard_heads(m.n_heads, g_session->world(), g_session->rank(), uneven);
+  MlaLayer layer(m, shard, load_layer_weights(random_weights(WeightDType::BF16, 4), m, shard, run.compute_dtype).weights, run);
+  MpiCommunicator comm(*g_session);
+  return run_schedule(layer, comm, x, kSteps, {}, {});
+}
+
+void expect_identical_on_every_rank(const std::vector<float>& y) {
+  const std::string bytes(reinterpret_cast<const char*>(y.data()), y.size() * sizeof(float));
+  const std::vector<std::string> all = g_session->all_gather(bytes);
+  for (size_t rank = 1; rank < all.size(); ++rank) EXPECT_TRUE(all[rank] == all[0]) << "rank " << rank << "'s y differs";
+}
+
+TEST(MpiLayer, ShardsSumToTheWholeLayerOnEveryPath) {
+  const ModelArgs m = model(4);
+  const InputTensor x = random_input(m, 2, 13, 5);
+  for (AttentionChoice attention : {AttentionChoice::Fast, AttentionChoice::Standard}) {
+    for (FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
+      RunConfig run;
+      run.attention = attention;
+      run.formulation = formulation;
+      const RunResult whole_run = layer_run(m, run, whole(m), load_layer_weights(random_weights(WeightDType::BF16, 4), m, whole(m), ComputeDType::FP32).weights, x, kSteps);
+      const RunResult sharded = sharded_run(m, run, x, false);
+      EXPECT_LE(relative_l2(sharded.y, to_double(whole_run.y)), 1e-5) << to_string(attention) << " " << to_string(formulation);
+      expect_identical_on_every_rank(sharded.y);
+    }
+  }
+}
+
+TEST(MpiLayer, UnevenShardsAndBf16) {
+  const ModelArgs m = model(5);
+  const InputTensor x = random_input(m, 2, 13, 6);
+  RunConfig run;
+  run.compute_dtype = ComputeDType::BF16;
+  const LayerWeights weights = load_layer_weights(random_weights(WeightDType::BF16, 4), m, whole(m), ComputeDType::BF16).weights;
+  const RunResult whole_run = layer_run(m, run, whole(m), weights, x, kSteps);
+  const RunResult sharded = sharded_run(m, run, x, true);
+  EXPECT_LE(relative_l2(sharded.y, to_double(whole_run.y)), 2e-2);
+  expect_identical_on_every_rank(sharded.y);
+}
+
+TEST(MpiCommunicator, SumsExactlyAndLargeCounts) {
+  MpiCommunicator comm(*g_session);
+  std::vector<float> values(100003);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>((g_session->rank() + 1) * (i % 7));
+  comm.allreduce_sum(values.data(), static_cast<int64_t>(values.size()));
+  const int world = g_session->world();
+  for (size_t i = 0; i < values.size(); i += 997) {
+    EXPECT_EQ(values[i], static_cast<float>(world * (world + 1) / 2 * (i % 7))) << i;
+  }
+}
+
+TEST(MpiSession, OneRanksFailureReachesEveryRankWithItsReason) {
+  const int last = g_session->world() - 1;
+  std::string failure;
+  const bool ok = g_session->all_ok(g_session->rank() != last, "cannot open ckpt/x.safetensors", &failure);
+  EXPECT_FALSE(ok);
+  EXPECT_NE(failure.find("cannot open ckpt/x.safetensors"), std::string::npos) << failure;
+  if (g_session->world() > 1) {
+    EXPECT_NE(failure.find("rank " + std::to_string(last)), std::string::npos) << failure;
+  }
+  std::string unused;
+  EXPECT_TRUE(g_session->all_ok(true, "", &unused));
+}
+
+}  // namespace
+}  // namespace mla::test
+
+int main(int argc, char** argv) {
+  mla::MpiSession session(&argc, &argv);
+  mla::test::g_session = &session;
+  testing::InitGoogleTest(&argc, argv);
+  testing::TestEventListeners& listeners = testing::UnitTest::GetInstance()->listeners();
+  if (session.rank() != 0) delete listeners.Release(listeners.default_result_printer());
+  auto* gather = new mla::test::GatherFailuresListener;  // owned by gtest
+  listeners.Append(gather);
+  const int local_result = RUN_ALL_TESTS();
+  int any_failed = 0;
+  MPI_CHECK(MPI_Allreduce(&local_result, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+  if (session.rank() == 0 && any_failed) {
+    std::printf("FAILED on %d rank-test(s) of %d ranks (see the [rank N] lines above)\n", gather->failed_ranks(),
+                session.world());
+  }
+  return any_failed;
+}
