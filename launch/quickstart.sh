@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job: installs what is missing, builds, and runs one MLA layer on the CPU from the
-# example config. Extra arguments go to mla_run (e.g. --set run.compute_dtype=bf16).
+# The main job: installs what is missing, builds, and runs one MLA layer from the example config,
+# tensor-parallel over MLA_WORLD CPU ranks (default 2) under mpirun. Extra arguments go to mla_run
+# (e.g. --set run.compute_dtype=bf16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 mkdir -p results
-./build/mla_run configs/example.yaml "$@"
+bash launch/mpirun_local.sh "${MLA_WORLD:-2}" configs/example.yaml "$@"
