@@ -4,9 +4,17 @@
 
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 namespace mla {
+
+// A rank failed during the run (a non-finite partial output, a stalled peer): the job stops with
+// a non-zero exit and no output. Every rank throws it together, so each can exit cleanly.
+class RankFailure : public std::runtime_error {
+ public:
+  explicit RankFailure(const std::string& message) : std::runtime_error(message) {}
+};
 
 class Communicator {
  public:

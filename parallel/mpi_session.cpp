@@ -54,6 +54,7 @@ std::string MpiSession::label() const {
 }
 
 std::vector<std::string> MpiSession::all_gather(const std::string& text) const {
+  const CollectiveScope scope(watchdog_, "all-gather");
   int length = static_cast<int>(std::min<size_t>(text.size(), static_cast<size_t>(kMaxMpiCount)));
   std::vector<int> lengths(static_cast<size_t>(world_));
   MPI_CHECK(MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, MPI_COMM_WORLD));
@@ -74,7 +75,10 @@ std::vector<std::string> MpiSession::all_gather(const std::string& text) const {
 
 bool MpiSession::all_ok(bool ok, const std::string& message, std::string* failure) const {
   int local_ok = ok ? 1 : 0, every_ok = 0;
-  MPI_CHECK(MPI_Allreduce(&local_ok, &every_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  {
+    const CollectiveScope scope(watchdog_, "agreement");
+    MPI_CHECK(MPI_Allreduce(&local_ok, &every_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+  }
   if (every_ok) return true;
   const std::vector<std::string> messages = all_gather(ok ? std::string() : message);
   const std::vector<std::string> hosts = all_gather(host_);
@@ -98,6 +102,7 @@ bool MpiSession::all_ok(bool ok, const std::string& message, std::string* failur
 
 void MpiCommunicator::allreduce_sum(float* values, int64_t count) {
   if (session_.world() == 1) return;
+  const CollectiveScope scope(session_.watchdog(), "all-reduce");
   for (int64_t begin = 0; begin < count; begin += kMaxMpiCount) {
     const int piece = static_cast<int>(std::min(kMaxMpiCount, count - begin));
     float* chunk = values + begin;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/watchdog.h"
 
 namespace mla {
 
@@ -21,6 +22,22 @@ class MpiError : public std::runtime_error {
 };
 
 [[noreturn]] void throw_mpi_error(int code, const char* call, const char* file, int line);
+
+// Marks a collective for the session's watchdog (if any) for as long as it lives.
+class CollectiveScope {
+ public:
+  CollectiveScope(Watchdog* watchdog, const char* what) : watchdog_(watchdog) {
+    if (watchdog_ != nullptr) watchdog_->enter_collective(what);
+  }
+  ~CollectiveScope() {
+    if (watchdog_ != nullptr) watchdog_->leave_collective();
+  }
+  CollectiveScope(const CollectiveScope&) = delete;
+  CollectiveScope& operator=(const CollectiveScope&) = delete;
+
+ private:
+  Watchdog* watchdog_;
+};
 
 #define MPI_CHECK(call)                                                     \
   do {                                                                      \
@@ -37,6 +54,10 @@ class MpiSession {
   ~MpiSession();
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
+
+  // Collectives of this session (all_ok, all_gather) report to the watchdog while they wait.
+  void set_watchdog(Watchdog* watchdog) { watchdog_ = watchdog; }
+  Watchdog* watchdog() const { return watchdog_; }
 
   int rank() const { return rank_; }
   int world() const { return world_; }
@@ -59,6 +80,7 @@ class MpiSession {
   int local_rank_ = 0;
   int local_size_ = 1;
   std::string host_;
+  Watchdog* watchdog_ = nullptr;
 };
 
 // Sums partial outputs with MPI. MPI_Allreduce may round differently on different ranks, so the

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "runtime/errors.h"
 
@@ -22,28 +23,12 @@ const std::map<std::string, std::string>& hf_module_names() {
   return names;
 }
 
-// Hugging Face: model.safetensors.index.json lists which file holds each tensor.
 std::vector<std::string> hf_files_from_index(const fs::path& index_path) {
-  std::ifstream stream(index_path);
-  nlohmann::json index;
-  try {
-    stream >> index;
-  } catch (const nlohmann::json::exception& error) {
-    throw UserError(index_path.string() + ": not valid JSON: " + error.what());
-  }
-  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
-    throw UserError(index_path.string() + ": expected an object with a \"weight_map\" object");
-  }
-  std::vector<std::string> files;
-  for (const auto& [tensor, file] : index["weight_map"].items()) {
-    if (!file.is_string()) throw UserError(index_path.string() + ": weight_map entry '" + tensor + "' is not a file name");
-    const std::string name = file.get<std::string>();
-    if (name.find('/') != std::string::npos || name == "..") {
-      throw UserError(index_path.string() + ": weight_map entry '" + tensor + "' names a file outside the directory");
-    }
-    if (std::find(files.begin(), files.end(), name) == files.end()) files.push_back(name);
-  }
-  return files;
+  std::ifstream stream(index_path, std::ios::binary);
+  if (!stream) throw UserError(index_path.string() + ": cannot open the index file");
+  std::stringstream text;
+  text << stream.rdbuf();
+  return parse_hf_index(text.str(), index_path.string());
 }
 
 std::vector<std::string> safetensors_in(const fs::path& directory) {
@@ -56,6 +41,29 @@ std::vector<std::string> safetensors_in(const fs::path& directory) {
 }
 
 }  // namespace
+
+std::vector<std::string> parse_hf_index(const std::string& text, const std::string& source) {
+  nlohmann::json index;
+  try {
+    index = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& error) {
+    throw UserError(source + ": not valid JSON: " + error.what());
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+    throw UserError(source + ": expected an object with a \"weight_map\" object");
+  }
+  std::vector<std::string> files;
+  for (const auto& [tensor, file] : index["weight_map"].items()) {
+    if (!file.is_string()) throw UserError(source + ": weight_map entry '" + tensor + "' is not a file name");
+    const std::string name = file.get<std::string>();
+    // Only plain names of files beside the index: nothing that leaves the checkpoint directory.
+    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
+      throw UserError(source + ": weight_map entry '" + tensor + "' names '" + name + "', not a file in the directory");
+    }
+    if (std::find(files.begin(), files.end(), name) == files.end()) files.push_back(name);
+  }
+  return files;
+}
 
 Checkpoint Checkpoint::open(const WeightsConfig& weights, int rank, int world) {
   Checkpoint checkpoint;

@@ -15,6 +15,10 @@
 
 namespace mla {
 
+// The distinct file names listed by a Hugging Face model.safetensors.index.json ("weight_map":
+// tensor -> file), in order of first appearance. `source` names the index in messages.
+std::vector<std::string> parse_hf_index(const std::string& text, const std::string& source);
+
 class Checkpoint {
  public:
   // Resolves weights.path for this rank. A DeepSeek directory holding model{rank}-mp{world}

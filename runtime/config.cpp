@@ -46,6 +46,16 @@ const char* to_string(FormulationChoice value) {
   return "?";
 }
 
+const char* to_string(FaultMode value) {
+  switch (value) {
+    case FaultMode::None: return "none";
+    case FaultMode::Exit: return "exit";
+    case FaultMode::Hang: return "hang";
+    case FaultMode::Nan: return "nan";
+  }
+  return "?";
+}
+
 std::vector<int64_t> ScheduleConfig::steps(int64_t tokens) const {
   std::vector<int64_t> result;
   if (explicit_chunks) {
@@ -303,12 +313,27 @@ void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
   run.mask = reader.get_string("mask", "");
   run.threads = static_cast<int>(reader.get_int("threads", 0, 0, 4096));
   run.score_chunk_bytes = reader.get_int("score_chunk_bytes", run.score_chunk_bytes, 4096);
+  run.check_finite = reader.get_bool("check_finite", run.check_finite);
   reader.finish();
 }
 
 void parse_parallel(MapReader reader, ParallelConfig& parallel) {
   parallel.uneven_heads = reader.get_bool("uneven_heads", parallel.uneven_heads);
   parallel.check_identical_output = reader.get_bool("check_identical_output", parallel.check_identical_output);
+  parallel.timeout_s = reader.get_double("timeout_s", parallel.timeout_s, 0.0, false);
+  reader.finish();
+}
+
+// debug: {fail: {rank: R, step: N, mode: exit | hang | nan}}
+void parse_debug(MapReader reader, const Origin& origin, FaultPlan& fault) {
+  if (reader.has("fail")) {
+    MapReader fail(reader.node("fail"), reader.path("fail"), origin);
+    if (!fail.has("mode")) fail.fail(fail.path("mode"), reader.node("fail"), "required: exit | hang | nan");
+    fault.mode = static_cast<FaultMode>(1 + fail.get_choice("mode", 0, {"exit", "hang", "nan"}));
+    fault.rank = static_cast<int>(fail.get_int("rank", 0, 0, 1 << 20));
+    fault.step = fail.get_int("step", 0, 0);
+    fail.finish();
+  }
   reader.finish();
 }
 
@@ -368,6 +393,7 @@ Config parse_root(const YAML::Node& root, const std::string& source_name, std::s
   if (!top.has("run")) top.fail("run", root, "required section (input, schedule, output, ...)");
   parse_run(MapReader(top.node("run"), "run", origin), origin, config.run);
   parse_parallel(MapReader(top.node("parallel"), "parallel", origin), config.parallel);
+  parse_debug(MapReader(top.node("debug"), "debug", origin), origin, config.fault);
   top.finish();
   return config;
 }
@@ -405,7 +431,10 @@ std::vector<std::pair<std::string, std::string>> config_entries(const Config& c)
                                                             text(r.schedule.decode_steps)},
           {"run.output", r.output}, {"run.mask", r.mask}, {"run.score_chunk_bytes", text(r.score_chunk_bytes)},
           {"parallel.uneven_heads", text(c.parallel.uneven_heads)},
-          {"parallel.check_identical_output", text(c.parallel.check_identical_output)}};
+          {"run.check_finite", text(c.run.check_finite)},
+          {"parallel.check_identical_output", text(c.parallel.check_identical_output)},
+          {"parallel.timeout_s", text(c.parallel.timeout_s)},
+          {"debug.fail", std::string(to_string(c.fault.mode)) + " rank " + text(c.fault.rank) + " step " + text(c.fault.step)}};
 }
 
 Config parse_config(const std::string& yaml_text, const std::string& source_name,

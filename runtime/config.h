@@ -66,11 +66,23 @@ struct RunConfig {
   std::string mask;    // optional safetensors file with an additive mask "mask" [T, T]
   int threads = 0;     // 0: every core of the machine
   int64_t score_chunk_bytes = int64_t{64} << 20;  // standard path: score buffers, all threads together
+  bool check_finite = true;  // refuse non-finite inputs and weights; stop on a non-finite partial output
 };
 
 struct ParallelConfig {
   bool uneven_heads = false;            // allow n_heads % world != 0: the first ranks take one head more
   bool check_identical_output = false;  // debug: after the run, ranks compare y bit for bit
+  double timeout_s = 300.0;  // a rank with no progress for this long (a step, a collective) ends the job; 0: off
+};
+
+// debug.fail: make one rank fail on purpose at one step, to test that the job ends cleanly.
+enum class FaultMode { None, Exit, Hang, Nan };
+const char* to_string(FaultMode value);
+
+struct FaultPlan {
+  FaultMode mode = FaultMode::None;
+  int rank = 0;
+  int64_t step = 0;  // index into the schedule's steps, from 0
 };
 
 struct Config {
@@ -79,6 +91,7 @@ struct Config {
   WeightsConfig weights;
   RunConfig run;
   ParallelConfig parallel;
+  FaultPlan fault;  // debug.fail
 };
 
 // Every key with its value, "section.key" -> text, in a fixed order: what ranks compare to agree

@@ -1,6 +1,9 @@
 #include "runtime/runner.h"
 
 #include <chrono>
+#include <cstdio>
+#include <limits>
+#include <thread>
 #include <cmath>
 #include <cstring>
 
@@ -12,7 +15,7 @@ namespace mla {
 
 namespace {
 
-void check_finite(const std::vector<float>& values, const std::string& what) {
+void require_finite(const std::vector<float>& values, const std::string& what) {
   for (size_t i = 0; i < values.size(); ++i) {
     if (!std::isfinite(values[i])) {
       throw UserError(what + ": element " + std::to_string(i) + " is not finite (" + std::to_string(values[i]) + ")");
@@ -34,7 +37,7 @@ void check_mask_rows(const std::vector<float>& mask, int64_t tokens, int64_t sta
 
 }  // namespace
 
-InputTensor load_input(const InputConfig& input, const ModelArgs& model) {
+InputTensor load_input(const InputConfig& input, const ModelArgs& model, bool check_finite) {
   InputTensor x;
   if (input.random) {
     x.batch = input.batch;
@@ -59,7 +62,7 @@ InputTensor load_input(const InputConfig& input, const ModelArgs& model) {
     x.dim = info.shape[2];
     x.values = file.read_f32("x");
     x.description = input.path + " (" + dtype_name(info.dtype) + ")";
-    check_finite(x.values, input.path + ": tensor 'x'");
+    if (check_finite) require_finite(x.values, input.path + ": tensor 'x'");
   }
   if (x.batch < 1 || x.tokens < 1) throw UserError("run.input: the input holds no tokens");
   if (x.batch > model.max_batch_size) {
@@ -92,34 +95,75 @@ std::vector<float> load_mask(const std::string& path, int64_t tokens) {
   return mask;
 }
 
+namespace {
+
+// debug.fail: this rank fails on purpose at this step, before its all-reduce.
+void inject_fault(const FaultPlan& fault, const Communicator& comm, size_t step_index, std::vector<float>& partial) {
+  if (fault.mode == FaultMode::None || fault.rank != comm.rank() || fault.step != static_cast<int64_t>(step_index)) return;
+  const std::string who = "rank " + std::to_string(comm.rank()) + " (" + comm.host() + ")";
+  std::fprintf(stderr, "mla_run: debug.fail: %s %s at step %zu\n", who.c_str(),
+               fault.mode == FaultMode::Exit ? "exits" : fault.mode == FaultMode::Hang ? "hangs" : "writes NaN", step_index);
+  std::fflush(stderr);
+  if (fault.mode == FaultMode::Exit) std::_Exit(kRankFailureExitCode);
+  if (fault.mode == FaultMode::Hang) {
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  partial[0] = std::numeric_limits<float>::quiet_NaN();
+}
+
+// The index of the first non-finite value, or -1.
+int64_t first_non_finite(const float* values, int64_t count) {
+  for (int64_t i = 0; i < count; ++i)
+    if (!std::isfinite(values[i])) return i;
+  return -1;
+}
+
+}  // namespace
+
 RunResult run_schedule(MlaLayer& layer, Communicator& comm, const InputTensor& x, const std::vector<int64_t>& steps,
-                       const std::vector<float>& mask, const std::function<void(const StepReport&)>& on_step) {
+                       const std::vector<float>& mask, const RunOptions& options) {
   const auto started = std::chrono::steady_clock::now();
   RunResult result;
   result.y.assign(x.values.size(), 0.0f);
   std::vector<float> step_x, step_y;
   int64_t start_pos = 0;
-  for (const int64_t seq : steps) {
+  for (size_t step_index = 0; step_index < steps.size(); ++step_index) {
+    const int64_t seq = steps[step_index];
     const int64_t kv_len = start_pos + seq;
+    if (options.watchdog != nullptr) options.watchdog->progress("step " + std::to_string(step_index));
     if (!mask.empty()) check_mask_rows(mask, x.tokens, start_pos, kv_len);
-    step_x.resize(static_cast<size_t>(x.batch * seq * x.dim));
-    step_y.resize(step_x.size());
+    const int64_t count = x.batch * seq * x.dim;
+    step_x.resize(static_cast<size_t>(count));
+    // One more element after the partial output: how many ranks found a non-finite value, summed
+    // by the same all-reduce so that every rank learns it without another collective.
+    step_y.resize(static_cast<size_t>(count + 1));
     for (int64_t b = 0; b < x.batch; ++b) {
       std::memcpy(step_x.data() + b * seq * x.dim, x.values.data() + (b * x.tokens + start_pos) * x.dim,
                   static_cast<size_t>(seq * x.dim) * sizeof(float));
     }
     const float* step_mask = mask.empty() ? nullptr : mask.data() + start_pos * x.tokens;
     StepReport report = layer.forward(step_x.data(), x.batch, seq, start_pos, step_mask, x.tokens, step_y.data());
+    inject_fault(options.fault, comm, step_index, step_y);
+    const int64_t bad_index = options.check_finite ? first_non_finite(step_y.data(), count) : -1;
+    if (bad_index >= 0) {
+      std::fprintf(stderr, "mla_run: error: rank %d (%s): step %zu: partial output y is not finite at element %ld (%g)\n",
+                   comm.rank(), comm.host().c_str(), step_index, static_cast<long>(bad_index), step_y[bad_index]);
+    }
+    step_y[count] = bad_index >= 0 ? 1.0f : 0.0f;
     const auto reduce_started = std::chrono::steady_clock::now();
-    comm.allreduce_sum(step_y.data(), static_cast<int64_t>(step_y.size()));
+    comm.allreduce_sum(step_y.data(), count + 1);
     const double reduce_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - reduce_started).count();
+    if (step_y[count] != 0.0f) {
+      throw RankFailure("step " + std::to_string(step_index) + ": " + std::to_string(static_cast<int>(step_y[count])) +
+                        " rank(s) produced a non-finite partial output (run.check_finite); y is not written");
+    }
     result.allreduce_ms += reduce_ms;
     report.time_ms += reduce_ms;
     for (int64_t b = 0; b < x.batch; ++b) {
       std::memcpy(result.y.data() + (b * x.tokens + start_pos) * x.dim, step_y.data() + b * seq * x.dim,
                   static_cast<size_t>(seq * x.dim) * sizeof(float));
     }
-    if (on_step) on_step(report);
+    if (options.on_step) options.on_step(report);
     result.steps.push_back(report);
     start_pos = kv_len;
   }

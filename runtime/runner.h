@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/watchdog.h"
 #include "runtime/config.h"
 #include "runtime/mla_layer.h"
 
@@ -23,8 +24,9 @@ struct InputTensor {
 
 // run.input: the tensor "x" [B, T, dim] (F32 or BF16) of a safetensors file, or seeded random
 // values U(-1, 1) that depend only on the seed and the element's index. Throws UserError naming
-// run.input or the file when the shape does not fit the model.
-InputTensor load_input(const InputConfig& input, const ModelArgs& model);
+// run.input or the file when the shape does not fit the model, or (check_finite) naming the first
+// non-finite element.
+InputTensor load_input(const InputConfig& input, const ModelArgs& model, bool check_finite = true);
 
 // run.mask: the tensor "mask" [T, T] (F32) of a safetensors file, additive; a step at start_pos p
 // with S tokens uses rows p..p+S-1 and columns 0..p+S-1. Empty path: no mask (causal).
@@ -37,8 +39,17 @@ struct RunResult {
   double allreduce_ms = 0.0;
 };
 
-// steps: new tokens per step, adding up to x.tokens. on_step (may be empty) sees each report.
+struct RunOptions {
+  std::function<void(const StepReport&)> on_step;  // sees each step's report (may be empty)
+  // Every rank checks its partial output before the all-reduce; a non-finite value stops every
+  // rank with a RankFailure naming the step (the rank that made it names itself on stderr).
+  bool check_finite = true;
+  FaultPlan fault;               // debug.fail
+  Watchdog* watchdog = nullptr;  // told of each step's start
+};
+
+// steps: new tokens per step, adding up to x.tokens.
 RunResult run_schedule(MlaLayer& layer, Communicator& comm, const InputTensor& x, const std::vector<int64_t>& steps,
-                       const std::vector<float>& mask, const std::function<void(const StepReport&)>& on_step);
+                       const std::vector<float>& mask, const RunOptions& options = {});
 
 }  // namespace mla

@@ -99,8 +99,8 @@ void check_block_edges(const WeightSpec& spec, const HeadShard& shard, const std
   check(spec.slice.col_begin, spec.slice.col_count, spec.cols, "columns");
 }
 
-void finish_values(std::vector<float>& values, const std::string& where, ComputeDType compute_dtype) {
-  for (size_t i = 0; i < values.size(); ++i) {
+void finish_values(std::vector<float>& values, const std::string& where, ComputeDType compute_dtype, bool check_finite) {
+  for (size_t i = 0; check_finite && i < values.size(); ++i) {
     if (!std::isfinite(values[i])) {
       throw UserError(where + ": element " + std::to_string(i) + " of this rank's slice is not finite (" +
                       std::to_string(values[i]) + ")");
@@ -125,7 +125,7 @@ std::vector<float> dequantize(const std::vector<uint8_t>& codes, const std::vect
 }
 
 std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const WeightSpec& spec, const HeadShard& shard,
-                                          ComputeDType compute_dtype, std::string* storage_dtype) {
+                                          ComputeDType compute_dtype, bool check_finite, std::string* storage_dtype) {
   std::string name;
   const SafetensorsFile* file = checkpoint.find_weight(spec.name, &name);
   if (file == nullptr) throw UserError(checkpoint.location() + ": missing tensor '" + name + "'");
@@ -143,7 +143,7 @@ std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const We
       throw UserError(where + " has dtype " + dtype_name(info.dtype) + "; weights must be BF16, F16, F32 or F8_E4M3");
     }
     std::vector<float> values = file->read_f32(name, slice);
-    finish_values(values, where, compute_dtype);
+    finish_values(values, where, compute_dtype, check_finite);
     return values;
   }
   if (spec.is_norm) throw UserError(where + " is F8_E4M3, but norm weights are never fp8 (SPEC.md)");
@@ -164,7 +164,7 @@ std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const We
   const Slice2D scale_slice{slice.row_begin / kFp8BlockSize, blocks(rows), slice.col_begin / kFp8BlockSize, blocks(cols)};
   std::vector<float> scales = scale_file->read_f32(scale_name, scale_slice);
   std::vector<float> values = dequantize(codes, scales, rows, cols, blocks(cols), compute_dtype);
-  finish_values(values, where, compute_dtype);
+  finish_values(values, where, compute_dtype, check_finite);
   *storage_dtype = "F8_E4M3 (128x128 block scales)";
   return values;
 }
@@ -212,7 +212,7 @@ std::vector<float> random_weight(const WeightsConfig& config, const WeightSpec& 
 }  // namespace
 
 LoadedWeights load_layer_weights(const WeightsConfig& config, const ModelArgs& model, const HeadShard& shard,
-                                 ComputeDType compute_dtype) {
+                                 ComputeDType compute_dtype, bool check_finite) {
   LoadedWeights loaded;
   const std::vector<WeightSpec> specs = weight_specs(model, shard);
   if (config.format == WeightsFormat::Random) {
@@ -227,7 +227,7 @@ LoadedWeights load_layer_weights(const WeightsConfig& config, const ModelArgs& m
   const Checkpoint checkpoint = Checkpoint::open(config, shard.rank, shard.world);
   for (const WeightSpec& spec : specs) {
     std::string storage_dtype;
-    loaded.weights.*spec.member = read_checkpoint_weight(checkpoint, spec, shard, compute_dtype, &storage_dtype);
+    loaded.weights.*spec.member = read_checkpoint_weight(checkpoint, spec, shard, compute_dtype, check_finite, &storage_dtype);
     if (!spec.is_norm) loaded.storage_dtype = storage_dtype;
   }
   loaded.description = checkpoint.description();

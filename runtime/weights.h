@@ -37,8 +37,8 @@ struct LoadedWeights {
 
 // Loads (or, for format random, generates) this rank's slice. Throws UserError naming the file
 // and tensor for a missing tensor, a wrong shape or dtype, a missing fp8 scale, an fp8 slice edge
-// that is not on a 128 block, or a non-finite value.
+// that is not on a 128 block, or (check_finite) a non-finite value.
 LoadedWeights load_layer_weights(const WeightsConfig& config, const ModelArgs& model, const HeadShard& shard,
-                                 ComputeDType compute_dtype);
+                                 ComputeDType compute_dtype, bool check_finite = true);
 
 }  // namespace mla

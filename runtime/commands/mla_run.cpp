@@ -18,9 +18,11 @@
 #include "kernels/cpu/gemm.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_session.h"
+#include "parallel/watchdog.h"
 #include "parallel/sharding.h"
 #include "runtime/config.h"
 #include "runtime/errors.h"
+#include "runtime/memory_plan.h"
 #include "runtime/mla_layer.h"
 #include "runtime/runner.h"
 #include "runtime/safetensors.h"
@@ -139,11 +141,14 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   const std::string label = session.label();
   Phases phases(session);
   Config config;
+  session.watchdog()->progress("reading the config");
   phases.run([&] {
     config = load_config(config_path, overrides);
     check_backend(config.run);
   });
   phases.agree("the configuration", config_text(config));
+  Watchdog& watchdog = *session.watchdog();
+  watchdog.set_timeout(config.parallel.timeout_s);
   const int threads = configure_threads(config.run, session);
   MpiCommunicator comm(session);
 
@@ -152,16 +157,19 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   std::vector<int64_t> steps;
   std::vector<float> mask;
   LoadedWeights loaded;
+  watchdog.progress("loading the input and weights");
   phases.run([&] {
     try {
       shard = shard_heads(config.model.n_heads, comm.world(), comm.rank(), config.parallel.uneven_heads);
     } catch (const std::invalid_argument& error) {
       throw UserError(std::string("model.n_heads: ") + error.what());
     }
-    x = load_input(config.run.input, config.model);
+    x = load_input(config.run.input, config.model, config.run.check_finite);
     steps = config.run.schedule.steps(x.tokens);
     mask = load_mask(config.run.mask, x.tokens);
-    loaded = load_layer_weights(config.weights, config.model, shard, config.run.compute_dtype);
+    check_memory_fits(plan_memory(config.model, config.run, shard, x.batch, x.tokens, steps, threads),
+                      session.local_size(), available_memory_bytes());
+    loaded = load_layer_weights(config.weights, config.model, shard, config.run.compute_dtype, config.run.check_finite);
   });
   // Replicated weights and the input must be the same everywhere, or the sum over ranks is wrong.
   const LayerWeights& w = loaded.weights;
@@ -185,8 +193,13 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
               config.model.max_batch_size, config.model.max_seq_len,
               config.model.kv_lora_rank + config.model.qk_rope_head_dim, format_bytes(layer.kv_cache_bytes()).c_str());
   size_t step_index = 0;
-  const RunResult result = run_schedule(layer, comm, x, steps, mask,
-                                        [&](const StepReport& step) { print_step(label, step_index++, step); });
+  RunOptions options;
+  options.on_step = [&](const StepReport& step) { print_step(label, step_index++, step); };
+  options.check_finite = config.run.check_finite;
+  options.fault = config.fault;
+  options.watchdog = &watchdog;
+  const RunResult result = run_schedule(layer, comm, x, steps, mask, options);
+  watchdog.progress("writing the output");
   std::fflush(stdout);
   if (config.parallel.check_identical_output) {
     phases.agree("the output y (parallel.check_identical_output)", std::to_string(fingerprint({&result.y})));
@@ -224,6 +237,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   const bool leader = session->rank() == 0;
+  // From here on no rank waits forever: the default limit until the config sets parallel.timeout_s.
+  mla::Watchdog watchdog(mla::Watchdog::kDefaultTimeoutSeconds,
+                         "rank " + std::to_string(session->rank()) + " (" + session->host() + ")");
+  session->set_watchdog(&watchdog);
   CLI::App app{"Runs one MLA layer forward over a schedule of prefill, chunk and decode steps."};
   std::string config_path;
   std::vector<std::string> overrides;
@@ -239,6 +256,11 @@ int main(int argc, char** argv) {
   }
   try {
     return mla::run(*session, config_path, overrides);
+  } catch (const mla::RankFailure& error) {
+    // Every rank learned of the failure from the same all-reduce: rank 0 speaks for all of them.
+    std::fflush(stdout);
+    if (leader) std::fprintf(stderr, "mla_run: error: %s\n", error.what());
+    return mla::kRankFailureExitCode;
   } catch (const mla::UserError& error) {
     // Every rank got here together (Phases): rank 0 speaks for all of them.
     std::fflush(stdout);
