@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <exception>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +22,7 @@
 #include "runtime/config.h"
 #include "runtime/errors.h"
 #include "runtime/memory_plan.h"
+#include "runtime/rank_agreement.h"
 #include "runtime/mla_layer.h"
 #include "runtime/runner.h"
 #include "runtime/safetensors.h"
@@ -76,64 +76,6 @@ void print_step(const std::string& label, size_t index, const StepReport& step) 
               label.c_str(), index, phase, step.start_pos, step.seq, step.kv_len, to_string(step.plan.path),
               to_string(step.plan.formulation), step.plan.reason.c_str(),
               format_bytes(step.attention_workspace_bytes).c_str(), step.time_ms);
-}
-
-uint64_t fingerprint(const std::vector<const std::vector<float>*>& tensors) {
-  uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a over the bytes
-  for (const std::vector<float>* tensor : tensors) {
-    const auto* bytes = reinterpret_cast<const unsigned char*>(tensor->data());
-    for (size_t i = 0; i < tensor->size() * sizeof(float); ++i) hash = (hash ^ bytes[i]) * 0x100000001b3ull;
-  }
-  return hash;
-}
-
-// Ends the job on every rank, with every failing rank's reason, when any rank failed a phase.
-class Phases {
- public:
-  explicit Phases(const MpiSession& session) : session_(session) {}
-
-  template <typename Body>
-  void run(Body&& body) {
-    std::string message;
-    bool ok = true;
-    try {
-      body();
-    } catch (const UserError& error) {
-      ok = false;
-      message = error.what();
-    }
-    std::string failure;
-    if (session_.all_ok(ok, message, &failure)) return;
-    throw UserError(failure);
-  }
-
-  // Every rank must hold the same text; names the ranks whose text differs from rank 0's.
-  void agree(const std::string& what, const std::string& local_text) {
-    const std::vector<std::string> texts = session_.all_gather(local_text);
-    std::string differing;
-    for (size_t r = 1; r < texts.size(); ++r)
-      if (texts[r] != texts[0]) differing += (differing.empty() ? "" : ", ") + std::to_string(r);
-    if (!differing.empty()) throw UserError(what + " differs between rank 0 and rank(s) " + differing + describe_diff(texts));
-  }
-
- private:
-  // For key=value lines: the first key whose value differs, with both values.
-  static std::string describe_diff(const std::vector<std::string>& texts) {
-    for (size_t r = 1; r < texts.size(); ++r) {
-      std::istringstream first(texts[0]), other(texts[r]);
-      for (std::string a, b; std::getline(first, a) && std::getline(other, b);) {
-        if (a != b) return ": rank 0 has " + a + ", rank " + std::to_string(r) + " has " + b;
-      }
-    }
-    return "";
-  }
-  const MpiSession& session_;
-};
-
-std::string config_text(const Config& config) {
-  std::string text;
-  for (const auto& [key, value] : config_entries(config)) text += key + "=" + value + "\n";
-  return text;
 }
 
 int run(const MpiSession& session, const std::string& config_path, const std::vector<std::string>& overrides) {

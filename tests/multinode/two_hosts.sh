@@ -50,6 +50,8 @@ flags=(--hostfile "$work/hostfile" -np "$world"
        # the hosts, so every byte between them crosses the veth links).
        --mca oob_tcp_if_include "$subnet.0/24" --mca btl_tcp_if_include "$subnet.0/24" --mca btl tcp,self)
 [ "$world" -gt 4 ] && flags+=(--oversubscribe)
-[ -n "${LD_LIBRARY_PATH:-}" ] && flags+=(-x LD_LIBRARY_PATH)
+for variable in LD_LIBRARY_PATH LSAN_OPTIONS ASAN_OPTIONS UBSAN_OPTIONS; do
+  [ -n "${!variable:-}" ] && flags+=(-x "$variable")
+done
 MLA_HOSTS_MAP=$work/hosts.map OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
   timeout 120 mpirun "${flags[@]}" -x PATH "$mla_run" "$@"
