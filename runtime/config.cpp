@@ -80,6 +80,10 @@ std::vector<int64_t> ScheduleConfig::steps(int64_t tokens) const {
 
 namespace {
 
+// No schedule, cache or input is longer than this (it also keeps sums of step lengths far from
+// overflowing).
+constexpr int64_t kMaxSeqLen = int64_t{1} << 26;
+
 // Where a value came from, for messages: "configs/x.yaml:12" or "--set run.threads=4".
 struct Origin {
   std::string source;
@@ -223,7 +227,7 @@ void parse_model(MapReader reader, ModelArgs& model) {
   }
   model.v_head_dim = reader.get_int("v_head_dim", model.v_head_dim, 1, kMaxDim);
   model.max_batch_size = reader.get_int("max_batch_size", model.max_batch_size, 1, 1 << 20);
-  model.max_seq_len = reader.get_int("max_seq_len", model.max_seq_len, 1, int64_t{1} << 26);
+  model.max_seq_len = reader.get_int("max_seq_len", model.max_seq_len, 1, kMaxSeqLen);
   model.original_seq_len = reader.get_int("original_seq_len", model.original_seq_len, 1, int64_t{1} << 26);
   // theta > 1: YaRN divides by ln(theta).
   model.rope_theta = reader.get_double("rope_theta", model.rope_theta, 1.0, true);
@@ -246,6 +250,10 @@ void parse_weights(MapReader reader, WeightsConfig& weights) {
                 std::string("required for format ") + to_string(weights.format) +
                     " (a checkpoint directory or .safetensors file)");
   }
+  if (weights.format == WeightsFormat::Random && (reader.has("path") || reader.has("layer"))) {
+    const char* key = reader.has("path") ? "path" : "layer";
+    reader.fail(reader.path(key), reader.node(key), "does not apply to format random (weights are generated from seed)");
+  }
   if (weights.format != WeightsFormat::Random && (reader.has("dtype") || reader.has("seed"))) {
     reader.fail(reader.path(reader.has("dtype") ? "dtype" : "seed"), reader.node(reader.has("dtype") ? "dtype" : "seed"),
                 "only applies to format random (a checkpoint's dtype comes from its file)");
@@ -266,7 +274,7 @@ void parse_input(const YAML::Node& node, const std::string& key_path, const Orig
   }
   input.random = true;
   input.batch = random.get_int("batch", 0, 1, 1 << 20);
-  input.tokens = random.get_int("tokens", 0, 1, int64_t{1} << 26);
+  input.tokens = random.get_int("tokens", 0, 1, kMaxSeqLen);
   input.seed = static_cast<uint64_t>(random.get_int("seed", 0, 0));
   for (const char* required : {"batch", "tokens"}) {
     if (!random.has(required)) random.fail(random.path(required), node, "required");
@@ -287,15 +295,16 @@ void parse_schedule(MapReader reader, ScheduleConfig& schedule) {
     schedule.explicit_chunks = true;
     for (size_t i = 0; i < chunks.size(); ++i) {
       int64_t length = 0;
-      if (!chunks[i].IsScalar() || !YAML::convert<int64_t>::decode(chunks[i], length) || length < 1) {
+      if (!chunks[i].IsScalar() || !YAML::convert<int64_t>::decode(chunks[i], length) || length < 1 ||
+          length > kMaxSeqLen) {
         reader.fail(reader.path("chunks") + "[" + std::to_string(i) + "]", chunks[i],
                     "expected a positive integer step length");
       }
       schedule.chunks.push_back(length);
     }
   } else {
-    schedule.prefill = reader.get_int("prefill", 0, 1);
-    schedule.decode_steps = reader.get_int("decode_steps", 0, 0);
+    schedule.prefill = reader.get_int("prefill", 0, 1, kMaxSeqLen);
+    schedule.decode_steps = reader.get_int("decode_steps", 0, 0, kMaxSeqLen);
   }
   reader.finish();
 }
@@ -384,10 +393,12 @@ void apply_override(YAML::Node& root, const std::string& assignment, std::set<st
 
 Config parse_root(const YAML::Node& root, const std::string& source_name, std::set<std::string>& overridden) {
   const Origin origin{source_name, &overridden};
+  if (!root.IsMap()) {
+    MapReader(YAML::Node(), "", origin).fail("(top level)", root, "expected a mapping with sections model, weights, run");
+  }
   MapReader top(root, "", origin);
   Config config;
   config.source = source_name;
-  if (!root.IsMap()) top.fail("(top level)", root, "expected a mapping with sections model, weights, run");
   parse_model(MapReader(top.node("model"), "model", origin), config.model);
   parse_weights(MapReader(top.node("weights"), "weights", origin), config.weights);
   if (!top.has("run")) top.fail("run", root, "required section (input, schedule, output, ...)");

@@ -11,33 +11,36 @@ namespace mla {
 
 namespace {
 
-constexpr int64_t kFloat = sizeof(float);
+constexpr double kFloat = sizeof(float);
 
-std::string gigabytes(int64_t bytes) {
+std::string gigabytes(double bytes) {
   char text[32];
-  std::snprintf(text, sizeof(text), "%.2f GB", static_cast<double>(bytes) / 1e9);
+  std::snprintf(text, sizeof(text), "%.3g GB", bytes / 1e9);
   return text;
 }
 
-int64_t weight_elements(const ModelArgs& m, int64_t heads) {
-  const int64_t dq = m.qk_head_dim();
-  const int64_t q = m.q_lora_rank == 0 ? heads * dq * m.dim
-                                       : m.q_lora_rank * m.dim + m.q_lora_rank + heads * dq * m.q_lora_rank;
-  const int64_t latent = (m.kv_lora_rank + m.qk_rope_head_dim) * m.dim + m.kv_lora_rank;
-  return q + latent + heads * (m.qk_nope_head_dim + m.v_head_dim) * m.kv_lora_rank + m.dim * heads * m.v_head_dim;
+double weight_elements(const ModelArgs& m, double heads) {
+  const double dim = static_cast<double>(m.dim), q_rank = static_cast<double>(m.q_lora_rank);
+  const double dq = static_cast<double>(m.qk_head_dim());
+  const double q = m.q_lora_rank == 0 ? heads * dq * dim : q_rank * dim + q_rank + heads * dq * q_rank;
+  const double latent_rank = static_cast<double>(m.kv_lora_rank);
+  const double latent = (latent_rank + static_cast<double>(m.qk_rope_head_dim)) * dim + latent_rank;
+  return q + latent + heads * static_cast<double>(m.qk_nope_head_dim + m.v_head_dim) * latent_rank +
+         dim * heads * static_cast<double>(m.v_head_dim);
 }
 
 // mla_layer.h's per-step buffers for a step of `seq` tokens at kv length `kv_len`, both
 // formulations, plus the runner's step input and output.
-int64_t step_elements(const ModelArgs& m, const RunConfig& run, int64_t heads, int64_t batch, int64_t seq,
-                      int64_t kv_len, int threads) {
-  const int64_t tokens = batch * seq;
-  const int64_t latent = m.kv_lora_rank + m.qk_rope_head_dim;
-  const int64_t per_token = 3 * m.dim + m.q_lora_rank + heads * m.qk_head_dim() + latent + heads * latent +
-                            heads * m.kv_lora_rank + heads * m.v_head_dim;
-  const int64_t naive = batch * kv_len * heads * (m.qk_nope_head_dim + m.v_head_dim + m.qk_head_dim());
-  const int64_t scores = std::max<int64_t>(run.score_chunk_bytes / kFloat, threads * (kv_len + m.kv_lora_rank));
-  return tokens * per_token + naive + scores;
+double step_elements(const ModelArgs& m, const RunConfig& run, double heads, double batch, double seq, double kv_len,
+                     int threads) {
+  const double latent = static_cast<double>(m.kv_lora_rank + m.qk_rope_head_dim);
+  const double per_token = 3.0 * static_cast<double>(m.dim) + static_cast<double>(m.q_lora_rank) +
+                           heads * (static_cast<double>(m.qk_head_dim() + m.kv_lora_rank + m.v_head_dim) + latent) +
+                           latent;
+  const double naive = batch * kv_len * heads * static_cast<double>(m.qk_nope_head_dim + m.v_head_dim + m.qk_head_dim());
+  const double scores = std::max(static_cast<double>(run.score_chunk_bytes) / kFloat,
+                                 threads * (kv_len + static_cast<double>(m.kv_lora_rank)));
+  return batch * seq * per_token + naive + scores;
 }
 
 }  // namespace
@@ -49,15 +52,19 @@ std::string MemoryPlan::describe() const {
 
 MemoryPlan plan_memory(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, int64_t batch, int64_t tokens,
                        const std::vector<int64_t>& steps, int threads) {
+  const double heads = static_cast<double>(shard.n_local_heads);
   MemoryPlan plan;
-  plan.weights_bytes = weight_elements(m, shard.n_local_heads) * kFloat;
-  plan.kv_cache_bytes = (m.max_batch_size * m.max_seq_len * (m.kv_lora_rank + m.qk_rope_head_dim) +
-                         m.max_seq_len * m.qk_rope_head_dim) * kFloat;
-  plan.activation_bytes = 2 * batch * tokens * m.dim * kFloat;
-  int64_t start_pos = 0;
-  for (const int64_t seq : steps) {
-    const int64_t elements = step_elements(m, run, shard.n_local_heads, batch, seq, start_pos + seq, threads);
-    plan.workspace_bytes = std::max(plan.workspace_bytes, elements * kFloat);
+  plan.weights_bytes = weight_elements(m, heads) * kFloat;
+  plan.kv_cache_bytes = (static_cast<double>(m.max_batch_size) * static_cast<double>(m.max_seq_len) *
+                             static_cast<double>(m.kv_lora_rank + m.qk_rope_head_dim) +
+                         static_cast<double>(m.max_seq_len) * static_cast<double>(m.qk_rope_head_dim)) *
+                        kFloat;
+  plan.activation_bytes = 2.0 * static_cast<double>(batch) * static_cast<double>(tokens) * static_cast<double>(m.dim) * kFloat;
+  double start_pos = 0;
+  for (const int64_t step : steps) {
+    const double seq = static_cast<double>(step);
+    plan.workspace_bytes = std::max(plan.workspace_bytes,
+                                    step_elements(m, run, heads, static_cast<double>(batch), seq, start_pos + seq, threads) * kFloat);
     start_pos += seq;
   }
   return plan;
@@ -76,11 +83,11 @@ int64_t available_memory_bytes() {
 
 void check_memory_fits(const MemoryPlan& plan, int ranks_on_node, int64_t available_bytes) {
   if (available_bytes < 0) return;
-  const int64_t needed = plan.total() * ranks_on_node;
-  if (needed <= available_bytes) return;
+  const double needed = plan.total() * ranks_on_node;
+  if (needed <= static_cast<double>(available_bytes)) return;
   throw UserError("not enough memory: each rank needs " + plan.describe() + ", " + std::to_string(ranks_on_node) +
                   " rank(s) on this node need " + gigabytes(needed) + ", but the node has " +
-                  gigabytes(available_bytes) + " available (MemAvailable); lower model.max_seq_len, "
+                  gigabytes(static_cast<double>(available_bytes)) + " available (MemAvailable); lower model.max_seq_len, "
                   "model.max_batch_size, the input, or use more nodes");
 }
 

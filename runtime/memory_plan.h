@@ -11,13 +11,15 @@
 
 namespace mla {
 
+// In double: a config can ask for sizes whose product overflows int64 (2^20 sequences of 2^26
+// positions), and such a config must be refused here, not wrap around to a small number.
 struct MemoryPlan {
-  int64_t weights_bytes = 0;     // this rank's fp32 compute copies
-  int64_t kv_cache_bytes = 0;    // [max_batch_size, max_seq_len, C + dr] plus the RoPE table
-  int64_t activation_bytes = 0;  // x and y of the whole run
-  int64_t workspace_bytes = 0;   // the largest step's buffers, both formulations and paths counted
+  double weights_bytes = 0;     // this rank's fp32 compute copies
+  double kv_cache_bytes = 0;    // [max_batch_size, max_seq_len, C + dr] plus the RoPE table
+  double activation_bytes = 0;  // x and y of the whole run
+  double workspace_bytes = 0;   // the largest step's buffers, both formulations and paths counted
 
-  int64_t total() const { return weights_bytes + kv_cache_bytes + activation_bytes + workspace_bytes; }
+  double total() const { return weights_bytes + kv_cache_bytes + activation_bytes + workspace_bytes; }
   std::string describe() const;  // "1.2 GB (weights 0.9 GB, kv cache 0.3 GB, ...)"
 };
 

@@ -1,5 +1,6 @@
 #include "runtime/runner.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <limits>
@@ -23,30 +24,12 @@ void require_finite(const std::vector<float>& values, const std::string& what) {
   }
 }
 
-// Every query row needs one position it may see, or its softmax divides by zero.
-void check_mask_rows(const std::vector<float>& mask, int64_t tokens, int64_t start_pos, int64_t kv_len) {
-  for (int64_t row = start_pos; row < kv_len; ++row) {
-    bool any_visible = false;
-    for (int64_t t = 0; t < kv_len && !any_visible; ++t) any_visible = std::isfinite(mask[row * tokens + t]);
-    if (!any_visible) {
-      throw UserError("run.mask: row " + std::to_string(row) + " masks every one of the " + std::to_string(kv_len) +
-                      " positions visible at that step");
-    }
-  }
-}
-
 }  // namespace
 
-InputTensor load_input(const InputConfig& input, const ModelArgs& model, bool check_finite) {
-  InputTensor x;
+InputShape input_shape(const InputConfig& input, const ModelArgs& model) {
+  InputShape shape;
   if (input.random) {
-    x.batch = input.batch;
-    x.tokens = input.tokens;
-    x.dim = model.dim;
-    x.values.resize(static_cast<size_t>(x.batch * x.tokens * x.dim));
-    const uint64_t key = random_stream_key(input.seed, "x");
-    for (size_t i = 0; i < x.values.size(); ++i) x.values[i] = random_uniform(key, i);
-    x.description = "random x, seed " + std::to_string(input.seed);
+    shape = {input.batch, input.tokens, "random x, seed " + std::to_string(input.seed)};
   } else {
     const SafetensorsFile file = SafetensorsFile::open(input.path);
     const TensorInfo& info = file.info("x");
@@ -57,23 +40,60 @@ InputTensor load_input(const InputConfig& input, const ModelArgs& model, bool ch
       throw UserError(input.path + ": tensor 'x' must have shape [batch, tokens, " + std::to_string(model.dim) +
                       "] (model.dim)");
     }
-    x.batch = info.shape[0];
-    x.tokens = info.shape[1];
-    x.dim = info.shape[2];
-    x.values = file.read_f32("x");
-    x.description = input.path + " (" + dtype_name(info.dtype) + ")";
-    if (check_finite) require_finite(x.values, input.path + ": tensor 'x'");
+    shape = {info.shape[0], info.shape[1], input.path + " (" + dtype_name(info.dtype) + ")"};
   }
-  if (x.batch < 1 || x.tokens < 1) throw UserError("run.input: the input holds no tokens");
-  if (x.batch > model.max_batch_size) {
-    throw UserError("run.input: batch " + std::to_string(x.batch) + " is over model.max_batch_size " +
+  if (shape.batch < 1 || shape.tokens < 1) throw UserError("run.input: the input holds no tokens");
+  if (shape.batch > model.max_batch_size) {
+    throw UserError("run.input: batch " + std::to_string(shape.batch) + " is over model.max_batch_size " +
                     std::to_string(model.max_batch_size));
   }
-  if (x.tokens > model.max_seq_len) {
-    throw UserError("run.input: " + std::to_string(x.tokens) + " tokens do not fit model.max_seq_len " +
+  if (shape.tokens > model.max_seq_len) {
+    throw UserError("run.input: " + std::to_string(shape.tokens) + " tokens do not fit model.max_seq_len " +
                     std::to_string(model.max_seq_len));
   }
+  return shape;
+}
+
+InputTensor load_input(const InputConfig& input, const ModelArgs& model, bool check_finite) {
+  const InputShape shape = input_shape(input, model);
+  InputTensor x;
+  x.batch = shape.batch;
+  x.tokens = shape.tokens;
+  x.dim = model.dim;
+  x.description = shape.description;
+  if (input.random) {
+    x.values.resize(static_cast<size_t>(x.batch * x.tokens * x.dim));
+    const uint64_t key = random_stream_key(input.seed, "x");
+    for (size_t i = 0; i < x.values.size(); ++i) x.values[i] = random_uniform(key, i);
+  } else {
+    x.values = SafetensorsFile::open(input.path).read_f32("x");
+    if (check_finite) require_finite(x.values, input.path + ": tensor 'x'");
+  }
   return x;
+}
+
+// A step at start_pos p with S tokens reads rows p..p+S-1 of the mask and only its columns below
+// e = p + S: a finite entry at a later column would be silently ignored, so it is refused, and
+// so is a row that hides every position it can see (its softmax would divide by zero).
+void validate_mask(const std::vector<float>& mask, int64_t tokens, const std::vector<int64_t>& steps) {
+  int64_t start_pos = 0;
+  for (size_t step = 0; step < steps.size(); ++step) {
+    const int64_t kv_len = start_pos + steps[step];
+    for (int64_t row = start_pos; row < kv_len; ++row) {
+      const float* entries = mask.data() + row * tokens;
+      if (std::none_of(entries, entries + kv_len, [](float v) { return std::isfinite(v); })) {
+        throw UserError("run.mask: row " + std::to_string(row) + " masks every one of the " + std::to_string(kv_len) +
+                        " positions visible at step " + std::to_string(step));
+      }
+      const float* unseen = std::find_if(entries + kv_len, entries + tokens, [](float v) { return std::isfinite(v); });
+      if (unseen != entries + tokens) {
+        throw UserError("run.mask: row " + std::to_string(row) + ", column " + std::to_string(unseen - entries) +
+                        " is finite, but step " + std::to_string(step) + " (the step of that row) sees only positions < " +
+                        std::to_string(kv_len) + ": make it -inf, or change run.schedule");
+      }
+    }
+    start_pos = kv_len;
+  }
 }
 
 std::vector<float> load_mask(const std::string& path, int64_t tokens) {
@@ -125,13 +145,13 @@ RunResult run_schedule(MlaLayer& layer, Communicator& comm, const InputTensor& x
   const auto started = std::chrono::steady_clock::now();
   RunResult result;
   result.y.assign(x.values.size(), 0.0f);
+  if (!mask.empty()) validate_mask(mask, x.tokens, steps);
   std::vector<float> step_x, step_y;
   int64_t start_pos = 0;
   for (size_t step_index = 0; step_index < steps.size(); ++step_index) {
     const int64_t seq = steps[step_index];
     const int64_t kv_len = start_pos + seq;
     if (options.watchdog != nullptr) options.watchdog->progress("step " + std::to_string(step_index));
-    if (!mask.empty()) check_mask_rows(mask, x.tokens, start_pos, kv_len);
     const int64_t count = x.batch * seq * x.dim;
     step_x.resize(static_cast<size_t>(count));
     // One more element after the partial output: how many ranks found a non-finite value, summed

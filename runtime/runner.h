@@ -22,6 +22,16 @@ struct InputTensor {
   std::string description;
 };
 
+struct InputShape {
+  int64_t batch = 0;
+  int64_t tokens = 0;
+  std::string description;
+};
+
+// run.input's batch and tokens, from the config or the file's header alone (nothing allocated),
+// checked against the model's capacity. Throws UserError naming run.input or the file.
+InputShape input_shape(const InputConfig& input, const ModelArgs& model);
+
 // run.input: the tensor "x" [B, T, dim] (F32 or BF16) of a safetensors file, or seeded random
 // values U(-1, 1) that depend only on the seed and the element's index. Throws UserError naming
 // run.input or the file when the shape does not fit the model, or (check_finite) naming the first
@@ -31,6 +41,10 @@ InputTensor load_input(const InputConfig& input, const ModelArgs& model, bool ch
 // run.mask: the tensor "mask" [T, T] (F32) of a safetensors file, additive; a step at start_pos p
 // with S tokens uses rows p..p+S-1 and columns 0..p+S-1. Empty path: no mask (causal).
 std::vector<float> load_mask(const std::string& path, int64_t tokens);
+
+// Throws UserError when a mask row hides every position its step sees, or has a finite entry at a
+// column its step cannot see (the schedule decides which columns each row reaches).
+void validate_mask(const std::vector<float>& mask, int64_t tokens, const std::vector<int64_t>& steps);
 
 struct RunResult {
   std::vector<float> y;  // [B, T, dim], every step's all-reduced output in order

@@ -635,6 +635,13 @@ class TempFile {
 
 }  // namespace
 
+void check_output_destination(const std::string& path) {
+  require_parent_directory(path);
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) fail(path, "is a directory, not a file to write");
+  TempFile probe(path);  // created, then removed when it goes out of scope
+}
+
 void write_safetensors_f32(const std::string& path, const std::vector<OutputTensor>& tensors,
                            const std::map<std::string, std::string>& metadata) {
   const std::vector<PlannedTensor> plan = plan_output(path, tensors);

@@ -87,4 +87,8 @@ struct OutputTensor {
 void write_safetensors_f32(const std::string& path, const std::vector<OutputTensor>& tensors,
                            const std::map<std::string, std::string>& metadata = {});
 
+// Before a long run: throws the UserError write_safetensors_f32 would throw for an impossible
+// destination (no such directory, a directory in the way, no permission to create files there).
+void check_output_destination(const std::string& path);
+
 }  // namespace mla

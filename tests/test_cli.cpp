@@ -157,6 +157,47 @@ TEST_F(MlaRunCli, InputOfTheWrongWidth) {
   expect_user_error(run(base_config(), {"run.input=" + dir_.file("x.safetensors")}), {"x.safetensors", "'x'", "model.dim"});
 }
 
+// Sizes whose product overflows int64 (2^64 floats of KV cache) must be refused, not wrap around.
+TEST_F(MlaRunCli, SizesPastInt64AreRefused) {
+  expect_user_error(run(base_config(), {"model.max_batch_size=1048576", "model.max_seq_len=67108864",
+                                        "model.kv_lora_rank=262142", "model.qk_rope_head_dim=2"}),
+                    {"not enough memory"});
+}
+
+TEST_F(MlaRunCli, AHugeRandomInputIsRefusedBeforeItIsMade) {
+  expect_user_error(run(base_config(), {"model.max_batch_size=4096", "model.max_seq_len=1048576",
+                                        "run.input={random: {batch: 4096, tokens: 1048576, seed: 1}}",
+                                        "run.schedule={prefill: 1048576}"}),
+                    {"not enough memory", "input and output"});
+}
+
+TEST_F(MlaRunCli, AnAbsurdScheduleIsAConfigError) {
+  expect_user_error(run(base_config(), {"run.schedule={prefill: 1, decode_steps: 1000000000000000}"}),
+                    {"run.schedule.decode_steps"});
+  expect_user_error(run(base_config(), {"run.schedule={chunks: [9223372036854775807, 9223372036854775807, 10]}"}),
+                    {"run.schedule.chunks[0]"});
+}
+
+TEST_F(MlaRunCli, AMaskTheScheduleCannotHonourIsRefused) {
+  // All zeros: row 0 lets every position in, but a chunk of 4 at position 0 sees only 4 of them.
+  const std::vector<float> mask(64, 0.0f);
+  write_safetensors_f32(dir_.file("mask.safetensors"), {{"mask", {8, 8}, mask.data()}});
+  expect_user_error(run(base_config(), {"run.mask=" + dir_.file("mask.safetensors"), "run.schedule={chunks: [4, 4]}"}),
+                    {"run.mask", "row 0, column 4", "step 0"});
+}
+
+TEST_F(MlaRunCli, AnImpossibleOutputIsRefusedBeforeAnyStep) {
+  const Outcome outcome = run(base_config(), {"run.output=" + dir_.file("missing/y.safetensors")});
+  expect_user_error(outcome, {"missing/y.safetensors", "does not exist"});
+  EXPECT_EQ(outcome.out.find("step 0"), std::string::npos) << "refused only after the work:\n" << outcome.out;
+}
+
+TEST_F(MlaRunCli, KeysThatWouldBeIgnoredAreRefused) {
+  expect_user_error(run(base_config(), {"weights.path=/nowhere"}), {"weights.path", "format random"});
+  expect_user_error(run(base_config(), {"debug={fail: {rank: 5, step: 0, mode: exit}}"}), {"debug.fail.rank", "world of 1"});
+  expect_user_error(run(base_config(), {"debug={fail: {rank: 0, step: 3, mode: exit}}"}), {"debug.fail.step", "3 steps"});
+}
+
 TEST_F(MlaRunCli, FailedRunKeepsAnOldOutputUntouched) {
   std::ofstream(output()) << "old contents";
   const Outcome outcome = run(base_config(), {"run.threads=-1"});

@@ -227,6 +227,23 @@ TEST(FastVsStandard, AgreeOnEveryAcceptedShape) {
   }
 }
 
+// A score budget of 4 KB forces the standard path through many query chunks per head.
+TEST(StandardPath, SmallScoreBudgetsSplitQueriesIntoChunksExactly) {
+  const ModelArgs m = args(40, 2, 16, 24, 8, 4, 8, 64);
+  const std::vector<int64_t> steps = {20, 20, 5};
+  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 21), m, whole(m), ComputeDType::FP32);
+  const InputTensor x = random_input(m, 2, total(steps), 22);
+  const std::vector<double> want = reference_run(m, loaded.weights, m.n_heads, x, steps, ref::RefFormulation::Absorb);
+  for (FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
+    RunConfig run = run_config(AttentionChoice::Standard, formulation, ComputeDType::FP32);
+    run.score_chunk_bytes = 4096;
+    const RunResult got = layer_run(m, run, whole(m), loaded.weights, x, steps);
+    EXPECT_LE(relative_l2(got.y, want), 1e-5) << to_string(formulation);
+    // The reported workspace is the chunked one, within the budget.
+    for (const StepReport& step : got.steps) EXPECT_LE(step.attention_workspace_bytes, 4096 * 2) << step.kv_len;
+  }
+}
+
 // An explicit mask: equal to the causal rule it changes nothing; a padding mask matches the
 // reference and forces the standard path.
 TEST(ExplicitMask, CausalMaskEqualsDefaultAndPaddingMatchesReference) {

@@ -78,6 +78,18 @@ void print_step(const std::string& label, size_t index, const StepReport& step) 
               format_bytes(step.attention_workspace_bytes).c_str(), step.time_ms);
 }
 
+// debug.fail must name a rank and a step that exist, or it would silently never fire.
+void check_fault_plan(const FaultPlan& fault, int world, size_t steps) {
+  if (fault.mode == FaultMode::None) return;
+  if (fault.rank >= world) {
+    throw UserError("debug.fail.rank: " + std::to_string(fault.rank) + " is not a rank of this world of " + std::to_string(world));
+  }
+  if (fault.step >= static_cast<int64_t>(steps)) {
+    throw UserError("debug.fail.step: " + std::to_string(fault.step) + " is not a step of this schedule of " +
+                    std::to_string(steps) + " steps (counted from 0)");
+  }
+}
+
 int run(const MpiSession& session, const std::string& config_path, const std::vector<std::string>& overrides) {
   const bool leader = session.rank() == 0;
   const std::string label = session.label();
@@ -106,11 +118,15 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
     } catch (const std::invalid_argument& error) {
       throw UserError(std::string("model.n_heads: ") + error.what());
     }
-    x = load_input(config.run.input, config.model, config.run.check_finite);
-    steps = config.run.schedule.steps(x.tokens);
-    mask = load_mask(config.run.mask, x.tokens);
-    check_memory_fits(plan_memory(config.model, config.run, shard, x.batch, x.tokens, steps, threads),
+    const InputShape shape = input_shape(config.run.input, config.model);
+    steps = config.run.schedule.steps(shape.tokens);
+    check_fault_plan(config.fault, comm.world(), steps.size());
+    check_memory_fits(plan_memory(config.model, config.run, shard, shape.batch, shape.tokens, steps, threads),
                       session.local_size(), available_memory_bytes());
+    if (leader && !config.run.output.empty()) check_output_destination(config.run.output);
+    x = load_input(config.run.input, config.model, config.run.check_finite);
+    mask = load_mask(config.run.mask, x.tokens);
+    if (!mask.empty()) validate_mask(mask, x.tokens, steps);
     loaded = load_layer_weights(config.weights, config.model, shard, config.run.compute_dtype, config.run.check_finite);
   });
   // Replicated weights and the input must be the same everywhere, or the sum over ranks is wrong.
@@ -118,6 +134,7 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   phases.agree("the replicated weights (wq_a, q_norm, wkv_a, kv_norm)",
                std::to_string(fingerprint({&w.wq_a, &w.q_norm, &w.wkv_a, &w.kv_norm})));
   phases.agree("the input x", std::to_string(fingerprint({&x.values})));
+  phases.agree("the mask (run.mask)", std::to_string(fingerprint({&mask})));
 
   if (leader) {
     std::printf("mla_run: %s; backend cpu, world %d, compute %s\n", config_path.c_str(), comm.world(),
