@@ -20,18 +20,7 @@ struct Shape {
 
 ModelArgs args(int64_t dim, int64_t heads, int64_t q_lora, int64_t latent, int64_t nope, int64_t rope, int64_t v,
                int64_t max_seq_len) {
-  ModelArgs m;
-  m.dim = dim;
-  m.n_heads = heads;
-  m.q_lora_rank = q_lora;
-  m.kv_lora_rank = latent;
-  m.qk_nope_head_dim = nope;
-  m.qk_rope_head_dim = rope;
-  m.v_head_dim = v;
-  m.max_batch_size = 3;
-  m.max_seq_len = max_seq_len;
-  m.original_seq_len = 4096;  // YaRN off unless a shape turns it on
-  return m;
+  return model_args(dim, heads, q_lora, latent, nope, rope, v, 3, max_seq_len);
 }
 
 std::vector<Shape> shapes() {

@@ -73,34 +73,14 @@ TEST_F(MlaRunMpi, HeadsNotDivisibleAreRefusedUnlessUneven) {
 
 // DeepSeek's converted files split for world 2 give the same y as each rank slicing model0-mp1.
 TEST_F(MlaRunMpi, SplitAndUnsplitCheckpointsAgree) {
-  ModelArgs m;
-  m.dim = 48;
-  m.n_heads = 4;
-  m.q_lora_rank = 16;
-  m.kv_lora_rank = 24;
-  m.qk_nope_head_dim = 8;
-  m.qk_rope_head_dim = 4;
-  m.v_head_dim = 8;
-  m.max_batch_size = 2;
-  m.max_seq_len = 32;
+  const ModelArgs m = model_args(48, 4, 16, 24, 8, 4, 8, 2, 32);  // four_head_config()'s model
   const WeightsConfig random = random_weights(WeightDType::BF16, 5);
-  const auto write_checkpoint = [&](const std::string& path, const HeadShard& shard) {
-    const LayerWeights w = load_layer_weights(random, m, shard, ComputeDType::FP32).weights;
-    const int64_t heads = shard.n_local_heads;
-    const auto name = [](const std::string& n) { return "layers.0.attn." + n + ".weight"; };
-    write_safetensors_f32(path, {{name("wq_a"), {16, 48}, w.wq_a.data()},
-                                 {name("q_norm"), {16}, w.q_norm.data()},
-                                 {name("wq_b"), {heads * 12, 16}, w.wq_b.data()},
-                                 {name("wkv_a"), {28, 48}, w.wkv_a.data()},
-                                 {name("kv_norm"), {24}, w.kv_norm.data()},
-                                 {name("wkv_b"), {heads * 16, 24}, w.wkv_b.data()},
-                                 {name("wo"), {48, heads * 8}, w.wo.data()}});
-  };
   std::filesystem::create_directories(dir_.file("unsplit"));
   std::filesystem::create_directories(dir_.file("split"));
-  write_checkpoint(dir_.file("unsplit") + "/model0-mp1.safetensors", whole(m));
+  write_deepseek_checkpoint(dir_.file("unsplit") + "/model0-mp1.safetensors", m, random, whole(m));
   for (int rank = 0; rank < 2; ++rank) {
-    write_checkpoint(dir_.file("split") + "/model" + std::to_string(rank) + "-mp2.safetensors", shard_heads(4, 2, rank, false));
+    write_deepseek_checkpoint(dir_.file("split") + "/model" + std::to_string(rank) + "-mp2.safetensors", m, random,
+                              shard_heads(4, 2, rank, false));
   }
   const std::string config = four_head_config();
   const std::vector<float> unsplit = y_of(2, config, {"weights={format: deepseek, path: " + dir_.file("unsplit") + "}"});

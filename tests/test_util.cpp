@@ -4,7 +4,23 @@
 
 #include <atomic>
 
+#include "runtime/safetensors.h"
+
 namespace mla::test {
+
+void write_deepseek_checkpoint(const std::string& path, const ModelArgs& m, const WeightsConfig& random,
+                               const HeadShard& shard) {
+  const LayerWeights w = load_layer_weights(random, m, shard, ComputeDType::FP32).weights;
+  const int64_t heads = shard.n_local_heads;
+  const auto name = [](const std::string& n) { return "layers.0.attn." + n + ".weight"; };
+  write_safetensors_f32(path, {{name("wq_a"), {m.q_lora_rank, m.dim}, w.wq_a.data()},
+                               {name("q_norm"), {m.q_lora_rank}, w.q_norm.data()},
+                               {name("wq_b"), {heads * m.qk_head_dim(), m.q_lora_rank}, w.wq_b.data()},
+                               {name("wkv_a"), {m.kv_lora_rank + m.qk_rope_head_dim, m.dim}, w.wkv_a.data()},
+                               {name("kv_norm"), {m.kv_lora_rank}, w.kv_norm.data()},
+                               {name("wkv_b"), {heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank}, w.wkv_b.data()},
+                               {name("wo"), {m.dim, heads * m.v_head_dim}, w.wo.data()}});
+}
 
 TempDir::TempDir() {
   static std::atomic<int> counter{0};

@@ -18,6 +18,27 @@
 
 namespace mla::test {
 
+// A model shape for tests; YaRN off (max_seq_len <= original_seq_len) unless a test turns it on.
+inline ModelArgs model_args(int64_t dim, int64_t heads, int64_t q_lora, int64_t latent, int64_t nope, int64_t rope,
+                            int64_t v, int64_t max_batch_size, int64_t max_seq_len) {
+  ModelArgs m;
+  m.dim = dim;
+  m.n_heads = heads;
+  m.q_lora_rank = q_lora;
+  m.kv_lora_rank = latent;
+  m.qk_nope_head_dim = nope;
+  m.qk_rope_head_dim = rope;
+  m.v_head_dim = v;
+  m.max_batch_size = max_batch_size;
+  m.max_seq_len = max_seq_len;
+  m.original_seq_len = 4096;
+  return m;
+}
+
+// Writes `shard`'s slice of random weights (q_lora_rank > 0) as a DeepSeek checkpoint file.
+void write_deepseek_checkpoint(const std::string& path, const ModelArgs& m, const WeightsConfig& random,
+                               const HeadShard& shard);
+
 inline ref::RefConfig reference_config(const ModelArgs& m, int64_t local_heads) {
   ref::RefConfig config;
   config.dim = m.dim;

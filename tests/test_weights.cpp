@@ -15,19 +15,7 @@
 namespace mla::test {
 namespace {
 
-ModelArgs small_model(int64_t heads, int64_t q_lora_rank) {
-  ModelArgs m;
-  m.dim = 40;
-  m.n_heads = heads;
-  m.q_lora_rank = q_lora_rank;
-  m.kv_lora_rank = 24;
-  m.qk_nope_head_dim = 8;
-  m.qk_rope_head_dim = 4;
-  m.v_head_dim = 6;
-  m.max_batch_size = 2;
-  m.max_seq_len = 32;
-  return m;
-}
+ModelArgs small_model(int64_t heads, int64_t q_lora_rank) { return model_args(40, heads, q_lora_rank, 24, 8, 4, 6, 2, 32); }
 
 // Rows [begin, begin + count) of a row-major matrix with `cols` columns.
 std::vector<float> rows_of(const std::vector<float>& matrix, int64_t cols, int64_t begin, int64_t count) {
@@ -143,20 +131,11 @@ TEST(Checkpoint, PresplitFilesEqualSlicesOfTheUnsplitFile) {
   const ModelArgs m = small_model(4, 16);
   const WeightsConfig random = random_weights(WeightDType::BF16, 3);
   TempDir dir;
-  const auto write_checkpoint = [&](const std::string& file, const HeadShard& shard) {
-    const LayerWeights w = load_layer_weights(random, m, shard, ComputeDType::FP32).weights;
-    const int64_t heads = shard.n_local_heads, dq = m.qk_head_dim();
-    const auto name = [](const std::string& n) { return "layers.0.attn." + n + ".weight"; };
-    write_safetensors_f32(dir.file(file), {{name("wq_a"), {m.q_lora_rank, m.dim}, w.wq_a.data()},
-                                           {name("q_norm"), {m.q_lora_rank}, w.q_norm.data()},
-                                           {name("wq_b"), {heads * dq, m.q_lora_rank}, w.wq_b.data()},
-                                           {name("wkv_a"), {m.kv_lora_rank + m.qk_rope_head_dim, m.dim}, w.wkv_a.data()},
-                                           {name("kv_norm"), {m.kv_lora_rank}, w.kv_norm.data()},
-                                           {name("wkv_b"), {heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank}, w.wkv_b.data()},
-                                           {name("wo"), {m.dim, heads * m.v_head_dim}, w.wo.data()}});
-  };
-  write_checkpoint("model0-mp1.safetensors", whole(m));
-  for (int rank = 0; rank < 2; ++rank) write_checkpoint("model" + std::to_string(rank) + "-mp2.safetensors", shard_heads(4, 2, rank, false));
+  write_deepseek_checkpoint(dir.file("model0-mp1.safetensors"), m, random, whole(m));
+  for (int rank = 0; rank < 2; ++rank) {
+    write_deepseek_checkpoint(dir.file("model" + std::to_string(rank) + "-mp2.safetensors"), m, random,
+                              shard_heads(4, 2, rank, false));
+  }
   WeightsConfig deepseek;
   deepseek.path = dir.path().string();
   const LayerWeights all = load_layer_weights(deepseek, m, whole(m), ComputeDType::FP32).weights;

@@ -46,19 +46,7 @@ class GatherFailuresListener : public testing::EmptyTestEventListener {
   int failed_ranks_ = 0;
 };
 
-ModelArgs model(int64_t heads) {
-  ModelArgs m;
-  m.dim = 56;
-  m.n_heads = heads;
-  m.q_lora_rank = 20;
-  m.kv_lora_rank = 28;
-  m.qk_nope_head_dim = 8;
-  m.qk_rope_head_dim = 6;
-  m.v_head_dim = 10;
-  m.max_batch_size = 2;
-  m.max_seq_len = 48;
-  return m;
-}
+ModelArgs model(int64_t heads) { return model_args(56, heads, 20, 28, 8, 6, 10, 2, 48); }
 
 // Every phase: a prefill at 0, a chunk at an offset, decode steps.
 const std::vector<int64_t> kSteps = {7, 4, 1, 1};
