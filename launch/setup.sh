@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what is missing (Debian 12 packages) and builds into build/ (or $MLA_BUILD_DIR).
-# Usage: bash launch/setup.sh [extra cmake -D options]
+# Installs what is missing (Debian 12 packages) and builds a CMake preset (CMakePresets.json):
+# release into build/ (default) or sanitize into build-sanitize/.
+# Usage: [MLA_PRESET=sanitize] bash launch/setup.sh [extra cmake -D options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,6 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-build_dir=${MLA_BUILD_DIR:-build}
-cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release "$@"
-cmake --build "$build_dir" -j "$(nproc)"
+preset=${MLA_PRESET:-release}
+cmake --preset "$preset" "$@"
+cmake --build "$([ "$preset" = release ] && echo build || echo "build-$preset")" -j "$(nproc)"

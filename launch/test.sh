@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 bash launch/setup.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)"
 if [ "${MLA_TEST_SANITIZE:-1}" != 0 ]; then
-  MLA_BUILD_DIR=build-sanitize bash launch/setup.sh -DMLA_SANITIZE=ON -DMLA_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  MLA_PRESET=sanitize bash launch/setup.sh
   ctest --test-dir build-sanitize --output-on-failure -j "$(nproc)"
 fi
