@@ -386,7 +386,10 @@ void apply_override(YAML::Node& root, const std::string& assignment, std::set<st
     pending.pop_back();
     overridden.insert(prefix);
     if (node.IsMap()) {
-      for (const auto& item : node) pending.emplace_back(prefix + "." + item.first.as<std::string>(), item.second);
+      for (const auto& item : node) {
+        if (!item.first.IsScalar()) throw UserError("--set " + key_path + ": keys must be plain names");
+        pending.emplace_back(prefix + "." + item.first.Scalar(), item.second);
+      }
     }
   }
 }
@@ -460,7 +463,11 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
   std::set<std::string> overridden;
   for (const std::string& assignment : overrides) {
     if (!root.IsMap()) break;  // parse_root reports the top level
-    apply_override(root, assignment, overridden);
+    try {
+      apply_override(root, assignment, overridden);
+    } catch (const YAML::Exception& error) {
+      throw UserError("--set '" + assignment + "': " + error.msg);
+    }
   }
   try {
     return parse_root(root, source_name, overridden);

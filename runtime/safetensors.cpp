@@ -38,26 +38,11 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 constexpr uint64_t kMaxTransferBytes = uint64_t{1} << 30;
 constexpr const char* kMetadataKey = "__metadata__";
 
-// Paths and names come from the user's files: escape control characters so that every message
-// stays on one line.
-std::string printable(const std::string& text) {
-  std::string result;
-  for (const unsigned char c : text) {
-    if (c < 0x20 || c == 0x7f) {
-      char escaped[8];
-      std::snprintf(escaped, sizeof(escaped), "\\x%02x", c);
-      result += escaped;
-    } else {
-      result += static_cast<char>(c);
-    }
-  }
-  return result;
-}
-
-std::string in_quotes(const std::string& text) { return "'" + printable(text) + "'"; }
+// Control characters in names and paths are escaped by UserError itself (one line per message).
+std::string in_quotes(const std::string& text) { return "'" + text + "'"; }
 
 [[noreturn]] void fail(const std::string& path, const std::string& problem) {
-  throw UserError(printable(path) + ": " + problem);
+  throw UserError(path + ": " + problem);
 }
 
 [[noreturn]] void fail_tensor(const std::string& path, const std::string& name, const std::string& problem) {
@@ -164,7 +149,7 @@ Json parse_header_json(const std::string& path, const std::string& text) {
   } catch (const Json::exception& error) {
     // The message quotes the bad token, which a hostile header can make megabytes long.
     constexpr size_t kMaxShown = 300;
-    const std::string detail = printable(error.what());
+    const std::string detail = UserError::one_line(error.what());
     fail(path, "header is not valid JSON: " + detail.substr(0, kMaxShown) + (detail.size() > kMaxShown ? "..." : ""));
   }
   if (duplicate_problem) fail(path, *duplicate_problem);

@@ -46,6 +46,11 @@ TEST_F(MlaRunCli, UnknownKey) { expect_user_error(run(base_config() + "  speed: 
 
 TEST_F(MlaRunCli, UnknownSection) { expect_user_error(run(base_config() + "extra: {a: 1}\n"), {"extra", "unknown key"}); }
 
+// A key holding a newline (a quoted YAML key) still gives a one-line message.
+TEST_F(MlaRunCli, ControlCharactersInKeysStayOnOneLine) {
+  expect_user_error(run(base_config() + "  \"spe\\ned\": 1\n"), {"run.spe\\x0aed", "unknown key"});
+}
+
 TEST_F(MlaRunCli, WrongType) {
   expect_user_error(run(base_config(), {"model.dim=forty"}), {"model.dim", "expected an integer", "forty"});
 }
