@@ -4,10 +4,12 @@
 
 namespace mla {
 
-std::string SingleProcessCommunicator::host() const {
+std::string this_host_name() {
   char name[256] = {};
   if (gethostname(name, sizeof(name) - 1) != 0) return "unknown-host";
   return name;
 }
+
+std::string SingleProcessCommunicator::host() const { return this_host_name(); }
 
 }  // namespace mla

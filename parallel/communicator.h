@@ -26,6 +26,9 @@ class Communicator {
   virtual void allreduce_sum(float* values, int64_t count) = 0;
 };
 
+// gethostname(), or "unknown-host".
+std::string this_host_name();
+
 // A world of one: the sum over ranks is the rank's own value.
 class SingleProcessCommunicator final : public Communicator {
  public:

@@ -8,12 +8,6 @@
 namespace mla {
 
 namespace {
-std::string this_host() {
-  char name[256] = {};
-  if (gethostname(name, sizeof(name) - 1) != 0) return "unknown-host";
-  return name;
-}
-
 int world_rank_or_unknown() {
   int initialized = 0, finalized = 0, rank = -1;
   MPI_Initialized(&initialized);
@@ -31,10 +25,10 @@ void throw_mpi_error(int code, const char* call, const char* file, int line) {
   int length = 0;
   MPI_Error_string(code, text, &length);
   throw MpiError(std::string(call) + " failed at " + file + ":" + std::to_string(line) + " on rank " +
-                 std::to_string(world_rank_or_unknown()) + " (" + this_host() + "): " + text);
+                 std::to_string(world_rank_or_unknown()) + " (" + this_host_name() + "): " + text);
 }
 
-MpiSession::MpiSession(int* argc, char*** argv) : host_(this_host()) {
+MpiSession::MpiSession(int* argc, char*** argv) : host_(this_host_name()) {
   MPI_CHECK(MPI_Init(argc, argv));
   // Errors come back as codes for MPI_CHECK to report, instead of MPI aborting silently.
   MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));

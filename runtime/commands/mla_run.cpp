@@ -7,7 +7,9 @@
 #include <sched.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <memory>
 #include <string>
@@ -187,19 +189,35 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
 }  // namespace
 }  // namespace mla
 
-int main(int argc, char** argv) {
-  std::unique_ptr<mla::MpiSession> session;
-  try {
-    session = std::make_unique<mla::MpiSession>(&argc, &argv);
-  } catch (const mla::MpiError& error) {
-    std::fprintf(stderr, "mla_run: error: %s\n", error.what());
-    return 1;
+namespace {
+
+// Before MPI is up, the rank comes from the launcher's environment (for the watchdog's messages).
+std::string launcher_rank() {
+  for (const char* variable : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}) {
+    if (const char* rank = std::getenv(variable)) return rank;
   }
-  const bool leader = session->rank() == 0;
-  // From here on no rank waits forever: the default limit until the config sets parallel.timeout_s.
-  mla::Watchdog watchdog(mla::Watchdog::kDefaultTimeoutSeconds,
-                         "rank " + std::to_string(session->rank()) + " (" + session->host() + ")");
-  session->set_watchdog(&watchdog);
+  return "0";
+}
+
+// The limit for MPI's start-up, before the config is agreed: parallel.timeout_s, read ahead so that
+// a peer stalled in start-up is caught too, but at least kMinStartupSeconds, since a loaded machine
+// can take seconds in MPI_Init. A config that does not load gets the default here, and its error
+// from the first phase.
+constexpr double kMinStartupSeconds = 10.0;
+
+double startup_timeout(const std::string& config_path, const std::vector<std::string>& overrides) {
+  try {
+    const double timeout_s = mla::load_config(config_path, overrides).parallel.timeout_s;
+    return timeout_s <= 0 ? 0 : std::max(timeout_s, kMinStartupSeconds);
+  } catch (const std::exception&) {
+    return mla::Watchdog::kDefaultTimeoutSeconds;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool leader = launcher_rank() == "0";
   CLI::App app{"Runs one MLA layer forward over a schedule of prefill, chunk and decode steps."};
   std::string config_path;
   std::vector<std::string> overrides;
@@ -213,6 +231,18 @@ int main(int argc, char** argv) {
     if (leader) std::fprintf(stderr, "mla_run: error: %s\n", error.what());
     return mla::kUserErrorExitCode;
   }
+  // From here on no rank waits forever, MPI's start-up included.
+  mla::Watchdog watchdog(startup_timeout(config_path, overrides),
+                         "rank " + launcher_rank() + " (" + mla::this_host_name() + ")");
+  watchdog.progress("MPI start-up");
+  std::unique_ptr<mla::MpiSession> session;
+  try {
+    session = std::make_unique<mla::MpiSession>(&argc, &argv);
+  } catch (const mla::MpiError& error) {
+    std::fprintf(stderr, "mla_run: error: %s\n", error.what());
+    return 1;
+  }
+  session->set_watchdog(&watchdog);
   try {
     return mla::run(*session, config_path, overrides);
   } catch (const mla::RankFailure& error) {
