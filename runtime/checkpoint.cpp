@@ -57,7 +57,9 @@ std::vector<std::string> parse_hf_index(const std::string& text, const std::stri
     if (!file.is_string()) throw UserError(source + ": weight_map entry '" + tensor + "' is not a file name");
     const std::string name = file.get<std::string>();
     // Only plain names of files beside the index: nothing that leaves the checkpoint directory.
-    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
+    // A NUL would cut the name short when the file is opened: another file than the one named.
+    if (name.empty() || name.find('/') != std::string::npos || name.find('\0') != std::string::npos || name == "." ||
+        name == "..") {
       throw UserError(source + ": weight_map entry '" + tensor + "' names '" + name + "', not a file in the directory");
     }
     if (std::find(files.begin(), files.end(), name) == files.end()) files.push_back(name);

@@ -90,6 +90,14 @@ struct Origin {
   std::set<std::string>* overridden_keys = nullptr;
 };
 
+// A key came from --set when it is an assigned path, lies under one, or holds one.
+bool from_set(const std::set<std::string>& assigned, const std::string& key_path) {
+  for (const std::string& path : assigned) {
+    if (key_path == path || key_path.starts_with(path + ".") || path.starts_with(key_path + ".")) return true;
+  }
+  return false;
+}
+
 // Reads one YAML mapping strictly: every key must be read, once, with the right type.
 class MapReader {
  public:
@@ -190,7 +198,7 @@ class MapReader {
 
   [[noreturn]] void fail(const std::string& key_path, const YAML::Node& at, const std::string& what) const {
     std::string where = origin_.source;
-    if (origin_.overridden_keys != nullptr && origin_.overridden_keys->count(key_path) > 0) {
+    if (origin_.overridden_keys != nullptr && from_set(*origin_.overridden_keys, key_path)) {
       where = "--set " + key_path;
     } else if (at && at.Mark().line >= 0) {
       where += ":" + std::to_string(at.Mark().line + 1);
@@ -374,24 +382,9 @@ void apply_override(YAML::Node& root, const std::string& assignment, std::set<st
     current.reset(child);  // rebinds; `current = child` would assign into the tree
   }
   current[keys.back()] = value;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    std::string prefix;
-    for (size_t j = 0; j <= i; ++j) prefix += (j ? "." : "") + keys[j];
-    overridden.insert(prefix);
-  }
-  // Every key under an overridden mapping came from the command line too.
-  std::vector<std::pair<std::string, YAML::Node>> pending{{key_path, value}};
-  while (!pending.empty()) {
-    auto [prefix, node] = pending.back();
-    pending.pop_back();
-    overridden.insert(prefix);
-    if (node.IsMap()) {
-      for (const auto& item : node) {
-        if (!item.first.IsScalar()) throw UserError("--set " + key_path + ": keys must be plain names");
-        pending.emplace_back(prefix + "." + item.first.Scalar(), item.second);
-      }
-    }
-  }
+  // Only the assigned path is recorded: walking the value could follow YAML aliases forever
+  // (`--set 'run.x=&a {b: *a}'`). MapReader::fail attributes keys above and below it.
+  overridden.insert(key_path);
 }
 
 Config parse_root(const YAML::Node& root, const std::string& source_name, std::set<std::string>& overridden) {

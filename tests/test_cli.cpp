@@ -51,6 +51,11 @@ TEST_F(MlaRunCli, ControlCharactersInKeysStayOnOneLine) {
   expect_user_error(run(base_config() + "  \"spe\\ned\": 1\n"), {"run.spe\\x0aed", "unknown key"});
 }
 
+// A --set value that refers to itself (a YAML alias cycle) is an error, not an endless walk.
+TEST_F(MlaRunCli, ACyclicSetValueIsAnError) {
+  expect_user_error(run(base_config(), {"run.threads=&a {b: *a}"}), {"--set run.threads", "expected an integer"});
+}
+
 TEST_F(MlaRunCli, WrongType) {
   expect_user_error(run(base_config(), {"model.dim=forty"}), {"model.dim", "expected an integer", "forty"});
 }
