@@ -236,7 +236,7 @@ void parse_model(MapReader reader, ModelArgs& model) {
   model.v_head_dim = reader.get_int("v_head_dim", model.v_head_dim, 1, kMaxDim);
   model.max_batch_size = reader.get_int("max_batch_size", model.max_batch_size, 1, 1 << 20);
   model.max_seq_len = reader.get_int("max_seq_len", model.max_seq_len, 1, kMaxSeqLen);
-  model.original_seq_len = reader.get_int("original_seq_len", model.original_seq_len, 1, int64_t{1} << 26);
+  model.original_seq_len = reader.get_int("original_seq_len", model.original_seq_len, 1, kMaxSeqLen);
   // theta > 1: YaRN divides by ln(theta).
   model.rope_theta = reader.get_double("rope_theta", model.rope_theta, 1.0, true);
   model.rope_factor = reader.get_double("rope_factor", model.rope_factor, 0.0, true);
