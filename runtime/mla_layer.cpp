@@ -12,6 +12,8 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/kv_cache_append.h"
 #include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/strided_copy.h"
+#include "runtime/attention_layout.h"
 
 namespace mla {
 
@@ -152,57 +154,18 @@ void MlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t 
                       int64_t mask_stride, StepReport& report) {
   const int64_t tokens = batch * seq;
   const int64_t heads = shard_.n_local_heads;
-  const int64_t C = model_.kv_lora_rank;
-  const int64_t dq = model_.qk_head_dim();
-  const int64_t dv = model_.v_head_dim;
-  AttentionParams p;
-  p.batch = batch;
-  p.seq = seq;
-  p.n_heads = heads;
-  p.start_pos = start_pos;
-  p.kv_len = start_pos + seq;
-  p.scale = static_cast<float>(model_.softmax_scale());
-  p.mask = mask;
-  p.mask_stride = mask_stride;
-  p.round_to_bf16 = round_bf16_;
-  float* o = sized(o_, tokens * heads * dv);
+  const AttentionStep step{batch, seq, start_pos, heads, mask, mask_stride, round_bf16_};
+  float* o = sized(o_, tokens * heads * model_.v_head_dim);
   if (plan.formulation == Formulation::Absorb) {
     absorb_queries(tokens);
-    p.q = q_absorbed_.data();
-    p.q_token_stride = heads * latent_width_;
-    p.q_head_stride = latent_width_;
-    p.keys = p.values = kv_cache_.data();
-    p.key_batch_stride = p.value_batch_stride = model_.max_seq_len * latent_width_;
-    p.key_pos_stride = p.value_pos_stride = latent_width_;
-    p.key_head_stride = p.value_head_stride = 0;  // one latent row serves every head
-    p.score_dim = latent_width_;
-    p.score_split = C;
-    p.value_dim = C;
-    p.out = sized(o_latent_, tokens * heads * C);
-    p.out_token_stride = heads * C;
-    p.out_head_stride = C;
-    run_attention(plan.path, p, report);
+    float* o_latent = sized(o_latent_, tokens * heads * model_.kv_lora_rank);
+    run_attention(plan.path, absorb_attention_params(model_, step, q_absorbed_.data(), kv_cache_.data(), o_latent),
+                  report);
     absorb_outputs(tokens);
   } else {
-    expand_keys_values(batch, p.kv_len);
-    const int64_t kv_width = heads * (model_.qk_nope_head_dim + dv);
-    p.q = q_.data();
-    p.q_token_stride = heads * dq;
-    p.q_head_stride = dq;
-    p.keys = keys_.data();
-    p.key_batch_stride = p.kv_len * heads * dq;
-    p.key_pos_stride = heads * dq;
-    p.key_head_stride = dq;
-    p.values = kv_expanded_.data() + model_.qk_nope_head_dim;
-    p.value_batch_stride = p.kv_len * kv_width;
-    p.value_pos_stride = kv_width;
-    p.value_head_stride = model_.qk_nope_head_dim + dv;
-    p.score_dim = dq;
-    p.value_dim = dv;
-    p.out = o;
-    p.out_token_stride = heads * dv;
-    p.out_head_stride = dv;
-    run_attention(plan.path, p, report);
+    expand_keys_values(batch, start_pos + seq);
+    run_attention(plan.path, naive_attention_params(model_, step, q_.data(), keys_.data(), kv_expanded_.data(), o),
+                  report);
   }
 }
 
@@ -288,15 +251,29 @@ void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
     const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;
     run_linear(cache, latent_width_, weights_.wkv_b, kv_len, model_.kv_lora_rank, kv_width,
                expanded + b * kv_len * kv_width, kv_width, round_bf16_);
-#pragma omp parallel for schedule(static) if (kv_len * heads > 1024)
-    for (int64_t t = 0; t < kv_len; ++t) {
-      for (int64_t h = 0; h < heads; ++h) {
-        float* key = keys + ((b * kv_len + t) * heads + h) * dq;
-        std::memcpy(key, expanded + (b * kv_len + t) * kv_width + h * (dn + model_.v_head_dim), dn * sizeof(float));
-        std::memcpy(key + dn, cache + t * latent_width_ + model_.kv_lora_rank, dr * sizeof(float));
-      }
-    }
+    StridedCopyParams k_pe;  // the one rope key of each position, repeated for every head
+    k_pe.src = cache + model_.kv_lora_rank;
+    k_pe.src_outer_stride = latent_width_;
+    k_pe.src_inner_stride = 0;
+    k_pe.dst = keys + b * kv_len * heads * dq + dn;
+    k_pe.dst_outer_stride = heads * dq;
+    k_pe.dst_inner_stride = dq;
+    k_pe.outer = kv_len;
+    k_pe.inner = heads;
+    k_pe.width = dr;
+    strided_copy(k_pe);
   }
+  StridedCopyParams k_nope;
+  k_nope.src = expanded;
+  k_nope.src_outer_stride = kv_width;
+  k_nope.src_inner_stride = dn + model_.v_head_dim;
+  k_nope.dst = keys;
+  k_nope.dst_outer_stride = heads * dq;
+  k_nope.dst_inner_stride = dq;
+  k_nope.outer = batch * kv_len;
+  k_nope.inner = heads;
+  k_nope.width = dn;
+  strided_copy(k_nope);
 }
 
 }  // namespace mla

@@ -38,6 +38,7 @@ class MlaLayer {
 
   int64_t kv_cache_bytes() const { return static_cast<int64_t>(kv_cache_.size() * sizeof(float)); }
   const HeadShard& shard() const { return shard_; }
+  const ModelArgs& model() const { return model_; }
 
  private:
   void project_queries(const float* x, int64_t tokens);

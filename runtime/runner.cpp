@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/finite_check.h"
 #include "runtime/errors.h"
 #include "runtime/random_values.h"
 #include "runtime/safetensors.h"
@@ -118,7 +119,8 @@ std::vector<float> load_mask(const std::string& path, int64_t tokens) {
 namespace {
 
 // debug.fail: this rank fails on purpose at this step, before its all-reduce.
-void inject_fault(const FaultPlan& fault, const Communicator& comm, size_t step_index, std::vector<float>& partial) {
+void inject_fault(const FaultPlan& fault, StepExecutor& executor, size_t step_index) {
+  const Communicator& comm = executor.communicator();
   if (fault.mode == FaultMode::None || fault.rank != comm.rank() || fault.step != static_cast<int64_t>(step_index)) return;
   const std::string who = "rank " + std::to_string(comm.rank()) + " (" + comm.host() + ")";
   std::fprintf(stderr, "mla_run: debug.fail: %s %s at step %zu\n", who.c_str(),
@@ -128,21 +130,38 @@ void inject_fault(const FaultPlan& fault, const Communicator& comm, size_t step_
   if (fault.mode == FaultMode::Hang) {
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
-  partial[0] = std::numeric_limits<float>::quiet_NaN();
-}
-
-// The index of the first non-finite value, or -1.
-int64_t first_non_finite(const float* values, int64_t count) {
-  for (int64_t i = 0; i < count; ++i)
-    if (!std::isfinite(values[i])) return i;
-  return -1;
+  executor.poison_partial();
 }
 
 }  // namespace
 
-RunResult run_schedule(MlaLayer& layer, Communicator& comm, const InputTensor& x, const std::vector<int64_t>& steps,
+StepReport CpuStepExecutor::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                                    int64_t mask_stride) {
+  const int64_t count = batch * seq * layer_.model().dim;
+  partial_.resize(static_cast<size_t>(count + 1));
+  return layer_.forward(x, batch, seq, start_pos, mask, mask_stride, partial_.data());
+}
+
+int64_t CpuStepExecutor::first_non_finite(float& value) {
+  const int64_t index = mla::first_non_finite(partial_.data(), static_cast<int64_t>(partial_.size()) - 1);
+  if (index >= 0) value = partial_[index];
+  return index;
+}
+
+void CpuStepExecutor::poison_partial() { partial_[0] = std::numeric_limits<float>::quiet_NaN(); }
+
+float CpuStepExecutor::reduce(float flag) {
+  partial_.back() = flag;
+  comm_.allreduce_sum(partial_.data(), static_cast<int64_t>(partial_.size()));
+  return partial_.back();
+}
+
+void CpuStepExecutor::copy_output(float* y) { std::memcpy(y, partial_.data(), (partial_.size() - 1) * sizeof(float)); }
+
+RunResult run_schedule(StepExecutor& executor, const InputTensor& x, const std::vector<int64_t>& steps,
                        const std::vector<float>& mask, const RunOptions& options) {
   const auto started = std::chrono::steady_clock::now();
+  const Communicator& comm = executor.communicator();
   RunResult result;
   result.y.assign(x.values.size(), 0.0f);
   if (!mask.empty()) validate_mask(mask, x.tokens, steps);
@@ -154,31 +173,30 @@ RunResult run_schedule(MlaLayer& layer, Communicator& comm, const InputTensor& x
     if (options.watchdog != nullptr) options.watchdog->progress("step " + std::to_string(step_index));
     const int64_t count = x.batch * seq * x.dim;
     step_x.resize(static_cast<size_t>(count));
-    // One more element after the partial output: how many ranks found a non-finite value, summed
-    // by the same all-reduce so that every rank learns it without another collective.
-    step_y.resize(static_cast<size_t>(count + 1));
+    step_y.resize(static_cast<size_t>(count));
     for (int64_t b = 0; b < x.batch; ++b) {
       std::memcpy(step_x.data() + b * seq * x.dim, x.values.data() + (b * x.tokens + start_pos) * x.dim,
                   static_cast<size_t>(seq * x.dim) * sizeof(float));
     }
     const float* step_mask = mask.empty() ? nullptr : mask.data() + start_pos * x.tokens;
-    StepReport report = layer.forward(step_x.data(), x.batch, seq, start_pos, step_mask, x.tokens, step_y.data());
-    inject_fault(options.fault, comm, step_index, step_y);
-    const int64_t bad_index = options.check_finite ? first_non_finite(step_y.data(), count) : -1;
+    StepReport report = executor.forward(step_x.data(), x.batch, seq, start_pos, step_mask, x.tokens);
+    inject_fault(options.fault, executor, step_index);
+    float bad_value = 0.0f;
+    const int64_t bad_index = options.check_finite ? executor.first_non_finite(bad_value) : -1;
     if (bad_index >= 0) {
       std::fprintf(stderr, "mla_run: error: rank %d (%s): step %zu: partial output y is not finite at element %ld (%g)\n",
-                   comm.rank(), comm.host().c_str(), step_index, static_cast<long>(bad_index), step_y[bad_index]);
+                   comm.rank(), comm.host().c_str(), step_index, static_cast<long>(bad_index), bad_value);
     }
-    step_y[count] = bad_index >= 0 ? 1.0f : 0.0f;
     const auto reduce_started = std::chrono::steady_clock::now();
-    comm.allreduce_sum(step_y.data(), count + 1);
+    const float bad_ranks = executor.reduce(bad_index >= 0 ? 1.0f : 0.0f);
     const double reduce_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - reduce_started).count();
-    if (step_y[count] != 0.0f) {
-      throw RankFailure("step " + std::to_string(step_index) + ": " + std::to_string(static_cast<int>(step_y[count])) +
+    if (bad_ranks != 0.0f) {
+      throw RankFailure("step " + std::to_string(step_index) + ": " + std::to_string(static_cast<int>(bad_ranks)) +
                         " rank(s) produced a non-finite partial output (run.check_finite); y is not written");
     }
     result.allreduce_ms += reduce_ms;
     report.time_ms += reduce_ms;
+    executor.copy_output(step_y.data());
     for (int64_t b = 0; b < x.batch; ++b) {
       std::memcpy(result.y.data() + (b * x.tokens + start_pos) * x.dim, step_y.data() + b * seq * x.dim,
                   static_cast<size_t>(seq * x.dim) * sizeof(float));
@@ -189,6 +207,12 @@ RunResult run_schedule(MlaLayer& layer, Communicator& comm, const InputTensor& x
   }
   result.total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   return result;
+}
+
+RunResult run_schedule(MlaLayer& layer, Communicator& comm, const InputTensor& x, const std::vector<int64_t>& steps,
+                       const std::vector<float>& mask, const RunOptions& options) {
+  CpuStepExecutor executor(layer, comm);
+  return run_schedule(executor, x, steps, mask, options);
 }
 
 }  // namespace mla

@@ -62,7 +62,48 @@ struct RunOptions {
   Watchdog* watchdog = nullptr;  // told of each step's start
 };
 
+// The runner's view of one rank's layer and its communicator. Where a step's partial output lives
+// (host memory for the CPU layer, device memory for the CUDA one) is the executor's business.
+class StepExecutor {
+ public:
+  virtual ~StepExecutor() = default;
+  virtual const Communicator& communicator() const = 0;
+  // Computes the step's partial output [batch, seq, dim] and keeps it for reduce(). x and mask
+  // are host memory: x [batch, seq, dim]; mask the whole run's [T, T] mask from row start_pos
+  // (row stride mask_stride), or nullptr.
+  virtual StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                             int64_t mask_stride) = 0;
+  // The index of the partial output's first non-finite element (its value in `value`), or -1.
+  virtual int64_t first_non_finite(float& value) = 0;
+  virtual void poison_partial() = 0;  // debug.fail mode nan: a NaN in the partial output
+  // Sums the partial outputs over ranks in place, and `flag` with them; returns the summed flag.
+  virtual float reduce(float flag) = 0;
+  virtual void copy_output(float* y) = 0;  // the reduced [batch, seq, dim], to host memory
+};
+
+// The CPU layer: everything in host memory, the communicator summing host buffers.
+class CpuStepExecutor final : public StepExecutor {
+ public:
+  CpuStepExecutor(MlaLayer& layer, Communicator& comm) : layer_(layer), comm_(comm) {}
+  const Communicator& communicator() const override { return comm_; }
+  StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                     int64_t mask_stride) override;
+  int64_t first_non_finite(float& value) override;
+  void poison_partial() override;
+  float reduce(float flag) override;
+  void copy_output(float* y) override;
+
+ private:
+  MlaLayer& layer_;
+  Communicator& comm_;
+  // The partial output and one more element after it: the flag, summed by the same all-reduce,
+  // so that every rank learns it without another collective.
+  std::vector<float> partial_;
+};
+
 // steps: new tokens per step, adding up to x.tokens.
+RunResult run_schedule(StepExecutor& executor, const InputTensor& x, const std::vector<int64_t>& steps,
+                       const std::vector<float>& mask, const RunOptions& options = {});
 RunResult run_schedule(MlaLayer& layer, Communicator& comm, const InputTensor& x, const std::vector<int64_t>& steps,
                        const std::vector<float>& mask, const RunOptions& options = {});
 

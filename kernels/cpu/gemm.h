@@ -1,6 +1,7 @@
-// Dense GEMMs through OpenBLAS (cblas_sgemm). Row-major everywhere, fp32 in and out, fp32
-// accumulation. A call made inside one of our OpenMP regions runs single-threaded (OpenBLAS's
-// OpenMP build detects the enclosing region), so batched per-head GEMMs parallelise over heads.
+// Dense GEMMs through OpenBLAS (cblas_sgemm; plain loops in a build without a BLAS). Row-major
+// everywhere, fp32 in and out, fp32 accumulation. A call made inside one of our OpenMP regions
+// runs single-threaded (OpenBLAS's OpenMP build detects the enclosing region), so batched
+// per-head GEMMs parallelise over heads.
 #pragma once
 
 #include <cstdint>

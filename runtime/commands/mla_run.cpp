@@ -30,6 +30,14 @@
 #include "runtime/safetensors.h"
 #include "runtime/weights.h"
 
+#if MLA_HAVE_CUDA
+#include "kernels/cuda/cuda_check.h"
+#include "parallel/nccl_bootstrap.h"
+#include "parallel/nccl_communicator.h"
+#include "runtime/cuda_step_executor.h"
+#include "runtime/mla_layer_cuda.h"
+#endif
+
 namespace mla {
 namespace {
 
@@ -56,12 +64,51 @@ int configure_threads(const RunConfig& run, const MpiSession& session) {
   return threads;
 }
 
-void check_backend(const RunConfig& run) {
-  if (run.backend == Backend::Cuda) {
-    throw UserError("run.backend: cuda is not available in this build (the CUDA backend is not implemented yet); "
-                    "use cpu or auto");
+// run.backend cuda needs a build with the CUDA backend and a device on the rank; auto takes cuda
+// where both are there. Returns what this rank runs (the ranks then agree on it).
+Backend resolve_backend(const RunConfig& run) {
+#if MLA_HAVE_CUDA
+  const int devices = cuda_device_count();
+  if (run.backend == Backend::Cuda && devices == 0) {
+    throw UserError("run.backend: cuda, but this rank sees no CUDA device; use cpu or auto");
   }
+  if (run.backend == Backend::Auto) return devices > 0 ? Backend::Cuda : Backend::Cpu;
+  return run.backend;
+#else
+  if (run.backend == Backend::Cuda) {
+    throw UserError("run.backend: cuda is not available in this build (built without nvcc); use cpu or auto");
+  }
+  return Backend::Cpu;
+#endif
 }
+
+#if MLA_HAVE_CUDA
+// The CUDA backend: one GPU per rank (local rank modulo the node's devices), the layer's buffers
+// sized once for this run's schedule, NCCL summing the partial outputs on the layer's stream.
+RunResult run_on_cuda(const Config& config, const MpiSession& session, Phases& phases, const HeadShard& shard,
+                      const LayerWeights& weights, const InputTensor& x, const std::vector<int64_t>& steps,
+                      const std::vector<float>& mask, const RunOptions& options) {
+  std::unique_ptr<CudaMlaLayer> layer;
+  phases.run([&] {
+    const int device = session.local_rank() % cuda_device_count();
+    CUDA_CHECK(cudaSetDevice(device));
+    cudaDeviceProp properties{};
+    CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+    CudaLayerLimits limits;
+    limits.max_batch = x.batch;
+    limits.max_step_len = *std::max_element(steps.begin(), steps.end());
+    limits.max_kv_len = x.tokens;
+    limits.mask = !mask.empty();
+    layer = std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits);
+    std::printf("%s GPU %d (%s); device memory %s\n", session.label().c_str(), device, properties.name,
+                layer->memory().describe().c_str());
+  });
+  NcclCommunicator comm(share_nccl_unique_id(session), session.rank(), session.world(), layer->stream(),
+                        config.parallel.timeout_s);
+  CudaStepExecutor executor(*layer, comm, mask, x.tokens);
+  return run_schedule(executor, x, steps, mask, options);
+}
+#endif
 
 void print_model(const ModelArgs& m) {
   std::printf("model: dim %ld, n_heads %ld, q_lora_rank %ld, kv_lora_rank %ld, dq %ld (%ld nope + %ld rope), dv %ld\n",
@@ -98,11 +145,13 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   Phases phases(session);
   Config config;
   session.watchdog()->progress("reading the config");
+  Backend backend = Backend::Cpu;
   phases.run([&] {
     config = load_config(config_path, overrides);
-    check_backend(config.run);
+    backend = resolve_backend(config.run);
   });
   phases.agree("the configuration", config_text(config));
+  phases.agree("the backend (run.backend as each rank resolved it)", to_string(backend));
   Watchdog& watchdog = *session.watchdog();
   watchdog.set_timeout(config.parallel.timeout_s);
   const int threads = configure_threads(config.run, session);
@@ -139,8 +188,8 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   phases.agree("the mask (run.mask)", std::to_string(fingerprint({&mask})));
 
   if (leader) {
-    std::printf("mla_run: %s; backend cpu, world %d, compute %s\n", config_path.c_str(), comm.world(),
-                to_string(config.run.compute_dtype));
+    std::printf("mla_run: %s; backend %s, world %d, compute %s\n", config_path.c_str(), to_string(backend),
+                comm.world(), to_string(config.run.compute_dtype));
     print_model(config.model);
     std::printf("input: x [%ld, %ld, %ld] from %s; %zu steps; mask: %s\n", x.batch, x.tokens, x.dim,
                 x.description.c_str(), steps.size(), mask.empty() ? "causal" : config.run.mask.c_str());
@@ -149,17 +198,24 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   std::printf("%s %s, %d threads; weights: %s, stored %s, %s as fp32 compute copies\n", label.c_str(),
               describe(shard).c_str(), threads, loaded.description.c_str(), loaded.storage_dtype.c_str(),
               format_bytes(loaded.weights.bytes()).c_str());
-  MlaLayer layer(config.model, shard, std::move(loaded.weights), config.run);
-  std::printf("%s kv cache: [%ld, %ld, %ld] latent (c_n | k_pe), %s, shared by both formulations\n", label.c_str(),
-              config.model.max_batch_size, config.model.max_seq_len,
-              config.model.kv_lora_rank + config.model.qk_rope_head_dim, format_bytes(layer.kv_cache_bytes()).c_str());
   size_t step_index = 0;
   RunOptions options;
   options.on_step = [&](const StepReport& step) { print_step(label, step_index++, step); };
   options.check_finite = config.run.check_finite;
   options.fault = config.fault;
   options.watchdog = &watchdog;
-  const RunResult result = run_schedule(layer, comm, x, steps, mask, options);
+  RunResult result;
+  if (backend == Backend::Cuda) {
+#if MLA_HAVE_CUDA
+    result = run_on_cuda(config, session, phases, shard, loaded.weights, x, steps, mask, options);
+#endif
+  } else {
+    MlaLayer layer(config.model, shard, std::move(loaded.weights), config.run);
+    std::printf("%s kv cache: [%ld, %ld, %ld] latent (c_n | k_pe), %s, shared by both formulations\n", label.c_str(),
+                config.model.max_batch_size, config.model.max_seq_len,
+                config.model.kv_lora_rank + config.model.qk_rope_head_dim, format_bytes(layer.kv_cache_bytes()).c_str());
+    result = run_schedule(layer, comm, x, steps, mask, options);
+  }
   watchdog.progress("writing the output");
   std::fflush(stdout);
   if (config.parallel.check_identical_output) {

@@ -1,0 +1,42 @@
+// Every CUDA runtime call is checked: a failure throws CudaError naming the call, the file and
+// line, and CUDA's own description, so a GPU error is never silently carried into the output.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace mla {
+
+class CudaError : public std::runtime_error {
+ public:
+  explicit CudaError(const std::string& message) : std::runtime_error(message) {}
+};
+
+[[noreturn]] void throw_cuda_error(const char* call, const char* file, int line, const std::string& detail);
+
+// The number of CUDA devices this process can use; 0 when there is no driver or no device
+// (never throws: the GPU tests use it to decide whether to skip).
+int cuda_device_count();
+
+}  // namespace mla
+
+#define CUDA_CHECK(call)                                                                    \
+  do {                                                                                      \
+    const cudaError_t mla_cuda_status_ = (call);                                           \
+    if (mla_cuda_status_ != cudaSuccess) {                                                  \
+      ::mla::throw_cuda_error(#call, __FILE__, __LINE__, cudaGetErrorString(mla_cuda_status_)); \
+    }                                                                                       \
+  } while (0)
+
+// After a kernel launch (kernel_name a string literal): a bad launch configuration is reported
+// here, naming the kernel, instead of surfacing at some later call.
+#define CUDA_CHECK_LAUNCH(kernel_name)                                                          \
+  do {                                                                                          \
+    const cudaError_t mla_cuda_status_ = cudaGetLastError();                                    \
+    if (mla_cuda_status_ != cudaSuccess) {                                                      \
+      ::mla::throw_cuda_error("launch of " kernel_name, __FILE__, __LINE__,                     \
+                              cudaGetErrorString(mla_cuda_status_));                            \
+    }                                                                                           \
+  } while (0)

@@ -1,0 +1,76 @@
+// GEMMs through cuBLAS: the twin of kernels/cpu/gemm. Row-major like the CPU side, a batch of
+// matrices at fixed strides (per-head GEMMs in one call), operands fp32 or bf16, the product
+// accumulated and returned in fp32.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/device_buffer.h"
+
+namespace mla {
+
+[[noreturn]] void throw_cublas_error(const char* call, const char* file, int line, cublasStatus_t status);
+
+}  // namespace mla
+
+#define CUBLAS_CHECK(call)                                                            \
+  do {                                                                                \
+    const cublasStatus_t mla_cublas_status_ = (call);                                 \
+    if (mla_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                                \
+      ::mla::throw_cublas_error(#call, __FILE__, __LINE__, mla_cublas_status_);       \
+    }                                                                                 \
+  } while (0)
+
+namespace mla {
+
+// One cuBLAS handle bound to the layer's stream, with a workspace of our own so that its bytes
+// are counted in the layer's memory report.
+class CublasContext {
+ public:
+  static constexpr int64_t kWorkspaceBytes = int64_t{32} << 20;  // cuBLAS's advice for Hopper
+
+  explicit CublasContext(cudaStream_t stream);
+  ~CublasContext();
+  CublasContext(const CublasContext&) = delete;
+  CublasContext& operator=(const CublasContext&) = delete;
+
+  cublasHandle_t handle() const { return handle_; }
+  cudaStream_t stream() const { return stream_; }
+  int64_t workspace_bytes() const { return static_cast<int64_t>(workspace_.bytes()); }
+
+ private:
+  cublasHandle_t handle_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  DeviceBuffer<unsigned char> workspace_;
+};
+
+enum class GemmOperands { F32, BF16 };
+
+// For each i < batch: c_i[m, n] = alpha * op(a_i) op(b_i) + beta * c_i, row-major, with
+// x_i = x + i * stride_x. A stride of 0 reuses one matrix (the latent cache, shared by heads).
+struct GemmCudaParams {
+  bool transpose_a = false;
+  bool transpose_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  float alpha = 1.0f;
+  const void* a = nullptr;
+  int64_t lda = 0;
+  int64_t stride_a = 0;
+  const void* b = nullptr;
+  int64_t ldb = 0;
+  int64_t stride_b = 0;
+  float beta = 0.0f;
+  float* c = nullptr;
+  int64_t ldc = 0;
+  int64_t stride_c = 0;
+  int64_t batch = 1;
+  GemmOperands operands = GemmOperands::F32;  // a and b; fp32 operands never go through TF32
+};
+
+void gemm_cuda(CublasContext& context, const GemmCudaParams& params);
+
+}  // namespace mla

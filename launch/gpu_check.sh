@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU check in one call: builds the CUDA backend on a bare GPU machine, runs the GPU tests and
+# the seed-table benchmark, and writes logs and numbers under $OUT (results/gpu without it).
+#
+#   Here, once (needs Debian's googletest and nlohmann-json3-dev, which launch/setup.sh installs):
+#     bash launch/gpu_check.sh prepare      # copies their sources into .device/ (git-ignored)
+#   On the GPU machine (the device tool's run, carrying .device):
+#     bash launch/gpu_check.sh run
+#
+# The GPU machine has CUDA, cmake, ninja and PyTorch (with its NCCL) but no MPI, yaml-cpp,
+# GoogleTest or BLAS: MLA_GPU_CHECK_ONLY builds the layer, the CUDA backend, the GPU tests and the
+# benchmark without them (the CPU oracle runs its GEMMs as plain loops there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-run}" in
+  prepare)
+    rm -rf .device
+    mkdir -p .device/include .device/nccl/include
+    cp -r /usr/src/googletest .device/googletest
+    cp -r /usr/include/nlohmann .device/include/
+    cp /usr/local/cuda/include/nccl.h .device/nccl/include/  # used only where the GPU machine has none
+    du -sh .device
+    ;;
+  run)
+    [ -d .device/googletest ] || { echo "gpu_check: run 'bash launch/gpu_check.sh prepare' here first, and carry .device" >&2; exit 2; }
+    out=${OUT:-results/gpu}
+    mkdir -p "$out"
+    { nvidia-smi; nvcc --version; } > "$out/machine.txt" 2>&1 || true
+    # NCCL: beside the CUDA toolkit, or else the one inside PyTorch's Python packages.
+    nccl_root=""
+    if [ ! -e /usr/local/cuda/include/nccl.h ]; then
+      pip_nccl=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
+      if [ -n "$pip_nccl" ]; then
+        nccl_root=$PWD/build-gpu/nccl
+        mkdir -p "$nccl_root"
+        ln -sfn "$pip_nccl/lib" "$nccl_root/lib"
+        if [ -e "$pip_nccl/include/nccl.h" ]; then ln -sfn "$pip_nccl/include" "$nccl_root/include"
+        else ln -sfn "$PWD/.device/nccl/include" "$nccl_root/include"; fi
+      fi
+    fi
+    set -o pipefail
+    cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLA_GPU_CHECK_ONLY=ON -DMLA_WARNINGS_AS_ERRORS=OFF \
+      -DMLA_GTEST_SOURCE_DIR="$PWD/.device/googletest" -DMLA_NLOHMANN_INCLUDE_DIR="$PWD/.device/include" \
+      -DMLA_NCCL_ROOT="$nccl_root" -DMLA_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" 2>&1 | tee "$out/build.log"
+    cmake --build build-gpu -j "$(nproc)" 2>&1 | tee -a "$out/build.log"
+    [ -z "$nccl_root" ] || export LD_LIBRARY_PATH="$nccl_root/lib:${LD_LIBRARY_PATH:-}"
+    set +e
+    ./build-gpu/tests/gpu/mla_gpu_tests --gtest_output=xml:"$out/gpu_tests.xml" 2>&1 | tee "$out/gpu_tests.log"
+    tests_rc=${PIPESTATUS[0]}
+    ./build-gpu/mla_cuda_bench --csv "$out/seed_table_gpu.csv" 2>&1 | tee "$out/bench.log"
+    bench_rc=${PIPESTATUS[0]}
+    echo "gpu_check: GPU tests exit $tests_rc, benchmark exit $bench_rc; logs in $out"
+    [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+    ;;
+  *)
+    echo "usage: bash launch/gpu_check.sh prepare|run" >&2
+    exit 2
+    ;;
+esac

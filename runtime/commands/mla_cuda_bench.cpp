@@ -1,0 +1,173 @@
+// mla_cuda_bench [--csv FILE] [--reps N] [--batch B]
+//
+// The seed's table on a GPU: a DeepSeek-V3-sized layer slice (dim 7168, q_lora_rank 1536,
+// kv_lora_rank 512, 16 local heads as at TP 8), bf16 compute, batch 32, kv length 64, 128, 256,
+// 512, prefill (S tokens from position 0) and decode (one token at kv length S), fast path vs
+// standard path (the fast path stops at fast_path_max_len 256, as in the claim). Each point:
+// warm-up, then CUDA-event timing of forward steps, median / min / p90; the layer's device bytes
+// (weights, cache, activations, attention workspace) and the attention workspace alone.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/cuda_check.h"
+#include "runtime/mla_layer_cuda.h"
+#include "runtime/random_values.h"
+#include "runtime/weights.h"
+
+namespace mla {
+namespace {
+
+struct Options {
+  std::string csv;
+  int reps = 20;
+  int64_t batch = 32;
+};
+
+Options parse(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--csv" && has_value) {
+      options.csv = argv[++i];
+    } else if (arg == "--reps" && has_value) {
+      options.reps = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--batch" && has_value) {
+      options.batch = std::max(1, std::atoi(argv[++i]));
+    } else {
+      std::fprintf(stderr, "usage: mla_cuda_bench [--csv FILE] [--reps N] [--batch B]\n");
+      std::exit(2);
+    }
+  }
+  return options;
+}
+
+ModelArgs deepseek_v3_slice(int64_t batch) {
+  ModelArgs m;
+  m.dim = 7168;
+  m.n_heads = 16;  // the 16 heads of one rank at TP 8, held whole here
+  m.q_lora_rank = 1536;
+  m.kv_lora_rank = 512;
+  m.qk_nope_head_dim = 128;
+  m.qk_rope_head_dim = 64;
+  m.v_head_dim = 128;
+  m.max_batch_size = batch;
+  m.max_seq_len = 512;
+  return m;
+}
+
+struct Timing {
+  double median_ms = 0, min_ms = 0, p90_ms = 0;
+};
+
+Timing summarize(std::vector<double> times) {
+  std::sort(times.begin(), times.end());
+  Timing t;
+  t.min_ms = times.front();
+  t.median_ms = times[times.size() / 2];
+  t.p90_ms = times[std::min(times.size() - 1, times.size() * 9 / 10)];
+  return t;
+}
+
+int run(const Options& options) {
+  CUDA_CHECK(cudaSetDevice(0));
+  cudaDeviceProp properties{};
+  CUDA_CHECK(cudaGetDeviceProperties(&properties, 0));
+  const ModelArgs m = deepseek_v3_slice(options.batch);
+  const HeadShard shard = shard_heads(m.n_heads, 1, 0, false);
+  WeightsConfig random;
+  random.format = WeightsFormat::Random;
+  random.dtype = WeightDType::BF16;
+  random.seed = 1;
+  const LoadedWeights loaded = load_layer_weights(random, m, shard, ComputeDType::BF16, false);
+  std::printf("device: %s, %d SMs, %.1f GB; model: DeepSeek-V3 slice, 16 local heads, bf16 compute, batch %ld\n",
+              properties.name, properties.multiProcessorCount, static_cast<double>(properties.totalGlobalMem) / 1e9,
+              static_cast<long>(options.batch));
+  std::FILE* csv = options.csv.empty() ? nullptr : std::fopen(options.csv.c_str(), "w");
+  if (!options.csv.empty() && csv == nullptr) {
+    std::fprintf(stderr, "mla_cuda_bench: error: cannot write %s\n", options.csv.c_str());
+    return 2;
+  }
+  if (csv) {
+    std::fprintf(csv, "device,phase,seq_len,batch,attention,path_chosen,formulation_chosen,median_ms,min_ms,p90_ms,"
+                      "attention_workspace_bytes,layer_device_bytes\n");
+  }
+  std::printf("%-8s %5s %-9s %-8s %-7s %10s %10s %10s %14s %14s\n", "phase", "seq", "attention", "path", "form",
+              "median_ms", "min_ms", "p90_ms", "workspace_MB", "layer_MB");
+  for (const char* phase : {"prefill", "decode"}) {
+    const bool decode = std::strcmp(phase, "decode") == 0;
+    for (const int64_t seq_len : {64, 128, 256, 512}) {
+      for (const AttentionChoice attention : {AttentionChoice::Standard, AttentionChoice::Fast}) {
+        if (attention == AttentionChoice::Fast && seq_len > 256) continue;  // no fast path there (the claim's 512 row)
+        RunConfig run;
+        run.compute_dtype = ComputeDType::BF16;
+        run.attention = attention;
+        run.score_chunk_bytes = int64_t{1} << 40;  // no query chunking: every row of a sequence at once
+        const int64_t step_len = decode ? 1 : seq_len;
+        CudaMlaLayer layer(m, shard, loaded.weights, run, {options.batch, seq_len, seq_len, false});
+        DeviceBuffer<float> x(options.batch * seq_len * m.dim), y(options.batch * seq_len * m.dim);
+        std::vector<float> host_x(static_cast<size_t>(x.size()));
+        const uint64_t key = random_stream_key(7, "x");
+        for (size_t i = 0; i < host_x.size(); ++i) host_x[i] = random_uniform(key, i);
+        x.upload(host_x, layer.stream());
+        // Decode: fill the cache with seq_len - 1 positions first, then time the step at seq_len.
+        const int64_t start_pos = decode ? seq_len - 1 : 0;
+        if (decode) layer.forward_device(x.data(), options.batch, seq_len - 1, 0, nullptr, 0, y.data());
+        cudaEvent_t begin, end;
+        CUDA_CHECK(cudaEventCreate(&begin));
+        CUDA_CHECK(cudaEventCreate(&end));
+        std::vector<double> times;
+        StepReport report;
+        for (int rep = -3; rep < options.reps; ++rep) {
+          CUDA_CHECK(cudaEventRecord(begin, layer.stream()));
+          report = layer.forward_device(x.data(), options.batch, step_len, start_pos, nullptr, 0, y.data());
+          CUDA_CHECK(cudaEventRecord(end, layer.stream()));
+          CUDA_CHECK(cudaEventSynchronize(end));
+          float ms = 0;
+          CUDA_CHECK(cudaEventElapsedTime(&ms, begin, end));
+          if (rep >= 0) times.push_back(ms);  // the first three are warm-up
+        }
+        CUDA_CHECK(cudaEventDestroy(begin));
+        CUDA_CHECK(cudaEventDestroy(end));
+        const Timing t = summarize(times);
+        const CudaMemoryReport& memory = layer.memory();
+        std::printf("%-8s %5ld %-9s %-8s %-7s %10.3f %10.3f %10.3f %14.1f %14.1f\n", phase, static_cast<long>(seq_len),
+                    to_string(attention), to_string(report.plan.path), to_string(report.plan.formulation), t.median_ms,
+                    t.min_ms, t.p90_ms, static_cast<double>(report.attention_workspace_bytes) / 1e6,
+                    static_cast<double>(memory.total()) / 1e6);
+        if (csv) {
+          std::fprintf(csv, "%s,%s,%ld,%ld,%s,%s,%s,%.4f,%.4f,%.4f,%ld,%ld\n", properties.name, phase,
+                       static_cast<long>(seq_len), static_cast<long>(options.batch), to_string(attention),
+                       to_string(report.plan.path), to_string(report.plan.formulation), t.median_ms, t.min_ms, t.p90_ms,
+                       static_cast<long>(report.attention_workspace_bytes), static_cast<long>(memory.total()));
+        }
+      }
+    }
+  }
+  if (csv) std::fclose(csv);
+  return 0;
+}
+
+}  // namespace
+}  // namespace mla
+
+int main(int argc, char** argv) {
+  const mla::Options options = mla::parse(argc, argv);
+  if (mla::cuda_device_count() == 0) {
+    std::fprintf(stderr, "mla_cuda_bench: no CUDA device on this machine; nothing measured\n");
+    return 77;
+  }
+  try {
+    return mla::run(options);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "mla_cuda_bench: error: %s\n", error.what());
+    return 1;
+  }
+}

@@ -1,0 +1,520 @@
+#include "runtime/mla_layer_cuda.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <stdexcept>
+#include <vector>
+
+#include "kernels/cpu/bf16.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cuda/attention_fast.h"
+#include "kernels/cuda/attention_standard.h"
+#include "kernels/cuda/bf16_convert.h"
+#include "kernels/cuda/kv_cache_append.h"
+#include "kernels/cuda/rmsnorm.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/cuda/strided_copy.h"
+#include "runtime/attention_layout.h"
+#include "runtime/errors.h"
+
+namespace mla {
+
+namespace {
+
+std::string megabytes(int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f MB", static_cast<double>(bytes) / 1e6);
+  return text;
+}
+
+DeviceMatrix upload_matrix(const std::vector<float>& host, int64_t rows, int64_t cols, bool bf16, cudaStream_t stream) {
+  DeviceMatrix matrix;
+  matrix.rows = rows;
+  matrix.cols = cols;
+  if (host.empty()) return matrix;
+  if (static_cast<int64_t>(host.size()) != rows * cols) {
+    throw std::invalid_argument("CudaMlaLayer: a weight holds " + std::to_string(host.size()) + " values, expected " +
+                                std::to_string(rows) + " x " + std::to_string(cols));
+  }
+  if (bf16) {
+    // In bf16 mode the loader already rounded every weight to bf16, so this conversion is exact.
+    std::vector<uint16_t> bits(host.size());
+    for (size_t i = 0; i < host.size(); ++i) bits[i] = f32_to_bf16_bits(host[i]);
+    matrix.bf16 = DeviceBuffer<__nv_bfloat16>(rows * cols);
+    CUDA_CHECK(cudaMemcpyAsync(matrix.bf16.data(), bits.data(), bits.size() * sizeof(uint16_t), cudaMemcpyHostToDevice,
+                               stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));  // `bits` goes out of scope
+  } else {
+    matrix.f32 = DeviceBuffer<float>(rows * cols);
+    matrix.f32.upload(host, stream);
+  }
+  return matrix;
+}
+
+RopeFrequencyParams rope_params(const ModelArgs& m) {
+  RopeFrequencyParams params;
+  params.rope_dim = m.qk_rope_head_dim;
+  params.rope_theta = m.rope_theta;
+  params.yarn = m.yarn_active();
+  params.rope_factor = m.rope_factor;
+  params.beta_fast = m.beta_fast;
+  params.beta_slow = m.beta_slow;
+  params.original_seq_len = m.original_seq_len;
+  return params;
+}
+
+}  // namespace
+
+std::string CudaMemoryReport::describe() const {
+  return megabytes(total()) + " (weights " + megabytes(weights_bytes) + ", kv cache " + megabytes(kv_cache_bytes) +
+         ", activations " + megabytes(activation_bytes) + ", attention workspace " +
+         megabytes(attention_workspace_bytes) + ", cuBLAS workspace " + megabytes(cublas_workspace_bytes) + ")";
+}
+
+const void* DeviceMatrix::at_row(int64_t row) const {
+  if (is_bf16()) return bf16.data() + row * cols;
+  return f32.data() + row * cols;
+}
+
+CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const LayerWeights& weights,
+                           const RunConfig& run, const CudaLayerLimits& limits)
+    : model_(model),
+      shard_(shard),
+      run_(run),
+      limits_(limits),
+      round_bf16_(run.compute_dtype == ComputeDType::BF16),
+      latent_width_(model.kv_lora_rank + model.qk_rope_head_dim) {
+  if (limits.max_batch < 1 || limits.max_batch > model.max_batch_size || limits.max_step_len < 1 ||
+      limits.max_kv_len < limits.max_step_len || limits.max_kv_len > model.max_seq_len) {
+    throw std::invalid_argument("CudaMlaLayer: limits (batch " + std::to_string(limits.max_batch) + ", step " +
+                                std::to_string(limits.max_step_len) + ", kv " + std::to_string(limits.max_kv_len) +
+                                ") do not fit the model's cache");
+  }
+  if (run.attention != AttentionChoice::Standard) {
+    const int64_t widest_score = std::max(model.qk_head_dim(), latent_width_);
+    const int64_t on_chip = attention_fast_max_kv_len(widest_score);
+    if (std::min(run.fast_path_max_len, limits.max_kv_len) > on_chip) {
+      throw UserError("run.fast_path_max_len: " + std::to_string(run.fast_path_max_len) +
+                      " positions of fp32 scores do not fit this GPU's shared memory (at most " +
+                      std::to_string(on_chip) + " for a score vector of " + std::to_string(widest_score) +
+                      " values); lower it, or use run.attention: standard");
+    }
+  }
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  try {
+    allocate(weights);
+  } catch (...) {
+    cudaStreamDestroy(stream_);
+    throw;
+  }
+}
+
+CudaMlaLayer::~CudaMlaLayer() {
+  cudaStreamSynchronize(stream_);  // no kernel may outlive the buffers it writes
+  cublas_.reset();
+  cudaStreamDestroy(stream_);
+}
+
+void CudaMlaLayer::allocate(const LayerWeights& w) {
+  const ModelArgs& m = model_;
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t dq = m.qk_head_dim();
+  const int64_t C = m.kv_lora_rank;
+  const int64_t dn = m.qk_nope_head_dim;
+  const int64_t dv = m.v_head_dim;
+  cublas_ = std::make_unique<CublasContext>(stream_);
+  memory_.cublas_workspace_bytes = cublas_->workspace_bytes();
+
+  if (m.q_lora_rank == 0) {
+    wq_ = upload_matrix(w.wq, heads * dq, m.dim, round_bf16_, stream_);
+  } else {
+    wq_a_ = upload_matrix(w.wq_a, m.q_lora_rank, m.dim, round_bf16_, stream_);
+    wq_b_ = upload_matrix(w.wq_b, heads * dq, m.q_lora_rank, round_bf16_, stream_);
+    q_norm_ = DeviceBuffer<float>(m.q_lora_rank);
+    q_norm_.upload(w.q_norm, stream_);
+  }
+  wkv_a_ = upload_matrix(w.wkv_a, latent_width_, m.dim, round_bf16_, stream_);
+  kv_norm_ = DeviceBuffer<float>(C);
+  kv_norm_.upload(w.kv_norm, stream_);
+  wkv_b_ = upload_matrix(w.wkv_b, heads * (dn + dv), C, round_bf16_, stream_);
+  wo_ = upload_matrix(w.wo, m.dim, heads * dv, round_bf16_, stream_);
+  memory_.weights_bytes = wq_.bytes() + wq_a_.bytes() + wq_b_.bytes() + wkv_a_.bytes() + wkv_b_.bytes() + wo_.bytes() +
+                          static_cast<int64_t>(q_norm_.bytes() + kv_norm_.bytes());
+
+  const RopeTable table = make_rope_table(rope_params(m), m.max_seq_len);
+  rope_cos_ = DeviceBuffer<float>(static_cast<int64_t>(table.cos.size()));
+  rope_sin_ = DeviceBuffer<float>(static_cast<int64_t>(table.sin.size()));
+  rope_cos_.upload(table.cos, stream_);
+  rope_sin_.upload(table.sin, stream_);
+  kv_cache_ = DeviceBuffer<float>(m.max_batch_size * m.max_seq_len * latent_width_);
+  CUDA_CHECK(cudaMemsetAsync(kv_cache_.data(), 0, kv_cache_.bytes(), stream_));
+  memory_.kv_cache_bytes = static_cast<int64_t>(kv_cache_.bytes() + rope_cos_.bytes() + rope_sin_.bytes());
+
+  const int64_t tokens = limits_.max_batch * limits_.max_step_len;
+  const int64_t kv_rows = limits_.max_batch * limits_.max_kv_len;
+  const bool naive_possible = run_.formulation != FormulationChoice::Absorb;
+  const bool absorb_possible = run_.formulation != FormulationChoice::Naive;
+  if (round_bf16_) {
+    x_rounded_ = DeviceBuffer<float>(tokens * m.dim);
+    // The widest activation operand of any GEMM: x, q (absorb), o_latent (absorb), the cache rows
+    // (naive expansion) or o.
+    int64_t staging = tokens * std::max({m.dim, m.q_lora_rank, heads * dq, heads * C, heads * dv});
+    if (naive_possible) staging = std::max(staging, limits_.max_kv_len * C);
+    bf16_staging_ = DeviceBuffer<__nv_bfloat16>(staging);
+  }
+  if (m.q_lora_rank > 0) q_latent_ = DeviceBuffer<float>(tokens * m.q_lora_rank);
+  q_ = DeviceBuffer<float>(tokens * heads * dq);
+  kv_ = DeviceBuffer<float>(tokens * latent_width_);
+  o_ = DeviceBuffer<float>(tokens * heads * dv);
+  if (absorb_possible) {
+    q_absorbed_ = DeviceBuffer<float>(tokens * heads * latent_width_);
+    o_latent_ = DeviceBuffer<float>(tokens * heads * C);
+  }
+  if (naive_possible) {
+    kv_expanded_ = DeviceBuffer<float>(kv_rows * heads * (dn + dv));
+    keys_ = DeviceBuffer<float>(kv_rows * heads * dq);
+  }
+  memory_.activation_bytes =
+      static_cast<int64_t>(x_rounded_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() +
+                           o_.bytes() + q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes());
+
+  // The standard path serves a step when asked to, when the step has a mask, or when its kv_len
+  // passes fast_path_max_len: only then are score buffers needed.
+  const bool standard_possible = run_.attention == AttentionChoice::Standard || limits_.mask ||
+                                 limits_.max_kv_len > run_.fast_path_max_len;
+  if (standard_possible) {
+    AttentionParams widest;
+    widest.n_heads = heads;
+    widest.seq = limits_.max_step_len;
+    widest.kv_len = limits_.max_kv_len;
+    widest.round_to_bf16 = round_bf16_;
+    widest.score_split = absorb_possible ? C : 0;
+    const int64_t chunk = attention_standard_cuda_query_chunk(widest, run_.score_chunk_bytes);
+    const int64_t floats = attention_standard_cuda_workspace_floats(widest, chunk);
+    score_buffer_floats_ = attention_uses_split_scores(widest) ? floats / 2 : floats;
+    scores_ = DeviceBuffer<float>(floats);
+  }
+  memory_.attention_workspace_bytes = static_cast<int64_t>(scores_.bytes());
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+const __nv_bfloat16* CudaMlaLayer::to_bf16(const float* values, int64_t rows, int64_t cols, int64_t stride) {
+  if (rows * cols > bf16_staging_.size()) {
+    throw std::logic_error("CudaMlaLayer: bf16 staging buffer too small for " + std::to_string(rows) + " x " +
+                           std::to_string(cols));
+  }
+  f32_to_bf16_cuda({values, stride, bf16_staging_.data(), rows, cols}, stream_);
+  return bf16_staging_.data();
+}
+
+void CudaMlaLayer::round_rows(float* values, int64_t rows, int64_t row_stride, int64_t inner, int64_t inner_stride,
+                              int64_t width) {
+  StridedCopyParams round;
+  round.src = round.dst = values;
+  round.src_outer_stride = round.dst_outer_stride = row_stride;
+  round.src_inner_stride = round.dst_inner_stride = inner_stride;
+  round.outer = rows;
+  round.inner = inner;
+  round.width = width;
+  round.round_to_bf16 = true;
+  strided_copy_cuda(round, stream_);
+}
+
+// y = x W^T. bf16 mode: x (bf16 values held in fp32) is staged as bf16, the tensor cores
+// accumulate in fp32, and y is rounded to bf16, as DeepSeek's bf16 F.linear does.
+void CudaMlaLayer::linear(const float* x, int64_t x_stride, const DeviceMatrix& weight, int64_t rows, float* y,
+                          int64_t y_stride) {
+  GemmCudaParams g;
+  g.transpose_b = true;
+  g.m = rows;
+  g.n = weight.rows;
+  g.k = weight.cols;
+  g.b = weight.at_row(0);
+  g.ldb = weight.cols;
+  g.c = y;
+  g.ldc = y_stride;
+  if (round_bf16_) {
+    g.a = to_bf16(x, rows, weight.cols, x_stride);
+    g.lda = weight.cols;
+    g.operands = GemmOperands::BF16;
+  } else {
+    g.a = x;
+    g.lda = x_stride;
+  }
+  gemm_cuda(*cublas_, g);
+  if (round_bf16_) round_rows(y, rows, y_stride, 1, 0, weight.rows);
+}
+
+StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t seq, int64_t start_pos,
+                                        const float* mask, int64_t mask_stride, float* y_partial) {
+  if (batch < 1 || batch > limits_.max_batch || seq < 1 || seq > limits_.max_step_len || start_pos < 0 ||
+      start_pos + seq > limits_.max_kv_len) {
+    throw std::invalid_argument("CudaMlaLayer::forward: batch " + std::to_string(batch) + ", positions [" +
+                                std::to_string(start_pos) + ", " + std::to_string(start_pos + seq) +
+                                ") pass the limits the layer was sized for (batch " +
+                                std::to_string(limits_.max_batch) + ", step " + std::to_string(limits_.max_step_len) +
+                                ", kv_len " + std::to_string(limits_.max_kv_len) + ")");
+  }
+  if (start_pos > cached_len_ || (start_pos > 0 && batch > cached_batch_)) {
+    throw std::invalid_argument("CudaMlaLayer::forward: start_pos " + std::to_string(start_pos) + " skips past the " +
+                                std::to_string(cached_len_) + " cached positions of " + std::to_string(cached_batch_) +
+                                " sequences");
+  }
+  if (mask != nullptr && !limits_.mask) {
+    throw std::invalid_argument("CudaMlaLayer::forward: a mask, but the layer was sized without one");
+  }
+  const int64_t tokens = batch * seq;
+  const float* x_act = x;
+  if (round_bf16_) {
+    // DeepSeek's activations are bf16 from the embedding on.
+    StridedCopyParams round;
+    round.src = x;
+    round.dst = x_rounded_.data();
+    round.outer = 1;
+    round.width = tokens * model_.dim;
+    round.round_to_bf16 = true;
+    strided_copy_cuda(round, stream_);
+    x_act = x_rounded_.data();
+  }
+  project_queries(x_act, tokens);
+  project_latent(x_act, batch, seq, start_pos);
+  cached_len_ = start_pos + seq;
+  cached_batch_ = start_pos == 0 ? batch : cached_batch_;
+
+  StepReport report;
+  report.batch = batch;
+  report.seq = seq;
+  report.start_pos = start_pos;
+  report.kv_len = start_pos + seq;
+  const StepShape shape{batch, seq, start_pos, shard_.n_local_heads, mask != nullptr};
+  report.plan = plan_step(model_, run_, shape);
+  attend(report.plan, batch, seq, start_pos, mask, mask_stride, report);
+  const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
+  linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
+  return report;
+}
+
+StepReport CudaMlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                                 int64_t mask_stride, float* y_partial) {
+  const auto started = std::chrono::steady_clock::now();
+  const int64_t count = batch * seq * model_.dim;
+  if (x_in_.size() < limits_.max_batch * limits_.max_step_len * model_.dim) {
+    // Host staging is only for callers that use host memory (tests, the CPU-style runner); it is
+    // allocated on first use, at the limits, and reported as activations.
+    x_in_ = DeviceBuffer<float>(limits_.max_batch * limits_.max_step_len * model_.dim);
+    y_out_ = DeviceBuffer<float>(x_in_.size());
+    if (limits_.mask) mask_in_ = DeviceBuffer<float>(limits_.max_step_len * limits_.max_kv_len);
+    memory_.activation_bytes += static_cast<int64_t>(x_in_.bytes() + y_out_.bytes() + mask_in_.bytes());
+  }
+  if (batch * seq > limits_.max_batch * limits_.max_step_len) {
+    throw std::invalid_argument("CudaMlaLayer::forward: " + std::to_string(batch * seq) + " tokens pass the limits");
+  }
+  x_in_.upload(x, count, stream_);
+  const float* device_mask = nullptr;
+  if (mask != nullptr) {
+    if (!limits_.mask) throw std::invalid_argument("CudaMlaLayer::forward: a mask, but the layer was sized without one");
+    // The step's rows, columns 0 .. start_pos + seq - 1, packed at the layer's own stride.
+    const int64_t kv_len = start_pos + seq;
+    CUDA_CHECK(cudaMemcpy2DAsync(mask_in_.data(), static_cast<size_t>(kv_len) * sizeof(float), mask,
+                                 static_cast<size_t>(mask_stride) * sizeof(float),
+                                 static_cast<size_t>(kv_len) * sizeof(float), static_cast<size_t>(seq),
+                                 cudaMemcpyHostToDevice, stream_));
+    device_mask = mask_in_.data();
+    mask_stride = kv_len;
+  }
+  StepReport report = forward_device(x_in_.data(), batch, seq, start_pos, device_mask, mask_stride, y_out_.data());
+  CUDA_CHECK(cudaMemcpyAsync(y_partial, y_out_.data(), static_cast<size_t>(count) * sizeof(float),
+                             cudaMemcpyDeviceToHost, stream_));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+  report.time_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  return report;
+}
+
+// SPEC.md steps 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))).
+void CudaMlaLayer::project_queries(const float* x, int64_t tokens) {
+  const int64_t q_width = shard_.n_local_heads * model_.qk_head_dim();
+  if (model_.q_lora_rank == 0) {
+    linear(x, model_.dim, wq_, tokens, q_.data(), q_width);
+  } else {
+    const int64_t rank = model_.q_lora_rank;
+    linear(x, model_.dim, wq_a_, tokens, q_latent_.data(), rank);
+    rmsnorm_cuda({q_latent_.data(), rank, q_norm_.data(), q_latent_.data(), rank, tokens, rank, 1e-6f, round_bf16_},
+                 stream_);
+    linear(q_latent_.data(), rank, wq_b_, tokens, q_.data(), q_width);
+  }
+}
+
+// SPEC.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)] into the cache; RoPE
+// on each head's q_pe.
+void CudaMlaLayer::project_latent(const float* x, int64_t batch, int64_t seq, int64_t start_pos) {
+  const int64_t tokens = batch * seq;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t dq = model_.qk_head_dim();
+  linear(x, model_.dim, wkv_a_, tokens, kv_.data(), latent_width_);
+  rmsnorm_cuda({kv_.data(), latent_width_, kv_norm_.data(), kv_.data(), latent_width_, tokens, C, 1e-6f, round_bf16_},
+               stream_);
+
+  RopeCudaParams rope;
+  rope.batch = batch;
+  rope.seq = seq;
+  rope.start_pos = start_pos;
+  rope.cos = rope_cos_.data();
+  rope.sin = rope_sin_.data();
+  rope.positions = model_.max_seq_len;
+  rope.half_dim = model_.qk_rope_head_dim / 2;
+  rope.round_to_bf16 = round_bf16_;
+  rope.x = kv_.data() + C;
+  rope.token_stride = latent_width_;
+  rope_apply_cuda(rope, stream_);
+  rope.x = q_.data() + model_.qk_nope_head_dim;
+  rope.token_stride = shard_.n_local_heads * dq;
+  rope.vecs_per_token = shard_.n_local_heads;
+  rope.vec_stride = dq;
+  rope_apply_cuda(rope, stream_);
+
+  kv_cache_append_cuda({kv_.data(), latent_width_, kv_cache_.data(), model_.max_seq_len, latent_width_, batch, seq,
+                        start_pos},
+                       stream_);
+}
+
+void CudaMlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                          int64_t mask_stride, StepReport& report) {
+  const int64_t tokens = batch * seq;
+  const int64_t heads = shard_.n_local_heads;
+  const AttentionStep step{batch, seq, start_pos, heads, mask, mask_stride, round_bf16_};
+  AttentionParams p;
+  if (plan.formulation == Formulation::Absorb) {
+    if (q_absorbed_.size() == 0) throw std::logic_error("CudaMlaLayer: absorb planned but run.formulation is naive");
+    absorb_queries(tokens);
+    p = absorb_attention_params(model_, step, q_absorbed_.data(), kv_cache_.data(), o_latent_.data());
+  } else {
+    if (keys_.size() == 0) throw std::logic_error("CudaMlaLayer: naive planned but run.formulation is absorb");
+    expand_keys_values(batch, start_pos + seq);
+    p = naive_attention_params(model_, step, q_.data(), keys_.data(), kv_expanded_.data(), o_.data());
+  }
+  if (plan.path == AttentionPath::Fast) {
+    attention_fast_cuda(p, stream_);
+    report.attention_workspace_bytes = 0;  // scores stay in shared memory
+  } else {
+    if (scores_.size() == 0) throw std::logic_error("CudaMlaLayer: standard path planned but no score buffer sized");
+    const int64_t chunk = attention_standard_cuda_query_chunk(p, score_buffer_floats_ * static_cast<int64_t>(sizeof(float)) *
+                                                                     (attention_uses_split_scores(p) ? 2 : 1));
+    attention_standard_cuda(*cublas_, p, chunk, scores_.data(),
+                            attention_uses_split_scores(p) ? scores_.data() + score_buffer_floats_ : nullptr);
+    report.attention_workspace_bytes =
+        attention_standard_cuda_workspace_floats(p, chunk) * static_cast<int64_t>(sizeof(float));
+  }
+  if (plan.formulation == Formulation::Absorb) absorb_outputs(tokens);
+}
+
+// SPEC.md step 5, absorb: q_lat[h] = Wk[h]^T q_nope[h] (one batched GEMM over heads), next to q_pe[h].
+void CudaMlaLayer::absorb_queries(int64_t tokens) {
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t dn = model_.qk_nope_head_dim;
+  const int64_t dq = model_.qk_head_dim();
+  const int64_t head_rows = dn + model_.v_head_dim;
+  GemmCudaParams g;
+  g.m = tokens;
+  g.n = C;
+  g.k = dn;
+  if (round_bf16_) {
+    g.a = to_bf16(q_.data(), tokens, heads * dq, heads * dq);
+    g.operands = GemmOperands::BF16;
+  } else {
+    g.a = q_.data();
+  }
+  g.lda = heads * dq;
+  g.stride_a = dq;
+  g.b = wkv_b_.at_row(0);  // Wk[h]: rows h * head_rows .. + dn, [dn, C]
+  g.ldb = C;
+  g.stride_b = head_rows * C;
+  g.c = q_absorbed_.data();
+  g.ldc = heads * latent_width_;
+  g.stride_c = latent_width_;
+  g.batch = heads;
+  gemm_cuda(*cublas_, g);
+  if (round_bf16_) round_rows(q_absorbed_.data(), tokens, heads * latent_width_, heads, latent_width_, C);
+
+  StridedCopyParams q_pe;
+  q_pe.src = q_.data() + dn;
+  q_pe.src_outer_stride = heads * dq;
+  q_pe.src_inner_stride = dq;
+  q_pe.dst = q_absorbed_.data() + C;
+  q_pe.dst_outer_stride = heads * latent_width_;
+  q_pe.dst_inner_stride = latent_width_;
+  q_pe.outer = tokens;
+  q_pe.inner = heads;
+  q_pe.width = model_.qk_rope_head_dim;
+  strided_copy_cuda(q_pe, stream_);
+}
+
+// SPEC.md step 8, absorb: o[h] = Wv[h] o_lat[h].
+void CudaMlaLayer::absorb_outputs(int64_t tokens) {
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t dv = model_.v_head_dim;
+  const int64_t head_rows = model_.qk_nope_head_dim + dv;
+  GemmCudaParams g;
+  g.transpose_b = true;
+  g.m = tokens;
+  g.n = dv;
+  g.k = C;
+  if (round_bf16_) {
+    g.a = to_bf16(o_latent_.data(), tokens, heads * C, heads * C);
+    g.operands = GemmOperands::BF16;
+  } else {
+    g.a = o_latent_.data();
+  }
+  g.lda = heads * C;
+  g.stride_a = C;
+  g.b = wkv_b_.at_row(model_.qk_nope_head_dim);  // Wv[h]: [dv, C]
+  g.ldb = C;
+  g.stride_b = head_rows * C;
+  g.c = o_.data();
+  g.ldc = heads * dv;
+  g.stride_c = dv;
+  g.batch = heads;
+  gemm_cuda(*cublas_, g);
+  if (round_bf16_) round_rows(o_.data(), tokens, heads * dv, 1, 0, heads * dv);
+}
+
+// SPEC.md step 5, naive, from the one latent cache (as the CPU layer): [k_nope | v] = wkv_b c_n
+// for every cached position, and k = [k_nope | k_pe] per head.
+void CudaMlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t dn = model_.qk_nope_head_dim;
+  const int64_t dq = model_.qk_head_dim();
+  const int64_t head_rows = dn + model_.v_head_dim;
+  const int64_t kv_width = heads * head_rows;
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;
+    float* expanded = kv_expanded_.data() + b * kv_len * kv_width;
+    linear(cache, latent_width_, wkv_b_, kv_len, expanded, kv_width);
+    StridedCopyParams k_pe;  // the one rope key of each position, repeated for every head
+    k_pe.src = cache + model_.kv_lora_rank;
+    k_pe.src_outer_stride = latent_width_;
+    k_pe.src_inner_stride = 0;
+    k_pe.dst = keys_.data() + b * kv_len * heads * dq + dn;
+    k_pe.dst_outer_stride = heads * dq;
+    k_pe.dst_inner_stride = dq;
+    k_pe.outer = kv_len;
+    k_pe.inner = heads;
+    k_pe.width = model_.qk_rope_head_dim;
+    strided_copy_cuda(k_pe, stream_);
+  }
+  StridedCopyParams k_nope;
+  k_nope.src = kv_expanded_.data();
+  k_nope.src_outer_stride = kv_width;
+  k_nope.src_inner_stride = head_rows;
+  k_nope.dst = keys_.data();
+  k_nope.dst_outer_stride = heads * dq;
+  k_nope.dst_inner_stride = dq;
+  k_nope.outer = batch * kv_len;
+  k_nope.inner = heads;
+  k_nope.width = dn;
+  strided_copy_cuda(k_nope, stream_);
+}
+
+}  // namespace mla

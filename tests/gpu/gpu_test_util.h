@@ -1,0 +1,58 @@
+// Helpers of the GPU tests: skipping without a device, random host data, device round trips.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_buffer.h"
+
+namespace mla::test {
+
+// Every GPU test derives from this: without a CUDA device it is skipped, never passed.
+class GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+    CUDA_CHECK(cudaSetDevice(0));
+  }
+};
+
+inline std::vector<float> random_floats(int64_t count, uint32_t seed, float low = -1.0f, float high = 1.0f) {
+  std::mt19937 generator(seed);
+  std::uniform_real_distribution<float> distribution(low, high);
+  std::vector<float> values(static_cast<size_t>(count));
+  for (float& value : values) value = distribution(generator);
+  return values;
+}
+
+template <typename T>
+DeviceBuffer<T> to_device(const std::vector<T>& host) {
+  DeviceBuffer<T> buffer(static_cast<int64_t>(host.size()));
+  if (!host.empty()) CUDA_CHECK(cudaMemcpy(buffer.data(), host.data(), buffer.bytes(), cudaMemcpyHostToDevice));
+  return buffer;
+}
+
+template <typename T>
+std::vector<T> to_host(const DeviceBuffer<T>& buffer) {
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return download(buffer.data(), buffer.size());
+}
+
+// ||got - want|| / ||want||; a NaN anywhere gives NaN, which fails every bound.
+inline double relative_l2_error(const std::vector<float>& got, const std::vector<float>& want) {
+  EXPECT_EQ(got.size(), want.size());
+  double diff = 0.0, norm = 0.0;
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - want[i];
+    diff += d * d;
+    norm += static_cast<double>(want[i]) * want[i];
+  }
+  return std::sqrt(diff) / std::sqrt(norm);
+}
+
+}  // namespace mla::test

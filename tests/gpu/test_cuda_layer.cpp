@@ -1,0 +1,183 @@
+// The CUDA layer against the CPU layer (and the float64 reference) on the shapes of the CPU
+// tests: every path x formulation x precision over a schedule of prefill, chunk and decode
+// steps; fast vs standard; emulated tensor parallelism (each rank's head slice in turn, partial
+// outputs summed) against world 1; the memory report.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "runtime/cuda_step_executor.h"
+#include "runtime/errors.h"
+#include "runtime/mla_layer_cuda.h"
+#include "tests/gpu/gpu_test_util.h"
+#include "tests/test_util.h"
+
+namespace mla::test {
+namespace {
+
+struct Shape {
+  const char* name;
+  ModelArgs model;
+};
+
+std::vector<Shape> shapes() {
+  std::vector<Shape> result;
+  result.push_back({"odd_dims", model_args(72, 4, 24, 36, 12, 6, 10, 3, 48)});
+  result.push_back({"no_q_lora", model_args(64, 1, 0, 32, 16, 8, 16, 2, 40)});
+  ModelArgs yarn = model_args(96, 3, 32, 48, 16, 8, 12, 2, 64);
+  yarn.original_seq_len = 16;  // max_seq_len > original_seq_len: YaRN on
+  result.push_back({"yarn", yarn});
+  return result;
+}
+
+RunConfig run_config(AttentionChoice attention, FormulationChoice formulation, ComputeDType dtype) {
+  RunConfig run;
+  run.attention = attention;
+  run.formulation = formulation;
+  run.compute_dtype = dtype;
+  run.score_chunk_bytes = 4096;  // the standard path in several query chunks
+  return run;
+}
+
+CudaLayerLimits limits_for(const InputTensor& x, const std::vector<int64_t>& steps, bool mask) {
+  CudaLayerLimits limits;
+  limits.max_batch = x.batch;
+  for (const int64_t step : steps) limits.max_step_len = std::max(limits.max_step_len, step);
+  limits.max_kv_len = x.tokens;
+  limits.mask = mask;
+  return limits;
+}
+
+// The CUDA layer over a schedule, through the same runner as the CPU layer (world of one).
+RunResult cuda_run(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, const LayerWeights& weights,
+                   const InputTensor& x, const std::vector<int64_t>& steps, const std::vector<float>& mask = {}) {
+  CudaMlaLayer layer(m, shard, weights, run, limits_for(x, steps, !mask.empty()));
+  SingleProcessCommunicator comm;
+  CudaStepExecutor executor(layer, comm, mask, x.tokens);
+  return run_schedule(executor, x, steps, mask, {});
+}
+
+using CudaLayer = GpuTest;
+
+TEST_F(CudaLayer, MatchesTheCpuLayerOnEveryPathFormulationAndPrecision) {
+  const std::vector<int64_t> steps = {5, 3, 1, 1};  // prefill, chunk, two decodes
+  for (const Shape& shape : shapes()) {
+    const ModelArgs& m = shape.model;
+    const InputTensor x = random_input(m, 2, 10, 21);
+    for (const ComputeDType dtype : {ComputeDType::FP32, ComputeDType::BF16}) {
+      const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 5), m, whole(m), dtype);
+      for (const AttentionChoice attention : {AttentionChoice::Fast, AttentionChoice::Standard}) {
+        for (const FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
+          const RunConfig run = run_config(attention, formulation, dtype);
+          const RunResult want = layer_run(m, run, whole(m), loaded.weights, x, steps);
+          const RunResult got = cuda_run(m, run, whole(m), loaded.weights, x, steps);
+          const std::string name = std::string(shape.name) + " " + to_string(dtype) + " " + to_string(attention) +
+                                   " " + to_string(formulation);
+          EXPECT_LE(relative_l2_error(got.y, want.y), dtype == ComputeDType::FP32 ? 1e-5 : 2e-2) << name;
+          ASSERT_EQ(got.steps.size(), want.steps.size());
+          for (size_t i = 0; i < got.steps.size(); ++i) {
+            EXPECT_EQ(got.steps[i].plan.path, want.steps[i].plan.path) << name << " step " << i;
+            EXPECT_EQ(got.steps[i].plan.formulation, want.steps[i].plan.formulation) << name << " step " << i;
+          }
+          if (dtype == ComputeDType::FP32) {
+            const std::vector<double> reference =
+                reference_run(m, loaded.weights, m.n_heads, x, steps,
+                              formulation == FormulationChoice::Naive ? ref::RefFormulation::Naive
+                                                                      : ref::RefFormulation::Absorb);
+            EXPECT_LE(relative_l2(got.y, reference), 1e-5) << name << " vs the float64 reference";
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaLayer, FastAndStandardAgreeAndAutoSwitchesPastTheMaxLen) {
+  const ModelArgs m = model_args(64, 4, 32, 48, 16, 8, 16, 2, 300);
+  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 6), m, whole(m), ComputeDType::FP32);
+  const InputTensor x = random_input(m, 2, 258, 22);
+  const std::vector<int64_t> steps = {255, 1, 1, 1};  // kv 255, 256, 257, 258
+  const RunResult fast = cuda_run(m, run_config(AttentionChoice::Fast, FormulationChoice::Absorb, ComputeDType::FP32),
+                                  whole(m), loaded.weights, x, steps);
+  const RunResult standard = cuda_run(m, run_config(AttentionChoice::Standard, FormulationChoice::Absorb, ComputeDType::FP32),
+                                      whole(m), loaded.weights, x, steps);
+  const RunResult automatic = cuda_run(m, run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32),
+                                       whole(m), loaded.weights, x, steps);
+  EXPECT_LE(relative_l2_error(fast.y, standard.y), 2e-6);
+  EXPECT_LE(relative_l2_error(automatic.y, standard.y), 2e-6);
+  ASSERT_EQ(automatic.steps.size(), 4u);
+  EXPECT_EQ(automatic.steps[0].plan.path, AttentionPath::Fast);
+  EXPECT_EQ(automatic.steps[1].plan.path, AttentionPath::Fast);
+  EXPECT_EQ(automatic.steps[2].plan.path, AttentionPath::Standard);
+  EXPECT_EQ(automatic.steps[3].plan.path, AttentionPath::Standard);
+}
+
+TEST_F(CudaLayer, AnExplicitMaskMatchesTheCpuLayer) {
+  const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 2, 32);
+  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 7), m, whole(m), ComputeDType::FP32);
+  const InputTensor x = random_input(m, 2, 9, 23);
+  std::vector<float> mask(81, -INFINITY);
+  for (int64_t row = 0; row < 9; ++row)
+    for (int64_t col = 0; col <= row; ++col) mask[row * 9 + col] = (row + col) % 3 == 0 ? -1.5f : 0.0f;
+  const std::vector<int64_t> steps = {6, 3};
+  const RunConfig run = run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32);
+  const RunResult want = layer_run(m, run, whole(m), loaded.weights, x, steps, mask);
+  const RunResult got = cuda_run(m, run, whole(m), loaded.weights, x, steps, mask);
+  EXPECT_LE(relative_l2_error(got.y, want.y), 1e-5);
+}
+
+TEST_F(CudaLayer, EmulatedWorldsOfTwoAndFourEqualWorldOne) {
+  const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 2, 32);
+  const InputTensor x = random_input(m, 2, 8, 24);
+  const std::vector<int64_t> steps = {6, 1, 1};
+  const WeightsConfig weights = random_weights(WeightDType::BF16, 8);
+  for (const FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
+    const RunConfig run = run_config(AttentionChoice::Auto, formulation, ComputeDType::FP32);
+    const RunResult world_one =
+        cuda_run(m, run, whole(m), load_layer_weights(weights, m, whole(m), ComputeDType::FP32).weights, x, steps);
+    for (const int world : {2, 4}) {
+      std::vector<float> summed(world_one.y.size(), 0.0f);
+      for (int rank = 0; rank < world; ++rank) {
+        const HeadShard shard = shard_heads(m.n_heads, world, rank, false);
+        const RunResult partial =
+            cuda_run(m, run, shard, load_layer_weights(weights, m, shard, ComputeDType::FP32).weights, x, steps);
+        for (size_t i = 0; i < summed.size(); ++i) summed[i] += partial.y[i];
+      }
+      EXPECT_LE(relative_l2_error(summed, world_one.y), 1e-5) << "world " << world << " " << to_string(formulation);
+    }
+  }
+}
+
+TEST_F(CudaLayer, TheFastPathNeedsLessWorkspaceThanTheStandardPath) {
+  const ModelArgs m = model_args(128, 8, 64, 64, 16, 8, 16, 4, 256);
+  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 9), m, whole(m), ComputeDType::BF16);
+  const CudaLayerLimits limits{4, 256, 256, false};
+  RunConfig fast = run_config(AttentionChoice::Fast, FormulationChoice::Auto, ComputeDType::BF16);
+  RunConfig standard = run_config(AttentionChoice::Standard, FormulationChoice::Auto, ComputeDType::BF16);
+  standard.score_chunk_bytes = int64_t{64} << 20;
+  const CudaMlaLayer fast_layer(m, whole(m), loaded.weights, fast, limits);
+  const CudaMlaLayer standard_layer(m, whole(m), loaded.weights, standard, limits);
+  EXPECT_EQ(fast_layer.memory().attention_workspace_bytes, 0);
+  EXPECT_GT(standard_layer.memory().attention_workspace_bytes, 0);
+  EXPECT_LT(fast_layer.memory().total(), standard_layer.memory().total());
+  EXPECT_EQ(fast_layer.memory().weights_bytes, standard_layer.memory().weights_bytes);
+  // bf16 mode keeps the matrices in bf16 (the two norm vectors stay fp32).
+  EXPECT_LT(fast_layer.memory().weights_bytes, loaded.weights.bytes() * 6 / 10);
+}
+
+TEST_F(CudaLayer, ATooLongFastPathIsRefusedNamingTheKey) {
+  const ModelArgs m = model_args(64, 2, 0, 512, 16, 64, 16, 1, 20000);
+  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 10), m, whole(m), ComputeDType::FP32);
+  RunConfig run = run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32);
+  run.fast_path_max_len = 20000;
+  try {
+    CudaMlaLayer layer(m, whole(m), loaded.weights, run, {1, 1, 20000, false});
+    FAIL() << "a fast path of 20000 positions cannot fit in shared memory";
+  } catch (const UserError& error) {
+    EXPECT_NE(std::string(error.what()).find("run.fast_path_max_len"), std::string::npos) << error.what();
+  }
+}
+
+}  // namespace
+}  // namespace mla::test
