@@ -40,6 +40,8 @@ void run_linear(const float* x, int64_t x_stride, const std::vector<float>& weig
   linear(params);
 }
 
+}  // namespace
+
 RopeFrequencyParams rope_params(const ModelArgs& m) {
   RopeFrequencyParams params;
   params.rope_dim = m.qk_rope_head_dim;
@@ -52,7 +54,25 @@ RopeFrequencyParams rope_params(const ModelArgs& m) {
   return params;
 }
 
-}  // namespace
+void check_step_follows_cache(const char* layer, int64_t batch, int64_t start_pos, int64_t cached_len,
+                              int64_t cached_batch) {
+  if (start_pos > cached_len || (start_pos > 0 && batch > cached_batch)) {
+    throw std::invalid_argument(std::string(layer) + "::forward: start_pos " + std::to_string(start_pos) +
+                                " skips past the " + std::to_string(cached_len) + " cached positions of " +
+                                std::to_string(cached_batch) + " sequences");
+  }
+}
+
+StepReport plan_step_report(const ModelArgs& model, const RunConfig& run, int64_t n_local_heads, int64_t batch,
+                            int64_t seq, int64_t start_pos, bool has_mask) {
+  StepReport report;
+  report.batch = batch;
+  report.seq = seq;
+  report.start_pos = start_pos;
+  report.kv_len = start_pos + seq;
+  report.plan = plan_step(model, run, StepShape{batch, seq, start_pos, n_local_heads, has_mask});
+  return report;
+}
 
 MlaLayer::MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights weights, const RunConfig& run)
     : model_(model),
@@ -74,11 +94,7 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
                                 ") do not fit the cache (max_batch_size " + std::to_string(model_.max_batch_size) +
                                 ", max_seq_len " + std::to_string(model_.max_seq_len) + ")");
   }
-  if (start_pos > cached_len_ || (start_pos > 0 && batch > cached_batch_)) {
-    throw std::invalid_argument("MlaLayer::forward: start_pos " + std::to_string(start_pos) + " skips past the " +
-                                std::to_string(cached_len_) + " cached positions of " + std::to_string(cached_batch_) +
-                                " sequences");
-  }
+  check_step_follows_cache("MlaLayer", batch, start_pos, cached_len_, cached_batch_);
   const int64_t tokens = batch * seq;
   const float* x_act = x;
   if (round_bf16_) {
@@ -92,13 +108,7 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
   cached_len_ = start_pos + seq;
   cached_batch_ = start_pos == 0 ? batch : cached_batch_;
 
-  StepReport report;
-  report.batch = batch;
-  report.seq = seq;
-  report.start_pos = start_pos;
-  report.kv_len = start_pos + seq;
-  const StepShape shape{batch, seq, start_pos, shard_.n_local_heads, mask != nullptr};
-  report.plan = plan_step(model_, run_, shape);
+  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
   attend(report.plan, batch, seq, start_pos, mask, mask_stride, report);
 
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;

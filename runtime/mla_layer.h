@@ -24,6 +24,17 @@ struct StepReport {
   int64_t attention_workspace_bytes = 0;  // score buffers of the chosen path, all threads
 };
 
+// What both layers (CPU and CUDA) share around a step.
+// RoPE's frequency parameters from the model's shape.
+RopeFrequencyParams rope_params(const ModelArgs& model);
+// Throws std::invalid_argument, naming `layer`, when a step at start_pos would skip past what the
+// cache holds (cached_len positions of cached_batch sequences).
+void check_step_follows_cache(const char* layer, int64_t batch, int64_t start_pos, int64_t cached_len,
+                              int64_t cached_batch);
+// A step's report with its plan (path, formulation, reason) for these shapes.
+StepReport plan_step_report(const ModelArgs& model, const RunConfig& run, int64_t n_local_heads, int64_t batch,
+                            int64_t seq, int64_t start_pos, bool has_mask);
+
 class MlaLayer {
  public:
   // `run` supplies compute_dtype, attention, formulation, fast_path_max_len, score_chunk_bytes.

@@ -52,18 +52,6 @@ DeviceMatrix upload_matrix(const std::vector<float>& host, int64_t rows, int64_t
   return matrix;
 }
 
-RopeFrequencyParams rope_params(const ModelArgs& m) {
-  RopeFrequencyParams params;
-  params.rope_dim = m.qk_rope_head_dim;
-  params.rope_theta = m.rope_theta;
-  params.yarn = m.yarn_active();
-  params.rope_factor = m.rope_factor;
-  params.beta_fast = m.beta_fast;
-  params.beta_slow = m.beta_slow;
-  params.original_seq_len = m.original_seq_len;
-  return params;
-}
-
 }  // namespace
 
 std::string CudaMemoryReport::describe() const {
@@ -199,13 +187,23 @@ void CudaMlaLayer::allocate(const LayerWeights& w) {
   CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
-const __nv_bfloat16* CudaMlaLayer::to_bf16(const float* values, int64_t rows, int64_t cols, int64_t stride) {
+// A GEMM's activation operand a [rows, cols] (row stride `stride`): read in place in fp32 mode;
+// in bf16 mode staged as a dense bf16 copy, so that the tensor cores take it.
+void CudaMlaLayer::set_activation_operand(GemmCudaParams& g, const float* values, int64_t rows, int64_t cols,
+                                          int64_t stride) {
+  if (!round_bf16_) {
+    g.a = values;
+    g.lda = stride;
+    return;
+  }
   if (rows * cols > bf16_staging_.size()) {
     throw std::logic_error("CudaMlaLayer: bf16 staging buffer too small for " + std::to_string(rows) + " x " +
                            std::to_string(cols));
   }
   f32_to_bf16_cuda({values, stride, bf16_staging_.data(), rows, cols}, stream_);
-  return bf16_staging_.data();
+  g.a = bf16_staging_.data();
+  g.lda = cols;
+  g.operands = GemmOperands::BF16;
 }
 
 void CudaMlaLayer::round_rows(float* values, int64_t rows, int64_t row_stride, int64_t inner, int64_t inner_stride,
@@ -234,14 +232,7 @@ void CudaMlaLayer::linear(const float* x, int64_t x_stride, const DeviceMatrix& 
   g.ldb = weight.cols;
   g.c = y;
   g.ldc = y_stride;
-  if (round_bf16_) {
-    g.a = to_bf16(x, rows, weight.cols, x_stride);
-    g.lda = weight.cols;
-    g.operands = GemmOperands::BF16;
-  } else {
-    g.a = x;
-    g.lda = x_stride;
-  }
+  set_activation_operand(g, x, rows, weight.cols, x_stride);
   gemm_cuda(*cublas_, g);
   if (round_bf16_) round_rows(y, rows, y_stride, 1, 0, weight.rows);
 }
@@ -256,11 +247,7 @@ StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t s
                                 std::to_string(limits_.max_batch) + ", step " + std::to_string(limits_.max_step_len) +
                                 ", kv_len " + std::to_string(limits_.max_kv_len) + ")");
   }
-  if (start_pos > cached_len_ || (start_pos > 0 && batch > cached_batch_)) {
-    throw std::invalid_argument("CudaMlaLayer::forward: start_pos " + std::to_string(start_pos) + " skips past the " +
-                                std::to_string(cached_len_) + " cached positions of " + std::to_string(cached_batch_) +
-                                " sequences");
-  }
+  check_step_follows_cache("CudaMlaLayer", batch, start_pos, cached_len_, cached_batch_);
   if (mask != nullptr && !limits_.mask) {
     throw std::invalid_argument("CudaMlaLayer::forward: a mask, but the layer was sized without one");
   }
@@ -282,13 +269,7 @@ StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t s
   cached_len_ = start_pos + seq;
   cached_batch_ = start_pos == 0 ? batch : cached_batch_;
 
-  StepReport report;
-  report.batch = batch;
-  report.seq = seq;
-  report.start_pos = start_pos;
-  report.kv_len = start_pos + seq;
-  const StepShape shape{batch, seq, start_pos, shard_.n_local_heads, mask != nullptr};
-  report.plan = plan_step(model_, run_, shape);
+  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
   attend(report.plan, batch, seq, start_pos, mask, mask_stride, report);
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
   linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
@@ -419,13 +400,7 @@ void CudaMlaLayer::absorb_queries(int64_t tokens) {
   g.m = tokens;
   g.n = C;
   g.k = dn;
-  if (round_bf16_) {
-    g.a = to_bf16(q_.data(), tokens, heads * dq, heads * dq);
-    g.operands = GemmOperands::BF16;
-  } else {
-    g.a = q_.data();
-  }
-  g.lda = heads * dq;
+  set_activation_operand(g, q_.data(), tokens, heads * dq, heads * dq);
   g.stride_a = dq;
   g.b = wkv_b_.at_row(0);  // Wk[h]: rows h * head_rows .. + dn, [dn, C]
   g.ldb = C;
@@ -461,13 +436,7 @@ void CudaMlaLayer::absorb_outputs(int64_t tokens) {
   g.m = tokens;
   g.n = dv;
   g.k = C;
-  if (round_bf16_) {
-    g.a = to_bf16(o_latent_.data(), tokens, heads * C, heads * C);
-    g.operands = GemmOperands::BF16;
-  } else {
-    g.a = o_latent_.data();
-  }
-  g.lda = heads * C;
+  set_activation_operand(g, o_latent_.data(), tokens, heads * C, heads * C);
   g.stride_a = C;
   g.b = wkv_b_.at_row(model_.qk_nope_head_dim);  // Wv[h]: [dv, C]
   g.ldb = C;

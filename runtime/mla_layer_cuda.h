@@ -85,7 +85,7 @@ class CudaMlaLayer {
   void allocate(const LayerWeights& weights);
   void linear(const float* x, int64_t x_stride, const DeviceMatrix& weight, int64_t rows, float* y, int64_t y_stride);
   void round_rows(float* values, int64_t rows, int64_t row_stride, int64_t inner, int64_t inner_stride, int64_t width);
-  const __nv_bfloat16* to_bf16(const float* values, int64_t rows, int64_t cols, int64_t stride);
+  void set_activation_operand(GemmCudaParams& g, const float* values, int64_t rows, int64_t cols, int64_t stride);
   void project_queries(const float* x, int64_t tokens);
   void project_latent(const float* x, int64_t batch, int64_t seq, int64_t start_pos);
   void attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,

@@ -1,3 +1,6 @@
+#include <map>
+#include <mutex>
+
 #include "kernels/cuda/attention_fast.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
@@ -125,13 +128,32 @@ __global__ void __launch_bounds__(kThreads) attention_fast_kernel(AttentionParam
   }
 }
 
-int max_shared_bytes_per_block() {
+// The device's opt-in shared memory per block, and how much the kernel has been allowed so far:
+// read and raised once per device, not on every step. Returns the device's maximum; with
+// `needed_bytes` > 0 (and within that maximum) also lets the kernel use that much.
+int reserve_shared_bytes(int64_t needed_bytes) {
+  struct Limit {
+    int max_bytes = 0;
+    int64_t granted_bytes = 0;
+  };
+  static std::mutex mutex;
+  static std::map<int, Limit> limits;
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
-  int bytes = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
+  std::lock_guard<std::mutex> lock(mutex);
+  Limit& limit = limits[device];
+  if (limit.max_bytes == 0) {
+    CUDA_CHECK(cudaDeviceGetAttribute(&limit.max_bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  }
+  if (needed_bytes > limit.granted_bytes && needed_bytes <= limit.max_bytes) {
+    CUDA_CHECK(cudaFuncSetAttribute(attention_fast_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(needed_bytes)));
+    limit.granted_bytes = needed_bytes;
+  }
+  return limit.max_bytes;
 }
+
+int max_shared_bytes_per_block() { return reserve_shared_bytes(0); }
 
 }  // namespace
 
@@ -149,13 +171,11 @@ void attention_fast_cuda(const AttentionParams& p, cudaStream_t stream) {
   const bool heads_share_keys = p.key_head_stride == 0 && p.value_head_stride == 0;
   const int64_t group_rows = heads_share_keys ? p.n_heads * p.seq : p.seq;
   const int64_t shared_bytes = attention_fast_shared_bytes(p.score_dim, p.kv_len);
-  if (shared_bytes > max_shared_bytes_per_block()) {
+  if (shared_bytes > reserve_shared_bytes(shared_bytes)) {
     throw CudaError("attention_fast_cuda: kv_len " + std::to_string(p.kv_len) + " needs " +
                     std::to_string(shared_bytes) + " bytes of shared memory, more than this device has per block; "
                     "the standard path serves this length");
   }
-  CUDA_CHECK(cudaFuncSetAttribute(attention_fast_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(shared_bytes)));
   const dim3 grid(static_cast<unsigned>((group_rows + kRows - 1) / kRows), static_cast<unsigned>(p.batch),
                   heads_share_keys ? 1u : static_cast<unsigned>(p.n_heads));
   attention_fast_kernel<<<grid, kThreads, static_cast<size_t>(shared_bytes), stream>>>(p);

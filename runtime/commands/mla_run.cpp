@@ -195,9 +195,10 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
                 x.description.c_str(), steps.size(), mask.empty() ? "causal" : config.run.mask.c_str());
   }
   std::fflush(stdout);
-  std::printf("%s %s, %d threads; weights: %s, stored %s, %s as fp32 compute copies\n", label.c_str(),
+  std::printf("%s %s, %d threads; weights: %s, stored %s, %s as fp32 compute copies%s\n", label.c_str(),
               describe(shard).c_str(), threads, loaded.description.c_str(), loaded.storage_dtype.c_str(),
-              format_bytes(loaded.weights.bytes()).c_str());
+              format_bytes(loaded.weights.bytes()).c_str(),
+              backend == Backend::Cuda ? ", uploaded to the GPU in the compute precision" : "");
   size_t step_index = 0;
   RunOptions options;
   options.on_step = [&](const StepReport& step) { print_step(label, step_index++, step); };
