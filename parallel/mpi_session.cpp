@@ -1,9 +1,15 @@
 #include "parallel/mpi_session.h"
 
+#include <omp.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
+#include <thread>
+
+#include "kernels/cpu/gemm.h"
 
 namespace mla {
 
@@ -107,6 +113,23 @@ void MpiCommunicator::allreduce_sum(float* values, int64_t count) {
     }
     MPI_CHECK(MPI_Bcast(chunk, piece, MPI_FLOAT, 0, MPI_COMM_WORLD));
   }
+}
+
+std::string launcher_rank() {
+  for (const char* variable : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}) {
+    if (const char* rank = std::getenv(variable)) return rank;
+  }
+  return "0";
+}
+
+int configure_rank_threads(int requested, const MpiSession& session) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  cpu_set_t allowed;
+  const int bound = sched_getaffinity(0, sizeof(allowed), &allowed) == 0 ? CPU_COUNT(&allowed) : cores;
+  const int threads = requested > 0 ? requested : std::max(1, std::min(bound, cores / session.local_size()));
+  omp_set_num_threads(threads);
+  set_blas_threads(threads);
+  return threads;
 }
 
 }  // namespace mla

@@ -83,6 +83,15 @@ class MpiSession {
   Watchdog* watchdog_ = nullptr;
 };
 
+// This process's rank as its launcher's environment says (Open MPI, PMIx, PMI, Slurm), readable
+// before MPI_Init for messages and for choosing which rank speaks; "0" when none is set.
+std::string launcher_rank();
+
+// The CPU threads of one rank: `requested` when > 0; else the CPUs this process may run on
+// (mpirun --bind-to, Slurm's cpus-per-task), at most the node's cores split over its ranks, so
+// ranks on one node do not fight over cores. Sets OpenMP's and the BLAS's thread counts to it.
+int configure_rank_threads(int requested, const MpiSession& session);
+
 // Sums partial outputs with MPI. MPI_Allreduce may round differently on different ranks, so the
 // sum is reduced on rank 0 and broadcast: every rank ends with the same bits (SPEC.md step 9).
 class MpiCommunicator final : public Communicator {

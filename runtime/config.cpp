@@ -7,152 +7,12 @@
 #include <set>
 #include <sstream>
 
+#include "runtime/config_yaml.h"
 #include "runtime/errors.h"
 
 namespace mla {
 
 namespace {
-
-// No schedule, cache or input is longer than this (it also keeps sums of step lengths far from
-// overflowing).
-constexpr int64_t kMaxSeqLen = int64_t{1} << 26;
-
-// Where a value came from, for messages: "configs/x.yaml:12" or "--set run.threads=4".
-struct Origin {
-  std::string source;
-  std::set<std::string>* overridden_keys = nullptr;
-};
-
-// A key came from --set when it is an assigned path, lies under one, or holds one.
-bool from_set(const std::set<std::string>& assigned, const std::string& key_path) {
-  for (const std::string& path : assigned) {
-    if (key_path == path || key_path.starts_with(path + ".") || path.starts_with(key_path + ".")) return true;
-  }
-  return false;
-}
-
-// Reads one YAML mapping strictly: every key must be read, once, with the right type.
-class MapReader {
- public:
-  MapReader(const YAML::Node& node, std::string prefix, const Origin& origin)
-      : node_(node), prefix_(std::move(prefix)), origin_(origin) {
-    if (node_ && !node_.IsNull() && !node_.IsMap()) fail(prefix_, node_, "expected a mapping of keys");
-    if (!node_.IsMap()) return;
-    for (const auto& item : node_) {
-      if (!item.first.IsScalar()) fail(prefix_, item.first, "keys must be plain names");
-      const std::string key = item.first.Scalar();
-      if (!seen_.insert(key).second) fail(path(key), item.first, "the key appears twice");
-    }
-  }
-
-  bool has(const std::string& key) const { return seen_.count(key) > 0; }
-
-  YAML::Node node(const std::string& key) {
-    used_.insert(key);
-    // Absent: an undefined node, which every getter reads as "use the default".
-    return node_.IsMap() && seen_.count(key) ? node_[key] : YAML::Node(YAML::NodeType::Undefined);
-  }
-
-  int64_t get_int(const std::string& key, int64_t fallback, int64_t min_value,
-                  int64_t max_value = std::numeric_limits<int64_t>::max()) {
-    const YAML::Node value = node(key);
-    if (!value) return fallback;
-    int64_t parsed = 0;
-    if (!value.IsScalar() || !YAML::convert<int64_t>::decode(value, parsed)) {
-      fail(path(key), value, "expected an integer, got " + show(value));
-    }
-    if (parsed < min_value || parsed > max_value) {
-      fail(path(key), value, "expected an integer in [" + std::to_string(min_value) + ", " +
-                                 (max_value == std::numeric_limits<int64_t>::max() ? std::string("inf")
-                                                                                 : std::to_string(max_value)) +
-                                 "], got " + show(value));
-    }
-    return parsed;
-  }
-
-  double get_double(const std::string& key, double fallback, double min_value, bool min_exclusive) {
-    const YAML::Node value = node(key);
-    if (!value) return fallback;
-    double parsed = 0.0;
-    if (!value.IsScalar() || !YAML::convert<double>::decode(value, parsed) || !std::isfinite(parsed)) {
-      fail(path(key), value, "expected a finite number, got " + show(value));
-    }
-    if (parsed < min_value || (min_exclusive && parsed == min_value)) {
-      std::ostringstream bound;
-      bound << (min_exclusive ? "> " : ">= ") << min_value;
-      fail(path(key), value, "expected a number " + bound.str() + ", got " + show(value));
-    }
-    return parsed;
-  }
-
-  bool get_bool(const std::string& key, bool fallback) {
-    const YAML::Node value = node(key);
-    if (!value) return fallback;
-    bool parsed = false;
-    if (!value.IsScalar() || !YAML::convert<bool>::decode(value, parsed)) {
-      fail(path(key), value, "expected true or false, got " + show(value));
-    }
-    return parsed;
-  }
-
-  std::string get_string(const std::string& key, const std::string& fallback) {
-    const YAML::Node value = node(key);
-    if (!value) return fallback;
-    if (value.IsNull()) return "";  // `output:` or --set run.output= : explicitly nothing
-    if (!value.IsScalar()) fail(path(key), value, "expected a string, got " + show(value));
-    return value.Scalar();
-  }
-
-  // One of `names`; returns its index.
-  size_t get_choice(const std::string& key, size_t fallback, const std::vector<std::string>& names) {
-    const YAML::Node value = node(key);
-    if (!value) return fallback;
-    if (value.IsScalar()) {
-      for (size_t i = 0; i < names.size(); ++i)
-        if (value.Scalar() == names[i]) return i;
-    }
-    std::string allowed;
-    for (const std::string& name : names) allowed += (allowed.empty() ? "" : " | ") + name;
-    fail(path(key), value, "expected one of " + allowed + ", got " + show(value));
-  }
-
-  // Unknown keys are errors: a typo must not silently fall back to a default.
-  void finish() const {
-    for (const std::string& key : seen_) {
-      if (used_.count(key) == 0) {
-        std::string known;
-        for (const std::string& name : used_) known += (known.empty() ? "" : ", ") + name;
-        fail(path(key), node_[key], "unknown key (known here: " + known + ")");
-      }
-    }
-  }
-
-  std::string path(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "." + key; }
-
-  [[noreturn]] void fail(const std::string& key_path, const YAML::Node& at, const std::string& what) const {
-    std::string where = origin_.source;
-    if (origin_.overridden_keys != nullptr && from_set(*origin_.overridden_keys, key_path)) {
-      where = "--set " + key_path;
-    } else if (at && at.Mark().line >= 0) {
-      where += ":" + std::to_string(at.Mark().line + 1);
-    }
-    throw UserError(where + ": " + key_path + ": " + what);
-  }
-
- private:
-  static std::string show(const YAML::Node& value) {
-    if (value.IsScalar()) return "'" + value.Scalar() + "'";
-    if (value.IsSequence()) return "a list";
-    if (value.IsMap()) return "a mapping";
-    return "nothing";
-  }
-
-  YAML::Node node_;
-  std::string prefix_;
-  const Origin& origin_;
-  std::set<std::string> seen_;
-  std::set<std::string> used_;
-};
 
 void parse_model(MapReader reader, ModelArgs& model) {
   const int64_t kMaxDim = int64_t{1} << 20;
@@ -287,6 +147,26 @@ void parse_debug(MapReader reader, const Origin& origin, FaultPlan& fault) {
   reader.finish();
 }
 
+Config parse_root(const YAML::Node& root, const std::string& source_name, std::set<std::string>& overridden) {
+  const Origin origin{source_name, &overridden};
+  if (!root.IsMap()) {
+    MapReader(YAML::Node(), "", origin).fail("(top level)", root, "expected a mapping with sections model, weights, run");
+  }
+  MapReader top(root, "", origin);
+  Config config;
+  config.source = source_name;
+  parse_model(MapReader(top.node("model"), "model", origin), config.model);
+  parse_weights(MapReader(top.node("weights"), "weights", origin), config.weights);
+  if (!top.has("run")) top.fail("run", root, "required section (input, schedule, output, ...)");
+  parse_run(MapReader(top.node("run"), "run", origin), origin, config.run);
+  parse_parallel(MapReader(top.node("parallel"), "parallel", origin), config.parallel);
+  parse_debug(MapReader(top.node("debug"), "debug", origin), origin, config.fault);
+  top.finish();
+  return config;
+}
+
+}  // namespace
+
 // "run.threads=4" -> root["run"]["threads"] = 4, the value read as YAML (numbers, lists, maps).
 void apply_override(YAML::Node& root, const std::string& assignment, std::set<std::string>& overridden) {
   const size_t equals = assignment.find('=');
@@ -320,25 +200,13 @@ void apply_override(YAML::Node& root, const std::string& assignment, std::set<st
   overridden.insert(key_path);
 }
 
-Config parse_root(const YAML::Node& root, const std::string& source_name, std::set<std::string>& overridden) {
-  const Origin origin{source_name, &overridden};
-  if (!root.IsMap()) {
-    MapReader(YAML::Node(), "", origin).fail("(top level)", root, "expected a mapping with sections model, weights, run");
+Config parse_config_node(const YAML::Node& root, const std::string& source_name, std::set<std::string>& overridden) {
+  try {
+    return parse_root(root, source_name, overridden);
+  } catch (const YAML::Exception& error) {
+    throw UserError(source_name + ": " + error.msg);
   }
-  MapReader top(root, "", origin);
-  Config config;
-  config.source = source_name;
-  parse_model(MapReader(top.node("model"), "model", origin), config.model);
-  parse_weights(MapReader(top.node("weights"), "weights", origin), config.weights);
-  if (!top.has("run")) top.fail("run", root, "required section (input, schedule, output, ...)");
-  parse_run(MapReader(top.node("run"), "run", origin), origin, config.run);
-  parse_parallel(MapReader(top.node("parallel"), "parallel", origin), config.parallel);
-  parse_debug(MapReader(top.node("debug"), "debug", origin), origin, config.fault);
-  top.finish();
-  return config;
 }
-
-}  // namespace
 
 std::vector<std::pair<std::string, std::string>> config_entries(const Config& c) {
   const auto text = [](auto value) {
@@ -395,11 +263,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
       throw UserError("--set '" + assignment + "': " + error.msg);
     }
   }
-  try {
-    return parse_root(root, source_name, overridden);
-  } catch (const YAML::Exception& error) {
-    throw UserError(source_name + ": " + error.msg);
-  }
+  return parse_config_node(root, source_name, overridden);
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {

@@ -21,6 +21,7 @@
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/fp8.h"
+#include "runtime/atomic_file.h"
 #include "runtime/errors.h"
 
 namespace mla {
@@ -555,76 +556,13 @@ std::string build_header(const std::string& path, const std::vector<PlannedTenso
   return text;
 }
 
-void require_parent_directory(const std::string& path) {
-  std::filesystem::path directory = std::filesystem::path(path).parent_path();
-  if (directory.empty()) directory = ".";
-  std::error_code error;
-  if (!std::filesystem::is_directory(directory, error))
-    fail(path, "directory " + in_quotes(directory.string()) + " does not exist");
-}
-
-// The temporary file the writer fills: removed on destruction unless it was renamed into place.
-class TempFile {
- public:
-  explicit TempFile(const std::string& destination) : destination_(destination) {
-    static std::atomic<uint64_t> counter{0};
-    path_ = destination + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail_errno(destination_, "cannot create temporary file", path_);
-  }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-  ~TempFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!renamed_) ::unlink(path_.c_str());
-  }
-
-  void write(const void* data, uint64_t size) {
-    const auto* cursor = static_cast<const char*>(data);
-    while (size > 0) {
-      const ssize_t written = ::write(fd_, cursor, std::min(size, kMaxTransferBytes));
-      if (written < 0 && errno == EINTR) continue;
-      if (written < 0) fail_errno(destination_, "cannot write temporary file", path_);
-      cursor += written;
-      size -= static_cast<uint64_t>(written);
-    }
-  }
-
-  // fsync before rename so that a crash leaves either the old file or the complete new one.
-  void commit() {
-    if (::fsync(fd_) != 0) fail_errno(destination_, "cannot fsync temporary file", path_);
-    const int fd = std::exchange(fd_, -1);
-    if (::close(fd) != 0) fail_errno(destination_, "cannot close temporary file", path_);
-    if (::rename(path_.c_str(), destination_.c_str()) != 0)
-      fail_errno(destination_, "cannot rename onto it the temporary file", path_);
-    renamed_ = true;
-    sync_parent_directory();
-  }
-
- private:
-  // Makes the rename itself durable; best effort, since the data is already safely in place.
-  void sync_parent_directory() const {
-    std::filesystem::path directory = std::filesystem::path(destination_).parent_path();
-    if (directory.empty()) directory = ".";
-    const int fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return;
-    ::fsync(fd);
-    ::close(fd);
-  }
-
-  std::string destination_;
-  std::string path_;
-  int fd_ = -1;
-  bool renamed_ = false;
-};
-
 }  // namespace
 
 void check_output_destination(const std::string& path) {
   require_parent_directory(path);
   std::error_code error;
   if (std::filesystem::is_directory(path, error)) fail(path, "is a directory, not a file to write");
-  TempFile probe(path);  // created, then removed when it goes out of scope
+  AtomicFile probe(path);  // created, then removed when it goes out of scope
 }
 
 void write_safetensors_f32(const std::string& path, const std::vector<OutputTensor>& tensors,
@@ -632,7 +570,7 @@ void write_safetensors_f32(const std::string& path, const std::vector<OutputTens
   const std::vector<PlannedTensor> plan = plan_output(path, tensors);
   const std::string header = build_header(path, plan, metadata);
   require_parent_directory(path);
-  TempFile temp(path);
+  AtomicFile temp(path);
   const uint64_t header_length = header.size();
   temp.write(&header_length, sizeof(header_length));
   temp.write(header.data(), header.size());

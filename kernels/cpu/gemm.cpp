@@ -4,6 +4,7 @@
 #include <cblas.h>
 #endif
 
+#include <atomic>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -55,8 +56,17 @@ void portable_gemm(const GemmParams& p) {
 }  // namespace
 #endif
 
+namespace {
+// Relaxed: a counter for tests and benchmarks, not a synchronisation point; one add per call costs
+// nothing next to the call itself.
+std::atomic<int64_t> executed_flop{0};
+}  // namespace
+
+int64_t gemm_flop_executed() { return executed_flop.load(std::memory_order_relaxed); }
+
 void gemm(const GemmParams& p) {
   if (p.m == 0 || p.n == 0) return;
+  executed_flop.fetch_add(2 * p.m * p.n * p.k, std::memory_order_relaxed);
   if (p.k == 0) {
     // BLAS leaves c untouched for k == 0 only when beta == 1; make the result explicit.
     for (int64_t row = 0; row < p.m; ++row)
@@ -89,6 +99,14 @@ void linear(const LinearParams& p) {
   if (p.round_to_bf16) {
     for (int64_t row = 0; row < p.rows; ++row) round_to_bf16_inplace(p.y + row * p.y_stride, p.out_features);
   }
+}
+
+std::string blas_description() {
+#if MLA_HAVE_CBLAS
+  return std::string("OpenBLAS ") + openblas_get_config();
+#else
+  return "portable loops (built without a BLAS)";
+#endif
 }
 
 void set_blas_threads(int threads) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace mla {
 
@@ -41,6 +42,13 @@ struct LinearParams {
 };
 
 void linear(const LinearParams& params);
+
+// 2 m n k summed over every gemm() call of the process so far (benchmarks derive FLOP counts from
+// shapes; tests check those derivations against this).
+int64_t gemm_flop_executed();
+
+// Which GEMM this build runs: "OpenBLAS <its build config>" or the portable loops.
+std::string blas_description();
 
 // Threads OpenBLAS may use for a call made outside our parallel regions.
 void set_blas_threads(int threads);

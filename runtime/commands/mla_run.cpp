@@ -3,8 +3,6 @@
 // Loads the config, this rank's weights and the input, runs the schedule (prefill, chunks,
 // decode steps) through the layer, prints what it did per step and writes y atomically.
 // Exit codes: 0 done, 2 bad input (config, files, shapes), 1 anything else.
-#include <omp.h>
-#include <sched.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -13,7 +11,6 @@
 #include <exception>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
@@ -50,18 +47,6 @@ std::string format_bytes(int64_t bytes) {
     std::snprintf(text, sizeof(text), "%.1f MB", value / 1e6);
   }
   return text;
-}
-
-// Ranks on one node split its cores, so they do not fight over them, and a rank bound to fewer
-// CPUs (mpirun --bind-to, Slurm's cpus-per-task) uses only those; run.threads overrides.
-int configure_threads(const RunConfig& run, const MpiSession& session) {
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  cpu_set_t allowed;
-  const int bound = sched_getaffinity(0, sizeof(allowed), &allowed) == 0 ? CPU_COUNT(&allowed) : cores;
-  const int threads = run.threads > 0 ? run.threads : std::max(1, std::min(bound, cores / session.local_size()));
-  omp_set_num_threads(threads);
-  set_blas_threads(threads);
-  return threads;
 }
 
 // run.backend cuda needs a build with the CUDA backend and a device on the rank; auto takes cuda
@@ -154,7 +139,7 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   phases.agree("the backend (run.backend as each rank resolved it)", to_string(backend));
   Watchdog& watchdog = *session.watchdog();
   watchdog.set_timeout(config.parallel.timeout_s);
-  const int threads = configure_threads(config.run, session);
+  const int threads = configure_rank_threads(config.run.threads, session);
   MpiCommunicator comm(session);
 
   HeadShard shard;
@@ -248,14 +233,6 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
 
 namespace {
 
-// Before MPI is up, the rank comes from the launcher's environment (for the watchdog's messages).
-std::string launcher_rank() {
-  for (const char* variable : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}) {
-    if (const char* rank = std::getenv(variable)) return rank;
-  }
-  return "0";
-}
-
 // The limit for MPI's start-up, before the config is agreed: parallel.timeout_s, read ahead so that
 // a peer stalled in start-up is caught too, but at least kMinStartupSeconds, since a loaded machine
 // can take seconds in MPI_Init. A config that does not load gets the default here, and its error
@@ -274,7 +251,7 @@ double startup_timeout(const std::string& config_path, const std::vector<std::st
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool leader = launcher_rank() == "0";
+  const bool leader = mla::launcher_rank() == "0";
   CLI::App app{"Runs one MLA layer forward over a schedule of prefill, chunk and decode steps."};
   std::string config_path;
   std::vector<std::string> overrides;
@@ -290,7 +267,7 @@ int main(int argc, char** argv) {
   }
   // From here on no rank waits forever, MPI's start-up included.
   mla::Watchdog watchdog(startup_timeout(config_path, overrides),
-                         "rank " + launcher_rank() + " (" + mla::this_host_name() + ")");
+                         "rank " + mla::launcher_rank() + " (" + mla::this_host_name() + ")");
   watchdog.progress("MPI start-up");
   std::unique_ptr<mla::MpiSession> session;
   try {

@@ -1,0 +1,748 @@
+// mla_bench SWEEP.yaml [--set key=value ...] [--append] [--list-worlds]
+//
+// Runs the points of a benchmark sweep (runtime/sweep.h) whose world is this job's size: for each,
+// the step is set up as serving would reach it (the cache filled for decode and chunks), warmed
+// up, then timed step by step until the budget is met; the PyTorch baseline times the same shapes
+// in the same run. One CSV row and one JSONL row per point, the files rewritten atomically after
+// every point, so an interrupted sweep leaves every finished point and nothing half-written.
+// launch/mla_bench.sh runs the points of other world sizes under mpirun -np W.
+// Exit codes: 0 done, 2 bad input (sweep file, --set, outputs), 1 anything else.
+#include <time.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/gemm.h"
+#include "parallel/mpi_session.h"
+#include "parallel/sharding.h"
+#include "parallel/watchdog.h"
+#include "runtime/atomic_file.h"
+#include "runtime/bench_baseline.h"
+#include "runtime/errors.h"
+#include "runtime/machine_info.h"
+#include "runtime/memory_plan.h"
+#include "runtime/mla_layer.h"
+#include "runtime/op_count.h"
+#include "runtime/rank_agreement.h"
+#include "runtime/runner.h"
+#include "runtime/safetensors.h"
+#include "runtime/sweep.h"
+#include "runtime/weights.h"
+
+#if MLA_HAVE_CUDA
+#include <nccl.h>
+
+#include "kernels/cuda/cuda_check.h"
+#include "parallel/nccl_bootstrap.h"
+#include "parallel/nccl_communicator.h"
+#include "runtime/cuda_step_executor.h"
+#include "runtime/mla_layer_cuda.h"
+#endif
+
+namespace mla {
+namespace {
+
+using Json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point start) { return std::chrono::duration<double, std::milli>(Clock::now() - start).count(); }
+
+// The public columns (docs/performance.md; keep names and order), then ours.
+const std::vector<std::string> kColumns = {
+    "backend", "world", "threads", "batch", "seq_len", "phase", "attention", "formulation", "compute_dtype",
+    "weights_dtype", "path_chosen", "formulation_chosen", "median_ms", "min_ms", "p90_ms", "allreduce_ms", "gflops",
+    "gbps", "workspace_bytes", "peak_rss_bytes",
+    // ours, after the public ones
+    "chunk", "kv_len", "start_pos", "step_tokens", "n_local_heads", "reps", "flop", "bytes", "linear_flop",
+    "replicated_flop", "gemm_only_ms", "device_peak_bytes", "torch_median_ms", "torch_min_ms", "torch_p90_ms",
+    "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep"};
+
+struct Summary {
+  double median = 0, min = 0, p90 = 0;
+};
+
+// Median (the mean of the middle two for an even count) and nearest-rank p90, as the baseline
+// script computes them.
+Summary summarize(std::vector<double> values) {
+  Summary s;
+  if (values.empty()) return s;
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  s.median = n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+  s.min = values.front();
+  s.p90 = values[static_cast<size_t>(std::ceil(0.9 * static_cast<double>(n))) - 1];
+  return s;
+}
+
+// VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
+// restarts the high-water mark from the current RSS), so that each point reports its own peak.
+// sweep.backend auto: CUDA where this build has it and the rank sees a device, else the CPU.
+Backend resolve_backend(Backend requested) {
+  if (requested != Backend::Auto) return requested;
+#if MLA_HAVE_CUDA
+  return cuda_device_count() > 0 ? Backend::Cuda : Backend::Cpu;
+#else
+  return Backend::Cpu;
+#endif
+}
+
+// The GPU next to the CPU in every JSONL row, when this rank sees one.
+void describe_gpu(const MpiSession& session, MachineEntries& machine) {
+#if MLA_HAVE_CUDA
+  const int devices = cuda_device_count();
+  if (devices == 0) return;
+  const int device = session.local_rank() % devices;
+  cudaDeviceProp properties{};
+  CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+  int sm_clock_khz = 0, memory_clock_khz = 0, runtime = 0, driver = 0, nccl = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&sm_clock_khz, cudaDevAttrClockRate, device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&memory_clock_khz, cudaDevAttrMemoryClockRate, device));
+  CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
+  CUDA_CHECK(cudaDriverGetVersion(&driver));
+  if (ncclGetVersion(&nccl) != ncclSuccess) nccl = 0;
+  machine.emplace_back("gpu_name", properties.name);
+  machine.emplace_back("gpu_count", std::to_string(devices));
+  machine.emplace_back("gpu_memory_bytes", std::to_string(properties.totalGlobalMem));
+  machine.emplace_back("gpu_sm_clock_mhz", std::to_string(sm_clock_khz / 1000));
+  machine.emplace_back("gpu_memory_clock_mhz", std::to_string(memory_clock_khz / 1000));
+  machine.emplace_back("cuda_runtime", std::to_string(runtime));
+  machine.emplace_back("cuda_driver", std::to_string(driver));
+  machine.emplace_back("nccl", std::to_string(nccl));
+#else
+  (void)session;
+  (void)machine;
+#endif
+}
+
+int64_t peak_rss_bytes() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return -1;
+}
+
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+// Ranks that wait for rank 0 (running the baseline, timing GEMMs alone) must not spin on a core
+// it is measuring with: a non-blocking barrier polled with sleeps instead of a spinning MPI_Barrier.
+void quiet_barrier(const MpiSession& session) {
+  if (session.world() == 1) return;
+  CollectiveScope scope(session.watchdog(), "waiting for rank 0 (baseline, GEMM timing)");
+  MPI_Request request = MPI_REQUEST_NULL;
+  MPI_CHECK(MPI_Ibarrier(MPI_COMM_WORLD, &request));
+  for (int done = 0;;) {
+    MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    const timespec pause{0, 1000000};
+    nanosleep(&pause, nullptr);
+  }
+}
+
+std::string csv_escape(const std::string& text) {
+  if (text.find_first_of(",\"\n") == std::string::npos) return text;
+  std::string quoted = "\"";
+  for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return quoted + "\"";
+}
+
+std::string number(double value, int digits = 6) {
+  if (!std::isfinite(value)) return "";
+  std::ostringstream out;
+  out.precision(digits);
+  out << value;
+  return out.str();
+}
+
+// The rows a file already holds (--append) and the ones this run adds; rewritten whole each time.
+class TableFile {
+ public:
+  TableFile(std::string path, std::string header) : path_(std::move(path)), header_(std::move(header)) {}
+
+  void load_existing() {
+    std::ifstream in(path_);
+    if (!in) return;
+    std::string line;
+    if (header_.size() && std::getline(in, line) && line != header_) {
+      throw UserError(path_ + ": --append: its header is not mla_bench's (" + line.substr(0, 80) +
+                      "...); write to another file");
+    }
+    while (std::getline(in, line)) {
+      if (!line.empty()) rows_.push_back(line);
+    }
+  }
+
+  void add(const std::string& row) {
+    rows_.push_back(row);
+    std::string text = header_.empty() ? "" : header_ + "\n";
+    for (const std::string& r : rows_) text += r + "\n";
+    write_file_atomically(path_, text);
+  }
+
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::string header_;
+  std::vector<std::string> rows_;
+};
+
+// The outputs' directories are created; the files must be writable before anything runs.
+void prepare_output(const std::string& path) {
+  const std::filesystem::path directory = std::filesystem::path(path).parent_path();
+  std::error_code error;
+  if (!directory.empty()) std::filesystem::create_directories(directory, error);
+  check_output_destination(path);
+}
+
+// One point's measurements on this rank (rank 0's are reported).
+struct Measurement {
+  std::vector<double> step_ms, allreduce_ms;
+  StepReport report;
+  std::vector<float> partial_first_sequence;  // the last step's partial output of sequence 0
+  int64_t device_bytes = 0;
+};
+
+// Weights are loaded once per (weights, model, world, compute dtype): loading DeepSeek-sized
+// random fp8 weights takes longer than timing a point.
+class WeightsCache {
+ public:
+  const LoadedWeights& get(const Config& config, const HeadShard& shard, int world) {
+    std::string key = to_string(config.run.compute_dtype) + std::string("|") + std::to_string(world);
+    for (const auto& [name, value] : config_entries(config)) {
+      if (name.rfind("model.", 0) == 0 && name != "model.max_batch_size") key += "|" + name + "=" + value;
+      if (name.rfind("weights.", 0) == 0) key += "|" + name + "=" + value;
+    }
+    if (key != key_) {
+      loaded_.reset();  // the old slice goes before the new one is made
+      loaded_ = load_layer_weights(config.weights, config.model, shard, config.run.compute_dtype, config.run.check_finite);
+      key_ = key;
+      ++generation_;
+    }
+    return *loaded_;
+  }
+  int generation() const { return generation_; }
+
+ private:
+  std::string key_;
+  std::optional<LoadedWeights> loaded_;
+  int generation_ = 0;
+};
+
+class Bench {
+ public:
+  Bench(const MpiSession& session, Sweep sweep, bool append)
+      : session_(session), sweep_(std::move(sweep)), append_(append), phases_(session) {}
+  ~Bench();
+  Bench(const Bench&) = delete;
+  Bench& operator=(const Bench&) = delete;
+
+  int run();
+
+ private:
+  void start_baseline();
+  Measurement measure(const Config& config, const BenchPoint& point, const HeadShard& shard, const LayerWeights& weights,
+                      const InputTensor& x);
+  double time_gemms_alone(const StepCost& cost, int threads);
+  Json run_baseline(const Config& config, const BenchPoint& point, const HeadShard& shard, const LayerWeights& weights,
+                    const InputTensor& x, const Measurement& measured, int threads, double& rel_l2);
+  std::string baseline_weights_file(const ModelArgs& model, const HeadShard& shard, const LayerWeights& weights);
+
+  const MpiSession& session_;
+  Sweep sweep_;
+  bool append_;
+  Phases phases_;
+  WeightsCache weights_;
+  std::unique_ptr<TorchBaseline> baseline_;
+  std::string baseline_note_;
+  std::string scratch_dir_;
+  int baseline_weights_generation_ = -1;
+  std::string baseline_weights_path_;
+  MachineEntries machine_;
+};
+
+void Bench::start_baseline() {
+  if (sweep_.bench.baseline == BaselineChoice::None) {
+    baseline_note_ = "not run (bench.baseline: none)";
+    return;
+  }
+  const std::string script = std::string(MLA_SOURCE_DIR) + "/launch/torch_mla_baseline.py";
+  try {
+    baseline_ = std::make_unique<TorchBaseline>(sweep_.bench.python, script, 120.0);
+    baseline_note_ = "PyTorch " + baseline_->greeting().value("torch_version", std::string("?")) + " eager (" +
+                     sweep_.bench.python + " launch/torch_mla_baseline.py)";
+  } catch (const UserError& error) {
+    if (sweep_.bench.baseline == BaselineChoice::Torch) throw;
+    baseline_note_ = std::string("not run: ") + error.what();
+  }
+}
+
+Measurement Bench::measure(const Config& config, const BenchPoint& point, const HeadShard& shard,
+                           const LayerWeights& weights, const InputTensor& x) {
+  const BenchSettings& bench = sweep_.bench;
+  const int64_t dim = config.model.dim;
+  const int64_t start_pos = point.start_pos();
+  const int64_t step_len = point.step_len();
+  Measurement result;
+
+  std::unique_ptr<MlaLayer> cpu_layer;
+  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<StepExecutor> executor;
+#if MLA_HAVE_CUDA
+  std::unique_ptr<CudaMlaLayer> cuda_layer;
+#endif
+  if (point.backend == Backend::Cuda) {
+#if MLA_HAVE_CUDA
+    const int device = session_.local_rank() % cuda_device_count();
+    CUDA_CHECK(cudaSetDevice(device));
+    CudaLayerLimits limits;
+    limits.max_batch = point.batch;
+    limits.max_step_len = std::max(start_pos, step_len);
+    limits.max_kv_len = point.seq_len;
+    cuda_layer = std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits);
+    result.device_bytes = cuda_layer->memory().total();
+    comm = std::make_unique<NcclCommunicator>(share_nccl_unique_id(session_), session_.rank(), session_.world(),
+                                              cuda_layer->stream(), config.parallel.timeout_s);
+    executor = std::make_unique<CudaStepExecutor>(*cuda_layer, *comm, std::vector<float>{}, point.seq_len);
+#endif
+  } else {
+    cpu_layer = std::make_unique<MlaLayer>(config.model, shard, weights, config.run);
+    comm = std::make_unique<MpiCommunicator>(session_);
+    executor = std::make_unique<CpuStepExecutor>(*cpu_layer, *comm);
+  }
+
+  // The cache as serving reaches this step: positions before start_pos, filled untimed.
+  const auto slice = [&](int64_t from, int64_t count) {
+    std::vector<float> part(static_cast<size_t>(point.batch * count * dim));
+    for (int64_t b = 0; b < point.batch; ++b) {
+      std::copy_n(x.values.data() + (b * x.tokens + from) * dim, count * dim, part.data() + b * count * dim);
+    }
+    return part;
+  };
+  Watchdog& watchdog = *session_.watchdog();
+  if (start_pos > 0) {
+    watchdog.progress("filling the cache");
+    const std::vector<float> fill = slice(0, start_pos);
+    executor->forward(fill.data(), point.batch, start_pos, 0, nullptr, 0);
+  }
+  const std::vector<float> step_x = slice(start_pos, step_len);
+  for (int64_t i = 0; i < bench.warmup; ++i) {
+    watchdog.progress("warm-up");
+    executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0);
+    executor->reduce(0.0f);
+  }
+  // Rank 0 decides when the budget is met and tells the others through the step's own all-reduce
+  // (its flag is the only non-zero one), so no extra collective sits inside the timed loop.
+  double timed_ms = 0.0;
+  for (bool more = true; more;) {
+    watchdog.progress("timed steps");
+    const auto started = Clock::now();
+    result.report = executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0);
+    const auto computed = Clock::now();
+    float continue_flag = 0.0f;
+    if (session_.rank() == 0) {
+      const int64_t reps = static_cast<int64_t>(result.step_ms.size()) + 1;
+      const double spent = timed_ms + ms_since(started);
+      continue_flag = reps < bench.max_reps && (reps < bench.min_reps || spent < bench.max_seconds * 1e3) ? 1.0f : 0.0f;
+    }
+    more = executor->reduce(continue_flag) != 0.0f;
+    const double step = ms_since(started);
+    result.step_ms.push_back(step);
+    result.allreduce_ms.push_back(ms_since(computed));
+    timed_ms += step;
+  }
+  // Once more, untimed, to keep the partial output of sequence 0 (compared with the baseline's).
+  executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0);
+  std::vector<float> partial(static_cast<size_t>(point.batch * step_len * dim));
+  executor->copy_output(partial.data());
+  partial.resize(static_cast<size_t>(step_len * dim));
+  result.partial_first_sequence = std::move(partial);
+  executor->reduce(0.0f);
+  return result;
+}
+
+// The step's GEMMs alone (projections and the formulation's fold or expansion), on the same
+// shapes and threads, straight through the BLAS: the floor the step's linear layers could reach.
+double Bench::time_gemms_alone(const StepCost& cost, int threads) {
+  set_blas_threads(threads);
+  double total_ms = 0.0;
+  for (const GemmShape& shape : cost.gemms) {
+    std::vector<float> a(static_cast<size_t>(shape.m * shape.k), 0.5f), b(static_cast<size_t>(shape.k * shape.n), 0.25f),
+        c(static_cast<size_t>(shape.m * shape.n));
+    GemmParams g;  // as linear() calls it: x [m, k] times W^T, W [n, k] row-major
+    g.transpose_b = true;
+    g.m = shape.m;
+    g.n = shape.n;
+    g.k = shape.k;
+    g.a = a.data();
+    g.lda = shape.k;
+    g.b = b.data();
+    g.ldb = shape.k;
+    g.c = c.data();
+    g.ldc = shape.n;
+    double best = INFINITY;
+    for (int rep = 0; rep < 3; ++rep) {
+      const auto started = Clock::now();
+      for (int64_t i = 0; i < shape.batch; ++i) gemm(g);
+      best = std::min(best, ms_since(started));
+    }
+    total_ms += best;
+  }
+  return total_ms;
+}
+
+// The baseline reads this rank's slice from a file in a scratch directory, written once per
+// weights generation (weights_ changes it when a point needs other weights).
+std::string Bench::baseline_weights_file(const ModelArgs& m, const HeadShard& shard, const LayerWeights& w) {
+  if (baseline_weights_generation_ == weights_.generation()) return baseline_weights_path_;
+  const int64_t heads = shard.n_local_heads;
+  const int64_t C = m.kv_lora_rank;
+  std::vector<OutputTensor> tensors;
+  if (m.q_lora_rank == 0) {
+    tensors.push_back({"wq", {heads * m.qk_head_dim(), m.dim}, w.wq.data()});
+  } else {
+    tensors.push_back({"wq_a", {m.q_lora_rank, m.dim}, w.wq_a.data()});
+    tensors.push_back({"q_norm", {m.q_lora_rank}, w.q_norm.data()});
+    tensors.push_back({"wq_b", {heads * m.qk_head_dim(), m.q_lora_rank}, w.wq_b.data()});
+  }
+  tensors.push_back({"wkv_a", {C + m.qk_rope_head_dim, m.dim}, w.wkv_a.data()});
+  tensors.push_back({"kv_norm", {C}, w.kv_norm.data()});
+  tensors.push_back({"wkv_b", {heads * (m.qk_nope_head_dim + m.v_head_dim), C}, w.wkv_b.data()});
+  tensors.push_back({"wo", {m.dim, heads * m.v_head_dim}, w.wo.data()});
+  baseline_weights_path_ = scratch_dir_ + "/weights.safetensors";
+  write_safetensors_f32(baseline_weights_path_, tensors, {});
+  baseline_weights_generation_ = weights_.generation();
+  return baseline_weights_path_;
+}
+
+void write_raw_f32(const std::string& path, const float* values, int64_t count) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(values), static_cast<std::streamsize>(count * sizeof(float)));
+  if (!out) throw UserError(path + ": cannot write the baseline's input");
+}
+
+// Rank 0's slice through the PyTorch baseline: same weights (the fp32 compute copies, bf16 values
+// in bf16 mode), same first sequence, same step, same threads. Returns its answer (null when the
+// baseline is not running); rel_l2 compares its partial output of sequence 0 with ours.
+Json Bench::run_baseline(const Config& config, const BenchPoint& point, const HeadShard& shard,
+                         const LayerWeights& weights, const InputTensor& x, const Measurement& measured, int threads,
+                         double& rel_l2) {
+  rel_l2 = NAN;
+  if (!baseline_) return Json();
+  if (scratch_dir_.empty()) {
+    std::string pattern = (std::filesystem::temp_directory_path() / "mla_bench.XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) throw UserError("mla_bench: cannot create a temporary directory in /tmp");
+    scratch_dir_ = pattern;
+  }
+  const ModelArgs& m = config.model;
+  const std::string x_path = scratch_dir_ + "/x.bin";
+  const std::string y_path = scratch_dir_ + "/y.bin";
+  write_raw_f32(x_path, x.values.data(), point.seq_len * m.dim);  // sequence 0, positions 0 .. seq_len-1
+  std::filesystem::remove(y_path);
+  Json request = {
+      {"cmd", "run"},
+      {"weights", baseline_weights_file(m, shard, weights)},
+      {"x", x_path},
+      {"y_out", y_path},
+      {"model",
+       {{"dim", m.dim}, {"n_local_heads", shard.n_local_heads}, {"q_lora_rank", m.q_lora_rank},
+        {"kv_lora_rank", m.kv_lora_rank}, {"qk_nope_head_dim", m.qk_nope_head_dim},
+        {"qk_rope_head_dim", m.qk_rope_head_dim}, {"v_head_dim", m.v_head_dim}, {"max_seq_len", m.max_seq_len},
+        {"original_seq_len", m.original_seq_len}, {"rope_theta", m.rope_theta}, {"rope_factor", m.rope_factor},
+        {"beta_fast", m.beta_fast}, {"beta_slow", m.beta_slow}, {"mscale", m.mscale}}},
+      {"batch", point.batch},
+      {"start_pos", point.start_pos()},
+      {"step_len", point.step_len()},
+      {"formulation", to_string(point.formulation)},
+      {"compute_dtype", to_string(point.compute_dtype)},
+      {"threads", threads},
+      {"device", point.backend == Backend::Cuda ? "cuda" : "cpu"},
+      {"warmup", sweep_.bench.warmup},
+      {"min_reps", sweep_.bench.min_reps},
+      {"max_seconds", sweep_.bench.max_seconds},
+      {"max_reps", sweep_.bench.max_reps}};
+  // Generous: the baseline may be many times slower than we are, and it fills its cache first.
+  const double timeout_s = 600.0 + 20.0 * sweep_.bench.max_seconds;
+  Json answer = baseline_->request(request, timeout_s);
+  if (!answer.is_object()) return Json{{"ok", false}, {"error", "the baseline answered no object"}};
+  if (answer.value("ok", false)) {
+    std::ifstream in(y_path, std::ios::binary);
+    std::vector<float> theirs(measured.partial_first_sequence.size());
+    in.read(reinterpret_cast<char*>(theirs.data()), static_cast<std::streamsize>(theirs.size() * sizeof(float)));
+    if (in.gcount() == static_cast<std::streamsize>(theirs.size() * sizeof(float))) {
+      double diff = 0.0, norm = 0.0;
+      for (size_t i = 0; i < theirs.size(); ++i) {
+        const double d = static_cast<double>(measured.partial_first_sequence[i]) - theirs[i];
+        diff += d * d;
+        norm += static_cast<double>(theirs[i]) * theirs[i];
+      }
+      rel_l2 = std::sqrt(diff / std::max(norm, 1e-300));
+    }
+  }
+  return answer;
+}
+
+Bench::~Bench() {
+  if (!scratch_dir_.empty()) {
+    std::error_code error;
+    std::filesystem::remove_all(scratch_dir_, error);
+  }
+}
+
+int Bench::run() {
+  const bool leader = session_.rank() == 0;
+  const BenchSettings& bench = sweep_.bench;
+  std::vector<BenchPoint> points;
+  std::map<int, int> other_worlds;
+  for (const BenchPoint& point : sweep_.points) {
+    if (point.world == session_.world()) {
+      points.push_back(point);
+    } else {
+      ++other_worlds[point.world];
+    }
+  }
+  if (points.empty()) {
+    throw UserError(sweep_.source + ": sweep.world: this job has " + std::to_string(session_.world()) +
+                    " rank(s), and no point has that world; run launch/mla_bench.sh " + sweep_.source +
+                    " (it starts mpirun -np W for each world)");
+  }
+  if (leader && !other_worlds.empty()) {
+    std::string skipped;
+    for (const auto& [world, count] : other_worlds) skipped += " " + std::to_string(count) + " at world " + std::to_string(world) + ";";
+    std::fprintf(stderr, "mla_bench: running the %zu points of world %d; skipping%s launch/mla_bench.sh runs every world\n",
+                 points.size(), session_.world(), skipped.c_str());
+  }
+
+  std::string header;
+  for (const std::string& column : kColumns) header += (header.empty() ? "" : ",") + column;
+  TableFile csv(bench.csv, header);
+  TableFile jsonl(bench.jsonl, "");
+  phases_.run([&] {
+    if (!leader) return;
+    prepare_output(bench.csv);
+    prepare_output(bench.jsonl);
+    if (append_) {
+      csv.load_existing();
+      jsonl.load_existing();
+    }
+    machine_ = describe_machine(MLA_SOURCE_DIR);
+    start_baseline();
+  });
+  if (leader) {
+    char version[MPI_MAX_LIBRARY_VERSION_STRING];
+    int length = 0;
+    MPI_CHECK(MPI_Get_library_version(version, &length));
+    std::string mpi(version, static_cast<size_t>(length));
+    machine_.emplace_back("mpi", mpi.substr(0, mpi.find_first_of(",\n")));
+    machine_.emplace_back("ranks_per_node", std::to_string(session_.local_size()));
+    describe_gpu(session_, machine_);
+    std::printf("mla_bench: %s, %zu points at world %d; machine: %s, %s cores (%s); baseline: %s\n",
+                sweep_.source.c_str(), points.size(), session_.world(), machine_entry(machine_, "cpu_model").c_str(),
+                machine_entry(machine_, "cpu_cores").c_str(), machine_entry(machine_, "cpu_isa").c_str(),
+                baseline_note_.c_str());
+    std::fflush(stdout);
+  }
+
+  const auto sweep_started = Clock::now();
+  for (size_t index = 0; index < points.size(); ++index) {
+    BenchPoint point = points[index];
+    point.backend = resolve_backend(point.backend);
+    if (leader) {
+      const double elapsed = ms_since(sweep_started) / 1e3;
+      std::string eta = index == 0 ? "?" : std::to_string(static_cast<int>(elapsed / static_cast<double>(index) *
+                                                                            static_cast<double>(points.size() - index))) + " s";
+      std::fprintf(stderr, "mla_bench: [%zu/%zu] %s (elapsed %.0f s, ETA %s)\n", index + 1, points.size(),
+                   point.label().c_str(), elapsed, eta.c_str());
+    }
+    Config config;
+    HeadShard shard;
+    const LoadedWeights* loaded = nullptr;
+    InputTensor x;
+    int threads = 0;
+    phases_.run([&] {
+      config = point_config(sweep_, point);
+      threads = configure_rank_threads(point.threads, session_);
+      try {
+        shard = shard_heads(config.model.n_heads, session_.world(), session_.rank(), config.parallel.uneven_heads);
+      } catch (const std::invalid_argument& error) {
+        throw UserError(std::string("model.n_heads: ") + error.what());
+      }
+      if (point.backend == Backend::Cuda && !MLA_HAVE_CUDA) {
+        throw UserError("sweep.backend: cuda, but this build has no CUDA backend (" + point.label() + ")");
+      }
+      const std::vector<int64_t> steps = config.run.schedule.steps(point.seq_len);
+      check_memory_fits(plan_memory(config.model, config.run, shard, point.batch, point.seq_len, steps, threads),
+                        session_.local_size(), available_memory_bytes());
+      session_.watchdog()->progress("loading weights");
+      loaded = &weights_.get(config, shard, session_.world());
+      x = load_input(config.run.input, config.model, config.run.check_finite);
+      reset_peak_rss();
+    });
+    const Measurement measured = measure(config, point, shard, loaded->weights, x);
+    const int64_t peak_rss = peak_rss_bytes();
+
+    StepShapeArgs shape;
+    shape.n_local_heads = shard.n_local_heads;
+    shape.batch = point.batch;
+    shape.seq = point.step_len();
+    shape.start_pos = point.start_pos();
+    shape.formulation = measured.report.plan.formulation;
+    if (point.backend == Backend::Cuda && config.run.compute_dtype == ComputeDType::BF16) {
+      shape.weight_element_bytes = 2;
+      shape.activation_element_bytes = 2;
+    }
+    const StepCost cost = step_cost(config.model, shape);
+
+    double gemm_only_ms = NAN;
+    double rel_l2 = NAN;
+    Json torch;
+    if (leader) {
+      session_.watchdog()->progress("GEMMs alone, then the PyTorch baseline");
+      if (point.backend != Backend::Cuda) gemm_only_ms = time_gemms_alone(cost, threads);
+      torch = run_baseline(config, point, shard, loaded->weights, x, measured, threads, rel_l2);
+    }
+    quiet_barrier(session_);
+    if (!leader) continue;
+
+    const Summary step = summarize(measured.step_ms);
+    const Summary allreduce = summarize(measured.allreduce_ms);
+    const bool has_torch = torch.is_object() && torch.value("ok", false);
+    const double torch_median = has_torch ? torch.value("median_ms", NAN) : NAN;
+    const std::vector<std::string> row = {
+        to_string(point.backend), std::to_string(point.world),
+        std::to_string(threads), std::to_string(point.batch), std::to_string(point.seq_len), to_string(point.phase),
+        to_string(point.attention), to_string(point.formulation), to_string(point.compute_dtype),
+        loaded->storage_dtype, to_string(measured.report.plan.path), to_string(measured.report.plan.formulation),
+        number(step.median), number(step.min), number(step.p90), number(allreduce.median),
+        number(cost.flop() / step.median / 1e6), number(cost.bytes() / step.median / 1e6),
+        std::to_string(measured.report.attention_workspace_bytes), std::to_string(peak_rss),
+        std::to_string(point.chunk), std::to_string(point.seq_len), std::to_string(point.start_pos()),
+        std::to_string(point.step_len()), std::to_string(shard.n_local_heads), std::to_string(measured.step_ms.size()),
+        number(cost.flop(), 10), number(cost.bytes(), 10), number(cost.gemm_flop, 10), number(cost.replicated_flop, 10),
+        number(gemm_only_ms), std::to_string(measured.device_bytes), number(torch_median),
+        has_torch ? number(torch.value("min_ms", NAN)) : "", has_torch ? number(torch.value("p90_ms", NAN)) : "",
+        has_torch ? torch.value("formulation", std::string()) : "", has_torch ? number(torch_median / step.median, 4) : "",
+        number(rel_l2, 3), sweep_.name};
+    std::string line;
+    for (const std::string& cell : row) line += (line.empty() ? "" : ",") + csv_escape(cell);
+    csv.add(line);
+
+    Json record;
+    for (size_t i = 0; i < kColumns.size(); ++i) record["result"][kColumns[i]] = row[i];
+    record["point"] = point.label();
+    record["times_ms"] = measured.step_ms;
+    record["allreduce_times_ms"] = measured.allreduce_ms;
+    record["plan_reason"] = measured.report.plan.reason;
+    record["gemms"] = Json::array();
+    for (const GemmShape& gemm : cost.gemms) {
+      record["gemms"].push_back({{"name", gemm.name}, {"m", gemm.m}, {"n", gemm.n}, {"k", gemm.k}, {"batch", gemm.batch}});
+    }
+    for (const auto& [key, value] : config_entries(config)) record["config"][key] = value;
+    for (const auto& [key, value] : machine_) record["machine"][key] = value;
+    record["baseline"] = torch.is_null() ? Json(baseline_note_) : torch;
+    jsonl.add(record.dump());
+
+    std::printf("%s: %s/%s, median %.3f ms (min %.3f, p90 %.3f, all-reduce %.3f) x%zu, %.1f GFLOP/s, %.1f GB/s, "
+                "workspace %ld B, peak RSS %.0f MB",
+                point.label().c_str(), to_string(measured.report.plan.path),
+                to_string(measured.report.plan.formulation), step.median, step.min, step.p90, allreduce.median,
+                measured.step_ms.size(), cost.flop() / step.median / 1e6, cost.bytes() / step.median / 1e6,
+                static_cast<long>(measured.report.attention_workspace_bytes), static_cast<double>(peak_rss) / 1e6);
+    if (std::isfinite(gemm_only_ms)) std::printf(", GEMMs alone %.3f ms", gemm_only_ms);
+    if (has_torch) {
+      std::printf("; torch %.3f ms (%s): ours %.2fx, rel L2 %.2g", torch_median, torch.value("formulation", std::string()).c_str(),
+                  torch_median / step.median, rel_l2);
+    } else if (torch.is_object()) {
+      std::printf("; torch: %s", torch.value("error", std::string("failed")).c_str());
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  if (leader) {
+    std::printf("mla_bench: %zu points in %.1f s -> %s, %s\n", points.size(), ms_since(sweep_started) / 1e3,
+                bench.csv.c_str(), bench.jsonl.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace mla
+
+int main(int argc, char** argv) {
+  const bool leader = mla::launcher_rank() == "0";
+  CLI::App app{"Runs a benchmark sweep (YAML) of the MLA layer; writes one CSV and one JSONL row per point."};
+  std::string sweep_path;
+  std::vector<std::string> overrides;
+  bool append = false;
+  bool list = false;
+  app.add_option("sweep", sweep_path, "sweep file: model/weights/run/parallel sections, sweep: lists, bench: budget")
+      ->required();
+  app.add_option("--set", overrides, "override a key of the sweep file: section.key=value (YAML value); repeatable");
+  app.add_flag("--append", append, "keep the rows already in bench.csv / bench.jsonl (same header) and add these");
+  app.add_flag("--list", list, "print the sweep's world sizes and output files, and exit (for launch/mla_bench.sh)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& help) {
+    return leader ? app.exit(help) : 0;
+  } catch (const CLI::ParseError& error) {
+    if (leader) std::fprintf(stderr, "mla_bench: error: %s\n", error.what());
+    return mla::kUserErrorExitCode;
+  }
+  mla::Sweep sweep;
+  try {
+    sweep = mla::load_sweep(sweep_path, overrides);
+  } catch (const mla::UserError& error) {
+    if (leader) std::fprintf(stderr, "mla_bench: error: %s\n", error.what());
+    return mla::kUserErrorExitCode;
+  }
+  if (list) {
+    std::vector<int> worlds;
+    for (const mla::BenchPoint& point : sweep.points) {
+      if (std::find(worlds.begin(), worlds.end(), point.world) == worlds.end()) worlds.push_back(point.world);
+    }
+    std::printf("worlds:");
+    for (int world : worlds) std::printf(" %d", world);
+    std::printf("\npoints: %zu\ncsv: %s\njsonl: %s\n", sweep.points.size(), sweep.bench.csv.c_str(),
+                sweep.bench.jsonl.c_str());
+    return 0;
+  }
+  mla::Watchdog watchdog(sweep.base.parallel.timeout_s, "rank " + mla::launcher_rank() + " (" + mla::this_host_name() + ")");
+  watchdog.progress("MPI start-up");
+  std::unique_ptr<mla::MpiSession> session;
+  try {
+    session = std::make_unique<mla::MpiSession>(&argc, &argv);
+  } catch (const mla::MpiError& error) {
+    std::fprintf(stderr, "mla_bench: error: %s\n", error.what());
+    return 1;
+  }
+  session->set_watchdog(&watchdog);
+  try {
+    mla::Bench bench(*session, std::move(sweep), append);
+    return bench.run();
+  } catch (const mla::RankFailure& error) {
+    std::fflush(stdout);
+    if (leader) std::fprintf(stderr, "mla_bench: error: %s\n", error.what());
+    return mla::kRankFailureExitCode;
+  } catch (const mla::UserError& error) {
+    std::fflush(stdout);
+    if (leader) std::fprintf(stderr, "mla_bench: error: %s\n", error.what());
+    return mla::kUserErrorExitCode;
+  } catch (const std::exception& error) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "mla_bench: internal error on %s: %s\n", session->label().c_str(), error.what());
+    if (session->world() > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Checks what mla_bench wrote for the smoke sweep: the public columns in order, one JSONL record per
+CSV row, positive and ordered times, FLOP and byte counts that are consistent with the rates, the
+fast path's attention workspace below the standard path's wherever a step has several query rows,
+and (when the PyTorch baseline ran) its output equal to ours within SPEC.md's tolerance.
+
+Usage: check_bench_csv.py CSV JSONL [--expect-rows N] [--expect-worlds 1,2]
+                          [--require-baseline | --require-baseline-if-torch PYTHON]
+"""
+import argparse
+import csv
+import json
+import math
+import subprocess
+import sys
+
+PUBLIC_COLUMNS = ["backend", "world", "threads", "batch", "seq_len", "phase", "attention", "formulation",
+                  "compute_dtype", "weights_dtype", "path_chosen", "formulation_chosen", "median_ms", "min_ms",
+                  "p90_ms", "allreduce_ms", "gflops", "gbps", "workspace_bytes", "peak_rss_bytes"]
+# SPEC.md, Tolerances: ours and the baseline each sit within these of the exact result.
+TOLERANCE = {"fp32": 1e-5 * 2, "bf16": 2e-2 * 2}
+
+failures = []
+
+
+def check(condition, message):
+    if not condition:
+        failures.append(message)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("csv")
+    parser.add_argument("jsonl")
+    parser.add_argument("--expect-rows", type=int)
+    parser.add_argument("--expect-worlds")
+    parser.add_argument("--require-baseline", action="store_true")
+    parser.add_argument("--require-baseline-if-torch", metavar="PYTHON",
+                        help="require the baseline's columns when this interpreter imports torch")
+    args = parser.parse_args()
+    if args.require_baseline_if_torch:
+        probe = subprocess.run([args.require_baseline_if_torch, "-c", "import torch"], capture_output=True)
+        args.require_baseline = probe.returncode == 0
+        print(f"check_bench_csv: baseline {'required' if args.require_baseline else 'not required (no torch)'}")
+
+    with open(args.csv, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = [dict(zip(header, values)) for values in reader]
+    check(header[:len(PUBLIC_COLUMNS)] == PUBLIC_COLUMNS,
+          f"the first columns are {header[:len(PUBLIC_COLUMNS)]}, expected {PUBLIC_COLUMNS}")
+    with open(args.jsonl) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    check(len(records) == len(rows), f"{len(rows)} CSV rows but {len(records)} JSONL records")
+    if args.expect_rows is not None:
+        check(len(rows) == args.expect_rows, f"{len(rows)} rows, expected {args.expect_rows}")
+    if args.expect_worlds:
+        worlds = sorted({int(r["world"]) for r in rows})
+        check(worlds == sorted(int(w) for w in args.expect_worlds.split(",")), f"worlds {worlds}")
+    for record in records:
+        for key in ("machine", "config", "times_ms", "result"):
+            check(key in record, f"a JSONL record has no '{key}'")
+        check("cpu_model" in record.get("machine", {}) and "git_commit" in record.get("machine", {}),
+              "a JSONL record's machine lacks cpu_model or git_commit")
+
+    for i, r in enumerate(rows):
+        where = f"row {i + 2} ({r['phase']} seq {r['seq_len']} {r['attention']}/{r['formulation']} world {r['world']})"
+        median, low, p90 = float(r["median_ms"]), float(r["min_ms"]), float(r["p90_ms"])
+        check(0 < low <= median <= p90, f"{where}: times not 0 < min <= median <= p90: {low} {median} {p90}")
+        check(0 <= float(r["allreduce_ms"]) <= p90, f"{where}: all-reduce time {r['allreduce_ms']} outside [0, p90]")
+        if int(r["world"]) == 1:
+            check(float(r["allreduce_ms"]) < 0.5 * median, f"{where}: a world of one spends half its step in all-reduce")
+        flop, moved = float(r["flop"]), float(r["bytes"])
+        check(flop > 0 and moved > 0, f"{where}: flop {flop} or bytes {moved} not positive")
+        check(math.isclose(float(r["gflops"]), flop / median / 1e6, rel_tol=1e-3), f"{where}: gflops != flop / time")
+        check(math.isclose(float(r["gbps"]), moved / median / 1e6, rel_tol=1e-3), f"{where}: gbps != bytes / time")
+        check(int(r["peak_rss_bytes"]) > 0 and int(r["workspace_bytes"]) > 0, f"{where}: memory not reported")
+        kv_len, start_pos, step = int(r["kv_len"]), int(r["start_pos"]), int(r["step_tokens"])
+        check(kv_len == start_pos + step == int(r["seq_len"]), f"{where}: kv_len != start_pos + step_tokens")
+        expected_step = {"prefill": kv_len, "decode": 1, "chunked_prefill": int(r["chunk"])}[r["phase"]]
+        check(step == expected_step, f"{where}: step of {step} tokens for phase {r['phase']}")
+        if r["attention"] != "auto":
+            wanted = r["attention"] if r["attention"] == "standard" or kv_len <= 256 else "standard"
+            check(r["path_chosen"] == wanted, f"{where}: path {r['path_chosen']}, expected {wanted}")
+        if r["formulation"] != "auto":
+            check(r["formulation_chosen"] == r["formulation"], f"{where}: formulation not the one asked for")
+        if r["torch_median_ms"]:
+            check(float(r["torch_median_ms"]) > 0, f"{where}: baseline time not positive")
+            check(math.isclose(float(r["speedup_vs_torch"]), float(r["torch_median_ms"]) / median, rel_tol=1e-3),
+                  f"{where}: speedup_vs_torch != torch / ours")
+            error = float(r["torch_rel_l2"])
+            check(error <= TOLERANCE[r["compute_dtype"]], f"{where}: ours vs the baseline differ by {error:.3g}")
+        elif args.require_baseline:
+            check(False, f"{where}: no baseline time")
+
+    # The claim's memory half: with several query rows per step the fast path keeps one score row
+    # per thread where the standard path materializes a chunk of rows.
+    standard = {}
+    for r in rows:
+        if r["path_chosen"] == "standard":
+            standard[(r["world"], r["phase"], r["batch"], r["seq_len"], r["chunk"], r["formulation_chosen"])] = r
+    compared = 0
+    for r in rows:
+        key = (r["world"], r["phase"], r["batch"], r["seq_len"], r["chunk"], r["formulation_chosen"])
+        if r["path_chosen"] == "fast" and int(r["step_tokens"]) > 1 and key in standard:
+            compared += 1
+            check(int(r["workspace_bytes"]) < int(standard[key]["workspace_bytes"]),
+                  f"fast workspace {r['workspace_bytes']} >= standard {standard[key]['workspace_bytes']} at {key}")
+    check(compared > 0, "no fast/standard pair with several query rows to compare memory on")
+
+    for failure in failures:
+        print("FAIL:", failure)
+    print(f"check_bench_csv: {len(rows)} rows, {len(failures)} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+// Sweep files of mla_bench (runtime/sweep.h): how lists cross into points, what each phase means,
+// and bad sweeps refused with the key and line named.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "runtime/errors.h"
+#include "runtime/sweep.h"
+
+namespace mla {
+namespace {
+
+const std::string kBase = R"(model: {dim: 64, n_heads: 4, q_lora_rank: 0, kv_lora_rank: 32, qk_nope_head_dim: 8,
+        qk_rope_head_dim: 8, v_head_dim: 8, max_seq_len: 256}
+weights: {format: random}
+run: {compute_dtype: fp32, threads: 1}
+)";
+
+std::string error_of(const std::string& text, const std::vector<std::string>& overrides = {}) {
+  try {
+    parse_sweep(text, "s.yaml", overrides);
+  } catch (const UserError& error) {
+    return error.what();
+  }
+  return "(no error)";
+}
+
+TEST(Sweep, ListsAreCrossedWorldOutermostAndChunkOnlyForChunkedPrefill) {
+  const Sweep sweep = parse_sweep(kBase + R"(sweep:
+  world: [2, 1]
+  seq_len: [16, 32]
+  phase: [prefill, chunked_prefill, decode]
+  chunk: [4, 8]
+  attention: [fast, standard]
+bench: {warmup: 0, min_reps: 2, max_seconds: 0.5}
+)", "configs/s.yaml");
+  // world 2 x 2 seq x (prefill 1 + chunked 2 + decode 1) x 2 attention, twice over world.
+  ASSERT_EQ(sweep.points.size(), 2u * 2 * 4 * 2);
+  EXPECT_EQ(sweep.points.front().world, 2);
+  EXPECT_EQ(sweep.points.back().world, 1);
+  EXPECT_EQ(sweep.name, "s");
+  EXPECT_EQ(sweep.bench.csv, "results/s.csv");
+  EXPECT_EQ(sweep.bench.jsonl, "results/s.jsonl");
+  EXPECT_EQ(sweep.bench.min_reps, 2);
+  int chunked = 0;
+  for (const BenchPoint& point : sweep.points) {
+    EXPECT_EQ(point.start_pos() + point.step_len(), point.seq_len);
+    if (point.phase == BenchPhase::ChunkedPrefill) {
+      ++chunked;
+      EXPECT_EQ(point.step_len(), point.chunk);
+    } else {
+      EXPECT_EQ(point.chunk, 0);
+    }
+    if (point.phase == BenchPhase::Decode) {
+      EXPECT_EQ(point.step_len(), 1);
+    }
+    if (point.phase == BenchPhase::Prefill) {
+      EXPECT_EQ(point.start_pos(), 0);
+    }
+  }
+  EXPECT_EQ(chunked, 2 * 2 * 2 * 2);  // world x seq_len x chunk x attention
+}
+
+TEST(Sweep, PointConfigCarriesThePointAndKeepsTheBase) {
+  const Sweep sweep = parse_sweep(kBase + "sweep: {seq_len: 40, batch: 3, phase: decode, compute_dtype: bf16}\n", "s.yaml",
+                                  {"sweep.formulation=[absorb]", "model.max_seq_len=128"});
+  ASSERT_EQ(sweep.points.size(), 1u);
+  const Config config = point_config(sweep, sweep.points[0]);
+  EXPECT_EQ(config.run.input.batch, 3);
+  EXPECT_EQ(config.run.input.tokens, 40);
+  EXPECT_EQ(config.run.schedule.steps(40), (std::vector<int64_t>{39, 1}));
+  EXPECT_EQ(config.run.compute_dtype, ComputeDType::BF16);
+  EXPECT_EQ(config.run.formulation, FormulationChoice::Absorb);
+  EXPECT_EQ(config.model.max_seq_len, 128);  // --set reached the base
+  EXPECT_EQ(config.model.max_batch_size, 3);
+  EXPECT_EQ(config.run.threads, 1);
+  EXPECT_TRUE(config.run.output.empty());
+}
+
+TEST(Sweep, BadSweepsNameTheKeyAndWhere) {
+  EXPECT_NE(error_of(kBase).find("sweep: required section"), std::string::npos) << error_of(kBase);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [16], phse: [decode]}\n").find("s.yaml:5: sweep.phse: unknown key"),
+            std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [16, 300]}\n").find("sweep.seq_len[1]: expected an integer in [1, 256]"),
+            std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [16], world: [3]}\n").find("3 does not divide model.n_heads 4"),
+            std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], phase: chunked_prefill, chunk: 16}\n").find("chunk 16 is longer than seq_len 8"),
+            std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], phase: chunked_prefill}\n").find("sweep.chunk: required"),
+            std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], attention: [quick]}\n").find("sweep.attention[0]: expected one of auto | fast | standard"),
+            std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: []}\n").find("sweep.seq_len: expected a value or a non-empty list"),
+            std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: 8}\nbench: {min_reps: 0}\n").find("bench.min_reps"), std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: 8}\nbnch: {}\n").find("bnch: unknown key"), std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: 8}\n", {"sweep.batch=[0]"}).find("--set sweep.batch"), std::string::npos)
+      << error_of(kBase + "sweep: {seq_len: 8}\n", {"sweep.batch=[0]"});
+  // The sweep sets the input and schedule per point: a file that sets them would be silently overridden.
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: 8}\n", {"run.output=y.safetensors"}).find("run.output: is set per point"),
+            std::string::npos);
+  // The base config is checked like mla_run's, with its line.
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: 8}\n", {"model.qk_rope_head_dim=7"}).find("must be even"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace mla
