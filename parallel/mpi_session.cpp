@@ -5,11 +5,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <thread>
 
 #include "kernels/cpu/gemm.h"
+#include "runtime/errors.h"
 
 namespace mla {
 
@@ -130,6 +133,38 @@ int configure_rank_threads(int requested, const MpiSession& session) {
   omp_set_num_threads(threads);
   set_blas_threads(threads);
   return threads;
+}
+
+int run_mpi_command(const char* program, int* argc, char*** argv, double startup_timeout_s,
+                    const std::function<int(MpiSession&)>& body) {
+  const bool leader = launcher_rank() == "0";
+  // From here on no rank waits forever, MPI's start-up included.
+  Watchdog watchdog(startup_timeout_s, program, "rank " + launcher_rank() + " (" + this_host_name() + ")");
+  watchdog.progress("MPI start-up");
+  std::unique_ptr<MpiSession> session;
+  try {
+    session = std::make_unique<MpiSession>(argc, argv);
+  } catch (const MpiError& error) {
+    std::fprintf(stderr, "%s: error: %s\n", program, error.what());
+    return 1;
+  }
+  session->set_watchdog(&watchdog);
+  try {
+    return body(*session);
+  } catch (const RankFailure& error) {
+    std::fflush(stdout);
+    if (leader) std::fprintf(stderr, "%s: error: %s\n", program, error.what());
+    return kRankFailureExitCode;
+  } catch (const UserError& error) {
+    std::fflush(stdout);
+    if (leader) std::fprintf(stderr, "%s: error: %s\n", program, error.what());
+    return kUserErrorExitCode;
+  } catch (const std::exception& error) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s: internal error on %s: %s\n", program, session->label().c_str(), error.what());
+    if (session->world() > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
 }
 
 }  // namespace mla

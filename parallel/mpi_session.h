@@ -7,6 +7,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -91,6 +92,15 @@ std::string launcher_rank();
 // (mpirun --bind-to, Slurm's cpus-per-task), at most the node's cores split over its ranks, so
 // ranks on one node do not fight over cores. Sets OpenMP's and the BLAS's thread counts to it.
 int configure_rank_threads(int requested, const MpiSession& session);
+
+// The frame of every MPI command (mla_run, mla_bench, mla_allreduce_bench): a watchdog started
+// before MPI_Init (startup_timeout_s; the body may change it through session.watchdog()), the
+// session, and the body's exceptions turned into one message and an exit code. RankFailure and
+// UserError reach every rank together (an all-reduce, Phases), so rank 0 speaks for all of them
+// and the job exits kRankFailureExitCode or kUserErrorExitCode; any other exception only this rank
+// knows of: it reports itself and calls MPI_Abort, so that no peer is left waiting.
+int run_mpi_command(const char* program, int* argc, char*** argv, double startup_timeout_s,
+                    const std::function<int(MpiSession&)>& body);
 
 // Sums partial outputs with MPI. MPI_Allreduce may round differently on different ranks, so the
 // sum is reduced on rank 0 and broadcast: every rank ends with the same bits (SPEC.md step 9).

@@ -5,7 +5,8 @@
 
 namespace mla {
 
-Watchdog::Watchdog(double timeout_s, std::string label) : timeout_s_(timeout_s), label_(std::move(label)) {
+Watchdog::Watchdog(double timeout_s, std::string program, std::string label)
+    : timeout_s_(timeout_s), program_(std::move(program)), label_(std::move(label)) {
   thread_ = std::thread([this] { watch(); });
 }
 
@@ -52,13 +53,13 @@ void Watchdog::watch() {
     const double limit = timeout_s_ + (collective_.empty() ? 0.0 : kCollectiveGraceSeconds);
     if (waited < limit) continue;
     if (collective_.empty()) {
-      std::fprintf(stderr, "mla_run: error: %s: %s: stalled, no progress for %.1f s (parallel.timeout_s %g)\n",
-                   label_.c_str(), activity_.c_str(), waited, timeout_s_);
+      std::fprintf(stderr, "%s: error: %s: %s: stalled, no progress for %.1f s (parallel.timeout_s %g)\n",
+                   program_.c_str(), label_.c_str(), activity_.c_str(), waited, timeout_s_);
     } else {
       std::fprintf(stderr,
-                   "mla_run: error: %s: %s: the %s has waited %.1f s for the other ranks (parallel.timeout_s %g): "
+                   "%s: error: %s: %s: the %s has waited %.1f s for the other ranks (parallel.timeout_s %g): "
                    "a peer stalled or died\n",
-                   label_.c_str(), activity_.c_str(), collective_.c_str(), waited, timeout_s_);
+                   program_.c_str(), label_.c_str(), activity_.c_str(), collective_.c_str(), waited, timeout_s_);
     }
     std::fflush(stderr);
     // No unwinding: the main thread may be blocked inside MPI. mpirun ends the other ranks.

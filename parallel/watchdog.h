@@ -21,8 +21,9 @@ inline constexpr int kRankFailureExitCode = 3;
 
 class Watchdog {
  public:
-  // label: "rank 2 (node-b)". timeout_s <= 0 disables the watchdog.
-  Watchdog(double timeout_s, std::string label);
+  // program: the command its messages start with ("mla_run"); label: "rank 2 (node-b)".
+  // timeout_s <= 0 disables the watchdog.
+  Watchdog(double timeout_s, std::string program, std::string label);
   // Once the config is read: parallel.timeout_s replaces the start-up default.
   void set_timeout(double timeout_s);
   ~Watchdog();
@@ -41,6 +42,7 @@ class Watchdog {
   void watch();
 
   double timeout_s_;
+  const std::string program_;
   const std::string label_;
   std::mutex mutex_;
   std::condition_variable wake_;

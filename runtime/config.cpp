@@ -266,13 +266,17 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
   return parse_config_node(root, source_name, overridden);
 }
 
-Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+std::string read_yaml_file(const std::string& path, const std::string& what) {
   std::ifstream file(path, std::ios::binary);
-  if (!file) throw UserError(path + ": cannot open the config file");
+  if (!file) throw UserError(path + ": cannot open the " + what);
   std::stringstream text;
   text << file.rdbuf();
-  if (file.bad()) throw UserError(path + ": cannot read the config file");
-  return parse_config(text.str(), path, overrides);
+  if (file.bad()) throw UserError(path + ": cannot read the " + what);
+  return text.str();
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  return parse_config(read_yaml_file(path, "config file"), path, overrides);
 }
 
 }  // namespace mla

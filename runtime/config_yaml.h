@@ -166,6 +166,9 @@ class MapReader {
 // `overridden` for messages. Throws UserError on a malformed assignment.
 void apply_override(YAML::Node& root, const std::string& assignment, std::set<std::string>& overridden);
 
+// The whole text of a YAML file; UserError "<path>: cannot open the <what>" when it cannot be read.
+std::string read_yaml_file(const std::string& path, const std::string& what);
+
 // The config of a parsed YAML document (overrides already applied; `overridden` names them).
 Config parse_config_node(const YAML::Node& root, const std::string& source_name, std::set<std::string>& overridden);
 

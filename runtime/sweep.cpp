@@ -4,10 +4,8 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <set>
-#include <sstream>
 
 #include "runtime/config_yaml.h"
 #include "runtime/errors.h"
@@ -302,12 +300,7 @@ Sweep parse_sweep(const std::string& yaml_text, const std::string& source_name, 
 }
 
 Sweep load_sweep(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw UserError(path + ": cannot open the sweep file");
-  std::stringstream text;
-  text << file.rdbuf();
-  if (file.bad()) throw UserError(path + ": cannot read the sweep file");
-  return parse_sweep(text.str(), path, overrides);
+  return parse_sweep(read_yaml_file(path, "sweep file"), path, overrides);
 }
 
 Config point_config(const Sweep& sweep, const BenchPoint& point) {

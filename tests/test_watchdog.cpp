@@ -16,17 +16,17 @@ using std::chrono::milliseconds;
 TEST(WatchdogDeathTest, StallEndsTheProcessNamingRankAndActivity) {
   EXPECT_EXIT(
       {
-        Watchdog watchdog(0.2, "rank 2 (node-b)");
+        Watchdog watchdog(0.2, "mla_run", "rank 2 (node-b)");
         watchdog.progress("step 7");
         std::this_thread::sleep_for(milliseconds(3000));
       },
-      testing::ExitedWithCode(kRankFailureExitCode), "rank 2 \\(node-b\\): step 7: stalled, no progress for 0\\.[2-9]");
+      testing::ExitedWithCode(kRankFailureExitCode), "mla_run: error: rank 2 \\(node-b\\): step 7: stalled, no progress for 0\\.[2-9]");
 }
 
 TEST(WatchdogDeathTest, AWaitingRankGetsTheGracePeriodThenReportsItsPeer) {
   EXPECT_EXIT(
       {
-        Watchdog watchdog(0.2, "rank 0 (node-a)");
+        Watchdog watchdog(0.2, "mla_run", "rank 0 (node-a)");
         watchdog.progress("step 1");
         watchdog.enter_collective("all-reduce");
         std::this_thread::sleep_for(milliseconds(10000));
@@ -36,13 +36,13 @@ TEST(WatchdogDeathTest, AWaitingRankGetsTheGracePeriodThenReportsItsPeer) {
 
 TEST(Watchdog, ProgressKeepsItQuietAndZeroTurnsItOff) {
   {
-    Watchdog watchdog(0.3, "rank 0 (host)");
+    Watchdog watchdog(0.3, "mla_run", "rank 0 (host)");
     for (int step = 0; step < 10; ++step) {
       watchdog.progress("step " + std::to_string(step));
       std::this_thread::sleep_for(milliseconds(100));
     }
   }
-  Watchdog off(Watchdog::kDefaultTimeoutSeconds, "rank 0 (host)");
+  Watchdog off(Watchdog::kDefaultTimeoutSeconds, "mla_run", "rank 0 (host)");
   off.set_timeout(0.0);
   std::this_thread::sleep_for(milliseconds(300));
   SUCCEED() << "still running: progress and timeout 0 never fire";

@@ -611,34 +611,15 @@ int main(int argc, char** argv) {
     if (leader) std::fprintf(stderr, "mla_allreduce_bench: error: %s\n", error.c_str());
     return mla::kUserErrorExitCode;
   }
-  // From here on no rank waits forever, MPI's start-up included (a loaded machine can take
-  // seconds in MPI_Init: at least 10 s for it).
-  mla::Watchdog watchdog(options.timeout_s <= 0 ? 0 : std::max(options.timeout_s, 10.0),
-                         "rank " + mla::launcher_rank() + " (" + mla::this_host_name() + ")");
-  watchdog.progress("MPI start-up");
-  std::unique_ptr<mla::MpiSession> session;
-  try {
-    session = std::make_unique<mla::MpiSession>(&argc, &argv);
-  } catch (const mla::MpiError& error) {
-    std::fprintf(stderr, "mla_allreduce_bench: error: %s\n", error.what());
-    return 1;
-  }
-  session->set_watchdog(&watchdog);
-  try {
-    return mla::run(*session, options);
-  } catch (const mla::Skipped& skipped) {
-    // Every rank learned it from the same agreement: rank 0 speaks for all of them.
-    if (leader) std::fprintf(stderr, "mla_allreduce_bench: skipped: %s\n", skipped.what());
-    return mla::kSkippedExitCode;
-  } catch (const mla::UserError& error) {
-    std::fflush(stdout);
-    if (leader) std::fprintf(stderr, "mla_allreduce_bench: error: %s\n", error.what());
-    return mla::kUserErrorExitCode;
-  } catch (const std::exception& error) {
-    // Only this rank knows: take the whole job down instead of leaving the others waiting.
-    std::fflush(stdout);
-    std::fprintf(stderr, "mla_allreduce_bench: internal error on %s: %s\n", session->label().c_str(), error.what());
-    if (session->world() > 1) MPI_Abort(MPI_COMM_WORLD, 1);
-    return 1;
-  }
+  // A loaded machine can take seconds in MPI_Init: at least 10 s for it.
+  const double startup_timeout_s = options.timeout_s <= 0 ? 0 : std::max(options.timeout_s, 10.0);
+  return mla::run_mpi_command("mla_allreduce_bench", &argc, &argv, startup_timeout_s, [&](mla::MpiSession& session) {
+    try {
+      return mla::run(session, options);
+    } catch (const mla::Skipped& skipped) {
+      // Every rank learned it from the same agreement: rank 0 speaks for all of them.
+      if (leader) std::fprintf(stderr, "mla_allreduce_bench: skipped: %s\n", skipped.what());
+      return mla::kSkippedExitCode;
+    }
+  });
 }

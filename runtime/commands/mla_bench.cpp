@@ -718,31 +718,8 @@ int main(int argc, char** argv) {
                 sweep.bench.jsonl.c_str());
     return 0;
   }
-  mla::Watchdog watchdog(sweep.base.parallel.timeout_s, "rank " + mla::launcher_rank() + " (" + mla::this_host_name() + ")");
-  watchdog.progress("MPI start-up");
-  std::unique_ptr<mla::MpiSession> session;
-  try {
-    session = std::make_unique<mla::MpiSession>(&argc, &argv);
-  } catch (const mla::MpiError& error) {
-    std::fprintf(stderr, "mla_bench: error: %s\n", error.what());
-    return 1;
-  }
-  session->set_watchdog(&watchdog);
-  try {
-    mla::Bench bench(*session, std::move(sweep), append);
+  return mla::run_mpi_command("mla_bench", &argc, &argv, sweep.base.parallel.timeout_s, [&](mla::MpiSession& session) {
+    mla::Bench bench(session, std::move(sweep), append);
     return bench.run();
-  } catch (const mla::RankFailure& error) {
-    std::fflush(stdout);
-    if (leader) std::fprintf(stderr, "mla_bench: error: %s\n", error.what());
-    return mla::kRankFailureExitCode;
-  } catch (const mla::UserError& error) {
-    std::fflush(stdout);
-    if (leader) std::fprintf(stderr, "mla_bench: error: %s\n", error.what());
-    return mla::kUserErrorExitCode;
-  } catch (const std::exception& error) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "mla_bench: internal error on %s: %s\n", session->label().c_str(), error.what());
-    if (session->world() > 1) MPI_Abort(MPI_COMM_WORLD, 1);
-    return 1;
-  }
+  });
 }

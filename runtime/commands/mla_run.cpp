@@ -265,35 +265,6 @@ int main(int argc, char** argv) {
     if (leader) std::fprintf(stderr, "mla_run: error: %s\n", error.what());
     return mla::kUserErrorExitCode;
   }
-  // From here on no rank waits forever, MPI's start-up included.
-  mla::Watchdog watchdog(startup_timeout(config_path, overrides),
-                         "rank " + mla::launcher_rank() + " (" + mla::this_host_name() + ")");
-  watchdog.progress("MPI start-up");
-  std::unique_ptr<mla::MpiSession> session;
-  try {
-    session = std::make_unique<mla::MpiSession>(&argc, &argv);
-  } catch (const mla::MpiError& error) {
-    std::fprintf(stderr, "mla_run: error: %s\n", error.what());
-    return 1;
-  }
-  session->set_watchdog(&watchdog);
-  try {
-    return mla::run(*session, config_path, overrides);
-  } catch (const mla::RankFailure& error) {
-    // Every rank learned of the failure from the same all-reduce: rank 0 speaks for all of them.
-    std::fflush(stdout);
-    if (leader) std::fprintf(stderr, "mla_run: error: %s\n", error.what());
-    return mla::kRankFailureExitCode;
-  } catch (const mla::UserError& error) {
-    // Every rank got here together (Phases): rank 0 speaks for all of them.
-    std::fflush(stdout);
-    if (leader) std::fprintf(stderr, "mla_run: error: %s\n", error.what());
-    return mla::kUserErrorExitCode;
-  } catch (const std::exception& error) {
-    // Only this rank knows: take the whole job down instead of leaving the others waiting.
-    std::fflush(stdout);
-    std::fprintf(stderr, "mla_run: internal error on %s: %s\n", session->label().c_str(), error.what());
-    if (session->world() > 1) MPI_Abort(MPI_COMM_WORLD, 1);
-    return 1;
-  }
+  return mla::run_mpi_command("mla_run", &argc, &argv, startup_timeout(config_path, overrides),
+                              [&](mla::MpiSession& session) { return mla::run(session, config_path, overrides); });
 }
