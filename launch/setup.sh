@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake ninja-build g++ pkg-config libopenblas-openmp-dev libyaml-cpp-dev nlohmann-json3-dev
-          libcli11-dev libgtest-dev openmpi-bin libopenmpi-dev)
+          libcli11-dev libgtest-dev openmpi-bin libopenmpi-dev libdnnl-dev)
 # The benchmarks' PyTorch baseline and plots (docs/performance.md); MLA_SETUP_BENCH=0 leaves them out.
 if [ "${MLA_SETUP_BENCH:-1}" != 0 ]; then
   packages+=(python3-torch python3-matplotlib)

@@ -9,7 +9,9 @@
 #include <sstream>
 #include <thread>
 
+#include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/packed_linear.h"
 #include "parallel/communicator.h"
 
 namespace mla {
@@ -48,7 +50,7 @@ std::string proc_field(const char* file, const std::string& key) {
 }
 
 // The ISA extensions our CPU kernels and the BLAS care about, in a fixed order.
-std::string cpu_isa() {
+std::string cpu_isa_flags() {
   std::istringstream flags(proc_field("/proc/cpuinfo", "flags"));
   std::set<std::string> present;
   for (std::string flag; flags >> flag;) present.insert(flag);
@@ -80,7 +82,10 @@ MachineEntries describe_machine(const std::string& source_dir) {
   const std::string model = proc_field("/proc/cpuinfo", "model name");
   entries.emplace_back("cpu_model", model.empty() ? "unknown" : model);
   entries.emplace_back("cpu_cores", std::to_string(std::thread::hardware_concurrency()));
-  entries.emplace_back("cpu_isa", cpu_isa());
+  entries.emplace_back("cpu_isa", cpu_isa_flags());
+  // What our kernels use of them (MLA_CPU_ISA may lower it) and which library runs the linear layers.
+  entries.emplace_back("kernels_isa", cpu_isa_name(mla::cpu_isa()));
+  entries.emplace_back("linear_gemm", have_onednn() && mla::cpu_isa() != CpuIsa::Portable ? "oneDNN (packed weights)" : "BLAS sgemm");
   entries.emplace_back("memory_total", proc_field("/proc/meminfo", "MemTotal"));
   entries.emplace_back("blas", blas_description());
 #if defined(__clang__)

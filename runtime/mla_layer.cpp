@@ -25,22 +25,39 @@ T* sized(std::vector<T>& buffer, int64_t count) {
   return buffer.data();
 }
 
-void run_linear(const float* x, int64_t x_stride, const std::vector<float>& weight, int64_t rows, int64_t in,
-                int64_t out, float* y, int64_t y_stride, bool round_bf16) {
-  LinearParams params;
-  params.x = x;
-  params.x_stride = x_stride;
-  params.weight = weight.data();
-  params.y = y;
-  params.y_stride = y_stride;
-  params.rows = rows;
-  params.in_features = in;
-  params.out_features = out;
-  params.round_to_bf16 = round_bf16;
-  linear(params);
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point start) { return std::chrono::duration<double, std::milli>(Clock::now() - start).count(); }
+
+// Prepares a loaded weight (with its fp8 codes, when the loader kept them) and frees the copies.
+PackedLinear pack(LayerWeights& weights, std::vector<float> LayerWeights::*member, const char* name,
+                  int64_t out_features, int64_t in_features, LinearPrecision precision, bool keep_fp32 = false) {
+  std::vector<float>& weight = weights.*member;
+  if (weight.empty()) return {};
+  const auto fp8 = weights.fp8.find(name);
+  Fp8Blocks blocks;
+  if (fp8 != weights.fp8.end()) blocks = {fp8->second.codes.data(), fp8->second.scales.data(), fp8->second.scale_cols};
+  PackedLinear packed(weight.data(), out_features, in_features, precision, fp8 != weights.fp8.end() ? &blocks : nullptr);
+  if (!keep_fp32) std::vector<float>().swap(weight);
+  if (fp8 != weights.fp8.end()) weights.fp8.erase(fp8);
+  return packed;
 }
 
 }  // namespace
+
+void MlaLayer::run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y,
+                          int64_t y_stride) {
+  const auto started = Clock::now();
+  PackedLinearCall call;
+  call.x = x;
+  call.x_stride = x_stride;
+  call.y = y;
+  call.y_stride = y_stride;
+  call.rows = rows;
+  call.round_to_bf16 = round_bf16_;
+  weight.forward(call);
+  step_linear_ms_ += ms_since(started);
+}
 
 RopeFrequencyParams rope_params(const ModelArgs& m) {
   RopeFrequencyParams params;
@@ -82,11 +99,39 @@ MlaLayer::MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights 
       round_bf16_(run.compute_dtype == ComputeDType::BF16),
       rope_table_(make_rope_table(rope_params(model), model.max_seq_len)),
       latent_width_(model.kv_lora_rank + model.qk_rope_head_dim),
-      kv_cache_(static_cast<size_t>(model.max_batch_size * model.max_seq_len * latent_width_), 0.0f) {}
+      kv_cache_(static_cast<size_t>(model.max_batch_size * model.max_seq_len * latent_width_), 0.0f) {
+  const LinearPrecision precision = round_bf16_ ? LinearPrecision::BF16 : LinearPrecision::FP32;
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t q_width = heads * model_.qk_head_dim();
+  wq_ = pack(weights_, &LayerWeights::wq, "wq", q_width, model_.dim, precision);
+  wq_a_ = pack(weights_, &LayerWeights::wq_a, "wq_a", model_.q_lora_rank, model_.dim, precision);
+  wq_b_ = pack(weights_, &LayerWeights::wq_b, "wq_b", q_width, model_.q_lora_rank, precision);
+  wkv_a_ = pack(weights_, &LayerWeights::wkv_a, "wkv_a", latent_width_, model_.dim, precision);
+  // wkv_b's fp32 copy stays: the absorb formulation's per-head folds read it.
+  wkv_b_ = pack(weights_, &LayerWeights::wkv_b, "wkv_b", heads * (model_.qk_nope_head_dim + model_.v_head_dim),
+                model_.kv_lora_rank, precision, /*keep_fp32=*/true);
+  wo_ = pack(weights_, &LayerWeights::wo, "wo", model_.dim, heads * model_.v_head_dim, precision);
+}
+
+int64_t MlaLayer::weight_bytes() const {
+  int64_t bytes = 0;
+  for (const PackedLinear* weight : {&wq_, &wq_a_, &wq_b_, &wkv_a_, &wkv_b_, &wo_}) bytes += weight->bytes();
+  return bytes + static_cast<int64_t>((weights_.q_norm.size() + weights_.kv_norm.size() + weights_.wkv_b.size()) *
+                                      sizeof(float));
+}
+
+int64_t MlaLayer::weight_bytes_read(int64_t tokens, Formulation formulation) const {
+  int64_t bytes = 0;
+  for (const PackedLinear* weight : {&wq_, &wq_a_, &wq_b_, &wkv_a_, &wo_}) bytes += weight->bytes_read(tokens);
+  // wkv_b: the absorb folds read its fp32 copy; the naive expansion its prepared form.
+  if (formulation == Formulation::Absorb) return bytes + static_cast<int64_t>(weights_.wkv_b.size() * sizeof(float));
+  return bytes + wkv_b_.bytes_read(cached_batch_ * cached_len_);
+}
 
 StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                              int64_t mask_stride, float* y_partial) {
-  const auto started = std::chrono::steady_clock::now();
+  const auto started = Clock::now();
+  step_linear_ms_ = 0.0;
   if (batch < 1 || batch > model_.max_batch_size || seq < 1 || start_pos < 0 ||
       start_pos + seq > model_.max_seq_len) {
     throw std::invalid_argument("MlaLayer::forward: batch " + std::to_string(batch) + ", positions [" +
@@ -112,8 +157,9 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
   attend(report.plan, batch, seq, start_pos, mask, mask_stride, report);
 
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
-  run_linear(o_.data(), o_width, weights_.wo, tokens, o_width, model_.dim, y_partial, model_.dim, round_bf16_);
-  report.time_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  run_linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
+  report.time_ms = ms_since(started);
+  report.linear_ms = step_linear_ms_;
   return report;
 }
 
@@ -123,13 +169,13 @@ void MlaLayer::project_queries(const float* x, int64_t tokens) {
   const int64_t q_width = shard_.n_local_heads * dq;
   float* q = sized(q_, tokens * q_width);
   if (model_.q_lora_rank == 0) {
-    run_linear(x, model_.dim, weights_.wq, tokens, model_.dim, q_width, q, q_width, round_bf16_);
+    run_linear(x, model_.dim, wq_, tokens, q, q_width);
   } else {
     const int64_t rank = model_.q_lora_rank;
     float* q_latent = sized(q_latent_, tokens * rank);
-    run_linear(x, model_.dim, weights_.wq_a, tokens, model_.dim, rank, q_latent, rank, round_bf16_);
+    run_linear(x, model_.dim, wq_a_, tokens, q_latent, rank);
     rmsnorm({q_latent, rank, weights_.q_norm.data(), q_latent, rank, tokens, rank, 1e-6f, round_bf16_});
-    run_linear(q_latent, rank, weights_.wq_b, tokens, rank, q_width, q, q_width, round_bf16_);
+    run_linear(q_latent, rank, wq_b_, tokens, q, q_width);
   }
 }
 
@@ -139,7 +185,7 @@ void MlaLayer::project_latent(const float* x, int64_t batch, int64_t seq, int64_
   const int64_t C = model_.kv_lora_rank;
   const int64_t dq = model_.qk_head_dim();
   float* kv = sized(kv_, tokens * latent_width_);
-  run_linear(x, model_.dim, weights_.wkv_a, tokens, model_.dim, latent_width_, kv, latent_width_, round_bf16_);
+  run_linear(x, model_.dim, wkv_a_, tokens, kv, latent_width_);
   rmsnorm({kv, latent_width_, weights_.kv_norm.data(), kv, latent_width_, tokens, C, 1e-6f, round_bf16_});
 
   RopeParams rope;
@@ -181,6 +227,7 @@ void MlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t 
 
 void MlaLayer::run_attention(AttentionPath path, const AttentionParams& params, StepReport& report) {
   const int threads = omp_get_max_threads();
+  const auto started = Clock::now();
   if (path == AttentionPath::Fast) {
     attention_fast(params);
     report.attention_workspace_bytes = attention_fast_workspace_bytes(params, threads);
@@ -189,6 +236,7 @@ void MlaLayer::run_attention(AttentionPath path, const AttentionParams& params, 
     attention_standard(params, chunk);
     report.attention_workspace_bytes = attention_standard_workspace_bytes(params, chunk, threads);
   }
+  report.attention_ms = ms_since(started);
 }
 
 // SPEC.md step 5, absorb: q_lat[h] = Wk[h]^T q_nope[h] (one GEMM per head), next to q_pe[h].
@@ -259,8 +307,7 @@ void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
   float* keys = sized(keys_, batch * kv_len * heads * dq);
   for (int64_t b = 0; b < batch; ++b) {
     const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;
-    run_linear(cache, latent_width_, weights_.wkv_b, kv_len, model_.kv_lora_rank, kv_width,
-               expanded + b * kv_len * kv_width, kv_width, round_bf16_);
+    run_linear(cache, latent_width_, wkv_b_, kv_len, expanded + b * kv_len * kv_width, kv_width);
     StridedCopyParams k_pe;  // the one rope key of each position, repeated for every head
     k_pe.src = cache + model_.kv_lora_rank;
     k_pe.src_outer_stride = latent_width_;

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/packed_linear.h"
 #include "kernels/cpu/rope.h"
 #include "parallel/sharding.h"
 #include "runtime/attention_plan.h"
@@ -21,6 +23,11 @@ struct StepReport {
   int64_t kv_len = 0;
   StepPlan plan;
   double time_ms = 0.0;
+  // Where the CPU layer's time went: the linear layers (prepared weights, the naive expansion
+  // included) and the attention kernel; the rest is norms, RoPE, the cache append, the absorb
+  // folds and copies. Zero on the CUDA layer, whose work is asynchronous.
+  double linear_ms = 0.0;
+  double attention_ms = 0.0;
   int64_t attention_workspace_bytes = 0;  // score buffers of the chosen path, all threads
 };
 
@@ -48,6 +55,11 @@ class MlaLayer {
                      int64_t mask_stride, float* y_partial);
 
   int64_t kv_cache_bytes() const { return static_cast<int64_t>(kv_cache_.size() * sizeof(float)); }
+  // Bytes of the prepared weights (what a decode step streams) and which GEMM runs them.
+  int64_t weight_bytes() const;
+  // Weight bytes the last step read from memory, for a step of `tokens` new tokens.
+  int64_t weight_bytes_read(int64_t tokens, Formulation formulation) const;
+  std::string linear_implementation() const { return wkv_a_.implementation(); }
   const HeadShard& shard() const { return shard_; }
   const ModelArgs& model() const { return model_; }
 
@@ -60,17 +72,21 @@ class MlaLayer {
   void absorb_outputs(int64_t tokens);
   void expand_keys_values(int64_t batch, int64_t kv_len);
   void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
+  void run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y, int64_t y_stride);
 
   ModelArgs model_;
   HeadShard shard_;
-  LayerWeights weights_;
+  LayerWeights weights_;  // the norms and wkv_b (the absorb formulation's per-head GEMMs) stay fp32 here
   RunConfig run_;
+  // The linear layers, prepared once (the fp32 copies in weights_ are released).
+  PackedLinear wq_, wq_a_, wq_b_, wkv_a_, wkv_b_, wo_;
   bool round_bf16_ = false;
   RopeTable rope_table_;
   int64_t latent_width_ = 0;  // C + dr: one cache row, [c_n | k_pe]
   std::vector<float> kv_cache_;  // [max_batch_size, max_seq_len, C + dr]
   int64_t cached_len_ = 0;
   int64_t cached_batch_ = 0;
+  double step_linear_ms_ = 0.0;  // this step's time in run_linear so far
 
   // Per-step buffers, grown on demand and reused.
   std::vector<float> x_rounded_;  // [B*S, D] bf16 mode: the input as bf16 values

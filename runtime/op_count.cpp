@@ -36,8 +36,8 @@ StepCost step_cost(const ModelArgs& model, const StepShapeArgs& shape) {
     const double keys_and_values = static_cast<double>(shape.batch * kv_len * heads * (dq + dn + dv));
     cost.expanded_kv_bytes = 2.0 * keys_and_values * static_cast<double>(shape.activation_element_bytes);
   } else {
-    cost.gemms.push_back({"Wk fold", tokens, C, dn, heads, false});
-    cost.gemms.push_back({"Wv unfold", tokens, dv, C, heads, false});
+    cost.gemms.push_back({"Wk fold", tokens, C, dn, heads, false, false});
+    cost.gemms.push_back({"Wv unfold", tokens, dv, C, heads, false, false});
   }
   for (size_t i = 0; i < cost.gemms.size(); ++i) {
     const double flop = cost.gemms[i].flop();

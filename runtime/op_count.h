@@ -19,6 +19,7 @@ struct GemmShape {
   int64_t m = 0, n = 0, k = 0;
   int64_t batch = 1;
   bool replicated = false;  // every rank computes the same product (not split by heads)
+  bool prepared_weight = true;  // y = x W^T with a weight prepared once (PackedLinear); false: per-head gemm()
 
   double flop() const { return 2.0 * static_cast<double>(batch) * static_cast<double>(m * n) * static_cast<double>(k); }
 };

@@ -17,7 +17,11 @@ int64_t LayerWeights::bytes() const {
   for (const auto* tensor : {&wq, &wq_a, &q_norm, &wq_b, &wkv_a, &kv_norm, &wkv_b, &wo}) {
     count += static_cast<int64_t>(tensor->size());
   }
-  return count * static_cast<int64_t>(sizeof(float));
+  int64_t fp8_bytes = 0;
+  for (const auto& [name, weight] : fp8) {
+    fp8_bytes += static_cast<int64_t>(weight.codes.size() + weight.scales.size() * sizeof(float));
+  }
+  return count * static_cast<int64_t>(sizeof(float)) + fp8_bytes;
 }
 
 namespace {
@@ -125,7 +129,8 @@ std::vector<float> dequantize(const std::vector<uint8_t>& codes, const std::vect
 }
 
 std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const WeightSpec& spec, const HeadShard& shard,
-                                          ComputeDType compute_dtype, bool check_finite, std::string* storage_dtype) {
+                                          ComputeDType compute_dtype, bool check_finite, std::string* storage_dtype,
+                                          Fp8Weight* fp8_out) {
   std::string name;
   const SafetensorsFile* file = checkpoint.find_weight(spec.name, &name);
   if (file == nullptr) throw UserError(checkpoint.location() + ": missing tensor '" + name + "'");
@@ -166,13 +171,15 @@ std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const We
   std::vector<float> values = dequantize(codes, scales, rows, cols, blocks(cols), compute_dtype);
   finish_values(values, where, compute_dtype, check_finite);
   *storage_dtype = "F8_E4M3 (128x128 block scales)";
+  if (compute_dtype == ComputeDType::FP32) *fp8_out = Fp8Weight{std::move(codes), std::move(scales), blocks(cols)};
   return values;
 }
 
 // Random weights: a linear layer's values are U(-1, 1) / sqrt(in_features), norms 1 + U(-1, 1) / 4,
 // rounded to bf16 (or, for fp8, quantized with a random block scale). Each value depends on the
 // seed, the tensor and its index in the full tensor only (SPEC.md: the same at any world size).
-std::vector<float> random_weight(const WeightsConfig& config, const WeightSpec& spec, ComputeDType compute_dtype) {
+std::vector<float> random_weight(const WeightsConfig& config, const WeightSpec& spec, ComputeDType compute_dtype,
+                                 Fp8Weight* fp8_out) {
   const uint64_t key = random_stream_key(config.seed, spec.name);
   const int64_t rows = spec.slice.row_count;
   const int64_t cols = spec.slice.col_count;
@@ -206,7 +213,9 @@ std::vector<float> random_weight(const WeightsConfig& config, const WeightSpec& 
   for (int64_t row = 0; row < rows; ++row) {
     for (int64_t col = 0; col < cols; ++col) codes[row * cols + col] = f32_to_fp8_e4m3(448.0f * random_uniform(key, global_index(row, col)));
   }
-  return dequantize(codes, scales, rows, cols, local_scale_cols, compute_dtype);
+  std::vector<float> dequantized = dequantize(codes, scales, rows, cols, local_scale_cols, compute_dtype);
+  if (compute_dtype == ComputeDType::FP32) *fp8_out = Fp8Weight{std::move(codes), std::move(scales), local_scale_cols};
+  return dequantized;
 }
 
 }  // namespace
@@ -218,7 +227,9 @@ LoadedWeights load_layer_weights(const WeightsConfig& config, const ModelArgs& m
   if (config.format == WeightsFormat::Random) {
     for (const WeightSpec& spec : specs) {
       if (config.dtype == WeightDType::FP8 && !spec.is_norm) check_block_edges(spec, shard, spec.name);
-      loaded.weights.*spec.member = random_weight(config, spec, compute_dtype);
+      Fp8Weight fp8;
+      loaded.weights.*spec.member = random_weight(config, spec, compute_dtype, &fp8);
+      if (!fp8.codes.empty()) loaded.weights.fp8[spec.name] = std::move(fp8);
     }
     loaded.description = "random, seed " + std::to_string(config.seed);
     loaded.storage_dtype = config.dtype == WeightDType::FP8 ? "fp8 (128x128 block scales)" : "bf16";
@@ -227,7 +238,10 @@ LoadedWeights load_layer_weights(const WeightsConfig& config, const ModelArgs& m
   const Checkpoint checkpoint = Checkpoint::open(config, shard.rank, shard.world);
   for (const WeightSpec& spec : specs) {
     std::string storage_dtype;
-    loaded.weights.*spec.member = read_checkpoint_weight(checkpoint, spec, shard, compute_dtype, check_finite, &storage_dtype);
+    Fp8Weight fp8;
+    loaded.weights.*spec.member =
+        read_checkpoint_weight(checkpoint, spec, shard, compute_dtype, check_finite, &storage_dtype, &fp8);
+    if (!fp8.codes.empty()) loaded.weights.fp8[spec.name] = std::move(fp8);
     if (!spec.is_norm) loaded.storage_dtype = storage_dtype;
   }
   loaded.description = checkpoint.description();

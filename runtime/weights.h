@@ -1,13 +1,14 @@
-// One rank's attention weights, as fp32 compute copies (SPEC.md, Weights).
+// One rank's attention weights, as fp32 values (SPEC.md, Weights), which each layer prepares for
+// its own GEMMs (the CPU layer: kernels/cpu/packed_linear.h; the CUDA layer uploads them).
 //
 // bf16 and fp8 checkpoints are converted once, at load: fp8 codes times their 128x128 block
 // scale, exactly as DeepSeek's weight_dequant; in bf16 compute mode the result is rounded to bf16
-// as DeepSeek's bf16 path does. Why at load: the CPU GEMMs run on fp32 operands (cblas_sgemm),
-// so dequantizing on the fly would redo the same conversion every step for no saving in time;
-// the cost is memory, 4 bytes per weight.
+// as DeepSeek's bf16 path does. In fp32 compute the fp8 codes are kept too, for decode steps that
+// stream them.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,14 @@
 #include "runtime/config.h"
 
 namespace mla {
+
+// An fp8 weight as stored: codes [rows, cols] row-major and one scale per 128x128 block,
+// [ceil(rows/128), scale_cols].
+struct Fp8Weight {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  int64_t scale_cols = 0;
+};
 
 struct LayerWeights {
   std::vector<float> wq;       // [Hl*dq, D], only when q_lora_rank == 0
@@ -25,6 +34,9 @@ struct LayerWeights {
   std::vector<float> kv_norm;  // [C]
   std::vector<float> wkv_b;    // [Hl*(dn+dv), C], per head dn key rows then dv value rows
   std::vector<float> wo;       // [D, Hl*dv]
+  // fp32 compute on fp8 weights: the codes and scales of each linear weight, by name ("wq_a", ...),
+  // so the CPU layer can stream 1 byte per weight in decode steps. Empty otherwise.
+  std::map<std::string, Fp8Weight> fp8;
 
   int64_t bytes() const;
 };

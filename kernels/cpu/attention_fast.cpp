@@ -17,11 +17,20 @@ void attend_one_row(const AttentionParams& p, int64_t b, int64_t h, int64_t s, f
   const int64_t main_dim = split ? p.score_split : p.score_dim;
   const int64_t visible = attention_visible_len(p, s);
 
-  for (int64_t t = 0; t < visible; ++t) {
+  // Raw dot products four keys at a time (the query loaded once for four), then the rest.
+  float* dot_main = scores;  // finished in place below
+  int64_t t = 0;
+  for (; t + 4 <= visible; t += 4) {
+    const float* four[4] = {keys + t * p.key_pos_stride, keys + (t + 1) * p.key_pos_stride,
+                            keys + (t + 2) * p.key_pos_stride, keys + (t + 3) * p.key_pos_stride};
+    dot4_f32(query, four, main_dim, dot_main + t);
+  }
+  for (; t < visible; ++t) dot_main[t] = dot_f32(query, keys + t * p.key_pos_stride, main_dim);
+
+  for (t = 0; t < visible; ++t) {
     const float* key = keys + t * p.key_pos_stride;
-    const float dot_main = dot_f32(query, key, main_dim);
     const float dot_tail = split ? dot_f32(query + main_dim, key + main_dim, p.score_dim - main_dim) : 0.0f;
-    float score = finish_score(dot_main, dot_tail, p.scale, split, p.round_to_bf16);
+    float score = finish_score(dot_main[t], dot_tail, p.scale, split, p.round_to_bf16);
     if (p.mask != nullptr) {
       score += p.mask[s * p.mask_stride + t];
       if (p.round_to_bf16) score = round_to_bf16(score);
@@ -31,7 +40,12 @@ void attend_one_row(const AttentionParams& p, int64_t b, int64_t h, int64_t s, f
   softmax_row(scores, visible, p.round_to_bf16);
 
   for (int64_t i = 0; i < p.value_dim; ++i) accumulator[i] = 0.0f;
-  for (int64_t t = 0; t < visible; ++t) {
+  for (t = 0; t + 4 <= visible; t += 4) {
+    const float* four[4] = {values + t * p.value_pos_stride, values + (t + 1) * p.value_pos_stride,
+                            values + (t + 2) * p.value_pos_stride, values + (t + 3) * p.value_pos_stride};
+    axpy4_f32(scores + t, four, accumulator, p.value_dim);
+  }
+  for (; t < visible; ++t) {
     if (scores[t] != 0.0f) axpy_f32(scores[t], values + t * p.value_pos_stride, accumulator, p.value_dim);
   }
   float* out = p.out + (b * p.seq + s) * p.out_token_stride + h * p.out_head_stride;

@@ -1,6 +1,8 @@
 #include "kernels/cpu/fp8.h"
 
+#include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cmath>
 
 #include "kernels/cpu/bf16.h"
@@ -23,13 +25,18 @@ uint8_t f32_to_fp8_e4m3(float value) {
   const std::array<float, 256>& table = fp8_table();
   const uint8_t sign = std::signbit(value) ? 0x80 : 0x00;
   const float magnitude = std::fabs(value);
-  // Codes 0x00..0x7e hold the finite magnitudes in increasing order.
-  uint8_t best = 0;
-  for (uint8_t code = 1; code <= 0x7e; ++code) {
-    const float distance = std::fabs(table[code] - magnitude);
-    const float best_distance = std::fabs(table[best] - magnitude);
-    if (distance < best_distance || (distance == best_distance && (code & 1) == 0)) best = code;
-    if (table[code] > magnitude) break;
+  // Codes 0x00..0x7e hold the finite magnitudes in increasing order: the nearest is the first
+  // code not below the magnitude or the one before it.
+  const auto above = std::lower_bound(table.begin(), table.begin() + 0x7f, magnitude);
+  const int upper = static_cast<int>(std::min<std::ptrdiff_t>(above - table.begin(), 0x7e));
+  const int lower = upper > 0 ? upper - 1 : 0;
+  const float lower_distance = std::fabs(table[lower] - magnitude);
+  const float upper_distance = std::fabs(table[upper] - magnitude);
+  uint8_t best;
+  if (lower_distance != upper_distance) {
+    best = static_cast<uint8_t>(lower_distance < upper_distance ? lower : upper);
+  } else {
+    best = static_cast<uint8_t>((lower & 1) == 0 ? lower : upper);
   }
   return static_cast<uint8_t>(sign | best);
 }

@@ -64,9 +64,11 @@ std::atomic<int64_t> executed_flop{0};
 
 int64_t gemm_flop_executed() { return executed_flop.load(std::memory_order_relaxed); }
 
+void record_gemm_flop(int64_t flop) { executed_flop.fetch_add(flop, std::memory_order_relaxed); }
+
 void gemm(const GemmParams& p) {
   if (p.m == 0 || p.n == 0) return;
-  executed_flop.fetch_add(2 * p.m * p.n * p.k, std::memory_order_relaxed);
+  record_gemm_flop(2 * p.m * p.n * p.k);
   if (p.k == 0) {
     // BLAS leaves c untouched for k == 0 only when beta == 1; make the result explicit.
     for (int64_t row = 0; row < p.m; ++row)

@@ -46,6 +46,8 @@ void linear(const LinearParams& params);
 // 2 m n k summed over every gemm() call of the process so far (benchmarks derive FLOP counts from
 // shapes; tests check those derivations against this).
 int64_t gemm_flop_executed();
+// Adds a GEMM run by another library (oneDNN) to that count.
+void record_gemm_flop(int64_t flop);
 
 // Which GEMM this build runs: "OpenBLAS <its build config>" or the portable loops.
 std::string blas_description();

@@ -7,6 +7,7 @@
 // every point, so an interrupted sweep leaves every finished point and nothing half-written.
 // launch/mla_bench.sh runs the points of other world sizes under mpirun -np W.
 // Exit codes: 0 done, 2 bad input (sweep file, --set, outputs), 1 anything else.
+#include <omp.h>
 #include <time.h>
 
 #include <CLI/CLI.hpp>
@@ -14,8 +15,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -25,6 +28,7 @@
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/packed_linear.h"
 #include "parallel/mpi_session.h"
 #include "parallel/sharding.h"
 #include "parallel/watchdog.h"
@@ -67,7 +71,8 @@ const std::vector<std::string> kColumns = {
     // ours, after the public ones
     "chunk", "kv_len", "start_pos", "step_tokens", "n_local_heads", "reps", "flop", "bytes", "linear_flop",
     "replicated_flop", "gemm_only_ms", "device_peak_bytes", "torch_median_ms", "torch_min_ms", "torch_p90_ms",
-    "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep"};
+    "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep", "weight_bytes", "weight_gbps",
+    "linear_ms", "attention_ms"};
 
 struct Summary {
   double median = 0, min = 0, p90 = 0;
@@ -210,9 +215,12 @@ void prepare_output(const std::string& path) {
 // One point's measurements on this rank (rank 0's are reported).
 struct Measurement {
   std::vector<double> step_ms, allreduce_ms;
+  std::vector<double> linear_ms, attention_ms;  // CPU: the step's parts (StepReport)
   StepReport report;
   std::vector<float> partial_first_sequence;  // the last step's partial output of sequence 0
   int64_t device_bytes = 0;
+  int64_t weight_bytes = 0;           // CPU: the weight bytes a step reads (streamed bits or GEMM operands)
+  std::string linear_implementation;  // CPU: which GEMM runs the linear layers
 };
 
 // Weights are loaded once per (weights, model, world, compute dtype): loading DeepSeek-sized
@@ -255,7 +263,7 @@ class Bench {
   void start_baseline();
   Measurement measure(const Config& config, const BenchPoint& point, const HeadShard& shard, const LayerWeights& weights,
                       const InputTensor& x);
-  double time_gemms_alone(const StepCost& cost, int threads);
+  double time_gemms_alone(const StepCost& cost, int threads, ComputeDType compute_dtype);
   Json run_baseline(const Config& config, const BenchPoint& point, const HeadShard& shard, const LayerWeights& weights,
                     const InputTensor& x, const Measurement& measured, int threads, double& rel_l2);
   std::string baseline_weights_file(const ModelArgs& model, const HeadShard& shard, const LayerWeights& weights);
@@ -319,6 +327,7 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
 #endif
   } else {
     cpu_layer = std::make_unique<MlaLayer>(config.model, shard, weights, config.run);
+    result.linear_implementation = cpu_layer->linear_implementation();
     comm = std::make_unique<MpiCommunicator>(session_);
     executor = std::make_unique<CpuStepExecutor>(*cpu_layer, *comm);
   }
@@ -351,6 +360,9 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
     const auto started = Clock::now();
     result.report = executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0);
     const auto computed = Clock::now();
+    result.linear_ms.push_back(result.report.linear_ms);
+    if (cpu_layer) result.weight_bytes = cpu_layer->weight_bytes_read(point.batch * step_len, result.report.plan.formulation);
+    result.attention_ms.push_back(result.report.attention_ms);
     float continue_flag = 0.0f;
     if (session_.rank() == 0) {
       const int64_t reps = static_cast<int64_t>(result.step_ms.size()) + 1;
@@ -374,33 +386,72 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
 }
 
 // The step's GEMMs alone (projections and the formulation's fold or expansion), on the same
-// shapes and threads, straight through the BLAS: the floor the step's linear layers could reach.
-double Bench::time_gemms_alone(const StepCost& cost, int threads) {
+// shapes, threads and GEMM implementation as the layer: the projections through a PackedLinear
+// prepared the same way, the per-head fold and unfold through gemm(). The floor the step's linear
+// layers could reach.
+double Bench::time_gemms_alone(const StepCost& cost, int threads, ComputeDType compute_dtype) {
   set_blas_threads(threads);
+  const LinearPrecision precision = compute_dtype == ComputeDType::BF16 ? LinearPrecision::BF16 : LinearPrecision::FP32;
   double total_ms = 0.0;
   for (const GemmShape& shape : cost.gemms) {
+    // 0.5 and 0.25 are bf16 values, as the bf16 operands must be.
     std::vector<float> a(static_cast<size_t>(shape.m * shape.k), 0.5f), b(static_cast<size_t>(shape.k * shape.n), 0.25f),
         c(static_cast<size_t>(shape.m * shape.n));
-    GemmParams g;  // as linear() calls it: x [m, k] times W^T, W [n, k] row-major
-    g.transpose_b = true;
-    g.m = shape.m;
-    g.n = shape.n;
-    g.k = shape.k;
-    g.a = a.data();
-    g.lda = shape.k;
-    g.b = b.data();
-    g.ldb = shape.k;
-    g.c = c.data();
-    g.ldc = shape.n;
+    std::function<void()> run_once;
+    PackedLinear weight;
+    GemmParams g;
+    if (shape.prepared_weight) {
+      weight = PackedLinear(b.data(), shape.n, shape.k, precision);
+      run_once = [&] {
+        PackedLinearCall call;
+        call.x = a.data();
+        call.x_stride = shape.k;
+        call.y = c.data();
+        call.y_stride = shape.n;
+        call.rows = shape.m;
+        call.round_to_bf16 = precision == LinearPrecision::BF16;
+        weight.forward(call);
+      };
+    } else {
+      g.transpose_b = true;  // as the layer's unfold calls it; the fold's transpose costs the same
+      g.m = shape.m;
+      g.n = shape.n;
+      g.k = shape.k;
+      g.a = a.data();
+      g.lda = shape.k;
+      g.b = b.data();
+      g.ldb = shape.k;
+      g.c = c.data();
+      g.ldc = shape.n;
+      run_once = [&] { gemm(g); };
+    }
     double best = INFINITY;
     for (int rep = 0; rep < 3; ++rep) {
       const auto started = Clock::now();
-      for (int64_t i = 0; i < shape.batch; ++i) gemm(g);
+      for (int64_t i = 0; i < shape.batch; ++i) run_once();
       best = std::min(best, ms_since(started));
     }
     total_ms += best;
   }
   return total_ms;
+}
+
+// The memory bandwidth a decode step is measured against: a 256 MiB copy by `threads` threads,
+// best of 3, counted as STREAM counts it (bytes read + bytes written per second).
+double measure_copy_gbps(int threads) {
+  const size_t count = size_t{64} << 20;  // floats: 256 MiB per buffer
+  std::vector<float> source(count, 1.0f), destination(count, 0.0f);
+  double best_ms = INFINITY;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto started = Clock::now();
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t block = 0; block < 64; ++block) {
+      const size_t begin = static_cast<size_t>(block) * (count / 64);
+      std::memcpy(destination.data() + begin, source.data() + begin, (count / 64) * sizeof(float));
+    }
+    best_ms = std::min(best_ms, ms_since(started));
+  }
+  return 2.0 * static_cast<double>(count * sizeof(float)) / best_ms / 1e6;
 }
 
 // The baseline reads this rank's slice from a file in a scratch directory, written once per
@@ -538,6 +589,7 @@ int Bench::run() {
       jsonl.load_existing();
     }
     machine_ = describe_machine(MLA_SOURCE_DIR);
+    machine_.emplace_back("copy_gbps", number(measure_copy_gbps(omp_get_max_threads())));
     start_baseline();
   });
   if (leader) {
@@ -599,7 +651,8 @@ int Bench::run() {
     shape.seq = point.step_len();
     shape.start_pos = point.start_pos();
     shape.formulation = measured.report.plan.formulation;
-    if (point.backend == Backend::Cuda && config.run.compute_dtype == ComputeDType::BF16) {
+    if (config.run.compute_dtype == ComputeDType::BF16 &&
+        (point.backend == Backend::Cuda || measured.linear_implementation.find("bf16") != std::string::npos)) {
       shape.weight_element_bytes = 2;
       shape.activation_element_bytes = 2;
     }
@@ -610,7 +663,7 @@ int Bench::run() {
     Json torch;
     if (leader) {
       session_.watchdog()->progress("GEMMs alone, then the PyTorch baseline");
-      if (point.backend != Backend::Cuda) gemm_only_ms = time_gemms_alone(cost, threads);
+      if (point.backend != Backend::Cuda) gemm_only_ms = time_gemms_alone(cost, threads, config.run.compute_dtype);
       torch = run_baseline(config, point, shard, loaded->weights, x, measured, threads, rel_l2);
     }
     quiet_barrier(session_);
@@ -634,7 +687,11 @@ int Bench::run() {
         number(gemm_only_ms), std::to_string(measured.device_bytes), number(torch_median),
         has_torch ? number(torch.value("min_ms", NAN)) : "", has_torch ? number(torch.value("p90_ms", NAN)) : "",
         has_torch ? torch.value("formulation", std::string()) : "", has_torch ? number(torch_median / step.median, 4) : "",
-        number(rel_l2, 3), sweep_.name};
+        number(rel_l2, 3), sweep_.name,
+        measured.weight_bytes > 0 ? std::to_string(measured.weight_bytes) : "",
+        measured.weight_bytes > 0 ? number(static_cast<double>(measured.weight_bytes) / step.median / 1e6) : "",
+        point.backend == Backend::Cuda ? "" : number(summarize(measured.linear_ms).median),
+        point.backend == Backend::Cuda ? "" : number(summarize(measured.attention_ms).median)};
     std::string line;
     for (const std::string& cell : row) line += (line.empty() ? "" : ",") + csv_escape(cell);
     csv.add(line);
@@ -645,6 +702,7 @@ int Bench::run() {
     record["times_ms"] = measured.step_ms;
     record["allreduce_times_ms"] = measured.allreduce_ms;
     record["plan_reason"] = measured.report.plan.reason;
+    if (!measured.linear_implementation.empty()) record["linear_implementation"] = measured.linear_implementation;
     record["gemms"] = Json::array();
     for (const GemmShape& gemm : cost.gemms) {
       record["gemms"].push_back({{"name", gemm.name}, {"m", gemm.m}, {"n", gemm.n}, {"k", gemm.k}, {"batch", gemm.batch}});
@@ -660,7 +718,10 @@ int Bench::run() {
                 to_string(measured.report.plan.formulation), step.median, step.min, step.p90, allreduce.median,
                 measured.step_ms.size(), cost.flop() / step.median / 1e6, cost.bytes() / step.median / 1e6,
                 static_cast<long>(measured.report.attention_workspace_bytes), static_cast<double>(peak_rss) / 1e6);
-    if (std::isfinite(gemm_only_ms)) std::printf(", GEMMs alone %.3f ms", gemm_only_ms);
+    if (std::isfinite(gemm_only_ms)) {
+      std::printf(", GEMMs alone %.3f ms (in the step: linear %.3f, attention %.3f)", gemm_only_ms,
+                  summarize(measured.linear_ms).median, summarize(measured.attention_ms).median);
+    }
     if (has_torch) {
       std::printf("; torch %.3f ms (%s): ours %.2fx, rel L2 %.2g", torch_median, torch.value("formulation", std::string()).c_str(),
                   torch_median / step.median, rel_l2);

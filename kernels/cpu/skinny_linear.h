@@ -1,0 +1,36 @@
+// y = x W^T for a few rows of x (decode: one token per sequence), with W kept in its storage
+// precision (fp32, bf16, or fp8 e4m3 codes with 128x128 block scales) and converted to fp32 in
+// registers as it streams past: each weight byte is read once per step, which is what bounds a
+// decode step. fp32 accumulation; the result equals fp32 arithmetic on the dequantized weight up
+// to summation order (an fp8 weight is code * scale in fp32, exactly as fp8_dequant_blocks makes
+// it). Vectorised for AVX-512 and AVX2 (cpu_isa()), with a portable path; threads split the
+// output features.
+#pragma once
+
+#include <cstdint>
+
+namespace mla {
+
+enum class WeightCodes { F32, BF16, FP8_E4M3 };
+
+// Up to this many rows the kernel beats a GEMM: the weight is streamed once per 4 rows from
+// cache, and the step is bound by reading it from memory.
+inline constexpr int64_t kSkinnyMaxRows = 16;
+
+struct SkinnyLinearParams {
+  const float* x = nullptr;  // [rows, in_features], row stride x_stride
+  int64_t x_stride = 0;
+  int64_t rows = 0;
+  WeightCodes codes = WeightCodes::F32;
+  const void* weight = nullptr;  // [out_features, in_features] row-major: float, uint16_t (bf16 bits) or uint8_t
+  const float* block_scales = nullptr;  // fp8: [ceil(out/128), scale_cols], one per 128x128 block
+  int64_t scale_cols = 0;
+  float* y = nullptr;  // [rows, out_features], row stride y_stride
+  int64_t y_stride = 0;
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+};
+
+void skinny_linear(const SkinnyLinearParams& params);
+
+}  // namespace mla

@@ -1,0 +1,253 @@
+// The CPU linear layers: the streamed decode kernel (skinny_linear) on every ISA this CPU has,
+// with fp32, bf16 and fp8 weights, and PackedLinear on both sides of its decode/GEMM switch, in
+// fp32 and bf16, against float64 sums of the exact dequantized weights.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/bf16.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/fp8.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/packed_linear.h"
+#include "kernels/cpu/skinny_linear.h"
+#include "kernels/cpu/skinny_linear_isa.h"
+
+namespace mla {
+namespace {
+
+// A weight in every storage the kernels take, with the fp32 values each stands for.
+struct TestWeight {
+  int64_t out = 0, in = 0;
+  std::vector<uint8_t> fp8_codes;
+  std::vector<float> fp8_scales;
+  int64_t scale_cols = 0;
+  std::vector<float> fp8_values;  // code * scale, as fp8_dequant_blocks computes it
+  std::vector<uint16_t> bf16_bits;
+  std::vector<float> bf16_values;
+  std::vector<float> f32_values;
+};
+
+TestWeight make_weight(int64_t out, int64_t in, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> code(0, 255);
+  TestWeight w;
+  w.out = out;
+  w.in = in;
+  w.scale_cols = (in + kFp8BlockSize - 1) / kFp8BlockSize;
+  const int64_t count = out * in;
+  for (int64_t i = 0; i < count; ++i) {
+    int c = code(rng);
+    if ((c & 0x7f) == 0x7f) c ^= 1;  // every finite code, subnormals included; no NaN
+    w.fp8_codes.push_back(static_cast<uint8_t>(c));
+    w.f32_values.push_back(uniform(rng));
+    w.bf16_bits.push_back(f32_to_bf16_bits(uniform(rng)));
+    w.bf16_values.push_back(bf16_bits_to_f32(w.bf16_bits.back()));
+  }
+  for (int64_t i = 0; i < ((out + kFp8BlockSize - 1) / kFp8BlockSize) * w.scale_cols; ++i) {
+    w.fp8_scales.push_back(std::ldexp(0.75f + 0.25f * uniform(rng), -12 + static_cast<int>(i % 5)));
+  }
+  w.fp8_values.resize(static_cast<size_t>(count));
+  Fp8DequantParams dequant;
+  dequant.weight = w.fp8_codes.data();
+  dequant.scale = w.fp8_scales.data();
+  dequant.out = w.fp8_values.data();
+  dequant.rows = out;
+  dequant.cols = in;
+  dequant.scale_cols = w.scale_cols;
+  fp8_dequant_blocks(dequant);
+  return w;
+}
+
+std::vector<float> random_x(int64_t rows, int64_t stride, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> uniform(-2.0f, 2.0f);
+  std::vector<float> x(static_cast<size_t>(rows * stride));
+  for (float& value : x) value = round_to_bf16(uniform(rng));  // bf16 values serve both precisions
+  return x;
+}
+
+// Checks y against float64 sums of the fp32 values, relative to sum |w x| (what rounding scales with).
+void expect_matches(const std::vector<float>& y, int64_t y_stride, const std::vector<float>& x, int64_t x_stride,
+                    const std::vector<float>& values, int64_t rows, int64_t out, int64_t in, double tolerance,
+                    const std::string& what) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t f = 0; f < out; ++f) {
+      double sum = 0.0, magnitude = 0.0;
+      for (int64_t i = 0; i < in; ++i) {
+        const double product = static_cast<double>(values[f * in + i]) * x[r * x_stride + i];
+        sum += product;
+        magnitude += std::fabs(product);
+      }
+      ASSERT_NEAR(y[r * y_stride + f], sum, tolerance * magnitude + 1e-30) << what << ", row " << r << ", feature " << f;
+    }
+  }
+}
+
+using IsaKernel = void (*)(const SkinnyLinearParams&);
+
+struct IsaCase {
+  const char* name;
+  IsaKernel kernel;
+  bool available;
+};
+
+std::vector<IsaCase> isa_cases() {
+  const CpuFeatures& f = cpu_features();
+  return {{"portable", skinny_linear_portable, true},
+          {"avx2", skinny_linear_avx2, f.avx2_fma},
+          {"avx512", skinny_linear_avx512, f.avx512}};
+}
+
+class SkinnyLinearIsa : public testing::TestWithParam<IsaCase> {};
+
+// Shapes with a column tail (in % 16 != 0), a partial 128 block of scales in both directions, a
+// feature tail (out % 4 != 0), and 1..9 rows (row tails of the 4-row blocking, strided x and y).
+TEST_P(SkinnyLinearIsa, MatchesFloat64OnEveryStorage) {
+  const IsaCase& isa = GetParam();
+  if (!isa.available) GTEST_SKIP() << "this CPU does not report " << isa.name;
+  for (const auto& [out, in] : {std::pair<int64_t, int64_t>{13, 300}, {261, 392}, {4, 16}}) {
+    const TestWeight w = make_weight(out, in, static_cast<uint32_t>(out * 7 + in));
+    for (int64_t rows = 1; rows <= 9; ++rows) {
+      const int64_t x_stride = in + 5, y_stride = out + 3;
+      const std::vector<float> x = random_x(rows, x_stride, static_cast<uint32_t>(rows));
+      for (const WeightCodes codes : {WeightCodes::F32, WeightCodes::BF16, WeightCodes::FP8_E4M3}) {
+        std::vector<float> y(static_cast<size_t>(rows * y_stride), NAN);
+        SkinnyLinearParams p;
+        p.x = x.data();
+        p.x_stride = x_stride;
+        p.rows = rows;
+        p.codes = codes;
+        p.weight = codes == WeightCodes::F32    ? static_cast<const void*>(w.f32_values.data())
+                   : codes == WeightCodes::BF16 ? static_cast<const void*>(w.bf16_bits.data())
+                                                : static_cast<const void*>(w.fp8_codes.data());
+        p.block_scales = w.fp8_scales.data();
+        p.scale_cols = w.scale_cols;
+        p.y = y.data();
+        p.y_stride = y_stride;
+        p.out_features = out;
+        p.in_features = in;
+        isa.kernel(p);
+        const std::vector<float>& values = codes == WeightCodes::F32    ? w.f32_values
+                                           : codes == WeightCodes::BF16 ? w.bf16_values
+                                                                        : w.fp8_values;
+        expect_matches(y, y_stride, x, x_stride, values, rows, out, in, 4e-7 * std::sqrt(static_cast<double>(in)),
+                       std::string(isa.name) + " " + std::to_string(out) + "x" + std::to_string(in) + " rows " +
+                           std::to_string(rows) + " codes " + std::to_string(static_cast<int>(codes)));
+        for (int64_t r = 0; r < rows; ++r) {  // the padding between rows of y is left alone
+          for (int64_t f = out; f < y_stride; ++f) ASSERT_TRUE(std::isnan(y[r * y_stride + f]));
+        }
+      }
+    }
+  }
+}
+
+// With x one-hot, y is one weight times 1: every fp8 code (subnormals, both signs) under scales
+// from 2^-40 to 255 converts to exactly code * scale, as fp8_dequant_blocks does.
+TEST_P(SkinnyLinearIsa, Fp8ConversionIsExactForEveryCodeAndScale) {
+  const IsaCase& isa = GetParam();
+  if (!isa.available) GTEST_SKIP() << "this CPU does not report " << isa.name;
+  const int64_t out = 256, in = 128;
+  std::vector<uint8_t> codes(static_cast<size_t>(out * in));
+  for (int64_t f = 0; f < out; ++f) {
+    for (int64_t i = 0; i < in; ++i) {
+      const int64_t code = (f + i) % 256;
+      codes[f * in + i] = static_cast<uint8_t>((code & 0x7f) == 0x7f ? 0 : code);  // NaN codes are refused at load
+    }
+  }
+  for (const float scale : {0x1p-40f, 3.1e-5f, 1.0f, 17.25f, 255.0f}) {
+    const std::vector<float> scales = {scale, scale * 0.5f};
+    for (const int64_t column : {int64_t{0}, int64_t{37}, int64_t{127}}) {
+      std::vector<float> x(static_cast<size_t>(in), 0.0f), y(static_cast<size_t>(out));
+      x[column] = 1.0f;
+      SkinnyLinearParams p;
+      p.x = x.data();
+      p.x_stride = in;
+      p.rows = 1;
+      p.codes = WeightCodes::FP8_E4M3;
+      p.weight = codes.data();
+      p.block_scales = scales.data();
+      p.scale_cols = 1;
+      p.y = y.data();
+      p.y_stride = out;
+      p.out_features = out;
+      p.in_features = in;
+      isa.kernel(p);
+      for (int64_t f = 0; f < out; ++f) {
+        const uint8_t code = codes[f * in + column];
+        const float expected = fp8_e4m3_to_f32(code) * scales[f / 128];
+        ASSERT_EQ(y[f], expected) << isa.name << ": code 0x" << std::hex << int{code} << std::dec << ", scale " << scale;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Isas, SkinnyLinearIsa, testing::ValuesIn(isa_cases()),
+                         [](const testing::TestParamInfo<IsaCase>& param_info) { return std::string(param_info.param.name); });
+
+// PackedLinear on both sides of kSkinnyMaxRows, for every storage it chooses, counting its FLOPs.
+TEST(PackedLinear, MatchesFloat64OnBothSidesOfTheDecodeSwitch) {
+  const int64_t out = 70, in = 264;
+  const TestWeight w = make_weight(out, in, 5);
+  struct Variant {
+    const char* name;
+    LinearPrecision precision;
+    const std::vector<float>* values;
+    bool fp8;
+    bool streamed;  // expects the decode kernel for few rows
+    double tolerance;
+  };
+  const Variant variants[] = {
+      {"fp32 on fp8", LinearPrecision::FP32, &w.fp8_values, true, true, 1e-5},
+      {"fp32 on bf16", LinearPrecision::FP32, &w.bf16_values, false, true, 1e-5},
+      {"fp32 on fp32", LinearPrecision::FP32, &w.f32_values, false, false, 1e-5},
+      // bf16 operands are exact products with fp32 sums, and y is rounded to bf16 (2^-8 relative).
+      {"bf16", LinearPrecision::BF16, &w.bf16_values, false, false, 5e-3},
+  };
+  for (const Variant& v : variants) {
+    Fp8Blocks blocks{w.fp8_codes.data(), w.fp8_scales.data(), w.scale_cols};
+    const PackedLinear linear(v.values->data(), out, in, v.precision, v.fp8 ? &blocks : nullptr);
+    EXPECT_EQ(linear.streamed_bytes() > 0, v.streamed) << v.name << ": " << linear.implementation();
+    for (const int64_t rows : {int64_t{1}, int64_t{4}, kSkinnyMaxRows, kSkinnyMaxRows + 1, int64_t{67}}) {
+      const int64_t x_stride = in + 8, y_stride = out + 2;
+      const std::vector<float> x = random_x(rows, x_stride, static_cast<uint32_t>(rows + 100));
+      std::vector<float> y(static_cast<size_t>(rows * y_stride), NAN);
+      PackedLinearCall call;
+      call.x = x.data();
+      call.x_stride = x_stride;
+      call.y = y.data();
+      call.y_stride = y_stride;
+      call.rows = rows;
+      call.round_to_bf16 = v.precision == LinearPrecision::BF16;
+      const int64_t flop_before = gemm_flop_executed();
+      linear.forward(call);
+      EXPECT_EQ(gemm_flop_executed() - flop_before, 2 * rows * out * in) << v.name << ", rows " << rows;
+      expect_matches(y, y_stride, x, x_stride, *v.values, rows, out, in, v.tolerance,
+                     std::string(v.name) + " (" + linear.implementation() + "), rows " + std::to_string(rows));
+      if (call.round_to_bf16) {
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t f = 0; f < out; ++f) ASSERT_EQ(round_to_bf16(y[r * y_stride + f]), y[r * y_stride + f]);
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuFeatures, AnUnknownIsaNameIsRefusedNamingTheVariable) {
+  EXPECT_EQ(parse_cpu_isa("avx2", "MLA_CPU_ISA"), CpuIsa::Avx2);
+  try {
+    parse_cpu_isa("avx1024", "MLA_CPU_ISA");
+    FAIL() << "accepted avx1024";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("MLA_CPU_ISA = 'avx1024'"), std::string::npos) << e.what();
+  }
+  EXPECT_LE(static_cast<int>(cpu_isa()), static_cast<int>(best_cpu_isa(cpu_features())));
+}
+
+}  // namespace
+}  // namespace mla
