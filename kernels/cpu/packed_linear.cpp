@@ -72,7 +72,9 @@ struct PackedLinear::Impl {
   std::vector<float> weight_f32;  // the BLAS path's operand
 
 #if MLA_HAVE_DNNL
-  // A primitive is specific to the number of rows and the strides; steps of one run use a handful.
+  // A primitive is specific to the number of rows (src and dst are dense); the last
+  // kMaxPrimitives shapes are kept, enough for the decode and prefill steps of a run.
+  static constexpr size_t kMaxPrimitives = 32;
   struct Primitive {
     int64_t rows = 0;
     dnnl::matmul matmul;
@@ -85,7 +87,7 @@ struct PackedLinear::Impl {
   mutable std::deque<Primitive> primitives;  // a deque: references stay valid as it grows
   mutable std::vector<char> x_dense;   // a strided or bf16 x made dense, [rows, in_features]
   mutable std::vector<float> y_dense;  // y before it is scattered to a strided destination
-  // (one forward at a time per weight, as a layer's step calls it)
+  // The buffers above make forward one call at a time per weight, as a layer's step calls it.
 
   dnnl_dt operand_type() const { return precision == LinearPrecision::BF16 ? dnnl_dt::bf16 : dnnl_dt::f32; }
 
@@ -123,6 +125,8 @@ struct PackedLinear::Impl {
     } catch (const dnnl::error& e) {
       rethrow_onednn("matmul primitive", out, in, e);
     }
+    // Dropping the oldest invalidates only references to it, and none is held across steps.
+    if (primitives.size() == kMaxPrimitives) primitives.pop_front();
     primitives.push_back(std::move(created));
     return primitives.back();
   }
