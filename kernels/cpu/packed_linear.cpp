@@ -225,100 +225,112 @@ std::vector<float> PackedLinear::streamed_values() const {
 
 void PackedLinear::forward(const PackedLinearCall& call) const {
   if (call.rows == 0 || out_features_ == 0) return;
-  if (impl_->streamed != WeightCodes::F32 && call.rows <= kSkinnyMaxRows) {
-    record_gemm_flop(2 * call.rows * out_features_ * in_features_);
-    SkinnyLinearParams params;
-    params.x = call.x;
-    params.x_stride = call.x_stride;
-    params.rows = call.rows;
-    params.codes = impl_->streamed;
-    params.weight = impl_->streamed == WeightCodes::BF16 ? static_cast<const void*>(impl_->bf16_bits.data())
-                                                         : static_cast<const void*>(impl_->fp8_codes.data());
-    params.block_scales = impl_->fp8_scales.data();
-    params.scale_cols = impl_->scale_cols;
-    params.y = call.y;
-    params.y_stride = call.y_stride;
-    params.out_features = out_features_;
-    params.in_features = in_features_;
-    skinny_linear(params);
-    if (call.round_to_bf16) {
-      for (int64_t row = 0; row < call.rows; ++row) round_to_bf16_inplace(call.y + row * call.y_stride, out_features_);
-    }
-    return;
-  }
-  {
+  const bool streamed = impl_->streamed != WeightCodes::F32 && call.rows <= kSkinnyMaxRows;
+  if (!streamed) {
     std::lock_guard<std::mutex> lock(impl_->mutex);
     if (!impl_->gemm_ready) prepare_gemm(streamed_values().data());
   }
 #if MLA_HAVE_DNNL
-  if (impl_->use_onednn) {
-    record_gemm_flop(2 * call.rows * out_features_ * in_features_);
-    // oneDNN 2.6's brgemm kernels read a dense src (a strided one falls back to reference loops,
-    // ~100x slower), so a strided x is gathered first: rows x in floats, small next to the GEMM.
-    const int64_t in = in_features_;
-    const bool bf16 = impl_->precision == LinearPrecision::BF16;
-    void* src_handle = const_cast<float*>(call.x);
-    if (bf16 || call.x_stride != in) {
-      const size_t bytes = static_cast<size_t>(call.rows * in) * (bf16 ? sizeof(uint16_t) : sizeof(float));
-      if (impl_->x_dense.size() < bytes) impl_->x_dense.resize(bytes);
-      src_handle = impl_->x_dense.data();
-      const float* x = call.x;
-      const int64_t x_stride = call.x_stride;
-      auto* dense_f32 = reinterpret_cast<float*>(impl_->x_dense.data());
-      auto* dense_bf16 = reinterpret_cast<uint16_t*>(impl_->x_dense.data());
-#pragma omp parallel for schedule(static) if (call.rows * in > 65536)
-      for (int64_t row = 0; row < call.rows; ++row) {
-        const float* x_row = x + row * x_stride;
-        if (!bf16) {
-          std::memcpy(dense_f32 + row * in, x_row, static_cast<size_t>(in) * sizeof(float));
-          continue;
-        }
-        // x holds bf16 values in fp32: their upper halves are the bf16 numbers, exactly.
-        uint16_t* out_row = dense_bf16 + row * in;
-        for (int64_t i = 0; i < in; ++i) {
-          uint32_t bits;
-          std::memcpy(&bits, &x_row[i], sizeof(bits));
-          out_row[i] = static_cast<uint16_t>(bits >> 16);
-        }
-      }
-    }
-    float* y_dense = call.y;
-    if (call.y_stride != out_features_) {
-      if (static_cast<int64_t>(impl_->y_dense.size()) < call.rows * out_features_) {
-        impl_->y_dense.resize(static_cast<size_t>(call.rows * out_features_));
-      }
-      y_dense = impl_->y_dense.data();
-    }
-    const Impl::Primitive& p = impl_->primitive(call.rows, in, out_features_);
-    try {
-      dnnl::stream stream(onednn_engine());
-      dnnl::memory src(p.desc.src_desc(), onednn_engine(), src_handle);
-      dnnl::memory dst(p.desc.dst_desc(), onednn_engine(), y_dense);
-      p.matmul.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, dst}});
-      stream.wait();
-    } catch (const dnnl::error& e) {
-      rethrow_onednn("matmul", out_features_, in, e);
-    }
-    for (int64_t row = 0; y_dense != call.y && row < call.rows; ++row) {
-      std::memcpy(call.y + row * call.y_stride, y_dense + row * out_features_, static_cast<size_t>(out_features_) * sizeof(float));
-    }
-    if (call.round_to_bf16) {
-      for (int64_t row = 0; row < call.rows; ++row) round_to_bf16_inplace(call.y + row * call.y_stride, out_features_);
-    }
+  const bool onednn = !streamed && impl_->use_onednn;
+#else
+  const bool onednn = false;
+#endif
+  if (!streamed && !onednn) {  // gemm() counts its FLOPs and linear() rounds
+    LinearParams params;
+    params.x = call.x;
+    params.x_stride = call.x_stride;
+    params.weight = impl_->weight_f32.data();
+    params.y = call.y;
+    params.y_stride = call.y_stride;
+    params.rows = call.rows;
+    params.in_features = in_features_;
+    params.out_features = out_features_;
+    params.round_to_bf16 = call.round_to_bf16;
+    linear(params);
     return;
   }
-#endif
-  LinearParams params;
+  record_gemm_flop(2 * call.rows * out_features_ * in_features_);
+  if (streamed) {
+    forward_streamed(call);
+  } else {
+    forward_onednn(call);
+  }
+  if (call.round_to_bf16) {
+    for (int64_t row = 0; row < call.rows; ++row) round_to_bf16_inplace(call.y + row * call.y_stride, out_features_);
+  }
+}
+
+void PackedLinear::forward_streamed(const PackedLinearCall& call) const {
+  SkinnyLinearParams params;
   params.x = call.x;
   params.x_stride = call.x_stride;
-  params.weight = impl_->weight_f32.data();
+  params.rows = call.rows;
+  params.codes = impl_->streamed;
+  params.weight = impl_->streamed == WeightCodes::BF16 ? static_cast<const void*>(impl_->bf16_bits.data())
+                                                       : static_cast<const void*>(impl_->fp8_codes.data());
+  params.block_scales = impl_->fp8_scales.data();
+  params.scale_cols = impl_->scale_cols;
   params.y = call.y;
   params.y_stride = call.y_stride;
-  params.rows = call.rows;
-  params.in_features = in_features_;
   params.out_features = out_features_;
-  params.round_to_bf16 = call.round_to_bf16;
-  linear(params);
+  params.in_features = in_features_;
+  skinny_linear(params);
+}
+
+void PackedLinear::forward_onednn(const PackedLinearCall& call) const {
+#if MLA_HAVE_DNNL
+  // oneDNN 2.6's brgemm kernels read a dense src (a strided one falls back to reference loops,
+  // ~100x slower), so a strided x is gathered first: rows x in floats, small next to the GEMM.
+  const int64_t in = in_features_;
+  const bool bf16 = impl_->precision == LinearPrecision::BF16;
+  void* src_handle = const_cast<float*>(call.x);
+  if (bf16 || call.x_stride != in) {
+    const size_t bytes = static_cast<size_t>(call.rows * in) * (bf16 ? sizeof(uint16_t) : sizeof(float));
+    if (impl_->x_dense.size() < bytes) impl_->x_dense.resize(bytes);
+    src_handle = impl_->x_dense.data();
+    const float* x = call.x;
+    const int64_t x_stride = call.x_stride;
+    auto* dense_f32 = reinterpret_cast<float*>(impl_->x_dense.data());
+    auto* dense_bf16 = reinterpret_cast<uint16_t*>(impl_->x_dense.data());
+#pragma omp parallel for schedule(static) if (call.rows * in > 65536)
+    for (int64_t row = 0; row < call.rows; ++row) {
+      const float* x_row = x + row * x_stride;
+      if (!bf16) {
+        std::memcpy(dense_f32 + row * in, x_row, static_cast<size_t>(in) * sizeof(float));
+        continue;
+      }
+      // x holds bf16 values in fp32: their upper halves are the bf16 numbers, exactly.
+      uint16_t* out_row = dense_bf16 + row * in;
+      for (int64_t i = 0; i < in; ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, &x_row[i], sizeof(bits));
+        out_row[i] = static_cast<uint16_t>(bits >> 16);
+      }
+    }
+  }
+  float* y_dense = call.y;
+  if (call.y_stride != out_features_) {
+    if (static_cast<int64_t>(impl_->y_dense.size()) < call.rows * out_features_) {
+      impl_->y_dense.resize(static_cast<size_t>(call.rows * out_features_));
+    }
+    y_dense = impl_->y_dense.data();
+  }
+  const Impl::Primitive& p = impl_->primitive(call.rows, in, out_features_);
+  try {
+    dnnl::stream stream(onednn_engine());
+    dnnl::memory src(p.desc.src_desc(), onednn_engine(), src_handle);
+    dnnl::memory dst(p.desc.dst_desc(), onednn_engine(), y_dense);
+    p.matmul.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, dst}});
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    rethrow_onednn("matmul", out_features_, in, e);
+  }
+  for (int64_t row = 0; y_dense != call.y && row < call.rows; ++row) {
+    std::memcpy(call.y + row * call.y_stride, y_dense + row * out_features_, static_cast<size_t>(out_features_) * sizeof(float));
+  }
+#else
+  (void)call;  // forward() takes this path only when oneDNN is linked
+#endif
 }
 
 int64_t PackedLinear::bytes() const {

@@ -67,6 +67,8 @@ class PackedLinear {
  private:
   struct Impl;
   void prepare_gemm(const float* weight) const;
+  void forward_streamed(const PackedLinearCall& call) const;
+  void forward_onednn(const PackedLinearCall& call) const;
   std::vector<float> streamed_values() const;
 
   int64_t out_features_ = 0;

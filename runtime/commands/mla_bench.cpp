@@ -361,7 +361,6 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
     result.report = executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0);
     const auto computed = Clock::now();
     result.linear_ms.push_back(result.report.linear_ms);
-    if (cpu_layer) result.weight_bytes = cpu_layer->weight_bytes_read(point.batch * step_len, result.report.plan.formulation);
     result.attention_ms.push_back(result.report.attention_ms);
     float continue_flag = 0.0f;
     if (session_.rank() == 0) {
@@ -375,6 +374,7 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
     result.allreduce_ms.push_back(ms_since(computed));
     timed_ms += step;
   }
+  if (cpu_layer) result.weight_bytes = cpu_layer->weight_bytes_read(point.batch * step_len, result.report.plan.formulation);
   // Once more, untimed, to keep the partial output of sequence 0 (compared with the baseline's).
   executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0);
   std::vector<float> partial(static_cast<size_t>(point.batch * step_len * dim));
