@@ -68,4 +68,19 @@ AttentionParams naive_attention_params(const ModelArgs& model, const AttentionSt
   return p;
 }
 
+AttentionParams naive_head_major_attention_params(const ModelArgs& model, const AttentionStep& step, const float* q,
+                                                  const float* keys, const float* values, float* o) {
+  AttentionParams p = naive_attention_params(model, step, q, keys, values, o);
+  const int64_t dq = model.qk_head_dim();
+  const int64_t dv = model.v_head_dim;
+  p.key_batch_stride = step.n_heads * p.kv_len * dq;
+  p.key_pos_stride = dq;
+  p.key_head_stride = p.kv_len * dq;
+  p.values = values;
+  p.value_batch_stride = step.n_heads * p.kv_len * dv;
+  p.value_pos_stride = dv;
+  p.value_head_stride = p.kv_len * dv;
+  return p;
+}
+
 }  // namespace mla

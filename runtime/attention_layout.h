@@ -29,4 +29,12 @@ AttentionParams absorb_attention_params(const ModelArgs& model, const AttentionS
 AttentionParams naive_attention_params(const ModelArgs& model, const AttentionStep& step, const float* q,
                                        const float* keys, const float* kv_expanded, float* o);
 
+// naive, as the CPU layer lays it out: q [B*S, Hl, dq], keys [B, Hl, kv_len, dq], values
+// [B, Hl, kv_len, dv], out = o [B*S, Hl, dv]. One head's keys and values are contiguous: the CPU's
+// fused kernel reads them once per block of queries, and in the layout above consecutive
+// positions sit Hl * dq or Hl * (dn + dv) floats apart, multiples of 4 KiB that map a head's rows
+// onto the same cache sets and evict each other.
+AttentionParams naive_head_major_attention_params(const ModelArgs& model, const AttentionStep& step, const float* q,
+                                                  const float* keys, const float* values, float* o);
+
 }  // namespace mla

@@ -13,6 +13,7 @@
 #include "kernels/cpu/kv_cache_append.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/strided_copy.h"
+#include "kernels/cpu/vector_ops.h"
 #include "runtime/attention_layout.h"
 
 namespace mla {
@@ -46,11 +47,12 @@ PackedLinear pack(LayerWeights& weights, std::vector<float> LayerWeights::*membe
 }  // namespace
 
 void MlaLayer::run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y,
-                          int64_t y_stride) {
+                          int64_t y_stride, const uint16_t* x_bf16) {
   const auto started = Clock::now();
   PackedLinearCall call;
   call.x = x;
   call.x_stride = x_stride;
+  call.x_bf16 = x_bf16;
   call.y = y;
   call.y_stride = y_stride;
   call.rows = rows;
@@ -141,15 +143,17 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
   }
   check_step_follows_cache("MlaLayer", batch, start_pos, cached_len_, cached_batch_);
   const int64_t tokens = batch * seq;
-  const float* x_act = x;
+  const uint16_t* x_bf16 = nullptr;
   if (round_bf16_) {
     // DeepSeek's activations are bf16 from the embedding on.
-    float* rounded = sized(x_rounded_, tokens * model_.dim);
-    for (int64_t i = 0; i < tokens * model_.dim; ++i) rounded[i] = round_to_bf16(x[i]);
-    x_act = rounded;
+    uint16_t* bits = sized(x_bf16_, tokens * model_.dim);
+    const int64_t dim = model_.dim;
+#pragma omp parallel for schedule(static) if (tokens * dim > 65536)
+    for (int64_t token = 0; token < tokens; ++token) f32_to_bf16_bits_rne(x + token * dim, bits + token * dim, dim);
+    x_bf16 = bits;
   }
-  project_queries(x_act, tokens);
-  project_latent(x_act, batch, seq, start_pos);
+  project_queries(x, x_bf16, tokens);
+  project_latent(x, x_bf16, batch, seq, start_pos);
   cached_len_ = start_pos + seq;
   cached_batch_ = start_pos == 0 ? batch : cached_batch_;
 
@@ -164,28 +168,28 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
 }
 
 // SPEC.md step 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))), then RoPE on each head's q_pe.
-void MlaLayer::project_queries(const float* x, int64_t tokens) {
+void MlaLayer::project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens) {
   const int64_t dq = model_.qk_head_dim();
   const int64_t q_width = shard_.n_local_heads * dq;
   float* q = sized(q_, tokens * q_width);
   if (model_.q_lora_rank == 0) {
-    run_linear(x, model_.dim, wq_, tokens, q, q_width);
+    run_linear(x, model_.dim, wq_, tokens, q, q_width, x_bf16);
   } else {
     const int64_t rank = model_.q_lora_rank;
     float* q_latent = sized(q_latent_, tokens * rank);
-    run_linear(x, model_.dim, wq_a_, tokens, q_latent, rank);
+    run_linear(x, model_.dim, wq_a_, tokens, q_latent, rank, x_bf16);
     rmsnorm({q_latent, rank, weights_.q_norm.data(), q_latent, rank, tokens, rank, 1e-6f, round_bf16_});
     run_linear(q_latent, rank, wq_b_, tokens, q, q_width);
   }
 }
 
 // SPEC.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)], appended to the cache.
-void MlaLayer::project_latent(const float* x, int64_t batch, int64_t seq, int64_t start_pos) {
+void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos) {
   const int64_t tokens = batch * seq;
   const int64_t C = model_.kv_lora_rank;
   const int64_t dq = model_.qk_head_dim();
   float* kv = sized(kv_, tokens * latent_width_);
-  run_linear(x, model_.dim, wkv_a_, tokens, kv, latent_width_);
+  run_linear(x, model_.dim, wkv_a_, tokens, kv, latent_width_, x_bf16);
   rmsnorm({kv, latent_width_, weights_.kv_norm.data(), kv, latent_width_, tokens, C, 1e-6f, round_bf16_});
 
   RopeParams rope;
@@ -220,7 +224,7 @@ void MlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t 
     absorb_outputs(tokens);
   } else {
     expand_keys_values(batch, start_pos + seq);
-    run_attention(plan.path, naive_attention_params(model_, step, q_.data(), keys_.data(), kv_expanded_.data(), o),
+    run_attention(plan.path, naive_head_major_attention_params(model_, step, q_.data(), keys_.data(), values_.data(), o),
                   report);
   }
 }
@@ -295,42 +299,58 @@ void MlaLayer::absorb_outputs(int64_t tokens) {
 }
 
 // SPEC.md step 5, naive, from the one latent cache: [k_nope | v] = wkv_b c_n for every cached
-// position, and k = [k_nope | k_pe] per head. DeepSeek keeps a second, per-head cache for this;
+// position, then each head's keys [k_nope | k_pe] and values gathered head-major
+// (naive_head_major_attention_params says why). DeepSeek keeps a second, per-head cache for this;
 // recomputing it keeps one cache for both formulations and lets chunked prefill use naive too.
 void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
   const int64_t heads = shard_.n_local_heads;
   const int64_t dn = model_.qk_nope_head_dim;
-  const int64_t dr = model_.qk_rope_head_dim;
+  const int64_t dv = model_.v_head_dim;
   const int64_t dq = model_.qk_head_dim();
-  const int64_t kv_width = heads * (dn + model_.v_head_dim);
+  const int64_t kv_width = heads * (dn + dv);
   float* expanded = sized(kv_expanded_, batch * kv_len * kv_width);
-  float* keys = sized(keys_, batch * kv_len * heads * dq);
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;
-    run_linear(cache, latent_width_, wkv_b_, kv_len, expanded + b * kv_len * kv_width, kv_width);
-    StridedCopyParams k_pe;  // the one rope key of each position, repeated for every head
-    k_pe.src = cache + model_.kv_lora_rank;
-    k_pe.src_outer_stride = latent_width_;
-    k_pe.src_inner_stride = 0;
-    k_pe.dst = keys + b * kv_len * heads * dq + dn;
-    k_pe.dst_outer_stride = heads * dq;
-    k_pe.dst_inner_stride = dq;
-    k_pe.outer = kv_len;
-    k_pe.inner = heads;
-    k_pe.width = dr;
-    strided_copy(k_pe);
+  float* keys = sized(keys_, batch * heads * kv_len * dq);
+  float* values = sized(values_, batch * heads * kv_len * dv);
+  if (kv_len == model_.max_seq_len) {
+    // The sequences' cache rows are contiguous: one GEMM for all of them.
+    run_linear(kv_cache_.data(), latent_width_, wkv_b_, batch * kv_len, expanded, kv_width);
+  } else {
+    for (int64_t b = 0; b < batch; ++b) {
+      run_linear(kv_cache_.data() + b * model_.max_seq_len * latent_width_, latent_width_, wkv_b_, kv_len,
+                 expanded + b * kv_len * kv_width, kv_width);
+    }
   }
-  StridedCopyParams k_nope;
-  k_nope.src = expanded;
-  k_nope.src_outer_stride = kv_width;
-  k_nope.src_inner_stride = dn + model_.v_head_dim;
-  k_nope.dst = keys;
-  k_nope.dst_outer_stride = heads * dq;
-  k_nope.dst_inner_stride = dq;
-  k_nope.outer = batch * kv_len;
-  k_nope.inner = heads;
-  k_nope.width = dn;
-  strided_copy(k_nope);
+  for (int64_t b = 0; b < batch; ++b) {
+    // Position t of head h: [k_nope | v] at expanded[b, t, h], the one k_pe at the cache row.
+    const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;
+    const float* expanded_b = expanded + b * kv_len * kv_width;
+    float* keys_b = keys + b * heads * kv_len * dq;
+    StridedCopyParams part;
+    part.outer = kv_len;
+    part.inner = heads;
+    part.dst_outer_stride = dq;
+    part.dst_inner_stride = kv_len * dq;
+    part.src = expanded_b;  // k_nope
+    part.src_outer_stride = kv_width;
+    part.src_inner_stride = dn + dv;
+    part.dst = keys_b;
+    part.width = dn;
+    strided_copy(part);
+    part.src = cache + model_.kv_lora_rank;  // k_pe, the same for every head
+    part.src_outer_stride = latent_width_;
+    part.src_inner_stride = 0;
+    part.dst = keys_b + dn;
+    part.width = model_.qk_rope_head_dim;
+    strided_copy(part);
+    part.src = expanded_b + dn;  // v
+    part.src_outer_stride = kv_width;
+    part.src_inner_stride = dn + dv;
+    part.dst = values + b * heads * kv_len * dv;
+    part.dst_outer_stride = dv;
+    part.dst_inner_stride = kv_len * dv;
+    part.width = dv;
+    strided_copy(part);
+  }
 }
 
 }  // namespace mla

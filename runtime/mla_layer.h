@@ -64,15 +64,17 @@ class MlaLayer {
   const ModelArgs& model() const { return model_; }
 
  private:
-  void project_queries(const float* x, int64_t tokens);
-  void project_latent(const float* x, int64_t batch, int64_t seq, int64_t start_pos);
+  // x: the step's input; x_bf16: in bf16 compute, the same as bf16 numbers (then x is not read).
+  void project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens);
+  void project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos);
   void attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
               int64_t mask_stride, StepReport& report);
   void absorb_queries(int64_t tokens);
   void absorb_outputs(int64_t tokens);
   void expand_keys_values(int64_t batch, int64_t kv_len);
   void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
-  void run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y, int64_t y_stride);
+  void run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y, int64_t y_stride,
+                  const uint16_t* x_bf16 = nullptr);
 
   ModelArgs model_;
   HeadShard shard_;
@@ -89,14 +91,15 @@ class MlaLayer {
   double step_linear_ms_ = 0.0;  // this step's time in run_linear so far
 
   // Per-step buffers, grown on demand and reused.
-  std::vector<float> x_rounded_;  // [B*S, D] bf16 mode: the input as bf16 values
+  std::vector<uint16_t> x_bf16_;  // [B*S, D] bf16 mode: the input rounded to bf16, once for wq(_a) and wkv_a
   std::vector<float> q_latent_;   // [B*S, q_lora_rank]
   std::vector<float> q_;          // [B*S, Hl, dq]
   std::vector<float> kv_;         // [B*S, C + dr]
   std::vector<float> q_absorbed_; // absorb: [B*S, Hl, C + dr] = [Wk^T q_nope | q_pe]
   std::vector<float> o_latent_;   // absorb: [B*S, Hl, C]
   std::vector<float> kv_expanded_;// naive: [B, kv_len, Hl, dn + dv] = wkv_b c_n
-  std::vector<float> keys_;       // naive: [B, kv_len, Hl, dq] = [k_nope | k_pe]
+  std::vector<float> keys_;       // naive: [B, Hl, kv_len, dq] = [k_nope | k_pe]
+  std::vector<float> values_;     // naive: [B, Hl, kv_len, dv]
   std::vector<float> o_;          // [B*S, Hl*dv]
 };
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -236,6 +237,51 @@ TEST(PackedLinear, MatchesFloat64OnBothSidesOfTheDecodeSwitch) {
       }
     }
   }
+}
+
+// A layer converts its input to bf16 once for the linear layers it feeds (x_bf16): the result is
+// the one the fp32 input rounded to bf16 gives, bit for bit, on oneDNN's path and on the BLAS one.
+TEST(PackedLinear, Bf16InputBitsGiveTheSameOutputAsBf16Values) {
+  const int64_t out = 70, in = 264, rows = 37;
+  const TestWeight w = make_weight(out, in, 7);
+  const CpuIsa isa = cpu_isa();
+  for (const CpuIsa limit : {isa, CpuIsa::Portable}) {
+    set_cpu_isa_limit(limit);
+    const PackedLinear linear(w.bf16_values.data(), out, in, LinearPrecision::BF16);
+    std::vector<float> x = random_x(rows, in, 11);
+    for (float& value : x) value *= 1.0001f;  // not all bf16 values: x_bf16 is their rounding
+    std::vector<uint16_t> x_bits(x.size());
+    std::vector<float> x_rounded(x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      x_bits[i] = f32_to_bf16_bits(x[i]);
+      x_rounded[i] = round_to_bf16(x[i]);
+    }
+    std::vector<float> from_values(static_cast<size_t>(rows * out)), from_bits(from_values.size());
+    PackedLinearCall call;
+    call.x = x_rounded.data();
+    call.x_stride = in;
+    call.y = from_values.data();
+    call.y_stride = out;
+    call.rows = rows;
+    call.round_to_bf16 = true;
+    linear.forward(call);
+    call.x = x.data();  // must not be read
+    call.x_bf16 = x_bits.data();
+    call.y = from_bits.data();
+    linear.forward(call);
+    EXPECT_EQ(from_bits, from_values) << linear.implementation();
+  }
+  set_cpu_isa_limit(isa);
+
+  const PackedLinear fp32(w.f32_values.data(), out, in, LinearPrecision::FP32);
+  std::vector<uint16_t> bits(static_cast<size_t>(in));
+  std::vector<float> y(static_cast<size_t>(out));
+  PackedLinearCall call;
+  call.x_bf16 = bits.data();
+  call.y = y.data();
+  call.y_stride = out;
+  call.rows = 1;
+  EXPECT_THROW(fp32.forward(call), std::invalid_argument);
 }
 
 TEST(CpuFeatures, AnUnknownIsaNameIsRefusedNamingTheVariable) {

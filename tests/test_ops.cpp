@@ -2,7 +2,10 @@
 // no twin), on awkward sizes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -171,6 +174,79 @@ TEST(Softmax, ExactAgainstDoubleAndIgnoresMinusInfinity) {
   softmax_row(scores.data(), static_cast<int64_t>(scores.size()), false);
   EXPECT_EQ(scores[3], 0.0f);
   EXPECT_LE(ref::relative_l2(scores.data(), want), 1e-6);
+}
+
+// ulps between two finite floats of the same sign.
+int64_t ulp_distance(float a, float b) {
+  int32_t ia, ib;
+  std::memcpy(&ia, &a, sizeof(ia));
+  std::memcpy(&ib, &b, sizeof(ib));
+  return std::abs(static_cast<int64_t>(ia) - static_cast<int64_t>(ib));
+}
+
+TEST(Softmax, VectorExpWithinTwoUlpOfStdExp) {
+  int64_t worst = 0;
+  for (float x = -87.0f; x <= 0.0f; x += 0.000731f) {
+    const float want = static_cast<float>(std::exp(static_cast<double>(x)));
+    worst = std::max(worst, ulp_distance(exp_nonpositive(x), want));
+  }
+  EXPECT_LE(worst, 2);
+  EXPECT_EQ(exp_nonpositive(0.0f), 1.0f);
+  EXPECT_EQ(exp_nonpositive(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_EQ(exp_nonpositive(-90.0f), 0.0f);
+  EXPECT_TRUE(std::isnan(exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
+}
+
+// scores_to_probs against the rounding sequence SPEC.md gives, written out one score at a time.
+TEST(Softmax, ScoresToProbsRoundsWhereDeepSeekRounds) {
+  const int64_t len = 37;
+  const float scale = 0.0721f;
+  const std::vector<float> dots = random_values(len, 3, 40.0f);
+  const std::vector<float> tails = random_values(len, 4, 10.0f);
+  std::vector<float> mask = random_values(len, 5, 1.0f);
+  mask[6] = -std::numeric_limits<float>::infinity();
+  for (bool split : {false, true}) {
+    for (bool masked : {false, true}) {
+      for (bool bf16 : {false, true}) {
+        if (split && !bf16) continue;  // split scores exist in bf16 mode only
+        std::vector<double> want(len);
+        double max_score = -1e300, sum = 0.0;
+        for (int64_t t = 0; t < len; ++t) {
+          float score;
+          if (!bf16) {
+            score = dots[t] * scale + (masked ? mask[t] : 0.0f);
+          } else {
+            const float dot = split ? round_to_bf16(round_to_bf16(dots[t]) + round_to_bf16(tails[t])) : round_to_bf16(dots[t]);
+            score = round_to_bf16(dot * scale);
+            if (masked) score = round_to_bf16(score + mask[t]);
+          }
+          want[t] = score;
+          max_score = std::max(max_score, want[t]);
+        }
+        for (double& w : want) sum += w = std::exp(w - max_score);
+        for (double& w : want) w /= sum;
+        std::vector<float> got = dots;
+        ScoreRow row;
+        row.scores = got.data();
+        row.tail = split ? tails.data() : nullptr;
+        row.mask = masked ? mask.data() : nullptr;
+        row.len = len;
+        row.scale = scale;
+        row.round_to_bf16 = bf16;
+        scores_to_probs(row);
+        SCOPED_TRACE(testing::Message() << "split " << split << " masked " << masked << " bf16 " << bf16);
+        if (masked) {
+          EXPECT_EQ(got[6], 0.0f);
+        }
+        for (int64_t t = 0; t < len; ++t) {
+          if (bf16) {
+            EXPECT_EQ(got[t], round_to_bf16(got[t]));  // probabilities are bf16 values
+          }
+          EXPECT_NEAR(got[t], want[t], bf16 ? 4e-3 * want[t] + 1e-30 : 1e-6 * want[t] + 1e-30) << "t " << t;
+        }
+      }
+    }
+  }
 }
 
 TEST(KvCacheAppend, WritesRowsAtTheirPositions) {

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/softmax.h"
+
 namespace mla {
 
 struct AttentionParams {
@@ -47,8 +49,10 @@ struct AttentionParams {
   bool round_to_bf16 = false;  // bf16 activations: scores, probabilities and outputs rounded
 };
 
-// Fast path: per query row, the scores live in a thread-local buffer of kv_len floats (L1 for
-// kv_len <= 256), then an exact fp32 softmax and the value product; no score matrix in memory.
+// Fast path: blocks of up to 4 query rows that read the same keys (one head's positions, or
+// every head at one position in absorb) keep their scores in a thread-local tile of 4 x kv_len
+// floats (16 KiB at kv_len 256, in L1), then an exact fp32 softmax and the value product, each
+// key and value loaded once per block; no score matrix in memory.
 void attention_fast(const AttentionParams& params);
 int64_t attention_fast_workspace_bytes(const AttentionParams& params, int threads);
 
@@ -69,6 +73,20 @@ inline int64_t attention_visible_len(const AttentionParams& params, int64_t s) {
   if (params.mask != nullptr) return params.kv_len;
   const int64_t last_visible = params.start_pos + s + 1;
   return last_visible < params.kv_len ? last_visible : params.kv_len;
+}
+
+// Query row s's scores over its first `len` positions, to be finished and soft-maxed; tail: the
+// rope part's dot products of split bf16 scores, else nullptr.
+inline ScoreRow attention_score_row(const AttentionParams& params, int64_t s, float* scores, const float* tail,
+                                    int64_t len) {
+  ScoreRow row;
+  row.scores = scores;
+  row.tail = tail;
+  row.mask = params.mask != nullptr ? params.mask + s * params.mask_stride : nullptr;
+  row.len = len;
+  row.scale = params.scale;
+  row.round_to_bf16 = params.round_to_bf16;
+  return row;
 }
 
 }  // namespace mla

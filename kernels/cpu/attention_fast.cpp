@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <vector>
 
 #include "kernels/cpu/attention.h"
@@ -8,38 +9,163 @@ namespace mla {
 
 namespace {
 
-// One query row of one head: scores into `scores`, softmax, then out = sum_t p_t * value_t.
-void attend_one_row(const AttentionParams& p, int64_t b, int64_t h, int64_t s, float* scores, float* accumulator) {
-  const float* query = p.q + (b * p.seq + s) * p.q_token_stride + h * p.q_head_stride;
-  const float* keys = p.keys + b * p.key_batch_stride + h * p.key_head_stride;
-  const float* values = p.values + b * p.value_batch_stride + h * p.value_head_stride;
+// The fused kernel works on blocks of up to kRowBlock query rows that read the same keys and
+// values: rows of one head (naive, prefill) or of every head at one position (absorb, where the
+// latent cache is every head's keys). Each key and value is then loaded once per block instead
+// of once per row; reading them is what bounds the kernel. A block's scores are a thread-local
+// tile of kRowBlock x kv_len floats, never a score matrix.
+constexpr int64_t kRowBlock = 4;
+
+// Which query rows a block holds: (head, position) pairs of one sequence.
+struct RowBlock {
+  int64_t b = 0;
+  int64_t rows = 0;  // 1 .. kRowBlock real rows; the rest repeat the last one and are not written
+  int64_t head[kRowBlock] = {};
+  int64_t pos[kRowBlock] = {};
+};
+
+// Per thread: the block's scores (and its rope part's, in split bf16) and output accumulators.
+struct BlockWorkspace {
+  std::vector<float> scores;       // [kRowBlock, kv_len]
+  std::vector<float> tail_scores;  // [kRowBlock, kv_len], split bf16 scores only
+  std::vector<float> accumulators; // [kRowBlock, value_dim]
+};
+
+bool shares_keys_across_heads(const AttentionParams& p) { return p.key_head_stride == 0 && p.value_head_stride == 0; }
+
+// Rows of one sequence in block order. Shared keys: position-major, so a block's heads see the
+// same positions (one visible length). Per-head keys: head-major, consecutive positions of one head.
+int64_t rows_per_sequence(const AttentionParams& p) { return p.n_heads * p.seq; }
+int64_t blocks_per_sequence(const AttentionParams& p) {
+  const int64_t rows = rows_per_sequence(p);
+  return shares_keys_across_heads(p) ? (rows + kRowBlock - 1) / kRowBlock
+                                     : p.n_heads * ((p.seq + kRowBlock - 1) / kRowBlock);
+}
+
+RowBlock make_block(const AttentionParams& p, int64_t b, int64_t block) {
+  RowBlock out;
+  out.b = b;
+  if (shares_keys_across_heads(p)) {
+    const int64_t first = block * kRowBlock;
+    out.rows = std::min(kRowBlock, rows_per_sequence(p) - first);
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      const int64_t row = first + std::min(r, out.rows - 1);
+      out.pos[r] = row / p.n_heads;
+      out.head[r] = row % p.n_heads;
+    }
+  } else {
+    const int64_t blocks_per_head = (p.seq + kRowBlock - 1) / kRowBlock;
+    const int64_t first = (block % blocks_per_head) * kRowBlock;
+    out.rows = std::min(kRowBlock, p.seq - first);
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      out.head[r] = block / blocks_per_head;
+      out.pos[r] = first + std::min(r, out.rows - 1);
+    }
+  }
+  return out;
+}
+
+// scores[r * kv_len + t] = dot(query r, key t) over [offset, offset + dim), t < cols.
+void block_dots(const AttentionParams& p, const float* const query[kRowBlock], const float* keys, int64_t offset,
+                int64_t dim, int64_t cols, float* scores) {
+  const float* rows[kRowBlock];
+  for (int64_t r = 0; r < kRowBlock; ++r) rows[r] = query[r] + offset;
+  int64_t t = 0;
+  for (; t + 4 <= cols; t += 4) {
+    const float* key[4] = {keys + t * p.key_pos_stride + offset, keys + (t + 1) * p.key_pos_stride + offset,
+                           keys + (t + 2) * p.key_pos_stride + offset, keys + (t + 3) * p.key_pos_stride + offset};
+    float dots[16];
+    dot_4x4_f32(rows, key, dim, dots);
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      for (int64_t j = 0; j < 4; ++j) scores[r * p.kv_len + t + j] = dots[r * 4 + j];
+    }
+  }
+  for (; t < cols; ++t) {
+    float dots[4];
+    dot4_f32(keys + t * p.key_pos_stride + offset, rows, dim, dots);
+    for (int64_t r = 0; r < kRowBlock; ++r) scores[r * p.kv_len + t] = dots[r];
+  }
+}
+
+void attend_block(const AttentionParams& p, const RowBlock& block, BlockWorkspace& work) {
+  const bool split = p.round_to_bf16 && p.score_split > 0;
+  const int64_t main_dim = split ? p.score_split : p.score_dim;
+  const float* keys = p.keys + block.b * p.key_batch_stride + block.head[0] * p.key_head_stride;
+  const float* values = p.values + block.b * p.value_batch_stride + block.head[0] * p.value_head_stride;
+  const float* query[kRowBlock];
+  int64_t visible[kRowBlock];
+  int64_t cols = 0;
+  for (int64_t r = 0; r < kRowBlock; ++r) {
+    query[r] = p.q + (block.b * p.seq + block.pos[r]) * p.q_token_stride + block.head[r] * p.q_head_stride;
+    visible[r] = attention_visible_len(p, block.pos[r]);
+    cols = std::max(cols, visible[r]);
+  }
+  float* scores = work.scores.data();
+  block_dots(p, query, keys, 0, main_dim, cols, scores);
+  if (split) block_dots(p, query, keys, main_dim, p.score_dim - main_dim, cols, work.tail_scores.data());
+
+  for (int64_t r = 0; r < kRowBlock; ++r) {
+    float* row = scores + r * p.kv_len;
+    const float* tail = split ? work.tail_scores.data() + r * p.kv_len : nullptr;
+    scores_to_probs(attention_score_row(p, block.pos[r], row, tail, visible[r]));
+    std::fill(row + visible[r], row + cols, 0.0f);  // rows that see less add nothing past their end
+  }
+
+  float* accumulator[kRowBlock];
+  for (int64_t r = 0; r < kRowBlock; ++r) accumulator[r] = work.accumulators.data() + r * p.value_dim;
+  std::fill(work.accumulators.begin(), work.accumulators.end(), 0.0f);
+  int64_t t = 0;
+  for (; t + 4 <= cols; t += 4) {
+    const float* value[4] = {values + t * p.value_pos_stride, values + (t + 1) * p.value_pos_stride,
+                             values + (t + 2) * p.value_pos_stride, values + (t + 3) * p.value_pos_stride};
+    float probs[16];
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      for (int64_t j = 0; j < 4; ++j) probs[r * 4 + j] = scores[r * p.kv_len + t + j];
+    }
+    axpy_4x4_f32(probs, value, accumulator, p.value_dim);
+  }
+  for (; t < cols; ++t) {
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      const float prob = scores[r * p.kv_len + t];
+      if (prob != 0.0f) axpy_f32(prob, values + t * p.value_pos_stride, accumulator[r], p.value_dim);
+    }
+  }
+  for (int64_t r = 0; r < block.rows; ++r) {
+    float* out = p.out + (block.b * p.seq + block.pos[r]) * p.out_token_stride + block.head[r] * p.out_head_stride;
+    for (int64_t i = 0; i < p.value_dim; ++i) {
+      out[i] = p.round_to_bf16 ? round_to_bf16(accumulator[r][i]) : accumulator[r][i];
+    }
+  }
+}
+
+// A lone query row (decode with per-head keys): the same arithmetic as a block, without
+// computing three repeats of it.
+void attend_one_row(const AttentionParams& p, const RowBlock& block, BlockWorkspace& work) {
+  const int64_t s = block.pos[0];
+  const int64_t h = block.head[0];
+  const float* query = p.q + (block.b * p.seq + s) * p.q_token_stride + h * p.q_head_stride;
+  const float* keys = p.keys + block.b * p.key_batch_stride + h * p.key_head_stride;
+  const float* values = p.values + block.b * p.value_batch_stride + h * p.value_head_stride;
   const bool split = p.round_to_bf16 && p.score_split > 0;
   const int64_t main_dim = split ? p.score_split : p.score_dim;
   const int64_t visible = attention_visible_len(p, s);
+  float* scores = work.scores.data();
 
-  // Raw dot products four keys at a time (the query loaded once for four), then the rest.
-  float* dot_main = scores;  // finished in place below
   int64_t t = 0;
   for (; t + 4 <= visible; t += 4) {
     const float* four[4] = {keys + t * p.key_pos_stride, keys + (t + 1) * p.key_pos_stride,
                             keys + (t + 2) * p.key_pos_stride, keys + (t + 3) * p.key_pos_stride};
-    dot4_f32(query, four, main_dim, dot_main + t);
+    dot4_f32(query, four, main_dim, scores + t);
   }
-  for (; t < visible; ++t) dot_main[t] = dot_f32(query, keys + t * p.key_pos_stride, main_dim);
-
-  for (t = 0; t < visible; ++t) {
-    const float* key = keys + t * p.key_pos_stride;
-    const float dot_tail = split ? dot_f32(query + main_dim, key + main_dim, p.score_dim - main_dim) : 0.0f;
-    float score = finish_score(dot_main[t], dot_tail, p.scale, split, p.round_to_bf16);
-    if (p.mask != nullptr) {
-      score += p.mask[s * p.mask_stride + t];
-      if (p.round_to_bf16) score = round_to_bf16(score);
-    }
-    scores[t] = score;
+  for (; t < visible; ++t) scores[t] = dot_f32(query, keys + t * p.key_pos_stride, main_dim);
+  float* tail = split ? work.tail_scores.data() : nullptr;
+  for (t = 0; split && t < visible; ++t) {
+    tail[t] = dot_f32(query + main_dim, keys + t * p.key_pos_stride + main_dim, p.score_dim - main_dim);
   }
-  softmax_row(scores, visible, p.round_to_bf16);
+  scores_to_probs(attention_score_row(p, s, scores, tail, visible));
 
-  for (int64_t i = 0; i < p.value_dim; ++i) accumulator[i] = 0.0f;
+  float* accumulator = work.accumulators.data();
+  std::fill(accumulator, accumulator + p.value_dim, 0.0f);
   for (t = 0; t + 4 <= visible; t += 4) {
     const float* four[4] = {values + t * p.value_pos_stride, values + (t + 1) * p.value_pos_stride,
                             values + (t + 2) * p.value_pos_stride, values + (t + 3) * p.value_pos_stride};
@@ -48,29 +174,39 @@ void attend_one_row(const AttentionParams& p, int64_t b, int64_t h, int64_t s, f
   for (; t < visible; ++t) {
     if (scores[t] != 0.0f) axpy_f32(scores[t], values + t * p.value_pos_stride, accumulator, p.value_dim);
   }
-  float* out = p.out + (b * p.seq + s) * p.out_token_stride + h * p.out_head_stride;
+  float* out = p.out + (block.b * p.seq + s) * p.out_token_stride + h * p.out_head_stride;
   for (int64_t i = 0; i < p.value_dim; ++i) out[i] = p.round_to_bf16 ? round_to_bf16(accumulator[i]) : accumulator[i];
 }
 
 }  // namespace
 
 void attention_fast(const AttentionParams& p) {
+  const bool split = p.round_to_bf16 && p.score_split > 0;
+  const int64_t blocks = blocks_per_sequence(p);
 #pragma omp parallel
   {
-    // Per thread: one row of scores and one output accumulator, reused for every row it takes.
-    std::vector<float> scores(static_cast<size_t>(p.kv_len));
-    std::vector<float> accumulator(static_cast<size_t>(p.value_dim));
-#pragma omp for collapse(3) schedule(dynamic, 4)
+    BlockWorkspace work;
+    work.scores.resize(static_cast<size_t>(kRowBlock * p.kv_len));
+    work.tail_scores.resize(split ? static_cast<size_t>(kRowBlock * p.kv_len) : 0);
+    work.accumulators.resize(static_cast<size_t>(kRowBlock * p.value_dim));
+#pragma omp for collapse(2) schedule(dynamic, 2)
     for (int64_t b = 0; b < p.batch; ++b) {
-      for (int64_t h = 0; h < p.n_heads; ++h) {
-        for (int64_t s = 0; s < p.seq; ++s) attend_one_row(p, b, h, s, scores.data(), accumulator.data());
+      for (int64_t block = 0; block < blocks; ++block) {
+        const RowBlock rows = make_block(p, b, block);
+        if (rows.rows == 1) {
+          attend_one_row(p, rows, work);
+        } else {
+          attend_block(p, rows, work);
+        }
       }
     }
   }
 }
 
 int64_t attention_fast_workspace_bytes(const AttentionParams& p, int threads) {
-  return static_cast<int64_t>(threads) * (p.kv_len + p.value_dim) * static_cast<int64_t>(sizeof(float));
+  const int64_t score_tiles = (p.round_to_bf16 && p.score_split > 0) ? 2 : 1;
+  return static_cast<int64_t>(threads) * kRowBlock * (score_tiles * p.kv_len + p.value_dim) *
+         static_cast<int64_t>(sizeof(float));
 }
 
 }  // namespace mla

@@ -43,15 +43,7 @@ void attend_chunk(const AttentionParams& p, int64_t b, int64_t h, int64_t s_begi
     const int64_t s = s_begin + r;
     const int64_t visible = attention_visible_len(p, s);
     float* row = scores + r * cols;
-    for (int64_t t = 0; t < visible; ++t) {
-      float score = finish_score(row[t], split ? tail_scores[r * cols + t] : 0.0f, p.scale, split, p.round_to_bf16);
-      if (p.mask != nullptr) {
-        score += p.mask[s * p.mask_stride + t];
-        if (p.round_to_bf16) score = round_to_bf16(score);
-      }
-      row[t] = score;
-    }
-    softmax_row(row, visible, p.round_to_bf16);
+    scores_to_probs(attention_score_row(p, s, row, split ? tail_scores + r * cols : nullptr, visible));
     std::fill(row + visible, row + cols, 0.0f);
   }
 

@@ -26,18 +26,21 @@ inline uint16_t f32_to_bf16_bits(float value) {
 
 inline float round_to_bf16(float value) { return bf16_bits_to_f32(f32_to_bf16_bits(value)); }
 
-// The same rounding, written without branches so the loop vectorises: it runs over every
-// output of every bf16 GEMM.
+// The same rounding without branches, so that loops over it vectorise: every output of every
+// bf16 GEMM and every bf16 score goes through it.
+inline float round_to_bf16_branchless(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  const uint32_t quiet_nan = (bits | 0x00400000u) & 0xffff0000u;
+  bits = (bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
+  std::memcpy(&value, &bits, sizeof(bits));
+  return value;
+}
+
 inline void round_to_bf16_inplace(float* values, int64_t count) {
 #pragma omp simd
-  for (int64_t i = 0; i < count; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, &values[i], sizeof(bits));
-    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-    const uint32_t quiet_nan = (bits | 0x00400000u) & 0xffff0000u;
-    bits = (bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
-    std::memcpy(&values[i], &bits, sizeof(bits));
-  }
+  for (int64_t i = 0; i < count; ++i) values[i] = round_to_bf16_branchless(values[i]);
 }
 
 // fp16 (IEEE binary16) to fp32, for checkpoints stored as F16.

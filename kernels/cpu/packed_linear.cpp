@@ -19,6 +19,7 @@
 #include "kernels/cpu/fp8.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/skinny_linear.h"
+#include "kernels/cpu/vector_ops.h"
 
 namespace mla {
 
@@ -225,6 +226,9 @@ std::vector<float> PackedLinear::streamed_values() const {
 
 void PackedLinear::forward(const PackedLinearCall& call) const {
   if (call.rows == 0 || out_features_ == 0) return;
+  if (call.x_bf16 != nullptr && impl_->precision != LinearPrecision::BF16) {
+    throw std::invalid_argument("PackedLinear::forward: x_bf16 given to an fp32 linear layer");
+  }
   const bool streamed = impl_->streamed != WeightCodes::F32 && call.rows <= kSkinnyMaxRows;
   if (!streamed) {
     std::lock_guard<std::mutex> lock(impl_->mutex);
@@ -236,9 +240,14 @@ void PackedLinear::forward(const PackedLinearCall& call) const {
   const bool onednn = false;
 #endif
   if (!streamed && !onednn) {  // gemm() counts its FLOPs and linear() rounds
+    std::vector<float> widened;
+    if (call.x_bf16 != nullptr) {
+      widened.resize(static_cast<size_t>(call.rows * in_features_));
+      for (size_t i = 0; i < widened.size(); ++i) widened[i] = bf16_bits_to_f32(call.x_bf16[i]);
+    }
     LinearParams params;
-    params.x = call.x;
-    params.x_stride = call.x_stride;
+    params.x = call.x_bf16 != nullptr ? widened.data() : call.x;
+    params.x_stride = call.x_bf16 != nullptr ? in_features_ : call.x_stride;
     params.weight = impl_->weight_f32.data();
     params.y = call.y;
     params.y_stride = call.y_stride;
@@ -250,11 +259,11 @@ void PackedLinear::forward(const PackedLinearCall& call) const {
     return;
   }
   record_gemm_flop(2 * call.rows * out_features_ * in_features_);
-  if (streamed) {
-    forward_streamed(call);
-  } else {
-    forward_onednn(call);
+  if (!streamed) {
+    forward_onednn(call);  // rounds as it writes y
+    return;
   }
+  forward_streamed(call);
   if (call.round_to_bf16) {
     for (int64_t row = 0; row < call.rows; ++row) round_to_bf16_inplace(call.y + row * call.y_stride, out_features_);
   }
@@ -284,7 +293,9 @@ void PackedLinear::forward_onednn(const PackedLinearCall& call) const {
   const int64_t in = in_features_;
   const bool bf16 = impl_->precision == LinearPrecision::BF16;
   void* src_handle = const_cast<float*>(call.x);
-  if (bf16 || call.x_stride != in) {
+  if (bf16 && call.x_bf16 != nullptr) {
+    src_handle = const_cast<uint16_t*>(call.x_bf16);
+  } else if (bf16 || call.x_stride != in) {
     const size_t bytes = static_cast<size_t>(call.rows * in) * (bf16 ? sizeof(uint16_t) : sizeof(float));
     if (impl_->x_dense.size() < bytes) impl_->x_dense.resize(bytes);
     src_handle = impl_->x_dense.data();
@@ -295,16 +306,10 @@ void PackedLinear::forward_onednn(const PackedLinearCall& call) const {
 #pragma omp parallel for schedule(static) if (call.rows * in > 65536)
     for (int64_t row = 0; row < call.rows; ++row) {
       const float* x_row = x + row * x_stride;
-      if (!bf16) {
+      if (bf16) {
+        bf16_values_to_bits(x_row, dense_bf16 + row * in, in);
+      } else {
         std::memcpy(dense_f32 + row * in, x_row, static_cast<size_t>(in) * sizeof(float));
-        continue;
-      }
-      // x holds bf16 values in fp32: their upper halves are the bf16 numbers, exactly.
-      uint16_t* out_row = dense_bf16 + row * in;
-      for (int64_t i = 0; i < in; ++i) {
-        uint32_t bits;
-        std::memcpy(&bits, &x_row[i], sizeof(bits));
-        out_row[i] = static_cast<uint16_t>(bits >> 16);
       }
     }
   }
@@ -325,8 +330,18 @@ void PackedLinear::forward_onednn(const PackedLinearCall& call) const {
   } catch (const dnnl::error& e) {
     rethrow_onednn("matmul", out_features_, in, e);
   }
-  for (int64_t row = 0; y_dense != call.y && row < call.rows; ++row) {
-    std::memcpy(call.y + row * call.y_stride, y_dense + row * out_features_, static_cast<size_t>(out_features_) * sizeof(float));
+  // The scatter to a strided y and the rounding to bf16 in one pass, threaded and vectorised:
+  // on the layer's bf16 prefill shapes, serial scalar passes around the GEMM took 13 of 33 ms.
+  if (y_dense == call.y && !call.round_to_bf16) return;
+  const int64_t out = out_features_;
+#pragma omp parallel for schedule(static) if (call.rows * out > 65536)
+  for (int64_t row = 0; row < call.rows; ++row) {
+    float* y_row = call.y + row * call.y_stride;
+    if (call.round_to_bf16) {
+      round_to_bf16_copy(y_dense + row * out, y_row, out);
+    } else {
+      std::memcpy(y_row, y_dense + row * out, static_cast<size_t>(out) * sizeof(float));
+    }
   }
 #else
   (void)call;  // forward() takes this path only when oneDNN is linked

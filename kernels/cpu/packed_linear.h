@@ -21,6 +21,9 @@ enum class LinearPrecision {
 struct PackedLinearCall {
   const float* x = nullptr;  // [rows, in_features], row stride x_stride (bf16 values in BF16)
   int64_t x_stride = 0;
+  // BF16 only, instead of x: the input as bf16 numbers, dense [rows, in_features]. A layer whose
+  // input feeds several linear layers converts it once.
+  const uint16_t* x_bf16 = nullptr;
   float* y = nullptr;  // [rows, out_features], row stride y_stride
   int64_t y_stride = 0;
   int64_t rows = 0;

@@ -1,22 +1,60 @@
 #include "kernels/cpu/softmax.h"
 
-#include <cmath>
 #include <limits>
+
+#include "kernels/cpu/vector_ops.h"
 
 namespace mla {
 
-void softmax_row(float* scores, int64_t len, bool round_probs_to_bf16) {
+// Each loop below has its conditions hoisted so that its body vectorises.
+MLA_VECTOR_CLONES void scores_to_probs(const ScoreRow& row) {
+  float* scores = row.scores;
+  const float scale = row.scale;
+  const int64_t len = row.len;
+  if (!row.round_to_bf16) {
+#pragma omp simd
+    for (int64_t t = 0; t < len; ++t) scores[t] *= scale;
+    if (row.mask != nullptr) {
+#pragma omp simd
+      for (int64_t t = 0; t < len; ++t) scores[t] += row.mask[t];
+    }
+  } else {
+    if (row.tail != nullptr) {
+#pragma omp simd
+      for (int64_t t = 0; t < len; ++t) {
+        const float dot = round_to_bf16_branchless(round_to_bf16_branchless(scores[t]) +
+                                                   round_to_bf16_branchless(row.tail[t]));
+        scores[t] = round_to_bf16_branchless(dot * scale);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t t = 0; t < len; ++t) scores[t] = round_to_bf16_branchless(round_to_bf16_branchless(scores[t]) * scale);
+    }
+    if (row.mask != nullptr) {
+#pragma omp simd
+      for (int64_t t = 0; t < len; ++t) scores[t] = round_to_bf16_branchless(scores[t] + row.mask[t]);
+    }
+  }
+  softmax_row(scores, len, row.round_to_bf16);
+}
+
+MLA_VECTOR_CLONES void softmax_row(float* scores, int64_t len, bool round_probs_to_bf16) {
   float max_score = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : max_score)
   for (int64_t t = 0; t < len; ++t) max_score = scores[t] > max_score ? scores[t] : max_score;
   double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
   for (int64_t t = 0; t < len; ++t) {
-    scores[t] = std::exp(scores[t] - max_score);
+    scores[t] = exp_nonpositive(scores[t] - max_score);
     sum += scores[t];
   }
   const float inv_sum = static_cast<float>(1.0 / sum);
-  for (int64_t t = 0; t < len; ++t) {
-    const float prob = scores[t] * inv_sum;
-    scores[t] = round_probs_to_bf16 ? round_to_bf16(prob) : prob;
+  if (round_probs_to_bf16) {
+#pragma omp simd
+    for (int64_t t = 0; t < len; ++t) scores[t] = round_to_bf16_branchless(scores[t] * inv_sum);
+  } else {
+#pragma omp simd
+    for (int64_t t = 0; t < len; ++t) scores[t] *= inv_sum;
   }
 }
 
