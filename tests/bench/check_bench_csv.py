@@ -93,7 +93,7 @@ def main():
         elif args.require_baseline:
             check(False, f"{where}: no baseline time")
 
-    # The claim's memory half: with several query rows per step the fast path keeps one score row
+    # The claim's memory half: with several query rows per step the fast path keeps four score rows
     # per thread where the standard path materializes a chunk of rows.
     standard = {}
     for r in rows:
