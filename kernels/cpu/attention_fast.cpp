@@ -31,6 +31,15 @@ struct BlockWorkspace {
   std::vector<float> accumulators; // [kRowBlock, value_dim]
 };
 
+// One finished output row: the accumulator, rounded to bf16 in bf16 mode.
+void store_output(const float* accumulator, float* out, int64_t value_dim, bool round_to_bf16) {
+  if (round_to_bf16) {
+    round_to_bf16_copy(accumulator, out, value_dim);
+  } else {
+    std::copy(accumulator, accumulator + value_dim, out);
+  }
+}
+
 bool shares_keys_across_heads(const AttentionParams& p) { return p.key_head_stride == 0 && p.value_head_stride == 0; }
 
 // Rows of one sequence in block order. Shared keys: position-major, so a block's heads see the
@@ -132,9 +141,7 @@ void attend_block(const AttentionParams& p, const RowBlock& block, BlockWorkspac
   }
   for (int64_t r = 0; r < block.rows; ++r) {
     float* out = p.out + (block.b * p.seq + block.pos[r]) * p.out_token_stride + block.head[r] * p.out_head_stride;
-    for (int64_t i = 0; i < p.value_dim; ++i) {
-      out[i] = p.round_to_bf16 ? round_to_bf16(accumulator[r][i]) : accumulator[r][i];
-    }
+    store_output(accumulator[r], out, p.value_dim, p.round_to_bf16);
   }
 }
 
@@ -175,7 +182,7 @@ void attend_one_row(const AttentionParams& p, const RowBlock& block, BlockWorksp
     if (scores[t] != 0.0f) axpy_f32(scores[t], values + t * p.value_pos_stride, accumulator, p.value_dim);
   }
   float* out = p.out + (block.b * p.seq + s) * p.out_token_stride + h * p.out_head_stride;
-  for (int64_t i = 0; i < p.value_dim; ++i) out[i] = p.round_to_bf16 ? round_to_bf16(accumulator[i]) : accumulator[i];
+  store_output(accumulator, out, p.value_dim, p.round_to_bf16);
 }
 
 }  // namespace
