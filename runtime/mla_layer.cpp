@@ -311,15 +311,34 @@ void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
   float* expanded = sized(kv_expanded_, batch * kv_len * kv_width);
   float* keys = sized(keys_, batch * heads * kv_len * dq);
   float* values = sized(values_, batch * heads * kv_len * dv);
-  if (kv_len == model_.max_seq_len) {
-    // The sequences' cache rows are contiguous: one GEMM for all of them.
-    run_linear(kv_cache_.data(), latent_width_, wkv_b_, batch * kv_len, expanded, kv_width);
-  } else {
-    for (int64_t b = 0; b < batch; ++b) {
-      run_linear(kv_cache_.data() + b * model_.max_seq_len * latent_width_, latent_width_, wkv_b_, kv_len,
-                 expanded + b * kv_len * kv_width, kv_width);
+  // One GEMM for every sequence: their cache rows [b, 0..kv_len) gathered into one dense operand
+  // (bf16 numbers in bf16 mode, which is what the GEMM would convert them to anyway). Per-sequence
+  // GEMMs of kv_len rows ran at half the rate on the prefill shapes.
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t rows = batch * kv_len;
+  const float* latent_rows = nullptr;
+  const uint16_t* latent_bits = nullptr;
+  if (round_bf16_) {
+    uint16_t* bits = sized(latent_bf16_, rows * C);
+#pragma omp parallel for schedule(static) if (rows * C > 65536)
+    for (int64_t row = 0; row < rows; ++row) {
+      const float* cache_row = kv_cache_.data() + ((row / kv_len) * model_.max_seq_len + row % kv_len) * latent_width_;
+      bf16_values_to_bits(cache_row, bits + row * C, C);
     }
+    latent_bits = bits;
+  } else if (kv_len == model_.max_seq_len || batch == 1) {
+    latent_rows = kv_cache_.data();  // already one strided operand
+  } else {
+    float* dense = sized(latent_f32_, rows * C);
+#pragma omp parallel for schedule(static) if (rows * C > 65536)
+    for (int64_t row = 0; row < rows; ++row) {
+      const float* cache_row = kv_cache_.data() + ((row / kv_len) * model_.max_seq_len + row % kv_len) * latent_width_;
+      std::memcpy(dense + row * C, cache_row, static_cast<size_t>(C) * sizeof(float));
+    }
+    latent_rows = dense;
   }
+  run_linear(latent_rows, latent_rows == kv_cache_.data() ? latent_width_ : C, wkv_b_, rows, expanded, kv_width,
+             latent_bits);
   for (int64_t b = 0; b < batch; ++b) {
     // Position t of head h: [k_nope | v] at expanded[b, t, h], the one k_pe at the cache row.
     const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;

@@ -97,6 +97,8 @@ class MlaLayer {
   std::vector<float> kv_;         // [B*S, C + dr]
   std::vector<float> q_absorbed_; // absorb: [B*S, Hl, C + dr] = [Wk^T q_nope | q_pe]
   std::vector<float> o_latent_;   // absorb: [B*S, Hl, C]
+  std::vector<uint16_t> latent_bf16_;  // naive, bf16 mode: [B, kv_len, C] the cached c_n as bf16 numbers
+  std::vector<float> latent_f32_;      // naive, fp32: [B, kv_len, C] the cached c_n, dense
   std::vector<float> kv_expanded_;// naive: [B, kv_len, Hl, dn + dv] = wkv_b c_n
   std::vector<float> keys_;       // naive: [B, Hl, kv_len, dq] = [k_nope | k_pe]
   std::vector<float> values_;     // naive: [B, Hl, kv_len, dv]

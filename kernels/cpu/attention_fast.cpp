@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/attention_fast_amx.h"
 #include "kernels/cpu/softmax.h"
 #include "kernels/cpu/vector_ops.h"
 
@@ -188,6 +189,10 @@ void attend_one_row(const AttentionParams& p, const RowBlock& block, BlockWorksp
 }  // namespace
 
 void attention_fast(const AttentionParams& p) {
+  if (attention_fast_amx_applies(p)) {
+    attention_fast_amx(p);
+    return;
+  }
   const bool split = p.round_to_bf16 && p.score_split > 0;
   const int64_t blocks = blocks_per_sequence(p);
 #pragma omp parallel
@@ -211,6 +216,7 @@ void attention_fast(const AttentionParams& p) {
 }
 
 int64_t attention_fast_workspace_bytes(const AttentionParams& p, int threads) {
+  if (attention_fast_amx_applies(p)) return attention_fast_amx_workspace_bytes(p, threads);
   const int64_t score_tiles = (p.round_to_bf16 && p.score_split > 0) ? 2 : 1;
   return static_cast<int64_t>(threads) * kRowBlock * (score_tiles * p.kv_len + p.value_dim) *
          static_cast<int64_t>(sizeof(float));

@@ -78,6 +78,7 @@ struct PackedLinear::Impl {
   static constexpr size_t kMaxPrimitives = 32;
   struct Primitive {
     int64_t rows = 0;
+    bool bf16_dst = false;
     dnnl::matmul matmul;
     dnnl::matmul::primitive_desc desc;
     dnnl::memory weights;  // packed_weights, or its copy in the layout this primitive wants
@@ -88,33 +89,38 @@ struct PackedLinear::Impl {
   mutable std::deque<Primitive> primitives;  // a deque: references stay valid as it grows
   mutable std::vector<char> x_dense;   // a strided or bf16 x made dense, [rows, in_features]
   mutable std::vector<float> y_dense;  // y before it is scattered to a strided destination
+  mutable std::vector<uint16_t> y_bf16;  // y as oneDNN rounds it to bf16, before it is widened
   // The buffers above make forward one call at a time per weight, as a layer's step calls it.
 
   dnnl_dt operand_type() const { return precision == LinearPrecision::BF16 ? dnnl_dt::bf16 : dnnl_dt::f32; }
 
   // src and dst are dense: forward gathers a strided x and scatters a strided y.
-  dnnl::matmul::primitive_desc describe(int64_t rows, int64_t in, int64_t out, const dnnl::memory::desc& weights) const {
+  // bf16_dst: oneDNN rounds y to bf16 as it stores it (round to nearest even, as round_to_bf16),
+  // which halves what the GEMM writes and saves a rounding pass over y.
+  dnnl::matmul::primitive_desc describe(int64_t rows, int64_t in, int64_t out, const dnnl::memory::desc& weights,
+                                        bool bf16_dst = false) const {
     const dnnl::memory::desc src({rows, in}, operand_type(), dnnl_tag::ab);
-    const dnnl::memory::desc dst({rows, out}, dnnl_dt::f32, dnnl_tag::ab);
+    const dnnl::memory::desc dst({rows, out}, bf16_dst ? dnnl_dt::bf16 : dnnl_dt::f32, dnnl_tag::ab);
     return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, dst), onednn_engine());
   }
 
-  const Primitive& primitive(int64_t rows, int64_t in, int64_t out) const {
+  const Primitive& primitive(int64_t rows, int64_t in, int64_t out, bool bf16_dst) const {
     std::lock_guard<std::mutex> lock(mutex);
     for (const Primitive& p : primitives) {
-      if (p.rows == rows) return p;
+      if (p.rows == rows && p.bf16_dst == bf16_dst) return p;
     }
     Primitive created;
     created.rows = rows;
+    created.bf16_dst = bf16_dst;
     try {
       // The weight was packed for oneDNN's choice at 256 rows; the choice has not depended on the
       // rows on the CPUs we have seen, but where it does, this shape gets its own copy.
       dnnl::matmul::primitive_desc pd;
       try {
-        pd = describe(rows, in, out, packed_weights.get_desc());
+        pd = describe(rows, in, out, packed_weights.get_desc(), bf16_dst);
         created.weights = packed_weights;
       } catch (const dnnl::error&) {
-        pd = describe(rows, in, out, dnnl::memory::desc({in, out}, operand_type(), dnnl_tag::any));
+        pd = describe(rows, in, out, dnnl::memory::desc({in, out}, operand_type(), dnnl_tag::any), bf16_dst);
         created.weights = dnnl::memory(pd.weights_desc(), onednn_engine());
         dnnl::stream stream(onednn_engine());
         dnnl::memory source = packed_weights;  // a handle: the copy shares the buffer
@@ -313,31 +319,40 @@ void PackedLinear::forward_onednn(const PackedLinearCall& call) const {
       }
     }
   }
-  float* y_dense = call.y;
-  if (call.y_stride != out_features_) {
-    if (static_cast<int64_t>(impl_->y_dense.size()) < call.rows * out_features_) {
-      impl_->y_dense.resize(static_cast<size_t>(call.rows * out_features_));
-    }
-    y_dense = impl_->y_dense.data();
+  // In bf16, oneDNN stores y rounded to bf16 in a dense scratch, widened into y after (exactly):
+  // 6 bytes moved per element where an fp32 store and a rounding pass moved 12.
+  const bool bf16_dst = bf16 && call.round_to_bf16;
+  const int64_t out = out_features_;
+  void* dst_handle = call.y;
+  if (bf16_dst) {
+    if (static_cast<int64_t>(impl_->y_bf16.size()) < call.rows * out) impl_->y_bf16.resize(static_cast<size_t>(call.rows * out));
+    dst_handle = impl_->y_bf16.data();
+  } else if (call.y_stride != out || call.round_to_bf16) {
+    if (static_cast<int64_t>(impl_->y_dense.size()) < call.rows * out) impl_->y_dense.resize(static_cast<size_t>(call.rows * out));
+    dst_handle = impl_->y_dense.data();
   }
-  const Impl::Primitive& p = impl_->primitive(call.rows, in, out_features_);
+  const Impl::Primitive& p = impl_->primitive(call.rows, in, out, bf16_dst);
   try {
     dnnl::stream stream(onednn_engine());
     dnnl::memory src(p.desc.src_desc(), onednn_engine(), src_handle);
-    dnnl::memory dst(p.desc.dst_desc(), onednn_engine(), y_dense);
+    dnnl::memory dst(p.desc.dst_desc(), onednn_engine(), dst_handle);
     p.matmul.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, p.weights}, {DNNL_ARG_DST, dst}});
     stream.wait();
   } catch (const dnnl::error& e) {
     rethrow_onednn("matmul", out_features_, in, e);
   }
-  // The scatter to a strided y and the rounding to bf16 in one pass, threaded and vectorised:
-  // on the layer's bf16 prefill shapes, serial scalar passes around the GEMM took 13 of 33 ms.
-  if (y_dense == call.y && !call.round_to_bf16) return;
-  const int64_t out = out_features_;
+  if (dst_handle == call.y) return;
+  // The widening (or rounding) and the scatter to a strided y in one pass, threaded and
+  // vectorised: on the layer's bf16 prefill shapes, serial scalar passes around the GEMM took 13
+  // of 33 ms.
+  const uint16_t* y_bf16 = impl_->y_bf16.data();
+  const float* y_dense = impl_->y_dense.data();
 #pragma omp parallel for schedule(static) if (call.rows * out > 65536)
   for (int64_t row = 0; row < call.rows; ++row) {
     float* y_row = call.y + row * call.y_stride;
-    if (call.round_to_bf16) {
+    if (bf16_dst) {
+      bf16_bits_to_f32_copy(y_bf16 + row * out, y_row, out);
+    } else if (call.round_to_bf16) {
       round_to_bf16_copy(y_dense + row * out, y_row, out);
     } else {
       std::memcpy(y_row, y_dense + row * out, static_cast<size_t>(out) * sizeof(float));

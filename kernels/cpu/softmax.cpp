@@ -42,12 +42,12 @@ MLA_VECTOR_CLONES void softmax_row(float* scores, int64_t len, bool round_probs_
   float max_score = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : max_score)
   for (int64_t t = 0; t < len; ++t) max_score = scores[t] > max_score ? scores[t] : max_score;
+  // Two loops: with the fp32 exponentials and the double sum in one, GCC 12 vectorises neither.
+#pragma omp simd
+  for (int64_t t = 0; t < len; ++t) scores[t] = exp_nonpositive(scores[t] - max_score);
   double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t t = 0; t < len; ++t) {
-    scores[t] = exp_nonpositive(scores[t] - max_score);
-    sum += scores[t];
-  }
+  for (int64_t t = 0; t < len; ++t) sum += scores[t];
   const float inv_sum = static_cast<float>(1.0 / sum);
   if (round_probs_to_bf16) {
 #pragma omp simd

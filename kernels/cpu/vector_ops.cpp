@@ -102,4 +102,12 @@ MLA_VECTOR_CLONES void f32_to_bf16_bits_rne(const float* src, uint16_t* dst, int
   }
 }
 
+MLA_VECTOR_CLONES void bf16_bits_to_f32_copy(const uint16_t* src, float* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
+    std::memcpy(dst + i, &bits, sizeof(bits));
+  }
+}
+
 }  // namespace mla

@@ -33,5 +33,7 @@ void round_to_bf16_copy(const float* src, float* dst, int64_t n);
 void bf16_values_to_bits(const float* src, uint16_t* dst, int64_t n);
 // dst[i] = f32_to_bf16_bits(src[i]): fp32 values rounded to bf16 numbers in one pass.
 void f32_to_bf16_bits_rne(const float* src, uint16_t* dst, int64_t n);
+// dst[i] = bf16_bits_to_f32(src[i]): bf16 numbers widened to fp32, exactly.
+void bf16_bits_to_f32_copy(const uint16_t* src, float* dst, int64_t n);
 
 }  // namespace mla

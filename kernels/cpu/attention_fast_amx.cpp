@@ -1,0 +1,288 @@
+// The fused attention of a bf16 prefill on AMX tiles (see attention_fast_amx.h). Only the functions
+// that issue tile instructions are compiled for AMX (MLA_AMX_TARGET), not the file: inline and
+// template code compiled here is shared with the rest of the program, which must run on any x86-64.
+#include "kernels/cpu/attention_fast_amx.h"
+
+// AMX intrinsics under a function's target attribute: GCC 11 and clang 12 onwards, x86-64 only.
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define MLA_HAVE_AMX_INTRINSICS 1
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define MLA_HAVE_AMX_INTRINSICS 0
+#endif
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/bf16.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/softmax.h"
+#include "kernels/cpu/vector_ops.h"
+
+namespace mla {
+
+namespace {
+
+// A tile is 16 rows of 64 bytes: 16 x 32 bf16 operands, or 16 x 16 fp32 accumulators. The B
+// operand of a tile product holds its inner dimension in pairs: row r, column n is the 32-bit
+// pair (B[2r][n], B[2r+1][n]).
+constexpr int64_t kTileRows = 16;
+constexpr int64_t kTileInner = 32;  // bf16 values along the inner dimension per tile
+constexpr int64_t kTileElements = kTileRows * kTileInner;
+constexpr int64_t kTileBytes = 64;
+// Tiles 0-3 hold operands, 4-7 four accumulators: each pass produces four 16 x 16 output blocks.
+constexpr int64_t kAccumulators = 4;
+
+int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+
+// How many tiles a head's operands take when its queries see at most `cols` positions.
+struct TileCounts {
+  int64_t key_blocks = 0;    // 16-key blocks of the scores, a multiple of kAccumulators
+  int64_t score_chunks = 0;  // 32-wide chunks of the score dimension
+  int64_t key_chunks = 0;    // 32-key chunks of the value product
+  int64_t value_blocks = 0;  // 16-column blocks of the values, a multiple of kAccumulators
+
+  TileCounts(const AttentionParams& p, int64_t cols)
+      : key_blocks(round_up((cols + kTileRows - 1) / kTileRows, kAccumulators)),
+        score_chunks((p.score_dim + kTileInner - 1) / kTileInner),
+        key_chunks((cols + kTileInner - 1) / kTileInner),
+        value_blocks(round_up((p.value_dim + kTileRows - 1) / kTileRows, kAccumulators)) {}
+
+  int64_t bf16_values() const {
+    return (key_blocks * score_chunks + key_chunks * value_blocks) * kTileElements +
+           (kTileRows + 1) * score_chunks * kTileInner + kTileRows * key_chunks * kTileInner + 2 * value_blocks * kTileRows;
+  }
+  int64_t fp32_values() const { return kTileRows * (key_blocks + value_blocks) * kTileRows; }
+};
+
+}  // namespace
+
+#if MLA_HAVE_AMX_INTRINSICS
+#define MLA_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
+
+namespace {
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Linux gives a process the tile registers' state only on request (arch_prctl ARCH_REQ_XCOMP_PERM).
+bool tiles_permitted() {
+  static const bool permitted = [] {
+    constexpr int kArchReqXcompPerm = 0x1023;
+    constexpr int kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return permitted;
+}
+
+// One (sequence, head)'s keys and values in the tile products' B layout, and one query block's
+// operands and results; per thread, reused across heads. Padding stays zero.
+struct HeadTiles : TileCounts {
+  std::vector<uint16_t> keys;     // [key_blocks][score_chunks] tiles
+  std::vector<uint16_t> values;   // [key_chunks][value_blocks] tiles
+  std::vector<uint16_t> queries;  // [16][score_chunks * 32]
+  std::vector<float> scores;      // [16][key_blocks * 16]
+  std::vector<uint16_t> probs;    // [16][key_chunks * 32]
+  std::vector<float> outputs;     // [16][value_blocks * 16]
+  std::vector<uint32_t> key_row;     // one key's bf16 pairs while it is packed
+  std::vector<uint16_t> value_rows;  // two positions' values in bf16 while they are packed
+
+  HeadTiles(const AttentionParams& p, int64_t cols) : TileCounts(p, cols) {
+    keys.assign(static_cast<size_t>(key_blocks * score_chunks * kTileElements), 0);
+    values.assign(static_cast<size_t>(key_chunks * value_blocks * kTileElements), 0);
+    queries.assign(static_cast<size_t>(kTileRows * score_chunks * kTileInner), 0);
+    scores.assign(static_cast<size_t>(kTileRows * key_blocks * kTileRows), 0.0f);
+    probs.assign(static_cast<size_t>(kTileRows * key_chunks * kTileInner), 0);
+    outputs.assign(static_cast<size_t>(kTileRows * value_blocks * kTileRows), 0.0f);
+    key_row.assign(static_cast<size_t>(score_chunks * kTileInner / 2), 0);
+    value_rows.assign(static_cast<size_t>(2 * value_blocks * kTileRows), 0);
+  }
+};
+
+// Key t, score dimensions (d, d + 1) go to tile (t / 16, d / 32), row (d % 32) / 2, column t % 16:
+// each key's bf16 pairs are written down a column, 64 bytes apart.
+void pack_keys(const AttentionParams& p, const float* keys, int64_t cols, HeadTiles& tiles) {
+  const int64_t pairs = tiles.score_chunks * kTileInner / 2;
+  std::vector<uint32_t>& row_pairs = tiles.key_row;  // one key in bf16, zero-padded to whole chunks
+  for (int64_t t = 0; t < cols; ++t) {
+    f32_to_bf16_bits_rne(keys + t * p.key_pos_stride, reinterpret_cast<uint16_t*>(row_pairs.data()), p.score_dim);
+    uint32_t* block = reinterpret_cast<uint32_t*>(tiles.keys.data()) +
+                      (t / kTileRows) * tiles.score_chunks * kTileElements / 2 + t % kTileRows;
+    for (int64_t pair = 0; pair < pairs; ++pair) block[pair * kTileRows] = row_pairs[pair];
+  }
+}
+
+// Positions (t, t + 1), value column c go to tile (t / 32, c / 16), row (t % 32) / 2, column c % 16:
+// a tile row interleaves 16 columns of two consecutive positions.
+void pack_values(const AttentionParams& p, const float* values, int64_t cols, HeadTiles& tiles) {
+  uint16_t* even = tiles.value_rows.data();
+  uint16_t* odd = even + tiles.value_blocks * kTileRows;
+  for (int64_t t = 0; t < cols; t += 2) {
+    f32_to_bf16_bits_rne(values + t * p.value_pos_stride, even, p.value_dim);
+    if (t + 1 < cols) {
+      f32_to_bf16_bits_rne(values + (t + 1) * p.value_pos_stride, odd, p.value_dim);
+    } else {
+      std::fill(odd, odd + p.value_dim, uint16_t{0});  // past the last position: zero, like the padding
+    }
+    uint32_t* row = reinterpret_cast<uint32_t*>(tiles.values.data()) +
+                    (t / kTileInner) * tiles.value_blocks * kTileElements / 2 + ((t % kTileInner) / 2) * kTileRows;
+    for (int64_t c = 0; c < p.value_dim; ++c) {
+      row[(c / kTileRows) * kTileElements / 2 + c % kTileRows] = static_cast<uint32_t>(even[c]) |
+                                                                 static_cast<uint32_t>(odd[c]) << 16;
+    }
+  }
+}
+
+// scores[r][t] = dot(query r, key t) for the first `key_blocks` blocks of 16 keys.
+MLA_AMX_TARGET void score_tiles(const HeadTiles& tiles, int64_t key_blocks, float* scores) {
+  const int64_t query_stride = tiles.score_chunks * kTileInner * static_cast<int64_t>(sizeof(uint16_t));
+  const int64_t score_stride = tiles.key_blocks * kTileRows * static_cast<int64_t>(sizeof(float));
+  for (int64_t block = 0; block < key_blocks; block += kAccumulators) {
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_zero(6);
+    _tile_zero(7);
+    for (int64_t chunk = 0; chunk < tiles.score_chunks; ++chunk) {
+      const uint16_t* key = tiles.keys.data() + (block * tiles.score_chunks + chunk) * kTileElements;
+      const int64_t next_block = tiles.score_chunks * kTileElements;
+      _tile_loadd(0, tiles.queries.data() + chunk * kTileInner, query_stride);
+      _tile_loadd(1, key, kTileBytes);
+      _tile_dpbf16ps(4, 0, 1);
+      _tile_loadd(2, key + next_block, kTileBytes);
+      _tile_dpbf16ps(5, 0, 2);
+      _tile_loadd(3, key + 2 * next_block, kTileBytes);
+      _tile_dpbf16ps(6, 0, 3);
+      _tile_loadd(1, key + 3 * next_block, kTileBytes);
+      _tile_dpbf16ps(7, 0, 1);
+    }
+    float* out = scores + block * kTileRows;
+    _tile_stored(4, out, score_stride);
+    _tile_stored(5, out + kTileRows, score_stride);
+    _tile_stored(6, out + 2 * kTileRows, score_stride);
+    _tile_stored(7, out + 3 * kTileRows, score_stride);
+  }
+}
+
+// outputs[r][c] = sum_t probs[r][t] values[t][c] over the first `key_chunks` chunks of 32 keys.
+MLA_AMX_TARGET void value_tiles(const HeadTiles& tiles, int64_t key_chunks, float* outputs) {
+  const int64_t prob_stride = tiles.key_chunks * kTileInner * static_cast<int64_t>(sizeof(uint16_t));
+  const int64_t output_stride = tiles.value_blocks * kTileRows * static_cast<int64_t>(sizeof(float));
+  for (int64_t block = 0; block < tiles.value_blocks; block += kAccumulators) {
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_zero(6);
+    _tile_zero(7);
+    for (int64_t chunk = 0; chunk < key_chunks; ++chunk) {
+      const uint16_t* value = tiles.values.data() + (chunk * tiles.value_blocks + block) * kTileElements;
+      _tile_loadd(0, tiles.probs.data() + chunk * kTileInner, prob_stride);
+      _tile_loadd(1, value, kTileBytes);
+      _tile_dpbf16ps(4, 0, 1);
+      _tile_loadd(2, value + kTileElements, kTileBytes);
+      _tile_dpbf16ps(5, 0, 2);
+      _tile_loadd(3, value + 2 * kTileElements, kTileBytes);
+      _tile_dpbf16ps(6, 0, 3);
+      _tile_loadd(1, value + 3 * kTileElements, kTileBytes);
+      _tile_dpbf16ps(7, 0, 1);
+    }
+    float* out = outputs + block * kTileRows;
+    _tile_stored(4, out, output_stride);
+    _tile_stored(5, out + kTileRows, output_stride);
+    _tile_stored(6, out + 2 * kTileRows, output_stride);
+    _tile_stored(7, out + 3 * kTileRows, output_stride);
+  }
+}
+
+// Query rows [first, first + rows) of head h of sequence b (rows <= 16); the head's keys and
+// values are packed in `tiles`.
+void attend_query_block(const AttentionParams& p, int64_t b, int64_t h, int64_t first, int64_t rows, HeadTiles& tiles) {
+  const int64_t query_width = tiles.score_chunks * kTileInner;
+  std::fill(tiles.queries.begin(), tiles.queries.end(), uint16_t{0});
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* query = p.q + (b * p.seq + first + r) * p.q_token_stride + h * p.q_head_stride;
+    f32_to_bf16_bits_rne(query, tiles.queries.data() + r * query_width, p.score_dim);
+  }
+  // The block's last row sees the most positions.
+  const int64_t cols = attention_visible_len(p, first + rows - 1);
+  score_tiles(tiles, round_up((cols + kTileRows - 1) / kTileRows, kAccumulators), tiles.scores.data());
+
+  const int64_t score_width = tiles.key_blocks * kTileRows;
+  const int64_t prob_width = tiles.key_chunks * kTileInner;
+  const int64_t key_chunks = (cols + kTileInner - 1) / kTileInner;
+  for (int64_t r = 0; r < kTileRows; ++r) {
+    uint16_t* probs = tiles.probs.data() + r * prob_width;
+    int64_t visible = 0;
+    if (r < rows) {
+      float* row = tiles.scores.data() + r * score_width;
+      visible = attention_visible_len(p, first + r);
+      scores_to_probs(attention_score_row(p, first + r, row, nullptr, visible));
+      bf16_values_to_bits(row, probs, visible);  // the probabilities are bf16 values here
+    }
+    // Positions a row does not see, and rows past the block's end, add nothing.
+    std::fill(probs + visible, probs + key_chunks * kTileInner, uint16_t{0});
+  }
+  value_tiles(tiles, key_chunks, tiles.outputs.data());
+
+  const int64_t output_width = tiles.value_blocks * kTileRows;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* out = p.out + (b * p.seq + first + r) * p.out_token_stride + h * p.out_head_stride;
+    round_to_bf16_copy(tiles.outputs.data() + r * output_width, out, p.value_dim);
+  }
+}
+
+}  // namespace
+
+bool attention_fast_amx_applies(const AttentionParams& p) {
+  return p.round_to_bf16 && p.score_split == 0 && p.key_head_stride != 0 && p.value_head_stride != 0 &&
+         p.seq >= kAmxMinQueryRows && cpu_isa() == CpuIsa::Amx && tiles_permitted();
+}
+
+MLA_AMX_TARGET void attention_fast_amx(const AttentionParams& p) {
+  TileConfig config;
+  for (int tile = 0; tile < 8; ++tile) {
+    config.rows[tile] = static_cast<uint8_t>(kTileRows);
+    config.colsb[tile] = static_cast<uint16_t>(kTileBytes);
+  }
+  // Every row sees at most the positions the sequence's last query sees.
+  const int64_t cols = attention_visible_len(p, p.seq - 1);
+#pragma omp parallel
+  {
+    HeadTiles tiles(p, cols);
+    _tile_loadconfig(&config);  // per thread: oneDNN's GEMMs load their own between our calls
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (int64_t b = 0; b < p.batch; ++b) {
+      for (int64_t h = 0; h < p.n_heads; ++h) {
+        // Packing writes only real positions and dimensions: the padding stays zero.
+        pack_keys(p, p.keys + b * p.key_batch_stride + h * p.key_head_stride, cols, tiles);
+        pack_values(p, p.values + b * p.value_batch_stride + h * p.value_head_stride, cols, tiles);
+        for (int64_t first = 0; first < p.seq; first += kTileRows) {
+          attend_query_block(p, b, h, first, std::min(kTileRows, p.seq - first), tiles);
+        }
+      }
+    }
+    _tile_release();
+  }
+}
+
+#else  // a compiler without AMX intrinsics: attention_fast keeps its loops
+
+bool attention_fast_amx_applies(const AttentionParams&) { return false; }
+void attention_fast_amx(const AttentionParams&) {}
+
+#endif
+
+int64_t attention_fast_amx_workspace_bytes(const AttentionParams& p, int threads) {
+  const TileCounts counts(p, attention_visible_len(p, p.seq - 1));
+  return static_cast<int64_t>(threads) * (counts.bf16_values() * static_cast<int64_t>(sizeof(uint16_t)) +
+                                          counts.fp32_values() * static_cast<int64_t>(sizeof(float)));
+}
+
+}  // namespace mla
