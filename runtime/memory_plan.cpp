@@ -37,9 +37,11 @@ double step_elements(const ModelArgs& m, const RunConfig& run, double heads, dou
   const double per_token = 3.0 * static_cast<double>(m.dim) + static_cast<double>(m.q_lora_rank) +
                            heads * (static_cast<double>(m.qk_head_dim() + m.kv_lora_rank + m.v_head_dim) + latent) +
                            latent;
-  // naive: the expansion [k_nope | v], the keys and (CPU) the values gathered per head.
+  // naive: the cached c_n gathered for the expansion GEMM, the expansion [k_nope | v], the keys and
+  // (CPU) the values gathered per head.
   const double naive =
-      batch * kv_len * heads * static_cast<double>(m.qk_nope_head_dim + 2 * m.v_head_dim + m.qk_head_dim());
+      batch * kv_len * (static_cast<double>(m.kv_lora_rank) +
+                        heads * static_cast<double>(m.qk_nope_head_dim + 2 * m.v_head_dim + m.qk_head_dim()));
   const double scores = std::max(static_cast<double>(run.score_chunk_bytes) / kFloat,
                                  threads * (kv_len + static_cast<double>(m.kv_lora_rank)));
   return batch * seq * per_token + naive + scores;

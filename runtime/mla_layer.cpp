@@ -318,13 +318,13 @@ void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
   const int64_t rows = batch * kv_len;
   const float* latent_rows = nullptr;
   const uint16_t* latent_bits = nullptr;
+  const auto cache_row = [&](int64_t row) {
+    return kv_cache_.data() + ((row / kv_len) * model_.max_seq_len + row % kv_len) * latent_width_;
+  };
   if (round_bf16_) {
     uint16_t* bits = sized(latent_bf16_, rows * C);
 #pragma omp parallel for schedule(static) if (rows * C > 65536)
-    for (int64_t row = 0; row < rows; ++row) {
-      const float* cache_row = kv_cache_.data() + ((row / kv_len) * model_.max_seq_len + row % kv_len) * latent_width_;
-      bf16_values_to_bits(cache_row, bits + row * C, C);
-    }
+    for (int64_t row = 0; row < rows; ++row) bf16_values_to_bits(cache_row(row), bits + row * C, C);
     latent_bits = bits;
   } else if (kv_len == model_.max_seq_len || batch == 1) {
     latent_rows = kv_cache_.data();  // already one strided operand
@@ -332,8 +332,7 @@ void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
     float* dense = sized(latent_f32_, rows * C);
 #pragma omp parallel for schedule(static) if (rows * C > 65536)
     for (int64_t row = 0; row < rows; ++row) {
-      const float* cache_row = kv_cache_.data() + ((row / kv_len) * model_.max_seq_len + row % kv_len) * latent_width_;
-      std::memcpy(dense + row * C, cache_row, static_cast<size_t>(C) * sizeof(float));
+      std::memcpy(dense + row * C, cache_row(row), static_cast<size_t>(C) * sizeof(float));
     }
     latent_rows = dense;
   }
