@@ -93,7 +93,7 @@ struct HeadTiles : TileCounts {
   std::vector<float> scores;      // [16][key_blocks * 16]
   std::vector<uint16_t> probs;    // [16][key_chunks * 32]
   std::vector<float> outputs;     // [16][value_blocks * 16]
-  std::vector<uint32_t> key_row;     // one key's bf16 pairs while it is packed
+  std::vector<uint16_t> key_row;     // one key in bf16 while it is packed, zero past score_dim
   std::vector<uint16_t> value_rows;  // two positions' values in bf16 while they are packed
 
   HeadTiles(const AttentionParams& p, int64_t cols) : TileCounts(p, cols) {
@@ -103,7 +103,7 @@ struct HeadTiles : TileCounts {
     scores.assign(static_cast<size_t>(kTileRows * key_blocks * kTileRows), 0.0f);
     probs.assign(static_cast<size_t>(kTileRows * key_chunks * kTileInner), 0);
     outputs.assign(static_cast<size_t>(kTileRows * value_blocks * kTileRows), 0.0f);
-    key_row.assign(static_cast<size_t>(score_chunks * kTileInner / 2), 0);
+    key_row.assign(static_cast<size_t>(score_chunks * kTileInner), 0);
     value_rows.assign(static_cast<size_t>(2 * value_blocks * kTileRows), 0);
   }
 };
@@ -112,12 +112,12 @@ struct HeadTiles : TileCounts {
 // each key's bf16 pairs are written down a column, 64 bytes apart.
 void pack_keys(const AttentionParams& p, const float* keys, int64_t cols, HeadTiles& tiles) {
   const int64_t pairs = tiles.score_chunks * kTileInner / 2;
-  std::vector<uint32_t>& row_pairs = tiles.key_row;  // one key in bf16, zero-padded to whole chunks
+  uint16_t* row = tiles.key_row.data();
   for (int64_t t = 0; t < cols; ++t) {
-    f32_to_bf16_bits_rne(keys + t * p.key_pos_stride, reinterpret_cast<uint16_t*>(row_pairs.data()), p.score_dim);
-    uint32_t* block = reinterpret_cast<uint32_t*>(tiles.keys.data()) +
-                      (t / kTileRows) * tiles.score_chunks * kTileElements / 2 + t % kTileRows;
-    for (int64_t pair = 0; pair < pairs; ++pair) block[pair * kTileRows] = row_pairs[pair];
+    f32_to_bf16_bits_rne(keys + t * p.key_pos_stride, row, p.score_dim);
+    uint16_t* column = tiles.keys.data() + (t / kTileRows) * tiles.score_chunks * kTileElements + (t % kTileRows) * 2;
+    // Pair i of the key is row i % 16 of chunk i / 16's tile: kTileInner values further down.
+    for (int64_t pair = 0; pair < pairs; ++pair) std::memcpy(column + pair * kTileInner, row + 2 * pair, 2 * sizeof(uint16_t));
   }
 }
 
@@ -133,11 +133,12 @@ void pack_values(const AttentionParams& p, const float* values, int64_t cols, He
     } else {
       std::fill(odd, odd + p.value_dim, uint16_t{0});  // past the last position: zero, like the padding
     }
-    uint32_t* row = reinterpret_cast<uint32_t*>(tiles.values.data()) +
-                    (t / kTileInner) * tiles.value_blocks * kTileElements / 2 + ((t % kTileInner) / 2) * kTileRows;
+    uint16_t* row = tiles.values.data() + (t / kTileInner) * tiles.value_blocks * kTileElements +
+                    ((t % kTileInner) / 2) * kTileInner;
     for (int64_t c = 0; c < p.value_dim; ++c) {
-      row[(c / kTileRows) * kTileElements / 2 + c % kTileRows] = static_cast<uint32_t>(even[c]) |
-                                                                 static_cast<uint32_t>(odd[c]) << 16;
+      uint16_t* pair = row + (c / kTileRows) * kTileElements + (c % kTileRows) * 2;
+      pair[0] = even[c];
+      pair[1] = odd[c];
     }
   }
 }
