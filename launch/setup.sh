@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what is missing (Debian 12 packages) and builds a CMake preset (CMakePresets.json):
-# release into build/ (default) or sanitize into build-sanitize/.
-# Usage: [MLA_PRESET=sanitize] bash launch/setup.sh [extra cmake -D options]
+# release into build/ (default), sanitize into build-sanitize/ or tsan into build-tsan/.
+# Usage: [MLA_PRESET=sanitize|tsan] bash launch/setup.sh [extra cmake -D options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake ninja-build g++ pkg-config libopenblas-openmp-dev libyaml-cpp-dev nlohmann-json3-dev
           libcli11-dev libgtest-dev openmpi-bin libopenmpi-dev libdnnl-dev)
+# ThreadSanitizer builds with clang, its OpenMP runtime and libarcher (CMakePresets.json "tsan").
+if [ "${MLA_PRESET:-release}" = tsan ]; then
+  packages+=(clang libomp-dev libclang-rt-dev)
+fi
 # The benchmarks' PyTorch baseline and plots (docs/performance.md); MLA_SETUP_BENCH=0 leaves them out.
 if [ "${MLA_SETUP_BENCH:-1}" != 0 ]; then
   packages+=(python3-torch python3-matplotlib)

@@ -143,62 +143,58 @@ void pack_values(const AttentionParams& p, const float* values, int64_t cols, He
   }
 }
 
+// Four 16 x 16 fp32 results side by side, out[r][16 j + c] (rows `out_stride` bytes apart), each
+// the sum over `chunks` of A chunk k (16 x 32 bf16 at a + 32 k, rows `a_stride` bytes apart) times
+// B tile (k, j) at b + k * b_chunk_step + j * b_block_step. Tiles 0-3 hold operands, 4-7 the sums.
+MLA_AMX_TARGET void tile_products(const uint16_t* a, int64_t a_stride, const uint16_t* b, int64_t b_chunk_step,
+                                  int64_t b_block_step, int64_t chunks, float* out, int64_t out_stride) {
+  _tile_zero(4);
+  _tile_zero(5);
+  _tile_zero(6);
+  _tile_zero(7);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const uint16_t* b_chunk = b + chunk * b_chunk_step;
+    _tile_loadd(0, a + chunk * kTileInner, a_stride);
+    _tile_loadd(1, b_chunk, kTileBytes);
+    _tile_dpbf16ps(4, 0, 1);
+    _tile_loadd(2, b_chunk + b_block_step, kTileBytes);
+    _tile_dpbf16ps(5, 0, 2);
+    _tile_loadd(3, b_chunk + 2 * b_block_step, kTileBytes);
+    _tile_dpbf16ps(6, 0, 3);
+    _tile_loadd(1, b_chunk + 3 * b_block_step, kTileBytes);
+    _tile_dpbf16ps(7, 0, 1);
+  }
+  _tile_stored(4, out, out_stride);
+  _tile_stored(5, out + kTileRows, out_stride);
+  _tile_stored(6, out + 2 * kTileRows, out_stride);
+  _tile_stored(7, out + 3 * kTileRows, out_stride);
+}
+
+// The tile configuration is per thread, and oneDNN's GEMMs load their own between our calls.
+// These are functions of their own because an OpenMP region is outlined into a function that does
+// not inherit its enclosing function's target attribute (clang).
+MLA_AMX_TARGET void load_tile_config(const TileConfig& config) { _tile_loadconfig(&config); }
+MLA_AMX_TARGET void release_tiles() { _tile_release(); }
+
 // scores[r][t] = dot(query r, key t) for the first `key_blocks` blocks of 16 keys.
-MLA_AMX_TARGET void score_tiles(const HeadTiles& tiles, int64_t key_blocks, float* scores) {
+void score_tiles(const HeadTiles& tiles, int64_t key_blocks, float* scores) {
   const int64_t query_stride = tiles.score_chunks * kTileInner * static_cast<int64_t>(sizeof(uint16_t));
   const int64_t score_stride = tiles.key_blocks * kTileRows * static_cast<int64_t>(sizeof(float));
+  const int64_t key_block_step = tiles.score_chunks * kTileElements;
   for (int64_t block = 0; block < key_blocks; block += kAccumulators) {
-    _tile_zero(4);
-    _tile_zero(5);
-    _tile_zero(6);
-    _tile_zero(7);
-    for (int64_t chunk = 0; chunk < tiles.score_chunks; ++chunk) {
-      const uint16_t* key = tiles.keys.data() + (block * tiles.score_chunks + chunk) * kTileElements;
-      const int64_t next_block = tiles.score_chunks * kTileElements;
-      _tile_loadd(0, tiles.queries.data() + chunk * kTileInner, query_stride);
-      _tile_loadd(1, key, kTileBytes);
-      _tile_dpbf16ps(4, 0, 1);
-      _tile_loadd(2, key + next_block, kTileBytes);
-      _tile_dpbf16ps(5, 0, 2);
-      _tile_loadd(3, key + 2 * next_block, kTileBytes);
-      _tile_dpbf16ps(6, 0, 3);
-      _tile_loadd(1, key + 3 * next_block, kTileBytes);
-      _tile_dpbf16ps(7, 0, 1);
-    }
-    float* out = scores + block * kTileRows;
-    _tile_stored(4, out, score_stride);
-    _tile_stored(5, out + kTileRows, score_stride);
-    _tile_stored(6, out + 2 * kTileRows, score_stride);
-    _tile_stored(7, out + 3 * kTileRows, score_stride);
+    tile_products(tiles.queries.data(), query_stride, tiles.keys.data() + block * key_block_step, kTileElements,
+                  key_block_step, tiles.score_chunks, scores + block * kTileRows, score_stride);
   }
 }
 
 // outputs[r][c] = sum_t probs[r][t] values[t][c] over the first `key_chunks` chunks of 32 keys.
-MLA_AMX_TARGET void value_tiles(const HeadTiles& tiles, int64_t key_chunks, float* outputs) {
+void value_tiles(const HeadTiles& tiles, int64_t key_chunks, float* outputs) {
   const int64_t prob_stride = tiles.key_chunks * kTileInner * static_cast<int64_t>(sizeof(uint16_t));
   const int64_t output_stride = tiles.value_blocks * kTileRows * static_cast<int64_t>(sizeof(float));
+  const int64_t value_chunk_step = tiles.value_blocks * kTileElements;
   for (int64_t block = 0; block < tiles.value_blocks; block += kAccumulators) {
-    _tile_zero(4);
-    _tile_zero(5);
-    _tile_zero(6);
-    _tile_zero(7);
-    for (int64_t chunk = 0; chunk < key_chunks; ++chunk) {
-      const uint16_t* value = tiles.values.data() + (chunk * tiles.value_blocks + block) * kTileElements;
-      _tile_loadd(0, tiles.probs.data() + chunk * kTileInner, prob_stride);
-      _tile_loadd(1, value, kTileBytes);
-      _tile_dpbf16ps(4, 0, 1);
-      _tile_loadd(2, value + kTileElements, kTileBytes);
-      _tile_dpbf16ps(5, 0, 2);
-      _tile_loadd(3, value + 2 * kTileElements, kTileBytes);
-      _tile_dpbf16ps(6, 0, 3);
-      _tile_loadd(1, value + 3 * kTileElements, kTileBytes);
-      _tile_dpbf16ps(7, 0, 1);
-    }
-    float* out = outputs + block * kTileRows;
-    _tile_stored(4, out, output_stride);
-    _tile_stored(5, out + kTileRows, output_stride);
-    _tile_stored(6, out + 2 * kTileRows, output_stride);
-    _tile_stored(7, out + 3 * kTileRows, output_stride);
+    tile_products(tiles.probs.data(), prob_stride, tiles.values.data() + block * kTileElements, value_chunk_step,
+                  kTileElements, key_chunks, outputs + block * kTileRows, output_stride);
   }
 }
 
@@ -246,7 +242,7 @@ bool attention_fast_amx_applies(const AttentionParams& p) {
          p.seq >= kAmxMinQueryRows && cpu_isa() == CpuIsa::Amx && tiles_permitted();
 }
 
-MLA_AMX_TARGET void attention_fast_amx(const AttentionParams& p) {
+void attention_fast_amx(const AttentionParams& p) {
   TileConfig config;
   for (int tile = 0; tile < 8; ++tile) {
     config.rows[tile] = static_cast<uint8_t>(kTileRows);
@@ -257,7 +253,7 @@ MLA_AMX_TARGET void attention_fast_amx(const AttentionParams& p) {
 #pragma omp parallel
   {
     HeadTiles tiles(p, cols);
-    _tile_loadconfig(&config);  // per thread: oneDNN's GEMMs load their own between our calls
+    load_tile_config(config);
 #pragma omp for collapse(2) schedule(dynamic, 1)
     for (int64_t b = 0; b < p.batch; ++b) {
       for (int64_t h = 0; h < p.n_heads; ++h) {
@@ -269,7 +265,7 @@ MLA_AMX_TARGET void attention_fast_amx(const AttentionParams& p) {
         }
       }
     }
-    _tile_release();
+    release_tiles();
   }
 }
 

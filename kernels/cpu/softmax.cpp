@@ -1,5 +1,6 @@
 #include "kernels/cpu/softmax.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "kernels/cpu/vector_ops.h"
@@ -39,9 +40,21 @@ MLA_VECTOR_CLONES void scores_to_probs(const ScoreRow& row) {
 }
 
 MLA_VECTOR_CLONES void softmax_row(float* scores, int64_t len, bool round_probs_to_bf16) {
-  float max_score = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : max_score)
-  for (int64_t t = 0; t < len; ++t) max_score = scores[t] > max_score ? scores[t] : max_score;
+  // Sixteen running maxima, one per lane: a select per lane vectorises in GCC and clang alike, where
+  // clang cannot vectorise a float max written as one reduction (without -ffast-math's no-NaN).
+  constexpr int64_t kLanes = 16;
+  float lane_max[kLanes];
+  std::fill(lane_max, lane_max + kLanes, -std::numeric_limits<float>::infinity());
+  int64_t t_full = 0;
+  for (; t_full + kLanes <= len; t_full += kLanes) {
+    for (int64_t lane = 0; lane < kLanes; ++lane) {
+      const float score = scores[t_full + lane];
+      lane_max[lane] = score > lane_max[lane] ? score : lane_max[lane];
+    }
+  }
+  for (int64_t t = t_full; t < len; ++t) lane_max[t - t_full] = scores[t] > lane_max[t - t_full] ? scores[t] : lane_max[t - t_full];
+  float max_score = lane_max[0];
+  for (int64_t lane = 1; lane < kLanes; ++lane) max_score = lane_max[lane] > max_score ? lane_max[lane] : max_score;
   // Two loops: with the fp32 exponentials and the double sum in one, GCC 12 vectorises neither.
 #pragma omp simd
   for (int64_t t = 0; t < len; ++t) scores[t] = exp_nonpositive(scores[t] - max_score);
