@@ -88,10 +88,17 @@ class MpiSession {
 // before MPI_Init for messages and for choosing which rank speaks; "0" when none is set.
 std::string launcher_rank();
 
+struct RankThreads {
+  int count = 1;
+  std::string placement;  // "pinned to CPUs 0-3", or why not
+};
+
 // The CPU threads of one rank: `requested` when > 0; else the CPUs this process may run on
 // (mpirun --bind-to, Slurm's cpus-per-task), at most the node's cores split over its ranks, so
-// ranks on one node do not fight over cores. Sets OpenMP's and the BLAS's thread counts to it.
-int configure_rank_threads(int requested, const MpiSession& session);
+// ranks on one node do not fight over cores. Sets OpenMP's and the BLAS's thread counts to it and,
+// with `pin` (run.pin_threads), pins thread i to one CPU (parallel/thread_placement.h) unless
+// OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY or KMP_AFFINITY already say where threads go.
+RankThreads configure_rank_threads(int requested, bool pin, const MpiSession& session);
 
 // The frame of every MPI command (mla_run, mla_bench, mla_allreduce_bench): a watchdog started
 // before MPI_Init (startup_timeout_s; the body may change it through session.watchdog()), the

@@ -122,6 +122,7 @@ void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
   run.output = reader.get_string("output", "");
   run.mask = reader.get_string("mask", "");
   run.threads = static_cast<int>(reader.get_int("threads", 0, 0, 4096));
+  run.pin_threads = reader.get_bool("pin_threads", run.pin_threads);
   run.score_chunk_bytes = reader.get_int("score_chunk_bytes", run.score_chunk_bytes, 4096);
   run.check_finite = reader.get_bool("check_finite", run.check_finite);
   reader.finish();

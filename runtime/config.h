@@ -65,6 +65,7 @@ struct RunConfig {
   std::string output;  // safetensors file for "y"; empty: not written
   std::string mask;    // optional safetensors file with an additive mask "mask" [T, T]
   int threads = 0;     // 0: every core of the machine
+  bool pin_threads = true;  // one CPU per thread (parallel/thread_placement.h), unless OMP_PROC_BIND etc. are set
   int64_t score_chunk_bytes = int64_t{64} << 20;  // standard path: score buffers, all threads together
   bool check_finite = true;  // refuse non-finite inputs and weights; stop on a non-finite partial output
 };

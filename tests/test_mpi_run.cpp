@@ -3,6 +3,9 @@
 // a rank with a different config or a missing file stops the whole job with its reason.
 #include <gtest/gtest.h>
 
+#include <regex>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -52,6 +55,44 @@ TEST_F(MlaRunMpi, WorldsOfTwoAndFourEqualWorldOneOnEveryPath) {
       }
     }
   }
+}
+
+// "[rank r/n host] ... pinned to CPUs 0-1,4; ..." -> {0, 1, 4} for each rank; a rank without such a
+// line fails the test.
+std::vector<std::set<int>> pinned_cpus_per_rank(const std::string& out, int ranks) {
+  std::vector<std::set<int>> cpus(static_cast<size_t>(ranks));
+  const std::regex line(R"(\[rank (\d+)/\d+ [^\]]*\].* threads pinned to CPUs ([0-9,-]+);)");
+  for (auto it = std::sregex_iterator(out.begin(), out.end(), line); it != std::sregex_iterator(); ++it) {
+    std::set<int>& rank_cpus = cpus.at(std::stoul((*it)[1].str()));
+    std::stringstream ranges((*it)[2].str());
+    for (std::string range; std::getline(ranges, range, ',');) {
+      const size_t dash = range.find('-');
+      const int first = std::stoi(range.substr(0, dash));
+      const int last = dash == std::string::npos ? first : std::stoi(range.substr(dash + 1));
+      for (int cpu = first; cpu <= last; ++cpu) rank_cpus.insert(cpu);
+    }
+  }
+  for (int r = 0; r < ranks; ++r) EXPECT_FALSE(cpus[static_cast<size_t>(r)].empty()) << "rank " << r << " not pinned\n" << out;
+  return cpus;
+}
+
+// Ranks of one node pin their threads to CPUs no other rank uses: bound by mpiexec (its default)
+// and unbound (every rank allowed on every CPU, so each takes its local rank's slice).
+TEST_F(MlaRunMpi, RanksOfOneNodePinTheirThreadsToDisjointCpus) {
+  for (const char* binding : {"", "OMPI_MCA_hwloc_base_binding_policy=none "}) {
+    const Outcome outcome =
+        run_command(binding + mpiexec(2) + mla_run_command(write_config("pin.yaml", four_head_config()), {"run.threads=0"}));
+    ASSERT_EQ(outcome.exit_code, 0) << outcome.out << outcome.err;
+    const std::vector<std::set<int>> cpus = pinned_cpus_per_rank(outcome.out, 2);
+    for (const int cpu : cpus[0]) EXPECT_EQ(cpus[1].count(cpu), 0u) << "CPU " << cpu << " pinned by both ranks (" << binding << ")\n" << outcome.out;
+  }
+}
+
+TEST_F(MlaRunMpi, PinningCanBeTurnedOff) {
+  const Outcome outcome = run_command(mpiexec(1) + mla_run_command(write_config("pin.yaml", four_head_config()),
+                                                                   {"run.pin_threads=false"}));
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.out << outcome.err;
+  EXPECT_NE(outcome.out.find("not pinned (run.pin_threads: false)"), std::string::npos) << outcome.out;
 }
 
 // DeepSeek's fixture has 5 heads: worlds 2 and 4 need uneven sharding, and must still reproduce it.

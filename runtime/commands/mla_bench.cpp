@@ -590,6 +590,8 @@ int Bench::run() {
     }
     machine_ = describe_machine(MLA_SOURCE_DIR);
     machine_.emplace_back("copy_gbps", number(measure_copy_gbps(omp_get_max_threads())));
+    // Before the first point pins this thread to one CPU (configure_rank_threads): the baseline's
+    // process inherits its parent's CPU mask, and must get all of the rank's CPUs.
     start_baseline();
   });
   if (leader) {
@@ -625,7 +627,7 @@ int Bench::run() {
     int threads = 0;
     phases_.run([&] {
       config = point_config(sweep_, point);
-      threads = configure_rank_threads(point.threads, session_);
+      threads = configure_rank_threads(point.threads, config.run.pin_threads, session_).count;
       try {
         shard = shard_heads(config.model.n_heads, session_.world(), session_.rank(), config.parallel.uneven_heads);
       } catch (const std::invalid_argument& error) {

@@ -139,7 +139,8 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   phases.agree("the backend (run.backend as each rank resolved it)", to_string(backend));
   Watchdog& watchdog = *session.watchdog();
   watchdog.set_timeout(config.parallel.timeout_s);
-  const int threads = configure_rank_threads(config.run.threads, session);
+  const RankThreads rank_threads = configure_rank_threads(config.run.threads, config.run.pin_threads, session);
+  const int threads = rank_threads.count;
   MpiCommunicator comm(session);
 
   HeadShard shard;
@@ -180,8 +181,8 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
                 x.description.c_str(), steps.size(), mask.empty() ? "causal" : config.run.mask.c_str());
   }
   std::fflush(stdout);
-  std::printf("%s %s, %d threads; weights: %s, stored %s, %s as fp32 compute copies%s\n", label.c_str(),
-              describe(shard).c_str(), threads, loaded.description.c_str(), loaded.storage_dtype.c_str(),
+  std::printf("%s %s, %d threads %s; weights: %s, stored %s, %s as fp32 compute copies%s\n", label.c_str(),
+              describe(shard).c_str(), threads, rank_threads.placement.c_str(), loaded.description.c_str(), loaded.storage_dtype.c_str(),
               format_bytes(loaded.weights.bytes()).c_str(),
               backend == Backend::Cuda ? ", uploaded to the GPU in the compute precision" : "");
   size_t step_index = 0;
