@@ -192,6 +192,18 @@ INSTANTIATE_TEST_SUITE_P(Isas, SkinnyLinearIsa, testing::ValuesIn(isa_cases()),
                          [](const testing::TestParamInfo<IsaCase>& param_info) { return std::string(param_info.param.name); });
 
 // PackedLinear on both sides of kSkinnyMaxRows, for every storage it chooses, counting its FLOPs.
+// y[rows, out] (row stride y_stride) = x[rows, in] (row stride x_stride) W^T, as a layer calls it.
+PackedLinearCall linear_call(const float* x, int64_t x_stride, float* y, int64_t y_stride, int64_t rows, bool round_to_bf16) {
+  PackedLinearCall call;
+  call.x = x;
+  call.x_stride = x_stride;
+  call.y = y;
+  call.y_stride = y_stride;
+  call.rows = rows;
+  call.round_to_bf16 = round_to_bf16;
+  return call;
+}
+
 TEST(PackedLinear, MatchesFloat64OnBothSidesOfTheDecodeSwitch) {
   const int64_t out = 70, in = 264;
   const TestWeight w = make_weight(out, in, 5);
@@ -218,13 +230,8 @@ TEST(PackedLinear, MatchesFloat64OnBothSidesOfTheDecodeSwitch) {
       const int64_t x_stride = in + 8, y_stride = out + 2;
       const std::vector<float> x = random_x(rows, x_stride, static_cast<uint32_t>(rows + 100));
       std::vector<float> y(static_cast<size_t>(rows * y_stride), NAN);
-      PackedLinearCall call;
-      call.x = x.data();
-      call.x_stride = x_stride;
-      call.y = y.data();
-      call.y_stride = y_stride;
-      call.rows = rows;
-      call.round_to_bf16 = v.precision == LinearPrecision::BF16;
+      const PackedLinearCall call =
+          linear_call(x.data(), x_stride, y.data(), y_stride, rows, v.precision == LinearPrecision::BF16);
       const int64_t flop_before = gemm_flop_executed();
       linear.forward(call);
       EXPECT_EQ(gemm_flop_executed() - flop_before, 2 * rows * out * in) << v.name << ", rows " << rows;
@@ -249,14 +256,7 @@ TEST(PackedLinear, Bf16MatchesFloat64OnBothSidesOfThePlainLayoutSwitch) {
     for (const int64_t rows : {int64_t{37}, int64_t{260}}) {
       const std::vector<float> x = random_x(rows, in, static_cast<uint32_t>(rows + in));
       std::vector<float> y(static_cast<size_t>(rows * out), NAN);
-      PackedLinearCall call;
-      call.x = x.data();
-      call.x_stride = in;
-      call.y = y.data();
-      call.y_stride = out;
-      call.rows = rows;
-      call.round_to_bf16 = true;
-      linear.forward(call);
+      linear.forward(linear_call(x.data(), in, y.data(), out, rows, true));
       expect_matches(y, out, x, in, w.bf16_values, rows, out, in, 5e-3,
                      "in " + std::to_string(in) + " (" + linear.implementation() + "), rows " + std::to_string(rows));
     }
@@ -281,13 +281,7 @@ TEST(PackedLinear, Bf16InputBitsGiveTheSameOutputAsBf16Values) {
       x_rounded[i] = round_to_bf16(x[i]);
     }
     std::vector<float> from_values(static_cast<size_t>(rows * out)), from_bits(from_values.size());
-    PackedLinearCall call;
-    call.x = x_rounded.data();
-    call.x_stride = in;
-    call.y = from_values.data();
-    call.y_stride = out;
-    call.rows = rows;
-    call.round_to_bf16 = true;
+    PackedLinearCall call = linear_call(x_rounded.data(), in, from_values.data(), out, rows, true);
     linear.forward(call);
     call.x = x.data();  // must not be read
     call.x_bf16 = x_bits.data();
