@@ -3,7 +3,7 @@
 // a rank with a different config or a missing file stops the whole job with its reason.
 #include <gtest/gtest.h>
 
-#include <regex>
+#include <cstdio>
 #include <set>
 #include <sstream>
 #include <string>
@@ -61,10 +61,14 @@ TEST_F(MlaRunMpi, WorldsOfTwoAndFourEqualWorldOneOnEveryPath) {
 // line fails the test.
 std::vector<std::set<int>> pinned_cpus_per_rank(const std::string& out, int ranks) {
   std::vector<std::set<int>> cpus(static_cast<size_t>(ranks));
-  const std::regex line(R"(\[rank (\d+)/\d+ [^\]]*\].* threads pinned to CPUs ([0-9,-]+);)");
-  for (auto it = std::sregex_iterator(out.begin(), out.end(), line); it != std::sregex_iterator(); ++it) {
-    std::set<int>& rank_cpus = cpus.at(std::stoul((*it)[1].str()));
-    std::stringstream ranges((*it)[2].str());
+  const std::string marker = " threads pinned to CPUs ";
+  std::stringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    int rank = -1;
+    const size_t at = line.find(marker);
+    if (std::sscanf(line.c_str(), "[rank %d/", &rank) != 1 || at == std::string::npos || rank < 0 || rank >= ranks) continue;
+    std::set<int>& rank_cpus = cpus[static_cast<size_t>(rank)];
+    std::stringstream ranges(line.substr(at + marker.size(), line.find(';', at) - at - marker.size()));
     for (std::string range; std::getline(ranges, range, ',');) {
       const size_t dash = range.find('-');
       const int first = std::stoi(range.substr(0, dash));
