@@ -1,7 +1,6 @@
 #include "parallel/mpi_session.h"
 
 #include <omp.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
