@@ -246,23 +246,6 @@ TEST(PackedLinear, MatchesFloat64OnBothSidesOfTheDecodeSwitch) {
   }
 }
 
-// In bf16 on AMX a weight of 2048 or more input features keeps oneDNN's plain layout instead of
-// the prepacked one (PackedLinear::prepare_gemm): the same results on both sides of that line.
-TEST(PackedLinear, Bf16MatchesFloat64OnBothSidesOfThePlainLayoutSwitch) {
-  const int64_t out = 70;
-  for (const int64_t in : {int64_t{2040}, int64_t{2056}}) {
-    const TestWeight w = make_weight(out, in, 9);
-    const PackedLinear linear(w.bf16_values.data(), out, in, LinearPrecision::BF16);
-    for (const int64_t rows : {int64_t{37}, int64_t{260}}) {
-      const std::vector<float> x = random_x(rows, in, static_cast<uint32_t>(rows + in));
-      std::vector<float> y(static_cast<size_t>(rows * out), NAN);
-      linear.forward(linear_call(x.data(), in, y.data(), out, rows, true));
-      expect_matches(y, out, x, in, w.bf16_values, rows, out, in, 5e-3,
-                     "in " + std::to_string(in) + " (" + linear.implementation() + "), rows " + std::to_string(rows));
-    }
-  }
-}
-
 // A layer converts its input to bf16 once for the linear layers it feeds (x_bf16): the result is
 // the one the fp32 input rounded to bf16 gives, bit for bit, on oneDNN's path and on the BLAS one.
 TEST(PackedLinear, Bf16InputBitsGiveTheSameOutputAsBf16Values) {

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -165,16 +164,11 @@ void PackedLinear::prepare_gemm(const float* weight) const {
       try {
         // W [out, in] row-major is the [in, out] matrix oneDNN multiplies by, in layout "ba".
         const dnnl::memory::desc plain({in_features_, out_features_}, dnnl_dt::f32, dnnl_tag::ba);
-        // In bf16 on AMX, a weight with 2048 or more input features stays in that plain layout:
-        // oneDNN 2.6's brgemm then copies blocks of it as it goes, and measured in the layer's
-        // bf16 prefill at 256 rows the step was 8% faster (wq_a, wkv_a, wo plain: 19.6-20.6 ms
-        // against 21.9-23.0 ms, three alternating runs), no different at 512 and 1024 rows. The
-        // smaller weights (wq_b, wkv_b) were 10-20% faster prepacked, and so was every fp32 one.
-        const bool keep_plain = impl_->precision == LinearPrecision::BF16 && in_features_ >= 2048 &&
-                                impl_name.find("amx") != std::string::npos;
-        impl_->packed_weights = dnnl::memory(
-            keep_plain ? dnnl::memory::desc({in_features_, out_features_}, dnnl_dt::bf16, dnnl_tag::ba) : pd.weights_desc(),
-            onednn_engine());
+        // Prepacked in every case. PyTorch hands oneDNN its bf16 weights plain, and on AMX that is
+        // faster for the wide ones (2048+ input features) at 256+ rows (the layer's bf16 prefill at
+        // kv 64: 8%), but oneDNN then copies the whole weight into blocks on every call, which made
+        // the 4-row bf16 decode steps 2.5x slower (2.0 -> 5.3 ms). Both would need two copies.
+        impl_->packed_weights = dnnl::memory(pd.weights_desc(), onednn_engine());
         dnnl::memory source(plain, onednn_engine(), const_cast<float*>(weight));
         dnnl::stream stream(onednn_engine());
         dnnl::reorder(source, impl_->packed_weights).execute(stream, source, impl_->packed_weights);

@@ -1,8 +1,7 @@
 // A linear layer's weight prepared once for the CPU's fastest GEMM, and y = x W^T with it
 // (SPEC.md, Weights). With oneDNN (Debian's libdnnl) the weight is reordered at construction into
 // the blocked layout oneDNN's brgemm kernels read, so no step repacks it (a BLAS call packs its B
-// operand again on every call, a full pass over the weight; in bf16 on AMX a weight of 2048 or more
-// input features is the exception, measured faster plain); in bf16 the weight is stored as bf16
+// operand again on every call, a full pass over the weight); in bf16 the weight is stored as bf16
 // and the GEMM runs on AMX tiles or AVX512_BF16 dot products, whichever oneDNN finds. Without
 // oneDNN, or with MLA_CPU_ISA=portable, it is an fp32 copy and OpenBLAS's sgemm.
 #pragma once
