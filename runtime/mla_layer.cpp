@@ -20,8 +20,8 @@ namespace mla {
 
 namespace {
 
-template <typename T>
-T* sized(std::vector<T>& buffer, int64_t count) {
+template <typename T, typename Allocator>
+T* sized(std::vector<T, Allocator>& buffer, int64_t count) {
   if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(static_cast<size_t>(count));
   return buffer.data();
 }

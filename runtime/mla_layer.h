@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/aligned_vector.h"
+
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/packed_linear.h"
 #include "kernels/cpu/rope.h"
@@ -85,24 +87,24 @@ class MlaLayer {
   bool round_bf16_ = false;
   RopeTable rope_table_;
   int64_t latent_width_ = 0;  // C + dr: one cache row, [c_n | k_pe]
-  std::vector<float> kv_cache_;  // [max_batch_size, max_seq_len, C + dr]
+  AlignedVector<float> kv_cache_;  // [max_batch_size, max_seq_len, C + dr]
   int64_t cached_len_ = 0;
   int64_t cached_batch_ = 0;
   double step_linear_ms_ = 0.0;  // this step's time in run_linear so far
 
   // Per-step buffers, grown on demand and reused.
-  std::vector<uint16_t> x_bf16_;  // [B*S, D] bf16 mode: the input rounded to bf16, once for wq(_a) and wkv_a
-  std::vector<float> q_latent_;   // [B*S, q_lora_rank]
-  std::vector<float> q_;          // [B*S, Hl, dq]
-  std::vector<float> kv_;         // [B*S, C + dr]
-  std::vector<float> q_absorbed_; // absorb: [B*S, Hl, C + dr] = [Wk^T q_nope | q_pe]
-  std::vector<float> o_latent_;   // absorb: [B*S, Hl, C]
-  std::vector<uint16_t> latent_bf16_;  // naive, bf16 mode: [B, kv_len, C] the cached c_n as bf16 numbers
-  std::vector<float> latent_f32_;      // naive, fp32: [B, kv_len, C] the cached c_n, dense
-  std::vector<float> kv_expanded_;// naive: [B, kv_len, Hl, dn + dv] = wkv_b c_n
-  std::vector<float> keys_;       // naive: [B, Hl, kv_len, dq] = [k_nope | k_pe]
-  std::vector<float> values_;     // naive: [B, Hl, kv_len, dv]
-  std::vector<float> o_;          // [B*S, Hl*dv]
+  AlignedVector<uint16_t> x_bf16_;  // [B*S, D] bf16 mode: the input rounded to bf16, once for wq(_a) and wkv_a
+  AlignedVector<float> q_latent_;   // [B*S, q_lora_rank]
+  AlignedVector<float> q_;          // [B*S, Hl, dq]
+  AlignedVector<float> kv_;         // [B*S, C + dr]
+  AlignedVector<float> q_absorbed_; // absorb: [B*S, Hl, C + dr] = [Wk^T q_nope | q_pe]
+  AlignedVector<float> o_latent_;   // absorb: [B*S, Hl, C]
+  AlignedVector<uint16_t> latent_bf16_;  // naive, bf16 mode: [B, kv_len, C] the cached c_n as bf16 numbers
+  AlignedVector<float> latent_f32_;      // naive, fp32: [B, kv_len, C] the cached c_n, dense
+  AlignedVector<float> kv_expanded_;// naive: [B, kv_len, Hl, dn + dv] = wkv_b c_n
+  AlignedVector<float> keys_;       // naive: [B, Hl, kv_len, dq] = [k_nope | k_pe]
+  AlignedVector<float> values_;     // naive: [B, Hl, kv_len, dv]
+  AlignedVector<float> o_;          // [B*S, Hl*dv]
 };
 
 }  // namespace mla

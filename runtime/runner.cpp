@@ -165,7 +165,7 @@ RunResult run_schedule(StepExecutor& executor, const InputTensor& x, const std::
   RunResult result;
   result.y.assign(x.values.size(), 0.0f);
   if (!mask.empty()) validate_mask(mask, x.tokens, steps);
-  std::vector<float> step_x, step_y;
+  AlignedVector<float> step_x, step_y;
   int64_t start_pos = 0;
   for (size_t step_index = 0; step_index < steps.size(); ++step_index) {
     const int64_t seq = steps[step_index];

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/aligned_vector.h"
 #include "parallel/communicator.h"
 #include "parallel/watchdog.h"
 #include "runtime/config.h"
@@ -98,7 +99,7 @@ class CpuStepExecutor final : public StepExecutor {
   Communicator& comm_;
   // The partial output and one more element after it: the flag, summed by the same all-reduce,
   // so that every rank learns it without another collective.
-  std::vector<float> partial_;
+  AlignedVector<float> partial_;
 };
 
 // steps: new tokens per step, adding up to x.tokens.

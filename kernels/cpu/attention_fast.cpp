@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "kernels/cpu/aligned_vector.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/attention_fast_amx.h"
 #include "kernels/cpu/softmax.h"
@@ -27,9 +28,9 @@ struct RowBlock {
 
 // Per thread: the block's scores (and its rope part's, in split bf16) and output accumulators.
 struct BlockWorkspace {
-  std::vector<float> scores;       // [kRowBlock, kv_len]
-  std::vector<float> tail_scores;  // [kRowBlock, kv_len], split bf16 scores only
-  std::vector<float> accumulators; // [kRowBlock, value_dim]
+  AlignedVector<float> scores;       // [kRowBlock, kv_len]
+  AlignedVector<float> tail_scores;  // [kRowBlock, kv_len], split bf16 scores only
+  AlignedVector<float> accumulators; // [kRowBlock, value_dim]
 };
 
 // One finished output row: the accumulator, rounded to bf16 in bf16 mode.

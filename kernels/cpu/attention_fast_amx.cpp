@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/aligned_vector.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/cpu_features.h"
@@ -87,14 +88,14 @@ bool tiles_permitted() {
 // One (sequence, head)'s keys and values in the tile products' B layout, and one query block's
 // operands and results; per thread, reused across heads. Padding stays zero.
 struct HeadTiles : TileCounts {
-  std::vector<uint16_t> keys;     // [key_blocks][score_chunks] tiles
-  std::vector<uint16_t> values;   // [key_chunks][value_blocks] tiles
-  std::vector<uint16_t> queries;  // [16][score_chunks * 32]
-  std::vector<float> scores;      // [16][key_blocks * 16]
-  std::vector<uint16_t> probs;    // [16][key_chunks * 32]
-  std::vector<float> outputs;     // [16][value_blocks * 16]
-  std::vector<uint16_t> key_row;     // one key in bf16 while it is packed, zero past score_dim
-  std::vector<uint16_t> value_rows;  // two positions' values in bf16 while they are packed
+  AlignedVector<uint16_t> keys;     // [key_blocks][score_chunks] tiles
+  AlignedVector<uint16_t> values;   // [key_chunks][value_blocks] tiles
+  AlignedVector<uint16_t> queries;  // [16][score_chunks * 32]
+  AlignedVector<float> scores;      // [16][key_blocks * 16]
+  AlignedVector<uint16_t> probs;    // [16][key_chunks * 32]
+  AlignedVector<float> outputs;     // [16][value_blocks * 16]
+  AlignedVector<uint16_t> key_row;     // one key in bf16 while it is packed, zero past score_dim
+  AlignedVector<uint16_t> value_rows;  // two positions' values in bf16 while they are packed
 
   HeadTiles(const AttentionParams& p, int64_t cols) : TileCounts(p, cols) {
     keys.assign(static_cast<size_t>(key_blocks * score_chunks * kTileElements), 0);

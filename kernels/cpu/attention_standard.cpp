@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "kernels/cpu/aligned_vector.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/softmax.h"
@@ -72,8 +73,8 @@ void attention_standard(const AttentionParams& p, int64_t query_chunk) {
   const size_t buffer_size = static_cast<size_t>(query_chunk * p.kv_len);
 #pragma omp parallel
   {
-    std::vector<float> scores(buffer_size);
-    std::vector<float> tail_scores(uses_split_scores(p) ? buffer_size : 0);
+    AlignedVector<float> scores(buffer_size);
+    AlignedVector<float> tail_scores(uses_split_scores(p) ? buffer_size : 0);
 #pragma omp for collapse(3) schedule(dynamic, 1)
     for (int64_t b = 0; b < p.batch; ++b) {
       for (int64_t h = 0; h < p.n_heads; ++h) {

@@ -14,6 +14,7 @@
 #include <dnnl.hpp>
 #endif
 
+#include "kernels/cpu/aligned_vector.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/fp8.h"
@@ -87,9 +88,9 @@ struct PackedLinear::Impl {
   dnnl::memory packed_weights;
   std::string onednn_impl;
   mutable std::deque<Primitive> primitives;  // a deque: references stay valid as it grows
-  mutable std::vector<char> x_dense;   // a strided or bf16 x made dense, [rows, in_features]
-  mutable std::vector<float> y_dense;  // y before it is scattered to a strided destination
-  mutable std::vector<uint16_t> y_bf16;  // y as oneDNN rounds it to bf16, before it is widened
+  mutable AlignedVector<char> x_dense;   // a strided or bf16 x made dense, [rows, in_features]
+  mutable AlignedVector<float> y_dense;  // y before it is scattered to a strided destination
+  mutable AlignedVector<uint16_t> y_bf16;  // y as oneDNN rounds it to bf16, before it is widened
   // The buffers above make forward one call at a time per weight, as a layer's step calls it.
 
   dnnl_dt operand_type() const { return precision == LinearPrecision::BF16 ? dnnl_dt::bf16 : dnnl_dt::f32; }

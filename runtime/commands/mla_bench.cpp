@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/aligned_vector.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/packed_linear.h"
 #include "parallel/mpi_session.h"
@@ -334,7 +335,7 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
 
   // The cache as serving reaches this step: positions before start_pos, filled untimed.
   const auto slice = [&](int64_t from, int64_t count) {
-    std::vector<float> part(static_cast<size_t>(point.batch * count * dim));
+    AlignedVector<float> part(static_cast<size_t>(point.batch * count * dim));
     for (int64_t b = 0; b < point.batch; ++b) {
       std::copy_n(x.values.data() + (b * x.tokens + from) * dim, count * dim, part.data() + b * count * dim);
     }
@@ -343,10 +344,10 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
   Watchdog& watchdog = *session_.watchdog();
   if (start_pos > 0) {
     watchdog.progress("filling the cache");
-    const std::vector<float> fill = slice(0, start_pos);
+    const AlignedVector<float> fill = slice(0, start_pos);
     executor->forward(fill.data(), point.batch, start_pos, 0, nullptr, 0);
   }
-  const std::vector<float> step_x = slice(start_pos, step_len);
+  const AlignedVector<float> step_x = slice(start_pos, step_len);
   for (int64_t i = 0; i < bench.warmup; ++i) {
     watchdog.progress("warm-up");
     executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0);
@@ -395,7 +396,7 @@ double Bench::time_gemms_alone(const StepCost& cost, int threads, ComputeDType c
   double total_ms = 0.0;
   for (const GemmShape& shape : cost.gemms) {
     // 0.5 and 0.25 are bf16 values, as the bf16 operands must be.
-    std::vector<float> a(static_cast<size_t>(shape.m * shape.k), 0.5f), b(static_cast<size_t>(shape.k * shape.n), 0.25f),
+    AlignedVector<float> a(static_cast<size_t>(shape.m * shape.k), 0.5f), b(static_cast<size_t>(shape.k * shape.n), 0.25f),
         c(static_cast<size_t>(shape.m * shape.n));
     std::function<void()> run_once;
     PackedLinear weight;
