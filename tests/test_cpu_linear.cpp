@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/amx_tiles.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/fp8.h"
@@ -220,7 +221,8 @@ TEST(PackedLinear, MatchesFloat64OnBothSidesOfTheDecodeSwitch) {
       {"fp32 on bf16", LinearPrecision::FP32, &w.bf16_values, false, true, 1e-5},
       {"fp32 on fp32", LinearPrecision::FP32, &w.f32_values, false, false, 1e-5},
       // bf16 operands are exact products with fp32 sums, and y is rounded to bf16 (2^-8 relative).
-      {"bf16", LinearPrecision::BF16, &w.bf16_values, false, false, 5e-3},
+      // Its few-row steps stream the bf16 bits too (vdpbf16ps where the CPU has it).
+      {"bf16", LinearPrecision::BF16, &w.bf16_values, false, true, 5e-3},
   };
   for (const Variant& v : variants) {
     Fp8Blocks blocks{w.fp8_codes.data(), w.fp8_scales.data(), w.scale_cols};
@@ -249,10 +251,10 @@ TEST(PackedLinear, MatchesFloat64OnBothSidesOfTheDecodeSwitch) {
 // A layer converts its input to bf16 once for the linear layers it feeds (x_bf16): the result is
 // the one the fp32 input rounded to bf16 gives, bit for bit, on oneDNN's path and on the BLAS one.
 TEST(PackedLinear, Bf16InputBitsGiveTheSameOutputAsBf16Values) {
-  const int64_t out = 70, in = 264, rows = 37;
+  const int64_t out = 70, in = 264;
   const TestWeight w = make_weight(out, in, 7);
   const CpuIsa isa = cpu_isa();
-  for (const CpuIsa limit : {isa, CpuIsa::Portable}) {
+  for (const auto& [limit, rows] : {std::pair<CpuIsa, int64_t>{isa, 37}, {isa, 4}, {CpuIsa::Portable, 37}, {CpuIsa::Portable, 4}}) {
     set_cpu_isa_limit(limit);
     const PackedLinear linear(w.bf16_values.data(), out, in, LinearPrecision::BF16);
     std::vector<float> x = random_x(rows, in, 11);
@@ -270,7 +272,7 @@ TEST(PackedLinear, Bf16InputBitsGiveTheSameOutputAsBf16Values) {
     call.x_bf16 = x_bits.data();
     call.y = from_bits.data();
     linear.forward(call);
-    EXPECT_EQ(from_bits, from_values) << linear.implementation();
+    EXPECT_EQ(from_bits, from_values) << linear.implementation() << ", rows " << rows;
   }
   set_cpu_isa_limit(isa);
 
@@ -283,6 +285,81 @@ TEST(PackedLinear, Bf16InputBitsGiveTheSameOutputAsBf16Values) {
   call.y_stride = out;
   call.rows = 1;
   EXPECT_THROW(fp32.forward(call), std::invalid_argument);
+}
+
+// bf16 x with bf16 weights (bf16 compute's decode steps): AMX tile products where the CPU has
+// them, vdpbf16ps with AVX512_BF16, x widened for the fp32 bodies on every lower level. Shapes
+// with a column tail (in % 32 != 0, which AMX leaves to vdpbf16ps), whole tiles with and without
+// a feature tail (out % 32), and 1..16 rows.
+TEST(SkinnyLinear, Bf16InputMatchesFloat64OnEveryIsa) {
+  const CpuIsa isa = cpu_isa();
+  for (const CpuIsa limit : {CpuIsa::Amx, CpuIsa::Avx512Bf16, CpuIsa::Avx512, CpuIsa::Avx2, CpuIsa::Portable}) {
+    if (limit > best_cpu_isa(cpu_features())) continue;  // reported as the skip below when none runs
+    set_cpu_isa_limit(limit);
+    for (const auto& [out, in] :
+         {std::pair<int64_t, int64_t>{13, 300}, {261, 392}, {4, 16}, {9, 64}, {70, 256}, {64, 96}, {32, 2048}}) {
+      const TestWeight w = make_weight(out, in, static_cast<uint32_t>(out * 5 + in));
+      for (const int64_t rows : {1, 2, 3, 4, 5, 7, 9, 16}) {
+        const int64_t y_stride = out + 3;
+        const std::vector<float> x = random_x(rows, in, static_cast<uint32_t>(rows + 40));
+        std::vector<uint16_t> x_bits(x.size());
+        for (size_t i = 0; i < x.size(); ++i) x_bits[i] = f32_to_bf16_bits(x[i]);
+        std::vector<float> y(static_cast<size_t>(rows * y_stride), NAN);
+        SkinnyLinearParams p;
+        p.x_bf16 = x_bits.data();
+        p.rows = rows;
+        p.codes = WeightCodes::BF16;
+        p.weight = w.bf16_bits.data();
+        p.y = y.data();
+        p.y_stride = y_stride;
+        p.out_features = out;
+        p.in_features = in;
+        skinny_linear(p);
+        expect_matches(y, y_stride, x, in, w.bf16_values, rows, out, in, 4e-7 * std::sqrt(static_cast<double>(in)),
+                       std::string(cpu_isa_name(limit)) + " " + std::to_string(out) + "x" + std::to_string(in) +
+                           " rows " + std::to_string(rows));
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t f = out; f < y_stride; ++f) ASSERT_TRUE(std::isnan(y[r * y_stride + f]));
+        }
+      }
+    }
+  }
+  set_cpu_isa_limit(isa);
+  SkinnyLinearParams fp8;
+  const std::vector<uint16_t> bits(16);
+  fp8.x_bf16 = bits.data();
+  fp8.rows = 1;
+  fp8.codes = WeightCodes::FP8_E4M3;
+  fp8.out_features = 1;
+  fp8.in_features = 16;
+  EXPECT_THROW(skinny_linear(fp8), std::invalid_argument);
+  if (!cpu_features().amx_bf16 || !amx_tiles_permitted()) {
+    GTEST_SKIP() << "no AMX tiles here" << (cpu_features().avx512_bf16 ? "" : " and no avx512_bf16")
+                 << ": the paths this CPU has ran, the others did not";
+  }
+}
+
+// bf16 compute keeps one copy of a weight, its bf16 bits: streamed by the decode steps and, on
+// AMX for weights of 2048+ input features, handed to oneDNN as they are for the longer steps.
+TEST(PackedLinear, Bf16WeightIsHeldOnceAndServesBothStepKinds) {
+  const int64_t out = 48, in = 2048;
+  const TestWeight w = make_weight(out, in, 9);
+  const PackedLinear linear(w.bf16_values.data(), out, in, LinearPrecision::BF16);
+  EXPECT_EQ(linear.bytes(), out * in * 2) << "a decode-only layer holds the bits alone";
+  EXPECT_EQ(linear.bytes_read(4), out * in * 2);
+  for (const int64_t rows : {int64_t{4}, int64_t{64}}) {
+    const std::vector<float> x = random_x(rows, in, static_cast<uint32_t>(rows));
+    std::vector<float> y(static_cast<size_t>(rows * out));
+    linear.forward(linear_call(x.data(), in, y.data(), out, rows, true));
+    expect_matches(y, out, x, in, w.bf16_values, rows, out, in, 5e-3, linear.implementation());
+  }
+  if (!have_onednn() || !cpu_features().amx_bf16 || cpu_isa() < CpuIsa::Amx) {
+    // The longer step built a GEMM operand of its own (blocked bf16, or fp32 for sgemm).
+    GTEST_SKIP() << "no AMX here (" << linear.implementation() << "): the plain-weight view is not used";
+  }
+  EXPECT_NE(linear.implementation().find("plain weight"), std::string::npos) << linear.implementation();
+  EXPECT_EQ(linear.bytes(), out * in * 2) << "the GEMM reads the same bits: " << linear.implementation();
+  EXPECT_EQ(linear.bytes_read(64), out * in * 2);
 }
 
 TEST(CpuFeatures, AnUnknownIsaNameIsRefusedNamingTheVariable) {

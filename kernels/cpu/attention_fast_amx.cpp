@@ -1,23 +1,13 @@
 // The fused attention of a bf16 prefill on AMX tiles (see attention_fast_amx.h). Only the functions
-// that issue tile instructions are compiled for AMX (MLA_AMX_TARGET), not the file: inline and
-// template code compiled here is shared with the rest of the program, which must run on any x86-64.
+// that issue tile instructions are compiled for AMX (MLA_AMX_TARGET, kernels/cpu/amx_tiles.h).
 #include "kernels/cpu/attention_fast_amx.h"
-
-// AMX intrinsics under a function's target attribute: GCC 11 and clang 12 onwards, x86-64 only.
-#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
-#define MLA_HAVE_AMX_INTRINSICS 1
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#else
-#define MLA_HAVE_AMX_INTRINSICS 0
-#endif
 
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "kernels/cpu/aligned_vector.h"
+#include "kernels/cpu/amx_tiles.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/cpu_features.h"
@@ -28,13 +18,7 @@ namespace mla {
 
 namespace {
 
-// A tile is 16 rows of 64 bytes: 16 x 32 bf16 operands, or 16 x 16 fp32 accumulators. The B
-// operand of a tile product holds its inner dimension in pairs: row r, column n is the 32-bit
-// pair (B[2r][n], B[2r+1][n]).
-constexpr int64_t kTileRows = 16;
-constexpr int64_t kTileInner = 32;  // bf16 values along the inner dimension per tile
 constexpr int64_t kTileElements = kTileRows * kTileInner;
-constexpr int64_t kTileBytes = 64;
 // Tiles 0-3 hold operands, 4-7 four accumulators: each pass produces four 16 x 16 output blocks.
 constexpr int64_t kAccumulators = 4;
 
@@ -63,27 +47,8 @@ struct TileCounts {
 }  // namespace
 
 #if MLA_HAVE_AMX_INTRINSICS
-#define MLA_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
 
 namespace {
-
-struct alignas(64) TileConfig {
-  uint8_t palette_id = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Linux gives a process the tile registers' state only on request (arch_prctl ARCH_REQ_XCOMP_PERM).
-bool tiles_permitted() {
-  static const bool permitted = [] {
-    constexpr int kArchReqXcompPerm = 0x1023;
-    constexpr int kXfeatureXtiledata = 18;
-    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-  }();
-  return permitted;
-}
 
 // One (sequence, head)'s keys and values in the tile products' B layout, and one query block's
 // operands and results; per thread, reused across heads. Padding stays zero.
@@ -172,10 +137,6 @@ MLA_AMX_TARGET void tile_products(const uint16_t* a, int64_t a_stride, const uin
 }
 
 // The tile configuration is per thread, and oneDNN's GEMMs load their own between our calls.
-// These are functions of their own because an OpenMP region is outlined into a function that does
-// not inherit its enclosing function's target attribute (clang).
-MLA_AMX_TARGET void load_tile_config(const TileConfig& config) { _tile_loadconfig(&config); }
-MLA_AMX_TARGET void release_tiles() { _tile_release(); }
 
 // scores[r][t] = dot(query r, key t) for the first `key_blocks` blocks of 16 keys.
 void score_tiles(const HeadTiles& tiles, int64_t key_blocks, float* scores) {
@@ -240,7 +201,7 @@ void attend_query_block(const AttentionParams& p, int64_t b, int64_t h, int64_t 
 
 bool attention_fast_amx_applies(const AttentionParams& p) {
   return p.round_to_bf16 && p.score_split == 0 && p.key_head_stride != 0 && p.value_head_stride != 0 &&
-         p.seq >= kAmxMinQueryRows && cpu_isa() == CpuIsa::Amx && tiles_permitted();
+         p.seq >= kAmxMinQueryRows && cpu_isa() == CpuIsa::Amx && amx_tiles_permitted();
 }
 
 void attention_fast_amx(const AttentionParams& p) {
@@ -254,7 +215,7 @@ void attention_fast_amx(const AttentionParams& p) {
 #pragma omp parallel
   {
     HeadTiles tiles(p, cols);
-    load_tile_config(config);
+    amx_load_tile_config(config);
 #pragma omp for collapse(2) schedule(dynamic, 1)
     for (int64_t b = 0; b < p.batch; ++b) {
       for (int64_t h = 0; h < p.n_heads; ++h) {
@@ -266,7 +227,7 @@ void attention_fast_amx(const AttentionParams& p) {
         }
       }
     }
-    release_tiles();
+    amx_release_tiles();
   }
 }
 

@@ -63,15 +63,18 @@ dnnl::engine& onednn_engine() {
 
 struct PackedLinear::Impl {
   LinearPrecision precision = LinearPrecision::FP32;
-  // fp32 compute on bf16 or fp8 weights: their bits, for skinny_linear (F32: none kept).
+  // The bits skinny_linear streams for steps of up to kSkinnyMaxRows rows (F32: none kept): in
+  // fp32 compute, those of a bf16 or fp8 weight; in bf16 compute, always the bf16 weight.
   WeightCodes streamed = WeightCodes::F32;
-  std::vector<uint16_t> bf16_bits;
-  std::vector<uint8_t> fp8_codes;
+  AlignedVector<uint16_t> bf16_bits;
+  AlignedVector<uint8_t> fp8_codes;
   std::vector<float> fp8_scales;
   int64_t scale_cols = 0;
   bool gemm_ready = false;        // the GEMM operand below exists (built on first need)
   mutable std::mutex mutex;       // guards building it and the primitive cache
-  std::vector<float> weight_f32;  // the BLAS path's operand
+  AlignedVector<float> weight_f32;  // the BLAS path's operand
+  // Scratch of forward, here and below: one call at a time per weight, as a layer's step calls it.
+  mutable AlignedVector<char> x_dense;  // a strided or bf16 x made dense, [rows, in_features]
 
 #if MLA_HAVE_DNNL
   // A primitive is specific to the number of rows (src and dst are dense); the last
@@ -85,13 +88,14 @@ struct PackedLinear::Impl {
     dnnl::memory weights;  // packed_weights, or its copy in the layout this primitive wants
   };
   bool use_onednn = false;
+  // oneDNN's operand: the weight reordered into its blocked layout, or (plain_view) a view of
+  // bf16_bits in the plain layout, which holds no bytes of its own.
   dnnl::memory packed_weights;
+  bool plain_view = false;
   std::string onednn_impl;
   mutable std::deque<Primitive> primitives;  // a deque: references stay valid as it grows
-  mutable AlignedVector<char> x_dense;   // a strided or bf16 x made dense, [rows, in_features]
   mutable AlignedVector<float> y_dense;  // y before it is scattered to a strided destination
   mutable AlignedVector<uint16_t> y_bf16;  // y as oneDNN rounds it to bf16, before it is widened
-  // The buffers above make forward one call at a time per weight, as a layer's step calls it.
 
   dnnl_dt operand_type() const { return precision == LinearPrecision::BF16 ? dnnl_dt::bf16 : dnnl_dt::f32; }
 
@@ -165,10 +169,23 @@ void PackedLinear::prepare_gemm(const float* weight) const {
       try {
         // W [out, in] row-major is the [in, out] matrix oneDNN multiplies by, in layout "ba".
         const dnnl::memory::desc plain({in_features_, out_features_}, dnnl_dt::f32, dnnl_tag::ba);
-        // Prepacked in every case. PyTorch hands oneDNN its bf16 weights plain, and on AMX that is
-        // faster for the wide ones (2048+ input features) at 256+ rows (the layer's bf16 prefill at
-        // kv 64: 8%), but oneDNN then copies the whole weight into blocks on every call, which made
-        // the 4-row bf16 decode steps 2.5x slower (2.0 -> 5.3 ms). Both would need two copies.
+        // In bf16 on AMX, a weight of 2048+ input features is handed to oneDNN as it is stored,
+        // plain, as PyTorch hands it: its brgemm then copies blocks as it goes. The layer's bf16
+        // prefill at kv 64 was faster so (17.4-17.8 against 18.9-19.5 ms, two alternating runs;
+        // kv 128 and 256 within noise), and one copy of the weight serves every step: oneDNN would
+        // copy all of it on each few-row call (4-row decode 5.3 ms), so those steps stream these
+        // bits with skinny_linear, on AMX tiles straight from this layout (2.0 -> 1.7-1.8 ms).
+        // The narrower weights (wq_b, wkv_b) were 10-20% faster prepacked, and so is every fp32 one.
+        if (impl_->precision == LinearPrecision::BF16 && impl_->streamed == WeightCodes::BF16 &&
+            in_features_ >= 2048 && impl_name.find("amx") != std::string::npos) {
+          impl_->packed_weights = dnnl::memory(dnnl::memory::desc({in_features_, out_features_}, dnnl_dt::bf16, dnnl_tag::ba),
+                                               onednn_engine(), impl_->bf16_bits.data());
+          impl_->plain_view = true;
+          impl_->onednn_impl = impl_name + ", plain weight";
+          impl_->use_onednn = true;
+          impl_->gemm_ready = true;
+          return;
+        }
         impl_->packed_weights = dnnl::memory(pd.weights_desc(), onednn_engine());
         dnnl::memory source(plain, onednn_engine(), const_cast<float*>(weight));
         dnnl::stream stream(onednn_engine());
@@ -193,6 +210,13 @@ PackedLinear::PackedLinear(const float* weight, int64_t out_features, int64_t in
     : out_features_(out_features), in_features_(in_features), impl_(std::make_unique<Impl>()) {
   impl_->precision = precision;
   const int64_t count = out_features * in_features;
+  if (precision == LinearPrecision::BF16 && count > 0) {
+    // Its values are bf16 numbers: the bits are the weight, exactly.
+    impl_->streamed = WeightCodes::BF16;
+    impl_->bf16_bits.resize(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) impl_->bf16_bits[i] = f32_to_bf16_bits(weight[i]);
+    return;  // the GEMM operand, as below, waits for a step with more rows
+  }
   if (precision == LinearPrecision::FP32 && count > 0) {
     // fp32 compute on a weight stored in fewer bits: keep those bits for the streamed kernel.
     const int64_t scale_count = fp8 != nullptr ? ((out_features + 127) / 128) * fp8->scale_cols : 0;
@@ -284,6 +308,20 @@ void PackedLinear::forward_streamed(const PackedLinearCall& call) const {
   SkinnyLinearParams params;
   params.x = call.x;
   params.x_stride = call.x_stride;
+  if (impl_->precision == LinearPrecision::BF16) {
+    // bf16 x for the pairwise bf16 products: the layer's bits, or x's values (bf16 numbers) as bits.
+    params.x_bf16 = call.x_bf16;
+    if (params.x_bf16 == nullptr) {
+      const size_t bytes = static_cast<size_t>(call.rows * in_features_) * sizeof(uint16_t);
+      if (impl_->x_dense.size() < bytes) impl_->x_dense.resize(bytes);
+      auto* bits = reinterpret_cast<uint16_t*>(impl_->x_dense.data());
+      for (int64_t row = 0; row < call.rows; ++row) {
+        bf16_values_to_bits(call.x + row * call.x_stride, bits + row * in_features_, in_features_);
+      }
+      params.x_bf16 = bits;
+    }
+    params.x = nullptr;
+  }
   params.rows = call.rows;
   params.codes = impl_->streamed;
   params.weight = impl_->streamed == WeightCodes::BF16 ? static_cast<const void*>(impl_->bf16_bits.data())
@@ -372,7 +410,7 @@ int64_t PackedLinear::bytes() const {
   if (impl_ == nullptr) return 0;
   int64_t bytes = streamed_bytes();
 #if MLA_HAVE_DNNL
-  if (impl_->use_onednn) bytes += static_cast<int64_t>(impl_->packed_weights.get_desc().get_size());
+  if (impl_->use_onednn && !impl_->plain_view) bytes += static_cast<int64_t>(impl_->packed_weights.get_desc().get_size());
 #endif
   return bytes + static_cast<int64_t>(impl_->weight_f32.size() * sizeof(float));
 }

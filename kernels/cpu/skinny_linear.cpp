@@ -1,5 +1,9 @@
 #include "kernels/cpu/skinny_linear.h"
 
+#include <stdexcept>
+#include <vector>
+
+#include "kernels/cpu/amx_tiles.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/fp8.h"
@@ -35,6 +39,25 @@ void skinny_linear_portable(const SkinnyLinearParams& p) {
 void skinny_linear(const SkinnyLinearParams& params) {
   if (params.rows == 0 || params.out_features == 0) return;
   const CpuIsa isa = cpu_isa();
+  if (params.x_bf16 != nullptr) {
+    if (params.codes != WeightCodes::BF16) throw std::invalid_argument("skinny_linear: x_bf16 given for a weight not stored in bf16");
+    if (isa == CpuIsa::Amx && amx_tiles_permitted()) {
+      skinny_linear_amx(params);
+      return;
+    }
+    if (isa >= CpuIsa::Avx512Bf16) {
+      skinny_linear_avx512_bf16(params);
+      return;
+    }
+    std::vector<float> widened(static_cast<size_t>(params.rows * params.in_features));
+    for (size_t i = 0; i < widened.size(); ++i) widened[i] = bf16_bits_to_f32(params.x_bf16[i]);
+    SkinnyLinearParams fp32_x = params;
+    fp32_x.x_bf16 = nullptr;
+    fp32_x.x = widened.data();
+    fp32_x.x_stride = params.in_features;
+    skinny_linear(fp32_x);
+    return;
+  }
   if (isa >= CpuIsa::Avx512) {
     skinny_linear_avx512(params);
   } else if (isa >= CpuIsa::Avx2) {

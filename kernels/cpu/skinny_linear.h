@@ -4,7 +4,8 @@
 // decode step. fp32 accumulation; the result equals fp32 arithmetic on the dequantized weight up
 // to summation order (an fp8 weight is code * scale in fp32, exactly as fp8_dequant_blocks makes
 // it). Vectorised for AVX-512 and AVX2 (cpu_isa()), with a portable path; threads split the
-// output features.
+// output features. In bf16 compute (x_bf16) the products of bf16 x and bf16 weights run on AMX
+// tiles or AVX512_BF16 dot products, exact products with fp32 sums, as the GEMM of longer steps.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,10 @@ inline constexpr int64_t kSkinnyMaxRows = 16;
 struct SkinnyLinearParams {
   const float* x = nullptr;  // [rows, in_features], row stride x_stride
   int64_t x_stride = 0;
+  // Instead of x, with bf16 weights (bf16 compute): x as bf16 numbers, dense [rows, in_features].
+  // The products then run on AMX tiles or as vdpbf16ps pairs (AVX512_BF16), whichever the CPU
+  // has; elsewhere x is widened for the fp32 bodies.
+  const uint16_t* x_bf16 = nullptr;
   int64_t rows = 0;
   WeightCodes codes = WeightCodes::F32;
   const void* weight = nullptr;  // [out_features, in_features] row-major: float, uint16_t (bf16 bits) or uint8_t
