@@ -233,6 +233,19 @@ TEST(StandardPath, SmallScoreBudgetsSplitQueriesIntoChunksExactly) {
   }
 }
 
+// With a budget that holds every row, the chunk is still at most kStandardMaxQueryChunk rows (a
+// longer one only adds masked work); a budget smaller than that chunk lowers it.
+TEST(StandardPath, QueryChunksAreCappedAndFitTheBudget) {
+  AttentionParams p;
+  p.kv_len = 1000;
+  p.seq = 1000;
+  EXPECT_EQ(attention_standard_query_chunk(p, int64_t{1} << 40, 2), kStandardMaxQueryChunk);
+  EXPECT_EQ(attention_standard_query_chunk(p, 2 * 10 * 1000 * 4, 2), 10);
+  EXPECT_EQ(attention_standard_query_chunk(p, 1, 2), 1);
+  p.seq = 20;
+  EXPECT_EQ(attention_standard_query_chunk(p, int64_t{1} << 40, 2), 20);
+}
+
 // An explicit mask: equal to the causal rule it changes nothing; a padding mask matches the
 // reference and forces the standard path.
 TEST(ExplicitMask, CausalMaskEqualsDefaultAndPaddingMatchesReference) {

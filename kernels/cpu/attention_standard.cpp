@@ -97,7 +97,7 @@ int64_t attention_standard_query_chunk(const AttentionParams& p, int64_t budget_
   const int64_t bytes_per_row = static_cast<int64_t>(threads) * score_buffers_per_row(p) * p.kv_len *
                                 static_cast<int64_t>(sizeof(float));
   const int64_t rows = bytes_per_row > 0 ? budget_bytes / bytes_per_row : p.seq;
-  return std::clamp<int64_t>(rows, 1, std::max<int64_t>(p.seq, 1));
+  return std::clamp<int64_t>(rows, 1, std::clamp<int64_t>(p.seq, 1, kStandardMaxQueryChunk));
 }
 
 }  // namespace mla
