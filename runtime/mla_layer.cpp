@@ -47,7 +47,7 @@ PackedLinear pack(LayerWeights& weights, std::vector<float> LayerWeights::*membe
 }  // namespace
 
 void MlaLayer::run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y,
-                          int64_t y_stride, const uint16_t* x_bf16) {
+                          int64_t y_stride, const uint16_t* x_bf16, uint16_t* y_bits) {
   const auto started = Clock::now();
   PackedLinearCall call;
   call.x = x;
@@ -55,6 +55,7 @@ void MlaLayer::run_linear(const float* x, int64_t x_stride, const PackedLinear& 
   call.x_bf16 = x_bf16;
   call.y = y;
   call.y_stride = y_stride;
+  call.y_bits = y_bits;
   call.rows = rows;
   call.round_to_bf16 = round_bf16_;
   weight.forward(call);
@@ -308,7 +309,10 @@ void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
   const int64_t dv = model_.v_head_dim;
   const int64_t dq = model_.qk_head_dim();
   const int64_t kv_width = heads * (dn + dv);
-  float* expanded = sized(kv_expanded_, batch * kv_len * kv_width);
+  // In bf16 the expansion stays bf16 numbers, widened as they are scattered to the keys and values
+  // (one pass over them instead of a widening pass and a copy).
+  float* expanded = round_bf16_ ? nullptr : sized(kv_expanded_, batch * kv_len * kv_width);
+  uint16_t* expanded_bits = round_bf16_ ? sized(kv_expanded_bits_, batch * kv_len * kv_width) : nullptr;
   float* keys = sized(keys_, batch * heads * kv_len * dq);
   float* values = sized(values_, batch * heads * kv_len * dv);
   // One GEMM for every sequence: their cache rows [b, 0..kv_len) gathered into one dense operand
@@ -337,7 +341,23 @@ void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
     latent_rows = dense;
   }
   run_linear(latent_rows, latent_rows == kv_cache_.data() ? latent_width_ : C, wkv_b_, rows, expanded, kv_width,
-             latent_bits);
+             latent_bits, expanded_bits);
+  if (round_bf16_) {
+#pragma omp parallel for collapse(2) schedule(static) if (rows * kv_width > 65536)
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t t = 0; t < kv_len; ++t) {
+        const uint16_t* row = expanded_bits + (b * kv_len + t) * kv_width;
+        for (int64_t h = 0; h < heads; ++h) {
+          float* key = keys + ((b * heads + h) * kv_len + t) * dq;
+          bf16_bits_to_f32_copy(row + h * (dn + dv), key, dn);
+          std::memcpy(key + dn, kv_cache_.data() + (b * model_.max_seq_len + t) * latent_width_ + C,
+                      static_cast<size_t>(model_.qk_rope_head_dim) * sizeof(float));
+          bf16_bits_to_f32_copy(row + h * (dn + dv) + dn, values + ((b * heads + h) * kv_len + t) * dv, dv);
+        }
+      }
+    }
+    return;
+  }
   for (int64_t b = 0; b < batch; ++b) {
     // Position t of head h: [k_nope | v] at expanded[b, t, h], the one k_pe at the cache row.
     const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;

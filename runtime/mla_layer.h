@@ -76,7 +76,7 @@ class MlaLayer {
   void expand_keys_values(int64_t batch, int64_t kv_len);
   void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
   void run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y, int64_t y_stride,
-                  const uint16_t* x_bf16 = nullptr);
+                  const uint16_t* x_bf16 = nullptr, uint16_t* y_bits = nullptr);
 
   ModelArgs model_;
   HeadShard shard_;
@@ -101,6 +101,7 @@ class MlaLayer {
   AlignedVector<float> o_latent_;   // absorb: [B*S, Hl, C]
   AlignedVector<uint16_t> latent_bf16_;  // naive, bf16 mode: [B, kv_len, C] the cached c_n as bf16 numbers
   AlignedVector<float> latent_f32_;      // naive, fp32: [B, kv_len, C] the cached c_n, dense
+  AlignedVector<uint16_t> kv_expanded_bits_;  // naive, bf16 mode: kv_expanded_ as bf16 numbers
   AlignedVector<float> kv_expanded_;// naive: [B, kv_len, Hl, dn + dv] = wkv_b c_n
   AlignedVector<float> keys_;       // naive: [B, Hl, kv_len, dq] = [k_nope | k_pe]
   AlignedVector<float> values_;     // naive: [B, Hl, kv_len, dv]

@@ -287,6 +287,35 @@ TEST(PackedLinear, Bf16InputBitsGiveTheSameOutputAsBf16Values) {
   EXPECT_THROW(fp32.forward(call), std::invalid_argument);
 }
 
+// y_bits: the output as bf16 numbers, bit for bit the bits of the rounded fp32 output, on every
+// path (oneDNN writing them itself, the streamed kernel, OpenBLAS).
+TEST(PackedLinear, Bf16OutputBitsAreTheRoundedOutputsBits) {
+  const int64_t out = 70, in = 264;
+  const TestWeight w = make_weight(out, in, 13);
+  const CpuIsa isa = cpu_isa();
+  for (const auto& [limit, rows] : {std::pair<CpuIsa, int64_t>{isa, 37}, {isa, 4}, {CpuIsa::Portable, 37}, {CpuIsa::Portable, 4}}) {
+    set_cpu_isa_limit(limit);
+    const PackedLinear linear(w.bf16_values.data(), out, in, LinearPrecision::BF16);
+    const std::vector<float> x = random_x(rows, in, 17);
+    std::vector<float> y(static_cast<size_t>(rows * out));
+    linear.forward(linear_call(x.data(), in, y.data(), out, rows, true));
+    std::vector<uint16_t> bits(y.size(), 0xffff);
+    PackedLinearCall call = linear_call(x.data(), in, nullptr, 0, rows, true);
+    call.y_bits = bits.data();
+    linear.forward(call);
+    for (size_t i = 0; i < y.size(); ++i) {
+      ASSERT_EQ(bits[i], f32_to_bf16_bits(y[i])) << linear.implementation() << ", rows " << rows << ", element " << i;
+    }
+  }
+  set_cpu_isa_limit(isa);
+  const PackedLinear fp32(w.f32_values.data(), out, in, LinearPrecision::FP32);
+  const std::vector<float> x = random_x(1, in, 3);
+  std::vector<uint16_t> bits(static_cast<size_t>(out));
+  PackedLinearCall call = linear_call(x.data(), in, nullptr, 0, 1, true);
+  call.y_bits = bits.data();
+  EXPECT_THROW(fp32.forward(call), std::invalid_argument);
+}
+
 // bf16 x with bf16 weights (bf16 compute's decode steps): AMX tile products where the CPU has
 // them, vdpbf16ps with AVX512_BF16, x widened for the fp32 bodies on every lower level. Shapes
 // with a column tail (in % 32 != 0, which AMX leaves to vdpbf16ps), whole tiles with and without

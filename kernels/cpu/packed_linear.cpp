@@ -75,6 +75,7 @@ struct PackedLinear::Impl {
   AlignedVector<float> weight_f32;  // the BLAS path's operand
   // Scratch of forward, here and below: one call at a time per weight, as a layer's step calls it.
   mutable AlignedVector<char> x_dense;  // a strided or bf16 x made dense, [rows, in_features]
+  mutable AlignedVector<float> y_dense;  // y before it is scattered to a strided destination or made bits
 
 #if MLA_HAVE_DNNL
   // A primitive is specific to the number of rows (src and dst are dense); the last
@@ -94,7 +95,6 @@ struct PackedLinear::Impl {
   bool plain_view = false;
   std::string onednn_impl;
   mutable std::deque<Primitive> primitives;  // a deque: references stay valid as it grows
-  mutable AlignedVector<float> y_dense;  // y before it is scattered to a strided destination
   mutable AlignedVector<uint16_t> y_bf16;  // y as oneDNN rounds it to bf16, before it is widened
 
   dnnl_dt operand_type() const { return precision == LinearPrecision::BF16 ? dnnl_dt::bf16 : dnnl_dt::f32; }
@@ -264,6 +264,9 @@ void PackedLinear::forward(const PackedLinearCall& call) const {
   if (call.x_bf16 != nullptr && impl_->precision != LinearPrecision::BF16) {
     throw std::invalid_argument("PackedLinear::forward: x_bf16 given to an fp32 linear layer");
   }
+  if (call.y_bits != nullptr && (impl_->precision != LinearPrecision::BF16 || !call.round_to_bf16)) {
+    throw std::invalid_argument("PackedLinear::forward: y_bits asked of a linear layer whose output is not rounded to bf16");
+  }
   const bool streamed = impl_->streamed != WeightCodes::F32 && call.rows <= kSkinnyMaxRows;
   if (!streamed) {
     std::lock_guard<std::mutex> lock(impl_->mutex);
@@ -274,6 +277,18 @@ void PackedLinear::forward(const PackedLinearCall& call) const {
 #else
   const bool onednn = false;
 #endif
+  if (call.y_bits != nullptr && !onednn) {
+    // oneDNN writes the bits itself; the other paths write fp32 y, whose bits are then exact.
+    const int64_t out = out_features_;
+    if (static_cast<int64_t>(impl_->y_dense.size()) < call.rows * out) impl_->y_dense.resize(static_cast<size_t>(call.rows * out));
+    PackedLinearCall fp32_y = call;
+    fp32_y.y_bits = nullptr;
+    fp32_y.y = impl_->y_dense.data();
+    fp32_y.y_stride = out;
+    forward(fp32_y);
+    for (int64_t row = 0; row < call.rows; ++row) bf16_values_to_bits(fp32_y.y + row * out, call.y_bits + row * out, out);
+    return;
+  }
   if (!streamed && !onednn) {  // gemm() counts its FLOPs and linear() rounds
     std::vector<float> widened;
     if (call.x_bf16 != nullptr) {
@@ -367,7 +382,9 @@ void PackedLinear::forward_onednn(const PackedLinearCall& call) const {
   const bool bf16_dst = bf16 && call.round_to_bf16;
   const int64_t out = out_features_;
   void* dst_handle = call.y;
-  if (bf16_dst) {
+  if (call.y_bits != nullptr) {
+    dst_handle = call.y_bits;  // bf16_dst: forward() allows y_bits only with round_to_bf16
+  } else if (bf16_dst) {
     if (static_cast<int64_t>(impl_->y_bf16.size()) < call.rows * out) impl_->y_bf16.resize(static_cast<size_t>(call.rows * out));
     dst_handle = impl_->y_bf16.data();
   } else if (call.y_stride != out || call.round_to_bf16) {
@@ -384,7 +401,7 @@ void PackedLinear::forward_onednn(const PackedLinearCall& call) const {
   } catch (const dnnl::error& e) {
     rethrow_onednn("matmul", out_features_, in, e);
   }
-  if (dst_handle == call.y) return;
+  if (dst_handle == call.y || dst_handle == call.y_bits) return;
   // The widening (or rounding) and the scatter to a strided y in one pass, threaded and
   // vectorised: on the layer's bf16 prefill shapes, serial scalar passes around the GEMM took 13
   // of 33 ms.
