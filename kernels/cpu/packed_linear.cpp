@@ -323,7 +323,7 @@ void PackedLinear::forward_streamed(const PackedLinearCall& call) const {
   SkinnyLinearParams params;
   params.x = call.x;
   params.x_stride = call.x_stride;
-  if (impl_->precision == LinearPrecision::BF16) {
+  if (impl_->precision == LinearPrecision::BF16 && skinny_linear_bf16_products()) {
     // bf16 x for the pairwise bf16 products: the layer's bits, or x's values (bf16 numbers) as bits.
     params.x_bf16 = call.x_bf16;
     if (params.x_bf16 == nullptr) {
@@ -336,6 +336,16 @@ void PackedLinear::forward_streamed(const PackedLinearCall& call) const {
       params.x_bf16 = bits;
     }
     params.x = nullptr;
+  } else if (call.x_bf16 != nullptr) {
+    // The fp32 bodies: x's bits widened into the scratch (fp32 x is passed as it is).
+    const size_t count = static_cast<size_t>(call.rows * in_features_);
+    if (impl_->x_dense.size() < count * sizeof(float)) impl_->x_dense.resize(count * sizeof(float));
+    auto* widened = reinterpret_cast<float*>(impl_->x_dense.data());
+    for (int64_t row = 0; row < call.rows; ++row) {
+      bf16_bits_to_f32_copy(call.x_bf16 + row * in_features_, widened + row * in_features_, in_features_);
+    }
+    params.x = widened;
+    params.x_stride = in_features_;
   }
   params.rows = call.rows;
   params.codes = impl_->streamed;

@@ -36,6 +36,8 @@ void skinny_linear_portable(const SkinnyLinearParams& p) {
   }
 }
 
+bool skinny_linear_bf16_products() { return cpu_isa() >= CpuIsa::Avx512Bf16; }
+
 void skinny_linear(const SkinnyLinearParams& params) {
   if (params.rows == 0 || params.out_features == 0) return;
   const CpuIsa isa = cpu_isa();
@@ -45,7 +47,7 @@ void skinny_linear(const SkinnyLinearParams& params) {
       skinny_linear_amx(params);
       return;
     }
-    if (isa >= CpuIsa::Avx512Bf16) {
+    if (skinny_linear_bf16_products()) {
       skinny_linear_avx512_bf16(params);
       return;
     }

@@ -38,4 +38,8 @@ struct SkinnyLinearParams {
 
 void skinny_linear(const SkinnyLinearParams& params);
 
+// Whether this CPU multiplies bf16 x by bf16 weights as they are (AMX tiles or AVX512_BF16).
+// Elsewhere skinny_linear widens x_bf16 first, so a caller that holds x in fp32 passes that.
+bool skinny_linear_bf16_products();
+
 }  // namespace mla
