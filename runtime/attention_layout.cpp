@@ -56,7 +56,7 @@ AttentionParams naive_attention_params(const ModelArgs& model, const AttentionSt
   p.key_batch_stride = p.kv_len * heads * dq;
   p.key_pos_stride = heads * dq;
   p.key_head_stride = dq;
-  p.values = kv_expanded + dn;
+  p.values = kv_expanded != nullptr ? kv_expanded + dn : nullptr;  // null: the caller gives bits instead
   p.value_batch_stride = p.kv_len * kv_width;
   p.value_pos_stride = kv_width;
   p.value_head_stride = dn + dv;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/attention_fast_amx.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/kv_cache_append.h"
@@ -224,9 +225,18 @@ void MlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t 
                   report);
     absorb_outputs(tokens);
   } else {
-    expand_keys_values(batch, start_pos + seq);
-    run_attention(plan.path, naive_head_major_attention_params(model_, step, q_.data(), keys_.data(), values_.data(), o),
-                  report);
+    AttentionParams params = naive_head_major_attention_params(model_, step, q_.data(), nullptr, nullptr, o);
+    // On the AMX fast path the expansion's bf16 numbers go to the kernel as they are.
+    const bool as_bits = plan.path == AttentionPath::Fast && attention_fast_amx_applies(params);
+    expand_keys_values(batch, start_pos + seq, as_bits);
+    if (as_bits) {
+      params.key_bits = key_bits_.data();
+      params.value_bits = value_bits_.data();
+    } else {
+      params.keys = keys_.data();
+      params.values = values_.data();
+    }
+    run_attention(plan.path, params, report);
   }
 }
 
@@ -303,7 +313,8 @@ void MlaLayer::absorb_outputs(int64_t tokens) {
 // position, then each head's keys [k_nope | k_pe] and values gathered head-major
 // (naive_head_major_attention_params says why). DeepSeek keeps a second, per-head cache for this;
 // recomputing it keeps one cache for both formulations and lets chunked prefill use naive too.
-void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
+// as_bits (bf16 only): the keys and values as bf16 numbers, in key_bits_ and value_bits_.
+void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len, bool as_bits) {
   const int64_t heads = shard_.n_local_heads;
   const int64_t dn = model_.qk_nope_head_dim;
   const int64_t dv = model_.v_head_dim;
@@ -313,8 +324,10 @@ void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
   // (one pass over them instead of a widening pass and a copy).
   float* expanded = round_bf16_ ? nullptr : sized(kv_expanded_, batch * kv_len * kv_width);
   uint16_t* expanded_bits = round_bf16_ ? sized(kv_expanded_bits_, batch * kv_len * kv_width) : nullptr;
-  float* keys = sized(keys_, batch * heads * kv_len * dq);
-  float* values = sized(values_, batch * heads * kv_len * dv);
+  float* keys = as_bits ? nullptr : sized(keys_, batch * heads * kv_len * dq);
+  float* values = as_bits ? nullptr : sized(values_, batch * heads * kv_len * dv);
+  uint16_t* key_bits = as_bits ? sized(key_bits_, batch * heads * kv_len * dq) : nullptr;
+  uint16_t* value_bits = as_bits ? sized(value_bits_, batch * heads * kv_len * dv) : nullptr;
   // One GEMM for every sequence: their cache rows [b, 0..kv_len) gathered into one dense operand
   // (bf16 numbers in bf16 mode, which is what the GEMM would convert them to anyway). Per-sequence
   // GEMMs of kv_len rows ran at half the rate on the prefill shapes.
@@ -347,12 +360,20 @@ void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
     for (int64_t b = 0; b < batch; ++b) {
       for (int64_t t = 0; t < kv_len; ++t) {
         const uint16_t* row = expanded_bits + (b * kv_len + t) * kv_width;
+        const float* k_pe = kv_cache_.data() + (b * model_.max_seq_len + t) * latent_width_ + C;
         for (int64_t h = 0; h < heads; ++h) {
-          float* key = keys + ((b * heads + h) * kv_len + t) * dq;
+          const int64_t head_row = (b * heads + h) * kv_len + t;
+          if (as_bits) {
+            uint16_t* key = key_bits + head_row * dq;
+            std::memcpy(key, row + h * (dn + dv), static_cast<size_t>(dn) * sizeof(uint16_t));
+            bf16_values_to_bits(k_pe, key + dn, model_.qk_rope_head_dim);
+            std::memcpy(value_bits + head_row * dv, row + h * (dn + dv) + dn, static_cast<size_t>(dv) * sizeof(uint16_t));
+            continue;
+          }
+          float* key = keys + head_row * dq;
           bf16_bits_to_f32_copy(row + h * (dn + dv), key, dn);
-          std::memcpy(key + dn, kv_cache_.data() + (b * model_.max_seq_len + t) * latent_width_ + C,
-                      static_cast<size_t>(model_.qk_rope_head_dim) * sizeof(float));
-          bf16_bits_to_f32_copy(row + h * (dn + dv) + dn, values + ((b * heads + h) * kv_len + t) * dv, dv);
+          std::memcpy(key + dn, k_pe, static_cast<size_t>(model_.qk_rope_head_dim) * sizeof(float));
+          bf16_bits_to_f32_copy(row + h * (dn + dv) + dn, values + head_row * dv, dv);
         }
       }
     }

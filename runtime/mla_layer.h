@@ -73,7 +73,7 @@ class MlaLayer {
               int64_t mask_stride, StepReport& report);
   void absorb_queries(int64_t tokens);
   void absorb_outputs(int64_t tokens);
-  void expand_keys_values(int64_t batch, int64_t kv_len);
+  void expand_keys_values(int64_t batch, int64_t kv_len, bool as_bits);
   void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
   void run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y, int64_t y_stride,
                   const uint16_t* x_bf16 = nullptr, uint16_t* y_bits = nullptr);
@@ -105,6 +105,8 @@ class MlaLayer {
   AlignedVector<float> kv_expanded_;// naive: [B, kv_len, Hl, dn + dv] = wkv_b c_n
   AlignedVector<float> keys_;       // naive: [B, Hl, kv_len, dq] = [k_nope | k_pe]
   AlignedVector<float> values_;     // naive: [B, Hl, kv_len, dv]
+  AlignedVector<uint16_t> key_bits_;    // naive, bf16 on the AMX fast path: keys_ as bf16 numbers
+  AlignedVector<uint16_t> value_bits_;  // naive, bf16 on the AMX fast path: values_ as bf16 numbers
   AlignedVector<float> o_;          // [B*S, Hl*dv]
 };
 

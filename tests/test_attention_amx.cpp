@@ -6,6 +6,7 @@
 #include <cmath>
 #include <ostream>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,12 @@ std::vector<float> bf16_values(size_t count, uint64_t seed, float amplitude) {
   std::vector<float> values(count);
   for (float& value : values) value = round_to_bf16(uniform(generator));
   return values;
+}
+
+std::vector<uint16_t> to_bits(const std::vector<float>& bf16_numbers) {
+  std::vector<uint16_t> bits(bf16_numbers.size());
+  for (size_t i = 0; i < bits.size(); ++i) bits[i] = f32_to_bf16_bits(bf16_numbers[i]);
+  return bits;
 }
 
 // Head-major keys and values [B, H, kv, d] as the CPU layer lays them out, q and out token-major
@@ -132,6 +139,18 @@ TEST_P(AttentionAmx, MatchesTheFp32LoopsWithinBf16Rounding) {
   // of 2^-8), which moves a probability by as much; outputs agree to about that.
   EXPECT_LE(relative_l2(amx.out, loops.out, amx.params.out_head_stride, c.value_dim), 6e-3);
   EXPECT_EQ(attention_fast_workspace_bytes(amx.params, 2), attention_fast_amx_workspace_bytes(amx.params, 2));
+
+  // The same keys and values handed over as bf16 numbers (as the CPU layer's expansion does) give
+  // the same bits out: only where the kernel reads them from changes.
+  AmxProblem bits(c);
+  const std::vector<uint16_t> key_bits = to_bits(bits.keys), value_bits = to_bits(bits.values);
+  bits.params.keys = nullptr;
+  bits.params.values = nullptr;
+  bits.params.key_bits = key_bits.data();
+  bits.params.value_bits = value_bits.data();
+  ASSERT_TRUE(attention_fast_amx_applies(bits.params));
+  attention_fast(bits.params);
+  for (size_t i = 0; i < amx.out.size(); ++i) ASSERT_EQ(bits.out[i], amx.out[i]) << "at " << i;
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -152,6 +171,20 @@ TEST(AttentionAmx, FewRowsPerHeadOrSharedKeysStayOnTheLoops) {
   AmxProblem fp32(AmxCase{1, 2, 32, 0, 48, 40, false});
   fp32.params.round_to_bf16 = false;
   EXPECT_FALSE(attention_fast_amx_applies(fp32.params));
+}
+
+// Only the AMX kernel reads bf16 keys and values: a step that would reach the fp32 loops or the
+// standard path with them is refused, not computed from null or stale fp32 buffers.
+TEST(AttentionAmx, BitsAreRefusedWhereTheAmxPathDoesNotApply) {
+  AmxProblem problem(AmxCase{1, 2, 32, 0, 48, 40, false});
+  const std::vector<uint16_t> key_bits = to_bits(problem.keys), value_bits = to_bits(problem.values);
+  problem.params.key_bits = key_bits.data();
+  problem.params.value_bits = value_bits.data();
+  problem.params.round_to_bf16 = false;  // fp32: never the AMX path
+  EXPECT_THROW(attention_fast(problem.params), std::invalid_argument);
+  EXPECT_THROW(attention_standard(problem.params, 8), std::invalid_argument);
+  problem.params.round_to_bf16 = true;
+  EXPECT_THROW(attention_standard(problem.params, 8), std::invalid_argument);
 }
 
 }  // namespace

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/attention_fast_amx.h"
+#include "kernels/cpu/cpu_features.h"
 #include "tests/test_util.h"
 
 namespace mla::test {
@@ -213,6 +215,31 @@ TEST(FastVsStandard, AgreeOnEveryAcceptedShape) {
         }
       }
     }
+  }
+}
+
+// The schedules above prefill fewer than kAmxMinQueryRows tokens. A longer bf16 prefill runs the
+// naive fast path on AMX tiles where the CPU has them, with the expansion's bf16 keys and values
+// read in place: against the reference, and on AMX against the same layer on the fp32 loops.
+TEST(Bf16Prefill, LongEnoughForAmxTilesMatchesTheReferenceAndTheLoops) {
+  const Shape shape = shapes()[0];  // odd dimensions: every tile partly empty
+  const ModelArgs& m = shape.model;
+  const uint64_t seed = 31;
+  const WeightsConfig weights = random_weights(shape.weights_dtype, seed);
+  const LoadedWeights exact = load_layer_weights(weights, m, whole(m), ComputeDType::FP32);
+  const LoadedWeights rounded = load_layer_weights(weights, m, whole(m), ComputeDType::BF16);
+  const std::vector<int64_t> steps = {kAmxMinQueryRows + 5, 1};
+  const InputTensor x = random_input(m, 2, total(steps), seed + 1);
+  const RunConfig run = run_config(AttentionChoice::Fast, FormulationChoice::Naive, ComputeDType::BF16);
+  const RunResult got = layer_run(m, run, whole(m), rounded.weights, x, steps);
+  const std::vector<double> want = reference_run(m, exact.weights, m.n_heads, x, steps, ref::RefFormulation::Absorb);
+  const std::vector<double> errors = per_step_errors(got.y, want, x, steps);
+  for (size_t i = 0; i < errors.size(); ++i) EXPECT_LE(errors[i], 2e-2) << "step " << i;
+  if (cpu_isa() == CpuIsa::Amx) {
+    set_cpu_isa_limit(CpuIsa::Avx512Bf16);
+    const RunResult loops = layer_run(m, run, whole(m), rounded.weights, x, steps);
+    set_cpu_isa_limit(CpuIsa::Amx);
+    EXPECT_LE(relative_l2(got.y, to_double(loops.y)), 1e-2);
   }
 }
 

@@ -76,11 +76,16 @@ struct HeadTiles : TileCounts {
 
 // Key t, score dimensions (d, d + 1) go to tile (t / 16, d / 32), row (d % 32) / 2, column t % 16:
 // each key's bf16 pairs are written down a column, 64 bytes apart.
-void pack_keys(const AttentionParams& p, const float* keys, int64_t cols, HeadTiles& tiles) {
+// keys / key_bits: the head's first key (one of the two, as AttentionParams has it).
+void pack_keys(const AttentionParams& p, const float* keys, const uint16_t* key_bits, int64_t cols, HeadTiles& tiles) {
   const int64_t pairs = tiles.score_chunks * kTileInner / 2;
   uint16_t* row = tiles.key_row.data();
   for (int64_t t = 0; t < cols; ++t) {
-    f32_to_bf16_bits_rne(keys + t * p.key_pos_stride, row, p.score_dim);
+    if (key_bits != nullptr) {
+      std::memcpy(row, key_bits + t * p.key_pos_stride, static_cast<size_t>(p.score_dim) * sizeof(uint16_t));
+    } else {
+      f32_to_bf16_bits_rne(keys + t * p.key_pos_stride, row, p.score_dim);
+    }
     uint16_t* column = tiles.keys.data() + (t / kTileRows) * tiles.score_chunks * kTileElements + (t % kTileRows) * 2;
     // Pair i of the key is row i % 16 of chunk i / 16's tile: kTileInner values further down.
     for (int64_t pair = 0; pair < pairs; ++pair) std::memcpy(column + pair * kTileInner, row + 2 * pair, 2 * sizeof(uint16_t));
@@ -89,13 +94,22 @@ void pack_keys(const AttentionParams& p, const float* keys, int64_t cols, HeadTi
 
 // Positions (t, t + 1), value column c go to tile (t / 32, c / 16), row (t % 32) / 2, column c % 16:
 // a tile row interleaves 16 columns of two consecutive positions.
-void pack_values(const AttentionParams& p, const float* values, int64_t cols, HeadTiles& tiles) {
+// values / value_bits: the head's first value (one of the two).
+void pack_values(const AttentionParams& p, const float* values, const uint16_t* value_bits, int64_t cols,
+                 HeadTiles& tiles) {
   uint16_t* even = tiles.value_rows.data();
   uint16_t* odd = even + tiles.value_blocks * kTileRows;
+  const auto position = [&](int64_t t, uint16_t* bits) {
+    if (value_bits != nullptr) {
+      std::memcpy(bits, value_bits + t * p.value_pos_stride, static_cast<size_t>(p.value_dim) * sizeof(uint16_t));
+    } else {
+      f32_to_bf16_bits_rne(values + t * p.value_pos_stride, bits, p.value_dim);
+    }
+  };
   for (int64_t t = 0; t < cols; t += 2) {
-    f32_to_bf16_bits_rne(values + t * p.value_pos_stride, even, p.value_dim);
+    position(t, even);
     if (t + 1 < cols) {
-      f32_to_bf16_bits_rne(values + (t + 1) * p.value_pos_stride, odd, p.value_dim);
+      position(t + 1, odd);
     } else {
       std::fill(odd, odd + p.value_dim, uint16_t{0});  // past the last position: zero, like the padding
     }
@@ -220,8 +234,12 @@ void attention_fast_amx(const AttentionParams& p) {
     for (int64_t b = 0; b < p.batch; ++b) {
       for (int64_t h = 0; h < p.n_heads; ++h) {
         // Packing writes only real positions and dimensions: the padding stays zero.
-        pack_keys(p, p.keys + b * p.key_batch_stride + h * p.key_head_stride, cols, tiles);
-        pack_values(p, p.values + b * p.value_batch_stride + h * p.value_head_stride, cols, tiles);
+        const int64_t key_offset = b * p.key_batch_stride + h * p.key_head_stride;
+        const int64_t value_offset = b * p.value_batch_stride + h * p.value_head_stride;
+        pack_keys(p, p.key_bits != nullptr ? nullptr : p.keys + key_offset,
+                  p.key_bits != nullptr ? p.key_bits + key_offset : nullptr, cols, tiles);
+        pack_values(p, p.value_bits != nullptr ? nullptr : p.values + value_offset,
+                    p.value_bits != nullptr ? p.value_bits + value_offset : nullptr, cols, tiles);
         for (int64_t first = 0; first < p.seq; first += kTileRows) {
           attend_query_block(p, b, h, first, std::min(kTileRows, p.seq - first), tiles);
         }
