@@ -144,11 +144,11 @@ void CudaMlaLayer::allocate(const LayerWeights& w) {
   const bool naive_possible = run_.formulation != FormulationChoice::Absorb;
   const bool absorb_possible = run_.formulation != FormulationChoice::Naive;
   if (round_bf16_) {
-    x_rounded_ = DeviceBuffer<float>(tokens * m.dim);
-    // The widest activation operand of any GEMM: x, q (absorb), o_latent (absorb), the cache rows
-    // (naive expansion) or o.
-    int64_t staging = tokens * std::max({m.dim, m.q_lora_rank, heads * dq, heads * C, heads * dv});
-    if (naive_possible) staging = std::max(staging, limits_.max_kv_len * C);
+    x_bf16_ = DeviceBuffer<__nv_bfloat16>(tokens * m.dim);
+    // The widest activation operand of any GEMM but the first two (x has its own): q_latent, q
+    // (absorb), o_latent (absorb), the cache rows (naive expansion) or o.
+    int64_t staging = tokens * std::max({m.q_lora_rank, heads * dq, heads * C, heads * dv});
+    if (naive_possible) staging = std::max(staging, kv_rows * C);
     bf16_staging_ = DeviceBuffer<__nv_bfloat16>(staging);
   }
   if (m.q_lora_rank > 0) q_latent_ = DeviceBuffer<float>(tokens * m.q_lora_rank);
@@ -164,7 +164,7 @@ void CudaMlaLayer::allocate(const LayerWeights& w) {
     keys_ = DeviceBuffer<float>(kv_rows * heads * dq);
   }
   memory_.activation_bytes =
-      static_cast<int64_t>(x_rounded_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() +
+      static_cast<int64_t>(x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() +
                            o_.bytes() + q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes());
 
   // The standard path serves a step when asked to, when the step has a mask, or when its kv_len
@@ -222,7 +222,7 @@ void CudaMlaLayer::round_rows(float* values, int64_t rows, int64_t row_stride, i
 // y = x W^T. bf16 mode: x (bf16 values held in fp32) is staged as bf16, the tensor cores
 // accumulate in fp32, and y is rounded to bf16, as DeepSeek's bf16 F.linear does.
 void CudaMlaLayer::linear(const float* x, int64_t x_stride, const DeviceMatrix& weight, int64_t rows, float* y,
-                          int64_t y_stride) {
+                          int64_t y_stride, const __nv_bfloat16* x_staged) {
   GemmCudaParams g;
   g.transpose_b = true;
   g.m = rows;
@@ -232,7 +232,13 @@ void CudaMlaLayer::linear(const float* x, int64_t x_stride, const DeviceMatrix& 
   g.ldb = weight.cols;
   g.c = y;
   g.ldc = y_stride;
-  set_activation_operand(g, x, rows, weight.cols, x_stride);
+  if (x_staged != nullptr && round_bf16_) {
+    g.a = x_staged;
+    g.lda = weight.cols;
+    g.operands = GemmOperands::BF16;
+  } else {
+    set_activation_operand(g, x, rows, weight.cols, x_stride);
+  }
   gemm_cuda(*cublas_, g);
   if (round_bf16_) round_rows(y, rows, y_stride, 1, 0, weight.rows);
 }
@@ -252,20 +258,14 @@ StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t s
     throw std::invalid_argument("CudaMlaLayer::forward: a mask, but the layer was sized without one");
   }
   const int64_t tokens = batch * seq;
-  const float* x_act = x;
+  const __nv_bfloat16* x_staged = nullptr;
   if (round_bf16_) {
-    // DeepSeek's activations are bf16 from the embedding on.
-    StridedCopyParams round;
-    round.src = x;
-    round.dst = x_rounded_.data();
-    round.outer = 1;
-    round.width = tokens * model_.dim;
-    round.round_to_bf16 = true;
-    strided_copy_cuda(round, stream_);
-    x_act = x_rounded_.data();
+    // DeepSeek's activations are bf16 from the embedding on: rounded once, read by two GEMMs.
+    f32_to_bf16_cuda({x, model_.dim, x_bf16_.data(), tokens, model_.dim}, stream_);
+    x_staged = x_bf16_.data();
   }
-  project_queries(x_act, tokens);
-  project_latent(x_act, batch, seq, start_pos);
+  project_queries(x, x_staged, tokens);
+  project_latent(x, x_staged, batch, seq, start_pos);
   cached_len_ = start_pos + seq;
   cached_batch_ = start_pos == 0 ? batch : cached_batch_;
 
@@ -313,13 +313,13 @@ StepReport CudaMlaLayer::forward(const float* x, int64_t batch, int64_t seq, int
 }
 
 // SPEC.md steps 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))).
-void CudaMlaLayer::project_queries(const float* x, int64_t tokens) {
+void CudaMlaLayer::project_queries(const float* x, const __nv_bfloat16* x_staged, int64_t tokens) {
   const int64_t q_width = shard_.n_local_heads * model_.qk_head_dim();
   if (model_.q_lora_rank == 0) {
-    linear(x, model_.dim, wq_, tokens, q_.data(), q_width);
+    linear(x, model_.dim, wq_, tokens, q_.data(), q_width, x_staged);
   } else {
     const int64_t rank = model_.q_lora_rank;
-    linear(x, model_.dim, wq_a_, tokens, q_latent_.data(), rank);
+    linear(x, model_.dim, wq_a_, tokens, q_latent_.data(), rank, x_staged);
     rmsnorm_cuda({q_latent_.data(), rank, q_norm_.data(), q_latent_.data(), rank, tokens, rank, 1e-6f, round_bf16_},
                  stream_);
     linear(q_latent_.data(), rank, wq_b_, tokens, q_.data(), q_width);
@@ -328,11 +328,12 @@ void CudaMlaLayer::project_queries(const float* x, int64_t tokens) {
 
 // SPEC.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)] into the cache; RoPE
 // on each head's q_pe.
-void CudaMlaLayer::project_latent(const float* x, int64_t batch, int64_t seq, int64_t start_pos) {
+void CudaMlaLayer::project_latent(const float* x, const __nv_bfloat16* x_staged, int64_t batch, int64_t seq,
+                                  int64_t start_pos) {
   const int64_t tokens = batch * seq;
   const int64_t C = model_.kv_lora_rank;
   const int64_t dq = model_.qk_head_dim();
-  linear(x, model_.dim, wkv_a_, tokens, kv_.data(), latent_width_);
+  linear(x, model_.dim, wkv_a_, tokens, kv_.data(), latent_width_, x_staged);
   rmsnorm_cuda({kv_.data(), latent_width_, kv_norm_.data(), kv_.data(), latent_width_, tokens, C, 1e-6f, round_bf16_},
                stream_);
 
@@ -450,29 +451,59 @@ void CudaMlaLayer::absorb_outputs(int64_t tokens) {
 }
 
 // SPEC.md step 5, naive, from the one latent cache (as the CPU layer): [k_nope | v] = wkv_b c_n
-// for every cached position, and k = [k_nope | k_pe] per head.
+// for every cached position, and k = [k_nope | k_pe] per head. One GEMM and one copy per part
+// for the whole batch: per-sequence launches cost more than the work at decode-sized steps.
 void CudaMlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
   const int64_t heads = shard_.n_local_heads;
+  const int64_t C = model_.kv_lora_rank;
   const int64_t dn = model_.qk_nope_head_dim;
   const int64_t dq = model_.qk_head_dim();
   const int64_t head_rows = dn + model_.v_head_dim;
   const int64_t kv_width = heads * head_rows;
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;
-    float* expanded = kv_expanded_.data() + b * kv_len * kv_width;
-    linear(cache, latent_width_, wkv_b_, kv_len, expanded, kv_width);
-    StridedCopyParams k_pe;  // the one rope key of each position, repeated for every head
-    k_pe.src = cache + model_.kv_lora_rank;
-    k_pe.src_outer_stride = latent_width_;
-    k_pe.src_inner_stride = 0;
-    k_pe.dst = keys_.data() + b * kv_len * heads * dq + dn;
-    k_pe.dst_outer_stride = heads * dq;
-    k_pe.dst_inner_stride = dq;
-    k_pe.outer = kv_len;
-    k_pe.inner = heads;
-    k_pe.width = model_.qk_rope_head_dim;
-    strided_copy_cuda(k_pe, stream_);
+  const int64_t cache_batch_stride = model_.max_seq_len * latent_width_;
+  GemmCudaParams g;
+  g.transpose_b = true;
+  g.n = kv_width;
+  g.k = C;
+  g.b = wkv_b_.at_row(0);
+  g.ldb = C;
+  g.c = kv_expanded_.data();
+  g.ldc = kv_width;
+  if (round_bf16_) {
+    // The cache rows are bf16 numbers: every sequence's first kv_len rows gathered into one
+    // dense bf16 operand.
+    if (batch * kv_len * C > bf16_staging_.size()) throw std::logic_error("CudaMlaLayer: bf16 staging too small for the expansion");
+    f32_to_bf16_cuda({kv_cache_.data(), latent_width_, bf16_staging_.data(), batch * kv_len, C, kv_len, cache_batch_stride},
+                     stream_);
+    g.m = batch * kv_len;
+    g.a = bf16_staging_.data();
+    g.lda = C;
+    g.operands = GemmOperands::BF16;
+  } else {
+    g.m = kv_len;
+    g.a = kv_cache_.data();
+    g.lda = latent_width_;
+    g.stride_a = cache_batch_stride;
+    g.stride_c = kv_len * kv_width;
+    g.batch = batch;
   }
+  gemm_cuda(*cublas_, g);
+  if (round_bf16_) round_rows(kv_expanded_.data(), batch * kv_len, kv_width, 1, 0, kv_width);
+
+  StridedCopyParams k_pe;  // the one rope key of each position, repeated for every head
+  k_pe.src = kv_cache_.data() + C;
+  k_pe.src_batch_stride = cache_batch_stride;
+  k_pe.src_outer_stride = latent_width_;
+  k_pe.src_inner_stride = 0;
+  k_pe.dst = keys_.data() + dn;
+  k_pe.dst_batch_stride = kv_len * heads * dq;
+  k_pe.dst_outer_stride = heads * dq;
+  k_pe.dst_inner_stride = dq;
+  k_pe.batch = batch;
+  k_pe.outer = kv_len;
+  k_pe.inner = heads;
+  k_pe.width = model_.qk_rope_head_dim;
+  strided_copy_cuda(k_pe, stream_);
   StridedCopyParams k_nope;
   k_nope.src = kv_expanded_.data();
   k_nope.src_outer_stride = kv_width;

@@ -83,11 +83,13 @@ class CudaMlaLayer {
 
  private:
   void allocate(const LayerWeights& weights);
-  void linear(const float* x, int64_t x_stride, const DeviceMatrix& weight, int64_t rows, float* y, int64_t y_stride);
+  // x_staged (bf16 mode only): x already as a dense bf16 operand, used in place of x.
+  void linear(const float* x, int64_t x_stride, const DeviceMatrix& weight, int64_t rows, float* y, int64_t y_stride,
+              const __nv_bfloat16* x_staged = nullptr);
   void round_rows(float* values, int64_t rows, int64_t row_stride, int64_t inner, int64_t inner_stride, int64_t width);
   void set_activation_operand(GemmCudaParams& g, const float* values, int64_t rows, int64_t cols, int64_t stride);
-  void project_queries(const float* x, int64_t tokens);
-  void project_latent(const float* x, int64_t batch, int64_t seq, int64_t start_pos);
+  void project_queries(const float* x, const __nv_bfloat16* x_staged, int64_t tokens);
+  void project_latent(const float* x, const __nv_bfloat16* x_staged, int64_t batch, int64_t seq, int64_t start_pos);
   void attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
               int64_t mask_stride, StepReport& report);
   void absorb_queries(int64_t tokens);
@@ -112,7 +114,8 @@ class CudaMlaLayer {
   DeviceBuffer<float> rope_cos_, rope_sin_;  // [max_seq_len, dr / 2]
   DeviceBuffer<float> kv_cache_;             // [max_batch_size, max_seq_len, C + dr]
 
-  DeviceBuffer<float> x_rounded_;   // bf16 mode: the input as bf16 values
+  // bf16 mode: the step's input rounded to bf16 once, the operand of both GEMMs that read it.
+  DeviceBuffer<__nv_bfloat16> x_bf16_;
   DeviceBuffer<__nv_bfloat16> bf16_staging_;  // bf16 mode: a GEMM's activation operand
   DeviceBuffer<float> q_latent_, q_, kv_, q_absorbed_, o_latent_, o_;
   DeviceBuffer<float> kv_expanded_, keys_;    // naive only

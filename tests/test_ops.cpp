@@ -17,6 +17,7 @@
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/softmax.h"
+#include "kernels/cpu/strided_copy.h"
 #include "tests/reference/mla_reference.h"
 
 namespace mla {
@@ -261,6 +262,35 @@ TEST(KvCacheAppend, WritesRowsAtTheirPositions) {
         EXPECT_EQ(cache[(b * capacity + start_pos + s) * width + i], rows[(b * seq + s) * width + i]);
   EXPECT_EQ(cache[(0 * capacity + 2) * width], -1.0f) << "earlier positions untouched";
   EXPECT_THROW(kv_cache_append({rows.data(), width, cache.data(), capacity, width, batch, seq, 5}), std::out_of_range);
+}
+
+TEST(StridedCopy, PlacesEveryVectorOfEveryBatchAndRepeatsAZeroStride) {
+  // k_pe's layout: per sequence (batch) and position (outer) one vector, repeated for each head
+  // (inner, source stride 0), the sequences at their own strides on both sides.
+  StridedCopyParams p;
+  p.batch = 2;
+  p.outer = 3;
+  p.inner = 4;
+  p.width = 5;
+  p.src_batch_stride = 23;
+  p.src_outer_stride = 7;
+  p.src_inner_stride = 0;
+  p.dst_batch_stride = 3 * 4 * 6 + 1;
+  p.dst_outer_stride = 4 * 6;
+  p.dst_inner_stride = 6;
+  std::vector<float> src(2 * 23);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = 0.5f + static_cast<float>(i);
+  std::vector<float> dst(static_cast<size_t>(2 * p.dst_batch_stride), -1.0f);
+  p.src = src.data();
+  p.dst = dst.data();
+  strided_copy(p);
+  std::vector<float> want(dst.size(), -1.0f);
+  for (int64_t n = 0; n < 2; ++n)
+    for (int64_t i = 0; i < 3; ++i)
+      for (int64_t j = 0; j < 4; ++j)
+        for (int64_t k = 0; k < 5; ++k)
+          want[static_cast<size_t>(n * p.dst_batch_stride + i * 24 + j * 6 + k)] = src[static_cast<size_t>(n * 23 + i * 7 + k)];
+  EXPECT_EQ(dst, want);
 }
 
 }  // namespace

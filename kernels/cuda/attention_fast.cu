@@ -1,7 +1,5 @@
-#include <map>
-#include <mutex>
-
 #include "kernels/cuda/attention_fast.h"
+#include "kernels/cuda/attention_fast_mma.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/softmax.cuh"
@@ -128,29 +126,8 @@ __global__ void __launch_bounds__(kThreads) attention_fast_kernel(AttentionParam
   }
 }
 
-// The device's opt-in shared memory per block, and how much the kernel has been allowed so far:
-// read and raised once per device, not on every step. Returns the device's maximum; with
-// `needed_bytes` > 0 (and within that maximum) also lets the kernel use that much.
 int reserve_shared_bytes(int64_t needed_bytes) {
-  struct Limit {
-    int max_bytes = 0;
-    int64_t granted_bytes = 0;
-  };
-  static std::mutex mutex;
-  static std::map<int, Limit> limits;
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  std::lock_guard<std::mutex> lock(mutex);
-  Limit& limit = limits[device];
-  if (limit.max_bytes == 0) {
-    CUDA_CHECK(cudaDeviceGetAttribute(&limit.max_bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  }
-  if (needed_bytes > limit.granted_bytes && needed_bytes <= limit.max_bytes) {
-    CUDA_CHECK(cudaFuncSetAttribute(attention_fast_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(needed_bytes)));
-    limit.granted_bytes = needed_bytes;
-  }
-  return limit.max_bytes;
+  return static_cast<int>(reserve_dynamic_shared_bytes(reinterpret_cast<const void*>(attention_fast_kernel), needed_bytes));
 }
 
 int max_shared_bytes_per_block() { return reserve_shared_bytes(0); }
@@ -168,6 +145,10 @@ int64_t attention_fast_max_kv_len(int64_t score_dim) {
 
 void attention_fast_cuda(const AttentionParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.seq == 0 || p.n_heads == 0) return;
+  if (attention_fast_mma_applies(p)) {
+    attention_fast_mma_cuda(p, stream);
+    return;
+  }
   const bool heads_share_keys = p.key_head_stride == 0 && p.value_head_stride == 0;
   const int64_t group_rows = heads_share_keys ? p.n_heads * p.seq : p.seq;
   const int64_t shared_bytes = attention_fast_shared_bytes(p.score_dim, p.kv_len);

@@ -9,13 +9,19 @@ namespace {
 constexpr int kThreads = 256;
 
 __global__ void __launch_bounds__(kThreads) f32_to_bf16_kernel(Bf16ConvertParams p) {
-  const int64_t count = p.rows * p.cols;
-  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < count;
-       index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = index / p.cols;
-    const int64_t col = index % p.cols;
-    p.dst[index] = __float2bfloat16_rn(p.src[row * p.src_stride + col]);
-  }
+  struct Offsets {
+    int64_t src, dst;
+  };
+  cuda_detail::for_each_vector_piece(
+      p.rows, p.cols,
+      [&](int64_t row) {
+        const int64_t source_row = p.rows_per_batch > 0 ? (row / p.rows_per_batch) * p.src_batch_stride +
+                                                              (row % p.rows_per_batch) * p.src_stride
+                                                        : row * p.src_stride;
+        return Offsets{source_row, row * p.cols};
+      },
+      [&](const Offsets& at, int64_t col) { return p.src[at.src + col]; },
+      [&](const Offsets& at, int64_t col, float value) { p.dst[at.dst + col] = __float2bfloat16_rn(value); });
 }
 
 }  // namespace
@@ -23,7 +29,8 @@ __global__ void __launch_bounds__(kThreads) f32_to_bf16_kernel(Bf16ConvertParams
 void f32_to_bf16_cuda(const Bf16ConvertParams& params, cudaStream_t stream) {
   const int64_t count = params.rows * params.cols;
   if (count == 0) return;
-  f32_to_bf16_kernel<<<cuda_detail::grid_for(count, kThreads), kThreads, 0, stream>>>(params);
+  const int64_t pieces = params.rows * ((params.cols + cuda_detail::kPieceWidth - 1) / cuda_detail::kPieceWidth);
+  f32_to_bf16_kernel<<<cuda_detail::grid_for(pieces * 32, kThreads), kThreads, 0, stream>>>(params);
   CUDA_CHECK_LAUNCH("f32_to_bf16_kernel");
 }
 

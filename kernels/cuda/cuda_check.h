@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -19,6 +20,11 @@ class CudaError : public std::runtime_error {
 // The number of CUDA devices this process can use; 0 when there is no driver or no device
 // (never throws: the GPU tests use it to decide whether to skip).
 int cuda_device_count();
+
+// The current device's opt-in shared memory per block. With needed_bytes > 0 (and within that
+// limit) also lets `kernel` launch with that much dynamic shared memory. Both are read or raised
+// once per device and kernel, not on every step.
+int64_t reserve_dynamic_shared_bytes(const void* kernel, int64_t needed_bytes);
 
 }  // namespace mla
 

@@ -1,4 +1,4 @@
-// mla_cuda_bench [--csv FILE] [--reps N] [--batch B]
+// mla_cuda_bench [--csv FILE] [--reps N] [--warmup N] [--batch B] [--phase P] [--seq S] [--attention A]
 //
 // The seed's table on a GPU: a DeepSeek-V3-sized layer slice (dim 7168, q_lora_rank 1536,
 // kv_lora_rank 512, 16 local heads as at TP 8), bf16 compute, batch 32, kv length 64, 128, 256,
@@ -6,6 +6,7 @@
 // standard path (the fast path stops at fast_path_max_len 256, as in the claim). Each point:
 // warm-up, then CUDA-event timing of forward steps, median / min / p90; the layer's device bytes
 // (weights, cache, activations, attention workspace) and the attention workspace alone.
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -27,7 +28,11 @@ namespace {
 struct Options {
   std::string csv;
   int reps = 20;
+  int warmup = 3;
   int64_t batch = 32;
+  // Empty or 0: every phase, length and path of the table; set, one of them (for a profiler).
+  std::string phase, attention;
+  int64_t seq_len = 0;
 };
 
 Options parse(int argc, char** argv) {
@@ -39,10 +44,20 @@ Options parse(int argc, char** argv) {
       options.csv = argv[++i];
     } else if (arg == "--reps" && has_value) {
       options.reps = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--warmup" && has_value) {
+      options.warmup = std::max(0, std::atoi(argv[++i]));
     } else if (arg == "--batch" && has_value) {
       options.batch = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--phase" && has_value) {
+      options.phase = argv[++i];
+    } else if (arg == "--seq" && has_value) {
+      options.seq_len = std::atoi(argv[++i]);
+    } else if (arg == "--attention" && has_value) {
+      options.attention = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: mla_cuda_bench [--csv FILE] [--reps N] [--batch B]\n");
+      std::fprintf(stderr,
+                   "usage: mla_cuda_bench [--csv FILE] [--reps N] [--warmup N] [--batch B] [--phase prefill|decode] "
+                   "[--seq S] [--attention standard|fast]\n");
       std::exit(2);
     }
   }
@@ -103,9 +118,12 @@ int run(const Options& options) {
               "median_ms", "min_ms", "p90_ms", "workspace_MB", "layer_MB");
   for (const char* phase : {"prefill", "decode"}) {
     const bool decode = std::strcmp(phase, "decode") == 0;
+    if (!options.phase.empty() && options.phase != phase) continue;
     for (const int64_t seq_len : {64, 128, 256, 512}) {
+      if (options.seq_len != 0 && options.seq_len != seq_len) continue;
       for (const AttentionChoice attention : {AttentionChoice::Standard, AttentionChoice::Fast}) {
         if (attention == AttentionChoice::Fast && seq_len > 256) continue;  // no fast path there (the claim's 512 row)
+        if (!options.attention.empty() && options.attention != to_string(attention)) continue;
         RunConfig run;
         run.compute_dtype = ComputeDType::BF16;
         run.attention = attention;
@@ -125,15 +143,18 @@ int run(const Options& options) {
         CUDA_CHECK(cudaEventCreate(&end));
         std::vector<double> times;
         StepReport report;
-        for (int rep = -3; rep < options.reps; ++rep) {
+        for (int rep = -options.warmup; rep < options.reps; ++rep) {
+          // A profiler started with --profile-from-start off sees the last timed step only.
+          if (rep == options.reps - 1) CUDA_CHECK(cudaProfilerStart());
           CUDA_CHECK(cudaEventRecord(begin, layer.stream()));
           report = layer.forward_device(x.data(), options.batch, step_len, start_pos, nullptr, 0, y.data());
           CUDA_CHECK(cudaEventRecord(end, layer.stream()));
           CUDA_CHECK(cudaEventSynchronize(end));
           float ms = 0;
           CUDA_CHECK(cudaEventElapsedTime(&ms, begin, end));
-          if (rep >= 0) times.push_back(ms);  // the first three are warm-up
+          if (rep >= 0) times.push_back(ms);
         }
+        CUDA_CHECK(cudaProfilerStop());
         CUDA_CHECK(cudaEventDestroy(begin));
         CUDA_CHECK(cudaEventDestroy(end));
         const Timing t = summarize(times);

@@ -16,6 +16,7 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/strided_copy.h"
 #include "kernels/cuda/attention_fast.h"
+#include "kernels/cuda/attention_fast_mma.h"
 #include "kernels/cuda/attention_standard.h"
 #include "kernels/cuda/bf16_convert.h"
 #include "kernels/cuda/finite_check.h"
@@ -122,8 +123,12 @@ TEST_F(CudaOps, KvCacheAppendAndStridedCopyAreExact) {
                std::out_of_range);
 
   for (const bool bf16 : {false, true}) {
-    // One source vector per outer index repeated over heads (stride 0), as k_pe is.
+    // One source vector per outer index repeated over heads (stride 0), as k_pe is, for two
+    // sequences at their own strides.
     StridedCopyParams p;
+    p.batch = 2;
+    p.src_batch_stride = 6 * 40 + 3;
+    p.dst_batch_stride = 6 * 5 * 50 + 7;
     p.src_outer_stride = 40;
     p.src_inner_stride = 0;
     p.dst_outer_stride = 5 * 50;
@@ -132,8 +137,8 @@ TEST_F(CudaOps, KvCacheAppendAndStridedCopyAreExact) {
     p.inner = 5;
     p.width = 33;
     p.round_to_bf16 = bf16;
-    const std::vector<float> src = random_floats(6 * 40, 7);
-    std::vector<float> want = random_floats(6 * 5 * 50, 8);
+    const std::vector<float> src = random_floats(2 * (6 * 40 + 3), 7);
+    std::vector<float> want = random_floats(2 * (6 * 5 * 50 + 7), 8);
     DeviceBuffer<float> src_dev = to_device(src), dst_dev = to_device(want);
     p.src = src.data();
     p.dst = want.data();
@@ -157,6 +162,17 @@ TEST_F(CudaOps, Bf16ConversionRoundsToNearestEven) {
   std::vector<uint16_t> bits(values.size());
   CUDA_CHECK(cudaMemcpy(bits.data(), dst.data(), bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost));
   for (size_t i = 0; i < values.size(); ++i) ASSERT_EQ(bits[i], f32_to_bf16_bits(values[i])) << "value " << values[i];
+
+  // Gathered: the first 3 rows (of 7 columns, stride 9) of each of 4 batches 40 floats apart.
+  Bf16ConvertParams gather{src.data(), 9, dst.data(), 12, 7, 3, 40};
+  f32_to_bf16_cuda(gather, nullptr);
+  CUDA_CHECK(cudaMemcpy(bits.data(), dst.data(), 12 * 7 * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+  for (int64_t row = 0; row < 12; ++row) {
+    for (int64_t col = 0; col < 7; ++col) {
+      const float value = values[static_cast<size_t>((row / 3) * 40 + (row % 3) * 9 + col)];
+      ASSERT_EQ(bits[static_cast<size_t>(row * 7 + col)], f32_to_bf16_bits(value)) << "row " << row << " col " << col;
+    }
+  }
 }
 
 TEST_F(CudaOps, GemmMatchesCpuForEveryTransposeAndStride) {
@@ -271,6 +287,8 @@ struct AttentionCase {
   int64_t batch, seq, start_pos, heads;
   bool mask;
   bool bf16;
+  // 0: the small defaults (absorb: latent 61 + rope 16, value = latent; naive: 40, value 24).
+  int64_t main_dim = 0, rope_dim = 0, value_dim = 0;
 };
 
 struct AttentionData {
@@ -289,7 +307,7 @@ AttentionData make_attention(const AttentionCase& c, uint32_t seed) {
   p.round_to_bf16 = c.bf16;
   const int64_t capacity = p.kv_len + 3;  // the cache holds more positions than this step sees
   if (c.absorb) {
-    const int64_t latent = 61, rope = 16;
+    const int64_t latent = c.main_dim > 0 ? c.main_dim : 61, rope = c.rope_dim > 0 ? c.rope_dim : 16;
     p.score_dim = latent + rope;
     p.score_split = latent;
     p.value_dim = latent;
@@ -299,14 +317,16 @@ AttentionData make_attention(const AttentionCase& c, uint32_t seed) {
     p.key_batch_stride = p.value_batch_stride = capacity * p.score_dim;
     p.key_head_stride = p.value_head_stride = 0;
   } else {
-    p.score_dim = 40;
-    p.value_dim = 24;
+    p.score_dim = c.main_dim > 0 ? c.main_dim + c.rope_dim : 40;
+    p.value_dim = c.value_dim > 0 ? c.value_dim : 24;
     p.q_head_stride = p.score_dim;
     p.q_token_stride = c.heads * p.score_dim;
     p.key_head_stride = p.score_dim;
     p.key_pos_stride = c.heads * p.score_dim;
     p.key_batch_stride = capacity * p.key_pos_stride;
-    p.value_head_stride = p.value_dim + 5;
+    // Odd strides for the small default shapes; whole 16-byte groups for the DeepSeek-sized ones,
+    // so that both the scalar and the vector loads of the tensor-core kernel are checked.
+    p.value_head_stride = p.value_dim + (c.main_dim > 0 ? 8 : 5);
     p.value_pos_stride = c.heads * p.value_head_stride;
     p.value_batch_stride = capacity * p.value_pos_stride;
   }
@@ -372,6 +392,16 @@ TEST_F(CudaOps, AttentionPathsMatchTheirCpuTwins) {
       {true, 2, 7, 20, 5, false, true},    // bf16, split scores
       {false, 1, 5, 3, 2, true, true},     // bf16 naive with a mask
       {true, 1, 1, 255, 16, false, false}, // decode at the default fast_path_max_len
+      // bf16: the tensor-core kernel. 64-row blocks (a partial one), 16-row blocks, key stages
+      // past 128, masks, and DeepSeek-V3's dimensions in both formulations.
+      {false, 2, 70, 0, 3, false, true},
+      {false, 2, 20, 45, 2, false, true},
+      {false, 1, 66, 0, 1, true, true},
+      {true, 3, 1, 200, 16, false, true},
+      {true, 2, 5, 30, 16, true, true},
+      {false, 1, 256, 0, 2, false, true, 128, 64, 128},
+      {true, 2, 1, 255, 16, false, true, 512, 64, 512},
+      {true, 1, 4, 100, 16, false, true, 512, 64, 512},
   };
   uint32_t seed = 100;
   for (const AttentionCase& c : cases) {
@@ -379,6 +409,8 @@ TEST_F(CudaOps, AttentionPathsMatchTheirCpuTwins) {
     const std::string name = std::string(c.absorb ? "absorb" : "naive") + " seq " + std::to_string(c.seq) +
                              " start " + std::to_string(c.start_pos) + (c.mask ? " mask" : "") + (c.bf16 ? " bf16" : "");
     const double tolerance = c.bf16 ? 1e-2 : 1e-5;
+    // bf16 steps take the tensor cores; fp32 steps the CUDA-core kernel.
+    EXPECT_EQ(attention_fast_mma_applies(d.params), c.bf16) << name;
     attention_fast(d.params);
     const std::vector<float> want_fast = d.out;
     EXPECT_LE(relative_l2_error(run_on_device(d, 0), want_fast), tolerance) << "fast, " << name;
