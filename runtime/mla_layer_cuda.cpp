@@ -179,7 +179,18 @@ void CudaMlaLayer::allocate(const LayerWeights& w) {
     widest.round_to_bf16 = round_bf16_;
     widest.score_split = absorb_possible ? C : 0;
     const int64_t chunk = attention_standard_cuda_query_chunk(widest, run_.score_chunk_bytes);
-    const int64_t floats = attention_standard_cuda_workspace_floats(widest, chunk);
+    int64_t floats = attention_standard_cuda_workspace_floats(widest, chunk);
+    if (absorb_possible) {
+      // A decode step takes several sequences per launch: as many as the score budget allows.
+      AttentionParams decode = widest;
+      decode.seq = 1;
+      decode.batch = limits_.max_batch;
+      decode.key_head_stride = decode.value_head_stride = 0;
+      const int64_t per_sequence = attention_standard_cuda_workspace_floats(decode, 1);
+      const int64_t budget_floats = run_.score_chunk_bytes / static_cast<int64_t>(sizeof(float));
+      const int64_t sequences = std::clamp<int64_t>(budget_floats / std::max<int64_t>(per_sequence, 1), 1, limits_.max_batch);
+      floats = std::max(floats, attention_standard_cuda_workspace_floats(decode, 1, sequences));
+    }
     score_buffer_floats_ = attention_uses_split_scores(widest) ? floats / 2 : floats;
     scores_ = DeviceBuffer<float>(floats);
   }
@@ -382,10 +393,11 @@ void CudaMlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int6
     if (scores_.size() == 0) throw std::logic_error("CudaMlaLayer: standard path planned but no score buffer sized");
     const int64_t chunk = attention_standard_cuda_query_chunk(p, score_buffer_floats_ * static_cast<int64_t>(sizeof(float)) *
                                                                      (attention_uses_split_scores(p) ? 2 : 1));
+    const int64_t sequences = attention_standard_cuda_sequences_per_call(p, score_buffer_floats_);
     attention_standard_cuda(*cublas_, p, chunk, scores_.data(),
-                            attention_uses_split_scores(p) ? scores_.data() + score_buffer_floats_ : nullptr);
+                            attention_uses_split_scores(p) ? scores_.data() + score_buffer_floats_ : nullptr, sequences);
     report.attention_workspace_bytes =
-        attention_standard_cuda_workspace_floats(p, chunk) * static_cast<int64_t>(sizeof(float));
+        attention_standard_cuda_workspace_floats(p, chunk, sequences) * static_cast<int64_t>(sizeof(float));
   }
   if (plan.formulation == Formulation::Absorb) absorb_outputs(tokens);
 }

@@ -16,7 +16,7 @@ namespace {
 
 namespace wmma = nvcuda::wmma;
 
-// A block holds 16 or 64 query rows that read the same keys (positions of one head in naive;
+// A block holds 16, 32 or 64 query rows that read the same keys (positions of one head in naive;
 // heads x positions in absorb, where every head reads the one latent cache). Eight warps share
 // the work: in the score product each warp takes 16 keys of a stage of 128, for all the block's
 // rows; in the value product each warp takes 16-column slices of the output.
@@ -326,13 +326,24 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
   }
 }
 
+template <int kRowTiles>
+const void* kernel_for(bool vector) {
+  return vector ? reinterpret_cast<const void*>(attention_fast_mma_kernel<kRowTiles, true>)
+                : reinterpret_cast<const void*>(attention_fast_mma_kernel<kRowTiles, false>);
+}
+
 const void* kernel_for(int row_tiles, bool vector) {
-  if (row_tiles == 4) {
-    return vector ? reinterpret_cast<const void*>(attention_fast_mma_kernel<4, true>)
-                  : reinterpret_cast<const void*>(attention_fast_mma_kernel<4, false>);
+  return row_tiles == 4 ? kernel_for<4>(vector) : row_tiles == 2 ? kernel_for<2>(vector) : kernel_for<1>(vector);
+}
+
+template <int kRowTiles>
+void launch(const AttentionParams& p, const MmaLayout& layout, bool vector, dim3 grid, cudaStream_t stream) {
+  const size_t bytes = static_cast<size_t>(layout.bytes);
+  if (vector) {
+    attention_fast_mma_kernel<kRowTiles, true><<<grid, kThreads, bytes, stream>>>(p, layout);
+  } else {
+    attention_fast_mma_kernel<kRowTiles, false><<<grid, kThreads, bytes, stream>>>(p, layout);
   }
-  return vector ? reinterpret_cast<const void*>(attention_fast_mma_kernel<1, true>)
-                : reinterpret_cast<const void*>(attention_fast_mma_kernel<1, false>);
 }
 
 bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
@@ -348,25 +359,53 @@ bool vector_loads(const AttentionParams& p) {
   return aligned16(p.q) && aligned16(p.keys) && aligned16(p.values);
 }
 
-// 64 rows per block where a head group has that many and each warp's share of the output
-// columns fits its accumulators, else 16; and the largest key and value stages that fit the
-// device's shared memory. row_tiles 0: none fits (too many value columns, or a kv_len whose
-// score rows pass the shared memory).
+#ifndef MLA_MMA_MAX_ROW_TILES
+#define MLA_MMA_MAX_ROW_TILES 4  // build-time knobs for measuring the choice below
+#endif
+#ifndef MLA_MMA_PREFER_OCCUPANCY
+#define MLA_MMA_PREFER_OCCUPANCY 1
+#endif
+
+// Blocks of one SM at a time, by registers: every variant stays at or under 128 per thread.
+constexpr int kMaxBlocksPerSm = 2;
+
+// Among the block sizes (64, 32, 16 rows) the head group fills, whose share of the output
+// columns fits each warp's accumulators, and the key and value stage sizes that fit the
+// device's shared memory: the layout that keeps the most query rows resident per SM (a block
+// waits on each stage's loads, and a second block hides them), then the one with more blocks,
+// then larger blocks and stages (fewer stages). row_tiles 0: none fits (too many value columns,
+// or a kv_len whose score rows pass the shared memory).
 MmaLayout choose_layout(const AttentionParams& p, bool vector) {
+  int device = 0, sm_bytes = 0, reserved_bytes = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sm_bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&reserved_bytes, cudaDevAttrReservedSharedMemoryPerBlock, device));
   const int col_tiles = round_up(p.value_dim, kTile) / kTile;
-  for (const int row_tiles : {4, 1}) {
-    if (row_tiles == 4 && group_rows_of(p) < 4 * kTile) continue;
+  MmaLayout best;
+  int64_t best_rows = 0;
+  int best_blocks = 0;
+  for (const int row_tiles : {4, 2, 1}) {
+    if (row_tiles > MLA_MMA_MAX_ROW_TILES) continue;
+    if (row_tiles > 1 && group_rows_of(p) < row_tiles * kTile) continue;
     if (col_tiles > kWarps * (kOutputTiles / row_tiles)) continue;
     const int64_t limit = reserve_dynamic_shared_bytes(kernel_for(row_tiles, vector), 0);
     const int dim_pad = mma_layout(p, row_tiles, 1 << 30, 32).dim_pad;
     for (const int value_stage : {64, 32}) {
       for (const int dim_stage : {dim_pad, round_up((dim_pad + 1) / 2, kTile), 128, 64}) {
         const MmaLayout layout = mma_layout(p, row_tiles, dim_stage, value_stage);
-        if (layout.bytes <= limit) return layout;
+        if (layout.bytes > limit) continue;
+        if (!MLA_MMA_PREFER_OCCUPANCY) return layout;
+        const int blocks = std::min(kMaxBlocksPerSm, sm_bytes / (layout.bytes + reserved_bytes));
+        const int64_t rows = int64_t{blocks} * row_tiles * kTile;
+        if (rows > best_rows || (rows == best_rows && blocks > best_blocks)) {
+          best = layout;
+          best_rows = rows;
+          best_blocks = blocks;
+        }
       }
     }
   }
-  return MmaLayout{};
+  return best;
 }
 
 }  // namespace
@@ -394,15 +433,12 @@ void attention_fast_mma_cuda(const AttentionParams& p, cudaStream_t stream) {
   const bool heads_share_keys = p.key_head_stride == 0 && p.value_head_stride == 0;
   const dim3 grid(static_cast<unsigned>((group_rows_of(p) + rows - 1) / rows), static_cast<unsigned>(p.batch),
                   heads_share_keys ? 1u : static_cast<unsigned>(p.n_heads));
-  const size_t bytes = static_cast<size_t>(layout.bytes);
-  if (layout.row_tiles == 4 && vector) {
-    attention_fast_mma_kernel<4, true><<<grid, kThreads, bytes, stream>>>(p, layout);
-  } else if (layout.row_tiles == 4) {
-    attention_fast_mma_kernel<4, false><<<grid, kThreads, bytes, stream>>>(p, layout);
-  } else if (vector) {
-    attention_fast_mma_kernel<1, true><<<grid, kThreads, bytes, stream>>>(p, layout);
+  if (layout.row_tiles == 4) {
+    launch<4>(p, layout, vector, grid, stream);
+  } else if (layout.row_tiles == 2) {
+    launch<2>(p, layout, vector, grid, stream);
   } else {
-    attention_fast_mma_kernel<1, false><<<grid, kThreads, bytes, stream>>>(p, layout);
+    launch<1>(p, layout, vector, grid, stream);
   }
   CUDA_CHECK_LAUNCH("attention_fast_mma_kernel");
 }

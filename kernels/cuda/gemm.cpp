@@ -42,8 +42,11 @@ void gemm_cuda(CublasContext& context, const GemmCudaParams& p) {
   const bool bf16 = p.operands == GemmOperands::BF16;
   const cudaDataType_t operand_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
   // fp32 operands must give fp32 products (SPEC.md's 1e-5): the pedantic compute type keeps
-  // cuBLAS off TF32 and other reduced-precision shortcuts; bf16 operands use the tensor cores.
-  const cublasComputeType_t compute = bf16 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_PEDANTIC;
+  // cuBLAS off TF32 and other reduced-precision shortcuts, unless they hold bf16 numbers, which
+  // TF32 represents exactly; bf16 operands use the tensor cores.
+  const cublasComputeType_t compute = bf16            ? CUBLAS_COMPUTE_32F
+                                      : p.bf16_values ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                      : CUBLAS_COMPUTE_32F_PEDANTIC;
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the operands swap places
   // and each keeps its own transpose flag.
   CUBLAS_CHECK(cublasGemmStridedBatchedEx(

@@ -68,7 +68,11 @@ struct GemmCudaParams {
   int64_t ldc = 0;
   int64_t stride_c = 0;
   int64_t batch = 1;
-  GemmOperands operands = GemmOperands::F32;  // a and b; fp32 operands never go through TF32
+  GemmOperands operands = GemmOperands::F32;  // a and b; fp32 operands go through TF32 only as below
+  // fp32 operands that hold bf16 numbers (bf16 mode's scores, probabilities, keys and values):
+  // TF32 keeps 10 fraction bits, bf16 numbers have 7, so the tensor cores' TF32 products are
+  // exact on them and accumulate in fp32, like a bf16 GEMM, without a bf16 copy of either operand.
+  bool bf16_values = false;
 };
 
 void gemm_cuda(CublasContext& context, const GemmCudaParams& params);

@@ -353,8 +353,9 @@ AttentionData make_attention(const AttentionCase& c, uint32_t seed) {
   return d;
 }
 
-// The same attention on the device: returns the output. standard_chunk 0: the fast kernel.
-std::vector<float> run_on_device(const AttentionData& d, int64_t standard_chunk) {
+// The same attention on the device: returns the output. standard_chunk 0: the fast kernel;
+// sequences: the standard path's sequences per launch (decode over the shared cache only).
+std::vector<float> run_on_device(const AttentionData& d, int64_t standard_chunk, int64_t sequences = 1) {
   DeviceBuffer<float> q = to_device(d.q), keys = to_device(d.keys), values = to_device(d.values);
   DeviceBuffer<float> mask = to_device(d.mask), out = to_device(std::vector<float>(d.out.size(), kNaN));
   AttentionParams p = d.params;
@@ -372,10 +373,11 @@ std::vector<float> run_on_device(const AttentionData& d, int64_t standard_chunk)
   std::vector<float> result;
   {
     CublasContext context(stream);
-    const int64_t floats = attention_standard_cuda_workspace_floats(p, standard_chunk);
+    const int64_t floats = attention_standard_cuda_workspace_floats(p, standard_chunk, sequences);
     DeviceBuffer<float> scores(floats);
     const bool split = attention_uses_split_scores(p);
-    attention_standard_cuda(context, p, standard_chunk, scores.data(), split ? scores.data() + floats / 2 : nullptr);
+    attention_standard_cuda(context, p, standard_chunk, scores.data(), split ? scores.data() + floats / 2 : nullptr,
+                            sequences);
     result = to_host(out);
   }
   CUDA_CHECK(cudaStreamDestroy(stream));
@@ -392,9 +394,10 @@ TEST_F(CudaOps, AttentionPathsMatchTheirCpuTwins) {
       {true, 2, 7, 20, 5, false, true},    // bf16, split scores
       {false, 1, 5, 3, 2, true, true},     // bf16 naive with a mask
       {true, 1, 1, 255, 16, false, false}, // decode at the default fast_path_max_len
-      // bf16: the tensor-core kernel. 64-row blocks (a partial one), 16-row blocks, key stages
+      // bf16: the tensor-core kernel. 64-row blocks (a partial one), 32- and 16-row blocks, key stages
       // past 128, masks, and DeepSeek-V3's dimensions in both formulations.
       {false, 2, 70, 0, 3, false, true},
+      {false, 1, 40, 10, 2, false, true},
       {false, 2, 20, 45, 2, false, true},
       {false, 1, 66, 0, 1, true, true},
       {true, 3, 1, 200, 16, false, true},
@@ -417,6 +420,11 @@ TEST_F(CudaOps, AttentionPathsMatchTheirCpuTwins) {
     for (const int64_t chunk : {int64_t{1}, int64_t{4}, c.seq}) {
       attention_standard(d.params, chunk);
       EXPECT_LE(relative_l2_error(run_on_device(d, chunk), d.out), tolerance) << "standard chunk " << chunk << ", " << name;
+    }
+    if (c.absorb && c.seq == 1 && c.batch > 1) {
+      // Decode over the shared cache, two sequences per launch (and the rest alone).
+      EXPECT_EQ(attention_standard_cuda_sequences_per_call(d.params, 2 * c.heads * d.params.kv_len), 2) << name;
+      EXPECT_LE(relative_l2_error(run_on_device(d, 1, 2), d.out), tolerance) << "standard, 2 sequences, " << name;
     }
   }
 }
