@@ -88,6 +88,7 @@ class CudaMlaLayer {
               const __nv_bfloat16* x_staged = nullptr);
   void round_rows(float* values, int64_t rows, int64_t row_stride, int64_t inner, int64_t inner_stride, int64_t width);
   void set_activation_operand(GemmCudaParams& g, const float* values, int64_t rows, int64_t cols, int64_t stride);
+  bool decode_prefers_standard(const StepPlan& plan, int64_t seq) const;
   void project_queries(const float* x, const __nv_bfloat16* x_staged, int64_t tokens);
   void project_latent(const float* x, const __nv_bfloat16* x_staged, int64_t batch, int64_t seq, int64_t start_pos);
   void attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,

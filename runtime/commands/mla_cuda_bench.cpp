@@ -3,7 +3,8 @@
 // The seed's table on a GPU: a DeepSeek-V3-sized layer slice (dim 7168, q_lora_rank 1536,
 // kv_lora_rank 512, 16 local heads as at TP 8), bf16 compute, batch 32, kv length 64, 128, 256,
 // 512, prefill (S tokens from position 0) and decode (one token at kv length S), fast path vs
-// standard path (the fast path stops at fast_path_max_len 256, as in the claim). Each point:
+// standard path (the fast path stops at fast_path_max_len 256, as in the claim), and what `auto`
+// chooses. Each point:
 // warm-up, then CUDA-event timing of forward steps, median / min / p90; the layer's device bytes
 // (weights, cache, activations, attention workspace) and the attention workspace alone.
 #include <cuda_profiler_api.h>
@@ -57,7 +58,7 @@ Options parse(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: mla_cuda_bench [--csv FILE] [--reps N] [--warmup N] [--batch B] [--phase prefill|decode] "
-                   "[--seq S] [--attention standard|fast]\n");
+                   "[--seq S] [--attention standard|fast|auto]\n");
       std::exit(2);
     }
   }
@@ -121,7 +122,7 @@ int run(const Options& options) {
     if (!options.phase.empty() && options.phase != phase) continue;
     for (const int64_t seq_len : {64, 128, 256, 512}) {
       if (options.seq_len != 0 && options.seq_len != seq_len) continue;
-      for (const AttentionChoice attention : {AttentionChoice::Standard, AttentionChoice::Fast}) {
+      for (const AttentionChoice attention : {AttentionChoice::Standard, AttentionChoice::Fast, AttentionChoice::Auto}) {
         if (attention == AttentionChoice::Fast && seq_len > 256) continue;  // no fast path there (the claim's 512 row)
         if (!options.attention.empty() && options.attention != to_string(attention)) continue;
         RunConfig run;

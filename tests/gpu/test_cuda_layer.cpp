@@ -108,7 +108,11 @@ TEST_F(CudaLayer, FastAndStandardAgreeAndAutoSwitchesPastTheMaxLen) {
   EXPECT_LE(relative_l2_error(automatic.y, standard.y), 2e-6);
   ASSERT_EQ(automatic.steps.size(), 4u);
   EXPECT_EQ(automatic.steps[0].plan.path, AttentionPath::Fast);
-  EXPECT_EQ(automatic.steps[1].plan.path, AttentionPath::Fast);
+  // A decode step within fast_path_max_len: on the GPU auto takes the standard path, and says why
+  // (CudaMlaLayer::decode_prefers_standard).
+  EXPECT_EQ(automatic.steps[1].plan.path, AttentionPath::Standard);
+  EXPECT_NE(automatic.steps[1].plan.reason.find("on the GPU a decode step"), std::string::npos)
+      << automatic.steps[1].plan.reason;
   EXPECT_EQ(automatic.steps[2].plan.path, AttentionPath::Standard);
   EXPECT_EQ(automatic.steps[3].plan.path, AttentionPath::Standard);
 }
