@@ -502,9 +502,11 @@ void CudaMlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
   if (round_bf16_) {
     // The cache rows are bf16 numbers: every sequence's first kv_len rows gathered into one
     // dense bf16 operand.
-    if (batch * kv_len * C > bf16_staging_.size()) throw std::logic_error("CudaMlaLayer: bf16 staging too small for the expansion");
-    f32_to_bf16_cuda({kv_cache_.data(), latent_width_, bf16_staging_.data(), batch * kv_len, C, kv_len, cache_batch_stride},
-                     stream_);
+    if (batch * kv_len * C > bf16_staging_.size()) {
+      throw std::logic_error("CudaMlaLayer: bf16 staging buffer too small for the expansion");
+    }
+    f32_to_bf16_cuda(
+        {kv_cache_.data(), latent_width_, bf16_staging_.data(), batch * kv_len, C, kv_len, cache_batch_stride}, stream_);
     g.m = batch * kv_len;
     g.a = bf16_staging_.data();
     g.lda = C;

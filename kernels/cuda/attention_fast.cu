@@ -1,5 +1,6 @@
 #include "kernels/cuda/attention_fast.h"
 #include "kernels/cuda/attention_fast_mma.h"
+#include "kernels/cuda/attention_rows.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/softmax.cuh"
@@ -28,15 +29,15 @@ __global__ void __launch_bounds__(kThreads) attention_fast_kernel(AttentionParam
   float* key_tile = q_tile + kRows * row_width;     // [kKeyTile][row_width]
   float* scores = key_tile + kKeyTile * row_width;  // [kRows][kv_len]
 
-  const bool heads_share_keys = p.key_head_stride == 0 && p.value_head_stride == 0;
-  const int64_t group_rows = heads_share_keys ? p.n_heads * p.seq : p.seq;
-  const int64_t b = blockIdx.y;
-  const int64_t block_head = heads_share_keys ? 0 : blockIdx.z;
-  const int64_t first_row = static_cast<int64_t>(blockIdx.x) * kRows;
+  const cuda_detail::BlockRows rows(p, kRows);
+  const int64_t group_rows = rows.group_rows;
+  const int64_t b = rows.b;
+  const int64_t block_head = rows.head;
+  const int64_t first_row = rows.first_row;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const auto head_of = [&](int64_t row) { return heads_share_keys ? row / p.seq : block_head; };
-  const auto position_of = [&](int64_t row) { return heads_share_keys ? row % p.seq : row; };
+  const auto head_of = [&](int64_t row) { return rows.head_of(row); };
+  const auto position_of = [&](int64_t row) { return rows.position_of(row); };
 
   for (int64_t index = threadIdx.x; index < kRows * p.score_dim; index += kThreads) {
     const int64_t r = index / p.score_dim;
@@ -85,17 +86,7 @@ __global__ void __launch_bounds__(kThreads) attention_fast_kernel(AttentionParam
 
   // Exact softmax over the row, one warp per row: max, exp, sum (in double, as the CPU twin).
   if (my_visible > 0) {
-    float max_score = -INFINITY;
-    for (int64_t t = lane; t < my_visible; t += 32) max_score = fmaxf(max_score, my_scores[t]);
-    max_score = cuda_detail::warp_max(max_score);
-    double sum = 0.0;
-    for (int64_t t = lane; t < my_visible; t += 32) {
-      const float e = expf(my_scores[t] - max_score);
-      my_scores[t] = e;
-      sum += e;
-    }
-    sum = cuda_detail::warp_sum(sum);
-    const float inv_sum = static_cast<float>(1.0 / sum);
+    const float inv_sum = cuda_detail::warp_softmax_exps(my_scores, my_visible, lane);
     for (int64_t t = lane; t < my_visible; t += 32) {
       const float prob = __fmul_rn(my_scores[t], inv_sum);
       my_scores[t] = p.round_to_bf16 ? cuda_detail::round_bf16(prob) : prob;
@@ -127,7 +118,8 @@ __global__ void __launch_bounds__(kThreads) attention_fast_kernel(AttentionParam
 }
 
 int reserve_shared_bytes(int64_t needed_bytes) {
-  return static_cast<int>(reserve_dynamic_shared_bytes(reinterpret_cast<const void*>(attention_fast_kernel), needed_bytes));
+  const void* kernel = reinterpret_cast<const void*>(attention_fast_kernel);
+  return static_cast<int>(reserve_dynamic_shared_bytes(kernel, needed_bytes));
 }
 
 int max_shared_bytes_per_block() { return reserve_shared_bytes(0); }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <string>
 
+#include "kernels/cuda/attention_rows.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/softmax.cuh"
@@ -149,16 +150,11 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
   __nv_bfloat16* probs = reinterpret_cast<__nv_bfloat16*>(shared + l.p_offset);      // [kRows][ldp]
   __nv_bfloat16* value_stage = reinterpret_cast<__nv_bfloat16*>(shared + l.v_offset);  // [value_stage][ldv]
 
-  const bool heads_share_keys = p.key_head_stride == 0 && p.value_head_stride == 0;
-  const int64_t group_rows = heads_share_keys ? p.n_heads * p.seq : p.seq;
-  const int64_t b = blockIdx.y;
-  const int64_t block_head = heads_share_keys ? 0 : blockIdx.z;
-  const int64_t first_row = static_cast<int64_t>(blockIdx.x) * kRows;
+  const cuda_detail::BlockRows rows(p, kRows);
+  const int64_t b = rows.b;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   float* tail_tile = reinterpret_cast<float*>(shared + l.tail_offset) + warp * kTile * kTile;  // [16][16]
-  const auto head_of = [&](int64_t row) { return heads_share_keys ? row / p.seq : block_head; };
-  const auto position_of = [&](int64_t row) { return heads_share_keys ? row % p.seq : row; };
   const bool split = l.tail_dim > 0;
   const int main_steps = l.main_pad / kTile;
   // Padded score column c -> the dimension it holds, or -1 for padding.
@@ -170,21 +166,21 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
   stage_bf16<kVector>(
       kRows, 0, l.dim_pad,
       [&](int r) -> const float* {
-        const int64_t row = first_row + r;
-        if (row >= group_rows) return nullptr;
-        return p.q + (b * p.seq + position_of(row)) * p.q_token_stride + head_of(row) * p.q_head_stride;
+        const int64_t row = rows.first_row + r;
+        if (row >= rows.group_rows) return nullptr;
+        return p.q + (b * p.seq + rows.position_of(row)) * p.q_token_stride + rows.head_of(row) * p.q_head_stride;
       },
       source_dim, q_tile, l.ldq);
   int64_t block_visible = 0;  // the most positions any row of the block sees
   for (int r = 0; r < kRows; ++r) {
-    const int64_t row = first_row + r;
-    if (row < group_rows) block_visible = max(block_visible, cuda_detail::visible_len(p, position_of(row)));
+    const int64_t row = rows.first_row + r;
+    if (row < rows.group_rows) block_visible = max(block_visible, cuda_detail::visible_len(p, rows.position_of(row)));
   }
 
   // Scores: per stage of 128 keys, the 16 x 16 products accumulate over the score dimensions
   // (the latent and rope parts in separate accumulators when split), then each warp finishes
   // its tiles (scale, bf16 rounding, mask) in place in the score rows.
-  const float* keys = p.keys + b * p.key_batch_stride + block_head * p.key_head_stride;
+  const float* keys = p.keys + b * p.key_batch_stride + rows.head * p.key_head_stride;
   for (int64_t stage = 0; stage < block_visible; stage += kKeyStage) {
     Accumulator main_sum[kRowTiles], tail_sum[kRowTiles];
 #pragma unroll
@@ -198,7 +194,8 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
       __syncthreads();  // the queries are in place, and the previous stage is consumed
       stage_bf16<kVector>(
           kKeyStage, c0, min(l.dim_stage, l.dim_pad - c0),
-          [&](int k) { return stage + k < block_visible ? keys + (stage + k) * p.key_pos_stride : nullptr; }, source_dim,
+          [&](int k) { return stage + k < block_visible ? keys + (stage + k) * p.key_pos_stride : nullptr; },
+          source_dim,
           key_stage, l.ldk);
       __syncthreads();
       if (warp_active) {
@@ -230,12 +227,12 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
         for (int e = lane; e < kTile * kTile; e += 32) {
           const int i = e / kTile;
           const int j = e % kTile;
-          const int64_t row = first_row + rt * kTile + i;
+          const int64_t row = rows.first_row + rt * kTile + i;
           const int64_t t = warp_key + j;
-          if (row >= group_rows || t >= block_visible) continue;
+          if (row >= rows.group_rows || t >= block_visible) continue;
           float& score = tile[i * l.lds + j];
           const float finished = cuda_detail::finish_score(score, split ? tail_tile[e] : 0.0f, p.scale, split, true);
-          score = cuda_detail::apply_mask(p, finished, position_of(row), t);
+          score = cuda_detail::apply_mask(p, finished, rows.position_of(row), t);
         }
         __syncwarp();  // the tail tile is written again for the next row tile
       }
@@ -248,23 +245,15 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
   // does not see, up to the end of the last value stage, get probability 0.
   const int64_t stage_end = round_up(block_visible, l.value_stage);
   for (int r = warp; r < kRows; r += kWarps) {
-    const int64_t row = first_row + r;
-    const int64_t visible = row < group_rows ? cuda_detail::visible_len(p, position_of(row)) : 0;
+    const int64_t row = rows.first_row + r;
+    const int64_t visible = row < rows.group_rows ? cuda_detail::visible_len(p, rows.position_of(row)) : 0;
     float* row_scores = scores + r * l.lds;
     __nv_bfloat16* row_probs = probs + r * l.ldp;
     if (visible > 0) {
-      float max_score = -INFINITY;
-      for (int64_t t = lane; t < visible; t += 32) max_score = fmaxf(max_score, row_scores[t]);
-      max_score = cuda_detail::warp_max(max_score);
-      double sum = 0.0;
+      const float inv_sum = cuda_detail::warp_softmax_exps(row_scores, visible, lane);
       for (int64_t t = lane; t < visible; t += 32) {
-        const float e = expf(row_scores[t] - max_score);
-        row_scores[t] = e;
-        sum += e;
+        row_probs[t] = __float2bfloat16_rn(__fmul_rn(row_scores[t], inv_sum));
       }
-      sum = cuda_detail::warp_sum(sum);
-      const float inv_sum = static_cast<float>(1.0 / sum);
-      for (int64_t t = lane; t < visible; t += 32) row_probs[t] = __float2bfloat16_rn(__fmul_rn(row_scores[t], inv_sum));
     }
     for (int64_t t = visible + lane; t < stage_end; t += 32) row_probs[t] = __float2bfloat16_rn(0.0f);
   }
@@ -277,7 +266,7 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
     for (int j = 0; j < kColTiles; ++j) wmma::fill_fragment(out_sum[rt][j], 0.0f);
   }
   const int col_tiles = l.value_pad / kTile;
-  const float* values = p.values + b * p.value_batch_stride + block_head * p.value_head_stride;
+  const float* values = p.values + b * p.value_batch_stride + rows.head * p.value_head_stride;
   for (int64_t t0 = 0; t0 < block_visible; t0 += l.value_stage) {
     __syncthreads();  // the probabilities are written, and the previous value stage is consumed
     stage_bf16<kVector>(
@@ -298,7 +287,9 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
         wmma::fragment<wmma::matrix_b, kTile, kTile, kTile, __nv_bfloat16, wmma::row_major> value_operand;
         wmma::load_matrix_sync(value_operand, value_stage + kk * kTile * l.ldv + col * kTile, l.ldv);
 #pragma unroll
-        for (int rt = 0; rt < kRowTiles; ++rt) wmma::mma_sync(out_sum[rt][j], prob_operand[rt], value_operand, out_sum[rt][j]);
+        for (int rt = 0; rt < kRowTiles; ++rt) {
+          wmma::mma_sync(out_sum[rt][j], prob_operand[rt], value_operand, out_sum[rt][j]);
+        }
       }
     }
   }
@@ -311,7 +302,8 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
     for (int j = 0; j < kColTiles; ++j) {
       const int col = warp + j * kWarps;
       if (col < col_tiles) {
-        wmma::store_matrix_sync(out_tile + rt * kTile * l.ldo + col * kTile, out_sum[rt][j], l.ldo, wmma::mem_row_major);
+        wmma::store_matrix_sync(out_tile + rt * kTile * l.ldo + col * kTile, out_sum[rt][j], l.ldo,
+                                wmma::mem_row_major);
       }
     }
   }
@@ -319,9 +311,10 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
   for (int index = threadIdx.x; index < kRows * p.value_dim; index += kThreads) {
     const int r = static_cast<int>(index / p.value_dim);
     const int c = static_cast<int>(index % p.value_dim);
-    const int64_t row = first_row + r;
-    if (row >= group_rows) continue;
-    float* out = p.out + (b * p.seq + position_of(row)) * p.out_token_stride + head_of(row) * p.out_head_stride;
+    const int64_t row = rows.first_row + r;
+    if (row >= rows.group_rows) continue;
+    float* out =
+        p.out + (b * p.seq + rows.position_of(row)) * p.out_token_stride + rows.head_of(row) * p.out_head_stride;
     out[c] = cuda_detail::round_bf16(out_tile[r * l.ldo + c]);
   }
 }

@@ -31,6 +31,20 @@ void score_gemm(CublasContext& context, const AttentionParams& p, int64_t b, int
   gemm_cuda(context, g);
 }
 
+// bf16 mode: the outputs of `rows` tokens from `out` on, every head, rounded to bf16 in place.
+void round_outputs(const AttentionParams& p, float* out, int64_t rows, cudaStream_t stream) {
+  if (!p.round_to_bf16) return;
+  StridedCopyParams round;
+  round.src = round.dst = out;
+  round.src_outer_stride = round.dst_outer_stride = p.out_token_stride;
+  round.src_inner_stride = round.dst_inner_stride = p.out_head_stride;
+  round.outer = rows;
+  round.inner = p.n_heads;
+  round.width = p.value_dim;
+  round.round_to_bf16 = true;
+  strided_copy_cuda(round, stream);
+}
+
 bool grouped_decode(const AttentionParams& p) {
   return p.seq == 1 && p.key_head_stride == 0 && p.value_head_stride == 0;
 }
@@ -85,17 +99,7 @@ void attention_decode_grouped(CublasContext& context, const AttentionParams& p, 
   value_gemm.batch = n;
   value_gemm.bf16_values = p.round_to_bf16;
   gemm_cuda(context, value_gemm);
-  if (p.round_to_bf16) {
-    StridedCopyParams round;
-    round.src = round.dst = p.out + b0 * p.out_token_stride;
-    round.src_outer_stride = round.dst_outer_stride = p.out_token_stride;
-    round.src_inner_stride = round.dst_inner_stride = p.out_head_stride;
-    round.outer = n;
-    round.inner = p.n_heads;
-    round.width = p.value_dim;
-    round.round_to_bf16 = true;
-    strided_copy_cuda(round, context.stream());
-  }
+  round_outputs(p, p.out + b0 * p.out_token_stride, n, context.stream());  // one token per sequence
 }
 
 }  // namespace
@@ -136,17 +140,7 @@ void attention_standard_cuda(CublasContext& context, const AttentionParams& p, i
       value_gemm.batch = p.n_heads;
       value_gemm.bf16_values = p.round_to_bf16;  // probabilities rounded to bf16, bf16 values
       gemm_cuda(context, value_gemm);
-      if (p.round_to_bf16) {
-        StridedCopyParams round;
-        round.src = round.dst = out;
-        round.src_outer_stride = round.dst_outer_stride = p.out_token_stride;
-        round.src_inner_stride = round.dst_inner_stride = p.out_head_stride;
-        round.outer = rows;
-        round.inner = p.n_heads;
-        round.width = p.value_dim;
-        round.round_to_bf16 = true;
-        strided_copy_cuda(round, context.stream());
-      }
+      round_outputs(p, out, rows, context.stream());
     }
   }
 }

@@ -32,7 +32,8 @@ int64_t reserve_dynamic_shared_bytes(const void* kernel, int64_t needed_bytes) {
   if (limit == 0) CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   int64_t& allowed = granted[{device, kernel}];
   if (needed_bytes > allowed && needed_bytes <= limit) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(needed_bytes)));
+    CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(needed_bytes)));
     allowed = needed_bytes;
   }
   return limit;

@@ -24,6 +24,22 @@ __device__ __forceinline__ float apply_mask(const AttentionParams& p, float scor
   return p.round_to_bf16 ? round_bf16(masked) : masked;
 }
 
+// One warp's exact softmax over a row held in shared memory, as the CPU twin computes it: the max,
+// then exp(score - max) written back in place, summed in double. Returns 1 / sum, by which the
+// caller scales (and rounds) each exp into its probability.
+__device__ __forceinline__ float warp_softmax_exps(float* row, int64_t len, int lane) {
+  float max_score = -INFINITY;
+  for (int64_t t = lane; t < len; t += 32) max_score = fmaxf(max_score, row[t]);
+  max_score = warp_max(max_score);
+  double sum = 0.0;
+  for (int64_t t = lane; t < len; t += 32) {
+    const float e = expf(row[t] - max_score);
+    row[t] = e;
+    sum += e;
+  }
+  return static_cast<float>(1.0 / warp_sum(sum));
+}
+
 __device__ __forceinline__ int64_t visible_len(const AttentionParams& p, int64_t s) {
   if (p.mask != nullptr) return p.kv_len;
   const int64_t last_visible = p.start_pos + s + 1;
