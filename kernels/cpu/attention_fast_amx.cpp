@@ -74,18 +74,42 @@ struct HeadTiles : TileCounts {
   }
 };
 
+// One head's keys or values of one sequence as bf16 bits, from whichever form AttentionParams
+// holds them in: fp32 numbers (rounded here) or bf16 bits (copied).
+struct HeadRows {
+  const float* fp32 = nullptr;
+  const uint16_t* bits = nullptr;
+  int64_t pos_stride = 0;
+  int64_t width = 0;
+
+  void row(int64_t t, uint16_t* out) const {
+    if (bits != nullptr) {
+      std::memcpy(out, bits + t * pos_stride, static_cast<size_t>(width) * sizeof(uint16_t));
+    } else {
+      f32_to_bf16_bits_rne(fp32 + t * pos_stride, out, width);
+    }
+  }
+};
+
+HeadRows head_keys(const AttentionParams& p, int64_t b, int64_t h) {
+  const int64_t offset = b * p.key_batch_stride + h * p.key_head_stride;
+  if (p.key_bits != nullptr) return {nullptr, p.key_bits + offset, p.key_pos_stride, p.score_dim};
+  return {p.keys + offset, nullptr, p.key_pos_stride, p.score_dim};
+}
+
+HeadRows head_values(const AttentionParams& p, int64_t b, int64_t h) {
+  const int64_t offset = b * p.value_batch_stride + h * p.value_head_stride;
+  if (p.value_bits != nullptr) return {nullptr, p.value_bits + offset, p.value_pos_stride, p.value_dim};
+  return {p.values + offset, nullptr, p.value_pos_stride, p.value_dim};
+}
+
 // Key t, score dimensions (d, d + 1) go to tile (t / 16, d / 32), row (d % 32) / 2, column t % 16:
 // each key's bf16 pairs are written down a column, 64 bytes apart.
-// keys / key_bits: the head's first key (one of the two, as AttentionParams has it).
-void pack_keys(const AttentionParams& p, const float* keys, const uint16_t* key_bits, int64_t cols, HeadTiles& tiles) {
+void pack_keys(const HeadRows& keys, int64_t cols, HeadTiles& tiles) {
   const int64_t pairs = tiles.score_chunks * kTileInner / 2;
   uint16_t* row = tiles.key_row.data();
   for (int64_t t = 0; t < cols; ++t) {
-    if (key_bits != nullptr) {
-      std::memcpy(row, key_bits + t * p.key_pos_stride, static_cast<size_t>(p.score_dim) * sizeof(uint16_t));
-    } else {
-      f32_to_bf16_bits_rne(keys + t * p.key_pos_stride, row, p.score_dim);
-    }
+    keys.row(t, row);
     uint16_t* column = tiles.keys.data() + (t / kTileRows) * tiles.score_chunks * kTileElements + (t % kTileRows) * 2;
     // Pair i of the key is row i % 16 of chunk i / 16's tile: kTileInner values further down.
     for (int64_t pair = 0; pair < pairs; ++pair) std::memcpy(column + pair * kTileInner, row + 2 * pair, 2 * sizeof(uint16_t));
@@ -94,28 +118,19 @@ void pack_keys(const AttentionParams& p, const float* keys, const uint16_t* key_
 
 // Positions (t, t + 1), value column c go to tile (t / 32, c / 16), row (t % 32) / 2, column c % 16:
 // a tile row interleaves 16 columns of two consecutive positions.
-// values / value_bits: the head's first value (one of the two).
-void pack_values(const AttentionParams& p, const float* values, const uint16_t* value_bits, int64_t cols,
-                 HeadTiles& tiles) {
+void pack_values(const HeadRows& values, int64_t cols, HeadTiles& tiles) {
   uint16_t* even = tiles.value_rows.data();
   uint16_t* odd = even + tiles.value_blocks * kTileRows;
-  const auto position = [&](int64_t t, uint16_t* bits) {
-    if (value_bits != nullptr) {
-      std::memcpy(bits, value_bits + t * p.value_pos_stride, static_cast<size_t>(p.value_dim) * sizeof(uint16_t));
-    } else {
-      f32_to_bf16_bits_rne(values + t * p.value_pos_stride, bits, p.value_dim);
-    }
-  };
   for (int64_t t = 0; t < cols; t += 2) {
-    position(t, even);
+    values.row(t, even);
     if (t + 1 < cols) {
-      position(t + 1, odd);
+      values.row(t + 1, odd);
     } else {
-      std::fill(odd, odd + p.value_dim, uint16_t{0});  // past the last position: zero, like the padding
+      std::fill(odd, odd + values.width, uint16_t{0});  // past the last position: zero, like the padding
     }
     uint16_t* row = tiles.values.data() + (t / kTileInner) * tiles.value_blocks * kTileElements +
                     ((t % kTileInner) / 2) * kTileInner;
-    for (int64_t c = 0; c < p.value_dim; ++c) {
+    for (int64_t c = 0; c < values.width; ++c) {
       uint16_t* pair = row + (c / kTileRows) * kTileElements + (c % kTileRows) * 2;
       pair[0] = even[c];
       pair[1] = odd[c];
@@ -234,12 +249,8 @@ void attention_fast_amx(const AttentionParams& p) {
     for (int64_t b = 0; b < p.batch; ++b) {
       for (int64_t h = 0; h < p.n_heads; ++h) {
         // Packing writes only real positions and dimensions: the padding stays zero.
-        const int64_t key_offset = b * p.key_batch_stride + h * p.key_head_stride;
-        const int64_t value_offset = b * p.value_batch_stride + h * p.value_head_stride;
-        pack_keys(p, p.key_bits != nullptr ? nullptr : p.keys + key_offset,
-                  p.key_bits != nullptr ? p.key_bits + key_offset : nullptr, cols, tiles);
-        pack_values(p, p.value_bits != nullptr ? nullptr : p.values + value_offset,
-                    p.value_bits != nullptr ? p.value_bits + value_offset : nullptr, cols, tiles);
+        pack_keys(head_keys(p, b, h), cols, tiles);
+        pack_values(head_values(p, b, h), cols, tiles);
         for (int64_t first = 0; first < p.seq; first += kTileRows) {
           attend_query_block(p, b, h, first, std::min(kTileRows, p.seq - first), tiles);
         }
