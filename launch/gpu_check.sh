@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The GPU check in one call: builds the CUDA backend on a bare GPU machine, runs the GPU tests and
-# the seed-table benchmark, and writes logs and numbers under $OUT (results/gpu without it).
+# The GPU check in one call: builds the CUDA backend on a bare GPU machine, runs the GPU tests,
+# the seed-table benchmark (mla_cuda_bench) and our PyTorch eager baseline on the same shapes
+# (gpu_torch_seed.py), and writes logs and CSVs under $OUT (results/gpu without it).
 #
 #   Here, once (needs Debian's googletest and nlohmann-json3-dev, which launch/setup.sh installs):
 #     bash launch/gpu_check.sh prepare      # copies their sources into .device/ (git-ignored)
 #   On the GPU machine (the device tool's run, carrying .device):
-#     bash launch/gpu_check.sh run
+#     bash launch/gpu_check.sh run          # GPU_CHECK_TORCH=0 skips the PyTorch baseline
+#     bash launch/gpu_check.sh profile      # per-kernel times of one step by Nsight Compute;
+#                                           # PROFILE_POINTS, PROFILE_KERNEL: see below
 #
 # The GPU machine has CUDA, cmake, ninja and PyTorch (with its NCCL) but no MPI, yaml-cpp,
 # GoogleTest or BLAS: MLA_GPU_CHECK_ONLY builds the layer, the CUDA backend, the GPU tests and the
@@ -77,7 +80,7 @@ case "${1:-run}" in
       timeout 120 ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
         --log-file "$raw" ./build-gpu/mla_cuda_bench --warmup 2 --reps 1 --phase "$phase" --seq "$seq" \
         --attention "$attention" > "$raw.log" 2>&1 || { echo "profile: $point failed (exit $?)"; tail -5 "$raw.log"; }
-      { echo "== $point"; python3 launch/ncu_summary.py "$raw"; } | tee -a "$out/profile.txt" | head -14
+      { echo "== $point"; python3 launch/ncu_summary.py "$raw"; } | tee -a "$out/profile.txt" | head -14 || true
       if [ -n "${PROFILE_KERNEL:-}" ]; then  # where the time of one kernel goes: its stall reasons, occupancy
         timeout 120 ncu --clock-control none --profile-from-start off --kernel-name "regex:$PROFILE_KERNEL" --launch-count 1 \
           --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
