@@ -188,9 +188,9 @@ void CudaMlaLayer::allocate(const LayerWeights& w) {
       decode.seq = 1;
       decode.batch = limits_.max_batch;
       decode.key_head_stride = decode.value_head_stride = 0;
-      const int64_t per_sequence = attention_standard_cuda_workspace_floats(decode, 1);
-      const int64_t budget_floats = run_.score_chunk_bytes / static_cast<int64_t>(sizeof(float));
-      const int64_t sequences = std::clamp<int64_t>(budget_floats / std::max<int64_t>(per_sequence, 1), 1, limits_.max_batch);
+      const int64_t budget_per_buffer = run_.score_chunk_bytes / static_cast<int64_t>(sizeof(float)) /
+                                        (attention_uses_split_scores(decode) ? 2 : 1);
+      const int64_t sequences = attention_standard_cuda_sequences_per_call(decode, budget_per_buffer);
       floats = std::max(floats, attention_standard_cuda_workspace_floats(decode, 1, sequences));
     }
     score_buffer_floats_ = attention_uses_split_scores(widest) ? floats / 2 : floats;
