@@ -22,7 +22,8 @@ CudaStepExecutor::CudaStepExecutor(CudaMlaLayer& layer, Communicator& comm, cons
 }
 
 StepReport CudaStepExecutor::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
-                                     int64_t mask_stride) {
+                                     int64_t mask_stride, const uint16_t* /*x_bf16*/) {
+  if (x == nullptr) throw std::invalid_argument("CudaStepExecutor::forward: no input x (the CUDA layer reads fp32 x)");
   const auto started = std::chrono::steady_clock::now();
   count_ = batch * seq * layer_.model().dim;
   if (count_ > x_.size()) throw std::invalid_argument("CudaStepExecutor: the step passes the layer's limits");

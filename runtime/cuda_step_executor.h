@@ -18,8 +18,9 @@ class CudaStepExecutor final : public StepExecutor {
   // mask: the whole run's host mask [tokens, tokens] (empty: causal), uploaded once.
   CudaStepExecutor(CudaMlaLayer& layer, Communicator& comm, const std::vector<float>& mask, int64_t tokens);
   const Communicator& communicator() const override { return comm_; }
+  // x_bf16 is not read: the layer uploads x and rounds it on the device.
   StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
-                     int64_t mask_stride) override;
+                     int64_t mask_stride, const uint16_t* x_bf16) override;
   int64_t first_non_finite(float& value) override;
   void poison_partial() override;
   float reduce(float flag) override;

@@ -133,7 +133,7 @@ int64_t MlaLayer::weight_bytes_read(int64_t tokens, Formulation formulation) con
 }
 
 StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
-                             int64_t mask_stride, float* y_partial) {
+                             int64_t mask_stride, float* y_partial, const uint16_t* x_bf16) {
   const auto started = Clock::now();
   step_linear_ms_ = 0.0;
   if (batch < 1 || batch > model_.max_batch_size || seq < 1 || start_pos < 0 ||
@@ -144,9 +144,12 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
                                 ", max_seq_len " + std::to_string(model_.max_seq_len) + ")");
   }
   check_step_follows_cache("MlaLayer", batch, start_pos, cached_len_, cached_batch_);
+  if (x_bf16 != nullptr && !round_bf16_) {
+    throw std::invalid_argument("MlaLayer::forward: x_bf16 given, but run.compute_dtype is fp32");
+  }
+  if (x == nullptr && x_bf16 == nullptr) throw std::invalid_argument("MlaLayer::forward: no input x");
   const int64_t tokens = batch * seq;
-  const uint16_t* x_bf16 = nullptr;
-  if (round_bf16_) {
+  if (round_bf16_ && x_bf16 == nullptr) {
     // DeepSeek's activations are bf16 from the embedding on.
     uint16_t* bits = sized(x_bf16_, tokens * model_.dim);
     const int64_t dim = model_.dim;
@@ -154,39 +157,64 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
     for (int64_t token = 0; token < tokens; ++token) f32_to_bf16_bits_rne(x + token * dim, bits + token * dim, dim);
     x_bf16 = bits;
   }
-  project_queries(x, x_bf16, tokens);
-  project_latent(x, x_bf16, batch, seq, start_pos);
+  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
+  const AttentionStep step{batch, seq, start_pos, shard_.n_local_heads, mask, mask_stride, round_bf16_};
+  // On the AMX fast path q and the attention's output stay bf16 numbers from the GEMM that writes
+  // them to the GEMM that reads them.
+  const bool amx_attention =
+      report.plan.path == AttentionPath::Fast && report.plan.formulation == Formulation::Naive &&
+      attention_fast_amx_applies(naive_head_major_attention_params(model_, step, nullptr, nullptr, nullptr, nullptr));
+  project_queries(x, x_bf16, tokens, amx_attention);
+  project_latent(x, x_bf16, batch, seq, start_pos, amx_attention);
   cached_len_ = start_pos + seq;
   cached_batch_ = start_pos == 0 ? batch : cached_batch_;
 
-  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
-  attend(report.plan, batch, seq, start_pos, mask, mask_stride, report);
+  attend(report.plan, step, amx_attention, report);
 
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
-  run_linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
+  if (amx_attention) {
+    run_linear(nullptr, o_width, wo_, tokens, y_partial, model_.dim, o_bits_.data());
+  } else {
+    run_linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
+  }
   report.time_ms = ms_since(started);
   report.linear_ms = step_linear_ms_;
   return report;
 }
 
-// SPEC.md step 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))), then RoPE on each head's q_pe.
-void MlaLayer::project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens) {
-  const int64_t dq = model_.qk_head_dim();
-  const int64_t q_width = shard_.n_local_heads * dq;
-  float* q = sized(q_, tokens * q_width);
+// SPEC.md step 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))), then RoPE on each head's q_pe (in
+// project_latent). In bf16 the q latent stays bf16 numbers between its two GEMMs, and so does q
+// itself when q_as_bits (then in q_bits_, else in q_).
+void MlaLayer::project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bits) {
+  const int64_t q_width = shard_.n_local_heads * model_.qk_head_dim();
+  float* q = q_as_bits ? nullptr : sized(q_, tokens * q_width);
+  uint16_t* q_bits = q_as_bits ? sized(q_bits_, tokens * q_width) : nullptr;
   if (model_.q_lora_rank == 0) {
-    run_linear(x, model_.dim, wq_, tokens, q, q_width, x_bf16);
+    run_linear(x, model_.dim, wq_, tokens, q, q_width, x_bf16, q_bits);
+    return;
+  }
+  const int64_t rank = model_.q_lora_rank;
+  RmsNormParams norm{nullptr, rank, weights_.q_norm.data(), nullptr, rank, tokens, rank, 1e-6f, round_bf16_};
+  if (round_bf16_) {
+    uint16_t* q_latent = sized(q_latent_bits_, tokens * rank);
+    run_linear(x, model_.dim, wq_a_, tokens, nullptr, rank, x_bf16, q_latent);
+    norm.x_bf16 = q_latent;
+    norm.y_bf16 = q_latent;
+    rmsnorm(norm);
+    run_linear(nullptr, rank, wq_b_, tokens, q, q_width, q_latent, q_bits);
   } else {
-    const int64_t rank = model_.q_lora_rank;
     float* q_latent = sized(q_latent_, tokens * rank);
-    run_linear(x, model_.dim, wq_a_, tokens, q_latent, rank, x_bf16);
-    rmsnorm({q_latent, rank, weights_.q_norm.data(), q_latent, rank, tokens, rank, 1e-6f, round_bf16_});
+    run_linear(x, model_.dim, wq_a_, tokens, q_latent, rank);
+    norm.x = q_latent;
+    norm.y = q_latent;
+    rmsnorm(norm);
     run_linear(q_latent, rank, wq_b_, tokens, q, q_width);
   }
 }
 
 // SPEC.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)], appended to the cache.
-void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos) {
+void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos,
+                              bool q_as_bits) {
   const int64_t tokens = batch * seq;
   const int64_t C = model_.kv_lora_rank;
   const int64_t dq = model_.qk_head_dim();
@@ -203,7 +231,8 @@ void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t ba
   rope.x = kv + C;
   rope.token_stride = latent_width_;
   rope_apply(rope);
-  rope.x = q_.data() + model_.qk_nope_head_dim;
+  rope.x = q_as_bits ? nullptr : q_.data() + model_.qk_nope_head_dim;
+  rope.x_bf16 = q_as_bits ? q_bits_.data() + model_.qk_nope_head_dim : nullptr;
   rope.token_stride = shard_.n_local_heads * dq;
   rope.vecs_per_token = shard_.n_local_heads;
   rope.vec_stride = dq;
@@ -212,32 +241,32 @@ void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t ba
   kv_cache_append({kv, latent_width_, kv_cache_.data(), model_.max_seq_len, latent_width_, batch, seq, start_pos});
 }
 
-void MlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
-                      int64_t mask_stride, StepReport& report) {
-  const int64_t tokens = batch * seq;
+void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_attention, StepReport& report) {
+  const int64_t tokens = step.batch * step.seq;
   const int64_t heads = shard_.n_local_heads;
-  const AttentionStep step{batch, seq, start_pos, heads, mask, mask_stride, round_bf16_};
-  float* o = sized(o_, tokens * heads * model_.v_head_dim);
   if (plan.formulation == Formulation::Absorb) {
     absorb_queries(tokens);
     float* o_latent = sized(o_latent_, tokens * heads * model_.kv_lora_rank);
+    sized(o_, tokens * heads * model_.v_head_dim);
     run_attention(plan.path, absorb_attention_params(model_, step, q_absorbed_.data(), kv_cache_.data(), o_latent),
                   report);
     absorb_outputs(tokens);
-  } else {
-    AttentionParams params = naive_head_major_attention_params(model_, step, q_.data(), nullptr, nullptr, o);
-    // On the AMX fast path the expansion's bf16 numbers go to the kernel as they are.
-    const bool as_bits = plan.path == AttentionPath::Fast && attention_fast_amx_applies(params);
-    expand_keys_values(batch, start_pos + seq, as_bits);
-    if (as_bits) {
-      params.key_bits = key_bits_.data();
-      params.value_bits = value_bits_.data();
-    } else {
-      params.keys = keys_.data();
-      params.values = values_.data();
-    }
-    run_attention(plan.path, params, report);
+    return;
   }
+  // On the AMX fast path every operand is bf16 numbers; the expansion's are handed over as they are.
+  expand_keys_values(step.batch, step.start_pos + step.seq, amx_attention);
+  if (!amx_attention) {
+    float* o = sized(o_, tokens * heads * model_.v_head_dim);
+    run_attention(plan.path, naive_head_major_attention_params(model_, step, q_.data(), keys_.data(), values_.data(), o),
+                  report);
+    return;
+  }
+  AttentionParams params = naive_head_major_attention_params(model_, step, nullptr, nullptr, nullptr, nullptr);
+  params.q_bits = q_bits_.data();
+  params.key_bits = key_bits_.data();
+  params.value_bits = value_bits_.data();
+  params.out_bits = sized(o_bits_, tokens * heads * model_.v_head_dim);
+  run_attention(plan.path, params, report);
 }
 
 void MlaLayer::run_attention(AttentionPath path, const AttentionParams& params, StepReport& report) {

@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "kernels/cpu/aligned_vector.h"
-
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/packed_linear.h"
 #include "kernels/cpu/rope.h"
 #include "parallel/sharding.h"
+#include "runtime/attention_layout.h"
 #include "runtime/attention_plan.h"
 #include "runtime/config.h"
 #include "runtime/weights.h"
@@ -53,8 +53,11 @@ class MlaLayer {
   // every sequence; start_pos must not skip past what is cached. mask: nullptr (causal) or an
   // additive [seq, start_pos+seq] mask with row stride mask_stride. Writes this rank's partial
   // output y_partial [batch, seq, dim]. Throws std::invalid_argument on shapes the cache cannot hold.
+  // x_bf16 (compute_dtype bf16 only): the same tokens as bf16 numbers, read instead of x (which may
+  // then be null), as a bf16 model hands activations from layer to layer; otherwise the step
+  // rounds x itself.
   StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
-                     int64_t mask_stride, float* y_partial);
+                     int64_t mask_stride, float* y_partial, const uint16_t* x_bf16 = nullptr);
 
   int64_t kv_cache_bytes() const { return static_cast<int64_t>(kv_cache_.size() * sizeof(float)); }
   // Bytes of the prepared weights (what a decode step streams) and which GEMM runs them.
@@ -67,10 +70,11 @@ class MlaLayer {
 
  private:
   // x: the step's input; x_bf16: in bf16 compute, the same as bf16 numbers (then x is not read).
-  void project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens);
-  void project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos);
-  void attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
-              int64_t mask_stride, StepReport& report);
+  // q_as_bits: the step's attention runs on AMX tiles (bf16 only), which read q as bf16 numbers.
+  void project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bits);
+  void project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos,
+                      bool q_as_bits);
+  void attend(const StepPlan& plan, const AttentionStep& step, bool amx_attention, StepReport& report);
   void absorb_queries(int64_t tokens);
   void absorb_outputs(int64_t tokens);
   void expand_keys_values(int64_t batch, int64_t kv_len, bool as_bits);
@@ -94,8 +98,10 @@ class MlaLayer {
 
   // Per-step buffers, grown on demand and reused.
   AlignedVector<uint16_t> x_bf16_;  // [B*S, D] bf16 mode: the input rounded to bf16, once for wq(_a) and wkv_a
-  AlignedVector<float> q_latent_;   // [B*S, q_lora_rank]
+  AlignedVector<float> q_latent_;   // fp32: [B*S, q_lora_rank]
+  AlignedVector<uint16_t> q_latent_bits_;  // bf16: the same as bf16 numbers
   AlignedVector<float> q_;          // [B*S, Hl, dq]
+  AlignedVector<uint16_t> q_bits_;  // bf16 on the AMX fast path: q as bf16 numbers, instead of q_
   AlignedVector<float> kv_;         // [B*S, C + dr]
   AlignedVector<float> q_absorbed_; // absorb: [B*S, Hl, C + dr] = [Wk^T q_nope | q_pe]
   AlignedVector<float> o_latent_;   // absorb: [B*S, Hl, C]
@@ -108,6 +114,7 @@ class MlaLayer {
   AlignedVector<uint16_t> key_bits_;    // naive, bf16 on the AMX fast path: keys_ as bf16 numbers
   AlignedVector<uint16_t> value_bits_;  // naive, bf16 on the AMX fast path: values_ as bf16 numbers
   AlignedVector<float> o_;          // [B*S, Hl*dv]
+  AlignedVector<uint16_t> o_bits_;  // bf16 on the AMX fast path: o as bf16 numbers, instead of o_
 };
 
 }  // namespace mla

@@ -136,10 +136,10 @@ void inject_fault(const FaultPlan& fault, StepExecutor& executor, size_t step_in
 }  // namespace
 
 StepReport CpuStepExecutor::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
-                                    int64_t mask_stride) {
+                                    int64_t mask_stride, const uint16_t* x_bf16) {
   const int64_t count = batch * seq * layer_.model().dim;
   partial_.resize(static_cast<size_t>(count + 1));
-  return layer_.forward(x, batch, seq, start_pos, mask, mask_stride, partial_.data());
+  return layer_.forward(x, batch, seq, start_pos, mask, mask_stride, partial_.data(), x_bf16);
 }
 
 int64_t CpuStepExecutor::first_non_finite(float& value) {
@@ -179,7 +179,7 @@ RunResult run_schedule(StepExecutor& executor, const InputTensor& x, const std::
                   static_cast<size_t>(seq * x.dim) * sizeof(float));
     }
     const float* step_mask = mask.empty() ? nullptr : mask.data() + start_pos * x.tokens;
-    StepReport report = executor.forward(step_x.data(), x.batch, seq, start_pos, step_mask, x.tokens);
+    StepReport report = executor.forward(step_x.data(), x.batch, seq, start_pos, step_mask, x.tokens, nullptr);
     inject_fault(options.fault, executor, step_index);
     float bad_value = 0.0f;
     const int64_t bad_index = options.check_finite ? executor.first_non_finite(bad_value) : -1;

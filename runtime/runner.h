@@ -71,9 +71,11 @@ class StepExecutor {
   virtual const Communicator& communicator() const = 0;
   // Computes the step's partial output [batch, seq, dim] and keeps it for reduce(). x and mask
   // are host memory: x [batch, seq, dim]; mask the whole run's [T, T] mask from row start_pos
-  // (row stride mask_stride), or nullptr.
+  // (row stride mask_stride), or nullptr. x_bf16: null, or in bf16 compute the same tokens as bf16
+  // numbers, which a layer that reads them on the host takes instead of rounding x (the CUDA layer
+  // rounds on the device, from x).
   virtual StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
-                             int64_t mask_stride) = 0;
+                             int64_t mask_stride, const uint16_t* x_bf16) = 0;
   // The index of the partial output's first non-finite element (its value in `value`), or -1.
   virtual int64_t first_non_finite(float& value) = 0;
   virtual void poison_partial() = 0;  // debug.fail mode nan: a NaN in the partial output
@@ -88,7 +90,7 @@ class CpuStepExecutor final : public StepExecutor {
   CpuStepExecutor(MlaLayer& layer, Communicator& comm) : layer_(layer), comm_(comm) {}
   const Communicator& communicator() const override { return comm_; }
   StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
-                     int64_t mask_stride) override;
+                     int64_t mask_stride, const uint16_t* x_bf16) override;
   int64_t first_non_finite(float& value) override;
   void poison_partial() override;
   float reduce(float flag) override;

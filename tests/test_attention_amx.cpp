@@ -151,6 +151,21 @@ TEST_P(AttentionAmx, MatchesTheFp32LoopsWithinBf16Rounding) {
   ASSERT_TRUE(attention_fast_amx_applies(bits.params));
   attention_fast(bits.params);
   for (size_t i = 0; i < amx.out.size(); ++i) ASSERT_EQ(bits.out[i], amx.out[i]) << "at " << i;
+
+  // And q in, out out as bf16 numbers too (the CPU layer's GEMMs write and read them): the output's
+  // bits are those of the fp32 output's bf16 values, and the gaps between heads stay untouched.
+  const std::vector<uint16_t> q_bits = to_bits(bits.q);
+  std::vector<uint16_t> out_bits(bits.out.size(), 0xBEEF);
+  bits.params.q = nullptr;
+  bits.params.out = nullptr;
+  bits.params.q_bits = q_bits.data();
+  bits.params.out_bits = out_bits.data();
+  ASSERT_TRUE(attention_fast_amx_applies(bits.params));
+  attention_fast(bits.params);
+  for (size_t i = 0; i < amx.out.size(); ++i) {
+    const bool gap = static_cast<int64_t>(i) % amx.params.out_head_stride >= c.value_dim;
+    ASSERT_EQ(out_bits[i], gap ? uint16_t{0xBEEF} : f32_to_bf16_bits(amx.out[i])) << "at " << i;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -185,6 +200,21 @@ TEST(AttentionAmx, BitsAreRefusedWhereTheAmxPathDoesNotApply) {
   EXPECT_THROW(attention_standard(problem.params, 8), std::invalid_argument);
   problem.params.round_to_bf16 = true;
   EXPECT_THROW(attention_standard(problem.params, 8), std::invalid_argument);
+
+  // q given or out asked for as bf16 numbers: the same.
+  for (const bool q_as_bits : {true, false}) {
+    AmxProblem one(AmxCase{1, 2, 32, 0, 48, 40, false});
+    const std::vector<uint16_t> q_bits = to_bits(one.q);
+    std::vector<uint16_t> out_bits(one.out.size());
+    if (q_as_bits) {
+      one.params.q_bits = q_bits.data();
+    } else {
+      one.params.out_bits = out_bits.data();
+    }
+    EXPECT_THROW(attention_standard(one.params, 8), std::invalid_argument);
+    one.params.round_to_bf16 = false;
+    EXPECT_THROW(attention_fast(one.params), std::invalid_argument);
+  }
 }
 
 }  // namespace

@@ -2,12 +2,15 @@
 // hit the edges (SPEC.md, Tolerances: fp32 1e-5, bf16 2e-2 relative L2).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "kernels/cpu/attention_fast_amx.h"
+#include "kernels/cpu/bf16.h"
 #include "kernels/cpu/cpu_features.h"
 #include "tests/test_util.h"
 
@@ -241,6 +244,48 @@ TEST(Bf16Prefill, LongEnoughForAmxTilesMatchesTheReferenceAndTheLoops) {
     set_cpu_isa_limit(CpuIsa::Amx);
     EXPECT_LE(relative_l2(got.y, to_double(loops.y)), 1e-2);
   }
+}
+
+// A bf16 step handed its input as bf16 numbers (as mla_bench hands it, and as a bf16 model's
+// previous layer would) computes exactly what it computes from the fp32 input it rounds itself,
+// on every path, the AMX one included; an fp32 step refuses bf16 input.
+TEST(Bf16Input, BitsInGiveTheSameOutputAsFp32InOnEveryPath) {
+  const Shape shape = shapes()[0];
+  const ModelArgs& m = shape.model;
+  const LoadedWeights rounded =
+      load_layer_weights(random_weights(shape.weights_dtype, 41), m, whole(m), ComputeDType::BF16);
+  const std::vector<int64_t> steps = {kAmxMinQueryRows + 3, 4, 1};
+  const InputTensor x = random_input(m, 2, total(steps), 42);
+  for (AttentionChoice attention : {AttentionChoice::Fast, AttentionChoice::Standard}) {
+    for (FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
+      const RunConfig run = run_config(attention, formulation, ComputeDType::BF16);
+      MlaLayer from_fp32(m, whole(m), rounded.weights, run);
+      MlaLayer from_bits(m, whole(m), rounded.weights, run);
+      int64_t start_pos = 0;
+      for (const int64_t seq : steps) {
+        std::vector<float> step_x(static_cast<size_t>(x.batch * seq * m.dim));
+        for (int64_t b = 0; b < x.batch; ++b) {
+          std::copy_n(x.values.begin() + (b * x.tokens + start_pos) * m.dim, seq * m.dim,
+                      step_x.begin() + b * seq * m.dim);
+        }
+        std::vector<uint16_t> step_bits(step_x.size());
+        for (size_t i = 0; i < step_x.size(); ++i) step_bits[i] = f32_to_bf16_bits(step_x[i]);
+        std::vector<float> want(step_x.size()), got(step_x.size());
+        from_fp32.forward(step_x.data(), x.batch, seq, start_pos, nullptr, 0, want.data());
+        from_bits.forward(nullptr, x.batch, seq, start_pos, nullptr, 0, got.data(), step_bits.data());
+        for (size_t i = 0; i < want.size(); ++i) {
+          ASSERT_EQ(std::memcmp(&got[i], &want[i], sizeof(float)), 0)
+              << to_string(attention) << " " << to_string(formulation) << ", step at " << start_pos << ", element " << i;
+        }
+        start_pos += seq;
+      }
+    }
+  }
+  MlaLayer fp32(m, whole(m), load_layer_weights(random_weights(shape.weights_dtype, 41), m, whole(m), ComputeDType::FP32).weights,
+                run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32));
+  const std::vector<uint16_t> bits(static_cast<size_t>(m.dim), 0);
+  std::vector<float> y(static_cast<size_t>(m.dim));
+  EXPECT_THROW(fp32.forward(nullptr, 1, 1, 0, nullptr, 0, y.data(), bits.data()), std::invalid_argument);
 }
 
 // A score budget of 4 KB forces the standard path through many query chunks per head.

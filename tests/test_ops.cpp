@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/cpu/bf16.h"
@@ -67,6 +68,42 @@ TEST(RmsNorm, Bf16RoundsLikeDeepSeek) {
   }
 }
 
+std::vector<uint16_t> bf16_bits_of(const std::vector<float>& values) {
+  std::vector<uint16_t> bits(values.size());
+  for (size_t i = 0; i < values.size(); ++i) bits[i] = f32_to_bf16_bits(values[i]);
+  return bits;
+}
+
+// The same rows as bf16 numbers, in place (as the CPU layer normalizes its q latent between two
+// bf16 GEMMs), give the bits of the fp32 path's bf16 values; strided rows leave the gaps alone.
+TEST(RmsNorm, Bf16NumbersInPlaceEqualTheFp32PathsValues) {
+  const int64_t rows = 6, dim = 77, stride = 80;
+  std::vector<float> x = random_values(rows * stride, 7, 3.0f);
+  for (float& value : x) value = round_to_bf16(value);
+  std::vector<float> weight = random_values(dim, 8);
+  for (float& value : weight) value = round_to_bf16(value);
+  std::vector<float> want(x.size());
+  rmsnorm({x.data(), stride, weight.data(), want.data(), stride, rows, dim, 1e-6f, true});
+  std::vector<uint16_t> bits = bf16_bits_of(x);
+  const std::vector<uint16_t> before = bits;
+  RmsNormParams norm{nullptr, stride, weight.data(), nullptr, stride, rows, dim, 1e-6f, true};
+  norm.x_bf16 = bits.data();
+  norm.y_bf16 = bits.data();
+  rmsnorm(norm);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < stride; ++i) {
+      const int64_t at = r * stride + i;
+      if (i < dim) {
+        ASSERT_EQ(bits[at], f32_to_bf16_bits(want[at])) << "row " << r << " element " << i;
+      } else {
+        ASSERT_EQ(bits[at], before[at]) << "gap written at row " << r << " element " << i;
+      }
+    }
+  }
+  norm.round_to_bf16 = false;  // bf16 numbers in an fp32 step: refused
+  EXPECT_THROW(rmsnorm(norm), std::invalid_argument);
+}
+
 RopeFrequencyParams yarn_params() {
   RopeFrequencyParams p;
   p.rope_dim = 64;
@@ -118,6 +155,41 @@ TEST(Rope, RotationMatchesReferenceAtLargePositions) {
   rope.table = &table;
   rope_apply(rope);
   EXPECT_LE(ref::relative_l2(x.data(), want), 1e-6);
+}
+
+// bf16 numbers rotated in place (q_pe of the CPU layer's AMX path) give the bits of the fp32
+// path's bf16 values, the nope part of each head untouched.
+TEST(Rope, Bf16NumbersEqualTheFp32PathsValues) {
+  const RopeFrequencyParams params = yarn_params();
+  const int64_t heads = 3, seq = 5, batch = 2, head_dim = 96, start_pos = 4000;
+  const RopeTable table = make_rope_table(params, 8192);
+  std::vector<float> x = random_values(batch * seq * heads * head_dim, 9, 2.0f);
+  for (float& value : x) value = round_to_bf16(value);
+  std::vector<uint16_t> bits = bf16_bits_of(x);
+  const std::vector<uint16_t> before = bits;
+  RopeParams rope;
+  rope.x = x.data() + (head_dim - 64);
+  rope.batch = batch;
+  rope.seq = seq;
+  rope.token_stride = heads * head_dim;
+  rope.vecs_per_token = heads;
+  rope.vec_stride = head_dim;
+  rope.start_pos = start_pos;
+  rope.table = &table;
+  rope.round_to_bf16 = true;
+  rope_apply(rope);
+  rope.x = nullptr;
+  rope.x_bf16 = bits.data() + (head_dim - 64);
+  rope_apply(rope);
+  for (size_t i = 0; i < bits.size(); ++i) {
+    if (static_cast<int64_t>(i) % head_dim < head_dim - 64) {
+      ASSERT_EQ(bits[i], before[i]) << "the nope part written at " << i;
+    } else {
+      ASSERT_EQ(bits[i], f32_to_bf16_bits(x[i])) << "at " << i;
+    }
+  }
+  rope.round_to_bf16 = false;
+  EXPECT_THROW(rope_apply(rope), std::invalid_argument);
 }
 
 TEST(Fp8, EveryCodeDecodesLikeTheReference) {

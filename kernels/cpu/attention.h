@@ -27,16 +27,19 @@ struct AttentionParams {
   int64_t value_batch_stride = 0;
   int64_t value_pos_stride = 0;
   int64_t value_head_stride = 0;
-  // bf16 mode, per-head keys and values (naive) on the AMX fast path only: the same keys and values
-  // as bf16 numbers, laid out with the strides above, read in place of keys/values (which may then
-  // be null). The CPU layer's expansion produces bf16 numbers; widening them into fp32 buffers for
-  // the kernel to round back was two passes over the largest operands of the step.
-  // attention_fast_amx_applies says whether a step takes that path; others refuse these.
-  const uint16_t* key_bits = nullptr;
-  const uint16_t* value_bits = nullptr;
   float* out = nullptr;  // token (b, s), head h: out + (b * seq + s) * out_token_stride + h * out_head_stride
   int64_t out_token_stride = 0;
   int64_t out_head_stride = 0;
+  // bf16 mode, per-head keys and values (naive) on the AMX fast path only: the operands as bf16
+  // numbers, laid out with the strides above, read (or written) in place of q, keys, values and out
+  // (each of which may then be null). The CPU layer's GEMMs produce bf16 numbers and its output
+  // GEMM reads them; widening them into fp32 buffers for the kernel to round back was two passes
+  // over the step's largest operands. attention_fast_amx_applies says whether a step takes that
+  // path; the other kernels refuse these (require_fp32_operands).
+  const uint16_t* q_bits = nullptr;
+  const uint16_t* key_bits = nullptr;
+  const uint16_t* value_bits = nullptr;
+  uint16_t* out_bits = nullptr;
 
   int64_t batch = 0;
   int64_t seq = 0;  // S, new tokens this step
@@ -80,9 +83,10 @@ inline constexpr int64_t kStandardMaxQueryChunk = 128;
 
 namespace mla {
 
-// Throws std::invalid_argument, naming `kernel`, when p carries key_bits/value_bits: only the AMX
-// fast path reads them, and a kernel reading keys/values instead would read nothing (or stale fp32).
-void require_fp32_keys_values(const AttentionParams& params, const char* kernel);
+// Throws std::invalid_argument, naming `kernel`, when p carries any of the bf16 operands (q_bits,
+// key_bits, value_bits, out_bits): only the AMX fast path reads them, and a kernel reading the fp32
+// pointers instead would read nothing (or stale values), or leave the output unwritten.
+void require_fp32_operands(const AttentionParams& params, const char* kernel);
 
 // Positions the query row s may attend to: [0, visible_len). Causal: t <= p + s.
 inline int64_t attention_visible_len(const AttentionParams& params, int64_t s) {

@@ -191,11 +191,11 @@ void attend_one_row(const AttentionParams& p, const RowBlock& block, BlockWorksp
 
 }  // namespace
 
-void require_fp32_keys_values(const AttentionParams& p, const char* kernel) {
-  if (p.key_bits != nullptr || p.value_bits != nullptr) {
+void require_fp32_operands(const AttentionParams& p, const char* kernel) {
+  if (p.q_bits != nullptr || p.key_bits != nullptr || p.value_bits != nullptr || p.out_bits != nullptr) {
     throw std::invalid_argument(std::string(kernel) +
-                                ": keys/values given as bf16 bits, which only the AMX fast path reads "
-                                "(attention_fast_amx_applies is false for this step)");
+                                ": q/keys/values/out given as bf16 bits, which only the AMX fast path "
+                                "takes (attention_fast_amx_applies is false for this step)");
   }
 }
 
@@ -204,7 +204,7 @@ void attention_fast(const AttentionParams& p) {
     attention_fast_amx(p);
     return;
   }
-  require_fp32_keys_values(p, "attention_fast");
+  require_fp32_operands(p, "attention_fast");
   const bool split = p.round_to_bf16 && p.score_split > 0;
   const int64_t blocks = blocks_per_sequence(p);
 #pragma omp parallel

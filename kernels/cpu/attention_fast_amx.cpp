@@ -74,13 +74,19 @@ struct HeadTiles : TileCounts {
   }
 };
 
-// One head's keys or values of one sequence as bf16 bits, from whichever form AttentionParams
-// holds them in: fp32 numbers (rounded here) or bf16 bits (copied).
+// One head's queries, keys or values of one sequence as bf16 bits, from whichever form
+// AttentionParams holds them in: fp32 numbers (rounded here) or bf16 bits (copied).
 struct HeadRows {
   const float* fp32 = nullptr;
   const uint16_t* bits = nullptr;
   int64_t pos_stride = 0;
   int64_t width = 0;
+
+  HeadRows(const float* fp32_operand, const uint16_t* bits_operand, int64_t offset, int64_t stride, int64_t row_width)
+      : fp32(bits_operand != nullptr ? nullptr : fp32_operand + offset),
+        bits(bits_operand != nullptr ? bits_operand + offset : nullptr),
+        pos_stride(stride),
+        width(row_width) {}
 
   void row(int64_t t, uint16_t* out) const {
     if (bits != nullptr) {
@@ -91,16 +97,16 @@ struct HeadRows {
   }
 };
 
+HeadRows head_queries(const AttentionParams& p, int64_t b, int64_t h) {
+  return {p.q, p.q_bits, b * p.seq * p.q_token_stride + h * p.q_head_stride, p.q_token_stride, p.score_dim};
+}
+
 HeadRows head_keys(const AttentionParams& p, int64_t b, int64_t h) {
-  const int64_t offset = b * p.key_batch_stride + h * p.key_head_stride;
-  if (p.key_bits != nullptr) return {nullptr, p.key_bits + offset, p.key_pos_stride, p.score_dim};
-  return {p.keys + offset, nullptr, p.key_pos_stride, p.score_dim};
+  return {p.keys, p.key_bits, b * p.key_batch_stride + h * p.key_head_stride, p.key_pos_stride, p.score_dim};
 }
 
 HeadRows head_values(const AttentionParams& p, int64_t b, int64_t h) {
-  const int64_t offset = b * p.value_batch_stride + h * p.value_head_stride;
-  if (p.value_bits != nullptr) return {nullptr, p.value_bits + offset, p.value_pos_stride, p.value_dim};
-  return {p.values + offset, nullptr, p.value_pos_stride, p.value_dim};
+  return {p.values, p.value_bits, b * p.value_batch_stride + h * p.value_head_stride, p.value_pos_stride, p.value_dim};
 }
 
 // Key t, score dimensions (d, d + 1) go to tile (t / 16, d / 32), row (d % 32) / 2, column t % 16:
@@ -194,10 +200,8 @@ void value_tiles(const HeadTiles& tiles, int64_t key_chunks, float* outputs) {
 void attend_query_block(const AttentionParams& p, int64_t b, int64_t h, int64_t first, int64_t rows, HeadTiles& tiles) {
   const int64_t query_width = tiles.score_chunks * kTileInner;
   std::fill(tiles.queries.begin(), tiles.queries.end(), uint16_t{0});
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* query = p.q + (b * p.seq + first + r) * p.q_token_stride + h * p.q_head_stride;
-    f32_to_bf16_bits_rne(query, tiles.queries.data() + r * query_width, p.score_dim);
-  }
+  const HeadRows queries = head_queries(p, b, h);
+  for (int64_t r = 0; r < rows; ++r) queries.row(first + r, tiles.queries.data() + r * query_width);
   // The block's last row sees the most positions.
   const int64_t cols = attention_visible_len(p, first + rows - 1);
   score_tiles(tiles, round_up((cols + kTileRows - 1) / kTileRows, kAccumulators), tiles.scores.data());
@@ -221,8 +225,12 @@ void attend_query_block(const AttentionParams& p, int64_t b, int64_t h, int64_t 
 
   const int64_t output_width = tiles.value_blocks * kTileRows;
   for (int64_t r = 0; r < rows; ++r) {
-    float* out = p.out + (b * p.seq + first + r) * p.out_token_stride + h * p.out_head_stride;
-    round_to_bf16_copy(tiles.outputs.data() + r * output_width, out, p.value_dim);
+    const int64_t out = (b * p.seq + first + r) * p.out_token_stride + h * p.out_head_stride;
+    if (p.out_bits != nullptr) {
+      f32_to_bf16_bits_rne(tiles.outputs.data() + r * output_width, p.out_bits + out, p.value_dim);
+    } else {
+      round_to_bf16_copy(tiles.outputs.data() + r * output_width, p.out + out, p.value_dim);
+    }
   }
 }
 

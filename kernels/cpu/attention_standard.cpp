@@ -69,7 +69,7 @@ int64_t score_buffers_per_row(const AttentionParams& p) { return uses_split_scor
 }  // namespace
 
 void attention_standard(const AttentionParams& p, int64_t query_chunk) {
-  require_fp32_keys_values(p, "attention_standard");
+  require_fp32_operands(p, "attention_standard");
   const int64_t n_chunks = (p.seq + query_chunk - 1) / query_chunk;
   const size_t buffer_size = static_cast<size_t>(query_chunk * p.kv_len);
 #pragma omp parallel

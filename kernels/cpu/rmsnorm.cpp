@@ -1,7 +1,9 @@
 #include "kernels/cpu/rmsnorm.h"
 
 #include <cmath>
+#include <stdexcept>
 
+#include "kernels/cpu/aligned_vector.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/vector_ops.h"
 
@@ -31,9 +33,33 @@ MLA_VECTOR_CLONES void rmsnorm_row(const float* x, const float* weight, float* y
 }  // namespace
 
 void rmsnorm(const RmsNormParams& p) {
+  const bool bits_in = p.x_bf16 != nullptr, bits_out = p.y_bf16 != nullptr;
+  if ((bits_in || bits_out) && !p.round_to_bf16) {
+    throw std::invalid_argument("rmsnorm: bf16 rows (x_bf16/y_bf16) need round_to_bf16");
+  }
+  if (!bits_in && !bits_out) {
 #pragma omp parallel for schedule(static) if (p.rows * p.dim > 65536)
-  for (int64_t row = 0; row < p.rows; ++row) {
-    rmsnorm_row(p.x + row * p.x_stride, p.weight, p.y + row * p.y_stride, p.dim, p.eps, p.round_to_bf16);
+    for (int64_t row = 0; row < p.rows; ++row) {
+      rmsnorm_row(p.x + row * p.x_stride, p.weight, p.y + row * p.y_stride, p.dim, p.eps, p.round_to_bf16);
+    }
+    return;
+  }
+  // One row at a time through fp32 scratch: the rows are short (a latent), so it stays in L1.
+#pragma omp parallel if (p.rows * p.dim > 65536)
+  {
+    AlignedVector<float> scratch(static_cast<size_t>(p.dim));
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < p.rows; ++row) {
+      const float* x = p.x + row * p.x_stride;
+      if (bits_in) {
+        bf16_bits_to_f32_copy(p.x_bf16 + row * p.x_stride, scratch.data(), p.dim);
+        x = scratch.data();
+      }
+      float* y = bits_out ? scratch.data() : p.y + row * p.y_stride;
+      rmsnorm_row(x, p.weight, y, p.dim, p.eps, true);
+      // The normalized values are bf16 values already: their upper halves are the numbers.
+      if (bits_out) bf16_values_to_bits(y, p.y_bf16 + row * p.y_stride, p.dim);
+    }
   }
 }
 

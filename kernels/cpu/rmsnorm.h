@@ -17,6 +17,10 @@ struct RmsNormParams {
   // DeepSeek's bf16 code (F.rms_norm) normalizes in fp32, rounds to bf16, then multiplies by the
   // bf16 weight and rounds again.
   bool round_to_bf16 = false;
+  // round_to_bf16 only, in place of x / y (which may then be null): the rows as bf16 numbers, with
+  // the same strides, for a layer whose activations between its GEMMs are bf16. y_bf16 may alias x_bf16.
+  const uint16_t* x_bf16 = nullptr;
+  uint16_t* y_bf16 = nullptr;
 };
 
 void rmsnorm(const RmsNormParams& params);

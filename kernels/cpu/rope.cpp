@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "kernels/cpu/bf16.h"
+#include "kernels/cpu/vector_ops.h"
 
 namespace mla {
 
@@ -55,30 +56,54 @@ RopeTable make_rope_table(const RopeFrequencyParams& params, int64_t positions) 
   return table;
 }
 
+namespace {
+
+// One vector's interleaved pairs rotated by one position's angles; out may be in.
+void rotate_pairs(const float* in, float* out, const float* cos_row, const float* sin_row, int64_t half_dim,
+                  bool round_to_bf16) {
+  for (int64_t i = 0; i < half_dim; ++i) {
+    const float re = in[2 * i];
+    const float im = in[2 * i + 1];
+    float rotated_re = re * cos_row[i] - im * sin_row[i];
+    float rotated_im = re * sin_row[i] + im * cos_row[i];
+    if (round_to_bf16) {
+      rotated_re = round_to_bf16_branchless(rotated_re);
+      rotated_im = round_to_bf16_branchless(rotated_im);
+    }
+    out[2 * i] = rotated_re;
+    out[2 * i + 1] = rotated_im;
+  }
+}
+
+}  // namespace
+
 void rope_apply(const RopeParams& p) {
   const RopeTable& table = *p.table;
   if (p.start_pos < 0 || p.start_pos + p.seq > table.positions) {
     throw std::out_of_range("rope: positions past the table (max_seq_len)");
   }
-#pragma omp parallel for collapse(2) schedule(static) if (p.batch * p.seq * p.vecs_per_token > 256)
-  for (int64_t b = 0; b < p.batch; ++b) {
-    for (int64_t s = 0; s < p.seq; ++s) {
-      const float* cos_row = table.cos.data() + (p.start_pos + s) * table.half_dim;
-      const float* sin_row = table.sin.data() + (p.start_pos + s) * table.half_dim;
-      float* token = p.x + (b * p.seq + s) * p.token_stride;
-      for (int64_t v = 0; v < p.vecs_per_token; ++v) {
-        float* pairs = token + v * p.vec_stride;
-        for (int64_t i = 0; i < table.half_dim; ++i) {
-          const float re = pairs[2 * i];
-          const float im = pairs[2 * i + 1];
-          float rotated_re = re * cos_row[i] - im * sin_row[i];
-          float rotated_im = re * sin_row[i] + im * cos_row[i];
-          if (p.round_to_bf16) {
-            rotated_re = round_to_bf16(rotated_re);
-            rotated_im = round_to_bf16(rotated_im);
+  const bool bits = p.x_bf16 != nullptr;
+  if (bits && !p.round_to_bf16) throw std::invalid_argument("rope: bf16 vectors (x_bf16) need round_to_bf16");
+  const int64_t rope_dim = 2 * table.half_dim;
+#pragma omp parallel if (p.batch * p.seq * p.vecs_per_token > 256)
+  {
+    std::vector<float> scratch(bits ? static_cast<size_t>(rope_dim) : 0);
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < p.batch; ++b) {
+      for (int64_t s = 0; s < p.seq; ++s) {
+        const float* cos_row = table.cos.data() + (p.start_pos + s) * table.half_dim;
+        const float* sin_row = table.sin.data() + (p.start_pos + s) * table.half_dim;
+        const int64_t token = (b * p.seq + s) * p.token_stride;
+        for (int64_t v = 0; v < p.vecs_per_token; ++v) {
+          if (!bits) {
+            float* pairs = p.x + token + v * p.vec_stride;
+            rotate_pairs(pairs, pairs, cos_row, sin_row, table.half_dim, p.round_to_bf16);
+            continue;
           }
-          pairs[2 * i] = rotated_re;
-          pairs[2 * i + 1] = rotated_im;
+          uint16_t* pairs = p.x_bf16 + token + v * p.vec_stride;
+          bf16_bits_to_f32_copy(pairs, scratch.data(), rope_dim);
+          rotate_pairs(scratch.data(), scratch.data(), cos_row, sin_row, table.half_dim, true);
+          bf16_values_to_bits(scratch.data(), pairs, rope_dim);
         }
       }
     }

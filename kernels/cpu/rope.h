@@ -44,6 +44,9 @@ struct RopeParams {
   const RopeTable* table = nullptr;
   // DeepSeek rotates in fp32 and casts back to the activation dtype.
   bool round_to_bf16 = false;
+  // round_to_bf16 only, in place of x (which may then be null): the vectors as bf16 numbers, with
+  // the same strides.
+  uint16_t* x_bf16 = nullptr;
 };
 
 void rope_apply(const RopeParams& params);

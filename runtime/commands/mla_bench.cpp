@@ -31,6 +31,7 @@
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/packed_linear.h"
+#include "kernels/cpu/vector_ops.h"
 #include "parallel/mpi_session.h"
 #include "parallel/sharding.h"
 #include "parallel/watchdog.h"
@@ -347,12 +348,20 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
   if (start_pos > 0) {
     watchdog.progress("filling the cache");
     const AlignedVector<float> fill = slice(0, start_pos);
-    executor->forward(fill.data(), point.batch, start_pos, 0, nullptr, 0);
+    executor->forward(fill.data(), point.batch, start_pos, 0, nullptr, 0, nullptr);
   }
   const AlignedVector<float> step_x = slice(start_pos, step_len);
+  // In bf16 compute the step's input arrives as bf16 numbers, as a bf16 model's previous layer
+  // hands it over and as the PyTorch baseline gets it (its tensors are converted before timing).
+  AlignedVector<uint16_t> step_x_bf16;
+  if (point.backend == Backend::Cpu && config.run.compute_dtype == ComputeDType::BF16) {
+    step_x_bf16.resize(step_x.size());
+    f32_to_bf16_bits_rne(step_x.data(), step_x_bf16.data(), static_cast<int64_t>(step_x.size()));
+  }
+  const uint16_t* step_x_bits = step_x_bf16.empty() ? nullptr : step_x_bf16.data();
   for (int64_t i = 0; i < bench.warmup; ++i) {
     watchdog.progress("warm-up");
-    executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0);
+    executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_x_bits);
     executor->reduce(0.0f);
   }
   // Rank 0 decides when the budget is met and tells the others through the step's own all-reduce
@@ -361,7 +370,7 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
   for (bool more = true; more;) {
     watchdog.progress("timed steps");
     const auto started = Clock::now();
-    result.report = executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0);
+    result.report = executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_x_bits);
     const auto computed = Clock::now();
     result.linear_ms.push_back(result.report.linear_ms);
     result.attention_ms.push_back(result.report.attention_ms);
@@ -379,7 +388,7 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
   }
   if (cpu_layer) result.weight_bytes = cpu_layer->weight_bytes_read(point.batch * step_len, result.report.plan.formulation);
   // Once more, untimed, to keep the partial output of sequence 0 (compared with the baseline's).
-  executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0);
+  executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_x_bits);
   std::vector<float> partial(static_cast<size_t>(point.batch * step_len * dim));
   executor->copy_output(partial.data());
   partial.resize(static_cast<size_t>(step_len * dim));
