@@ -247,7 +247,6 @@ void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_
   if (plan.formulation == Formulation::Absorb) {
     absorb_queries(tokens);
     float* o_latent = sized(o_latent_, tokens * heads * model_.kv_lora_rank);
-    sized(o_, tokens * heads * model_.v_head_dim);
     run_attention(plan.path, absorb_attention_params(model_, step, q_absorbed_.data(), kv_cache_.data(), o_latent),
                   report);
     absorb_outputs(tokens);
@@ -318,6 +317,7 @@ void MlaLayer::absorb_outputs(int64_t tokens) {
   const int64_t C = model_.kv_lora_rank;
   const int64_t dv = model_.v_head_dim;
   const int64_t head_rows = model_.qk_nope_head_dim + dv;
+  float* o = sized(o_, tokens * heads * dv);
 #pragma omp parallel for schedule(static) if (heads > 1)
   for (int64_t h = 0; h < heads; ++h) {
     GemmParams g;
@@ -329,11 +329,11 @@ void MlaLayer::absorb_outputs(int64_t tokens) {
     g.lda = heads * C;
     g.b = weights_.wkv_b.data() + (h * head_rows + model_.qk_nope_head_dim) * C;  // Wv[h]: [dv, C]
     g.ldb = C;
-    g.c = o_.data() + h * dv;
+    g.c = o + h * dv;
     g.ldc = heads * dv;
     gemm(g);
     if (round_bf16_) {
-      for (int64_t t = 0; t < tokens; ++t) round_to_bf16_inplace(o_.data() + t * heads * dv + h * dv, dv);
+      for (int64_t t = 0; t < tokens; ++t) round_to_bf16_inplace(o + t * heads * dv + h * dv, dv);
     }
   }
 }
