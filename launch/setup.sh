@@ -5,8 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The build. ocl-icd-opencl-dev: Debian's oneDNN CMake config asks for OpenCL even in a CPU build.
 packages=(cmake ninja-build g++ pkg-config libopenblas-openmp-dev libyaml-cpp-dev nlohmann-json3-dev
-          libcli11-dev libgtest-dev openmpi-bin libopenmpi-dev libdnnl-dev)
+          libcli11-dev libgtest-dev openmpi-bin libopenmpi-dev libdnnl-dev ocl-icd-opencl-dev)
+# What the tests and launch scripts call besides the build: python3 (the benchmark checks), procps
+# (ps, pgrep), iproute2 (ip: the two-host test's network namespaces). util-linux (unshare, setarch)
+# and coreutils (timeout) are essential packages, on every Debian root.
+packages+=(python3 procps iproute2)
 # ThreadSanitizer builds with clang, its OpenMP runtime and libarcher (CMakePresets.json "tsan").
 if [ "${MLA_PRESET:-release}" = tsan ]; then
   packages+=(clang libomp-dev libclang-rt-dev)
@@ -15,17 +20,7 @@ fi
 if [ "${MLA_SETUP_BENCH:-1}" != 0 ]; then
   packages+=(python3-torch python3-matplotlib)
 fi
-missing=()
-for package in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+bash launch/install_packages.sh "${packages[@]}"
 
 preset=${MLA_PRESET:-release}
 cmake --preset "$preset" "$@"

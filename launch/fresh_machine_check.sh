@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Tries the README's two commands as a new user would: in a minimal Debian 12 root made here
+# (mmdebstrap --variant=apt: the essential packages and apt, nothing else), with a clone of this
+# repository, inside chroot with /proc, /sys and /dev bound. Prints how long each command took and
+# where its log is; exits non-zero when either fails.
+#
+# Usage (as root): bash launch/fresh_machine_check.sh [options]
+#   --tests full      the README's test command as CI runs it: CI=true bash .ci/run (default)
+#   --tests release   only the release build's suite (launch/test.sh without sanitizers and fuzzing)
+#   --tests REGEX     only the ctest tests matching REGEX, in the release build
+#   --tests none      only the first command
+#   --worktree        also copy this checkout's uncommitted changes (tracked and new files) into the clone
+#   --keep            keep the root afterwards (default: removed when both commands pass)
+#   --dir DIR         where the root and the logs go (default: a new /var/tmp/mla-fresh.XXXXXX)
+# The Debian archive is the one this machine's apt uses (its sources that name Debian's keyring or
+# deb.debian.org), or MLA_FRESH_MIRROR (a URI or a sources file).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+tests=full
+worktree=0
+keep=0
+dir=""
+while (($#)); do
+  case "$1" in
+    --tests) tests=${2:?--tests needs full, release, none or a regex}; shift 2 ;;
+    --worktree) worktree=1; shift ;;
+    --keep) keep=1; shift ;;
+    --dir) dir=${2:?--dir needs a directory}; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "fresh_machine_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" -eq 0 ] || { echo "fresh_machine_check: needs root (mmdebstrap and chroot)" >&2; exit 2; }
+bash "$here/launch/install_packages.sh" mmdebstrap git
+
+if [ -z "$dir" ]; then dir=$(mktemp -d /var/tmp/mla-fresh.XXXXXX); fi
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+root=$dir/root
+logs=$dir/logs
+mkdir -p "$logs"
+if [ -e "$root" ]; then echo "fresh_machine_check: $root exists; give another --dir" >&2; exit 2; fi
+
+mirrors=()
+if [ -n "${MLA_FRESH_MIRROR:-}" ]; then
+  mirrors=("$MLA_FRESH_MIRROR")
+else
+  for source in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ -f "$source" ] && grep -qE 'debian-archive-keyring|deb\.debian\.org' "$source" && mirrors+=("$source")
+  done
+fi
+
+mounted=()
+cleanup() {
+  local index
+  for ((index = ${#mounted[@]} - 1; index >= 0; index--)); do umount -l "${mounted[index]}" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+elapsed() { local seconds=$(($(date +%s) - $1)); printf '%d min %02d s' $((seconds / 60)) $((seconds % 60)); }
+
+start=$(date +%s)
+echo "fresh_machine_check: making a minimal Debian 12 root in $root (log $logs/mmdebstrap.log)"
+if ! mmdebstrap --variant=apt bookworm "$root" "${mirrors[@]}" > "$logs/mmdebstrap.log" 2>&1; then
+  tail -20 "$logs/mmdebstrap.log"
+  echo "fresh_machine_check: mmdebstrap failed (log $logs/mmdebstrap.log)" >&2
+  exit 1
+fi
+echo "  root made in $(elapsed "$start")"
+
+git clone --quiet --no-local "$here" "$root/work/mla"
+if ((worktree)); then
+  (cd "$here" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -C "$root/work/mla" -xf -
+fi
+echo "  repository: $(git -C "$root/work/mla" log -1 --format='%h %s' | cut -c1-100)$( ((worktree)) && echo ' + uncommitted changes')"
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+for point in proc sys dev dev/pts; do
+  mkdir -p "$root/$point"
+  mount --bind "/$point" "$root/$point"
+  mounted+=("$root/$point")
+done
+
+status=0
+run_step() {
+  local name=$1 command=$2 step_start
+  step_start=$(date +%s)
+  echo "fresh_machine_check: $name: $command (log $logs/$name.log)"
+  if chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 CI="${3:-}" \
+      PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      /bin/bash -c "cd /work/mla && $command" > "$logs/$name.log" 2>&1; then
+    echo "  $name passed in $(elapsed "$step_start")"
+  else
+    status=1
+    tail -30 "$logs/$name.log"
+    echo "  $name FAILED after $(elapsed "$step_start") (log $logs/$name.log)"
+  fi
+}
+
+run_step main_job "bash launch/quickstart.sh"
+case "$tests" in
+  none) ;;
+  full) run_step tests "bash .ci/run" true ;;
+  release) run_step tests "MLA_TEST_SANITIZE=0 MLA_TEST_TSAN=0 MLA_TEST_FUZZ=0 bash launch/test.sh" ;;
+  *) run_step tests "MLA_TEST_SANITIZE=0 MLA_TEST_TSAN=0 MLA_TEST_FUZZ=0 MLA_TEST_REGEX=$(printf %q "$tests") bash launch/test.sh" ;;
+esac
+
+cleanup
+mounted=()
+echo "fresh_machine_check: $( ((status)) && echo FAILED || echo passed ) in $(elapsed "$start"); logs in $logs"
+if ((status == 0 && !keep)); then
+  rm -rf --one-file-system "$root"
+else
+  echo "  the root stays in $root"
+fi
+exit $status
