@@ -73,8 +73,16 @@ if ((worktree)); then
   (cd "$here" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -C "$root/work/mla" -xf -
 fi
 echo "  repository: $(git -C "$root/work/mla" log -1 --format='%h %s' | cut -c1-100)$( ((worktree)) && echo ' + uncommitted changes')"
+# What an installed Debian has and a bootstrapped root lacks: name resolution for this host (Open
+# MPI looks its own name up; without /etc/hosts each lookup waits for DNS), and a root that is a
+# mount point (ip netns exec remounts / as a slave).
 cp /etc/resolv.conf "$root/etc/resolv.conf"
-for point in proc sys dev dev/pts; do
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' "$(hostname)" > "$root/etc/hosts"
+hostname > "$root/etc/hostname"
+mount --bind "$root" "$root"
+mounted+=("$root")
+for point in proc sys dev dev/pts dev/shm; do
+  [ -d "/$point" ] || continue
   mkdir -p "$root/$point"
   mount --bind "/$point" "$root/$point"
   mounted+=("$root/$point")

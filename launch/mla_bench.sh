@@ -18,7 +18,7 @@ csv=$(sed -n 's/^csv: //p' <<<"$listing")
 
 flags=(--bind-to none)
 [ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
-append=()
+append=(--overwrite)  # the first world replaces the files; the others add their rows
 for world in $worlds; do
   world_flags=("${flags[@]}")
   [ "$world" -gt "$(nproc)" ] && world_flags+=(--oversubscribe)

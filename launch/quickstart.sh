@@ -5,5 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
-mkdir -p results
 bash launch/mpirun_local.sh "${MLA_WORLD:-2}" configs/example.yaml "$@"

@@ -27,6 +27,9 @@ int world_rank_or_unknown() {
 
 // MPI counts are int: a message past 2^31 elements goes in pieces.
 constexpr int64_t kMaxMpiCount = std::numeric_limits<int>::max() / 2;
+// An all-reduce goes in pieces of at most 2 GiB: some of Open MPI's transports count a message's
+// bytes as int (mla_allreduce_bench measures up to this size).
+constexpr int64_t kMaxMpiFloats = (int64_t{1} << 31) / sizeof(float);
 }  // namespace
 
 void throw_mpi_error(int code, const char* call, const char* file, int line) {
@@ -106,8 +109,8 @@ bool MpiSession::all_ok(bool ok, const std::string& message, std::string* failur
 void MpiCommunicator::allreduce_sum(float* values, int64_t count) {
   if (session_.world() == 1) return;
   const CollectiveScope scope(session_.watchdog(), "all-reduce");
-  for (int64_t begin = 0; begin < count; begin += kMaxMpiCount) {
-    const int piece = static_cast<int>(std::min(kMaxMpiCount, count - begin));
+  for (int64_t begin = 0; begin < count; begin += kMaxMpiFloats) {
+    const int piece = static_cast<int>(std::min(kMaxMpiFloats, count - begin));
     float* chunk = values + begin;
     if (session_.rank() == 0) {
       MPI_CHECK(MPI_Reduce(MPI_IN_PLACE, chunk, piece, MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD));
@@ -175,12 +178,14 @@ RankThreads configure_rank_threads(int requested, bool pin, const MpiSession& se
   return result;
 }
 
-int run_mpi_command(const char* program, int* argc, char*** argv, double startup_timeout_s,
+int run_mpi_command(const char* program, int* argc, char*** argv, const WatchdogSettings& settings,
                     const std::function<int(MpiSession&)>& body) {
   const bool leader = launcher_rank() == "0";
   // From here on no rank waits forever, MPI's start-up included.
-  Watchdog watchdog(startup_timeout_s, program, "rank " + launcher_rank() + " (" + this_host_name() + ")");
+  Watchdog watchdog(settings.timeout_s, program, "rank " + launcher_rank() + " (" + this_host_name() + ")",
+                    settings.limit_name);
   watchdog.progress("MPI start-up");
+  if (!settings.progress_file.empty()) watchdog.set_progress_file(settings.progress_file + ".rank" + launcher_rank());
   std::unique_ptr<MpiSession> session;
   try {
     session = std::make_unique<MpiSession>(argc, argv);
@@ -188,6 +193,7 @@ int run_mpi_command(const char* program, int* argc, char*** argv, double startup
     std::fprintf(stderr, "%s: error: %s\n", program, error.what());
     return 1;
   }
+  watchdog.end_startup();
   session->set_watchdog(&watchdog);
   try {
     return body(*session);

@@ -100,13 +100,23 @@ struct RankThreads {
 // OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY or KMP_AFFINITY already say where threads go.
 RankThreads configure_rank_threads(int requested, bool pin, const MpiSession& session);
 
+// A command's watchdog as it must be before MPI_Init (read ahead from its config or flags).
+struct WatchdogSettings {
+  double timeout_s = Watchdog::kDefaultTimeoutSeconds;
+  std::string limit_name = "parallel.timeout_s";  // the setting timeout_s comes from, for messages
+  // debug.progress_file: each rank R keeps "<progress_file>.rank<R>" (Watchdog::set_progress_file),
+  // from before MPI_Init on. Empty: none.
+  std::string progress_file;
+};
+
 // The frame of every MPI command (mla_run, mla_bench, mla_allreduce_bench): a watchdog started
-// before MPI_Init (startup_timeout_s; the body may change it through session.watchdog()), the
-// session, and the body's exceptions turned into one message and an exit code. RankFailure and
-// UserError reach every rank together (an all-reduce, Phases), so rank 0 speaks for all of them
-// and the job exits kRankFailureExitCode or kUserErrorExitCode; any other exception only this rank
-// knows of: it reports itself and calls MPI_Abort, so that no peer is left waiting.
-int run_mpi_command(const char* program, int* argc, char*** argv, double startup_timeout_s,
+// before MPI_Init (MPI's start-up is given at least Watchdog::kMinStartupSeconds; the body may
+// change it through session.watchdog()), the session, and the body's exceptions turned into one
+// message and an exit code. RankFailure and UserError reach every rank together (an all-reduce,
+// Phases), so rank 0 speaks for all of them and the job exits kRankFailureExitCode or
+// kUserErrorExitCode; any other exception only this rank knows of: it reports itself and calls
+// MPI_Abort, so that no peer is left waiting.
+int run_mpi_command(const char* program, int* argc, char*** argv, const WatchdogSettings& settings,
                     const std::function<int(MpiSession&)>& body);
 
 // Sums partial outputs with MPI. MPI_Allreduce may round differently on different ranks, so the

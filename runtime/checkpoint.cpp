@@ -4,10 +4,9 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "runtime/errors.h"
+#include "runtime/user_files.h"
 
 namespace mla {
 
@@ -24,11 +23,7 @@ const std::map<std::string, std::string>& hf_module_names() {
 }
 
 std::vector<std::string> hf_files_from_index(const fs::path& index_path) {
-  std::ifstream stream(index_path, std::ios::binary);
-  if (!stream) throw UserError(index_path.string() + ": cannot open the index file");
-  std::stringstream text;
-  text << stream.rdbuf();
-  return parse_hf_index(text.str(), index_path.string());
+  return parse_hf_index(read_text_file(index_path.string(), "index file", kMaxIndexFileBytes), index_path.string());
 }
 
 std::vector<std::string> safetensors_in(const fs::path& directory) {
@@ -67,36 +62,44 @@ std::vector<std::string> parse_hf_index(const std::string& text, const std::stri
   return files;
 }
 
-Checkpoint Checkpoint::open(const WeightsConfig& weights, int rank, int world) {
-  Checkpoint checkpoint;
-  checkpoint.format_ = weights.format;
-  checkpoint.layer_ = weights.layer;
+CheckpointFiles checkpoint_files(const WeightsConfig& weights, int rank, int world) {
+  CheckpointFiles result;
   const fs::path path(weights.path);
   std::error_code error;
-  std::vector<fs::path> paths;
   if (fs::is_regular_file(path, error)) {
-    paths.push_back(path);
+    result.paths.push_back(path);
   } else if (!fs::is_directory(path, error)) {
     throw UserError(weights.path + ": weights.path is neither a .safetensors file nor a directory");
   } else if (weights.format == WeightsFormat::DeepSeek) {
     const fs::path own = path / ("model" + std::to_string(rank) + "-mp" + std::to_string(world) + ".safetensors");
     const fs::path whole = path / "model0-mp1.safetensors";
     if (fs::is_regular_file(own, error)) {
-      paths.push_back(own);
-      checkpoint.presplit_ = world > 1;
+      result.paths.push_back(own);
+      result.presplit = world > 1;
     } else if (fs::is_regular_file(whole, error)) {
-      paths.push_back(whole);
+      result.paths.push_back(whole);
     } else {
       throw UserError(weights.path + ": no " + own.filename().string() + " and no model0-mp1.safetensors (DeepSeek's "
                       "converted files, split for the world size or unsplit)");
     }
   } else {
     const fs::path index = path / "model.safetensors.index.json";
-    const std::vector<std::string> names =
-        fs::is_regular_file(index, error) ? hf_files_from_index(index) : safetensors_in(path);
+    const bool indexed = fs::is_regular_file(index, error);
+    const std::vector<std::string> names = indexed ? hf_files_from_index(index) : safetensors_in(path);
     if (names.empty()) throw UserError(weights.path + ": no .safetensors files in this directory");
-    for (const std::string& name : names) paths.push_back(path / name);
+    if (indexed) result.index = index;
+    for (const std::string& name : names) result.paths.push_back(path / name);
   }
+  return result;
+}
+
+Checkpoint Checkpoint::open(const WeightsConfig& weights, int rank, int world) {
+  Checkpoint checkpoint;
+  checkpoint.format_ = weights.format;
+  checkpoint.layer_ = weights.layer;
+  const CheckpointFiles files = checkpoint_files(weights, rank, world);
+  checkpoint.presplit_ = files.presplit;
+  const std::vector<fs::path>& paths = files.paths;
   checkpoint.location_ = paths.size() == 1 ? paths.front().string() : weights.path;
   for (const fs::path& file_path : paths) {
     checkpoint.files_.push_back(std::make_unique<SafetensorsFile>(SafetensorsFile::open(file_path.string())));

@@ -5,6 +5,8 @@
 // kv_norm, wkv_b, wo.
 #pragma once
 
+#include <cstdint>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -19,11 +21,23 @@ namespace mla {
 // tensor -> file), in order of first appearance. `source` names the index in messages.
 std::vector<std::string> parse_hf_index(const std::string& text, const std::string& source);
 
+// The files of weights.path that a rank reads: its safetensors files and, for a Hugging Face
+// checkpoint with one, the index. A DeepSeek directory holding model{rank}-mp{world} files is
+// used as already split (presplit); one holding model0-mp1 (or a single file, or a Hugging Face
+// checkpoint) is unsplit and each rank reads its slices. Throws UserError naming the path.
+struct CheckpointFiles {
+  std::vector<std::filesystem::path> paths;
+  std::filesystem::path index;  // empty when there is none
+  bool presplit = false;
+};
+CheckpointFiles checkpoint_files(const WeightsConfig& weights, int rank, int world);
+
+// Hugging Face indexes of the largest models are about 10 MB.
+inline constexpr uint64_t kMaxIndexFileBytes = uint64_t{64} << 20;
+
 class Checkpoint {
  public:
-  // Resolves weights.path for this rank. A DeepSeek directory holding model{rank}-mp{world}
-  // files is used as already split; one holding model0-mp1 (or a single file, or a Hugging Face
-  // checkpoint) is unsplit and each rank reads its slices. Throws UserError naming the path.
+  // Opens the checkpoint_files() of this rank.
   static Checkpoint open(const WeightsConfig& weights, int rank, int world);
 
   bool presplit() const { return presplit_; }

@@ -2,13 +2,13 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include <fstream>
 #include <limits>
 #include <set>
 #include <sstream>
 
 #include "runtime/config_yaml.h"
 #include "runtime/errors.h"
+#include "runtime/user_files.h"
 
 namespace mla {
 
@@ -46,6 +46,7 @@ void parse_weights(MapReader reader, WeightsConfig& weights) {
   weights.layer = reader.get_int("layer", weights.layer, 0, 1 << 20);
   weights.dtype = static_cast<WeightDType>(reader.get_choice("dtype", 0, {"bf16", "fp8"}));
   weights.seed = static_cast<uint64_t>(reader.get_int("seed", 1, 0));
+  weights.fp8_dequant = static_cast<Fp8Dequant>(reader.get_choice("fp8_dequant", 0, {"bf16", "exact"}));
   if (weights.format != WeightsFormat::Random && weights.path.empty()) {
     reader.fail(reader.path("path"), reader.node("path"),
                 std::string("required for format ") + to_string(weights.format) +
@@ -125,6 +126,7 @@ void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
   run.pin_threads = reader.get_bool("pin_threads", run.pin_threads);
   run.score_chunk_bytes = reader.get_int("score_chunk_bytes", run.score_chunk_bytes, 4096);
   run.check_finite = reader.get_bool("check_finite", run.check_finite);
+  run.log = static_cast<StepLog>(reader.get_choice("log", 0, {"table", "steps"}));
   reader.finish();
 }
 
@@ -135,8 +137,16 @@ void parse_parallel(MapReader reader, ParallelConfig& parallel) {
   reader.finish();
 }
 
-// debug: {fail: {rank: R, step: N, mode: exit | hang | nan}}
-void parse_debug(MapReader reader, const Origin& origin, FaultPlan& fault) {
+// debug: {fail: {rank: R, step: N, mode: exit | hang | nan}, hold: {step: N}, progress_file: PATH}
+void parse_debug(MapReader reader, const Origin& origin, DebugConfig& debug) {
+  FaultPlan& fault = debug.fail;
+  if (reader.has("hold")) {
+    MapReader hold(reader.node("hold"), reader.path("hold"), origin);
+    if (!hold.has("step")) hold.fail(hold.path("step"), reader.node("hold"), "required: the step to hold at, from 0");
+    debug.hold_step = hold.get_int("step", 0, 0);
+    hold.finish();
+  }
+  debug.progress_file = reader.get_string("progress_file", "");
   if (reader.has("fail")) {
     MapReader fail(reader.node("fail"), reader.path("fail"), origin);
     if (!fail.has("mode")) fail.fail(fail.path("mode"), reader.node("fail"), "required: exit | hang | nan");
@@ -161,7 +171,7 @@ Config parse_root(const YAML::Node& root, const std::string& source_name, std::s
   if (!top.has("run")) top.fail("run", root, "required section (input, schedule, output, ...)");
   parse_run(MapReader(top.node("run"), "run", origin), origin, config.run);
   parse_parallel(MapReader(top.node("parallel"), "parallel", origin), config.parallel);
-  parse_debug(MapReader(top.node("debug"), "debug", origin), origin, config.fault);
+  parse_debug(MapReader(top.node("debug"), "debug", origin), origin, config.debug);
   top.finish();
   return config;
 }
@@ -229,7 +239,8 @@ std::vector<std::pair<std::string, std::string>> config_entries(const Config& c)
           {"model.beta_slow", text(m.beta_slow)}, {"model.mscale", text(m.mscale)},
           {"weights.format", to_string(c.weights.format)}, {"weights.path", c.weights.path},
           {"weights.layer", text(c.weights.layer)}, {"weights.dtype", to_string(c.weights.dtype)},
-          {"weights.seed", text(c.weights.seed)}, {"run.backend", to_string(r.backend)},
+          {"weights.seed", text(c.weights.seed)}, {"weights.fp8_dequant", to_string(c.weights.fp8_dequant)},
+          {"run.backend", to_string(r.backend)},
           {"run.compute_dtype", to_string(r.compute_dtype)}, {"run.attention", to_string(r.attention)},
           {"run.formulation", to_string(r.formulation)}, {"run.fast_path_max_len", text(r.fast_path_max_len)},
           {"run.input", r.input.random ? "random " + text(r.input.batch) + "x" + text(r.input.tokens) + " seed " +
@@ -240,10 +251,12 @@ std::vector<std::pair<std::string, std::string>> config_entries(const Config& c)
                                                             text(r.schedule.decode_steps)},
           {"run.output", r.output}, {"run.mask", r.mask}, {"run.score_chunk_bytes", text(r.score_chunk_bytes)},
           {"parallel.uneven_heads", text(c.parallel.uneven_heads)},
-          {"run.check_finite", text(c.run.check_finite)},
+          {"run.check_finite", text(c.run.check_finite)}, {"run.log", to_string(c.run.log)},
           {"parallel.check_identical_output", text(c.parallel.check_identical_output)},
           {"parallel.timeout_s", text(c.parallel.timeout_s)},
-          {"debug.fail", std::string(to_string(c.fault.mode)) + " rank " + text(c.fault.rank) + " step " + text(c.fault.step)}};
+          {"debug.fail", std::string(to_string(c.debug.fail.mode)) + " rank " + text(c.debug.fail.rank) + " step " +
+                             text(c.debug.fail.step)},
+          {"debug.hold", text(c.debug.hold_step)}, {"debug.progress_file", c.debug.progress_file}};
 }
 
 Config parse_config(const std::string& yaml_text, const std::string& source_name,
@@ -268,12 +281,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
 }
 
 std::string read_yaml_file(const std::string& path, const std::string& what) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw UserError(path + ": cannot open the " + what);
-  std::stringstream text;
-  text << file.rdbuf();
-  if (file.bad()) throw UserError(path + ": cannot read the " + what);
-  return text.str();
+  return read_text_file(path, what, kMaxConfigFileBytes);
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {

@@ -17,6 +17,8 @@ enum class Backend { Cpu, Cuda, Auto };
 enum class ComputeDType { FP32, BF16 };
 enum class AttentionChoice { Auto, Fast, Standard };
 enum class FormulationChoice { Auto, Naive, Absorb };
+enum class StepLog { Table, Steps };
+enum class Fp8Dequant { Bf16, Exact };
 
 const char* to_string(WeightsFormat value);
 const char* to_string(WeightDType value);
@@ -24,6 +26,8 @@ const char* to_string(Backend value);
 const char* to_string(ComputeDType value);
 const char* to_string(AttentionChoice value);
 const char* to_string(FormulationChoice value);
+const char* to_string(StepLog value);
+const char* to_string(Fp8Dequant value);
 
 struct WeightsConfig {
   WeightsFormat format = WeightsFormat::DeepSeek;
@@ -31,6 +35,10 @@ struct WeightsConfig {
   int64_t layer = 0;              // which layer's attention weights to load
   WeightDType dtype = WeightDType::BF16;  // random only
   uint64_t seed = 1;              // random only
+  // fp8 weights: each dequantized value (code * block scale) rounded to bf16, as DeepSeek's
+  // weight_dequant returns the model's bf16 (SPEC.md, Weights), or kept as the exact fp32 product.
+  // bf16 compute rounds either way.
+  Fp8Dequant fp8_dequant = Fp8Dequant::Bf16;
 };
 
 struct InputConfig {
@@ -68,6 +76,7 @@ struct RunConfig {
   bool pin_threads = true;  // one CPU per thread (parallel/thread_placement.h), unless OMP_PROC_BIND etc. are set
   int64_t score_chunk_bytes = int64_t{64} << 20;  // standard path: score buffers, all threads together
   bool check_finite = true;  // refuse non-finite inputs and weights; stop on a non-finite partial output
+  StepLog log = StepLog::Table;  // table: rank 0 prints one table at the end; steps: every rank, every step
 };
 
 struct ParallelConfig {
@@ -86,13 +95,25 @@ struct FaultPlan {
   int64_t step = 0;  // index into the schedule's steps, from 0
 };
 
+// The debug section: switches for testing how a job ends, never for production runs.
+struct DebugConfig {
+  FaultPlan fail;  // debug.fail: one rank exits, hangs or writes NaN at one step
+  // debug.hold: {step: N}: every rank stops at the start of step N and exchanges a small
+  // collective with its peers until the job is ended from outside (a test stops a rank there, and
+  // the peers' watchdogs must notice). -1: off.
+  int64_t hold_step = -1;
+  // debug.progress_file: each rank keeps "<path>.rank<R>" holding its pid and what it is doing,
+  // rewritten at every step and phase, so that a test can act once a rank has reached a state.
+  std::string progress_file;
+};
+
 struct Config {
   std::string source;  // the config file's path, for messages
   ModelArgs model;
   WeightsConfig weights;
   RunConfig run;
   ParallelConfig parallel;
-  FaultPlan fault;  // debug.fail
+  DebugConfig debug;
 };
 
 // Every key with its value, "section.key" -> text, in a fixed order: what ranks compare to agree

@@ -41,6 +41,8 @@ const char* to_string(FormulationChoice value) {
   }
   return "?";
 }
+const char* to_string(StepLog value) { return value == StepLog::Table ? "table" : "steps"; }
+const char* to_string(Fp8Dequant value) { return value == Fp8Dequant::Bf16 ? "bf16" : "exact"; }
 
 const char* to_string(FaultMode value) {
   switch (value) {

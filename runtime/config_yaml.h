@@ -28,15 +28,16 @@ struct Origin {
   std::set<std::string>* overridden_keys = nullptr;
 };
 
-// A key came from --set when it is an assigned path, lies under one (a key or a list item), or holds one.
-inline bool from_set(const std::set<std::string>& assigned, const std::string& key_path) {
+// The --set assignment a key came from: the assigned path itself, one it lies under (a key or a
+// list item), or one it holds. Empty when the key came from the file.
+inline std::string assigning_set(const std::set<std::string>& assigned, const std::string& key_path) {
   for (const std::string& path : assigned) {
     if (key_path == path || key_path.starts_with(path + ".") || key_path.starts_with(path + "[") ||
         path.starts_with(key_path + ".")) {
-      return true;
+      return path;
     }
   }
-  return false;
+  return "";
 }
 
 // Reads one YAML mapping strictly: every key must be read, once, with the right type.
@@ -137,13 +138,14 @@ class MapReader {
 
   std::string path(const std::string& key) const { return prefix_.empty() ? key : prefix_ + "." + key; }
 
+  // "configs/x.yaml:12: run.threads: <what>", "--set run.threads: <what>", or, for a key inside an
+  // assigned value, "--set run.input: run.input.random.batch: <what>".
   [[noreturn]] void fail(const std::string& key_path, const YAML::Node& at, const std::string& what) const {
-    std::string where = origin_.source;
-    if (origin_.overridden_keys != nullptr && from_set(*origin_.overridden_keys, key_path)) {
-      where = "--set " + key_path;
-    } else if (at && at.Mark().line >= 0) {
-      where += ":" + std::to_string(at.Mark().line + 1);
-    }
+    const std::string assignment =
+        origin_.overridden_keys != nullptr ? assigning_set(*origin_.overridden_keys, key_path) : "";
+    if (assignment == key_path) throw UserError("--set " + key_path + ": " + what);
+    std::string where = assignment.empty() ? origin_.source : "--set " + assignment;
+    if (assignment.empty() && at && at.Mark().line >= 0) where += ":" + std::to_string(at.Mark().line + 1);
     throw UserError(where + ": " + key_path + ": " + what);
   }
 
@@ -166,7 +168,8 @@ class MapReader {
 // `overridden` for messages. Throws UserError on a malformed assignment.
 void apply_override(YAML::Node& root, const std::string& assignment, std::set<std::string>& overridden);
 
-// The whole text of a YAML file; UserError "<path>: cannot open the <what>" when it cannot be read.
+// The whole text of a YAML file (a regular file of at most kMaxConfigFileBytes); UserError
+// "<path>: ... the <what> ..." when it cannot be read.
 std::string read_yaml_file(const std::string& path, const std::string& what);
 
 // The config of a parsed YAML document (overrides already applied; `overridden` names them).

@@ -6,11 +6,13 @@
 #include <cstdio>
 #include <fstream>
 #include <set>
+#include <stdexcept>
 #include <sstream>
 #include <thread>
 
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/gemm.h"
+#include "runtime/errors.h"
 #include "kernels/cpu/packed_linear.h"
 #include "parallel/communicator.h"
 
@@ -98,6 +100,14 @@ MachineEntries describe_machine(const std::string& source_dir) {
 #endif
   entries.emplace_back("git_commit", git_commit(source_dir));
   return entries;
+}
+
+void check_kernel_environment() {
+  try {
+    cpu_isa();
+  } catch (const std::invalid_argument& error) {
+    throw UserError(std::string("environment variable ") + error.what());
+  }
 }
 
 std::string machine_entry(const MachineEntries& entries, const std::string& key) {

@@ -15,6 +15,10 @@ using MachineEntries = std::vector<std::pair<std::string, std::string>>;
 // `source_dir`: the checkout whose commit is reported ("git" is asked; "unknown" when it cannot say).
 MachineEntries describe_machine(const std::string& source_dir);
 
+// Reads the environment variables that choose kernels (MLA_CPU_ISA, kernels/cpu/cpu_features.h)
+// before any work: a bad value is bad input, a UserError naming the variable.
+void check_kernel_environment();
+
 // The value of `key`, or "" when absent.
 std::string machine_entry(const MachineEntries& entries, const std::string& key);
 

@@ -10,6 +10,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/attention_fast_amx.h"
 #include "kernels/cpu/bf16.h"
+#include "kernels/cpu/finite_check.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/kv_cache_append.h"
 #include "kernels/cpu/rmsnorm.h"
@@ -38,7 +39,9 @@ PackedLinear pack(LayerWeights& weights, std::vector<float> LayerWeights::*membe
   if (weight.empty()) return {};
   const auto fp8 = weights.fp8.find(name);
   Fp8Blocks blocks;
-  if (fp8 != weights.fp8.end()) blocks = {fp8->second.codes.data(), fp8->second.scales.data(), fp8->second.scale_cols};
+  if (fp8 != weights.fp8.end()) {
+    blocks = {fp8->second.codes.data(), fp8->second.scales.data(), fp8->second.scale_cols, fp8->second.round_to_bf16};
+  }
   PackedLinear packed(weight.data(), out_features, in_features, precision, fp8 != weights.fp8.end() ? &blocks : nullptr);
   if (!keep_fp32) std::vector<float>().swap(weight);
   if (fp8 != weights.fp8.end()) weights.fp8.erase(fp8);
@@ -61,6 +64,39 @@ void MlaLayer::run_linear(const float* x, int64_t x_stride, const PackedLinear& 
   call.round_to_bf16 = round_bf16_;
   weight.forward(call);
   step_linear_ms_ += ms_since(started);
+  const std::string name = linear_name(weight);
+  trace({"the output of " + name, name, y, y_bits, rows, weight.out_features(), y_bits != nullptr ? weight.out_features() : y_stride});
+}
+
+std::string MlaLayer::linear_name(const PackedLinear& weight) const {
+  const std::pair<const PackedLinear*, const char*> names[] = {{&wq_, "wq"},     {&wq_a_, "wq_a"},   {&wq_b_, "wq_b"},
+                                                               {&wkv_a_, "wkv_a"}, {&wkv_b_, "wkv_b"}, {&wo_, "wo"}};
+  for (const auto& [member, name] : names) {
+    if (member == &weight) return name;
+  }
+  return "a linear layer";
+}
+
+std::string MlaLayer::explain_non_finite() const {
+  for (const TracedTensor& tensor : step_trace_) {
+    for (int64_t row = 0; row < tensor.rows; ++row) {
+      int64_t col = -1;
+      if (tensor.values != nullptr) {
+        col = first_non_finite(tensor.values + row * tensor.stride, tensor.width);
+      } else {
+        const uint16_t* bits = tensor.bits + row * tensor.stride;
+        for (int64_t c = 0; c < tensor.width && col < 0; ++c) col = (bits[c] & 0x7f80) == 0x7f80 ? c : -1;
+      }
+      if (col < 0) continue;
+      std::string text = "the first non-finite value of the step is in " + tensor.what + " (row " +
+                         std::to_string(row) + ", column " + std::to_string(col) + "), whose inputs were finite";
+      if (tensor.weight.empty()) return text;
+      const auto source = weights_.sources.find(tensor.weight);
+      return text + ": weight " + tensor.weight + (source == weights_.sources.end() ? "" : " (" + source->second + ")") +
+             " overflows fp32 (values, or products, too large)";
+    }
+  }
+  return "";
 }
 
 RopeFrequencyParams rope_params(const ModelArgs& m) {
@@ -136,6 +172,7 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
                              int64_t mask_stride, float* y_partial, const uint16_t* x_bf16) {
   const auto started = Clock::now();
   step_linear_ms_ = 0.0;
+  step_trace_.clear();
   if (batch < 1 || batch > model_.max_batch_size || seq < 1 || start_pos < 0 ||
       start_pos + seq > model_.max_seq_len) {
     throw std::invalid_argument("MlaLayer::forward: batch " + std::to_string(batch) + ", positions [" +
@@ -170,8 +207,10 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
   cached_batch_ = start_pos == 0 ? batch : cached_batch_;
 
   attend(report.plan, step, amx_attention, report);
-
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
+  trace({"the attention output o", "", amx_attention ? nullptr : o_.data(), amx_attention ? o_bits_.data() : nullptr,
+         tokens, o_width, o_width});
+
   if (amx_attention) {
     run_linear(nullptr, o_width, wo_, tokens, y_partial, model_.dim, o_bits_.data());
   } else {

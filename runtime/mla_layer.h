@@ -68,7 +68,23 @@ class MlaLayer {
   const HeadShard& shard() const { return shard_; }
   const ModelArgs& model() const { return model_; }
 
+  // After a step whose partial output is not finite: where its first non-finite value appeared,
+  // in the order the step computed (the output of wq, wkv_a, ..., the attention, wo), naming the
+  // weight that made it and where that weight came from. Empty when every traced tensor is finite.
+  std::string explain_non_finite() const;
+
  private:
+  // One tensor the step wrote, for explain_non_finite(): fp32 values or bf16 bits, [rows, width]
+  // with a row stride.
+  struct TracedTensor {
+    std::string what;  // "the output of wkv_a"
+    std::string weight;  // the weight that made it ("wkv_a"), or empty
+    const float* values = nullptr;
+    const uint16_t* bits = nullptr;
+    int64_t rows = 0, width = 0, stride = 0;
+  };
+  void trace(TracedTensor tensor) { step_trace_.push_back(std::move(tensor)); }
+
   // x: the step's input; x_bf16: in bf16 compute, the same as bf16 numbers (then x is not read).
   // q_as_bits: the step's attention runs on AMX tiles (bf16 only), which read q as bf16 numbers.
   void project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bits);
@@ -79,6 +95,7 @@ class MlaLayer {
   void absorb_outputs(int64_t tokens);
   void expand_keys_values(int64_t batch, int64_t kv_len, bool as_bits);
   void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
+  std::string linear_name(const PackedLinear& weight) const;  // "wkv_a"
   void run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y, int64_t y_stride,
                   const uint16_t* x_bf16 = nullptr, uint16_t* y_bits = nullptr);
 
@@ -95,6 +112,7 @@ class MlaLayer {
   int64_t cached_len_ = 0;
   int64_t cached_batch_ = 0;
   double step_linear_ms_ = 0.0;  // this step's time in run_linear so far
+  std::vector<TracedTensor> step_trace_;  // what this step wrote, in order
 
   // Per-step buffers, grown on demand and reused.
   AlignedVector<uint16_t> x_bf16_;  // [B*S, D] bf16 mode: the input rounded to bf16, once for wq(_a) and wkv_a

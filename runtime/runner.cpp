@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "kernels/cpu/finite_check.h"
+#include "runtime/checkpoint.h"
 #include "runtime/errors.h"
 #include "runtime/random_values.h"
 #include "runtime/safetensors.h"
@@ -116,6 +117,19 @@ std::vector<float> load_mask(const std::string& path, int64_t tokens) {
   return mask;
 }
 
+std::vector<NamedPath> files_read(const Config& config, int world, const std::string& config_name) {
+  std::vector<NamedPath> files = {{config_name, config.source}, {"run.input", config.run.input.path},
+                                  {"run.mask", config.run.mask}};
+  if (config.weights.format == WeightsFormat::Random) return files;
+  for (int rank = 0; rank < world; ++rank) {
+    const CheckpointFiles checkpoint = checkpoint_files(config.weights, rank, world);
+    if (!checkpoint.index.empty()) files.push_back({"weights.path", checkpoint.index.string()});
+    for (const auto& path : checkpoint.paths) files.push_back({"weights.path", path.string()});
+    if (!checkpoint.presplit) break;  // every rank reads the same files
+  }
+  return files;
+}
+
 namespace {
 
 // debug.fail: this rank fails on purpose at this step, before its all-reduce.
@@ -171,6 +185,7 @@ RunResult run_schedule(StepExecutor& executor, const InputTensor& x, const std::
     const int64_t seq = steps[step_index];
     const int64_t kv_len = start_pos + seq;
     if (options.watchdog != nullptr) options.watchdog->progress("step " + std::to_string(step_index));
+    if (static_cast<int64_t>(step_index) == options.hold_step && options.hold) options.hold();
     const int64_t count = x.batch * seq * x.dim;
     step_x.resize(static_cast<size_t>(count));
     step_y.resize(static_cast<size_t>(count));
@@ -184,8 +199,10 @@ RunResult run_schedule(StepExecutor& executor, const InputTensor& x, const std::
     float bad_value = 0.0f;
     const int64_t bad_index = options.check_finite ? executor.first_non_finite(bad_value) : -1;
     if (bad_index >= 0) {
-      std::fprintf(stderr, "mla_run: error: rank %d (%s): step %zu: partial output y is not finite at element %ld (%g)\n",
-                   comm.rank(), comm.host().c_str(), step_index, static_cast<long>(bad_index), bad_value);
+      const std::string where = executor.explain_non_finite();
+      std::fprintf(stderr, "mla_run: error: rank %d (%s): step %zu: partial output y is not finite at element %ld (%g)%s%s\n",
+                   comm.rank(), comm.host().c_str(), step_index, static_cast<long>(bad_index), bad_value,
+                   where.empty() ? "" : "; ", where.c_str());
     }
     const auto reduce_started = std::chrono::steady_clock::now();
     const float bad_ranks = executor.reduce(bad_index >= 0 ? 1.0f : 0.0f);

@@ -12,6 +12,7 @@
 #include "parallel/watchdog.h"
 #include "runtime/config.h"
 #include "runtime/mla_layer.h"
+#include "runtime/user_files.h"
 
 namespace mla {
 
@@ -47,6 +48,12 @@ std::vector<float> load_mask(const std::string& path, int64_t tokens);
 // column its step cannot see (the schedule decides which columns each row reaches).
 void validate_mask(const std::vector<float>& mask, int64_t tokens, const std::vector<int64_t>& steps);
 
+// Every file a run of `config` reads at this world size, named by its key, so that no output
+// can replace one of them (check_output_paths): the config itself (config.source, named
+// config_name), run.input, run.mask and every rank's checkpoint files. Throws UserError as
+// checkpoint_files() does.
+std::vector<NamedPath> files_read(const Config& config, int world, const std::string& config_name = "the config");
+
 struct RunResult {
   std::vector<float> y;  // [B, T, dim], every step's all-reduced output in order
   std::vector<StepReport> steps;
@@ -61,6 +68,10 @@ struct RunOptions {
   bool check_finite = true;
   FaultPlan fault;               // debug.fail
   Watchdog* watchdog = nullptr;  // told of each step's start
+  // debug.hold: at the start of step hold_step, hold() is called and never returns (it exchanges
+  // collectives with the peers until the job is ended from outside). -1: never.
+  int64_t hold_step = -1;
+  std::function<void()> hold;
 };
 
 // The runner's view of one rank's layer and its communicator. Where a step's partial output lives
@@ -78,6 +89,9 @@ class StepExecutor {
                              int64_t mask_stride, const uint16_t* x_bf16) = 0;
   // The index of the partial output's first non-finite element (its value in `value`), or -1.
   virtual int64_t first_non_finite(float& value) = 0;
+  // After a non-finite partial output: where in the step it began (MlaLayer::explain_non_finite),
+  // or empty where the executor cannot tell.
+  virtual std::string explain_non_finite() const { return ""; }
   virtual void poison_partial() = 0;  // debug.fail mode nan: a NaN in the partial output
   // Sums the partial outputs over ranks in place, and `flag` with them; returns the summed flag.
   virtual float reduce(float flag) = 0;
@@ -92,6 +106,7 @@ class CpuStepExecutor final : public StepExecutor {
   StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                      int64_t mask_stride, const uint16_t* x_bf16) override;
   int64_t first_non_finite(float& value) override;
+  std::string explain_non_finite() const override { return layer_.explain_non_finite(); }
   void poison_partial() override;
   float reduce(float flag) override;
   void copy_output(float* y) override;

@@ -433,7 +433,8 @@ int64_t TensorInfo::numel() const {
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile file;  // its destructor closes the fd if validation throws
   file.path_ = path;
-  file.fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO is refused below instead of waited on (regular files ignore the flag).
+  file.fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (file.fd_ < 0) fail_errno(path, "cannot open");
   struct stat status {};
   if (::fstat(file.fd_, &status) != 0) fail_errno(path, "cannot stat");
@@ -558,24 +559,44 @@ std::string build_header(const std::string& path, const std::vector<PlannedTenso
 
 }  // namespace
 
-void check_output_destination(const std::string& path) {
-  require_parent_directory(path);
-  std::error_code error;
-  if (std::filesystem::is_directory(path, error)) fail(path, "is a directory, not a file to write");
-  AtomicFile probe(path);  // created, then removed when it goes out of scope
+namespace {
+
+// The header and the data of an output, checked and laid out before any file is made.
+struct PreparedOutput {
+  std::vector<PlannedTensor> plan;
+  std::string header;
+};
+
+PreparedOutput prepare_output(const std::string& path, const std::vector<OutputTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  PreparedOutput prepared;
+  prepared.plan = plan_output(path, tensors);
+  prepared.header = build_header(path, prepared.plan, metadata);
+  return prepared;
+}
+
+void write_prepared(AtomicFile& file, const PreparedOutput& prepared) {
+  const uint64_t header_length = prepared.header.size();
+  file.write(&header_length, sizeof(header_length));
+  file.write(prepared.header.data(), prepared.header.size());
+  for (const PlannedTensor& planned : prepared.plan) {
+    file.write(planned.tensor->data, static_cast<uint64_t>(planned.bytes));
+  }
+}
+
+}  // namespace
+
+void write_safetensors_f32(AtomicFile& file, const std::vector<OutputTensor>& tensors,
+                           const std::map<std::string, std::string>& metadata) {
+  write_prepared(file, prepare_output(file.destination(), tensors, metadata));
 }
 
 void write_safetensors_f32(const std::string& path, const std::vector<OutputTensor>& tensors,
                            const std::map<std::string, std::string>& metadata) {
-  const std::vector<PlannedTensor> plan = plan_output(path, tensors);
-  const std::string header = build_header(path, plan, metadata);
-  require_parent_directory(path);
-  AtomicFile temp(path);
-  const uint64_t header_length = header.size();
-  temp.write(&header_length, sizeof(header_length));
-  temp.write(header.data(), header.size());
-  for (const PlannedTensor& planned : plan) temp.write(planned.tensor->data, static_cast<uint64_t>(planned.bytes));
-  temp.commit();
+  const PreparedOutput prepared = prepare_output(path, tensors, metadata);
+  AtomicFile file(path);
+  write_prepared(file, prepared);
+  file.commit();
 }
 
 }  // namespace mla

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/atomic_file.h"
+
 namespace mla {
 
 enum class DType { F64, F32, F16, BF16, F8_E4M3, I64, I32, I16, I8, U8, BOOL };
@@ -86,9 +88,9 @@ struct OutputTensor {
 // On any failure the temporary is removed, `path` is untouched, and a UserError names the file.
 void write_safetensors_f32(const std::string& path, const std::vector<OutputTensor>& tensors,
                            const std::map<std::string, std::string>& metadata = {});
-
-// Before a long run: throws the UserError write_safetensors_f32 would throw for an impossible
-// destination (no such directory, a directory in the way, no permission to create files there).
-void check_output_destination(const std::string& path);
+// The same into `file`, whose commit() is left to the caller (mla_run renames only once every
+// rank has agreed that the run succeeded).
+void write_safetensors_f32(AtomicFile& file, const std::vector<OutputTensor>& tensors,
+                           const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace mla

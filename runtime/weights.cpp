@@ -113,8 +113,14 @@ void finish_values(std::vector<float>& values, const std::string& where, Compute
   if (compute_dtype == ComputeDType::BF16) round_to_bf16_inplace(values.data(), static_cast<int64_t>(values.size()));
 }
 
+// SPEC.md, Weights: code * scale, rounded to bf16 in bf16 compute and, by default, in fp32 compute
+// too (weights.fp8_dequant: bf16, as DeepSeek's weight_dequant returns bf16).
+bool fp8_rounds_to_bf16(ComputeDType compute_dtype, Fp8Dequant fp8_dequant) {
+  return compute_dtype == ComputeDType::BF16 || fp8_dequant == Fp8Dequant::Bf16;
+}
+
 std::vector<float> dequantize(const std::vector<uint8_t>& codes, const std::vector<float>& scales, int64_t rows,
-                              int64_t cols, int64_t scale_cols, ComputeDType compute_dtype) {
+                              int64_t cols, int64_t scale_cols, bool round_to_bf16) {
   std::vector<float> values(codes.size());
   Fp8DequantParams params;
   params.weight = codes.data();
@@ -123,13 +129,13 @@ std::vector<float> dequantize(const std::vector<uint8_t>& codes, const std::vect
   params.rows = rows;
   params.cols = cols;
   params.scale_cols = scale_cols;
-  params.round_to_bf16 = compute_dtype == ComputeDType::BF16;
+  params.round_to_bf16 = round_to_bf16;
   fp8_dequant_blocks(params);
   return values;
 }
 
 std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const WeightSpec& spec, const HeadShard& shard,
-                                          ComputeDType compute_dtype, bool check_finite, std::string* storage_dtype,
+                                          ComputeDType compute_dtype, Fp8Dequant fp8_dequant, bool check_finite, std::string* storage_dtype,
                                           Fp8Weight* fp8_out) {
   std::string name;
   const SafetensorsFile* file = checkpoint.find_weight(spec.name, &name);
@@ -168,10 +174,13 @@ std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const We
   file->read_raw(name, slice, codes.data());
   const Slice2D scale_slice{slice.row_begin / kFp8BlockSize, blocks(rows), slice.col_begin / kFp8BlockSize, blocks(cols)};
   std::vector<float> scales = scale_file->read_f32(scale_name, scale_slice);
-  std::vector<float> values = dequantize(codes, scales, rows, cols, blocks(cols), compute_dtype);
+  const bool round_to_bf16 = fp8_rounds_to_bf16(compute_dtype, fp8_dequant);
+  std::vector<float> values = dequantize(codes, scales, rows, cols, blocks(cols), round_to_bf16);
   finish_values(values, where, compute_dtype, check_finite);
   *storage_dtype = "F8_E4M3 (128x128 block scales)";
-  if (compute_dtype == ComputeDType::FP32) *fp8_out = Fp8Weight{std::move(codes), std::move(scales), blocks(cols)};
+  if (compute_dtype == ComputeDType::FP32) {
+    *fp8_out = Fp8Weight{std::move(codes), std::move(scales), blocks(cols), round_to_bf16};
+  }
   return values;
 }
 
@@ -213,8 +222,11 @@ std::vector<float> random_weight(const WeightsConfig& config, const WeightSpec& 
   for (int64_t row = 0; row < rows; ++row) {
     for (int64_t col = 0; col < cols; ++col) codes[row * cols + col] = f32_to_fp8_e4m3(448.0f * random_uniform(key, global_index(row, col)));
   }
-  std::vector<float> dequantized = dequantize(codes, scales, rows, cols, local_scale_cols, compute_dtype);
-  if (compute_dtype == ComputeDType::FP32) *fp8_out = Fp8Weight{std::move(codes), std::move(scales), local_scale_cols};
+  const bool round_to_bf16 = fp8_rounds_to_bf16(compute_dtype, config.fp8_dequant);
+  std::vector<float> dequantized = dequantize(codes, scales, rows, cols, local_scale_cols, round_to_bf16);
+  if (compute_dtype == ComputeDType::FP32) {
+    *fp8_out = Fp8Weight{std::move(codes), std::move(scales), local_scale_cols, round_to_bf16};
+  }
   return dequantized;
 }
 
@@ -230,6 +242,7 @@ LoadedWeights load_layer_weights(const WeightsConfig& config, const ModelArgs& m
       Fp8Weight fp8;
       loaded.weights.*spec.member = random_weight(config, spec, compute_dtype, &fp8);
       if (!fp8.codes.empty()) loaded.weights.fp8[spec.name] = std::move(fp8);
+      loaded.weights.sources[spec.name] = "random weights, seed " + std::to_string(config.seed);
     }
     loaded.description = "random, seed " + std::to_string(config.seed);
     loaded.storage_dtype = config.dtype == WeightDType::FP8 ? "fp8 (128x128 block scales)" : "bf16";
@@ -240,9 +253,12 @@ LoadedWeights load_layer_weights(const WeightsConfig& config, const ModelArgs& m
     std::string storage_dtype;
     Fp8Weight fp8;
     loaded.weights.*spec.member =
-        read_checkpoint_weight(checkpoint, spec, shard, compute_dtype, check_finite, &storage_dtype, &fp8);
+        read_checkpoint_weight(checkpoint, spec, shard, compute_dtype, config.fp8_dequant, check_finite, &storage_dtype, &fp8);
     if (!fp8.codes.empty()) loaded.weights.fp8[spec.name] = std::move(fp8);
     if (!spec.is_norm) loaded.storage_dtype = storage_dtype;
+    std::string checkpoint_name;
+    const SafetensorsFile* file = checkpoint.find_weight(spec.name, &checkpoint_name);
+    loaded.weights.sources[spec.name] = file->path() + ": tensor '" + checkpoint_name + "'";
   }
   loaded.description = checkpoint.description();
   return loaded;

@@ -2,9 +2,10 @@
 // its own GEMMs (the CPU layer: kernels/cpu/packed_linear.h; the CUDA layer uploads them).
 //
 // bf16 and fp8 checkpoints are converted once, at load: fp8 codes times their 128x128 block
-// scale, exactly as DeepSeek's weight_dequant; in bf16 compute mode the result is rounded to bf16
-// as DeepSeek's bf16 path does. In fp32 compute the fp8 codes are kept too, for decode steps that
-// stream them.
+// scale, rounded to bf16 as DeepSeek's weight_dequant returns them (weights.fp8_dequant: bf16, the
+// default; `exact` keeps the fp32 product in fp32 compute); in bf16 compute every weight is
+// rounded to bf16 as DeepSeek's bf16 path does. In fp32 compute the fp8 codes are kept too, for
+// decode steps that stream them (and round in registers as the loader does).
 #pragma once
 
 #include <cstdint>
@@ -23,6 +24,7 @@ struct Fp8Weight {
   std::vector<uint8_t> codes;
   std::vector<float> scales;
   int64_t scale_cols = 0;
+  bool round_to_bf16 = false;  // the values derived from them are rounded to bf16 (weights.fp8_dequant)
 };
 
 struct LayerWeights {
@@ -37,6 +39,9 @@ struct LayerWeights {
   // fp32 compute on fp8 weights: the codes and scales of each linear weight, by name ("wq_a", ...),
   // so the CPU layer can stream 1 byte per weight in decode steps. Empty otherwise.
   std::map<std::string, Fp8Weight> fp8;
+  // Where each weight came from, by name ("wq_a" -> "ckpt/model0-mp1.safetensors: tensor
+  // 'layers.0.attn.wq_a.weight'"), for messages about it after loading.
+  std::map<std::string, std::string> sources;
 
   int64_t bytes() const;
 };

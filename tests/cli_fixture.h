@@ -90,7 +90,7 @@ class MlaRunCli : public testing::Test {
     for (const std::string& word : expected) EXPECT_NE(outcome.err.find(word), std::string::npos) << outcome.err;
     EXPECT_FALSE(std::filesystem::exists(output())) << "a failed run left " << output();
     for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
-      EXPECT_EQ(entry.path().string().find(".tmp"), std::string::npos) << "temporary left: " << entry.path();
+      EXPECT_EQ(entry.path().string().find(".mla-tmp."), std::string::npos) << "temporary left: " << entry.path();
     }
   }
 

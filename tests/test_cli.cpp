@@ -20,16 +20,31 @@
 namespace mla::test {
 namespace {
 
-TEST_F(MlaRunCli, WritesYAndLogsThePathOfEveryStep) {
+// By default rank 0 prints one table of the steps, why each choice was made, and a checksum of y.
+TEST_F(MlaRunCli, WritesYAndPrintsOneTableOfTheSteps) {
   const Outcome outcome = run(base_config());
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
-  for (const char* word : {"step 0: prefill", "step 1: decode", "step 2: decode", "fast path", "kv_len 8",
+  for (const char* line : {"    0  prefill        6        6  fast      naive", "    1  decode         1        7  fast      absorb",
+                           "    2  decode         1        8  fast      absorb", "why fast, naive (step 0, rank 0): kv_len 6",
+                           "why fast, absorb (step 1, rank 0): kv_len 7", "y checksum: sum ",
                            "output: y [2, 8, 48] f32 -> "}) {
-    EXPECT_NE(outcome.out.find(word), std::string::npos) << word << "\n" << outcome.out;
+    EXPECT_NE(outcome.out.find(line), std::string::npos) << line << "\n" << outcome.out;
   }
+  EXPECT_EQ(outcome.out.find("step 0: prefill"), std::string::npos) << "per-rank step lines without --verbose";
   const SafetensorsFile y = SafetensorsFile::open(output());
   EXPECT_EQ(y.info("y").shape, (std::vector<int64_t>{2, 8, 48}));
   EXPECT_EQ(y.info("y").dtype, DType::F32);
+}
+
+// run.log: steps (or --verbose): every rank's line for every step, with the reason.
+TEST_F(MlaRunCli, VerboseLogsEveryStepOfEveryRank) {
+  for (const std::string& how : {std::string(" --verbose"), std::string(" --set run.log=steps")}) {
+    const Outcome outcome = run_command(mla_run_command(write_config("config.yaml", base_config()), {}) + how);
+    ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+    for (const char* word : {"step 0: prefill", "step 1: decode", "step 2: decode", "fast path", "kv_len 8"}) {
+      EXPECT_NE(outcome.out.find(word), std::string::npos) << how << ": " << word << "\n" << outcome.out;
+    }
+  }
 }
 
 TEST_F(MlaRunCli, ReproducesDeepSeekThroughTheCommand) {
@@ -197,9 +212,22 @@ TEST_F(MlaRunCli, AMaskTheScheduleCannotHonourIsRefused) {
 }
 
 TEST_F(MlaRunCli, AnImpossibleOutputIsRefusedBeforeAnyStep) {
-  const Outcome outcome = run(base_config(), {"run.output=" + dir_.file("missing/y.safetensors")});
-  expect_user_error(outcome, {"missing/y.safetensors", "does not exist"});
-  EXPECT_EQ(outcome.out.find("step 0"), std::string::npos) << "refused only after the work:\n" << outcome.out;
+  std::ofstream(dir_.file("plain_file")) << "not a directory";
+  const Outcome outcome = run(base_config(), {"run.output=" + dir_.file("plain_file/y.safetensors")});
+  expect_user_error(outcome, {"run.output", "plain_file", "not a directory"});
+  EXPECT_EQ(outcome.out.find("prefill"), std::string::npos) << "refused only after the work:\n" << outcome.out;
+  EXPECT_EQ(read_text(dir_.file("plain_file")), "not a directory");
+}
+
+// The output's missing directories are made, and the log says so.
+TEST_F(MlaRunCli, TheOutputsDirectoryIsCreatedAndLogged) {
+  const std::string y_path = dir_.file("results/run1/y.safetensors");
+  const Outcome outcome = run(base_config(), {"run.output=" + y_path});
+  ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+  EXPECT_NE(outcome.out.find("created directory " + dir_.file("results") + " for run.output"), std::string::npos)
+      << outcome.out;
+  EXPECT_NE(outcome.out.find("created directory " + dir_.file("results/run1") + " for run.output"), std::string::npos);
+  EXPECT_EQ(SafetensorsFile::open(y_path).info("y").shape, (std::vector<int64_t>{2, 8, 48}));
 }
 
 TEST_F(MlaRunCli, KeysThatWouldBeIgnoredAreRefused) {

@@ -60,8 +60,9 @@ TEST_P(DebugFail, EndsTheJobNamingRankHostAndStep) {
   EXPECT_NE(outcome.err.find("rank " + std::to_string(c.rank) + " (" + host() + ")"), std::string::npos) << outcome.err;
   EXPECT_NE(outcome.err.find("step 1"), std::string::npos) << outcome.err;
   EXPECT_FALSE(std::filesystem::exists(output()));
-  // parallel.timeout_s is 2: a hang ends after it (plus the grace a waiting rank allows), the rest at once.
-  EXPECT_LT(seconds, c.mode == "hang" ? 15.0 : 10.0) << outcome.err;
+  // parallel.timeout_s is 2: a hang ends after it (plus the grace a waiting rank allows), the rest at
+  // once. The bound only catches a job that does not end; it leaves room for a loaded machine.
+  EXPECT_LT(seconds, 60.0) << outcome.err;
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, DebugFail,
@@ -73,34 +74,124 @@ INSTANTIATE_TEST_SUITE_P(Modes, DebugFail,
                            return "world" + std::to_string(c.ranks) + "_" + c.mode + "_rank" + std::to_string(c.rank);
                          });
 
-// A rank stopped (SIGSTOP) cannot report itself: the rank waiting for it does, after
-// parallel.timeout_s and the grace period (or the start-up limit, inside MPI_Init), and the job ends. Stopped at 0.5, 1.5 and 2.5 s:
-// during start-up or during the steps, whichever the run is in.
-TEST_F(Faults, AStoppedRankIsReportedByItsPeer) {
-  const std::vector<std::string> sets = {"run.output=" + output(), "parallel.timeout_s=2", "parallel.uneven_heads=true",
-                                         // thousands of decode steps over a growing cache: a run of many
-                                         // seconds, so every stop below lands inside it
-                                         "model.kv_lora_rank=512", "model.max_seq_len=6002",
-                                         "run.input={random: {batch: 2, tokens: 6002, seed: 4}}",
-                                         "run.schedule={prefill: 2, decode_steps: 6000}"};
-  for (const char* delay : {"0.5", "1.5", "2.5"}) {
-    // mpiexec's children are the ranks: stop the first of them.
-    const std::string script =
-        write_config("stop.sh", mpiexec(2) + mla_run_command(write_config("stop.yaml", base_config()), sets) +
-                                    " &\nlauncher=$!\nsleep " + delay +
-                                    "\nkill -STOP $(pgrep -P $launcher | head -1)\nwait $launcher\n");
-    const auto started = Clock::now();
-    const Outcome outcome = run_command("bash " + script);
-    const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
-    // Stopped inside MPI's start-up, each rank reports its own stall; later, the waiting peer
-    // reports "a peer stalled or died". Either way one of the ranks' watchdogs ends the job.
-    EXPECT_NE(outcome.err.find("stalled"), std::string::npos) << "stopped at " << delay << " s\n" << outcome.err;
-    EXPECT_NE(outcome.exit_code, 0);
-    EXPECT_FALSE(std::filesystem::exists(output()));
-    // A stop during MPI's start-up waits for the start-up limit (at least 10 s), later ones for
-    // parallel.timeout_s and the grace period.
-    EXPECT_LT(seconds, 40.0);
+// A command started in the background, in a process group of its own (so that it and what it
+// started can be killed together); its output goes to `out` and `err`.
+class Background {
+ public:
+  Background(const std::string& command, const std::string& out, const std::string& err) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      setpgid(0, 0);
+      execl("/bin/sh", "sh", "-c", (command + " > " + out + " 2> " + err).c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
   }
+  ~Background() {
+    if (pid_ > 0) {
+      kill(-pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  bool running() {
+    if (pid_ <= 0) return false;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == 0) return true;
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    pid_ = -1;
+    return false;
+  }
+  // The exit code, or -1 when it had not ended after `limit`.
+  int wait(std::chrono::seconds limit) {
+    const auto deadline = Clock::now() + limit;
+    while (running()) {
+      if (Clock::now() > deadline) return -1;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return exit_code_;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int exit_code_ = -1;
+};
+
+// The pid in a rank's debug.progress_file once its line contains `state`; -1 when the job ends
+// first or after `limit`.
+pid_t wait_for_state(Background& job, const std::string& progress_file, const std::string& state,
+                     std::chrono::seconds limit) {
+  const auto deadline = Clock::now() + limit;
+  while (Clock::now() < deadline && job.running()) {
+    const std::string line = read_text(progress_file);
+    if (line.find(state) != std::string::npos && line.starts_with("pid ")) return std::stoi(line.substr(4));
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return -1;
+}
+
+// A rank stopped (SIGSTOP) cannot report itself: the rank waiting for it does, and the job ends.
+// Rank 0 is stopped once it has reached the state under test, as its debug.progress_file says:
+// in MPI's start-up, and while every rank is held at step 1 (debug.hold), which the run never
+// leaves by itself, so the stop lands where it is meant to however slow the machine is.
+TEST_F(Faults, AStoppedRankIsReportedByItsPeer) {
+  struct Moment {
+    std::string state;  // in rank 0's progress file
+    int limit_s;        // how long the peer waits: its limit there and the grace period
+  };
+  for (const Moment& moment : {Moment{"MPI start-up", 10 + 2}, Moment{"held at step 1", 2 + 2}}) {
+    std::filesystem::remove(dir_.file("progress.rank0"));
+    const std::vector<std::string> sets = {"run.output=" + output(), "parallel.timeout_s=2", "parallel.uneven_heads=true",
+                                           "debug={hold: {step: 1}, progress_file: " + dir_.file("progress") + "}"};
+    Background job(mpiexec(2) + mla_run_command(write_config("stop.yaml", base_config()), sets), dir_.file("out.txt"),
+                   dir_.file("err.txt"));
+    const pid_t rank0 = wait_for_state(job, dir_.file("progress.rank0"), moment.state, std::chrono::seconds(120));
+    ASSERT_GT(rank0, 0) << "rank 0 never reached '" << moment.state << "':\n" << read_text(dir_.file("err.txt"));
+    ASSERT_EQ(kill(rank0, SIGSTOP), 0);
+    const auto stopped = Clock::now();
+    // Bounded: the peer's limit and grace, and mpirun's time to end the job; -1 means it did not end.
+    const int exit_code = job.wait(std::chrono::seconds(moment.limit_s + 60));
+    const double seconds = std::chrono::duration<double>(Clock::now() - stopped).count();
+    kill(rank0, SIGKILL);  // if mpirun left it stopped
+    const std::string err = read_text(dir_.file("err.txt"));
+    EXPECT_NE(exit_code, -1) << "the job did not end " << seconds << " s after rank 0 stopped at " << moment.state;
+    EXPECT_NE(exit_code, 0) << err;
+    // The waiting rank reports "... stalled" (its own start-up) or "... a peer stalled or died".
+    EXPECT_NE(err.find("rank 1"), std::string::npos) << moment.state << "\n" << err;
+    EXPECT_NE(err.find("stalled"), std::string::npos) << moment.state << "\n" << err;
+    // Not before the peer's limit: it waited for the stopped rank, as it should.
+    EXPECT_GE(seconds, moment.limit_s - 2.5) << moment.state << "\n" << err;
+    EXPECT_FALSE(std::filesystem::exists(output()));
+  }
+}
+
+// A run ended by its own watchdog while it writes y (parallel.timeout_s far below the write's
+// time) reports failure and leaves the old file and no temporary; a run that reports success has
+// written the complete new file. The rename is the commit.
+TEST_F(Faults, AWatchdogFiringWhileWritingLeavesTheOldOutput) {
+  const std::string old_contents = "old contents";
+  // y is 8 x 512 x 4096 floats, 64 MB: writing and fsyncing it outlasts the timeout.
+  const std::vector<std::string> sets = {"run.output=" + output(), "model.dim=4096", "model.max_batch_size=8",
+                                         "model.max_seq_len=512", "run.input={random: {batch: 8, tokens: 512, seed: 4}}",
+                                         "run.schedule={prefill: 512}"};
+  int failed = 0, succeeded = 0;
+  for (const char* timeout : {"0.05", "0.2", "0.5", "1", "2"}) {
+    std::ofstream(output()) << old_contents;
+    std::vector<std::string> with_timeout = sets;
+    with_timeout.push_back(std::string("parallel.timeout_s=") + timeout);
+    const Outcome outcome = run(base_config(), with_timeout);
+    if (outcome.exit_code == 0) {
+      ++succeeded;
+      EXPECT_EQ(SafetensorsFile::open(output()).info("y").shape, (std::vector<int64_t>{8, 512, 4096})) << timeout;
+    } else {
+      ++failed;
+      EXPECT_EQ(outcome.exit_code, 3) << timeout << ": " << outcome.err;
+      EXPECT_EQ(read_text(output()), old_contents) << timeout << ": a failed run replaced the output";
+    }
+    for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
+      EXPECT_EQ(entry.path().string().find(".mla-tmp."), std::string::npos) << "temporary left: " << entry.path();
+    }
+  }
+  EXPECT_GT(failed, 0) << "no run was ended by its watchdog: the test tested nothing";
+  std::printf("watchdog while writing: %d runs failed (old file kept), %d succeeded\n", failed, succeeded);
 }
 
 // SIGKILL at many moments of a run whose output is large enough to take a while to write: the

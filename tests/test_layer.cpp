@@ -320,7 +320,7 @@ TEST(StandardPath, QueryChunksAreCappedAndFitTheBudget) {
 
 // An explicit mask: equal to the causal rule it changes nothing; a padding mask matches the
 // reference and forces the standard path.
-TEST(ExplicitMask, CausalMaskEqualsDefaultAndPaddingMatchesReference) {
+TEST(ExplicitMask, CausalMaskEqualsDefaultAndPaddingAndBiasMatchTheReference) {
   const ModelArgs m = args(40, 2, 0, 24, 8, 4, 8, 64);
   const std::vector<int64_t> steps = {6, 3, 1, 1};
   const int64_t tokens = total(steps);
@@ -340,11 +340,70 @@ TEST(ExplicitMask, CausalMaskEqualsDefaultAndPaddingMatchesReference) {
   EXPECT_LE(relative_l2(with_causal.y, to_double(plain.y)), 2e-6);
   for (const StepReport& step : with_causal.steps) EXPECT_EQ(step.plan.path, AttentionPath::Standard);
 
-  const RunResult with_padding = layer_run(m, run, whole(m), loaded.weights, x, steps, padded);
-  for (ref::RefFormulation formulation : {ref::RefFormulation::Naive, ref::RefFormulation::Absorb}) {
-    const std::vector<double> want = reference_run(m, loaded.weights, m.n_heads, x, steps, formulation, padded);
-    EXPECT_LE(relative_l2(with_padding.y, want), 1e-5);
+  // A mask is additive: besides -inf, any finite value biases its score (an ALiBi-like slope here).
+  std::vector<float> biased = padded;
+  for (int64_t row = 0; row < tokens; ++row) {
+    for (int64_t t = 0; t <= row; ++t) {
+      if (std::isfinite(biased[row * tokens + t])) biased[row * tokens + t] = -0.25f * static_cast<float>(row - t);
+    }
   }
+  for (const std::vector<float>* mask : {&padded, &biased}) {
+    const RunResult masked = layer_run(m, run, whole(m), loaded.weights, x, steps, *mask);
+    for (ref::RefFormulation formulation : {ref::RefFormulation::Naive, ref::RefFormulation::Absorb}) {
+      const std::vector<double> want = reference_run(m, loaded.weights, m.n_heads, x, steps, formulation, *mask);
+      EXPECT_LE(relative_l2(masked.y, want), 1e-5) << (mask == &biased ? "biased" : "padded");
+    }
+  }
+  const RunResult padded_run = layer_run(m, run, whole(m), loaded.weights, x, steps, padded);
+  const RunResult biased_run = layer_run(m, run, whole(m), loaded.weights, x, steps, biased);
+  EXPECT_GT(relative_l2(biased_run.y, to_double(padded_run.y)), 1e-3) << "the bias changed nothing";
+}
+
+// fp8 weights as DeepSeek dequantizes them (SPEC.md, Weights): each code * scale rounded to bf16
+// by default, the exact product with weights.fp8_dequant: exact. The reference dequantizes the
+// same codes and scales itself, by the same rule, so the loader, the GEMM operands and the
+// streamed decode kernel (which rounds in registers) are all checked against it, on every path
+// and formulation, prefill and decode, in fp32 compute within SPEC.md's 1e-5.
+TEST(Fp8LayerVsReference, BothDequantRulesOnEveryPathAndFormulation) {
+  const ModelArgs m = args(200, 2, 136, 144, 16, 8, 24, 64);  // partial 128-blocks on every axis
+  const std::vector<int64_t> steps = {9, 1, 1, 1};
+  const InputTensor x = random_input(m, 2, total(steps), 21);
+  const int64_t heads = m.n_heads;
+  std::vector<float> y_of_rule[2];
+  for (const Fp8Dequant rule : {Fp8Dequant::Bf16, Fp8Dequant::Exact}) {
+    WeightsConfig weights = random_weights(WeightDType::FP8, 5);
+    weights.fp8_dequant = rule;
+    const LoadedWeights loaded = load_layer_weights(weights, m, whole(m), ComputeDType::FP32);
+    ref::RefWeights reference = reference_weights(loaded.weights);  // the norms; the fp8 weights below
+    const struct {
+      const char* name;
+      int64_t rows;
+      std::vector<double>* values;
+    } fp8_weights[] = {{"wq_a", m.q_lora_rank, &reference.wq_a},
+                       {"wq_b", heads * m.qk_head_dim(), &reference.wq_b},
+                       {"wkv_a", m.kv_lora_rank + m.qk_rope_head_dim, &reference.wkv_a},
+                       {"wkv_b", heads * (m.qk_nope_head_dim + m.v_head_dim), &reference.wkv_b},
+                       {"wo", m.dim, &reference.wo}};
+    for (const auto& weight : fp8_weights) {
+      const Fp8Weight& stored = loaded.weights.fp8.at(weight.name);
+      const int64_t cols = static_cast<int64_t>(stored.codes.size()) / weight.rows;
+      *weight.values = ref::fp8_dequant(stored.codes, weight.rows, cols, stored.scales, rule == Fp8Dequant::Bf16);
+    }
+    for (const AttentionChoice attention : {AttentionChoice::Fast, AttentionChoice::Standard}) {
+      for (const ref::RefFormulation formulation : {ref::RefFormulation::Naive, ref::RefFormulation::Absorb}) {
+        const FormulationChoice ours =
+            formulation == ref::RefFormulation::Naive ? FormulationChoice::Naive : FormulationChoice::Absorb;
+        const RunResult got =
+            layer_run(m, run_config(attention, ours, ComputeDType::FP32), whole(m), loaded.weights, x, steps);
+        const std::vector<double> want = reference_run(m, reference, heads, x, steps, formulation);
+        EXPECT_LE(relative_l2(got.y, want), 1e-5) << to_string(rule) << " " << to_string(attention) << " "
+                                                 << to_string(ours);
+        y_of_rule[rule == Fp8Dequant::Bf16 ? 0 : 1] = got.y;
+      }
+    }
+  }
+  // The rule matters: far more than the fp32 tolerance apart (DeepSeek's outputs follow bf16).
+  EXPECT_GT(relative_l2(y_of_rule[0], to_double(y_of_rule[1])), 1e-4);
 }
 
 // Tensor parallelism seam: the sum of every rank's partial output equals the whole layer's output,

@@ -179,15 +179,14 @@ TEST_F(SafetensorsTest, WriterOverwritesExistingFileAtomically) {
   EXPECT_EQ(directory_entries(), std::vector<std::string>{"out.safetensors"});
 }
 
-TEST_F(SafetensorsTest, WriterRefusesMissingDirectoryAndLeavesNothingBehind) {
+TEST_F(SafetensorsTest, WriterMakesMissingDirectoriesButNotUnderAFile) {
   const std::vector<float> values{1};
-  const std::string path = path_of("no_such_dir/out.safetensors");
-  expect_user_error(
-      [&] {
-        write_safetensors_f32(path, {{"x", {1}, values.data()}});
-      },
-      path, {"no_such_dir", "does not exist"});
-  EXPECT_TRUE(directory_entries().empty());
+  write_safetensors_f32(path_of("made/here/out.safetensors"), {{"x", {1}, values.data()}});
+  EXPECT_EQ(SafetensorsFile::open(path_of("made/here/out.safetensors")).read_f32("x"), values);
+  write_file("plain", "a file");
+  const std::string path = path_of("plain/out.safetensors");
+  expect_user_error([&] { write_safetensors_f32(path, {{"x", {1}, values.data()}}); }, path, {"not a directory"});
+  EXPECT_EQ(read_whole_file(path_of("plain")), "a file");
 }
 
 TEST_F(SafetensorsTest, WriterRefusesBadTensorsAndKeepsOldFile) {

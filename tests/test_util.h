@@ -86,10 +86,10 @@ inline WeightsConfig random_weights(WeightDType dtype, uint64_t seed) {
 inline HeadShard whole(const ModelArgs& m) { return shard_heads(m.n_heads, 1, 0, false); }
 
 // The reference's output for a schedule: every step's y concatenated into [B, T, D], like y.
-inline std::vector<double> reference_run(const ModelArgs& m, const LayerWeights& weights, int64_t local_heads,
+inline std::vector<double> reference_run(const ModelArgs& m, const ref::RefWeights& weights, int64_t local_heads,
                                          const InputTensor& x, const std::vector<int64_t>& steps,
                                          ref::RefFormulation formulation, const std::vector<float>& mask = {}) {
-  ref::RefMla reference(reference_config(m, local_heads), reference_weights(weights), x.batch, formulation);
+  ref::RefMla reference(reference_config(m, local_heads), weights, x.batch, formulation);
   std::vector<double> y(x.values.size());
   int64_t start_pos = 0;
   for (const int64_t seq : steps) {
@@ -107,6 +107,13 @@ inline std::vector<double> reference_run(const ModelArgs& m, const LayerWeights&
     start_pos += seq;
   }
   return y;
+}
+
+// The same with the reference holding our loaded weights' values.
+inline std::vector<double> reference_run(const ModelArgs& m, const LayerWeights& weights, int64_t local_heads,
+                                         const InputTensor& x, const std::vector<int64_t>& steps,
+                                         ref::RefFormulation formulation, const std::vector<float>& mask = {}) {
+  return reference_run(m, reference_weights(weights), local_heads, x, steps, formulation, mask);
 }
 
 // Runs our layer (one rank's shard) over a schedule; returns y and the step reports.

@@ -150,19 +150,27 @@ TEST(Checkpoint, PresplitFilesEqualSlicesOfTheUnsplitFile) {
   }
 }
 
-// An fp8 checkpoint with partial blocks on both axes dequantizes like the reference.
+// An fp8 checkpoint with partial blocks on both axes dequantizes like the reference, under both
+// weights.fp8_dequant rules: bf16 (the default, DeepSeek's) and exact.
 TEST(Checkpoint, Fp8WeightsWithBlockScales) {
   const ModelArgs m = small_model(1, 0);  // every weight smaller than one 128 block
   TempDir dir;
   std::vector<RawTensor> tensors;
-  std::vector<std::pair<std::string, std::vector<double>>> want;
+  struct Expected {
+    std::string name;
+    std::vector<uint8_t> codes;
+    int64_t rows, cols;
+    std::vector<float> scales;
+  };
+  std::vector<Expected> want;
   const auto add_fp8 = [&](const std::string& name, int64_t rows, int64_t cols, uint8_t salt) {
     std::vector<uint8_t> codes(rows * cols);
     for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<uint8_t>(((i * 37 + salt) % 0x7f) | ((i & 1) << 7));
+    // A scale whose products with the codes use more than bf16's 8 significant bits.
     const std::vector<float> scales(((rows + 127) / 128) * ((cols + 127) / 128), 0.01f + 0.001f * salt);
     tensors.push_back({"layers.0.attn." + name + ".weight", "F8_E4M3", {rows, cols}, raw_bytes(codes)});
     tensors.push_back({"layers.0.attn." + name + ".scale", "F32", {(rows + 127) / 128, (cols + 127) / 128}, raw_bytes(scales)});
-    want.emplace_back(name, ref::fp8_dequant(codes, rows, cols, scales));
+    want.push_back({name, codes, rows, cols, scales});
   };
   add_fp8("wq", m.n_heads * m.qk_head_dim(), m.dim, 1);
   add_fp8("wkv_a", m.kv_lora_rank + m.qk_rope_head_dim, m.dim, 2);
@@ -172,14 +180,31 @@ TEST(Checkpoint, Fp8WeightsWithBlockScales) {
   write_bytes(dir.file("model0-mp1.safetensors"), safetensors_bytes(tensors));
   WeightsConfig config;
   config.path = dir.path().string();
-  const LayerWeights w = load_layer_weights(config, m, whole(m), ComputeDType::FP32).weights;
-  const std::vector<const std::vector<float>*> got = {&w.wq, &w.wkv_a, &w.wkv_b, &w.wo};
-  // code * scale in fp32 is the double product (exact for two floats) rounded once to fp32.
-  for (size_t i = 0; i < want.size(); ++i) {
-    ASSERT_EQ(got[i]->size(), want[i].second.size());
-    for (size_t j = 0; j < want[i].second.size(); ++j)
-      ASSERT_EQ((*got[i])[j], static_cast<float>(want[i].second[j])) << want[i].first << " element " << j;
+  for (const Fp8Dequant rule : {Fp8Dequant::Bf16, Fp8Dequant::Exact}) {
+    config.fp8_dequant = rule;
+    const LayerWeights w = load_layer_weights(config, m, whole(m), ComputeDType::FP32).weights;
+    const std::vector<const std::vector<float>*> got = {&w.wq, &w.wkv_a, &w.wkv_b, &w.wo};
+    int64_t rounded_away = 0;  // values the bf16 rule changes: the two rules must differ
+    for (size_t i = 0; i < want.size(); ++i) {
+      const std::vector<double> exact = ref::fp8_dequant(want[i].codes, want[i].rows, want[i].cols, want[i].scales);
+      const std::vector<double> expected =
+          ref::fp8_dequant(want[i].codes, want[i].rows, want[i].cols, want[i].scales, rule == Fp8Dequant::Bf16);
+      ASSERT_EQ(got[i]->size(), expected.size());
+      for (size_t j = 0; j < expected.size(); ++j) {
+        // code * scale in fp32 is the double product (exact for two floats) rounded once to fp32.
+        ASSERT_EQ((*got[i])[j], static_cast<float>(expected[j])) << want[i].name << " element " << j << ", "
+                                                                << to_string(rule);
+        rounded_away += expected[j] != exact[j];
+      }
+    }
+    if (rule == Fp8Dequant::Bf16) {
+      EXPECT_GT(rounded_away, 100);
+    }
+    // The codes are kept for decode steps, marked with the rule they are dequantized by.
+    ASSERT_EQ(w.fp8.count("wkv_a"), 1u);
+    EXPECT_EQ(w.fp8.at("wkv_a").round_to_bf16, rule == Fp8Dequant::Bf16);
   }
+  config.fp8_dequant = Fp8Dequant::Bf16;
 
   // A scale of the wrong shape is refused with both tensors named.
   tensors[1].shape = {2, 1};

@@ -70,6 +70,7 @@ struct PackedLinear::Impl {
   AlignedVector<uint8_t> fp8_codes;
   std::vector<float> fp8_scales;
   int64_t scale_cols = 0;
+  bool fp8_round_to_bf16 = false;
   bool gemm_ready = false;        // the GEMM operand below exists (built on first need)
   mutable std::mutex mutex;       // guards building it and the primitive cache
   AlignedVector<float> weight_f32;  // the BLAS path's operand
@@ -228,6 +229,7 @@ PackedLinear::PackedLinear(const float* weight, int64_t out_features, int64_t in
       impl_->fp8_codes.assign(fp8->codes, fp8->codes + count);
       impl_->fp8_scales.assign(fp8->scales, fp8->scales + scale_count);
       impl_->scale_cols = fp8->scale_cols;
+      impl_->fp8_round_to_bf16 = fp8->round_to_bf16;
     } else if (std::all_of(weight, weight + count, [](float value) { return round_to_bf16(value) == value || std::isnan(value); })) {
       impl_->streamed = WeightCodes::BF16;
       impl_->bf16_bits.resize(static_cast<size_t>(count));
@@ -254,6 +256,7 @@ std::vector<float> PackedLinear::streamed_values() const {
     params.rows = out_features_;
     params.cols = in_features_;
     params.scale_cols = impl_->scale_cols;
+    params.round_to_bf16 = impl_->fp8_round_to_bf16;
     fp8_dequant_blocks(params);
   }
   return values;
@@ -353,6 +356,7 @@ void PackedLinear::forward_streamed(const PackedLinearCall& call) const {
                                                        : static_cast<const void*>(impl_->fp8_codes.data());
   params.block_scales = impl_->fp8_scales.data();
   params.scale_cols = impl_->scale_cols;
+  params.round_fp8_to_bf16 = impl_->fp8_round_to_bf16;
   params.y = call.y;
   params.y_stride = call.y_stride;
   params.out_features = out_features_;

@@ -39,6 +39,7 @@ struct Fp8Blocks {
   const uint8_t* codes = nullptr;
   const float* scales = nullptr;
   int64_t scale_cols = 0;
+  bool round_to_bf16 = false;  // each code * scale rounded to bf16 (weights.fp8_dequant: bf16)
 };
 
 class PackedLinear {
@@ -47,7 +48,8 @@ class PackedLinear {
   // weight: [out_features, in_features] row-major; in BF16 its values must be bf16 values (the
   // loader rounds them). In FP32, a weight stored in fewer bits keeps them for steps of up to
   // kSkinnyMaxRows rows (decode), streamed by skinny_linear: fp8 when `fp8` gives its codes and
-  // scales (weight then holds code * scale), bf16 when every value is a bf16 value; the GEMM
+  // scales (weight then holds code * scale, rounded to bf16 when fp8->round_to_bf16, as the
+  // streamed kernel rounds it too), bf16 when every value is a bf16 value; the GEMM
   // operand for longer steps is built from those bits on the first such step. Throws
   // std::runtime_error naming the library call that failed.
   PackedLinear(const float* weight, int64_t out_features, int64_t in_features, LinearPrecision precision,

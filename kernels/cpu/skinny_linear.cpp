@@ -27,6 +27,7 @@ void skinny_linear_portable(const SkinnyLinearParams& p) {
           default:
             weight = fp8_e4m3_to_f32(static_cast<const uint8_t*>(p.weight)[feature * in + col]) *
                      p.block_scales[(feature / kFp8BlockSize) * p.scale_cols + col / kFp8BlockSize];
+            if (p.round_fp8_to_bf16) weight = round_to_bf16(weight);
             break;
         }
         sum += weight * x[col];

@@ -2,8 +2,8 @@
 // precision (fp32, bf16, or fp8 e4m3 codes with 128x128 block scales) and converted to fp32 in
 // registers as it streams past: each weight byte is read once per step, which is what bounds a
 // decode step. fp32 accumulation; the result equals fp32 arithmetic on the dequantized weight up
-// to summation order (an fp8 weight is code * scale in fp32, exactly as fp8_dequant_blocks makes
-// it). Vectorised for AVX-512 and AVX2 (cpu_isa()), with a portable path; threads split the
+// to summation order (an fp8 weight is code * scale in fp32, rounded to bf16 when asked, exactly
+// as fp8_dequant_blocks makes it). Vectorised for AVX-512 and AVX2 (cpu_isa()), with a portable path; threads split the
 // output features. In bf16 compute (x_bf16) the products of bf16 x and bf16 weights run on AMX
 // tiles or AVX512_BF16 dot products, exact products with fp32 sums, as the GEMM of longer steps.
 #pragma once
@@ -30,6 +30,9 @@ struct SkinnyLinearParams {
   const void* weight = nullptr;  // [out_features, in_features] row-major: float, uint16_t (bf16 bits) or uint8_t
   const float* block_scales = nullptr;  // fp8: [ceil(out/128), scale_cols], one per 128x128 block
   int64_t scale_cols = 0;
+  // fp8: each code * scale rounded to bf16 (round to nearest even) in registers before its product,
+  // as weights.fp8_dequant: bf16 dequantizes (the codes stay 1 byte in memory).
+  bool round_fp8_to_bf16 = false;
   float* y = nullptr;  // [rows, out_features], row stride y_stride
   int64_t y_stride = 0;
   int64_t out_features = 0;

@@ -28,6 +28,16 @@ float fp8_rebiased(uint8_t code) {
   return value;
 }
 
+// Round to nearest even, as round_to_bf16; no NaN case: code * scale is finite here (the caller
+// streams only finite scales below 2^8, and the rebiased codes are finite numbers).
+float round_bf16_finite(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
 float bf16_value(uint16_t bits) {
   const uint32_t widened = static_cast<uint32_t>(bits) << 16;
   float value;
@@ -35,7 +45,7 @@ float bf16_value(uint16_t bits) {
   return value;
 }
 
-template <class Simd, WeightCodes kCodes, int kFeatures, int kRows>
+template <class Simd, WeightCodes kCodes, bool kRoundBf16, int kFeatures, int kRows>
 void skinny_block(const SkinnyLinearParams& p, int64_t feature_begin, int64_t row_begin) {
   using V = typename Simd::V;
   constexpr int64_t kWidth = Simd::kWidth;
@@ -67,6 +77,7 @@ void skinny_block(const SkinnyLinearParams& p, int64_t feature_begin, int64_t ro
           w[f] = Simd::load_bf16(static_cast<const uint16_t*>(p.weight) + offset);
         } else {
           w[f] = Simd::mul(Simd::load_fp8_rebiased(static_cast<const uint8_t*>(p.weight) + offset), scale[f]);
+          if constexpr (kRoundBf16) w[f] = Simd::round_bf16_finite(w[f]);
         }
       }
       for (int r = 0; r < kRows; ++r) {
@@ -88,6 +99,7 @@ void skinny_block(const SkinnyLinearParams& p, int64_t feature_begin, int64_t ro
         } else {
           weight = fp8_rebiased(static_cast<const uint8_t*>(p.weight)[feature * in + col]) *
                    (p.block_scales[(feature / kScaleBlock) * p.scale_cols + col / kScaleBlock] * kFp8Rebias);
+          if constexpr (kRoundBf16) weight = round_bf16_finite(weight);
         }
         sum += weight * x_rows[r][col];
       }
@@ -96,29 +108,31 @@ void skinny_block(const SkinnyLinearParams& p, int64_t feature_begin, int64_t ro
   }
 }
 
-template <class Simd, WeightCodes kCodes, int kFeatures>
+template <class Simd, WeightCodes kCodes, bool kRoundBf16, int kFeatures>
 void skinny_features(const SkinnyLinearParams& p, int64_t feature_begin) {
   int64_t row = 0;
-  for (; row + kRowBlock <= p.rows; row += kRowBlock) skinny_block<Simd, kCodes, kFeatures, kRowBlock>(p, feature_begin, row);
+  for (; row + kRowBlock <= p.rows; row += kRowBlock) {
+    skinny_block<Simd, kCodes, kRoundBf16, kFeatures, kRowBlock>(p, feature_begin, row);
+  }
   switch (p.rows - row) {
-    case 3: skinny_block<Simd, kCodes, kFeatures, 3>(p, feature_begin, row); break;
-    case 2: skinny_block<Simd, kCodes, kFeatures, 2>(p, feature_begin, row); break;
-    case 1: skinny_block<Simd, kCodes, kFeatures, 1>(p, feature_begin, row); break;
+    case 3: skinny_block<Simd, kCodes, kRoundBf16, kFeatures, 3>(p, feature_begin, row); break;
+    case 2: skinny_block<Simd, kCodes, kRoundBf16, kFeatures, 2>(p, feature_begin, row); break;
+    case 1: skinny_block<Simd, kCodes, kRoundBf16, kFeatures, 1>(p, feature_begin, row); break;
     default: break;
   }
 }
 
-template <class Simd, WeightCodes kCodes>
+template <class Simd, WeightCodes kCodes, bool kRoundBf16 = false>
 void skinny_run(const SkinnyLinearParams& p) {
   const int64_t groups = (p.out_features + kFeatureBlock - 1) / kFeatureBlock;
 #pragma omp parallel for schedule(static) if (p.out_features * p.in_features > 65536)
   for (int64_t group = 0; group < groups; ++group) {
     const int64_t feature_begin = group * kFeatureBlock;
     switch (p.out_features - feature_begin < kFeatureBlock ? p.out_features - feature_begin : kFeatureBlock) {
-      case 4: skinny_features<Simd, kCodes, 4>(p, feature_begin); break;
-      case 3: skinny_features<Simd, kCodes, 3>(p, feature_begin); break;
-      case 2: skinny_features<Simd, kCodes, 2>(p, feature_begin); break;
-      default: skinny_features<Simd, kCodes, 1>(p, feature_begin); break;
+      case 4: skinny_features<Simd, kCodes, kRoundBf16, 4>(p, feature_begin); break;
+      case 3: skinny_features<Simd, kCodes, kRoundBf16, 3>(p, feature_begin); break;
+      case 2: skinny_features<Simd, kCodes, kRoundBf16, 2>(p, feature_begin); break;
+      default: skinny_features<Simd, kCodes, kRoundBf16, 1>(p, feature_begin); break;
     }
   }
 }
@@ -128,6 +142,12 @@ void skinny_dispatch(const SkinnyLinearParams& p) {
   switch (p.codes) {
     case WeightCodes::F32: skinny_run<Simd, WeightCodes::F32>(p); break;
     case WeightCodes::BF16: skinny_run<Simd, WeightCodes::BF16>(p); break;
-    case WeightCodes::FP8_E4M3: skinny_run<Simd, WeightCodes::FP8_E4M3>(p); break;
+    case WeightCodes::FP8_E4M3:
+      if (p.round_fp8_to_bf16) {
+        skinny_run<Simd, WeightCodes::FP8_E4M3, true>(p);
+      } else {
+        skinny_run<Simd, WeightCodes::FP8_E4M3, false>(p);
+      }
+      break;
   }
 }

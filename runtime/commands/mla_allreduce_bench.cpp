@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -34,6 +35,7 @@
 #include "runtime/errors.h"
 #include "runtime/machine_info.h"
 #include "runtime/rank_agreement.h"
+#include "runtime/user_files.h"
 
 #if MLA_HAVE_CUDA
 #include "kernels/cuda/cuda_check.h"
@@ -351,7 +353,12 @@ Measurement measure(Transport& transport, const MpiSession& session, const Optio
 
 // ---- reporting ---------------------------------------------------------------------------------
 
-double algbw_gbps(const Measurement& m) { return static_cast<double>(m.count) * sizeof(float) / m.median_us / 1e3; }
+// NaN for an in-place all-reduce at world 1, which moves no data: its time is that of a call that
+// returns at once, and a rate computed from it would be meaningless (N/A in the table, empty in the CSV).
+double algbw_gbps(const Measurement& m, int world) {
+  if (world == 1 && m.in_place) return std::numeric_limits<double>::quiet_NaN();
+  return static_cast<double>(m.count) * sizeof(float) / m.median_us / 1e3;
+}
 
 // Bus bandwidth, as nccl-tests defines it for all-reduce: a ring (or any bandwidth-optimal)
 // all-reduce makes each rank send and receive 2(W-1)/W of the buffer, (W-1)/W in its
@@ -359,13 +366,24 @@ double algbw_gbps(const Measurement& m) { return static_cast<double>(m.count) * 
 // rate at which each rank's link carries data, comparable with the link's peak whatever W is. It
 // is a normalization, not a measurement of traffic: our reduce-then-broadcast scheme moves
 // different volumes, and the same factor on every row keeps the rows comparable.
-double busbw_gbps(const Measurement& m, int world) { return algbw_gbps(m) * 2.0 * (world - 1) / world; }
+double busbw_gbps(const Measurement& m, int world) { return algbw_gbps(m, world) * 2.0 * (world - 1) / world; }
+
+std::string rate_text(double gbps, const char* format) {
+  if (std::isnan(gbps)) return "";
+  char text[32];
+  std::snprintf(text, sizeof(text), format, gbps);
+  return text;
+}
 
 std::string table_cells(const Measurement& m, int world) {
   char text[96];
   const std::string wrong = m.checked ? std::to_string(m.wrong) : "N/A";
-  std::snprintf(text, sizeof(text), " %10.2f %8.3f %8.3f %7s", m.median_us, algbw_gbps(m), busbw_gbps(m, world),
-                wrong.c_str());
+  const auto cell = [](double gbps) {
+    const std::string rate = rate_text(gbps, "%.3f");
+    return rate.empty() ? std::string("N/A") : rate;
+  };
+  std::snprintf(text, sizeof(text), " %10.2f %8s %8s %7s", m.median_us, cell(algbw_gbps(m, world)).c_str(),
+                cell(busbw_gbps(m, world)).c_str(), wrong.c_str());
   return text;
 }
 
@@ -454,9 +472,10 @@ std::string csv_text(const std::vector<Measurement>& rows, const Options& option
   for (const Measurement& m : rows) {
     char line[512];
     const std::string error = m.checked ? std::to_string(m.max_abs_error) : "nan";
-    std::snprintf(line, sizeof(line), "%s,%d,%ld,%ld,%s,%d,%d,%.3f,%.6f,%.6f,%s,%d,%.3f,%.3f,%ld,%d,%s,%d,%s\n",
+    std::snprintf(line, sizeof(line), "%s,%d,%ld,%ld,%s,%d,%d,%.3f,%s,%s,%s,%d,%.3f,%.3f,%ld,%d,%s,%d,%s\n",
                   m.transport.c_str(), world, static_cast<long>(m.count * 4), static_cast<long>(m.count),
-                  options.dtype.c_str(), m.in_place ? 1 : 0, m.reps, m.median_us, algbw_gbps(m), busbw_gbps(m, world),
+                  options.dtype.c_str(), m.in_place ? 1 : 0, m.reps, m.median_us,
+                  rate_text(algbw_gbps(m, world), "%.6f").c_str(), rate_text(busbw_gbps(m, world), "%.6f").c_str(),
                   error.c_str(), m.wrong == 0 ? 1 : 0, m.min_us, m.max_us, static_cast<long>(m.wrong),
                   m.checked ? 1 : 0, machine.host.c_str(), machine.nodes, machine.ranks_per_node.c_str());
     text += line;
@@ -509,7 +528,10 @@ int run(const MpiSession& session, const Options& options) {
   watchdog.set_timeout(options.timeout_s);
   Phases phases(session);
   phases.run([&] {
-    if (leader && !options.csv.empty()) require_parent_directory(options.csv);
+    if (!leader) return;
+    for (const std::string& line : check_output_paths({{"--csv", options.csv}}, {})) {
+      std::printf("# %s\n", line.c_str());
+    }
   });
   HostBuffers buffers;
   watchdog.progress("allocating the buffers");
@@ -554,7 +576,9 @@ int run(const MpiSession& session, const Options& options) {
 
 namespace {
 
-constexpr int64_t kMaxBytes = int64_t{1} << 32;  // 2^30 floats: MPI's int counts hold it whole
+// 2^29 floats: one MPI message of at most 2 GiB, the largest measured correct here (Open MPI's
+// shared-memory and TCP paths count some sizes in bytes as int).
+constexpr int64_t kMaxBytes = int64_t{1} << 31;
 
 void add_options(CLI::App& app, mla::Options& options) {
   app.add_option("--transport", options.transport, "mpi (ours and MPI_Allreduce) or nccl (CUDA builds)")
@@ -596,6 +620,9 @@ std::string flag_error(const mla::Options& options) {
 int main(int argc, char** argv) {
   const bool leader = mla::launcher_rank() == "0";
   CLI::App app{"All-reduce (sum) bandwidth and correctness over message sizes, nccl-tests style."};
+  app.option_defaults()->always_capture_default();
+  app.footer("Exit codes: 0 done, every element right; 1 wrong elements or an internal error; 2 bad input (an\n"
+             "option, the CSV path); 3 a rank stalled (--timeout-s); 77 --transport nccl where a rank sees no CUDA device.");
   mla::Options options;
   add_options(app, options);
   try {
@@ -611,9 +638,9 @@ int main(int argc, char** argv) {
     if (leader) std::fprintf(stderr, "mla_allreduce_bench: error: %s\n", error.c_str());
     return mla::kUserErrorExitCode;
   }
-  // A loaded machine can take seconds in MPI_Init: at least 10 s for it.
-  const double startup_timeout_s = options.timeout_s <= 0 ? 0 : std::max(options.timeout_s, 10.0);
-  return mla::run_mpi_command("mla_allreduce_bench", &argc, &argv, startup_timeout_s, [&](mla::MpiSession& session) {
+  return mla::run_mpi_command("mla_allreduce_bench", &argc, &argv, {options.timeout_s, "--timeout-s", ""},
+                              [&](mla::MpiSession& session) {
+    session.watchdog()->set_before_exit(mla::remove_unfinished_temporaries);
     try {
       return mla::run(session, options);
     } catch (const mla::Skipped& skipped) {

@@ -23,6 +23,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -47,6 +48,7 @@
 #include "runtime/runner.h"
 #include "runtime/safetensors.h"
 #include "runtime/sweep.h"
+#include "runtime/user_files.h"
 #include "runtime/weights.h"
 
 #if MLA_HAVE_CUDA
@@ -208,12 +210,19 @@ class TableFile {
   std::vector<std::string> rows_;
 };
 
-// The outputs' directories are created; the files must be writable before anything runs.
-void prepare_output(const std::string& path) {
-  const std::filesystem::path directory = std::filesystem::path(path).parent_path();
-  std::error_code error;
-  if (!directory.empty()) std::filesystem::create_directories(directory, error);
-  check_output_destination(path);
+// The worlds of the rows that a CSV of ours at `path` holds (column "world", the second); empty
+// when there is no such file.
+std::set<std::string> worlds_in_csv(const std::string& path, const std::string& header) {
+  std::set<std::string> worlds;
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line) || line != header) return worlds;
+  while (std::getline(in, line)) {
+    const size_t first = line.find(',');
+    const size_t second = first == std::string::npos ? first : line.find(',', first + 1);
+    if (second != std::string::npos) worlds.insert(line.substr(first + 1, second - first - 1));
+  }
+  return worlds;
 }
 
 // One point's measurements on this rank (rank 0's are reported).
@@ -253,10 +262,17 @@ class WeightsCache {
   int generation_ = 0;
 };
 
+// What to do with the rows already in bench.csv and bench.jsonl.
+enum class ExistingRows {
+  Refuse,     // replace them when they are all of this run's world, else refuse (the default)
+  Append,     // --append: keep them, add this run's
+  Overwrite,  // --overwrite: replace the files whatever they hold
+};
+
 class Bench {
  public:
-  Bench(const MpiSession& session, Sweep sweep, bool append)
-      : session_(session), sweep_(std::move(sweep)), append_(append), phases_(session) {}
+  Bench(const MpiSession& session, Sweep sweep, ExistingRows existing)
+      : session_(session), sweep_(std::move(sweep)), existing_(existing), phases_(session) {}
   ~Bench();
   Bench(const Bench&) = delete;
   Bench& operator=(const Bench&) = delete;
@@ -274,7 +290,7 @@ class Bench {
 
   const MpiSession& session_;
   Sweep sweep_;
-  bool append_;
+  ExistingRows existing_;
   Phases phases_;
   WeightsCache weights_;
   std::unique_ptr<TorchBaseline> baseline_;
@@ -598,12 +614,25 @@ int Bench::run() {
   TableFile csv(bench.csv, header);
   TableFile jsonl(bench.jsonl, "");
   phases_.run([&] {
+    check_kernel_environment();
     if (!leader) return;
-    prepare_output(bench.csv);
-    prepare_output(bench.jsonl);
-    if (append_) {
+    for (const std::string& line : check_output_paths({{"bench.csv", bench.csv}, {"bench.jsonl", bench.jsonl}},
+                                                      files_read(sweep_.base, session_.world(), "the sweep file"))) {
+      std::printf("mla_bench: %s\n", line.c_str());
+    }
+    if (existing_ == ExistingRows::Append) {
       csv.load_existing();
       jsonl.load_existing();
+    } else if (existing_ == ExistingRows::Refuse) {
+      std::set<std::string> others = worlds_in_csv(bench.csv, header);
+      others.erase(std::to_string(session_.world()));
+      if (!others.empty()) {
+        std::string list;
+        for (const std::string& world : others) list += (list.empty() ? "" : ", ") + world;
+        throw UserError("bench.csv: " + bench.csv + " holds rows of world " + list + ", which this run (world " +
+                        std::to_string(session_.world()) + ") would replace: give --append to add to them, or "
+                        "--overwrite to replace the file");
+      }
     }
     machine_ = describe_machine(MLA_SOURCE_DIR);
     machine_.emplace_back("copy_gbps", number(measure_copy_gbps(omp_get_max_threads())));
@@ -763,14 +792,23 @@ int Bench::run() {
 int main(int argc, char** argv) {
   const bool leader = mla::launcher_rank() == "0";
   CLI::App app{"Runs a benchmark sweep (YAML) of the MLA layer; writes one CSV and one JSONL row per point."};
+  app.option_defaults()->always_capture_default();
+  app.footer("Exit codes: 0 done; 2 bad input (the sweep file, a key, an output file); 3 a rank failed during the\n"
+             "run (died, stalled past parallel.timeout_s); 1 an internal error.");
   std::string sweep_path;
   std::vector<std::string> overrides;
   bool append = false;
+  bool overwrite = false;
   bool list = false;
   app.add_option("sweep", sweep_path, "sweep file: model/weights/run/parallel sections, sweep: lists, bench: budget")
       ->required();
   app.add_option("--set", overrides, "override a key of the sweep file: section.key=value (YAML value); repeatable");
-  app.add_flag("--append", append, "keep the rows already in bench.csv / bench.jsonl (same header) and add these");
+  CLI::Option* append_flag =
+      app.add_flag("--append", append, "keep the rows already in bench.csv / bench.jsonl (same header) and add these");
+  app.add_flag("--overwrite", overwrite,
+               "replace bench.csv / bench.jsonl even when they hold rows of other worlds (without either flag, a "
+               "CSV holding rows of another world is refused)")
+      ->excludes(append_flag);
   app.add_flag("--list", list, "print the sweep's world sizes and output files, and exit (for launch/mla_bench.sh)");
   try {
     app.parse(argc, argv);
@@ -798,8 +836,11 @@ int main(int argc, char** argv) {
                 sweep.bench.jsonl.c_str());
     return 0;
   }
-  return mla::run_mpi_command("mla_bench", &argc, &argv, sweep.base.parallel.timeout_s, [&](mla::MpiSession& session) {
-    mla::Bench bench(session, std::move(sweep), append);
+  return mla::run_mpi_command("mla_bench", &argc, &argv, {sweep.base.parallel.timeout_s, "parallel.timeout_s", ""},
+                              [&](mla::MpiSession& session) {
+    session.watchdog()->set_before_exit(mla::remove_unfinished_temporaries);
+    mla::Bench bench(session, std::move(sweep),
+                     append ? mla::ExistingRows::Append : overwrite ? mla::ExistingRows::Overwrite : mla::ExistingRows::Refuse);
     return bench.run();
   });
 }

@@ -1,4 +1,4 @@
-// mla_cuda_bench [--csv FILE] [--reps N] [--warmup N] [--batch B] [--phase P] [--seq S] [--attention A]
+// mla_cuda_bench [--csv FILE] [--reps N] [--warmup N] [--batch B] [--phase P] [--seq S] [--attention A] [--help]
 //
 // The seed's table on a GPU: a DeepSeek-V3-sized layer slice (dim 7168, q_lora_rank 1536,
 // kv_lora_rank 512, 16 local heads as at TP 8), bf16 compute, batch 32, kv length 64, 128, 256,
@@ -14,13 +14,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
+#include "runtime/atomic_file.h"
+#include "runtime/errors.h"
 #include "runtime/mla_layer_cuda.h"
 #include "runtime/random_values.h"
+#include "runtime/user_files.h"
 #include "runtime/weights.h"
 
 namespace mla {
@@ -36,33 +38,78 @@ struct Options {
   int64_t seq_len = 0;
 };
 
-Options parse(int argc, char** argv) {
-  Options options;
+constexpr int kExitDone = 0, kExitBadInput = 2, kExitNoDevice = 77;
+
+void print_help() {
+  const Options defaults;
+  std::printf(
+      "mla_cuda_bench: the seed's table on a GPU (DeepSeek-V3 slice, 16 local heads, bf16 compute).\n"
+      "usage: mla_cuda_bench [options]\n"
+      "  --csv FILE        also write one row per point here (atomically, at the end); default: none\n"
+      "  --reps N          timed steps per point; default %d\n"
+      "  --warmup N        untimed steps before them; default %d\n"
+      "  --batch B         sequences per step; default %ld\n"
+      "  --phase P         prefill or decode only; default: both\n"
+      "  --seq S           one kv length only (64, 128, 256 or 512); default: all four\n"
+      "  --attention A     standard, fast or auto only; default: all three\n"
+      "  --help            this text\n"
+      "exit codes: %d done; %d bad input (an option, the CSV path); %d no CUDA device (nothing measured);\n"
+      "1 an internal or CUDA error\n",
+      defaults.reps, defaults.warmup, static_cast<long>(defaults.batch), kExitDone, kExitBadInput, kExitNoDevice);
+}
+
+// A whole decimal integer in [min_value, max_value], or a UserError naming the option.
+int64_t parse_integer(const std::string& option, const std::string& text, int64_t min_value, int64_t max_value) {
+  size_t used = 0;
+  int64_t value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || text.empty() || value < min_value || value > max_value) {
+    throw UserError(option + ": expected an integer in [" + std::to_string(min_value) + ", " + std::to_string(max_value) +
+                    "], got '" + text + "'");
+  }
+  return value;
+}
+
+std::string parse_choice(const std::string& option, const std::string& text, const std::vector<std::string>& names) {
+  if (std::find(names.begin(), names.end(), text) != names.end()) return text;
+  std::string allowed;
+  for (const std::string& name : names) allowed += (allowed.empty() ? "" : " | ") + name;
+  throw UserError(option + ": expected " + allowed + ", got '" + text + "'");
+}
+
+// Returns false when --help was asked (and printed).
+bool parse(int argc, char** argv, Options& options) {
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    const bool has_value = i + 1 < argc;
-    if (arg == "--csv" && has_value) {
-      options.csv = argv[++i];
-    } else if (arg == "--reps" && has_value) {
-      options.reps = std::max(1, std::atoi(argv[++i]));
-    } else if (arg == "--warmup" && has_value) {
-      options.warmup = std::max(0, std::atoi(argv[++i]));
-    } else if (arg == "--batch" && has_value) {
-      options.batch = std::max(1, std::atoi(argv[++i]));
-    } else if (arg == "--phase" && has_value) {
-      options.phase = argv[++i];
-    } else if (arg == "--seq" && has_value) {
-      options.seq_len = std::atoi(argv[++i]);
-    } else if (arg == "--attention" && has_value) {
-      options.attention = argv[++i];
+    if (arg == "--help" || arg == "-h") {
+      print_help();
+      return false;
+    }
+    if (i + 1 >= argc) throw UserError(arg + ": unknown option, or its value is missing (see --help)");
+    const std::string value = argv[++i];
+    if (arg == "--csv") {
+      options.csv = value;
+    } else if (arg == "--reps") {
+      options.reps = static_cast<int>(parse_integer(arg, value, 1, 1000000));
+    } else if (arg == "--warmup") {
+      options.warmup = static_cast<int>(parse_integer(arg, value, 0, 1000000));
+    } else if (arg == "--batch") {
+      options.batch = parse_integer(arg, value, 1, 4096);
+    } else if (arg == "--phase") {
+      options.phase = parse_choice(arg, value, {"prefill", "decode"});
+    } else if (arg == "--seq") {
+      options.seq_len = std::stoll(parse_choice(arg, value, {"64", "128", "256", "512"}));
+    } else if (arg == "--attention") {
+      options.attention = parse_choice(arg, value, {"standard", "fast", "auto"});
     } else {
-      std::fprintf(stderr,
-                   "usage: mla_cuda_bench [--csv FILE] [--reps N] [--warmup N] [--batch B] [--phase prefill|decode] "
-                   "[--seq S] [--attention standard|fast|auto]\n");
-      std::exit(2);
+      throw UserError(arg + ": unknown option (see --help)");
     }
   }
-  return options;
+  return true;
 }
 
 ModelArgs deepseek_v3_slice(int64_t batch) {
@@ -106,15 +153,8 @@ int run(const Options& options) {
   std::printf("device: %s, %d SMs, %.1f GB; model: DeepSeek-V3 slice, 16 local heads, bf16 compute, batch %ld\n",
               properties.name, properties.multiProcessorCount, static_cast<double>(properties.totalGlobalMem) / 1e9,
               static_cast<long>(options.batch));
-  std::FILE* csv = options.csv.empty() ? nullptr : std::fopen(options.csv.c_str(), "w");
-  if (!options.csv.empty() && csv == nullptr) {
-    std::fprintf(stderr, "mla_cuda_bench: error: cannot write %s\n", options.csv.c_str());
-    return 2;
-  }
-  if (csv) {
-    std::fprintf(csv, "device,phase,seq_len,batch,attention,path_chosen,formulation_chosen,median_ms,min_ms,p90_ms,"
-                      "attention_workspace_bytes,layer_device_bytes\n");
-  }
+  std::string csv = "device,phase,seq_len,batch,attention,path_chosen,formulation_chosen,median_ms,min_ms,p90_ms,"
+                    "attention_workspace_bytes,layer_device_bytes\n";
   std::printf("%-8s %5s %-9s %-8s %-7s %10s %10s %10s %14s %14s\n", "phase", "seq", "attention", "path", "form",
               "median_ms", "min_ms", "p90_ms", "workspace_MB", "layer_MB");
   for (const char* phase : {"prefill", "decode"}) {
@@ -164,30 +204,40 @@ int run(const Options& options) {
                     to_string(attention), to_string(report.plan.path), to_string(report.plan.formulation), t.median_ms,
                     t.min_ms, t.p90_ms, static_cast<double>(report.attention_workspace_bytes) / 1e6,
                     static_cast<double>(memory.total()) / 1e6);
-        if (csv) {
-          std::fprintf(csv, "%s,%s,%ld,%ld,%s,%s,%s,%.4f,%.4f,%.4f,%ld,%ld\n", properties.name, phase,
-                       static_cast<long>(seq_len), static_cast<long>(options.batch), to_string(attention),
-                       to_string(report.plan.path), to_string(report.plan.formulation), t.median_ms, t.min_ms, t.p90_ms,
-                       static_cast<long>(report.attention_workspace_bytes), static_cast<long>(memory.total()));
-        }
+        char row[512];
+        std::snprintf(row, sizeof(row), "%s,%s,%ld,%ld,%s,%s,%s,%.4f,%.4f,%.4f,%ld,%ld\n", properties.name, phase,
+                      static_cast<long>(seq_len), static_cast<long>(options.batch), to_string(attention),
+                      to_string(report.plan.path), to_string(report.plan.formulation), t.median_ms, t.min_ms, t.p90_ms,
+                      static_cast<long>(report.attention_workspace_bytes), static_cast<long>(memory.total()));
+        csv += row;
       }
     }
   }
-  if (csv) std::fclose(csv);
-  return 0;
+  if (!options.csv.empty()) write_file_atomically(options.csv, csv);
+  return kExitDone;
 }
 
 }  // namespace
 }  // namespace mla
 
 int main(int argc, char** argv) {
-  const mla::Options options = mla::parse(argc, argv);
+  mla::Options options;
+  try {
+    if (!mla::parse(argc, argv, options)) return mla::kExitDone;
+    if (!options.csv.empty()) mla::check_output_paths({{"--csv", options.csv}}, {});
+  } catch (const mla::UserError& error) {
+    std::fprintf(stderr, "mla_cuda_bench: error: %s\n", error.what());
+    return mla::kExitBadInput;
+  }
   if (mla::cuda_device_count() == 0) {
     std::fprintf(stderr, "mla_cuda_bench: no CUDA device on this machine; nothing measured\n");
-    return 77;
+    return mla::kExitNoDevice;
   }
   try {
     return mla::run(options);
+  } catch (const mla::UserError& error) {
+    std::fprintf(stderr, "mla_cuda_bench: error: %s\n", error.what());
+    return mla::kExitBadInput;
   } catch (const std::exception& error) {
     std::fprintf(stderr, "mla_cuda_bench: error: %s\n", error.what());
     return 1;

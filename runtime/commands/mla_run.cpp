@@ -2,29 +2,35 @@
 //
 // Loads the config, this rank's weights and the input, runs the schedule (prefill, chunks,
 // decode steps) through the layer, prints what it did per step and writes y atomically.
-// Exit codes: 0 done, 2 bad input (config, files, shapes), 1 anything else.
+// Exit codes: 0 done, 2 bad input (config, files, shapes), 3 a rank failed, 1 anything else.
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_session.h"
-#include "parallel/watchdog.h"
 #include "parallel/sharding.h"
+#include "parallel/watchdog.h"
 #include "runtime/config.h"
+#include "runtime/atomic_file.h"
 #include "runtime/errors.h"
+#include "runtime/machine_info.h"
 #include "runtime/memory_plan.h"
 #include "runtime/rank_agreement.h"
 #include "runtime/mla_layer.h"
 #include "runtime/runner.h"
 #include "runtime/safetensors.h"
+#include "runtime/user_files.h"
 #include "runtime/weights.h"
 
 #if MLA_HAVE_CUDA
@@ -104,12 +110,81 @@ void print_model(const ModelArgs& m) {
               m.softmax_scale());
 }
 
+const char* step_phase(const StepReport& step) {
+  return step.seq == 1 && step.start_pos > 0 ? "decode" : (step.start_pos == 0 ? "prefill" : "chunk");
+}
+
+// run.log: steps (or --verbose): every rank prints every step as it ends.
 void print_step(const std::string& label, size_t index, const StepReport& step) {
-  const char* phase = step.seq == 1 && step.start_pos > 0 ? "decode" : (step.start_pos == 0 ? "prefill" : "chunk");
   std::printf("%s step %zu: %-7s start_pos %ld tokens %ld kv_len %ld -> %s path, %s (%s); workspace %s; %.3f ms\n",
-              label.c_str(), index, phase, step.start_pos, step.seq, step.kv_len, to_string(step.plan.path),
+              label.c_str(), index, step_phase(step), step.start_pos, step.seq, step.kv_len, to_string(step.plan.path),
               to_string(step.plan.formulation), step.plan.reason.c_str(),
               format_bytes(step.attention_workspace_bytes).c_str(), step.time_ms);
+}
+
+// What one rank chose for one step: "fast, absorb".
+std::string step_choice(const StepReport& step) {
+  return std::string(to_string(step.plan.path)) + ", " + to_string(step.plan.formulation);
+}
+
+// Collective: every rank's choice per step, [rank][step], for rank 0's table.
+std::vector<std::vector<std::string>> gather_choices(const MpiSession& session, const std::vector<StepReport>& steps) {
+  std::string mine;
+  for (const StepReport& step : steps) mine += step_choice(step) + "\n";
+  std::vector<std::vector<std::string>> choices;
+  for (const std::string& text : session.all_gather(mine)) {
+    std::vector<std::string>& rank_choices = choices.emplace_back();
+    for (size_t begin = 0, end; (end = text.find('\n', begin)) != std::string::npos; begin = end + 1) {
+      rank_choices.push_back(text.substr(begin, end - begin));
+    }
+  }
+  return choices;
+}
+
+// The default log: rank 0's one table of the steps, the other ranks' choices where they differ,
+// the reason for each distinct choice once, and a checksum of y to compare runs by.
+void print_step_table(const RunResult& result, const std::vector<std::vector<std::string>>& choices) {
+  std::printf("%5s  %-7s  %7s  %7s  %-8s  %-11s  %9s\n", "step", "phase", "tokens", "kv_len", "path", "formulation", "ms");
+  std::vector<std::string> explained;
+  for (size_t index = 0; index < result.steps.size(); ++index) {
+    const StepReport& step = result.steps[index];
+    std::string others;
+    for (size_t rank = 1; rank < choices.size(); ++rank) {
+      const std::string& choice = index < choices[rank].size() ? choices[rank][index] : "?";
+      if (choice != step_choice(step)) others += (others.empty() ? "  rank " : "; rank ") + std::to_string(rank) + ": " + choice;
+    }
+    std::printf("%5zu  %-7s  %7ld  %7ld  %-8s  %-11s  %9.3f%s\n", index, step_phase(step), step.seq, step.kv_len,
+                to_string(step.plan.path), to_string(step.plan.formulation), step.time_ms, others.c_str());
+  }
+  for (size_t index = 0; index < result.steps.size(); ++index) {
+    const StepReport& step = result.steps[index];
+    if (std::find(explained.begin(), explained.end(), step_choice(step)) != explained.end()) continue;
+    explained.push_back(step_choice(step));
+    std::printf("why %s (step %zu, rank 0): %s\n", explained.back().c_str(), index, step.plan.reason.c_str());
+  }
+}
+
+void print_checksum(const std::vector<float>& y) {
+  double sum = 0.0, abs_sum = 0.0;
+  for (const float value : y) {
+    sum += value;
+    abs_sum += std::fabs(value);
+  }
+  std::printf("y checksum: sum %.9g, sum|y| %.9g, fnv1a64 %016llx\n", sum, abs_sum,
+              static_cast<unsigned long long>(fingerprint({&y})));
+}
+
+// debug.hold: the ranks exchange an agreement every 20 ms, reporting progress, until the job is
+// ended from outside; a rank stopped then leaves its peers waiting in the agreement, and their
+// watchdogs end the job.
+[[noreturn]] void hold_until_ended(const MpiSession& session, int64_t step) {
+  const std::string activity = "held at step " + std::to_string(step) + " (debug.hold)";
+  std::string failure;
+  for (;;) {
+    session.watchdog()->progress(activity);
+    session.all_ok(true, "", &failure);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 // debug.fail must name a rank and a step that exist, or it would silently never fire.
@@ -132,6 +207,7 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   session.watchdog()->progress("reading the config");
   Backend backend = Backend::Cpu;
   phases.run([&] {
+    check_kernel_environment();
     config = load_config(config_path, overrides);
     backend = resolve_backend(config.run);
   });
@@ -157,10 +233,18 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
     }
     const InputShape shape = input_shape(config.run.input, config.model);
     steps = config.run.schedule.steps(shape.tokens);
-    check_fault_plan(config.fault, comm.world(), steps.size());
+    check_fault_plan(config.debug.fail, comm.world(), steps.size());
+    if (config.debug.hold_step >= static_cast<int64_t>(steps.size())) {
+      throw UserError("debug.hold.step: " + std::to_string(config.debug.hold_step) + " is not a step of this schedule of " +
+                      std::to_string(steps.size()) + " steps (counted from 0)");
+    }
     check_memory_fits(plan_memory(config.model, config.run, shard, shape.batch, shape.tokens, steps, threads),
                       session.local_size(), available_memory_bytes());
-    if (leader && !config.run.output.empty()) check_output_destination(config.run.output);
+    if (leader) {
+      for (const std::string& line : check_output_paths({{"run.output", config.run.output}}, files_read(config, comm.world()))) {
+        std::printf("mla_run: %s\n", line.c_str());
+      }
+    }
     x = load_input(config.run.input, config.model, config.run.check_finite);
     mask = load_mask(config.run.mask, x.tokens);
     if (!mask.empty()) validate_mask(mask, x.tokens, steps);
@@ -181,15 +265,22 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
                 x.description.c_str(), steps.size(), mask.empty() ? "causal" : config.run.mask.c_str());
   }
   std::fflush(stdout);
-  std::printf("%s %s, %d threads %s; weights: %s, stored %s, %s as fp32 compute copies%s\n", label.c_str(),
-              describe(shard).c_str(), threads, rank_threads.placement.c_str(), loaded.description.c_str(), loaded.storage_dtype.c_str(),
-              format_bytes(loaded.weights.bytes()).c_str(),
+  std::printf("%s %s, %d threads %s; weights: %s, stored %s, %s loaded as %s%s\n", label.c_str(),
+              describe(shard).c_str(), threads, rank_threads.placement.c_str(), loaded.description.c_str(),
+              loaded.storage_dtype.c_str(), format_bytes(loaded.weights.bytes()).c_str(),
+              config.run.compute_dtype == ComputeDType::BF16 ? "fp32 buffers of bf16 values (the layer keeps bf16)"
+                                                             : "fp32 compute copies",
               backend == Backend::Cuda ? ", uploaded to the GPU in the compute precision" : "");
   size_t step_index = 0;
   RunOptions options;
-  options.on_step = [&](const StepReport& step) { print_step(label, step_index++, step); };
+  options.on_step = [&](const StepReport& step) {
+    if (config.run.log == StepLog::Steps) print_step(label, step_index, step);
+    ++step_index;
+  };
   options.check_finite = config.run.check_finite;
-  options.fault = config.fault;
+  options.fault = config.debug.fail;
+  options.hold_step = config.debug.hold_step;
+  options.hold = [&] { hold_until_ended(session, config.debug.hold_step); };
   options.watchdog = &watchdog;
   RunResult result;
   if (backend == Backend::Cuda) {
@@ -209,15 +300,26 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
     phases.agree("the output y (parallel.check_identical_output)", std::to_string(fingerprint({&result.y})));
     if (leader) std::printf("check: y is bitwise identical on all %d ranks\n", comm.world());
   }
+  const std::vector<std::vector<std::string>> choices = gather_choices(session, result.steps);
   if (leader) {
+    if (config.run.log == StepLog::Table) print_step_table(result, choices);
     std::printf("total: %.3f ms for %zu steps (all-reduce %.3f ms)\n", result.total_ms, result.steps.size(),
                 result.allreduce_ms);
+    print_checksum(result.y);
   }
+  // The new y goes to a temporary file, and only once every rank has agreed that the run
+  // succeeded is it renamed into place: a run that reports failure leaves the old file.
+  std::unique_ptr<AtomicFile> y_file;
   phases.run([&] {
     if (!leader || config.run.output.empty()) return;
-    write_safetensors_f32(config.run.output, {{"y", {x.batch, x.tokens, x.dim}, result.y.data()}},
+    y_file = std::make_unique<AtomicFile>(config.run.output);
+    write_safetensors_f32(*y_file, {{"y", {x.batch, x.tokens, x.dim}, result.y.data()}},
                           {{"config", config_path}, {"compute_dtype", to_string(config.run.compute_dtype)},
                            {"world", std::to_string(comm.world())}});
+    y_file->finish();
+  });
+  watchdog.finish_run([&] {
+    if (y_file) y_file->commit();
   });
   if (leader) {
     if (config.run.output.empty()) {
@@ -225,6 +327,7 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
     } else {
       std::printf("output: y [%ld, %ld, %ld] f32 -> %s\n", x.batch, x.tokens, x.dim, config.run.output.c_str());
     }
+    std::fflush(stdout);
   }
   return 0;
 }
@@ -234,19 +337,18 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
 
 namespace {
 
-// The limit for MPI's start-up, before the config is agreed: parallel.timeout_s, read ahead so that
-// a peer stalled in start-up is caught too, but at least kMinStartupSeconds, since a loaded machine
-// can take seconds in MPI_Init. A config that does not load gets the default here, and its error
-// from the first phase.
-constexpr double kMinStartupSeconds = 10.0;
-
-double startup_timeout(const std::string& config_path, const std::vector<std::string>& overrides) {
+// parallel.timeout_s and debug.progress_file, read ahead so that a peer stalled in MPI's start-up
+// is caught too (the watchdog gives the start-up at least Watchdog::kMinStartupSeconds). A config
+// that does not load gets the defaults here, and its error from the first phase.
+mla::WatchdogSettings watchdog_settings(const std::string& config_path, const std::vector<std::string>& overrides) {
+  mla::WatchdogSettings settings;
   try {
-    const double timeout_s = mla::load_config(config_path, overrides).parallel.timeout_s;
-    return timeout_s <= 0 ? 0 : std::max(timeout_s, kMinStartupSeconds);
+    const mla::Config config = mla::load_config(config_path, overrides);
+    settings.timeout_s = config.parallel.timeout_s;
+    settings.progress_file = config.debug.progress_file;
   } catch (const std::exception&) {
-    return mla::Watchdog::kDefaultTimeoutSeconds;
   }
+  return settings;
 }
 
 }  // namespace
@@ -254,10 +356,15 @@ double startup_timeout(const std::string& config_path, const std::vector<std::st
 int main(int argc, char** argv) {
   const bool leader = mla::launcher_rank() == "0";
   CLI::App app{"Runs one MLA layer forward over a schedule of prefill, chunk and decode steps."};
+  app.option_defaults()->always_capture_default();
+  app.footer("Exit codes: 0 done; 2 bad input (the message names the key, file or tensor); 3 a rank failed during\n"
+             "the run (died, stalled past parallel.timeout_s, non-finite output); 1 an internal error.");
   std::string config_path;
   std::vector<std::string> overrides;
-  app.add_option("config", config_path, "YAML config (sections model, weights, run, parallel)")->required();
+  bool verbose = false;
+  app.add_option("config", config_path, "YAML config (sections model, weights, run, parallel, debug)")->required();
   app.add_option("--set", overrides, "override a config key: section.key=value (value read as YAML); repeatable");
+  app.add_flag("--verbose", verbose, "every rank prints every step as it ends (the same as --set run.log=steps)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& help) {
@@ -266,6 +373,10 @@ int main(int argc, char** argv) {
     if (leader) std::fprintf(stderr, "mla_run: error: %s\n", error.what());
     return mla::kUserErrorExitCode;
   }
-  return mla::run_mpi_command("mla_run", &argc, &argv, startup_timeout(config_path, overrides),
-                              [&](mla::MpiSession& session) { return mla::run(session, config_path, overrides); });
+  if (verbose) overrides.push_back("run.log=steps");
+  return mla::run_mpi_command("mla_run", &argc, &argv, watchdog_settings(config_path, overrides),
+                              [&](mla::MpiSession& session) {
+                                session.watchdog()->set_before_exit(mla::remove_unfinished_temporaries);
+                                return mla::run(session, config_path, overrides);
+                              });
 }

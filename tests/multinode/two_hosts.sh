@@ -18,6 +18,7 @@ work=$(mktemp -d)
 skip() { echo "SKIPPED: $*" >&2; exit 77; }
 [ "$(id -u)" -eq 0 ] || skip "creating network namespaces needs root"
 command -v ip > /dev/null || skip "iproute2 (ip) is not installed"
+command -v unshare > /dev/null || skip "util-linux (unshare) is not installed"
 
 cleanup() {
   for n in 1 2; do
@@ -35,6 +36,8 @@ ip addr add "$subnet.254/24" dev "$bridge" && ip link set "$bridge" up || exit 1
 for n in 1 2; do
   ns=mla$tag-h$n
   ip netns add "$ns" 2> /dev/null || skip "cannot create network namespaces here"
+  # Entering one remounts / (a chroot whose root is not a mount point refuses that).
+  entered=$(ip netns exec "$ns" true 2>&1) || skip "cannot enter a network namespace here: ${entered//$'\n'/ }"
   ip link add "mlav$tag-$n" type veth peer name eth0 netns "$ns" || exit 1
   ip link set "mlav$tag-$n" master "$bridge" up
   ip netns exec "$ns" ip addr add "$subnet.$n/24" dev eth0

@@ -136,8 +136,16 @@ double fp8_e4m3_value(uint8_t code) {
   return negative ? -magnitude : magnitude;
 }
 
+double round_to_bf16(double value) {
+  if (value == 0.0 || !std::isfinite(value)) return value;
+  int exponent = 0;
+  const double mantissa = std::frexp(value, &exponent);  // |mantissa| in [0.5, 1)
+  // 8 significant bits: the mantissa scaled to [128, 256), rounded to an integer, ties to even.
+  return std::ldexp(std::nearbyint(std::ldexp(mantissa, 8)), exponent - 8);
+}
+
 std::vector<double> fp8_dequant(const std::vector<uint8_t>& codes, int64_t rows, int64_t cols,
-                                const std::vector<float>& scale) {
+                                const std::vector<float>& scale, bool round_to_bf16_values) {
   const int64_t scale_cols = (cols + 127) / 128;
   const int64_t scale_rows = (rows + 127) / 128;
   require(static_cast<int64_t>(codes.size()) == rows * cols, "fp8 codes size != rows*cols");
@@ -148,6 +156,10 @@ std::vector<double> fp8_dequant(const std::vector<uint8_t>& codes, int64_t rows,
     for (int64_t j = 0; j < cols; ++j)
       w[i * cols + j] =
           fp8_e4m3_value(codes[i * cols + j]) * static_cast<double>(scale[(i / 128) * scale_cols + j / 128]);
+  // DeepSeek's weight_dequant multiplies in fp32 and stores bf16: the product is rounded to fp32
+  // first (the only rounding of the exact product), then to bf16.
+  if (round_to_bf16_values)
+    for (double& value : w) value = round_to_bf16(static_cast<float>(value));
   return w;
 }
 

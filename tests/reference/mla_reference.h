@@ -74,8 +74,12 @@ double softmax_scale(const RefConfig& config);
 // float8 e4m3fn: bias 7, no infinities, 0x7f/0xff NaN, max finite 448.
 double fp8_e4m3_value(uint8_t code);
 // W[i][j] = value(codes[i][j]) * scale[i/128][j/128]; scale [ceil(rows/128), ceil(cols/128)].
+// round_to_bf16 (SPEC.md's default, weights.fp8_dequant: bf16): each W[i][j], computed in fp32 as
+// DeepSeek's weight_dequant computes it, rounded to the nearest bf16 number, ties to even.
 std::vector<double> fp8_dequant(const std::vector<uint8_t>& codes, int64_t rows, int64_t cols,
-                                const std::vector<float>& scale);
+                                const std::vector<float>& scale, bool round_to_bf16 = false);
+// The nearest bf16 number (8 significant bits, ties to even) to a finite normal value.
+double round_to_bf16(double value);
 // ||got - want||_2 / ||want||_2 over want.size() values; 0 when both are zero, +inf when only want is.
 double relative_l2(const float* got, const std::vector<double>& want);
 
