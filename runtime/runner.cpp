@@ -132,10 +132,13 @@ std::vector<NamedPath> files_read(const Config& config, int world, const std::st
 
 namespace {
 
-// debug.fail: this rank fails on purpose at this step, before its all-reduce.
-void inject_fault(const FaultPlan& fault, StepExecutor& executor, size_t step_index) {
+// debug.fail: this rank fails on purpose at this step, before its all-reduce. Returns whether it
+// wrote NaN into the partial output (the others do not return).
+bool inject_fault(const FaultPlan& fault, StepExecutor& executor, size_t step_index) {
   const Communicator& comm = executor.communicator();
-  if (fault.mode == FaultMode::None || fault.rank != comm.rank() || fault.step != static_cast<int64_t>(step_index)) return;
+  if (fault.mode == FaultMode::None || fault.rank != comm.rank() || fault.step != static_cast<int64_t>(step_index)) {
+    return false;
+  }
   const std::string who = "rank " + std::to_string(comm.rank()) + " (" + comm.host() + ")";
   std::fprintf(stderr, "mla_run: debug.fail: %s %s at step %zu\n", who.c_str(),
                fault.mode == FaultMode::Exit ? "exits" : fault.mode == FaultMode::Hang ? "hangs" : "writes NaN", step_index);
@@ -145,6 +148,7 @@ void inject_fault(const FaultPlan& fault, StepExecutor& executor, size_t step_in
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
   executor.poison_partial();
+  return true;
 }
 
 }  // namespace
@@ -195,11 +199,11 @@ RunResult run_schedule(StepExecutor& executor, const InputTensor& x, const std::
     }
     const float* step_mask = mask.empty() ? nullptr : mask.data() + start_pos * x.tokens;
     StepReport report = executor.forward(step_x.data(), x.batch, seq, start_pos, step_mask, x.tokens, nullptr);
-    inject_fault(options.fault, executor, step_index);
+    const bool poisoned = inject_fault(options.fault, executor, step_index);
     float bad_value = 0.0f;
     const int64_t bad_index = options.check_finite ? executor.first_non_finite(bad_value) : -1;
     if (bad_index >= 0) {
-      const std::string where = executor.explain_non_finite();
+      const std::string where = poisoned ? "debug.fail wrote it" : executor.explain_non_finite();
       std::fprintf(stderr, "mla_run: error: rank %d (%s): step %zu: partial output y is not finite at element %ld (%g)%s%s\n",
                    comm.rank(), comm.host().c_str(), step_index, static_cast<long>(bad_index), bad_value,
                    where.empty() ? "" : "; ", where.c_str());

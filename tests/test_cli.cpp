@@ -141,6 +141,23 @@ TEST_F(MlaRunCli, NonFiniteWeight) {
                     {"layers.0.attn.wq_a.weight", "element 17", "not finite"});
 }
 
+// A finite weight too large for fp32 products: the partial output goes non-finite, and the rank
+// names the first tensor of the step that did and the weight (file and tensor) that made it.
+TEST_F(MlaRunCli, AWeightThatOverflowsIsNamed) {
+  const std::string checkpoint = edited_checkpoint([](auto& tensors, auto& storage) {
+    for (size_t i = 0; i < tensors.size(); ++i)
+      if (tensors[i].name == "layers.0.attn.wkv_a.weight") storage[i][5] = 1.7e38f;
+  });
+  const Outcome outcome = run(read_text(kFixtureDir + "/config.yaml"), fixture_sets(checkpoint));
+  EXPECT_EQ(outcome.exit_code, 3) << outcome.err;
+  for (const std::string& word : std::vector<std::string>{"step 0", "partial output y is not finite", "the output of wkv_a",
+                                 checkpoint + "/model0-mp1.safetensors: tensor 'layers.0.attn.wkv_a.weight'",
+                                 "overflows fp32"}) {
+    EXPECT_NE(outcome.err.find(word), std::string::npos) << word << "\n" << outcome.err;
+  }
+  EXPECT_FALSE(std::filesystem::exists(output()));
+}
+
 // The fixture's wkv_b stored as fp8 with a scale of the wrong block count.
 TEST_F(MlaRunCli, Fp8ScaleOfTheWrongShape) {
   const SafetensorsFile source = SafetensorsFile::open(kFixtureDir + "/model0-mp1.safetensors");
