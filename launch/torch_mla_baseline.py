@@ -2,7 +2,7 @@
 """PyTorch eager baseline of one tensor-parallel rank's MLA layer, timed by mla_bench.
 
 The layer is written the way PyTorch users write MLA (F.linear, einsum, absorbed decode, an fp32
-softmax), from /work/shared/SPEC.md. mla_bench (runtime/bench_baseline.cpp) starts it once per sweep
+softmax), from docs/design.md. mla_bench (runtime/bench_baseline.cpp) starts it once per sweep
 and asks it to time the same shapes, weights and threads as each of its own points.
 
 Usage
@@ -69,7 +69,7 @@ RMS_NORM_EPS = 1e-6
 
 
 class ModelShape:
-    """The model fields of a request (SPEC.md names, for one rank: n_local_heads = Hl)."""
+    """The model fields of a request (docs/design.md names, for one rank: n_local_heads = Hl)."""
 
     def __init__(self, fields):
         if not isinstance(fields, dict):
@@ -98,7 +98,7 @@ class ModelShape:
 
     def softmax_scale(self):
         scale = self.qk_head_dim ** -0.5
-        if self.yarn_active:  # SPEC.md "Model parameters": YaRN's attention temperature, squared
+        if self.yarn_active:  # docs/design.md, Shapes and symbols: YaRN's attention temperature, squared
             mscale = 0.1 * self.mscale * math.log(self.rope_factor) + 1.0
             scale *= mscale * mscale
         return scale
@@ -117,7 +117,7 @@ class ModelShape:
 
 
 def rope_frequencies(shape):
-    """f_i per SPEC.md "RoPE and YaRN", in double precision like the C++ table."""
+    """f_i per docs/design.md "RoPE and YaRN", in double precision like the C++ table."""
     dr, theta = shape.qk_rope_head_dim, shape.rope_theta
     freqs = [theta ** (-2.0 * i / dr) for i in range(dr // 2)]
     if not shape.yarn_active:
@@ -156,7 +156,7 @@ class MlaRank(torch.nn.Module):
         super().__init__()
         self.shape = shape
         self.dtype = dtype
-        # RoPE, norms and the softmax run in fp32 for fp32/bf16 compute (SPEC.md steps 2-4, 7).
+        # RoPE, norms and the softmax run in fp32 for fp32/bf16 compute (docs/design.md steps 2-4, 7).
         self.accum_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.weights = weights
         self.scale = shape.softmax_scale()
@@ -192,7 +192,7 @@ class MlaRank(torch.nn.Module):
         c, k_pe = torch.split(F.linear(x, w["wkv_a"]), [s.kv_lora_rank, s.qk_rope_head_dim], dim=-1)
         k_pe = apply_rope(k_pe, cos, sin)  # [B, S, dr], one per token, shared by all heads
         c_n = rms_norm(c, w["kv_norm"], self.accum_dtype)  # [B, S, C]
-        # SPEC.md step 6: the general causal rule, so chunked prefill (p > 0, S > 1) is right too.
+        # docs/design.md step 6: the general causal rule, so chunked prefill (p > 0, S > 1) is right too.
         mask = None
         if step_len > 1:
             mask = torch.full((step_len, end_pos), float("-inf"), device=x.device).triu_(start_pos + 1).to(x.dtype)
@@ -485,14 +485,14 @@ def run_once(path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Self-test: float64 checks of MlaRank against a direct per-head, per-query, per-key loop of SPEC.md.
+# Self-test: float64 checks of MlaRank against a direct per-head, per-query, per-key loop of docs/design.md.
 
 def reference_layer(shape, weights, x):
-    """SPEC.md computed token by token with explicit loops, no cache: x [B, T, D] -> y [B, T, D]."""
+    """docs/design.md computed token by token with explicit loops, no cache: x [B, T, D] -> y [B, T, D]."""
     s, heads = shape, shape.n_local_heads
     dn, dr, dv, dq, kv_rank = s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim, s.qk_head_dim, s.kv_lora_rank
     yarn = s.max_seq_len > s.original_seq_len
-    freqs = []  # SPEC.md "RoPE and YaRN" again, apart from rope_frequencies so a slip there shows
+    freqs = []  # docs/design.md "RoPE and YaRN" again, apart from rope_frequencies so a slip there shows
     corr = [dr * math.log(s.original_seq_len / (n * 2 * math.pi)) / (2 * math.log(s.rope_theta))
             for n in (s.beta_fast, s.beta_slow)]
     low, high = max(math.floor(corr[0]), 0), min(math.ceil(corr[1]), dr - 1)
@@ -619,7 +619,7 @@ def self_test():
             check(f"{name}: {formulation} steps {chunked} == prefill", relative_l2(steps, full), tolerance, seed)
 
     # The request path: safetensors parsing, repeated batch, cache fill, timing, y_out; fp32 and bf16
-    # against the float64 layer within SPEC.md's tolerances.
+    # against the float64 layer within docs/design.md's tolerances.
     shape_fields = cases[0][1]
     shape = ModelShape(shape_fields)
     generator = torch.Generator().manual_seed(100)

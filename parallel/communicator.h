@@ -1,4 +1,4 @@
-// How ranks talk: the layer's partial outputs are summed across ranks (SPEC.md step 9).
+// How ranks talk: the layer's partial outputs are summed across ranks (docs/design.md step 9).
 // The MPI implementation (CPU ranks) and the NCCL one (GPU ranks) come behind this interface.
 #pragma once
 

@@ -120,7 +120,7 @@ int run_mpi_command(const char* program, int* argc, char*** argv, const Watchdog
                     const std::function<int(MpiSession&)>& body);
 
 // Sums partial outputs with MPI. MPI_Allreduce may round differently on different ranks, so the
-// sum is reduced on rank 0 and broadcast: every rank ends with the same bits (SPEC.md step 9).
+// sum is reduced on rank 0 and broadcast: every rank ends with the same bits (docs/design.md step 9).
 class MpiCommunicator final : public Communicator {
  public:
   explicit MpiCommunicator(const MpiSession& session) : session_(session) {}

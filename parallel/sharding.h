@@ -1,4 +1,4 @@
-// Which heads a rank owns (SPEC.md, Weights: rank r of W owns head block r).
+// Which heads a rank owns (docs/design.md, Weights: rank r of W owns head block r).
 #pragma once
 
 #include <cstdint>

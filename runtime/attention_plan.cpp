@@ -39,7 +39,8 @@ std::string format(const char* pattern, double a, double b) {
 
 void choose_path(const RunConfig& run, const StepShape& shape, StepPlan& plan) {
   const std::string length = "kv_len " + std::to_string(shape.kv_len());
-  const std::string limit = "fast_path_max_len " + std::to_string(run.fast_path_max_len);
+  const std::string limit =
+      "fast_path_max_len " + std::to_string(run.fast_path_max_len) + (run.fast_path_auto ? " (auto)" : "");
   const bool fits = shape.kv_len() <= run.fast_path_max_len;
   if (run.attention == AttentionChoice::Standard) {
     plan.path = AttentionPath::Standard;

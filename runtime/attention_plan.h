@@ -1,5 +1,5 @@
-// Which attention path and formulation a step uses, and why (SPEC.md, The two paths). Each rank
-// decides from its own local shapes; the reason is logged with every step.
+// Which attention path and formulation a step uses, and why (docs/design.md, The fast path and
+// the standard path). Each rank decides from its own local shapes; the reason is logged.
 #pragma once
 
 #include <cstdint>

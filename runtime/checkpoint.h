@@ -1,4 +1,4 @@
-// Where a layer's attention tensors live in a checkpoint, and under which names (SPEC.md,
+// Where a layer's attention tensors live in a checkpoint, and under which names (docs/design.md,
 // Weights): DeepSeek's converted files (model{r}-mp{W}.safetensors, layers.{i}.attn.*) and
 // Hugging Face checkpoints (model.layers.{i}.self_attn.*, spread over the files of
 // model.safetensors.index.json) map to the same internal names: wq, wq_a, q_norm, wq_b, wkv_a,

@@ -36,7 +36,7 @@ struct WeightsConfig {
   WeightDType dtype = WeightDType::BF16;  // random only
   uint64_t seed = 1;              // random only
   // fp8 weights: each dequantized value (code * block scale) rounded to bf16, as DeepSeek's
-  // weight_dequant returns the model's bf16 (SPEC.md, Weights), or kept as the exact fp32 product.
+  // weight_dequant returns the model's bf16 (docs/design.md, Weights), or kept as the exact fp32 product.
   // bf16 compute rounds either way.
   Fp8Dequant fp8_dequant = Fp8Dequant::Bf16;
 };
@@ -62,12 +62,19 @@ struct ScheduleConfig {
   std::vector<int64_t> steps(int64_t tokens) const;
 };
 
+// fast_path_max_len: auto. On the CPU the fused kernel beats the standard path up to about this
+// length (docs/performance.md); the GPU's fused kernels hold a score row of this length on chip.
+inline constexpr int64_t kAutoFastPathMaxLen = 256;
+
 struct RunConfig {
   Backend backend = Backend::Cpu;
   ComputeDType compute_dtype = ComputeDType::FP32;
   AttentionChoice attention = AttentionChoice::Auto;
   FormulationChoice formulation = FormulationChoice::Auto;
+  // The fast path takes kv_len up to this. `auto` (the default, fast_path_auto) is each backend's
+  // crossover, kAutoFastPathMaxLen on both today (docs/design.md, The fast path and the standard path).
   int64_t fast_path_max_len = 256;
+  bool fast_path_auto = true;
   InputConfig input;
   ScheduleConfig schedule;
   std::string output;  // safetensors file for "y"; empty: not written

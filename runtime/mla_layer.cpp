@@ -65,7 +65,8 @@ void MlaLayer::run_linear(const float* x, int64_t x_stride, const PackedLinear& 
   weight.forward(call);
   step_linear_ms_ += ms_since(started);
   const std::string name = linear_name(weight);
-  trace({"the output of " + name, name, y, y_bits, rows, weight.out_features(), y_bits != nullptr ? weight.out_features() : y_stride});
+  const int64_t width = weight.out_features();
+  trace({"the output of " + name, name, y, y_bits, rows, width, y_bits != nullptr ? width : y_stride});
 }
 
 std::string MlaLayer::linear_name(const PackedLinear& weight) const {
@@ -221,7 +222,7 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
   return report;
 }
 
-// SPEC.md step 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))), then RoPE on each head's q_pe (in
+// docs/design.md step 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))), then RoPE on each head's q_pe (in
 // project_latent). In bf16 the q latent stays bf16 numbers between its two GEMMs, and so does q
 // itself when q_as_bits (then in q_bits_, else in q_).
 void MlaLayer::project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bits) {
@@ -251,7 +252,7 @@ void MlaLayer::project_queries(const float* x, const uint16_t* x_bf16, int64_t t
   }
 }
 
-// SPEC.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)], appended to the cache.
+// docs/design.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)], appended to the cache.
 void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos,
                               bool q_as_bits) {
   const int64_t tokens = batch * seq;
@@ -321,7 +322,7 @@ void MlaLayer::run_attention(AttentionPath path, const AttentionParams& params, 
   report.attention_ms = ms_since(started);
 }
 
-// SPEC.md step 5, absorb: q_lat[h] = Wk[h]^T q_nope[h] (one GEMM per head), next to q_pe[h].
+// docs/design.md step 5, absorb: q_lat[h] = Wk[h]^T q_nope[h] (one GEMM per head), next to q_pe[h].
 void MlaLayer::absorb_queries(int64_t tokens) {
   const int64_t heads = shard_.n_local_heads;
   const int64_t C = model_.kv_lora_rank;
@@ -350,7 +351,7 @@ void MlaLayer::absorb_queries(int64_t tokens) {
   }
 }
 
-// SPEC.md step 8, absorb: o[h] = Wv[h] o_lat[h].
+// docs/design.md step 8, absorb: o[h] = Wv[h] o_lat[h].
 void MlaLayer::absorb_outputs(int64_t tokens) {
   const int64_t heads = shard_.n_local_heads;
   const int64_t C = model_.kv_lora_rank;
@@ -377,7 +378,7 @@ void MlaLayer::absorb_outputs(int64_t tokens) {
   }
 }
 
-// SPEC.md step 5, naive, from the one latent cache: [k_nope | v] = wkv_b c_n for every cached
+// docs/design.md step 5, naive, from the one latent cache: [k_nope | v] = wkv_b c_n for every cached
 // position, then each head's keys [k_nope | k_pe] and values gathered head-major
 // (naive_head_major_attention_params says why). DeepSeek keeps a second, per-head cache for this;
 // recomputing it keeps one cache for both formulations and lets chunked prefill use naive too.

@@ -1,4 +1,4 @@
-// One rank's MLA layer on the CPU (SPEC.md, Forward pass of one rank): its slice of heads, the
+// One rank's MLA layer on the CPU (docs/design.md, One step of one rank): its slice of heads, the
 // latent KV cache, and a forward step that returns the partial output before the all-reduce.
 #pragma once
 

@@ -341,7 +341,7 @@ bool CudaMlaLayer::decode_prefers_standard(const StepPlan& plan, int64_t seq) co
          scores_.size() > 0;
 }
 
-// SPEC.md steps 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))).
+// docs/design.md steps 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))).
 void CudaMlaLayer::project_queries(const float* x, const __nv_bfloat16* x_staged, int64_t tokens) {
   const int64_t q_width = shard_.n_local_heads * model_.qk_head_dim();
   if (model_.q_lora_rank == 0) {
@@ -355,7 +355,7 @@ void CudaMlaLayer::project_queries(const float* x, const __nv_bfloat16* x_staged
   }
 }
 
-// SPEC.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)] into the cache; RoPE
+// docs/design.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)] into the cache; RoPE
 // on each head's q_pe.
 void CudaMlaLayer::project_latent(const float* x, const __nv_bfloat16* x_staged, int64_t batch, int64_t seq,
                                   int64_t start_pos) {
@@ -420,7 +420,7 @@ void CudaMlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int6
   if (plan.formulation == Formulation::Absorb) absorb_outputs(tokens);
 }
 
-// SPEC.md step 5, absorb: q_lat[h] = Wk[h]^T q_nope[h] (one batched GEMM over heads), next to q_pe[h].
+// docs/design.md step 5, absorb: q_lat[h] = Wk[h]^T q_nope[h] (one batched GEMM over heads), next to q_pe[h].
 void CudaMlaLayer::absorb_queries(int64_t tokens) {
   const int64_t heads = shard_.n_local_heads;
   const int64_t C = model_.kv_lora_rank;
@@ -456,7 +456,7 @@ void CudaMlaLayer::absorb_queries(int64_t tokens) {
   strided_copy_cuda(q_pe, stream_);
 }
 
-// SPEC.md step 8, absorb: o[h] = Wv[h] o_lat[h].
+// docs/design.md step 8, absorb: o[h] = Wv[h] o_lat[h].
 void CudaMlaLayer::absorb_outputs(int64_t tokens) {
   const int64_t heads = shard_.n_local_heads;
   const int64_t C = model_.kv_lora_rank;
@@ -480,7 +480,7 @@ void CudaMlaLayer::absorb_outputs(int64_t tokens) {
   if (round_bf16_) round_rows(o_.data(), tokens, heads * dv, 1, 0, heads * dv);
 }
 
-// SPEC.md step 5, naive, from the one latent cache (as the CPU layer): [k_nope | v] = wkv_b c_n
+// docs/design.md step 5, naive, from the one latent cache (as the CPU layer): [k_nope | v] = wkv_b c_n
 // for every cached position, and k = [k_nope | k_pe] per head. One GEMM and one copy per part
 // for the whole batch: per-sequence launches cost more than the work at decode-sized steps.
 void CudaMlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {

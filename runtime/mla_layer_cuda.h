@@ -1,5 +1,5 @@
-// One rank's MLA layer on an NVIDIA GPU: the CUDA twin of runtime/mla_layer (SPEC.md, Forward
-// pass of one rank), step for step the same arithmetic and the same bf16 rounding points, with
+// One rank's MLA layer on an NVIDIA GPU: the CUDA twin of runtime/mla_layer (docs/design.md, One
+// step of one rank), step for step the same arithmetic and the same bf16 rounding points, with
 // the kernels of kernels/cuda and cuBLAS GEMMs.
 //
 // Every device buffer is allocated once, in the constructor, at the size the config and the

@@ -24,7 +24,7 @@ struct ModelArgs {
   double mscale = 1.0;
 
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
-  // SPEC.md: YaRN frequency scaling and the mscale correction apply when the cache is longer
+  // docs/design.md: YaRN frequency scaling and the mscale correction apply when the cache is longer
   // than the context the model was trained on.
   bool yarn_active() const { return max_seq_len > original_seq_len; }
   double softmax_scale() const {

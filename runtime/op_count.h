@@ -1,5 +1,5 @@
 // What one rank's layer step costs in arithmetic and memory traffic, derived from the shapes alone
-// (SPEC.md, Forward pass of one rank). mla_bench divides these by measured times to report GFLOP/s
+// (docs/design.md, One step of one rank). mla_bench divides these by measured times to report GFLOP/s
 // and GB/s; tests/test_op_count.cpp checks the GEMM part against the FLOPs the layer's GEMMs
 // actually execute.
 #pragma once

@@ -87,7 +87,7 @@ std::vector<int64_t> stored_shape(const WeightSpec& spec, bool presplit) {
 
 int64_t blocks(int64_t extent) { return (extent + kFp8BlockSize - 1) / kFp8BlockSize; }
 
-// A split edge inside a 128 block would need a scale shared by two ranks (SPEC.md, Weights).
+// A split edge inside a 128 block would need a scale shared by two ranks (docs/design.md, Weights).
 void check_block_edges(const WeightSpec& spec, const HeadShard& shard, const std::string& tensor_name) {
   const auto check = [&](int64_t begin, int64_t count, int64_t total, const char* axis) {
     const int64_t end = begin + count;
@@ -113,7 +113,7 @@ void finish_values(std::vector<float>& values, const std::string& where, Compute
   if (compute_dtype == ComputeDType::BF16) round_to_bf16_inplace(values.data(), static_cast<int64_t>(values.size()));
 }
 
-// SPEC.md, Weights: code * scale, rounded to bf16 in bf16 compute and, by default, in fp32 compute
+// docs/design.md, Weights: code * scale, rounded to bf16 in bf16 compute and, by default, in fp32 compute
 // too (weights.fp8_dequant: bf16, as DeepSeek's weight_dequant returns bf16).
 bool fp8_rounds_to_bf16(ComputeDType compute_dtype, Fp8Dequant fp8_dequant) {
   return compute_dtype == ComputeDType::BF16 || fp8_dequant == Fp8Dequant::Bf16;
@@ -135,7 +135,8 @@ std::vector<float> dequantize(const std::vector<uint8_t>& codes, const std::vect
 }
 
 std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const WeightSpec& spec, const HeadShard& shard,
-                                          ComputeDType compute_dtype, Fp8Dequant fp8_dequant, bool check_finite, std::string* storage_dtype,
+                                          ComputeDType compute_dtype, Fp8Dequant fp8_dequant, bool check_finite,
+                                          std::string* storage_dtype,
                                           Fp8Weight* fp8_out) {
   std::string name;
   const SafetensorsFile* file = checkpoint.find_weight(spec.name, &name);
@@ -157,7 +158,7 @@ std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const We
     finish_values(values, where, compute_dtype, check_finite);
     return values;
   }
-  if (spec.is_norm) throw UserError(where + " is F8_E4M3, but norm weights are never fp8 (SPEC.md)");
+  if (spec.is_norm) throw UserError(where + " is F8_E4M3, but norm weights are never fp8 (docs/design.md)");
   std::string scale_name;
   const SafetensorsFile* scale_file = checkpoint.find_scale(spec.name, &scale_name);
   if (scale_file == nullptr) throw UserError(where + " is fp8 but its scale '" + scale_name + "' is missing");
@@ -186,7 +187,7 @@ std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const We
 
 // Random weights: a linear layer's values are U(-1, 1) / sqrt(in_features), norms 1 + U(-1, 1) / 4,
 // rounded to bf16 (or, for fp8, quantized with a random block scale). Each value depends on the
-// seed, the tensor and its index in the full tensor only (SPEC.md: the same at any world size).
+// seed, the tensor and its index in the full tensor only (docs/design.md: the same at any world size).
 std::vector<float> random_weight(const WeightsConfig& config, const WeightSpec& spec, ComputeDType compute_dtype,
                                  Fp8Weight* fp8_out) {
   const uint64_t key = random_stream_key(config.seed, spec.name);

@@ -1,4 +1,4 @@
-// One rank's attention weights, as fp32 values (SPEC.md, Weights), which each layer prepares for
+// One rank's attention weights, as fp32 values (docs/design.md, Weights), which each layer prepares for
 // its own GEMMs (the CPU layer: kernels/cpu/packed_linear.h; the CUDA layer uploads them).
 //
 // bf16 and fp8 checkpoints are converted once, at load: fp8 codes times their 128x128 block

@@ -36,6 +36,19 @@ TEST_F(MlaRunCli, WritesYAndPrintsOneTableOfTheSteps) {
   EXPECT_EQ(y.info("y").dtype, DType::F32);
 }
 
+// fast_path_max_len: auto (the default) is the backend's crossover, and the log says which rule chose.
+TEST_F(MlaRunCli, TheFastPathLimitIsAutoUnlessGiven) {
+  for (const std::string& set : {std::string("run.threads=1"), std::string("run.fast_path_max_len=auto")}) {
+    const Outcome outcome = run(base_config(), {set});
+    ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
+    EXPECT_NE(outcome.out.find("kv_len 6 <= fast_path_max_len 256 (auto)"), std::string::npos) << set << "\n" << outcome.out;
+  }
+  const Outcome given = run(base_config(), {"run.fast_path_max_len=7"});
+  ASSERT_EQ(given.exit_code, 0) << given.err;
+  EXPECT_NE(given.out.find("kv_len 6 <= fast_path_max_len 7;"), std::string::npos) << given.out;
+  EXPECT_NE(given.out.find("kv_len 8 > fast_path_max_len 7"), std::string::npos) << given.out;
+}
+
 // run.log: steps (or --verbose): every rank's line for every step, with the reason.
 TEST_F(MlaRunCli, VerboseLogsEveryStepOfEveryRank) {
   for (const std::string& how : {std::string(" --verbose"), std::string(" --set run.log=steps")}) {
@@ -77,6 +90,7 @@ TEST_F(MlaRunCli, WrongType) {
 
 TEST_F(MlaRunCli, OutOfRange) {
   expect_user_error(run(base_config(), {"run.fast_path_max_len=0"}), {"run.fast_path_max_len", "[1,"});
+  expect_user_error(run(base_config(), {"run.fast_path_max_len=fast"}), {"run.fast_path_max_len", "expected auto or a length"});
 }
 
 TEST_F(MlaRunCli, BadChoice) {

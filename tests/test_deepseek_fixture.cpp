@@ -49,7 +49,7 @@ TEST(DeepSeekFixture, Bf16Absorb) {
     const FixtureRun run =
         run_fixture("y_absorb_bf16", {"run.compute_dtype=bf16", "run.formulation=absorb", std::string("run.attention=") + attention});
     const double error = relative_l2(run.result.y, run.expected);
-    // SPEC.md allows 2e-2; rounding where DeepSeek's bf16 code rounds should land far closer.
+    // docs/design.md allows 2e-2; rounding where DeepSeek's bf16 code rounds should land far closer.
     EXPECT_LE(error, 2e-2) << attention;
     std::printf("bf16 absorb (%s path) vs DeepSeek's bf16 output: relative L2 %.3g\n", attention, error);
   }

@@ -1,5 +1,5 @@
 // The whole layer against the float64 reference: every path x formulation x phase on shapes that
-// hit the edges (SPEC.md, Tolerances: fp32 1e-5, bf16 2e-2 relative L2).
+// hit the edges (docs/design.md, Precision and tolerances: fp32 1e-5, bf16 2e-2 relative L2).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -359,11 +359,11 @@ TEST(ExplicitMask, CausalMaskEqualsDefaultAndPaddingAndBiasMatchTheReference) {
   EXPECT_GT(relative_l2(biased_run.y, to_double(padded_run.y)), 1e-3) << "the bias changed nothing";
 }
 
-// fp8 weights as DeepSeek dequantizes them (SPEC.md, Weights): each code * scale rounded to bf16
+// fp8 weights as DeepSeek dequantizes them (docs/design.md, Weights): each code * scale rounded to bf16
 // by default, the exact product with weights.fp8_dequant: exact. The reference dequantizes the
 // same codes and scales itself, by the same rule, so the loader, the GEMM operands and the
 // streamed decode kernel (which rounds in registers) are all checked against it, on every path
-// and formulation, prefill and decode, in fp32 compute within SPEC.md's 1e-5.
+// and formulation, prefill and decode, in fp32 compute within docs/design.md's 1e-5.
 TEST(Fp8LayerVsReference, BothDequantRulesOnEveryPathAndFormulation) {
   const ModelArgs m = args(200, 2, 136, 144, 16, 8, 24, 64);  // partial 128-blocks on every axis
   const std::vector<int64_t> steps = {9, 1, 1, 1};

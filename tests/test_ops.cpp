@@ -270,7 +270,7 @@ TEST(Softmax, VectorExpWithinTwoUlpOfStdExp) {
   EXPECT_TRUE(std::isnan(exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
 }
 
-// scores_to_probs against the rounding sequence SPEC.md gives, written out one score at a time.
+// scores_to_probs against the rounding sequence docs/design.md gives, written out one score at a time.
 TEST(Softmax, ScoresToProbsRoundsWhereDeepSeekRounds) {
   const int64_t len = 37;
   const float scale = 0.0721f;

@@ -1,4 +1,4 @@
-// Self-checks of the float64 reference (tests/reference): properties that SPEC.md implies and that
+// Self-checks of the float64 reference (tests/reference): properties that docs/design.md implies and that
 // hold whatever the weights, plus hand-computed values for the small helpers.
 #include <gtest/gtest.h>
 
@@ -115,7 +115,7 @@ std::vector<double> causal_mask(int64_t seq, int64_t start_pos) {
   return mask;
 }
 
-// SPEC "The two paths": every formulation computes the same function. Prefill + decode and chunked
+// docs/design.md, The fast path and the standard path: every formulation computes the same function. Prefill + decode and chunked
 // prefill (p > 0, S > 1), with and without q_lora_rank, with and without YaRN.
 TEST(Reference, NaiveAndAbsorbAgree) {
   const std::vector<std::vector<int64_t>> schedules = {{7, 1, 1, 1, 1, 1}, {5, 4, 3}, {1, 6, 1, 2}};
@@ -140,7 +140,7 @@ TEST(Reference, NaiveAndAbsorbAgree) {
 }
 
 // An explicit non-causal mask (padding of key 1, future keys visible) must give the same function
-// in both formulations too (SPEC step 6: an explicit mask forces the standard path, either form).
+// in both formulations too (docs/design.md step 6: an explicit mask forces the standard path, either form).
 TEST(Reference, NaiveAndAbsorbAgreeWithPaddingMask) {
   const uint64_t seed = 2001;
   SCOPED_TRACE(seed_note(seed));
@@ -182,7 +182,7 @@ TEST(Reference, ChunkingDoesNotChangeOutputs) {
   }
 }
 
-// SPEC step 6: changing token j's input leaves every output before j unchanged and changes j's own.
+// docs/design.md step 6: changing token j's input leaves every output before j unchanged and changes j's own.
 TEST(Reference, CausalRule) {
   const uint64_t seed = 4001;
   SCOPED_TRACE(seed_note(seed));

@@ -29,7 +29,7 @@ std::vector<float> cols_of(const std::vector<float>& matrix, int64_t cols, int64
   return out;
 }
 
-// A rank's slice of the whole layer's weights, cut by hand (SPEC.md, Weights).
+// A rank's slice of the whole layer's weights, cut by hand (docs/design.md, Weights).
 void expect_is_slice(const LayerWeights& part, const LayerWeights& all, const ModelArgs& m, const HeadShard& shard) {
   const int64_t dq = m.qk_head_dim(), kv_rows = m.qk_nope_head_dim + m.v_head_dim;
   if (m.q_lora_rank == 0) {

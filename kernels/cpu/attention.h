@@ -1,4 +1,4 @@
-// Attention over the cached positions (SPEC.md steps 5-8), shared by the fast and the standard
+// Attention over the cached positions (docs/design.md steps 5-8), shared by the fast and the standard
 // path and by both formulations: the formulation only changes what the pointers hold.
 //   naive:  q = [q_nope | q_pe] per head, keys = [k_nope | k_pe] per head, values = v per head.
 //   absorb: q = [q_lat | q_pe] per head, keys = values = the latent cache [c_n | k_pe], shared by

@@ -24,7 +24,7 @@ inline float fp8_e4m3_to_f32(uint8_t code) {
   return (code & 0x80) ? -magnitude : magnitude;
 }
 
-// W[i][j] = q[i][j] * scale[i / 128][j / 128] (SPEC.md, Weights). `weight` is [rows, cols]
+// W[i][j] = q[i][j] * scale[i / 128][j / 128] (docs/design.md, Weights). `weight` is [rows, cols]
 // row-major; `scale` is [ceil(rows / 128), scale_cols] with scale_cols >= ceil(cols / 128).
 // The slice must start on a block edge, so local block indices equal global ones minus an offset
 // the caller already applied when it read the scales.

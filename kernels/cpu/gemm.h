@@ -26,7 +26,7 @@ struct GemmParams {
 
 void gemm(const GemmParams& params);
 
-// A linear layer, y = x W^T (SPEC.md, Weights): x [rows, in_features] with row stride x_stride,
+// A linear layer, y = x W^T (docs/design.md, Weights): x [rows, in_features] with row stride x_stride,
 // W [out_features, in_features] row-major, y [rows, out_features] with row stride y_stride.
 // round_to_bf16 rounds y as DeepSeek's bf16 F.linear does (fp32 accumulation, bf16 result).
 struct LinearParams {

@@ -1,4 +1,4 @@
-// Appends a step's latent rows to the KV cache (SPEC.md: the latent cache c_n | k_pe, kept once
+// Appends a step's latent rows to the KV cache (docs/design.md: the latent cache c_n | k_pe, kept once
 // per rank and shared by every head and both formulations).
 #pragma once
 

@@ -1,5 +1,5 @@
 // A linear layer's weight prepared once for the CPU's fastest GEMM, and y = x W^T with it
-// (SPEC.md, Weights). With oneDNN (Debian's libdnnl) the weight is reordered at construction into
+// (docs/design.md, Weights). With oneDNN (Debian's libdnnl) the weight is reordered at construction into
 // the blocked layout oneDNN's brgemm kernels read, so no step repacks it (a BLAS call packs its B
 // operand again on every call, a full pass over the weight); in bf16 the weight is stored as bf16
 // and the GEMM runs on AMX tiles or AVX512_BF16 dot products, whichever oneDNN finds. Without
@@ -33,7 +33,7 @@ struct PackedLinearCall {
   bool round_to_bf16 = false;  // y rounded to bf16, as DeepSeek's bf16 F.linear returns it
 };
 
-// An fp8 weight's codes and block scales (SPEC.md, Weights): codes [out, in] row-major, scales
+// An fp8 weight's codes and block scales (docs/design.md, Weights): codes [out, in] row-major, scales
 // [ceil(out/128), scale_cols].
 struct Fp8Blocks {
   const uint8_t* codes = nullptr;

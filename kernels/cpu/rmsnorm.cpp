@@ -15,8 +15,8 @@ namespace {
 // normalizes every token's q latent and kv latent, 0.5-1 ms of a bf16 prefill step when scalar.
 MLA_VECTOR_CLONES void rmsnorm_row(const float* x, const float* weight, float* y, int64_t dim, float eps,
                                    bool round_to_bf16) {
-  // The sum of squares in double keeps fp32 mode well inside SPEC.md's 1e-5 for any dim; summed
-  // in lanes, in an order SPEC.md's tolerances leave free.
+  // The sum of squares in double keeps fp32 mode well inside docs/design.md's 1e-5 for any dim; summed
+  // in lanes, in an order docs/design.md's tolerances leave free.
   double sum_squares = 0.0;
 #pragma omp simd reduction(+ : sum_squares)
   for (int64_t i = 0; i < dim; ++i) sum_squares += static_cast<double>(x[i]) * x[i];

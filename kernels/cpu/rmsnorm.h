@@ -1,4 +1,4 @@
-// RMSNorm (SPEC.md step 4): y = x * rsqrt(mean(x^2) + eps) * weight, computed in fp32.
+// RMSNorm (docs/design.md step 4): y = x * rsqrt(mean(x^2) + eps) * weight, computed in fp32.
 #pragma once
 
 #include <cstdint>

@@ -11,7 +11,7 @@
 namespace mla {
 
 namespace {
-// The rotation count n completes at dimension corr(n) (SPEC.md: corr).
+// The rotation count n completes at dimension corr(n) (docs/design.md, RoPE and YaRN: corr).
 double yarn_correction_dim(double rotations, const RopeFrequencyParams& p) {
   return static_cast<double>(p.rope_dim) *
          std::log(static_cast<double>(p.original_seq_len) / (rotations * 2.0 * std::numbers::pi)) /

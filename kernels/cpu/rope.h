@@ -1,4 +1,4 @@
-// Interleaved rotary embedding with YaRN frequency scaling (SPEC.md, RoPE and YaRN).
+// Interleaved rotary embedding with YaRN frequency scaling (docs/design.md, RoPE and YaRN).
 #pragma once
 
 #include <cstdint>

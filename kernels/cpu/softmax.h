@@ -42,7 +42,7 @@ inline float exp_nonpositive(float x) {
   return x < -87.0f ? 0.0f : result;
 }
 
-// One query row's scores, from dot products to probabilities (SPEC.md steps 6-7).
+// One query row's scores, from dot products to probabilities (docs/design.md steps 6-7).
 struct ScoreRow {
   float* scores = nullptr;       // [len]: the (main) dot products in, the probabilities out
   const float* tail = nullptr;   // split bf16 scores: the rope part's dot products; else nullptr
@@ -59,7 +59,7 @@ void scores_to_probs(const ScoreRow& row);
 
 // In place over scores[0, len): p = exp(s - max) / sum, in fp32 with the sum in double.
 // Entries of -inf become 0. The caller guarantees at least one finite entry. In bf16 mode the
-// probabilities are rounded before the value product (SPEC.md step 7).
+// probabilities are rounded before the value product (docs/design.md step 7).
 void softmax_row(float* scores, int64_t len, bool round_probs_to_bf16);
 
 }  // namespace mla

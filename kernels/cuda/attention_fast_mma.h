@@ -7,7 +7,7 @@
 // kernels/cpu/attention_fast and its tile version kernels/cpu/attention_fast_amx.
 //
 // attention_fast_cuda sends a step here when attention_fast_mma_applies says it may; fp32
-// compute stays on the CUDA-core kernel, whose products must be fp32 (SPEC.md's 1e-5).
+// compute stays on the CUDA-core kernel, whose products must be fp32 (docs/design.md's 1e-5).
 #pragma once
 
 #include <cuda_runtime.h>

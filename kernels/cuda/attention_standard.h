@@ -1,5 +1,5 @@
-// The standard path on the GPU (SPEC.md, The two paths): for each sequence and chunk of query
-// rows, the scores of every head are materialized by a strided-batched cuBLAS GEMM, soft-maxed
+// The standard path on the GPU (docs/design.md, The fast path and the standard path): for each
+// sequence and chunk of query rows, the scores of every head are materialized by a strided-batched cuBLAS GEMM, soft-maxed
 // in fp32 by attention_softmax_cuda, and multiplied by the values with a second batched GEMM.
 // The twin of kernels/cpu/attention_standard; the chunk bounds the score buffer.
 #pragma once

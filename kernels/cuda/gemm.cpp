@@ -41,7 +41,7 @@ void gemm_cuda(CublasContext& context, const GemmCudaParams& p) {
   if (p.m == 0 || p.n == 0 || p.batch == 0) return;
   const bool bf16 = p.operands == GemmOperands::BF16;
   const cudaDataType_t operand_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
-  // fp32 operands must give fp32 products (SPEC.md's 1e-5): the pedantic compute type keeps
+  // fp32 operands must give fp32 products (docs/design.md's 1e-5): the pedantic compute type keeps
   // cuBLAS off TF32 and other reduced-precision shortcuts, unless they hold bf16 numbers, which
   // TF32 represents exactly; bf16 operands use the tensor cores.
   const cublasComputeType_t compute = bf16            ? CUBLAS_COMPUTE_32F

@@ -9,7 +9,7 @@ namespace {
 constexpr int kThreads = 256;
 
 // One block per row. The sum of squares is kept in double, as the CPU twin does, so fp32 mode
-// stays inside SPEC.md's 1e-5 whatever the row length.
+// stays inside docs/design.md's 1e-5 whatever the row length.
 __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(RmsNormParams p) {
   __shared__ double scratch[32];
   const float* x = p.x + blockIdx.x * p.x_stride;

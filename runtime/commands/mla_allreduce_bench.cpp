@@ -2,7 +2,7 @@
 //                     [--warmup 5] [--iters 20] [--max-seconds-per-size 1.0] [--dtype float]
 //                     [--csv FILE] [--check 1] [--timeout-s 120]
 //
-// What the layer's one collective (SPEC.md step 9: the sum of the ranks' partial outputs) costs at
+// What the layer's one collective (docs/design.md step 9: the sum of the ranks' partial outputs) costs at
 // each message size, reported the way nccl-tests' all_reduce_perf reports it: per size one row per
 // transport with time, algbw, busbw and #wrong, in place and out of place.
 //
@@ -621,8 +621,9 @@ int main(int argc, char** argv) {
   const bool leader = mla::launcher_rank() == "0";
   CLI::App app{"All-reduce (sum) bandwidth and correctness over message sizes, nccl-tests style."};
   app.option_defaults()->always_capture_default();
-  app.footer("Exit codes: 0 done, every element right; 1 wrong elements or an internal error; 2 bad input (an\n"
-             "option, the CSV path); 3 a rank stalled (--timeout-s); 77 --transport nccl where a rank sees no CUDA device.");
+  app.footer("Exit codes: 0 done, every element right; 1 wrong elements or an internal error; 2 bad input\n"
+             "(an option, the CSV path); 3 a rank stalled (--timeout-s); 77 --transport nccl where a rank sees\n"
+             "no CUDA device.");
   mla::Options options;
   add_options(app, options);
   try {

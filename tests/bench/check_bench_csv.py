@@ -2,7 +2,7 @@
 """Checks what mla_bench wrote for the smoke sweep: the public columns in order, one JSONL record per
 CSV row, positive and ordered times, FLOP and byte counts that are consistent with the rates, the
 fast path's attention workspace below the standard path's wherever a step has several query rows,
-and (when the PyTorch baseline ran) its output equal to ours within SPEC.md's tolerance.
+and (when the PyTorch baseline ran) its output equal to ours within docs/design.md's tolerance.
 
 Usage: check_bench_csv.py CSV JSONL [--expect-rows N] [--expect-worlds 1,2]
                           [--require-baseline | --require-baseline-if-torch PYTHON]
@@ -17,7 +17,7 @@ import sys
 PUBLIC_COLUMNS = ["backend", "world", "threads", "batch", "seq_len", "phase", "attention", "formulation",
                   "compute_dtype", "weights_dtype", "path_chosen", "formulation_chosen", "median_ms", "min_ms",
                   "p90_ms", "allreduce_ms", "gflops", "gbps", "workspace_bytes", "peak_rss_bytes"]
-# SPEC.md, Tolerances: ours and the baseline each sit within these of the exact result.
+# docs/design.md, Precision and tolerances: ours and the baseline each sit within these of the exact result.
 TOLERANCE = {"fp32": 1e-5 * 2, "bf16": 2e-2 * 2}
 
 failures = []

@@ -1,4 +1,4 @@
-// Float64 reference of SPEC.md's forward pass. Every step is a plain loop over the indices the spec
+// Float64 reference of docs/design.md's forward pass. Every step is a plain loop over the indices the spec
 // names, so a reader can check it line by line against the spec.
 #include "tests/reference/mla_reference.h"
 
@@ -28,7 +28,7 @@ double dot(const double* a, const double* b, int64_t n) {
   return sum;
 }
 
-// Masking rule of SPEC step 6, then softmax over t (step 7). scores holds t < e = start_pos + seq.
+// Masking rule of docs/design.md step 6, then softmax over t (step 7). scores holds t < e = start_pos + seq.
 // A row that sees nothing (all -inf) yields NaN, as softmax over an empty set does in DeepSeek's code.
 void mask_and_softmax(std::vector<double>& scores, int64_t s, int64_t seq, int64_t start_pos,
                       const std::vector<double>* mask) {
@@ -83,7 +83,7 @@ std::vector<double> rope_frequencies(const RefConfig& config) {
     freqs[i] = std::pow(config.rope_theta, -2.0 * static_cast<double>(i) / dr_d);
   if (config.max_seq_len <= config.original_seq_len) return freqs;
 
-  // YaRN (SPEC "RoPE and YaRN"): dimensions that rotate fewer than beta_slow times over the original
+  // YaRN (docs/design.md, RoPE and YaRN): dimensions that rotate fewer than beta_slow times over the original
   // context are interpolated by rope_factor, those rotating more than beta_fast times are kept.
   const double original = static_cast<double>(config.original_seq_len);
   auto corr = [&](double n_rotations) {
@@ -105,7 +105,7 @@ void rope_apply(double* pair_values, int64_t dr, int64_t position, const std::ve
     const double angle = static_cast<double>(position) * freqs[i];
     const double c = std::cos(angle), s = std::sin(angle);
     const double re = pair_values[2 * i], im = pair_values[2 * i + 1];
-    // (re + i im) * (cos + i sin): SPEC's "rotated as a complex number".
+    // (re + i im) * (cos + i sin): docs/design.md's "as a complex number".
     pair_values[2 * i] = re * c - im * s;
     pair_values[2 * i + 1] = re * s + im * c;
   }
@@ -248,7 +248,7 @@ void RefMla::store_naive(const Projected& p, int64_t seq, int64_t start_pos) {
       const int64_t r = b * seq + s, slot = b * cfg_.max_seq_len + start_pos + s;
       const double* cn = &p.c_n[r * C];
       for (int64_t h = 0; h < H; ++h) {
-        // SPEC "Weights": head h's wkv_b rows are [dn rows of Wk[h], dv rows of Wv[h]].
+        // docs/design.md, Weights: head h's wkv_b rows are [dn rows of Wk[h], dv rows of Wv[h]].
         const double* wk = &w_.wkv_b[(h * (dn + dv)) * C];
         const double* wv = &w_.wkv_b[(h * (dn + dv) + dn) * C];
         double* k = &k_cache_[(slot * H + h) * dq];

@@ -1,6 +1,7 @@
-// Float64 reference of one MLA layer on one rank, written from SPEC.md alone (and, where SPEC.md
-// leaves a detail, from DeepSeek-V3's inference/model.py). Plain loops, no BLAS: it exists to be
-// obviously right, so that the fast CPU/CUDA code can be checked against it (SPEC "Tolerances").
+// Float64 reference of one MLA layer on one rank, written from the design card's specification
+// alone (docs/design.md restates it) and, where it leaves a detail, from DeepSeek-V3's
+// inference/model.py. Plain loops, no BLAS: it exists to be obviously right, so that the fast
+// CPU/CUDA code can be checked against it (docs/design.md, Precision and tolerances).
 #pragma once
 
 #include <cstdint>
@@ -30,13 +31,13 @@ class RefMla {
   // x: [batch, seq, dim] row-major. start_pos: tokens already in this object's cache. mask ==
   // nullptr: causal (query at start_pos+s sees t <= start_pos+s). Otherwise an additive mask
   // [seq, start_pos+seq] row-major added to the scores, replacing the causal rule.
-  // Returns this slice's partial y [batch, seq, dim] (SPEC step 9, before the all-reduce).
+  // Returns this slice's partial y [batch, seq, dim] (docs/design.md step 9, before the all-reduce).
   // Throws std::invalid_argument when x's size, start_pos or the cache capacity do not fit.
   std::vector<double> forward(const std::vector<double>& x, int64_t seq, int64_t start_pos,
                               const std::vector<double>* mask = nullptr);
 
  private:
-  // Per-token projections shared by both formulations (SPEC steps 1-4), each [batch*seq, ...].
+  // Per-token projections shared by both formulations (docs/design.md steps 1-4), each [batch*seq, ...].
   struct Projected {
     std::vector<double> q;     // [B*S, H, dq], q_pe already rotated
     std::vector<double> c_n;   // [B*S, C]
@@ -45,7 +46,7 @@ class RefMla {
   Projected project(const std::vector<double>& x, int64_t seq, int64_t start_pos) const;
   void store_naive(const Projected& p, int64_t seq, int64_t start_pos);
   void store_absorb(const Projected& p, int64_t seq, int64_t start_pos);
-  // Attention output o [B*S, H, dv] for the tokens in p (SPEC steps 5-8).
+  // Attention output o [B*S, H, dv] for the tokens in p (docs/design.md steps 5-8).
   std::vector<double> attend_naive(const Projected& p, int64_t seq, int64_t start_pos,
                                    const std::vector<double>* mask) const;
   std::vector<double> attend_absorb(const Projected& p, int64_t seq, int64_t start_pos,
@@ -58,23 +59,24 @@ class RefMla {
   std::vector<double> freqs_;
   double scale_;
   // Naive caches: k [B, max_seq_len, H, dq], v [B, max_seq_len, H, dv].
-  // Absorb caches: c_n [B, max_seq_len, C], k_pe [B, max_seq_len, dr]. (SPEC "KV cache per rank")
+  // Absorb caches: c_n [B, max_seq_len, C], k_pe [B, max_seq_len, dr]. The runtime keeps one
+  // cache of [c_n | k_pe] for both formulations (docs/design.md); these are DeepSeek's.
   std::vector<double> k_cache_, v_cache_, cn_cache_, kpe_cache_;
 };
 
-// rmsnorm(v, w) = v * rsqrt(mean(v^2) + eps) * w, per row of length weight.size() (SPEC step 4).
+// rmsnorm(v, w) = v * rsqrt(mean(v^2) + eps) * w, per row of length weight.size() (docs/design.md step 4).
 std::vector<double> rmsnorm(const std::vector<double>& x, int64_t rows, const std::vector<double>& weight,
                             double eps = 1e-6);
-// f_i for i < dr/2, YaRN applied when max_seq_len > original_seq_len (SPEC "RoPE and YaRN").
+// f_i for i < dr/2, YaRN applied when max_seq_len > original_seq_len (docs/design.md, RoPE and YaRN).
 std::vector<double> rope_frequencies(const RefConfig& config);
 // Interleaved pairs (x[2i], x[2i+1]) rotated by angle position * f_i, in place.
 void rope_apply(double* pair_values, int64_t dr, int64_t position, const std::vector<double>& freqs);
-// dq^-0.5, times mscale'^2 when YaRN is active (SPEC "Derived").
+// dq^-0.5, times mscale'^2 when YaRN is active (docs/design.md, Shapes and symbols).
 double softmax_scale(const RefConfig& config);
 // float8 e4m3fn: bias 7, no infinities, 0x7f/0xff NaN, max finite 448.
 double fp8_e4m3_value(uint8_t code);
 // W[i][j] = value(codes[i][j]) * scale[i/128][j/128]; scale [ceil(rows/128), ceil(cols/128)].
-// round_to_bf16 (SPEC.md's default, weights.fp8_dequant: bf16): each W[i][j], computed in fp32 as
+// round_to_bf16 (docs/design.md's default, weights.fp8_dequant: bf16): each W[i][j], computed in fp32 as
 // DeepSeek's weight_dequant computes it, rounded to the nearest bf16 number, ties to even.
 std::vector<double> fp8_dequant(const std::vector<uint8_t>& codes, int64_t rows, int64_t cols,
                                 const std::vector<float>& scale, bool round_to_bf16 = false);
