@@ -50,10 +50,13 @@ else
   done
 fi
 
-mounted=()
+# Unmounts everything below the root, deepest first: the binds made here and whatever the tests
+# mounted inside (ip netns binds /run/netns, say), so that removing the root never crosses a mount.
 cleanup() {
-  local index
-  for ((index = ${#mounted[@]} - 1; index >= 0; index--)); do umount -l "${mounted[index]}" 2>/dev/null || true; done
+  [ -n "${root:-}" ] || return 0
+  local point
+  awk -v root="$root" '$2 == root || index($2, root "/") == 1 {print $2}' /proc/mounts | sort -r |
+    while read -r point; do umount -l "$point" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 
@@ -80,12 +83,10 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' "$(hostname)" > "$root/etc/hosts"
 hostname > "$root/etc/hostname"
 mount --bind "$root" "$root"
-mounted+=("$root")
 for point in proc sys dev dev/pts dev/shm; do
   [ -d "/$point" ] || continue
   mkdir -p "$root/$point"
   mount --bind "/$point" "$root/$point"
-  mounted+=("$root/$point")
 done
 
 status=0
@@ -113,7 +114,6 @@ case "$tests" in
 esac
 
 cleanup
-mounted=()
 echo "fresh_machine_check: $( ((status)) && echo FAILED || echo passed ) in $(elapsed "$start"); logs in $logs"
 if ((status == 0 && !keep)); then
   rm -rf --one-file-system "$root"
