@@ -70,6 +70,21 @@ TEST_F(MlaRunCli, ReproducesDeepSeekThroughTheCommand) {
   EXPECT_LE(relative_l2(y, to_double(expected)), 1e-5);
 }
 
+// A key set by --set is named once: "--set model.dim: expected ...", not "--set model.dim: model.dim: ...".
+TEST_F(MlaRunCli, ASetKeyIsNamedOnce) {
+  const Outcome outcome = run(base_config(), {"model.dim=0"});
+  expect_user_error(outcome, {"--set model.dim: expected an integer in [1, 1048576], got '0'"});
+  EXPECT_EQ(outcome.err.find("model.dim: model.dim"), std::string::npos) << outcome.err;
+}
+
+// The weights line says what a bf16 run holds, not "fp32 compute copies".
+TEST_F(MlaRunCli, TheWeightsLineSaysWhatTheComputeHolds) {
+  const Outcome bf16 = run(base_config(), {"run.compute_dtype=bf16"});
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
+  EXPECT_NE(bf16.out.find("loaded as fp32 buffers of bf16 values (the layer keeps bf16)"), std::string::npos) << bf16.out;
+  EXPECT_EQ(bf16.out.find("fp32 compute copies"), std::string::npos) << bf16.out;
+}
+
 TEST_F(MlaRunCli, UnknownKey) { expect_user_error(run(base_config() + "  speed: fast\n"), {"run.speed", "unknown key"}); }
 
 TEST_F(MlaRunCli, UnknownSection) { expect_user_error(run(base_config() + "extra: {a: 1}\n"), {"extra", "unknown key"}); }
