@@ -118,12 +118,12 @@ void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
   run.formulation = static_cast<FormulationChoice>(reader.get_choice("formulation", 0, {"auto", "naive", "absorb"}));
   const YAML::Node max_len = reader.node("fast_path_max_len");
   run.fast_path_auto = !max_len || (max_len.IsScalar() && max_len.Scalar() == "auto");
-  int64_t length = 0;
-  if (!run.fast_path_auto && (!max_len.IsScalar() || !YAML::convert<int64_t>::decode(max_len, length))) {
+  int64_t length = kAutoFastPathMaxLen;
+  if (!run.fast_path_auto && (!max_len.IsScalar() || !YAML::convert<int64_t>::decode(max_len, length) || length < 1 ||
+                              length > (int64_t{1} << 20))) {
     reader.fail(reader.path("fast_path_max_len"), max_len, "expected auto or a length in [1, 1048576]");
   }
-  run.fast_path_max_len = run.fast_path_auto ? kAutoFastPathMaxLen
-                                             : reader.get_int("fast_path_max_len", kAutoFastPathMaxLen, 1, int64_t{1} << 20);
+  run.fast_path_max_len = length;
   if (!reader.has("input")) reader.fail(reader.path("input"), YAML::Node(), "required: a .safetensors file or {random: ...}");
   parse_input(reader.node("input"), reader.path("input"), origin, run.input);
   parse_schedule(MapReader(reader.node("schedule"), reader.path("schedule"), origin), run.schedule);

@@ -89,7 +89,12 @@ class MlaRunCli : public testing::Test {
     EXPECT_EQ(std::count(ours.begin(), ours.end(), '\n'), 1) << outcome.err;
     for (const std::string& word : expected) EXPECT_NE(outcome.err.find(word), std::string::npos) << outcome.err;
     EXPECT_FALSE(std::filesystem::exists(output())) << "a failed run left " << output();
-    for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
+    expect_no_temporaries();
+  }
+
+  // No AtomicFile temporary ("<output>.mla-tmp.<host>.<pid>.<n>") anywhere in the test's directory.
+  void expect_no_temporaries() const {
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(dir_.path())) {
       EXPECT_EQ(entry.path().string().find(".mla-tmp."), std::string::npos) << "temporary left: " << entry.path();
     }
   }

@@ -30,6 +30,12 @@ class Faults : public MlaRunCli {
     return name;
   }
 
+  // A run whose y is 8 x 512 x 4096 floats, 64 MB: writing and fsyncing it takes a while.
+  std::vector<std::string> large_output_sets() const {
+    return {"run.output=" + output(), "model.dim=4096", "model.max_batch_size=8", "model.max_seq_len=512",
+            "run.input={random: {batch: 8, tokens: 512, seed: 4}}", "run.schedule={prefill: 512}"};
+  }
+
   // Runs with debug.fail and parallel.timeout_s 2; returns the outcome and the seconds it took.
   std::pair<Outcome, double> run_fault(int ranks, const std::string& mode, int rank, int step) {
     const std::vector<std::string> sets = {"run.output=" + output(), "parallel.timeout_s=2", "parallel.uneven_heads=true",
@@ -168,10 +174,7 @@ TEST_F(Faults, AStoppedRankIsReportedByItsPeer) {
 // written the complete new file. The rename is the commit.
 TEST_F(Faults, AWatchdogFiringWhileWritingLeavesTheOldOutput) {
   const std::string old_contents = "old contents";
-  // y is 8 x 512 x 4096 floats, 64 MB: writing and fsyncing it outlasts the timeout.
-  const std::vector<std::string> sets = {"run.output=" + output(), "model.dim=4096", "model.max_batch_size=8",
-                                         "model.max_seq_len=512", "run.input={random: {batch: 8, tokens: 512, seed: 4}}",
-                                         "run.schedule={prefill: 512}"};
+  const std::vector<std::string> sets = large_output_sets();
   int failed = 0, succeeded = 0;
   for (const char* timeout : {"0.05", "0.2", "0.5", "1", "2"}) {
     std::ofstream(output()) << old_contents;
@@ -186,9 +189,7 @@ TEST_F(Faults, AWatchdogFiringWhileWritingLeavesTheOldOutput) {
       EXPECT_EQ(outcome.exit_code, 3) << timeout << ": " << outcome.err;
       EXPECT_EQ(read_text(output()), old_contents) << timeout << ": a failed run replaced the output";
     }
-    for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
-      EXPECT_EQ(entry.path().string().find(".mla-tmp."), std::string::npos) << "temporary left: " << entry.path();
-    }
+    expect_no_temporaries();
   }
   EXPECT_GT(failed, 0) << "no run was ended by its watchdog: the test tested nothing";
   std::printf("watchdog while writing: %d runs failed (old file kept), %d succeeded\n", failed, succeeded);
@@ -198,10 +199,7 @@ TEST_F(Faults, AWatchdogFiringWhileWritingLeavesTheOldOutput) {
 // path holds either the old file or a complete new one, never a partial file.
 TEST_F(Faults, KilledAtAnyMomentLeavesTheOldOrTheNewOutput) {
   const std::string old_contents = "old contents";
-  // y is 8 x 512 x 4096 floats, 64 MB: its write and fsync take a while.
-  const std::vector<std::string> sets = {"run.output=" + output(), "model.dim=4096", "model.max_batch_size=8",
-                                         "model.max_seq_len=512", "run.input={random: {batch: 8, tokens: 512, seed: 4}}",
-                                         "run.schedule={prefill: 512}"};
+  const std::vector<std::string> sets = large_output_sets();
   int saw_old = 0, saw_new = 0;
   for (int delay_ms = 0; delay_ms <= 1200; delay_ms += 100) {
     std::ofstream(output()) << old_contents;
