@@ -2,7 +2,7 @@
 """PyTorch eager baseline of one tensor-parallel rank's MLA layer, timed by mla_bench.
 
 The layer is written the way PyTorch users write MLA (F.linear, einsum, absorbed decode, an fp32
-softmax), from docs/design.md. mla_bench (runtime/bench_baseline.cpp) starts it once per sweep
+softmax), from docs/design.md. mla_bench (runtime/bench/bench_baseline.cpp) starts it once per sweep
 and asks it to time the same shapes, weights and threads as each of its own points.
 
 Usage

@@ -1,14 +1,6 @@
 #include "parallel/communicator.h"
 
-#include <unistd.h>
-
 namespace mla {
-
-std::string this_host_name() {
-  char name[256] = {};
-  if (gethostname(name, sizeof(name) - 1) != 0) return "unknown-host";
-  return name;
-}
 
 std::string SingleProcessCommunicator::host() const { return this_host_name(); }
 

@@ -4,17 +4,12 @@
 
 #include <cstdint>
 #include <memory>
-#include <stdexcept>
 #include <string>
 
-namespace mla {
+#include "runtime/base/errors.h"
+#include "runtime/base/host_name.h"
 
-// A rank failed during the run (a non-finite partial output, a stalled peer): the job stops with
-// a non-zero exit and no output. Every rank throws it together, so each can exit cleanly.
-class RankFailure : public std::runtime_error {
- public:
-  explicit RankFailure(const std::string& message) : std::runtime_error(message) {}
-};
+namespace mla {
 
 class Communicator {
  public:
@@ -25,9 +20,6 @@ class Communicator {
   // In place: every rank ends with the element-wise sum over ranks, bitwise identical everywhere.
   virtual void allreduce_sum(float* values, int64_t count) = 0;
 };
-
-// gethostname(), or "unknown-host".
-std::string this_host_name();
 
 // A world of one: the sum over ranks is the rank's own value.
 class SingleProcessCommunicator final : public Communicator {

@@ -13,14 +13,10 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "runtime/base/errors.h"
 #include "parallel/watchdog.h"
 
 namespace mla {
-
-class MpiError : public std::runtime_error {
- public:
-  explicit MpiError(const std::string& message) : std::runtime_error(message) {}
-};
 
 [[noreturn]] void throw_mpi_error(int code, const char* call, const char* file, int line);
 
@@ -84,21 +80,12 @@ class MpiSession {
   Watchdog* watchdog_ = nullptr;
 };
 
+// The MPI library's name and version, its first line up to a comma ("Open MPI v4.1.4").
+std::string mpi_library_version();
+
 // This process's rank as its launcher's environment says (Open MPI, PMIx, PMI, Slurm), readable
 // before MPI_Init for messages and for choosing which rank speaks; "0" when none is set.
 std::string launcher_rank();
-
-struct RankThreads {
-  int count = 1;
-  std::string placement;  // "pinned to CPUs 0-3", or why not
-};
-
-// The CPU threads of one rank: `requested` when > 0; else the CPUs this process may run on
-// (mpirun --bind-to, Slurm's cpus-per-task), at most the node's cores split over its ranks, so
-// ranks on one node do not fight over cores. Sets OpenMP's and the BLAS's thread counts to it and,
-// with `pin` (run.pin_threads), pins thread i to one CPU (parallel/thread_placement.h) unless
-// OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY or KMP_AFFINITY already say where threads go.
-RankThreads configure_rank_threads(int requested, bool pin, const MpiSession& session);
 
 // A command's watchdog as it must be before MPI_Init (read ahead from its config or flags).
 struct WatchdogSettings {

@@ -3,7 +3,12 @@
 #include <omp.h>
 #include <sched.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <functional>
+#include <thread>
+
+#include "kernels/cpu/gemm.h"
 
 namespace mla {
 
@@ -73,6 +78,56 @@ std::string describe_cpus(const std::vector<int>& cpus) {
     i = end;
   }
   return text;
+}
+
+RankThreads configure_rank_threads(int requested, bool pin, int local_rank, int local_size) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Read once, before any pinning: afterwards the calling thread's own mask is one CPU.
+  static const std::vector<int> allowed = allowed_cpus();
+  int bound = allowed.empty() ? cores : static_cast<int>(allowed.size());
+  const char* placed_by = nullptr;
+  for (const char* variable : {"OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY"}) {
+    if (std::getenv(variable) != nullptr) placed_by = variable;
+  }
+  if (placed_by != nullptr && omp_get_num_places() > 0) {
+    // The OpenMP runtime has already bound this thread to the first place: count all places' CPUs.
+    bound = 0;
+    for (int place = 0; place < omp_get_num_places(); ++place) bound += omp_get_place_num_procs(place);
+  }
+  RankThreads result;
+  result.count = requested > 0 ? requested : std::max(1, std::min(bound, cores / local_size));
+  omp_set_num_threads(result.count);
+  set_blas_threads(result.count);
+
+  if (placed_by != nullptr) {
+    result.placement = std::string("placed as ") + placed_by + " says";
+    return result;
+  }
+  PlacementRequest request;
+  request.threads = result.count;
+  request.allowed = allowed;
+  request.node_cpus = cores;
+  request.local_rank = local_rank;
+  request.local_size = local_size;
+  const std::vector<int> cpus = pin ? choose_thread_cpus(request) : std::vector<int>{};
+  if (!cpus.empty() && pin_openmp_threads(cpus)) {
+    result.placement = "pinned to CPUs " + describe_cpus(cpus);
+    return result;
+  }
+  // An earlier call (mla_bench's previous point) may have pinned the pool: free it again.
+  unpin_openmp_threads(result.count, allowed);
+  if (!pin) {
+    result.placement = "not pinned (run.pin_threads: false)";
+  } else if (result.count > bound) {
+    result.placement = "not pinned: " + std::to_string(result.count) + " threads on " + std::to_string(bound) + " CPUs";
+  } else if (cpus.empty()) {
+    result.placement = "not pinned: " + std::to_string(local_size) + " ranks x " +
+                       std::to_string(result.count) + " threads share this node's " + std::to_string(bound) +
+                       " CPUs, unbound";
+  } else {
+    result.placement = "not pinned: the kernel refused sched_setaffinity";
+  }
+  return result;
 }
 
 }  // namespace mla

@@ -34,4 +34,16 @@ bool unpin_openmp_threads(int threads, const std::vector<int>& cpus);
 // "0-3,8" for {0, 1, 2, 3, 8}.
 std::string describe_cpus(const std::vector<int>& cpus);
 
+struct RankThreads {
+  int count = 1;
+  std::string placement;  // "pinned to CPUs 0-3", or why not
+};
+
+// The CPU threads of one rank: `requested` when > 0; else the CPUs this process may run on
+// (mpirun --bind-to, Slurm's cpus-per-task), at most the node's cores split over its local_size ranks, so
+// ranks on one node do not fight over cores. Sets OpenMP's and the BLAS's thread counts to it and,
+// with `pin` (run.pin_threads), pins thread i to one CPU unless
+// OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY or KMP_AFFINITY already say where threads go.
+RankThreads configure_rank_threads(int requested, bool pin, int local_rank, int local_size);
+
 }  // namespace mla

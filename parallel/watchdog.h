@@ -20,9 +20,9 @@
 #include <string>
 #include <thread>
 
-namespace mla {
+#include "runtime/base/errors.h"
 
-inline constexpr int kRankFailureExitCode = 3;
+namespace mla {
 
 class Watchdog {
  public:

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 #include "tests/test_util.h"
 
 namespace mla::test {

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "kernels/cpu/fp8.h"
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 #include "tests/cli_fixture.h"
 #include "tests/safetensors_builder.h"
 

@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 #include "tests/cli_fixture.h"
 
 namespace mla::test {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 #include "tests/cli_fixture.h"
 
 namespace mla::test {

@@ -1,9 +1,9 @@
-// The FLOP and byte model behind mla_bench's GFLOP/s and GB/s (runtime/op_count.h), checked against
+// The FLOP and byte model behind mla_bench's GFLOP/s and GB/s (runtime/layer/op_count.h), checked against
 // what the layer actually executes: the GEMM FLOPs counted inside gemm() during real steps.
 #include <gtest/gtest.h>
 
 #include "kernels/cpu/gemm.h"
-#include "runtime/op_count.h"
+#include "runtime/layer/op_count.h"
 #include "tests/test_util.h"
 
 namespace mla::test {

@@ -15,10 +15,10 @@
 #include <vector>
 
 #include "parallel/communicator.h"
-#include "runtime/atomic_file.h"
-#include "runtime/errors.h"
-#include "runtime/safetensors.h"
-#include "runtime/user_files.h"
+#include "runtime/base/atomic_file.h"
+#include "runtime/base/errors.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/base/user_files.h"
 #include "tests/cli_fixture.h"
 
 namespace mla::test {

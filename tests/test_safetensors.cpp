@@ -15,8 +15,8 @@
 #include <tuple>
 #include <vector>
 
-#include "runtime/errors.h"
-#include "runtime/safetensors.h"
+#include "runtime/base/errors.h"
+#include "runtime/io/safetensors.h"
 
 namespace mla {
 namespace {

@@ -1,11 +1,11 @@
-// Sweep files of mla_bench (runtime/sweep.h): how lists cross into points, what each phase means,
+// Sweep files of mla_bench (runtime/io/sweep.h): how lists cross into points, what each phase means,
 // and bad sweeps refused with the key and line named.
 #include <gtest/gtest.h>
 
 #include <string>
 
-#include "runtime/errors.h"
-#include "runtime/sweep.h"
+#include "runtime/base/errors.h"
+#include "runtime/io/sweep.h"
 
 namespace mla {
 namespace {

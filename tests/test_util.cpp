@@ -4,7 +4,7 @@
 
 #include <atomic>
 
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 
 namespace mla::test {
 

@@ -10,10 +10,10 @@
 
 #include "parallel/communicator.h"
 #include "parallel/sharding.h"
-#include "runtime/config.h"
-#include "runtime/mla_layer.h"
-#include "runtime/runner.h"
-#include "runtime/weights.h"
+#include "runtime/io/config.h"
+#include "runtime/layer/mla_layer.h"
+#include "runtime/layer/runner.h"
+#include "runtime/io/weights.h"
 #include "tests/reference/mla_reference.h"
 
 namespace mla::test {

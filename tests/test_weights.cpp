@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "kernels/cpu/fp8.h"
-#include "runtime/errors.h"
-#include "runtime/safetensors.h"
+#include "runtime/base/errors.h"
+#include "runtime/io/safetensors.h"
 #include "tests/safetensors_builder.h"
 #include "tests/test_util.h"
 

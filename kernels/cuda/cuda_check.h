@@ -5,15 +5,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 
-namespace mla {
+#include "runtime/base/errors.h"
 
-class CudaError : public std::runtime_error {
- public:
-  explicit CudaError(const std::string& message) : std::runtime_error(message) {}
-};
+namespace mla {
 
 [[noreturn]] void throw_cuda_error(const char* call, const char* file, int line, const std::string& detail);
 

@@ -31,11 +31,13 @@
 #include "parallel/communicator.h"
 #include "parallel/mpi_session.h"
 #include "parallel/watchdog.h"
-#include "runtime/atomic_file.h"
-#include "runtime/errors.h"
-#include "runtime/machine_info.h"
-#include "runtime/rank_agreement.h"
-#include "runtime/user_files.h"
+#include "runtime/base/atomic_file.h"
+#include "runtime/base/errors.h"
+#include "runtime/base/units.h"
+#include "runtime/bench/harness.h"
+#include "runtime/bench/machine_info.h"
+#include "parallel/rank_agreement.h"
+#include "runtime/base/user_files.h"
 
 #if MLA_HAVE_CUDA
 #include "kernels/cuda/cuda_check.h"
@@ -47,7 +49,6 @@
 namespace mla {
 namespace {
 
-constexpr int kSkippedExitCode = 77;  // ctest's and automake's "skipped"
 constexpr int kWrongResultExitCode = 1;
 
 struct Options {
@@ -69,18 +70,6 @@ class Skipped : public std::runtime_error {
  public:
   explicit Skipped(const std::string& message) : std::runtime_error(message) {}
 };
-
-std::string format_bytes(int64_t bytes) {
-  char text[32];
-  if (bytes < 1024) {
-    std::snprintf(text, sizeof(text), "%ld B", static_cast<long>(bytes));
-  } else if (bytes < (int64_t{1} << 20)) {
-    std::snprintf(text, sizeof(text), "%.0f KiB", static_cast<double>(bytes) / 1024.0);
-  } else {
-    std::snprintf(text, sizeof(text), "%.0f MiB", static_cast<double>(bytes) / (1024.0 * 1024.0));
-  }
-  return text;
-}
 
 // ---- the data: exact sums ----------------------------------------------------------------------
 
@@ -288,7 +277,7 @@ struct Measurement {
   int64_t count = 0;
   bool in_place = true;
   int reps = 0;
-  double median_us = 0, min_us = 0, max_us = 0;  // over timed calls, each the slowest rank's time
+  TimeSummary time_us;  // over timed calls, each the slowest rank's time
   bool checked = false;
   int64_t wrong = 0;  // over all ranks
   double max_abs_error = 0;
@@ -337,17 +326,14 @@ Measurement measure(Transport& transport, const MpiSession& session, const Optio
     pace_us[1] += time_us;
   }
   agree(session, pace_us, 2, MPI_MAX);
-  const double fits = (budget_s - pace_us[1] * 1e-6) / (pace_us[0] * 1e-6);
-  const int reps = static_cast<int>(std::clamp<double>(fits, 1, options.iters));
+  const RepBudget budget{0, 1, options.iters, budget_s};
+  const int reps = static_cast<int>(budget.reps_that_fit(pace_us[1] * 1e-6, pace_us[0] * 1e-6));
   std::vector<double> times_us(static_cast<size_t>(reps));
   for (double& time_us : times_us) time_us = timed_call_us(transport, session, count, in_place);
   // A call is over when its slowest rank has the sum: the maximum over ranks, call by call.
   agree(session, times_us.data(), reps, MPI_MAX);
-  std::sort(times_us.begin(), times_us.end());
   m.reps = reps;
-  m.min_us = times_us.front();
-  m.max_us = times_us.back();
-  m.median_us = (times_us[(times_us.size() - 1) / 2] + times_us[times_us.size() / 2]) / 2;
+  m.time_us = summarize_times(std::move(times_us));
   return m;
 }
 
@@ -357,7 +343,7 @@ Measurement measure(Transport& transport, const MpiSession& session, const Optio
 // returns at once, and a rate computed from it would be meaningless (N/A in the table, empty in the CSV).
 double algbw_gbps(const Measurement& m, int world) {
   if (world == 1 && m.in_place) return std::numeric_limits<double>::quiet_NaN();
-  return static_cast<double>(m.count) * sizeof(float) / m.median_us / 1e3;
+  return static_cast<double>(m.count) * sizeof(float) / m.time_us.median / 1e3;
 }
 
 // Bus bandwidth, as nccl-tests defines it for all-reduce: a ring (or any bandwidth-optimal)
@@ -368,21 +354,14 @@ double algbw_gbps(const Measurement& m, int world) {
 // different volumes, and the same factor on every row keeps the rows comparable.
 double busbw_gbps(const Measurement& m, int world) { return algbw_gbps(m, world) * 2.0 * (world - 1) / world; }
 
-std::string rate_text(double gbps, const char* format) {
-  if (std::isnan(gbps)) return "";
-  char text[32];
-  std::snprintf(text, sizeof(text), format, gbps);
-  return text;
-}
-
 std::string table_cells(const Measurement& m, int world) {
   char text[96];
   const std::string wrong = m.checked ? std::to_string(m.wrong) : "N/A";
   const auto cell = [](double gbps) {
-    const std::string rate = rate_text(gbps, "%.3f");
+    const std::string rate = fixed(gbps, 3);
     return rate.empty() ? std::string("N/A") : rate;
   };
-  std::snprintf(text, sizeof(text), " %10.2f %8s %8s %7s", m.median_us, cell(algbw_gbps(m, world)).c_str(),
+  std::snprintf(text, sizeof(text), " %10.2f %8s %8s %7s", m.time_us.median, cell(algbw_gbps(m, world)).c_str(),
                 cell(busbw_gbps(m, world)).c_str(), wrong.c_str());
   return text;
 }
@@ -422,35 +401,23 @@ void print_header(const MpiSession& session, const Options& options, const Machi
   // The checkout this binary was built in (build/ lies inside it) names the commit.
   std::error_code error;
   const auto exe_dir = std::filesystem::read_symlink("/proc/self/exe", error).parent_path();
-  const MachineEntries entries = describe_machine(error ? std::string(".") : exe_dir.string());
-  char mpi_version[MPI_MAX_LIBRARY_VERSION_STRING] = {};
-  int length = 0;
-  MPI_CHECK(MPI_Get_library_version(mpi_version, &length));
-  std::string mpi_line(mpi_version, static_cast<size_t>(length));
-  mpi_line = mpi_line.substr(0, mpi_line.find_first_of(",\n"));
+  MachineEntries entries = describe_machine(error ? std::string(".") : exe_dir.string());
+  entries.emplace_back("mpi", mpi_library_version());
+  if (options.transport == "nccl") {
+    for (auto& entry : describe_gpu(session.local_rank())) entries.push_back(std::move(entry));
+  }
   std::string names;
   for (const Transport* transport : transports) names += (names.empty() ? "" : ", ") + std::string(transport->name());
   std::printf(
       "# mla_allreduce_bench: all-reduce (sum) of %s; transports %s; world %d on %d node(s), %s ranks per node\n",
       options.dtype.c_str(), names.c_str(), session.world(), machine.nodes, machine.ranks_per_node.c_str());
   std::printf("# hosts: %s\n", machine.hosts.c_str());
-  std::printf("# machine (rank 0): %s; %s cores; memory %s; %s; commit %s\n",
-              machine_entry(entries, "cpu_model").c_str(), machine_entry(entries, "cpu_cores").c_str(),
-              machine_entry(entries, "memory_total").c_str(), mpi_line.c_str(),
-              machine_entry(entries, "git_commit").c_str());
-#if MLA_HAVE_CUDA
-  if (options.transport == "nccl") {
-    int nccl_version = 0;
-    NCCL_CHECK(ncclGetVersion(&nccl_version));
-    cudaDeviceProp properties{};
-    CUDA_CHECK(cudaGetDeviceProperties(&properties, session.local_rank()));
-    std::printf("# NCCL %d, rank 0's GPU: %s\n", nccl_version, properties.name);
-  }
-#endif
+  std::printf("# machine (rank 0): %s\n", machine_summary(entries).c_str());
+  if (options.transport == "nccl") std::printf("# NCCL %s\n", machine_entry(entries, "nccl").c_str());
   std::printf(
       "# %s to %s (x%ld); per point the median of up to %d timed calls after up to %d warm-up(s), each call "
       "the slowest rank's time after a barrier; about %g s per size\n",
-      format_bytes(options.min_bytes).c_str(), format_bytes(options.max_bytes).c_str(),
+      format_bytes_binary(options.min_bytes).c_str(), format_bytes_binary(options.max_bytes).c_str(),
       static_cast<long>(options.step_factor), options.iters, std::max(1, options.warmup), options.max_seconds_per_size);
   if (options.transport == "mpi") {
     std::printf(
@@ -465,22 +432,34 @@ void print_header(const MpiSession& session, const Options& options, const Machi
   std::fflush(stdout);
 }
 
-std::string csv_text(const std::vector<Measurement>& rows, const Options& options, int world, const Machine& machine) {
-  std::string text =
-      "transport,world,bytes,count,dtype,in_place,reps,time_us,algbw_gbps,busbw_gbps,max_abs_error,ok,"
-      "min_us,max_us,wrong,checked,host,nodes,ranks_per_node\n";
-  for (const Measurement& m : rows) {
-    char line[512];
-    const std::string error = m.checked ? std::to_string(m.max_abs_error) : "nan";
-    std::snprintf(line, sizeof(line), "%s,%d,%ld,%ld,%s,%d,%d,%.3f,%s,%s,%s,%d,%.3f,%.3f,%ld,%d,%s,%d,%s\n",
-                  m.transport.c_str(), world, static_cast<long>(m.count * 4), static_cast<long>(m.count),
-                  options.dtype.c_str(), m.in_place ? 1 : 0, m.reps, m.median_us,
-                  rate_text(algbw_gbps(m, world), "%.6f").c_str(), rate_text(busbw_gbps(m, world), "%.6f").c_str(),
-                  error.c_str(), m.wrong == 0 ? 1 : 0, m.min_us, m.max_us, static_cast<long>(m.wrong),
-                  m.checked ? 1 : 0, machine.host.c_str(), machine.nodes, machine.ranks_per_node.c_str());
-    text += line;
-  }
-  return text;
+// The CSV's columns, in the order of its header (kept: scripts read them by name and position).
+const std::vector<std::string> kCsvColumns = {"transport", "world",   "bytes",   "count", "dtype",  "in_place", "reps",
+                                              "time_us",   "algbw_gbps", "busbw_gbps", "max_abs_error", "ok",
+                                              "min_us",    "max_us",  "wrong",   "checked", "host",   "nodes",
+                                              "ranks_per_node"};
+
+ResultRow csv_row(const Measurement& m, const Options& options, int world, const Machine& machine) {
+  ResultRow row;
+  row.add("transport", m.transport)
+      .add("world", std::to_string(world))
+      .add("bytes", std::to_string(m.count * 4))
+      .add("count", std::to_string(m.count))
+      .add("dtype", options.dtype)
+      .add("in_place", m.in_place ? "1" : "0")
+      .add("reps", std::to_string(m.reps))
+      .add("time_us", fixed(m.time_us.median, 3))
+      .add("algbw_gbps", fixed(algbw_gbps(m, world), 6))
+      .add("busbw_gbps", fixed(busbw_gbps(m, world), 6))
+      .add("max_abs_error", m.checked ? fixed(m.max_abs_error, 6) : "nan")
+      .add("ok", m.wrong == 0 ? "1" : "0")
+      .add("min_us", fixed(m.time_us.min, 3))
+      .add("max_us", fixed(m.time_us.max, 3))
+      .add("wrong", std::to_string(m.wrong))
+      .add("checked", m.checked ? "1" : "0")
+      .add("host", machine.host)
+      .add("nodes", std::to_string(machine.nodes))
+      .add("ranks_per_node", machine.ranks_per_node);
+  return row;
 }
 
 // ---- the run -----------------------------------------------------------------------------------
@@ -507,7 +486,7 @@ std::vector<std::unique_ptr<Transport>> make_transports(const MpiSession& sessio
         buffers.output.assign(static_cast<size_t>(max_count), 0.0f);
       } catch (const std::bad_alloc&) {
         throw UserError("--max-bytes " + std::to_string(options.max_bytes) + ": cannot allocate two buffers of " +
-                        format_bytes(options.max_bytes) + " on this rank");
+                        format_bytes_binary(options.max_bytes) + " on this rank");
       }
     });
     transports.push_back(std::make_unique<MpiOursTransport>(session, buffers));
@@ -559,7 +538,9 @@ int run(const MpiSession& session, const Options& options) {
   watchdog.progress("writing the CSV");
   phases.run([&] {
     if (!leader || options.csv.empty()) return;
-    write_file_atomically(options.csv, csv_text(rows, options, session.world(), machine));
+    ResultFile csv = ResultFile::csv(options.csv, kCsvColumns);
+    for (const Measurement& m : rows) csv.add(csv_row(m, options, session.world(), machine));
+    csv.write();
   });
   if (!leader) return wrong == 0 ? 0 : kWrongResultExitCode;
   if (!options.csv.empty()) std::printf("# csv: %s\n", options.csv.c_str());

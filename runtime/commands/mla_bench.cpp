@@ -1,6 +1,6 @@
 // mla_bench SWEEP.yaml [--set key=value ...] [--append] [--list-worlds]
 //
-// Runs the points of a benchmark sweep (runtime/sweep.h) whose world is this job's size: for each,
+// Runs the points of a benchmark sweep (runtime/io/sweep.h) whose world is this job's size: for each,
 // the step is set up as serving would reach it (the cache filled for decode and chunks), warmed
 // up, then timed step by step until the budget is met; the PyTorch baseline times the same shapes
 // in the same run. One CSV row and one JSONL row per point, the files rewritten atomically after
@@ -35,21 +35,24 @@
 #include "kernels/cpu/vector_ops.h"
 #include "parallel/mpi_session.h"
 #include "parallel/sharding.h"
+#include "parallel/thread_placement.h"
 #include "parallel/watchdog.h"
-#include "runtime/atomic_file.h"
-#include "runtime/bench_baseline.h"
-#include "runtime/errors.h"
-#include "runtime/machine_info.h"
-#include "runtime/memory_plan.h"
-#include "runtime/mla_layer.h"
-#include "runtime/op_count.h"
-#include "runtime/random_values.h"
-#include "runtime/rank_agreement.h"
-#include "runtime/runner.h"
-#include "runtime/safetensors.h"
-#include "runtime/sweep.h"
-#include "runtime/user_files.h"
-#include "runtime/weights.h"
+#include "runtime/base/atomic_file.h"
+#include "runtime/bench/bench_baseline.h"
+#include "runtime/bench/harness.h"
+#include "runtime/layer/backend.h"
+#include "runtime/base/errors.h"
+#include "runtime/bench/machine_info.h"
+#include "runtime/layer/memory_plan.h"
+#include "runtime/layer/mla_layer.h"
+#include "runtime/layer/op_count.h"
+#include "runtime/base/random_values.h"
+#include "parallel/rank_agreement.h"
+#include "runtime/layer/runner.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/io/sweep.h"
+#include "runtime/base/user_files.h"
+#include "runtime/io/weights.h"
 
 #if MLA_HAVE_CUDA
 #include <nccl.h>
@@ -57,8 +60,8 @@
 #include "kernels/cuda/cuda_check.h"
 #include "parallel/nccl_bootstrap.h"
 #include "parallel/nccl_communicator.h"
-#include "runtime/cuda_step_executor.h"
-#include "runtime/mla_layer_cuda.h"
+#include "runtime/layer/cuda_step_executor.h"
+#include "runtime/layer/mla_layer_cuda.h"
 #endif
 
 namespace mla {
@@ -80,63 +83,8 @@ const std::vector<std::string> kColumns = {
     "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep", "weight_bytes", "weight_gbps",
     "linear_ms", "attention_ms"};
 
-struct Summary {
-  double median = 0, min = 0, p90 = 0;
-};
-
-// Median (the mean of the middle two for an even count) and nearest-rank p90, as the baseline
-// script computes them.
-Summary summarize(std::vector<double> values) {
-  Summary s;
-  if (values.empty()) return s;
-  std::sort(values.begin(), values.end());
-  const size_t n = values.size();
-  s.median = n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
-  s.min = values.front();
-  s.p90 = values[static_cast<size_t>(std::ceil(0.9 * static_cast<double>(n))) - 1];
-  return s;
-}
-
 // VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
 // restarts the high-water mark from the current RSS), so that each point reports its own peak.
-// sweep.backend auto: CUDA where this build has it and the rank sees a device, else the CPU.
-Backend resolve_backend(Backend requested) {
-  if (requested != Backend::Auto) return requested;
-#if MLA_HAVE_CUDA
-  return cuda_device_count() > 0 ? Backend::Cuda : Backend::Cpu;
-#else
-  return Backend::Cpu;
-#endif
-}
-
-// The GPU next to the CPU in every JSONL row, when this rank sees one.
-void describe_gpu(const MpiSession& session, MachineEntries& machine) {
-#if MLA_HAVE_CUDA
-  const int devices = cuda_device_count();
-  if (devices == 0) return;
-  const int device = session.local_rank() % devices;
-  cudaDeviceProp properties{};
-  CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
-  int sm_clock_khz = 0, memory_clock_khz = 0, runtime = 0, driver = 0, nccl = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&sm_clock_khz, cudaDevAttrClockRate, device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&memory_clock_khz, cudaDevAttrMemoryClockRate, device));
-  CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
-  CUDA_CHECK(cudaDriverGetVersion(&driver));
-  if (ncclGetVersion(&nccl) != ncclSuccess) nccl = 0;
-  machine.emplace_back("gpu_name", properties.name);
-  machine.emplace_back("gpu_count", std::to_string(devices));
-  machine.emplace_back("gpu_memory_bytes", std::to_string(properties.totalGlobalMem));
-  machine.emplace_back("gpu_sm_clock_mhz", std::to_string(sm_clock_khz / 1000));
-  machine.emplace_back("gpu_memory_clock_mhz", std::to_string(memory_clock_khz / 1000));
-  machine.emplace_back("cuda_runtime", std::to_string(runtime));
-  machine.emplace_back("cuda_driver", std::to_string(driver));
-  machine.emplace_back("nccl", std::to_string(nccl));
-#else
-  (void)session;
-  (void)machine;
-#endif
-}
-
 int64_t peak_rss_bytes() {
   std::ifstream status("/proc/self/status");
   for (std::string line; std::getline(status, line);) {
@@ -160,69 +108,6 @@ void quiet_barrier(const MpiSession& session) {
     const timespec pause{0, 1000000};
     nanosleep(&pause, nullptr);
   }
-}
-
-std::string csv_escape(const std::string& text) {
-  if (text.find_first_of(",\"\n") == std::string::npos) return text;
-  std::string quoted = "\"";
-  for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return quoted + "\"";
-}
-
-std::string number(double value, int digits = 6) {
-  if (!std::isfinite(value)) return "";
-  std::ostringstream out;
-  out.precision(digits);
-  out << value;
-  return out.str();
-}
-
-// The rows a file already holds (--append) and the ones this run adds; rewritten whole each time.
-class TableFile {
- public:
-  TableFile(std::string path, std::string header) : path_(std::move(path)), header_(std::move(header)) {}
-
-  void load_existing() {
-    std::ifstream in(path_);
-    if (!in) return;
-    std::string line;
-    if (header_.size() && std::getline(in, line) && line != header_) {
-      throw UserError(path_ + ": --append: its header is not mla_bench's (" + line.substr(0, 80) +
-                      "...); write to another file");
-    }
-    while (std::getline(in, line)) {
-      if (!line.empty()) rows_.push_back(line);
-    }
-  }
-
-  void add(const std::string& row) {
-    rows_.push_back(row);
-    std::string text = header_.empty() ? "" : header_ + "\n";
-    for (const std::string& r : rows_) text += r + "\n";
-    write_file_atomically(path_, text);
-  }
-
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-  std::string header_;
-  std::vector<std::string> rows_;
-};
-
-// The worlds of the rows that a CSV of ours at `path` holds (column "world", the second); empty
-// when there is no such file.
-std::set<std::string> worlds_in_csv(const std::string& path, const std::string& header) {
-  std::set<std::string> worlds;
-  std::ifstream in(path);
-  std::string line;
-  if (!in || !std::getline(in, line) || line != header) return worlds;
-  while (std::getline(in, line)) {
-    const size_t first = line.find(',');
-    const size_t second = first == std::string::npos ? first : line.find(',', first + 1);
-    if (second != std::string::npos) worlds.insert(line.substr(first + 1, second - first - 1));
-  }
-  return worlds;
 }
 
 // One point's measurements on this rank (rank 0's are reported).
@@ -269,10 +154,36 @@ enum class ExistingRows {
   Overwrite,  // --overwrite: replace the files whatever they hold
 };
 
+// What a point needs before it is timed, the same on every rank.
+struct PointSetup {
+  Config config;
+  HeadShard shard;
+  const LoadedWeights* loaded = nullptr;
+  InputTensor x;
+  int threads = 0;
+};
+
+// A timed point, with what rank 0 measured around it.
+struct PointResult {
+  BenchPoint point;
+  const PointSetup* setup = nullptr;
+  Measurement measured;
+  int64_t peak_rss_bytes = 0;
+  StepCost cost;
+  double gemm_only_ms = NAN;  // CPU, rank 0
+  double rel_l2 = NAN;        // ours against the baseline's, sequence 0
+  Json torch;                 // the baseline's answer; null when it did not run
+};
+
 class Bench {
  public:
   Bench(const MpiSession& session, Sweep sweep, ExistingRows existing)
-      : session_(session), sweep_(std::move(sweep)), existing_(existing), phases_(session) {}
+      : session_(session),
+        sweep_(std::move(sweep)),
+        existing_(existing),
+        phases_(session),
+        csv_(ResultFile::csv(sweep_.bench.csv, kColumns)),
+        jsonl_(ResultFile::jsonl(sweep_.bench.jsonl)) {}
   ~Bench();
   Bench(const Bench&) = delete;
   Bench& operator=(const Bench&) = delete;
@@ -280,6 +191,19 @@ class Bench {
   int run();
 
  private:
+  // The points of this job's world; the others are named on stderr (launch/mla_bench.sh runs them).
+  std::vector<BenchPoint> points_of_this_world() const;
+  // Collective: checks the output paths, reads back or refuses the rows already there (rank 0),
+  // describes the machine and starts the baseline.
+  void prepare_outputs();
+  // Rank 0: the rest of the machine's description, and the sweep's first line.
+  void describe_job(size_t point_count);
+  // Collective: the point's config, threads, shard, weights and input.
+  PointSetup set_up(const BenchPoint& point);
+  StepCost cost_of(const BenchPoint& point, const PointSetup& setup, const Measurement& measured) const;
+  ResultRow csv_row(const PointResult& result) const;
+  Json jsonl_record(const PointResult& result, const ResultRow& row) const;
+  void print_point(const PointResult& result) const;
   void start_baseline();
   Measurement measure(const Config& config, const BenchPoint& point, const HeadShard& shard, const LayerWeights& weights,
                       const InputTensor& x);
@@ -299,6 +223,7 @@ class Bench {
   int baseline_weights_generation_ = -1;
   std::string baseline_weights_path_;
   MachineEntries machine_;
+  ResultFile csv_, jsonl_;  // rank 0's
 };
 
 void Bench::start_baseline() {
@@ -375,7 +300,8 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
     f32_to_bf16_bits_rne(step_x.data(), step_x_bf16.data(), static_cast<int64_t>(step_x.size()));
   }
   const uint16_t* step_x_bits = step_x_bf16.empty() ? nullptr : step_x_bf16.data();
-  for (int64_t i = 0; i < bench.warmup; ++i) {
+  const RepBudget budget{bench.warmup, bench.min_reps, bench.max_reps, bench.max_seconds};
+  for (int64_t i = 0; i < budget.warmup; ++i) {
     watchdog.progress("warm-up");
     executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_x_bits);
     executor->reduce(0.0f);
@@ -393,8 +319,7 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
     float continue_flag = 0.0f;
     if (session_.rank() == 0) {
       const int64_t reps = static_cast<int64_t>(result.step_ms.size()) + 1;
-      const double spent = timed_ms + ms_since(started);
-      continue_flag = reps < bench.max_reps && (reps < bench.min_reps || spent < bench.max_seconds * 1e3) ? 1.0f : 0.0f;
+      continue_flag = budget.wants_more(reps, (timed_ms + ms_since(started)) / 1e3) ? 1.0f : 0.0f;
     }
     more = executor->reduce(continue_flag) != 0.0f;
     const double step = ms_since(started);
@@ -585,9 +510,7 @@ Bench::~Bench() {
   }
 }
 
-int Bench::run() {
-  const bool leader = session_.rank() == 0;
-  const BenchSettings& bench = sweep_.bench;
+std::vector<BenchPoint> Bench::points_of_this_world() const {
   std::vector<BenchPoint> points;
   std::map<int, int> other_worlds;
   for (const BenchPoint& point : sweep_.points) {
@@ -602,29 +525,31 @@ int Bench::run() {
                     " rank(s), and no point has that world; run launch/mla_bench.sh " + sweep_.source +
                     " (it starts mpirun -np W for each world)");
   }
-  if (leader && !other_worlds.empty()) {
+  if (session_.rank() == 0 && !other_worlds.empty()) {
     std::string skipped;
-    for (const auto& [world, count] : other_worlds) skipped += " " + std::to_string(count) + " at world " + std::to_string(world) + ";";
+    for (const auto& [world, count] : other_worlds) {
+      skipped += " " + std::to_string(count) + " at world " + std::to_string(world) + ";";
+    }
     std::fprintf(stderr, "mla_bench: running the %zu points of world %d; skipping%s launch/mla_bench.sh runs every world\n",
                  points.size(), session_.world(), skipped.c_str());
   }
+  return points;
+}
 
-  std::string header;
-  for (const std::string& column : kColumns) header += (header.empty() ? "" : ",") + column;
-  TableFile csv(bench.csv, header);
-  TableFile jsonl(bench.jsonl, "");
+void Bench::prepare_outputs() {
+  const BenchSettings& bench = sweep_.bench;
   phases_.run([&] {
     check_kernel_environment();
-    if (!leader) return;
+    if (session_.rank() != 0) return;
     for (const std::string& line : check_output_paths({{"bench.csv", bench.csv}, {"bench.jsonl", bench.jsonl}},
                                                       files_read(sweep_.base, session_.world(), "the sweep file"))) {
       std::printf("mla_bench: %s\n", line.c_str());
     }
     if (existing_ == ExistingRows::Append) {
-      csv.load_existing();
-      jsonl.load_existing();
+      csv_.keep_existing_rows();
+      jsonl_.keep_existing_rows();
     } else if (existing_ == ExistingRows::Refuse) {
-      std::set<std::string> others = worlds_in_csv(bench.csv, header);
+      std::set<std::string> others = csv_.existing_values("world");
       others.erase(std::to_string(session_.world()));
       if (!others.empty()) {
         std::string list;
@@ -635,153 +560,211 @@ int Bench::run() {
       }
     }
     machine_ = describe_machine(MLA_SOURCE_DIR);
-    machine_.emplace_back("copy_gbps", number(measure_copy_gbps(omp_get_max_threads())));
+    machine_.emplace_back("copy_gbps", significant(measure_copy_gbps(omp_get_max_threads())));
     // Before the first point pins this thread to one CPU (configure_rank_threads): the baseline's
     // process inherits its parent's CPU mask, and must get all of the rank's CPUs.
     start_baseline();
   });
-  if (leader) {
-    char version[MPI_MAX_LIBRARY_VERSION_STRING];
-    int length = 0;
-    MPI_CHECK(MPI_Get_library_version(version, &length));
-    std::string mpi(version, static_cast<size_t>(length));
-    machine_.emplace_back("mpi", mpi.substr(0, mpi.find_first_of(",\n")));
-    machine_.emplace_back("ranks_per_node", std::to_string(session_.local_size()));
-    describe_gpu(session_, machine_);
-    std::printf("mla_bench: %s, %zu points at world %d; machine: %s, %s cores (%s); baseline: %s\n",
-                sweep_.source.c_str(), points.size(), session_.world(), machine_entry(machine_, "cpu_model").c_str(),
-                machine_entry(machine_, "cpu_cores").c_str(), machine_entry(machine_, "cpu_isa").c_str(),
-                baseline_note_.c_str());
-    std::fflush(stdout);
+}
+
+void Bench::describe_job(size_t point_count) {
+  machine_.emplace_back("mpi", mpi_library_version());
+  machine_.emplace_back("ranks_per_node", std::to_string(session_.local_size()));
+  for (auto& entry : describe_gpu(session_.local_rank())) machine_.push_back(std::move(entry));
+  std::printf("mla_bench: %s, %zu points at world %d; machine: %s; baseline: %s\n", sweep_.source.c_str(),
+              point_count, session_.world(), machine_summary(machine_).c_str(), baseline_note_.c_str());
+  std::fflush(stdout);
+}
+
+PointSetup Bench::set_up(const BenchPoint& point) {
+  PointSetup setup;
+  phases_.run([&] {
+    setup.config = point_config(sweep_, point);
+    const Config& config = setup.config;
+    setup.threads = configure_rank_threads(point.threads, config.run.pin_threads, session_.local_rank(),
+                                           session_.local_size()).count;
+    try {
+      setup.shard = shard_heads(config.model.n_heads, session_.world(), session_.rank(), config.parallel.uneven_heads);
+    } catch (const std::invalid_argument& error) {
+      throw UserError(std::string("model.n_heads: ") + error.what());
+    }
+    const std::vector<int64_t> steps = config.run.schedule.steps(point.seq_len);
+    check_memory_fits(plan_memory(config.model, config.run, setup.shard, point.batch, point.seq_len, steps, setup.threads),
+                      session_.local_size(), available_memory_bytes());
+    session_.watchdog()->progress("loading weights");
+    setup.loaded = &weights_.get(config, setup.shard, session_.world());
+    setup.x = load_input(config.run.input, config.model, config.run.check_finite);
+    reset_peak_rss();
+  });
+  return setup;
+}
+
+// The FLOPs and bytes of the timed step, counted as the layer ran it (its formulation; bf16
+// operands where the weights were streamed or multiplied as bf16).
+StepCost Bench::cost_of(const BenchPoint& point, const PointSetup& setup, const Measurement& measured) const {
+  StepShapeArgs shape;
+  shape.n_local_heads = setup.shard.n_local_heads;
+  shape.batch = point.batch;
+  shape.seq = point.step_len();
+  shape.start_pos = point.start_pos();
+  shape.formulation = measured.report.plan.formulation;
+  if (setup.config.run.compute_dtype == ComputeDType::BF16 &&
+      (point.backend == Backend::Cuda || measured.linear_implementation.find("bf16") != std::string::npos)) {
+    shape.weight_element_bytes = 2;
+    shape.activation_element_bytes = 2;
   }
+  return step_cost(setup.config.model, shape);
+}
+
+// The public columns (docs/performance.md: names and order kept), then ours, in kColumns' order.
+ResultRow Bench::csv_row(const PointResult& r) const {
+  const BenchPoint& point = r.point;
+  const Measurement& measured = r.measured;
+  const TimeSummary step = summarize_times(measured.step_ms);
+  const bool has_torch = r.torch.is_object() && r.torch.value("ok", false);
+  const double torch_median = has_torch ? r.torch.value("median_ms", NAN) : NAN;
+  const bool cpu = point.backend != Backend::Cuda;
+  const auto torch_number = [&](const char* key) { return has_torch ? significant(r.torch.value(key, NAN)) : ""; };
+  ResultRow row;
+  row.add("backend", to_string(point.backend))
+      .add("world", std::to_string(point.world))
+      .add("threads", std::to_string(r.setup->threads))
+      .add("batch", std::to_string(point.batch))
+      .add("seq_len", std::to_string(point.seq_len))
+      .add("phase", to_string(point.phase))
+      .add("attention", to_string(point.attention))
+      .add("formulation", to_string(point.formulation))
+      .add("compute_dtype", to_string(point.compute_dtype))
+      .add("weights_dtype", r.setup->loaded->storage_dtype)
+      .add("path_chosen", to_string(measured.report.plan.path))
+      .add("formulation_chosen", to_string(measured.report.plan.formulation))
+      .add("median_ms", significant(step.median))
+      .add("min_ms", significant(step.min))
+      .add("p90_ms", significant(step.p90))
+      .add("allreduce_ms", significant(summarize_times(measured.allreduce_ms).median))
+      .add("gflops", significant(r.cost.flop() / step.median / 1e6))
+      .add("gbps", significant(r.cost.bytes() / step.median / 1e6))
+      .add("workspace_bytes", std::to_string(measured.report.attention_workspace_bytes))
+      .add("peak_rss_bytes", std::to_string(r.peak_rss_bytes))
+      .add("chunk", std::to_string(point.chunk))
+      .add("kv_len", std::to_string(point.seq_len))
+      .add("start_pos", std::to_string(point.start_pos()))
+      .add("step_tokens", std::to_string(point.step_len()))
+      .add("n_local_heads", std::to_string(r.setup->shard.n_local_heads))
+      .add("reps", std::to_string(measured.step_ms.size()))
+      .add("flop", significant(r.cost.flop(), 10))
+      .add("bytes", significant(r.cost.bytes(), 10))
+      .add("linear_flop", significant(r.cost.gemm_flop, 10))
+      .add("replicated_flop", significant(r.cost.replicated_flop, 10))
+      .add("gemm_only_ms", significant(r.gemm_only_ms))
+      .add("device_peak_bytes", std::to_string(measured.device_bytes))
+      .add("torch_median_ms", significant(torch_median))
+      .add("torch_min_ms", torch_number("min_ms"))
+      .add("torch_p90_ms", torch_number("p90_ms"))
+      .add("torch_formulation", has_torch ? r.torch.value("formulation", std::string()) : "")
+      .add("speedup_vs_torch", has_torch ? significant(torch_median / step.median, 4) : "")
+      .add("torch_rel_l2", significant(r.rel_l2, 3))
+      .add("sweep", sweep_.name)
+      .add("weight_bytes", measured.weight_bytes > 0 ? std::to_string(measured.weight_bytes) : "")
+      .add("weight_gbps", measured.weight_bytes > 0
+                              ? significant(static_cast<double>(measured.weight_bytes) / step.median / 1e6)
+                              : "")
+      .add("linear_ms", cpu ? significant(summarize_times(measured.linear_ms).median) : "")
+      .add("attention_ms", cpu ? significant(summarize_times(measured.attention_ms).median) : "");
+  return row;
+}
+
+// The JSONL record: the CSV row's values under "result", then what a CSV cell cannot hold (every
+// timing, the plan's reason, the GEMM shapes, the whole config, the machine, the baseline).
+Json Bench::jsonl_record(const PointResult& r, const ResultRow& row) const {
+  Json record;
+  for (const auto& [column, value] : row.cells()) record["result"][column] = value;
+  record["point"] = r.point.label();
+  record["times_ms"] = r.measured.step_ms;
+  record["allreduce_times_ms"] = r.measured.allreduce_ms;
+  record["plan_reason"] = r.measured.report.plan.reason;
+  if (!r.measured.linear_implementation.empty()) record["linear_implementation"] = r.measured.linear_implementation;
+  record["gemms"] = Json::array();
+  for (const GemmShape& gemm : r.cost.gemms) {
+    record["gemms"].push_back({{"name", gemm.name}, {"m", gemm.m}, {"n", gemm.n}, {"k", gemm.k}, {"batch", gemm.batch}});
+  }
+  for (const auto& [key, value] : config_entries(r.setup->config)) record["config"][key] = value;
+  for (const auto& [key, value] : machine_) record["machine"][key] = value;
+  record["baseline"] = r.torch.is_null() ? Json(baseline_note_) : r.torch;
+  return record;
+}
+
+void Bench::print_point(const PointResult& r) const {
+  const Measurement& measured = r.measured;
+  const TimeSummary step = summarize_times(measured.step_ms);
+  std::printf("%s: %s/%s, median %.3f ms (min %.3f, p90 %.3f, all-reduce %.3f) x%zu, %.1f GFLOP/s, %.1f GB/s, "
+              "workspace %ld B, peak RSS %.0f MB",
+              r.point.label().c_str(), to_string(measured.report.plan.path), to_string(measured.report.plan.formulation),
+              step.median, step.min, step.p90, summarize_times(measured.allreduce_ms).median, measured.step_ms.size(),
+              r.cost.flop() / step.median / 1e6, r.cost.bytes() / step.median / 1e6,
+              static_cast<long>(measured.report.attention_workspace_bytes), static_cast<double>(r.peak_rss_bytes) / 1e6);
+  if (std::isfinite(r.gemm_only_ms)) {
+    std::printf(", GEMMs alone %.3f ms (in the step: linear %.3f, attention %.3f)", r.gemm_only_ms,
+                summarize_times(measured.linear_ms).median, summarize_times(measured.attention_ms).median);
+  }
+  const bool has_torch = r.torch.is_object() && r.torch.value("ok", false);
+  if (has_torch) {
+    const double torch_median = r.torch.value("median_ms", NAN);
+    std::printf("; torch %.3f ms (%s): ours %.2fx, rel L2 %.2g", torch_median,
+                r.torch.value("formulation", std::string()).c_str(), torch_median / step.median, r.rel_l2);
+  } else if (r.torch.is_object()) {
+    std::printf("; torch: %s", r.torch.value("error", std::string("failed")).c_str());
+  }
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
+int Bench::run() {
+  const bool leader = session_.rank() == 0;
+  const std::vector<BenchPoint> points = points_of_this_world();
+  prepare_outputs();
+  if (leader) describe_job(points.size());
 
   const auto sweep_started = Clock::now();
   for (size_t index = 0; index < points.size(); ++index) {
-    BenchPoint point = points[index];
-    point.backend = resolve_backend(point.backend);
+    PointResult result;
+    result.point = points[index];
+    BenchPoint& point = result.point;
+    phases_.run([&] { point.backend = resolve_backend(point.backend, "sweep.backend (" + point.label() + ")"); });
     if (leader) {
       const double elapsed = ms_since(sweep_started) / 1e3;
-      std::string eta = index == 0 ? "?" : std::to_string(static_cast<int>(elapsed / static_cast<double>(index) *
-                                                                            static_cast<double>(points.size() - index))) + " s";
+      const std::string eta = index == 0 ? "?"
+                                         : std::to_string(static_cast<int>(elapsed / static_cast<double>(index) *
+                                                                           static_cast<double>(points.size() - index))) +
+                                               " s";
       std::fprintf(stderr, "mla_bench: [%zu/%zu] %s (elapsed %.0f s, ETA %s)\n", index + 1, points.size(),
                    point.label().c_str(), elapsed, eta.c_str());
     }
-    Config config;
-    HeadShard shard;
-    const LoadedWeights* loaded = nullptr;
-    InputTensor x;
-    int threads = 0;
-    phases_.run([&] {
-      config = point_config(sweep_, point);
-      threads = configure_rank_threads(point.threads, config.run.pin_threads, session_).count;
-      try {
-        shard = shard_heads(config.model.n_heads, session_.world(), session_.rank(), config.parallel.uneven_heads);
-      } catch (const std::invalid_argument& error) {
-        throw UserError(std::string("model.n_heads: ") + error.what());
-      }
-      if (point.backend == Backend::Cuda && !MLA_HAVE_CUDA) {
-        throw UserError("sweep.backend: cuda, but this build has no CUDA backend (" + point.label() + ")");
-      }
-      const std::vector<int64_t> steps = config.run.schedule.steps(point.seq_len);
-      check_memory_fits(plan_memory(config.model, config.run, shard, point.batch, point.seq_len, steps, threads),
-                        session_.local_size(), available_memory_bytes());
-      session_.watchdog()->progress("loading weights");
-      loaded = &weights_.get(config, shard, session_.world());
-      x = load_input(config.run.input, config.model, config.run.check_finite);
-      reset_peak_rss();
-    });
-    const Measurement measured = measure(config, point, shard, loaded->weights, x);
-    const int64_t peak_rss = peak_rss_bytes();
-
-    StepShapeArgs shape;
-    shape.n_local_heads = shard.n_local_heads;
-    shape.batch = point.batch;
-    shape.seq = point.step_len();
-    shape.start_pos = point.start_pos();
-    shape.formulation = measured.report.plan.formulation;
-    if (config.run.compute_dtype == ComputeDType::BF16 &&
-        (point.backend == Backend::Cuda || measured.linear_implementation.find("bf16") != std::string::npos)) {
-      shape.weight_element_bytes = 2;
-      shape.activation_element_bytes = 2;
-    }
-    const StepCost cost = step_cost(config.model, shape);
-
-    double gemm_only_ms = NAN;
-    double rel_l2 = NAN;
-    Json torch;
+    const PointSetup setup = set_up(point);
+    result.setup = &setup;
+    result.measured = measure(setup.config, point, setup.shard, setup.loaded->weights, setup.x);
+    result.peak_rss_bytes = peak_rss_bytes();
+    result.cost = cost_of(point, setup, result.measured);
     if (leader) {
       session_.watchdog()->progress("GEMMs alone, then the PyTorch baseline");
-      if (point.backend != Backend::Cuda) gemm_only_ms = time_gemms_alone(cost, threads, config.run.compute_dtype);
-      torch = run_baseline(config, point, shard, loaded->weights, x, measured, threads, rel_l2);
+      if (point.backend != Backend::Cuda) {
+        result.gemm_only_ms = time_gemms_alone(result.cost, setup.threads, setup.config.run.compute_dtype);
+      }
+      result.torch = run_baseline(setup.config, point, setup.shard, setup.loaded->weights, setup.x, result.measured,
+                                  setup.threads, result.rel_l2);
     }
     quiet_barrier(session_);
     if (!leader) continue;
-
-    const Summary step = summarize(measured.step_ms);
-    const Summary allreduce = summarize(measured.allreduce_ms);
-    const bool has_torch = torch.is_object() && torch.value("ok", false);
-    const double torch_median = has_torch ? torch.value("median_ms", NAN) : NAN;
-    const std::vector<std::string> row = {
-        to_string(point.backend), std::to_string(point.world),
-        std::to_string(threads), std::to_string(point.batch), std::to_string(point.seq_len), to_string(point.phase),
-        to_string(point.attention), to_string(point.formulation), to_string(point.compute_dtype),
-        loaded->storage_dtype, to_string(measured.report.plan.path), to_string(measured.report.plan.formulation),
-        number(step.median), number(step.min), number(step.p90), number(allreduce.median),
-        number(cost.flop() / step.median / 1e6), number(cost.bytes() / step.median / 1e6),
-        std::to_string(measured.report.attention_workspace_bytes), std::to_string(peak_rss),
-        std::to_string(point.chunk), std::to_string(point.seq_len), std::to_string(point.start_pos()),
-        std::to_string(point.step_len()), std::to_string(shard.n_local_heads), std::to_string(measured.step_ms.size()),
-        number(cost.flop(), 10), number(cost.bytes(), 10), number(cost.gemm_flop, 10), number(cost.replicated_flop, 10),
-        number(gemm_only_ms), std::to_string(measured.device_bytes), number(torch_median),
-        has_torch ? number(torch.value("min_ms", NAN)) : "", has_torch ? number(torch.value("p90_ms", NAN)) : "",
-        has_torch ? torch.value("formulation", std::string()) : "", has_torch ? number(torch_median / step.median, 4) : "",
-        number(rel_l2, 3), sweep_.name,
-        measured.weight_bytes > 0 ? std::to_string(measured.weight_bytes) : "",
-        measured.weight_bytes > 0 ? number(static_cast<double>(measured.weight_bytes) / step.median / 1e6) : "",
-        point.backend == Backend::Cuda ? "" : number(summarize(measured.linear_ms).median),
-        point.backend == Backend::Cuda ? "" : number(summarize(measured.attention_ms).median)};
-    std::string line;
-    for (const std::string& cell : row) line += (line.empty() ? "" : ",") + csv_escape(cell);
-    csv.add(line);
-
-    Json record;
-    for (size_t i = 0; i < kColumns.size(); ++i) record["result"][kColumns[i]] = row[i];
-    record["point"] = point.label();
-    record["times_ms"] = measured.step_ms;
-    record["allreduce_times_ms"] = measured.allreduce_ms;
-    record["plan_reason"] = measured.report.plan.reason;
-    if (!measured.linear_implementation.empty()) record["linear_implementation"] = measured.linear_implementation;
-    record["gemms"] = Json::array();
-    for (const GemmShape& gemm : cost.gemms) {
-      record["gemms"].push_back({{"name", gemm.name}, {"m", gemm.m}, {"n", gemm.n}, {"k", gemm.k}, {"batch", gemm.batch}});
-    }
-    for (const auto& [key, value] : config_entries(config)) record["config"][key] = value;
-    for (const auto& [key, value] : machine_) record["machine"][key] = value;
-    record["baseline"] = torch.is_null() ? Json(baseline_note_) : torch;
-    jsonl.add(record.dump());
-
-    std::printf("%s: %s/%s, median %.3f ms (min %.3f, p90 %.3f, all-reduce %.3f) x%zu, %.1f GFLOP/s, %.1f GB/s, "
-                "workspace %ld B, peak RSS %.0f MB",
-                point.label().c_str(), to_string(measured.report.plan.path),
-                to_string(measured.report.plan.formulation), step.median, step.min, step.p90, allreduce.median,
-                measured.step_ms.size(), cost.flop() / step.median / 1e6, cost.bytes() / step.median / 1e6,
-                static_cast<long>(measured.report.attention_workspace_bytes), static_cast<double>(peak_rss) / 1e6);
-    if (std::isfinite(gemm_only_ms)) {
-      std::printf(", GEMMs alone %.3f ms (in the step: linear %.3f, attention %.3f)", gemm_only_ms,
-                  summarize(measured.linear_ms).median, summarize(measured.attention_ms).median);
-    }
-    if (has_torch) {
-      std::printf("; torch %.3f ms (%s): ours %.2fx, rel L2 %.2g", torch_median, torch.value("formulation", std::string()).c_str(),
-                  torch_median / step.median, rel_l2);
-    } else if (torch.is_object()) {
-      std::printf("; torch: %s", torch.value("error", std::string("failed")).c_str());
-    }
-    std::printf("\n");
-    std::fflush(stdout);
+    const ResultRow row = csv_row(result);
+    csv_.add(row);
+    csv_.write();
+    jsonl_.add_line(jsonl_record(result, row).dump());
+    jsonl_.write();
+    print_point(result);
   }
   if (leader) {
     std::printf("mla_bench: %zu points in %.1f s -> %s, %s\n", points.size(), ms_since(sweep_started) / 1e3,
-                bench.csv.c_str(), bench.jsonl.c_str());
+                sweep_.bench.csv.c_str(), sweep_.bench.jsonl.c_str());
   }
   return 0;
 }

@@ -18,12 +18,13 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
-#include "runtime/atomic_file.h"
-#include "runtime/errors.h"
-#include "runtime/mla_layer_cuda.h"
-#include "runtime/random_values.h"
-#include "runtime/user_files.h"
-#include "runtime/weights.h"
+#include "runtime/base/errors.h"
+#include "runtime/bench/harness.h"
+#include "runtime/bench/machine_info.h"
+#include "runtime/layer/mla_layer_cuda.h"
+#include "runtime/base/random_values.h"
+#include "runtime/base/user_files.h"
+#include "runtime/io/weights.h"
 
 namespace mla {
 namespace {
@@ -104,7 +105,7 @@ bool parse(int argc, char** argv, Options& options) {
     } else if (arg == "--seq") {
       options.seq_len = std::stoll(parse_choice(arg, value, {"64", "128", "256", "512"}));
     } else if (arg == "--attention") {
-      options.attention = parse_choice(arg, value, {"standard", "fast", "auto"});
+      options.attention = parse_choice(arg, value, value_names<AttentionChoice>());
     } else {
       throw UserError(arg + ": unknown option (see --help)");
     }
@@ -126,23 +127,44 @@ ModelArgs deepseek_v3_slice(int64_t batch) {
   return m;
 }
 
-struct Timing {
-  double median_ms = 0, min_ms = 0, p90_ms = 0;
-};
+// The CSV's columns, in the order of its header (docs/results/ and launch/cuda_seed_to_bench_csv.py
+// read them).
+const std::vector<std::string> kCsvColumns = {"device",  "phase",  "seq_len", "batch", "attention",
+                                              "path_chosen", "formulation_chosen", "median_ms", "min_ms",
+                                              "p90_ms", "attention_workspace_bytes", "layer_device_bytes"};
 
-Timing summarize(std::vector<double> times) {
-  std::sort(times.begin(), times.end());
-  Timing t;
-  t.min_ms = times.front();
-  t.median_ms = times[times.size() / 2];
-  t.p90_ms = times[std::min(times.size() - 1, times.size() * 9 / 10)];
-  return t;
+// The forward steps of one point, each timed by CUDA events on the layer's stream: options.warmup
+// untimed, then options.reps timed. A profiler started with --profile-from-start off sees the
+// last timed step only.
+std::vector<double> time_steps(const Options& options, CudaMlaLayer& layer, const DeviceBuffer<float>& x,
+                               DeviceBuffer<float>& y, int64_t step_len, int64_t start_pos, StepReport& report) {
+  cudaEvent_t begin, end;
+  CUDA_CHECK(cudaEventCreate(&begin));
+  CUDA_CHECK(cudaEventCreate(&end));
+  const int64_t last_step = options.warmup + options.reps - 1;
+  int64_t step = 0;
+  const RepBudget budget{options.warmup, options.reps, options.reps, INFINITY};
+  const std::vector<double> times_ms = time_repetitions(budget, [&] {
+    if (step++ == last_step) CUDA_CHECK(cudaProfilerStart());
+    CUDA_CHECK(cudaEventRecord(begin, layer.stream()));
+    report = layer.forward_device(x.data(), options.batch, step_len, start_pos, nullptr, 0, y.data());
+    CUDA_CHECK(cudaEventRecord(end, layer.stream()));
+    CUDA_CHECK(cudaEventSynchronize(end));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, begin, end));
+    return static_cast<double>(ms);
+  });
+  CUDA_CHECK(cudaProfilerStop());
+  CUDA_CHECK(cudaEventDestroy(begin));
+  CUDA_CHECK(cudaEventDestroy(end));
+  return times_ms;
 }
 
 int run(const Options& options) {
   CUDA_CHECK(cudaSetDevice(0));
-  cudaDeviceProp properties{};
-  CUDA_CHECK(cudaGetDeviceProperties(&properties, 0));
+  MachineEntries machine = describe_machine(MLA_SOURCE_DIR);
+  for (auto& entry : describe_gpu(0)) machine.push_back(std::move(entry));
+  const std::string device_name = machine_entry(machine, "gpu_name");
   const ModelArgs m = deepseek_v3_slice(options.batch);
   const HeadShard shard = shard_heads(m.n_heads, 1, 0, false);
   WeightsConfig random;
@@ -150,11 +172,9 @@ int run(const Options& options) {
   random.dtype = WeightDType::BF16;
   random.seed = 1;
   const LoadedWeights loaded = load_layer_weights(random, m, shard, ComputeDType::BF16, false);
-  std::printf("device: %s, %d SMs, %.1f GB; model: DeepSeek-V3 slice, 16 local heads, bf16 compute, batch %ld\n",
-              properties.name, properties.multiProcessorCount, static_cast<double>(properties.totalGlobalMem) / 1e9,
-              static_cast<long>(options.batch));
-  std::string csv = "device,phase,seq_len,batch,attention,path_chosen,formulation_chosen,median_ms,min_ms,p90_ms,"
-                    "attention_workspace_bytes,layer_device_bytes\n";
+  std::printf("machine: %s\nmodel: DeepSeek-V3 slice, 16 local heads, bf16 compute, batch %ld\n",
+              machine_summary(machine).c_str(), static_cast<long>(options.batch));
+  ResultFile csv = ResultFile::csv(options.csv, kCsvColumns);
   std::printf("%-8s %5s %-9s %-8s %-7s %10s %10s %10s %14s %14s\n", "phase", "seq", "attention", "path", "form",
               "median_ms", "min_ms", "p90_ms", "workspace_MB", "layer_MB");
   for (const char* phase : {"prefill", "decode"}) {
@@ -179,41 +199,31 @@ int run(const Options& options) {
         // Decode: fill the cache with seq_len - 1 positions first, then time the step at seq_len.
         const int64_t start_pos = decode ? seq_len - 1 : 0;
         if (decode) layer.forward_device(x.data(), options.batch, seq_len - 1, 0, nullptr, 0, y.data());
-        cudaEvent_t begin, end;
-        CUDA_CHECK(cudaEventCreate(&begin));
-        CUDA_CHECK(cudaEventCreate(&end));
-        std::vector<double> times;
         StepReport report;
-        for (int rep = -options.warmup; rep < options.reps; ++rep) {
-          // A profiler started with --profile-from-start off sees the last timed step only.
-          if (rep == options.reps - 1) CUDA_CHECK(cudaProfilerStart());
-          CUDA_CHECK(cudaEventRecord(begin, layer.stream()));
-          report = layer.forward_device(x.data(), options.batch, step_len, start_pos, nullptr, 0, y.data());
-          CUDA_CHECK(cudaEventRecord(end, layer.stream()));
-          CUDA_CHECK(cudaEventSynchronize(end));
-          float ms = 0;
-          CUDA_CHECK(cudaEventElapsedTime(&ms, begin, end));
-          if (rep >= 0) times.push_back(ms);
-        }
-        CUDA_CHECK(cudaProfilerStop());
-        CUDA_CHECK(cudaEventDestroy(begin));
-        CUDA_CHECK(cudaEventDestroy(end));
-        const Timing t = summarize(times);
+        const TimeSummary t = summarize_times(time_steps(options, layer, x, y, step_len, start_pos, report));
         const CudaMemoryReport& memory = layer.memory();
         std::printf("%-8s %5ld %-9s %-8s %-7s %10.3f %10.3f %10.3f %14.1f %14.1f\n", phase, static_cast<long>(seq_len),
-                    to_string(attention), to_string(report.plan.path), to_string(report.plan.formulation), t.median_ms,
-                    t.min_ms, t.p90_ms, static_cast<double>(report.attention_workspace_bytes) / 1e6,
+                    to_string(attention), to_string(report.plan.path), to_string(report.plan.formulation), t.median,
+                    t.min, t.p90, static_cast<double>(report.attention_workspace_bytes) / 1e6,
                     static_cast<double>(memory.total()) / 1e6);
-        char row[512];
-        std::snprintf(row, sizeof(row), "%s,%s,%ld,%ld,%s,%s,%s,%.4f,%.4f,%.4f,%ld,%ld\n", properties.name, phase,
-                      static_cast<long>(seq_len), static_cast<long>(options.batch), to_string(attention),
-                      to_string(report.plan.path), to_string(report.plan.formulation), t.median_ms, t.min_ms, t.p90_ms,
-                      static_cast<long>(report.attention_workspace_bytes), static_cast<long>(memory.total()));
-        csv += row;
+        ResultRow row;
+        row.add("device", device_name)
+            .add("phase", phase)
+            .add("seq_len", std::to_string(seq_len))
+            .add("batch", std::to_string(options.batch))
+            .add("attention", to_string(attention))
+            .add("path_chosen", to_string(report.plan.path))
+            .add("formulation_chosen", to_string(report.plan.formulation))
+            .add("median_ms", fixed(t.median, 4))
+            .add("min_ms", fixed(t.min, 4))
+            .add("p90_ms", fixed(t.p90, 4))
+            .add("attention_workspace_bytes", std::to_string(report.attention_workspace_bytes))
+            .add("layer_device_bytes", std::to_string(memory.total()));
+        csv.add(row);
       }
     }
   }
-  if (!options.csv.empty()) write_file_atomically(options.csv, csv);
+  if (!options.csv.empty()) csv.write();
   return kExitDone;
 }
 

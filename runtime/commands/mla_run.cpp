@@ -20,58 +20,32 @@
 #include "parallel/communicator.h"
 #include "parallel/mpi_session.h"
 #include "parallel/sharding.h"
+#include "parallel/thread_placement.h"
 #include "parallel/watchdog.h"
-#include "runtime/atomic_file.h"
-#include "runtime/config.h"
-#include "runtime/errors.h"
-#include "runtime/machine_info.h"
-#include "runtime/memory_plan.h"
-#include "runtime/rank_agreement.h"
-#include "runtime/mla_layer.h"
-#include "runtime/runner.h"
-#include "runtime/safetensors.h"
-#include "runtime/user_files.h"
-#include "runtime/weights.h"
+#include "runtime/base/atomic_file.h"
+#include "runtime/io/config.h"
+#include "runtime/base/errors.h"
+#include "runtime/bench/machine_info.h"
+#include "runtime/layer/backend.h"
+#include "runtime/layer/memory_plan.h"
+#include "parallel/rank_agreement.h"
+#include "runtime/layer/mla_layer.h"
+#include "runtime/layer/runner.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/base/units.h"
+#include "runtime/base/user_files.h"
+#include "runtime/io/weights.h"
 
 #if MLA_HAVE_CUDA
 #include "kernels/cuda/cuda_check.h"
 #include "parallel/nccl_bootstrap.h"
 #include "parallel/nccl_communicator.h"
-#include "runtime/cuda_step_executor.h"
-#include "runtime/mla_layer_cuda.h"
+#include "runtime/layer/cuda_step_executor.h"
+#include "runtime/layer/mla_layer_cuda.h"
 #endif
 
 namespace mla {
 namespace {
-
-std::string format_bytes(int64_t bytes) {
-  char text[32];
-  const double value = static_cast<double>(bytes);
-  if (bytes < 1000000) {
-    std::snprintf(text, sizeof(text), "%.1f KB", value / 1e3);
-  } else {
-    std::snprintf(text, sizeof(text), "%.1f MB", value / 1e6);
-  }
-  return text;
-}
-
-// run.backend cuda needs a build with the CUDA backend and a device on the rank; auto takes cuda
-// where both are there. Returns what this rank runs (the ranks then agree on it).
-Backend resolve_backend(const RunConfig& run) {
-#if MLA_HAVE_CUDA
-  const int devices = cuda_device_count();
-  if (run.backend == Backend::Cuda && devices == 0) {
-    throw UserError("run.backend: cuda, but this rank sees no CUDA device; use cpu or auto");
-  }
-  if (run.backend == Backend::Auto) return devices > 0 ? Backend::Cuda : Backend::Cpu;
-  return run.backend;
-#else
-  if (run.backend == Backend::Cuda) {
-    throw UserError("run.backend: cuda is not available in this build (built without nvcc); use cpu or auto");
-  }
-  return Backend::Cpu;
-#endif
-}
 
 #if MLA_HAVE_CUDA
 // The CUDA backend: one GPU per rank (local rank modulo the node's devices), the layer's buffers
@@ -119,7 +93,7 @@ void print_step(const std::string& label, size_t index, const StepReport& step) 
   std::printf("%s step %zu: %-7s start_pos %ld tokens %ld kv_len %ld -> %s path, %s (%s); workspace %s; %.3f ms\n",
               label.c_str(), index, step_phase(step), step.start_pos, step.seq, step.kv_len, to_string(step.plan.path),
               to_string(step.plan.formulation), step.plan.reason.c_str(),
-              format_bytes(step.attention_workspace_bytes).c_str(), step.time_ms);
+              format_bytes(static_cast<double>(step.attention_workspace_bytes)).c_str(), step.time_ms);
 }
 
 // What one rank chose for one step: "fast, absorb".
@@ -209,13 +183,13 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   phases.run([&] {
     check_kernel_environment();
     config = load_config(config_path, overrides);
-    backend = resolve_backend(config.run);
+    backend = resolve_backend(config.run.backend, "run.backend");  // the ranks then agree on it
   });
   phases.agree("the configuration", config_text(config));
   phases.agree("the backend (run.backend as each rank resolved it)", to_string(backend));
   Watchdog& watchdog = *session.watchdog();
   watchdog.set_timeout(config.parallel.timeout_s);
-  const RankThreads rank_threads = configure_rank_threads(config.run.threads, config.run.pin_threads, session);
+  const RankThreads rank_threads = configure_rank_threads(config.run.threads, config.run.pin_threads, session.local_rank(), session.local_size());
   const int threads = rank_threads.count;
   MpiCommunicator comm(session);
 
@@ -267,7 +241,7 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   std::fflush(stdout);
   std::printf("%s %s, %d threads %s; weights: %s, stored %s, %s loaded as %s%s\n", label.c_str(),
               describe(shard).c_str(), threads, rank_threads.placement.c_str(), loaded.description.c_str(),
-              loaded.storage_dtype.c_str(), format_bytes(loaded.weights.bytes()).c_str(),
+              loaded.storage_dtype.c_str(), format_bytes(static_cast<double>(loaded.weights.bytes())).c_str(),
               config.run.compute_dtype == ComputeDType::BF16 ? "fp32 buffers of bf16 values (the layer keeps bf16)"
                                                              : "fp32 compute copies",
               backend == Backend::Cuda ? ", uploaded to the GPU in the compute precision" : "");
@@ -291,7 +265,7 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
     MlaLayer layer(config.model, shard, std::move(loaded.weights), config.run);
     std::printf("%s kv cache: [%ld, %ld, %ld] latent (c_n | k_pe), %s, shared by both formulations\n", label.c_str(),
                 config.model.max_batch_size, config.model.max_seq_len,
-                config.model.kv_lora_rank + config.model.qk_rope_head_dim, format_bytes(layer.kv_cache_bytes()).c_str());
+                config.model.kv_lora_rank + config.model.qk_rope_head_dim, format_bytes(static_cast<double>(layer.kv_cache_bytes())).c_str());
     result = run_schedule(layer, comm, x, steps, mask, options);
   }
   watchdog.progress("writing the output");

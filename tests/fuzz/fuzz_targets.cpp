@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "runtime/checkpoint.h"
-#include "runtime/config.h"
-#include "runtime/errors.h"
-#include "runtime/safetensors.h"
+#include "runtime/io/checkpoint.h"
+#include "runtime/io/config.h"
+#include "runtime/base/errors.h"
+#include "runtime/io/safetensors.h"
 
 namespace {
 

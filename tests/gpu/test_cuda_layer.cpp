@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "runtime/cuda_step_executor.h"
-#include "runtime/errors.h"
-#include "runtime/mla_layer_cuda.h"
+#include "runtime/layer/cuda_step_executor.h"
+#include "runtime/base/errors.h"
+#include "runtime/layer/mla_layer_cuda.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/test_util.h"
 

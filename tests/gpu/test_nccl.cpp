@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "parallel/nccl_communicator.h"
-#include "runtime/cuda_step_executor.h"
+#include "runtime/layer/cuda_step_executor.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/test_util.h"
 

@@ -1,0 +1,84 @@
+#include "runtime/layer/attention_plan.h"
+
+#include <cstdio>
+
+namespace mla {
+
+const char* to_string(AttentionPath value) { return value == AttentionPath::Fast ? "fast" : "standard"; }
+const char* to_string(Formulation value) { return value == Formulation::Naive ? "naive" : "absorb"; }
+
+int64_t StepShape::attended_pairs() const {
+  if (has_mask) return batch * seq * kv_len();
+  return batch * (seq * start_pos + seq * (seq + 1) / 2);
+}
+
+double naive_attention_flops(const ModelArgs& m, const StepShape& shape) {
+  const double heads = static_cast<double>(shape.n_local_heads);
+  const double pairs = static_cast<double>(shape.attended_pairs());
+  const double expand = 2.0 * static_cast<double>(shape.batch * shape.kv_len()) * static_cast<double>(m.kv_lora_rank) *
+                        heads * static_cast<double>(m.qk_nope_head_dim + m.v_head_dim);
+  return expand + 2.0 * heads * pairs * static_cast<double>(m.qk_head_dim() + m.v_head_dim);
+}
+
+double absorb_attention_flops(const ModelArgs& m, const StepShape& shape) {
+  const double heads = static_cast<double>(shape.n_local_heads);
+  const double pairs = static_cast<double>(shape.attended_pairs());
+  const double tokens = static_cast<double>(shape.batch * shape.seq);
+  const double latent = static_cast<double>(m.kv_lora_rank);
+  const double fold_in_out = 2.0 * tokens * heads * latent * static_cast<double>(m.qk_nope_head_dim + m.v_head_dim);
+  return fold_in_out + 2.0 * heads * pairs * (2.0 * latent + static_cast<double>(m.qk_rope_head_dim));
+}
+
+namespace {
+
+std::string format(const char* pattern, double a, double b) {
+  char text[160];
+  std::snprintf(text, sizeof(text), pattern, a, b);
+  return text;
+}
+
+void choose_path(const RunConfig& run, const StepShape& shape, StepPlan& plan) {
+  const std::string length = "kv_len " + std::to_string(shape.kv_len());
+  const std::string limit =
+      "fast_path_max_len " + std::to_string(run.fast_path_max_len) + (run.fast_path_auto ? " (auto)" : "");
+  const bool fits = shape.kv_len() <= run.fast_path_max_len;
+  if (run.attention == AttentionChoice::Standard) {
+    plan.path = AttentionPath::Standard;
+    plan.reason = "run.attention: standard";
+  } else if (shape.has_mask) {
+    plan.path = AttentionPath::Standard;
+    plan.reason = std::string(run.attention == AttentionChoice::Fast ? "fast path requested, but " : "") +
+                  "an explicit mask needs the standard path";
+  } else if (!fits) {
+    plan.path = AttentionPath::Standard;
+    plan.reason = std::string(run.attention == AttentionChoice::Fast ? "fast path requested, but " : "") + length +
+                  " > " + limit;
+  } else {
+    plan.path = AttentionPath::Fast;
+    plan.reason = run.attention == AttentionChoice::Fast ? "run.attention: fast" : length + " <= " + limit;
+  }
+}
+
+void choose_formulation(const RunConfig& run, StepPlan& plan) {
+  const std::string cost = format("naive %.3g GFLOP, absorb %.3g GFLOP", plan.naive_flops * 1e-9, plan.absorb_flops * 1e-9);
+  if (run.formulation == FormulationChoice::Naive || run.formulation == FormulationChoice::Absorb) {
+    plan.formulation = run.formulation == FormulationChoice::Naive ? Formulation::Naive : Formulation::Absorb;
+    plan.reason += std::string("; run.formulation: ") + to_string(plan.formulation) + " (" + cost + ")";
+    return;
+  }
+  plan.formulation = plan.naive_flops < plan.absorb_flops ? Formulation::Naive : Formulation::Absorb;
+  plan.reason += std::string("; ") + to_string(plan.formulation) + " is cheaper (" + cost + ")";
+}
+
+}  // namespace
+
+StepPlan plan_step(const ModelArgs& model, const RunConfig& run, const StepShape& shape) {
+  StepPlan plan;
+  plan.naive_flops = naive_attention_flops(model, shape);
+  plan.absorb_flops = absorb_attention_flops(model, shape);
+  choose_path(run, shape, plan);
+  choose_formulation(run, plan);
+  return plan;
+}
+
+}  // namespace mla

@@ -1,0 +1,15 @@
+// Which backend a rank runs: the one asked for, where this build and this rank can run it.
+#pragma once
+
+#include <string>
+
+#include "runtime/io/config.h"
+
+namespace mla {
+
+// `requested` as the setting `key` gave it (run.backend, sweep.backend): cuda needs a build with
+// the CUDA backend and a device this rank sees, or it is a UserError naming the key; auto is cuda
+// where both are there, else cpu.
+Backend resolve_backend(Backend requested, const std::string& key);
+
+}  // namespace mla

@@ -1,0 +1,73 @@
+#include "runtime/layer/cuda_step_executor.h"
+
+#include <chrono>
+#include <limits>
+#include <stdexcept>
+
+#include "kernels/cuda/finite_check.h"
+
+namespace mla {
+
+CudaStepExecutor::CudaStepExecutor(CudaMlaLayer& layer, Communicator& comm, const std::vector<float>& mask,
+                                   int64_t tokens)
+    : layer_(layer), comm_(comm), tokens_(tokens), scratch_(1) {
+  const CudaLayerLimits& limits = layer.limits();
+  const int64_t capacity = limits.max_batch * limits.max_step_len * layer.model().dim;
+  x_ = DeviceBuffer<float>(capacity);
+  partial_ = DeviceBuffer<float>(capacity + 1);
+  if (!mask.empty()) {
+    mask_ = DeviceBuffer<float>(static_cast<int64_t>(mask.size()));
+    mask_.upload(mask, layer.stream());
+  }
+}
+
+StepReport CudaStepExecutor::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                                     int64_t mask_stride, const uint16_t* /*x_bf16*/) {
+  if (x == nullptr) throw std::invalid_argument("CudaStepExecutor::forward: no input x (the CUDA layer reads fp32 x)");
+  const auto started = std::chrono::steady_clock::now();
+  count_ = batch * seq * layer_.model().dim;
+  if (count_ > x_.size()) throw std::invalid_argument("CudaStepExecutor: the step passes the layer's limits");
+  x_.upload(x, count_, layer_.stream());
+  const float* device_mask = nullptr;
+  if (mask != nullptr) {
+    if (mask_.size() == 0 || mask_stride != tokens_) {
+      throw std::invalid_argument("CudaStepExecutor: a step mask that is not the run's mask");
+    }
+    device_mask = mask_.data() + start_pos * tokens_;
+  }
+  StepReport report = layer_.forward_device(x_.data(), batch, seq, start_pos, device_mask, tokens_, partial_.data());
+  CUDA_CHECK(cudaStreamSynchronize(layer_.stream()));
+  report.time_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  return report;
+}
+
+int64_t CudaStepExecutor::first_non_finite(float& value) {
+  const int64_t index = first_non_finite_cuda(partial_.data(), count_, scratch_.data(), layer_.stream());
+  if (index >= 0) {
+    CUDA_CHECK(cudaMemcpy(&value, partial_.data() + index, sizeof(float), cudaMemcpyDeviceToHost));
+  }
+  return index;
+}
+
+void CudaStepExecutor::poison_partial() {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  CUDA_CHECK(cudaMemcpyAsync(partial_.data(), &nan, sizeof(nan), cudaMemcpyHostToDevice, layer_.stream()));
+  CUDA_CHECK(cudaStreamSynchronize(layer_.stream()));
+}
+
+float CudaStepExecutor::reduce(float flag) {
+  CUDA_CHECK(cudaMemcpyAsync(partial_.data() + count_, &flag, sizeof(flag), cudaMemcpyHostToDevice, layer_.stream()));
+  comm_.allreduce_sum(partial_.data(), count_ + 1);
+  float summed = 0.0f;
+  CUDA_CHECK(cudaMemcpyAsync(&summed, partial_.data() + count_, sizeof(summed), cudaMemcpyDeviceToHost, layer_.stream()));
+  CUDA_CHECK(cudaStreamSynchronize(layer_.stream()));
+  return summed;
+}
+
+void CudaStepExecutor::copy_output(float* y) {
+  CUDA_CHECK(cudaMemcpyAsync(y, partial_.data(), static_cast<size_t>(count_) * sizeof(float), cudaMemcpyDeviceToHost,
+                             layer_.stream()));
+  CUDA_CHECK(cudaStreamSynchronize(layer_.stream()));
+}
+
+}  // namespace mla

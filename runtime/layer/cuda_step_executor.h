@@ -1,0 +1,40 @@
+// The runner's executor for the CUDA layer: the step's input goes to the device, the partial
+// output stays there, and the communicator (NCCL) sums it in place on the layer's stream.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cuda/device_buffer.h"
+#include "parallel/communicator.h"
+#include "runtime/layer/mla_layer_cuda.h"
+#include "runtime/layer/runner.h"
+
+namespace mla {
+
+class CudaStepExecutor final : public StepExecutor {
+ public:
+  // comm.allreduce_sum must take device pointers (NcclCommunicator) and work on layer.stream().
+  // mask: the whole run's host mask [tokens, tokens] (empty: causal), uploaded once.
+  CudaStepExecutor(CudaMlaLayer& layer, Communicator& comm, const std::vector<float>& mask, int64_t tokens);
+  const Communicator& communicator() const override { return comm_; }
+  // x_bf16 is not read: the layer uploads x and rounds it on the device.
+  StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                     int64_t mask_stride, const uint16_t* x_bf16) override;
+  int64_t first_non_finite(float& value) override;
+  void poison_partial() override;
+  float reduce(float flag) override;
+  void copy_output(float* y) override;
+
+ private:
+  CudaMlaLayer& layer_;
+  Communicator& comm_;
+  int64_t tokens_ = 0;           // the run's tokens: the mask's row stride
+  DeviceBuffer<float> mask_;     // [tokens, tokens] or empty
+  DeviceBuffer<float> x_;        // the step's input
+  DeviceBuffer<float> partial_;  // [count + 1]: the partial output, then the flag
+  DeviceBuffer<unsigned long long> scratch_;
+  int64_t count_ = 0;            // this step's output elements
+};
+
+}  // namespace mla

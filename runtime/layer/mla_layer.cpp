@@ -1,0 +1,484 @@
+#include "runtime/layer/mla_layer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/attention_fast_amx.h"
+#include "kernels/cpu/bf16.h"
+#include "kernels/cpu/finite_check.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/kv_cache_append.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/strided_copy.h"
+#include "kernels/cpu/vector_ops.h"
+#include "runtime/layer/attention_layout.h"
+
+namespace mla {
+
+namespace {
+
+template <typename T, typename Allocator>
+T* sized(std::vector<T, Allocator>& buffer, int64_t count) {
+  if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(static_cast<size_t>(count));
+  return buffer.data();
+}
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point start) { return std::chrono::duration<double, std::milli>(Clock::now() - start).count(); }
+
+// Prepares a loaded weight (with its fp8 codes, when the loader kept them) and frees the copies.
+PackedLinear pack(LayerWeights& weights, std::vector<float> LayerWeights::*member, const char* name,
+                  int64_t out_features, int64_t in_features, LinearPrecision precision, bool keep_fp32 = false) {
+  std::vector<float>& weight = weights.*member;
+  if (weight.empty()) return {};
+  const auto fp8 = weights.fp8.find(name);
+  Fp8Blocks blocks;
+  if (fp8 != weights.fp8.end()) {
+    blocks = {fp8->second.codes.data(), fp8->second.scales.data(), fp8->second.scale_cols, fp8->second.round_to_bf16};
+  }
+  PackedLinear packed(weight.data(), out_features, in_features, precision, fp8 != weights.fp8.end() ? &blocks : nullptr);
+  if (!keep_fp32) std::vector<float>().swap(weight);
+  if (fp8 != weights.fp8.end()) weights.fp8.erase(fp8);
+  return packed;
+}
+
+}  // namespace
+
+void MlaLayer::run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y,
+                          int64_t y_stride, const uint16_t* x_bf16, uint16_t* y_bits) {
+  const auto started = Clock::now();
+  PackedLinearCall call;
+  call.x = x;
+  call.x_stride = x_stride;
+  call.x_bf16 = x_bf16;
+  call.y = y;
+  call.y_stride = y_stride;
+  call.y_bits = y_bits;
+  call.rows = rows;
+  call.round_to_bf16 = round_bf16_;
+  weight.forward(call);
+  step_linear_ms_ += ms_since(started);
+  const std::string name = linear_name(weight);
+  const int64_t width = weight.out_features();
+  trace({"the output of " + name, name, y, y_bits, rows, width, y_bits != nullptr ? width : y_stride});
+}
+
+std::string MlaLayer::linear_name(const PackedLinear& weight) const {
+  const std::pair<const PackedLinear*, const char*> names[] = {{&wq_, "wq"},     {&wq_a_, "wq_a"},   {&wq_b_, "wq_b"},
+                                                               {&wkv_a_, "wkv_a"}, {&wkv_b_, "wkv_b"}, {&wo_, "wo"}};
+  for (const auto& [member, name] : names) {
+    if (member == &weight) return name;
+  }
+  return "a linear layer";
+}
+
+std::string MlaLayer::explain_non_finite() const {
+  for (const TracedTensor& tensor : step_trace_) {
+    for (int64_t row = 0; row < tensor.rows; ++row) {
+      int64_t col = -1;
+      if (tensor.values != nullptr) {
+        col = first_non_finite(tensor.values + row * tensor.stride, tensor.width);
+      } else {
+        const uint16_t* bits = tensor.bits + row * tensor.stride;
+        for (int64_t c = 0; c < tensor.width && col < 0; ++c) col = (bits[c] & 0x7f80) == 0x7f80 ? c : -1;
+      }
+      if (col < 0) continue;
+      std::string text = "the first non-finite value of the step is in " + tensor.what + " (row " +
+                         std::to_string(row) + ", column " + std::to_string(col) + "), whose inputs were finite";
+      if (tensor.weight.empty()) return text;
+      const auto source = weights_.sources.find(tensor.weight);
+      return text + ": weight " + tensor.weight + (source == weights_.sources.end() ? "" : " (" + source->second + ")") +
+             " overflows fp32 (values, or products, too large)";
+    }
+  }
+  return "";
+}
+
+RopeFrequencyParams rope_params(const ModelArgs& m) {
+  RopeFrequencyParams params;
+  params.rope_dim = m.qk_rope_head_dim;
+  params.rope_theta = m.rope_theta;
+  params.yarn = m.yarn_active();
+  params.rope_factor = m.rope_factor;
+  params.beta_fast = m.beta_fast;
+  params.beta_slow = m.beta_slow;
+  params.original_seq_len = m.original_seq_len;
+  return params;
+}
+
+void check_step_follows_cache(const char* layer, int64_t batch, int64_t start_pos, int64_t cached_len,
+                              int64_t cached_batch) {
+  if (start_pos > cached_len || (start_pos > 0 && batch > cached_batch)) {
+    throw std::invalid_argument(std::string(layer) + "::forward: start_pos " + std::to_string(start_pos) +
+                                " skips past the " + std::to_string(cached_len) + " cached positions of " +
+                                std::to_string(cached_batch) + " sequences");
+  }
+}
+
+StepReport plan_step_report(const ModelArgs& model, const RunConfig& run, int64_t n_local_heads, int64_t batch,
+                            int64_t seq, int64_t start_pos, bool has_mask) {
+  StepReport report;
+  report.batch = batch;
+  report.seq = seq;
+  report.start_pos = start_pos;
+  report.kv_len = start_pos + seq;
+  report.plan = plan_step(model, run, StepShape{batch, seq, start_pos, n_local_heads, has_mask});
+  return report;
+}
+
+MlaLayer::MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights weights, const RunConfig& run)
+    : model_(model),
+      shard_(shard),
+      weights_(std::move(weights)),
+      run_(run),
+      round_bf16_(run.compute_dtype == ComputeDType::BF16),
+      rope_table_(make_rope_table(rope_params(model), model.max_seq_len)),
+      latent_width_(model.kv_lora_rank + model.qk_rope_head_dim),
+      kv_cache_(static_cast<size_t>(model.max_batch_size * model.max_seq_len * latent_width_), 0.0f) {
+  const LinearPrecision precision = round_bf16_ ? LinearPrecision::BF16 : LinearPrecision::FP32;
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t q_width = heads * model_.qk_head_dim();
+  wq_ = pack(weights_, &LayerWeights::wq, "wq", q_width, model_.dim, precision);
+  wq_a_ = pack(weights_, &LayerWeights::wq_a, "wq_a", model_.q_lora_rank, model_.dim, precision);
+  wq_b_ = pack(weights_, &LayerWeights::wq_b, "wq_b", q_width, model_.q_lora_rank, precision);
+  wkv_a_ = pack(weights_, &LayerWeights::wkv_a, "wkv_a", latent_width_, model_.dim, precision);
+  // wkv_b's fp32 copy stays: the absorb formulation's per-head folds read it.
+  wkv_b_ = pack(weights_, &LayerWeights::wkv_b, "wkv_b", heads * (model_.qk_nope_head_dim + model_.v_head_dim),
+                model_.kv_lora_rank, precision, /*keep_fp32=*/true);
+  wo_ = pack(weights_, &LayerWeights::wo, "wo", model_.dim, heads * model_.v_head_dim, precision);
+}
+
+int64_t MlaLayer::weight_bytes() const {
+  int64_t bytes = 0;
+  for (const PackedLinear* weight : {&wq_, &wq_a_, &wq_b_, &wkv_a_, &wkv_b_, &wo_}) bytes += weight->bytes();
+  return bytes + static_cast<int64_t>((weights_.q_norm.size() + weights_.kv_norm.size() + weights_.wkv_b.size()) *
+                                      sizeof(float));
+}
+
+int64_t MlaLayer::weight_bytes_read(int64_t tokens, Formulation formulation) const {
+  int64_t bytes = 0;
+  for (const PackedLinear* weight : {&wq_, &wq_a_, &wq_b_, &wkv_a_, &wo_}) bytes += weight->bytes_read(tokens);
+  // wkv_b: the absorb folds read its fp32 copy; the naive expansion its prepared form.
+  if (formulation == Formulation::Absorb) return bytes + static_cast<int64_t>(weights_.wkv_b.size() * sizeof(float));
+  return bytes + wkv_b_.bytes_read(cached_batch_ * cached_len_);
+}
+
+StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                             int64_t mask_stride, float* y_partial, const uint16_t* x_bf16) {
+  const auto started = Clock::now();
+  step_linear_ms_ = 0.0;
+  step_trace_.clear();
+  if (batch < 1 || batch > model_.max_batch_size || seq < 1 || start_pos < 0 ||
+      start_pos + seq > model_.max_seq_len) {
+    throw std::invalid_argument("MlaLayer::forward: batch " + std::to_string(batch) + ", positions [" +
+                                std::to_string(start_pos) + ", " + std::to_string(start_pos + seq) +
+                                ") do not fit the cache (max_batch_size " + std::to_string(model_.max_batch_size) +
+                                ", max_seq_len " + std::to_string(model_.max_seq_len) + ")");
+  }
+  check_step_follows_cache("MlaLayer", batch, start_pos, cached_len_, cached_batch_);
+  if (x_bf16 != nullptr && !round_bf16_) {
+    throw std::invalid_argument("MlaLayer::forward: x_bf16 given, but run.compute_dtype is fp32");
+  }
+  if (x == nullptr && x_bf16 == nullptr) throw std::invalid_argument("MlaLayer::forward: no input x");
+  const int64_t tokens = batch * seq;
+  if (round_bf16_ && x_bf16 == nullptr) {
+    // DeepSeek's activations are bf16 from the embedding on.
+    uint16_t* bits = sized(x_bf16_, tokens * model_.dim);
+    const int64_t dim = model_.dim;
+#pragma omp parallel for schedule(static) if (tokens * dim > 65536)
+    for (int64_t token = 0; token < tokens; ++token) f32_to_bf16_bits_rne(x + token * dim, bits + token * dim, dim);
+    x_bf16 = bits;
+  }
+  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
+  const AttentionStep step{batch, seq, start_pos, shard_.n_local_heads, mask, mask_stride, round_bf16_};
+  // On the AMX fast path q and the attention's output stay bf16 numbers from the GEMM that writes
+  // them to the GEMM that reads them.
+  const bool amx_attention =
+      report.plan.path == AttentionPath::Fast && report.plan.formulation == Formulation::Naive &&
+      attention_fast_amx_applies(naive_head_major_attention_params(model_, step, nullptr, nullptr, nullptr, nullptr));
+  project_queries(x, x_bf16, tokens, amx_attention);
+  project_latent(x, x_bf16, batch, seq, start_pos, amx_attention);
+  cached_len_ = start_pos + seq;
+  cached_batch_ = start_pos == 0 ? batch : cached_batch_;
+
+  attend(report.plan, step, amx_attention, report);
+  const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
+  trace({"the attention output o", "", amx_attention ? nullptr : o_.data(), amx_attention ? o_bits_.data() : nullptr,
+         tokens, o_width, o_width});
+
+  if (amx_attention) {
+    run_linear(nullptr, o_width, wo_, tokens, y_partial, model_.dim, o_bits_.data());
+  } else {
+    run_linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
+  }
+  report.time_ms = ms_since(started);
+  report.linear_ms = step_linear_ms_;
+  return report;
+}
+
+// docs/design.md step 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))), then RoPE on each head's q_pe (in
+// project_latent). In bf16 the q latent stays bf16 numbers between its two GEMMs, and so does q
+// itself when q_as_bits (then in q_bits_, else in q_).
+void MlaLayer::project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bits) {
+  const int64_t q_width = shard_.n_local_heads * model_.qk_head_dim();
+  float* q = q_as_bits ? nullptr : sized(q_, tokens * q_width);
+  uint16_t* q_bits = q_as_bits ? sized(q_bits_, tokens * q_width) : nullptr;
+  if (model_.q_lora_rank == 0) {
+    run_linear(x, model_.dim, wq_, tokens, q, q_width, x_bf16, q_bits);
+    return;
+  }
+  const int64_t rank = model_.q_lora_rank;
+  RmsNormParams norm{nullptr, rank, weights_.q_norm.data(), nullptr, rank, tokens, rank, 1e-6f, round_bf16_};
+  if (round_bf16_) {
+    uint16_t* q_latent = sized(q_latent_bits_, tokens * rank);
+    run_linear(x, model_.dim, wq_a_, tokens, nullptr, rank, x_bf16, q_latent);
+    norm.x_bf16 = q_latent;
+    norm.y_bf16 = q_latent;
+    rmsnorm(norm);
+    run_linear(nullptr, rank, wq_b_, tokens, q, q_width, q_latent, q_bits);
+  } else {
+    float* q_latent = sized(q_latent_, tokens * rank);
+    run_linear(x, model_.dim, wq_a_, tokens, q_latent, rank);
+    norm.x = q_latent;
+    norm.y = q_latent;
+    rmsnorm(norm);
+    run_linear(q_latent, rank, wq_b_, tokens, q, q_width);
+  }
+}
+
+// docs/design.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)], appended to the cache.
+void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos,
+                              bool q_as_bits) {
+  const int64_t tokens = batch * seq;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t dq = model_.qk_head_dim();
+  float* kv = sized(kv_, tokens * latent_width_);
+  run_linear(x, model_.dim, wkv_a_, tokens, kv, latent_width_, x_bf16);
+  rmsnorm({kv, latent_width_, weights_.kv_norm.data(), kv, latent_width_, tokens, C, 1e-6f, round_bf16_});
+
+  RopeParams rope;
+  rope.table = &rope_table_;
+  rope.batch = batch;
+  rope.seq = seq;
+  rope.start_pos = start_pos;
+  rope.round_to_bf16 = round_bf16_;
+  rope.x = kv + C;
+  rope.token_stride = latent_width_;
+  rope_apply(rope);
+  rope.x = q_as_bits ? nullptr : q_.data() + model_.qk_nope_head_dim;
+  rope.x_bf16 = q_as_bits ? q_bits_.data() + model_.qk_nope_head_dim : nullptr;
+  rope.token_stride = shard_.n_local_heads * dq;
+  rope.vecs_per_token = shard_.n_local_heads;
+  rope.vec_stride = dq;
+  rope_apply(rope);
+
+  kv_cache_append({kv, latent_width_, kv_cache_.data(), model_.max_seq_len, latent_width_, batch, seq, start_pos});
+}
+
+void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_attention, StepReport& report) {
+  const int64_t tokens = step.batch * step.seq;
+  const int64_t heads = shard_.n_local_heads;
+  if (plan.formulation == Formulation::Absorb) {
+    absorb_queries(tokens);
+    float* o_latent = sized(o_latent_, tokens * heads * model_.kv_lora_rank);
+    run_attention(plan.path, absorb_attention_params(model_, step, q_absorbed_.data(), kv_cache_.data(), o_latent),
+                  report);
+    absorb_outputs(tokens);
+    return;
+  }
+  // On the AMX fast path every operand is bf16 numbers; the expansion's are handed over as they are.
+  expand_keys_values(step.batch, step.start_pos + step.seq, amx_attention);
+  if (!amx_attention) {
+    float* o = sized(o_, tokens * heads * model_.v_head_dim);
+    run_attention(plan.path, naive_head_major_attention_params(model_, step, q_.data(), keys_.data(), values_.data(), o),
+                  report);
+    return;
+  }
+  AttentionParams params = naive_head_major_attention_params(model_, step, nullptr, nullptr, nullptr, nullptr);
+  params.q_bits = q_bits_.data();
+  params.key_bits = key_bits_.data();
+  params.value_bits = value_bits_.data();
+  params.out_bits = sized(o_bits_, tokens * heads * model_.v_head_dim);
+  run_attention(plan.path, params, report);
+}
+
+void MlaLayer::run_attention(AttentionPath path, const AttentionParams& params, StepReport& report) {
+  const int threads = omp_get_max_threads();
+  const auto started = Clock::now();
+  if (path == AttentionPath::Fast) {
+    attention_fast(params);
+    report.attention_workspace_bytes = attention_fast_workspace_bytes(params, threads);
+  } else {
+    const int64_t chunk = attention_standard_query_chunk(params, run_.score_chunk_bytes, threads);
+    attention_standard(params, chunk);
+    report.attention_workspace_bytes = attention_standard_workspace_bytes(params, chunk, threads);
+  }
+  report.attention_ms = ms_since(started);
+}
+
+// docs/design.md step 5, absorb: q_lat[h] = Wk[h]^T q_nope[h] (one GEMM per head), next to q_pe[h].
+void MlaLayer::absorb_queries(int64_t tokens) {
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t dn = model_.qk_nope_head_dim;
+  const int64_t dq = model_.qk_head_dim();
+  const int64_t head_rows = dn + model_.v_head_dim;
+  float* q_absorbed = sized(q_absorbed_, tokens * heads * latent_width_);
+#pragma omp parallel for schedule(static) if (heads > 1)
+  for (int64_t h = 0; h < heads; ++h) {
+    GemmParams g;
+    g.m = tokens;
+    g.n = C;
+    g.k = dn;
+    g.a = q_.data() + h * dq;
+    g.lda = heads * dq;
+    g.b = weights_.wkv_b.data() + h * head_rows * C;  // Wk[h]: [dn, C]
+    g.ldb = C;
+    g.c = q_absorbed + h * latent_width_;
+    g.ldc = heads * latent_width_;
+    gemm(g);
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* row = q_absorbed + (t * heads + h) * latent_width_;
+      if (round_bf16_) round_to_bf16_inplace(row, C);
+      std::memcpy(row + C, q_.data() + t * heads * dq + h * dq + dn, model_.qk_rope_head_dim * sizeof(float));
+    }
+  }
+}
+
+// docs/design.md step 8, absorb: o[h] = Wv[h] o_lat[h].
+void MlaLayer::absorb_outputs(int64_t tokens) {
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t dv = model_.v_head_dim;
+  const int64_t head_rows = model_.qk_nope_head_dim + dv;
+  float* o = sized(o_, tokens * heads * dv);
+#pragma omp parallel for schedule(static) if (heads > 1)
+  for (int64_t h = 0; h < heads; ++h) {
+    GemmParams g;
+    g.transpose_b = true;
+    g.m = tokens;
+    g.n = dv;
+    g.k = C;
+    g.a = o_latent_.data() + h * C;
+    g.lda = heads * C;
+    g.b = weights_.wkv_b.data() + (h * head_rows + model_.qk_nope_head_dim) * C;  // Wv[h]: [dv, C]
+    g.ldb = C;
+    g.c = o + h * dv;
+    g.ldc = heads * dv;
+    gemm(g);
+    if (round_bf16_) {
+      for (int64_t t = 0; t < tokens; ++t) round_to_bf16_inplace(o + t * heads * dv + h * dv, dv);
+    }
+  }
+}
+
+// docs/design.md step 5, naive, from the one latent cache: [k_nope | v] = wkv_b c_n for every cached
+// position, then each head's keys [k_nope | k_pe] and values gathered head-major
+// (naive_head_major_attention_params says why). DeepSeek keeps a second, per-head cache for this;
+// recomputing it keeps one cache for both formulations and lets chunked prefill use naive too.
+// as_bits (bf16 only): the keys and values as bf16 numbers, in key_bits_ and value_bits_.
+void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len, bool as_bits) {
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t dn = model_.qk_nope_head_dim;
+  const int64_t dv = model_.v_head_dim;
+  const int64_t dq = model_.qk_head_dim();
+  const int64_t kv_width = heads * (dn + dv);
+  // In bf16 the expansion stays bf16 numbers, widened as they are scattered to the keys and values
+  // (one pass over them instead of a widening pass and a copy).
+  float* expanded = round_bf16_ ? nullptr : sized(kv_expanded_, batch * kv_len * kv_width);
+  uint16_t* expanded_bits = round_bf16_ ? sized(kv_expanded_bits_, batch * kv_len * kv_width) : nullptr;
+  float* keys = as_bits ? nullptr : sized(keys_, batch * heads * kv_len * dq);
+  float* values = as_bits ? nullptr : sized(values_, batch * heads * kv_len * dv);
+  uint16_t* key_bits = as_bits ? sized(key_bits_, batch * heads * kv_len * dq) : nullptr;
+  uint16_t* value_bits = as_bits ? sized(value_bits_, batch * heads * kv_len * dv) : nullptr;
+  // One GEMM for every sequence: their cache rows [b, 0..kv_len) gathered into one dense operand
+  // (bf16 numbers in bf16 mode, which is what the GEMM would convert them to anyway). Per-sequence
+  // GEMMs of kv_len rows ran at half the rate on the prefill shapes.
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t rows = batch * kv_len;
+  const float* latent_rows = nullptr;
+  const uint16_t* latent_bits = nullptr;
+  const auto cache_row = [&](int64_t row) {
+    return kv_cache_.data() + ((row / kv_len) * model_.max_seq_len + row % kv_len) * latent_width_;
+  };
+  if (round_bf16_) {
+    uint16_t* bits = sized(latent_bf16_, rows * C);
+#pragma omp parallel for schedule(static) if (rows * C > 65536)
+    for (int64_t row = 0; row < rows; ++row) bf16_values_to_bits(cache_row(row), bits + row * C, C);
+    latent_bits = bits;
+  } else if (kv_len == model_.max_seq_len || batch == 1) {
+    latent_rows = kv_cache_.data();  // already one strided operand
+  } else {
+    float* dense = sized(latent_f32_, rows * C);
+#pragma omp parallel for schedule(static) if (rows * C > 65536)
+    for (int64_t row = 0; row < rows; ++row) {
+      std::memcpy(dense + row * C, cache_row(row), static_cast<size_t>(C) * sizeof(float));
+    }
+    latent_rows = dense;
+  }
+  run_linear(latent_rows, latent_rows == kv_cache_.data() ? latent_width_ : C, wkv_b_, rows, expanded, kv_width,
+             latent_bits, expanded_bits);
+  if (round_bf16_) {
+#pragma omp parallel for collapse(2) schedule(static) if (rows * kv_width > 65536)
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t t = 0; t < kv_len; ++t) {
+        const uint16_t* row = expanded_bits + (b * kv_len + t) * kv_width;
+        const float* k_pe = kv_cache_.data() + (b * model_.max_seq_len + t) * latent_width_ + C;
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t head_row = (b * heads + h) * kv_len + t;
+          if (as_bits) {
+            uint16_t* key = key_bits + head_row * dq;
+            std::memcpy(key, row + h * (dn + dv), static_cast<size_t>(dn) * sizeof(uint16_t));
+            bf16_values_to_bits(k_pe, key + dn, model_.qk_rope_head_dim);
+            std::memcpy(value_bits + head_row * dv, row + h * (dn + dv) + dn, static_cast<size_t>(dv) * sizeof(uint16_t));
+            continue;
+          }
+          float* key = keys + head_row * dq;
+          bf16_bits_to_f32_copy(row + h * (dn + dv), key, dn);
+          std::memcpy(key + dn, k_pe, static_cast<size_t>(model_.qk_rope_head_dim) * sizeof(float));
+          bf16_bits_to_f32_copy(row + h * (dn + dv) + dn, values + head_row * dv, dv);
+        }
+      }
+    }
+    return;
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    // Position t of head h: [k_nope | v] at expanded[b, t, h], the one k_pe at the cache row.
+    const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;
+    const float* expanded_b = expanded + b * kv_len * kv_width;
+    float* keys_b = keys + b * heads * kv_len * dq;
+    StridedCopyParams part;
+    part.outer = kv_len;
+    part.inner = heads;
+    part.dst_outer_stride = dq;
+    part.dst_inner_stride = kv_len * dq;
+    part.src = expanded_b;  // k_nope
+    part.src_outer_stride = kv_width;
+    part.src_inner_stride = dn + dv;
+    part.dst = keys_b;
+    part.width = dn;
+    strided_copy(part);
+    part.src = cache + model_.kv_lora_rank;  // k_pe, the same for every head
+    part.src_outer_stride = latent_width_;
+    part.src_inner_stride = 0;
+    part.dst = keys_b + dn;
+    part.width = model_.qk_rope_head_dim;
+    strided_copy(part);
+    part.src = expanded_b + dn;  // v
+    part.src_outer_stride = kv_width;
+    part.src_inner_stride = dn + dv;
+    part.dst = values + b * heads * kv_len * dv;
+    part.dst_outer_stride = dv;
+    part.dst_inner_stride = kv_len * dv;
+    part.width = dv;
+    strided_copy(part);
+  }
+}
+
+}  // namespace mla

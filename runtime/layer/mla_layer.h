@@ -1,0 +1,138 @@
+// One rank's MLA layer on the CPU (docs/design.md, One step of one rank): its slice of heads, the
+// latent KV cache, and a forward step that returns the partial output before the all-reduce.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/aligned_vector.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/packed_linear.h"
+#include "kernels/cpu/rope.h"
+#include "parallel/sharding.h"
+#include "runtime/layer/attention_layout.h"
+#include "runtime/layer/attention_plan.h"
+#include "runtime/io/config.h"
+#include "runtime/io/weights.h"
+
+namespace mla {
+
+struct StepReport {
+  int64_t batch = 0;
+  int64_t seq = 0;
+  int64_t start_pos = 0;
+  int64_t kv_len = 0;
+  StepPlan plan;
+  double time_ms = 0.0;
+  // Where the CPU layer's time went: the linear layers (prepared weights, the naive expansion
+  // included) and the attention kernel; the rest is norms, RoPE, the cache append, the absorb
+  // folds and copies. Zero on the CUDA layer, whose work is asynchronous.
+  double linear_ms = 0.0;
+  double attention_ms = 0.0;
+  int64_t attention_workspace_bytes = 0;  // score buffers of the chosen path, all threads
+};
+
+// What both layers (CPU and CUDA) share around a step.
+// RoPE's frequency parameters from the model's shape.
+RopeFrequencyParams rope_params(const ModelArgs& model);
+// Throws std::invalid_argument, naming `layer`, when a step at start_pos would skip past what the
+// cache holds (cached_len positions of cached_batch sequences).
+void check_step_follows_cache(const char* layer, int64_t batch, int64_t start_pos, int64_t cached_len,
+                              int64_t cached_batch);
+// A step's report with its plan (path, formulation, reason) for these shapes.
+StepReport plan_step_report(const ModelArgs& model, const RunConfig& run, int64_t n_local_heads, int64_t batch,
+                            int64_t seq, int64_t start_pos, bool has_mask);
+
+class MlaLayer {
+ public:
+  // `run` supplies compute_dtype, attention, formulation, fast_path_max_len, score_chunk_bytes.
+  MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights weights, const RunConfig& run);
+
+  // One step: x [batch, seq, dim] holds the tokens at positions start_pos .. start_pos+seq-1 of
+  // every sequence; start_pos must not skip past what is cached. mask: nullptr (causal) or an
+  // additive [seq, start_pos+seq] mask with row stride mask_stride. Writes this rank's partial
+  // output y_partial [batch, seq, dim]. Throws std::invalid_argument on shapes the cache cannot hold.
+  // x_bf16 (compute_dtype bf16 only): the same tokens as bf16 numbers, read instead of x (which may
+  // then be null), as a bf16 model hands activations from layer to layer; otherwise the step
+  // rounds x itself.
+  StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
+                     int64_t mask_stride, float* y_partial, const uint16_t* x_bf16 = nullptr);
+
+  int64_t kv_cache_bytes() const { return static_cast<int64_t>(kv_cache_.size() * sizeof(float)); }
+  // Bytes of the prepared weights (what a decode step streams) and which GEMM runs them.
+  int64_t weight_bytes() const;
+  // Weight bytes the last step read from memory, for a step of `tokens` new tokens.
+  int64_t weight_bytes_read(int64_t tokens, Formulation formulation) const;
+  std::string linear_implementation() const { return wkv_a_.implementation(); }
+  const HeadShard& shard() const { return shard_; }
+  const ModelArgs& model() const { return model_; }
+
+  // After a step whose partial output is not finite: where its first non-finite value appeared,
+  // in the order the step computed (the output of wq, wkv_a, ..., the attention, wo), naming the
+  // weight that made it and where that weight came from. Empty when every traced tensor is finite.
+  std::string explain_non_finite() const;
+
+ private:
+  // One tensor the step wrote, for explain_non_finite(): fp32 values or bf16 bits, [rows, width]
+  // with a row stride.
+  struct TracedTensor {
+    std::string what;  // "the output of wkv_a"
+    std::string weight;  // the weight that made it ("wkv_a"), or empty
+    const float* values = nullptr;
+    const uint16_t* bits = nullptr;
+    int64_t rows = 0, width = 0, stride = 0;
+  };
+  void trace(TracedTensor tensor) { step_trace_.push_back(std::move(tensor)); }
+
+  // x: the step's input; x_bf16: in bf16 compute, the same as bf16 numbers (then x is not read).
+  // q_as_bits: the step's attention runs on AMX tiles (bf16 only), which read q as bf16 numbers.
+  void project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bits);
+  void project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos,
+                      bool q_as_bits);
+  void attend(const StepPlan& plan, const AttentionStep& step, bool amx_attention, StepReport& report);
+  void absorb_queries(int64_t tokens);
+  void absorb_outputs(int64_t tokens);
+  void expand_keys_values(int64_t batch, int64_t kv_len, bool as_bits);
+  void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
+  std::string linear_name(const PackedLinear& weight) const;  // "wkv_a"
+  void run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y, int64_t y_stride,
+                  const uint16_t* x_bf16 = nullptr, uint16_t* y_bits = nullptr);
+
+  ModelArgs model_;
+  HeadShard shard_;
+  LayerWeights weights_;  // the norms and wkv_b (the absorb formulation's per-head GEMMs) stay fp32 here
+  RunConfig run_;
+  // The linear layers, prepared once (the fp32 copies in weights_ are released).
+  PackedLinear wq_, wq_a_, wq_b_, wkv_a_, wkv_b_, wo_;
+  bool round_bf16_ = false;
+  RopeTable rope_table_;
+  int64_t latent_width_ = 0;  // C + dr: one cache row, [c_n | k_pe]
+  AlignedVector<float> kv_cache_;  // [max_batch_size, max_seq_len, C + dr]
+  int64_t cached_len_ = 0;
+  int64_t cached_batch_ = 0;
+  double step_linear_ms_ = 0.0;  // this step's time in run_linear so far
+  std::vector<TracedTensor> step_trace_;  // what this step wrote, in order
+
+  // Per-step buffers, grown on demand and reused.
+  AlignedVector<uint16_t> x_bf16_;  // [B*S, D] bf16 mode: the input rounded to bf16, once for wq(_a) and wkv_a
+  AlignedVector<float> q_latent_;   // fp32: [B*S, q_lora_rank]
+  AlignedVector<uint16_t> q_latent_bits_;  // bf16: the same as bf16 numbers
+  AlignedVector<float> q_;          // [B*S, Hl, dq]
+  AlignedVector<uint16_t> q_bits_;  // bf16 on the AMX fast path: q as bf16 numbers, instead of q_
+  AlignedVector<float> kv_;         // [B*S, C + dr]
+  AlignedVector<float> q_absorbed_; // absorb: [B*S, Hl, C + dr] = [Wk^T q_nope | q_pe]
+  AlignedVector<float> o_latent_;   // absorb: [B*S, Hl, C]
+  AlignedVector<uint16_t> latent_bf16_;  // naive, bf16 mode: [B, kv_len, C] the cached c_n as bf16 numbers
+  AlignedVector<float> latent_f32_;      // naive, fp32: [B, kv_len, C] the cached c_n, dense
+  AlignedVector<uint16_t> kv_expanded_bits_;  // naive, bf16 mode: kv_expanded_ as bf16 numbers
+  AlignedVector<float> kv_expanded_;// naive: [B, kv_len, Hl, dn + dv] = wkv_b c_n
+  AlignedVector<float> keys_;       // naive: [B, Hl, kv_len, dq] = [k_nope | k_pe]
+  AlignedVector<float> values_;     // naive: [B, Hl, kv_len, dv]
+  AlignedVector<uint16_t> key_bits_;    // naive, bf16 on the AMX fast path: keys_ as bf16 numbers
+  AlignedVector<uint16_t> value_bits_;  // naive, bf16 on the AMX fast path: values_ as bf16 numbers
+  AlignedVector<float> o_;          // [B*S, Hl*dv]
+  AlignedVector<uint16_t> o_bits_;  // bf16 on the AMX fast path: o as bf16 numbers, instead of o_
+};
+
+}  // namespace mla
