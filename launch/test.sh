@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs the whole test suite: once in the release build, then
-# in an AddressSanitizer + UndefinedBehaviorSanitizer build (skip with MLA_TEST_SANITIZE=0), then in
-# a ThreadSanitizer build with clang (skip with MLA_TEST_TSAN=0), then a fixed fuzzing budget on the
-# parsers (launch/fuzz.sh, 15 s each; skip with MLA_TEST_FUZZ=0).
+# Installs what is missing, checks the sources' layout (launch/check_format.sh, clang-format), builds,
+# and runs the whole test suite (launch/check_layout.py among it: includes point only to lower
+# folders): once in the release build, then in an AddressSanitizer + UndefinedBehaviorSanitizer
+# build (skip with MLA_TEST_SANITIZE=0), then in a ThreadSanitizer build with clang (skip with
+# MLA_TEST_TSAN=0), then a fixed fuzzing budget on the parsers (launch/fuzz.sh, 15 s each; skip
+# with MLA_TEST_FUZZ=0).
 #   MLA_TEST_REGEX=R    only the ctest tests whose names match R, in every build that runs
 #   MLA_TEST_REPEAT=N   the stress mode instead: the release build's timing-sensitive tests (faults,
 #                       watchdog, MPI; MLA_TEST_STRESS_REGEX overrides which) N times each, 4 at a
 #                       time whatever the cores, stopping at the first failure
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash launch/check_format.sh
 bash launch/setup.sh
 regex=()
 [ -n "${MLA_TEST_REGEX:-}" ] && regex=(-R "$MLA_TEST_REGEX")

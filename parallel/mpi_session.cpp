@@ -94,8 +94,8 @@ bool MpiSession::all_ok(bool ok, const std::string& message, std::string* failur
       reported[other] = true;
       ranks += (ranks.empty() ? "" : ", ") + std::to_string(other) + " (" + hosts[other] + ")";
     }
-    const bool every_rank = ranks.find(',') != std::string::npos && std::count(reported.begin(), reported.end(), true) ==
-                                                                        static_cast<long>(messages.size());
+    const bool every_rank = ranks.find(',') != std::string::npos &&
+                            std::count(reported.begin(), reported.end(), true) == static_cast<long>(messages.size());
     if (!failure->empty()) *failure += "; ";
     *failure += (world_ == 1 ? "" : every_rank ? "every rank: " : "rank " + ranks + ": ") + messages[r];
   }

@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "parallel/communicator.h"
-#include "runtime/base/errors.h"
 #include "parallel/watchdog.h"
+#include "runtime/base/errors.h"
 
 namespace mla {
 
@@ -36,12 +36,12 @@ class CollectiveScope {
   Watchdog* watchdog_;
 };
 
-#define MPI_CHECK(call)                                                     \
-  do {                                                                      \
-    const int mpi_check_code_ = (call);                                     \
-    if (mpi_check_code_ != MPI_SUCCESS) {                                   \
-      ::mla::throw_mpi_error(mpi_check_code_, #call, __FILE__, __LINE__);   \
-    }                                                                       \
+#define MPI_CHECK(call)                                                   \
+  do {                                                                    \
+    const int mpi_check_code_ = (call);                                   \
+    if (mpi_check_code_ != MPI_SUCCESS) {                                 \
+      ::mla::throw_mpi_error(mpi_check_code_, #call, __FILE__, __LINE__); \
+    }                                                                     \
   } while (0)
 
 // MPI_Init on construction, MPI_Finalize on destruction. Run without mpirun, it is a world of one.

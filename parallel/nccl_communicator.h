@@ -21,12 +21,12 @@ namespace mla {
 
 }  // namespace mla
 
-#define NCCL_CHECK(call)                                                                 \
-  do {                                                                                   \
-    const ncclResult_t mla_nccl_result_ = (call);                                        \
-    if (mla_nccl_result_ != ncclSuccess && mla_nccl_result_ != ncclInProgress) {         \
-      ::mla::throw_nccl_error(#call, __FILE__, __LINE__, mla_nccl_result_);              \
-    }                                                                                    \
+#define NCCL_CHECK(call)                                                         \
+  do {                                                                           \
+    const ncclResult_t mla_nccl_result_ = (call);                                \
+    if (mla_nccl_result_ != ncclSuccess && mla_nccl_result_ != ncclInProgress) { \
+      ::mla::throw_nccl_error(#call, __FILE__, __LINE__, mla_nccl_result_);      \
+    }                                                                            \
   } while (0)
 
 namespace mla {

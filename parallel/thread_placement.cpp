@@ -121,9 +121,8 @@ RankThreads configure_rank_threads(int requested, bool pin, int local_rank, int 
   } else if (result.count > bound) {
     result.placement = "not pinned: " + std::to_string(result.count) + " threads on " + std::to_string(bound) + " CPUs";
   } else if (cpus.empty()) {
-    result.placement = "not pinned: " + std::to_string(local_size) + " ranks x " +
-                       std::to_string(result.count) + " threads share this node's " + std::to_string(bound) +
-                       " CPUs, unbound";
+    result.placement = "not pinned: " + std::to_string(local_size) + " ranks x " + std::to_string(result.count) +
+                       " threads share this node's " + std::to_string(bound) + " CPUs, unbound";
   } else {
     result.placement = "not pinned: the kernel refused sched_setaffinity";
   }

@@ -11,11 +11,11 @@ namespace mla {
 std::vector<int> allowed_cpus();
 
 struct PlacementRequest {
-  int threads = 1;                // the rank's OpenMP threads
-  std::vector<int> allowed;       // allowed_cpus() of the rank
-  int node_cpus = 1;              // CPUs of the node
-  int local_rank = 0;             // rank among the processes of this node
-  int local_size = 1;             // processes of this job on this node
+  int threads = 1;           // the rank's OpenMP threads
+  std::vector<int> allowed;  // allowed_cpus() of the rank
+  int node_cpus = 1;         // CPUs of the node
+  int local_rank = 0;        // rank among the processes of this node
+  int local_size = 1;        // processes of this job on this node
 };
 
 // One CPU per thread, or empty where pinning would hurt: more threads than allowed CPUs, or ranks

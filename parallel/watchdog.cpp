@@ -10,7 +10,10 @@
 namespace mla {
 
 Watchdog::Watchdog(double timeout_s, std::string program, std::string label, std::string limit_name)
-    : timeout_s_(timeout_s), program_(std::move(program)), label_(std::move(label)), limit_name_(std::move(limit_name)) {
+    : timeout_s_(timeout_s),
+      program_(std::move(program)),
+      label_(std::move(label)),
+      limit_name_(std::move(limit_name)) {
   thread_ = std::thread([this] { watch(); });
 }
 
@@ -96,7 +99,8 @@ void Watchdog::watch() {
     std::snprintf(setting, sizeof(setting), "%s %g%s", limit_name_.c_str(), timeout_s_,
                   starting_up_ && timeout_s_ < kMinStartupSeconds ? "; MPI's start-up gets at least 10 s" : "");
     if (run_finished_) {
-      std::fprintf(stderr, "%s: warning: %s: %s: no progress for %.1f s after the run finished (%s); "
+      std::fprintf(stderr,
+                   "%s: warning: %s: %s: no progress for %.1f s after the run finished (%s); "
                    "ending this rank without waiting (its result is complete)\n",
                    program_.c_str(), label_.c_str(), activity_.c_str(), waited, setting);
       std::fflush(stderr);

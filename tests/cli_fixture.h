@@ -46,7 +46,8 @@ class MlaRunCli : public testing::Test {
            "  threads: 1\n"
            "  input: {random: {batch: 2, tokens: 8, seed: 4}}\n"
            "  schedule: {prefill: 6, decode_steps: 2}\n"
-           "  output: " + output() + "\n";
+           "  output: " +
+           output() + "\n";
   }
   std::string output() const { return dir_.file("y.safetensors"); }
 
@@ -68,7 +69,8 @@ class MlaRunCli : public testing::Test {
   // mpiexec as root and with more ranks than cores, as CI runs it.
   static std::string mpiexec(int ranks) {
     return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
-           "mpiexec -n " + std::to_string(ranks) + " ";
+           "mpiexec -n " +
+           std::to_string(ranks) + " ";
   }
 
   Outcome run_command(std::string command) {
@@ -100,13 +102,15 @@ class MlaRunCli : public testing::Test {
   }
 
   // A copy of the fixture checkpoint with `edit` applied to its tensors.
-  std::string edited_checkpoint(const std::function<void(std::vector<OutputTensor>&, std::vector<std::vector<float>>&)>& edit) {
+  std::string edited_checkpoint(
+      const std::function<void(std::vector<OutputTensor>&, std::vector<std::vector<float>>&)>& edit) {
     const SafetensorsFile source = SafetensorsFile::open(kFixtureDir + "/model0-mp1.safetensors");
     std::vector<std::vector<float>> storage;
     std::vector<std::string> names = source.names();
     for (const std::string& name : names) storage.push_back(source.read_f32(name));
     std::vector<OutputTensor> tensors;
-    for (size_t i = 0; i < names.size(); ++i) tensors.push_back({names[i], source.info(names[i]).shape, storage[i].data()});
+    for (size_t i = 0; i < names.size(); ++i)
+      tensors.push_back({names[i], source.info(names[i]).shape, storage[i].data()});
     edit(tensors, storage);
     const std::string checkpoint_dir = dir_.file("ckpt");
     std::filesystem::create_directories(checkpoint_dir);
@@ -115,7 +119,8 @@ class MlaRunCli : public testing::Test {
   }
 
   std::vector<std::string> fixture_sets(const std::string& weights_path) const {
-    return {"weights.path=" + weights_path, "run.input=" + kFixtureDir + "/input.safetensors", "run.output=" + output()};
+    return {"weights.path=" + weights_path, "run.input=" + kFixtureDir + "/input.safetensors",
+            "run.output=" + output()};
   }
 
   TempDir dir_;

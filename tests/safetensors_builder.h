@@ -39,7 +39,8 @@ inline std::string safetensors_bytes(const std::vector<RawTensor>& tensors) {
   for (const RawTensor& t : tensors) {
     if (header.size() > 1) header += ",";
     header += "\"" + t.name + "\":{\"dtype\":\"" + t.dtype + "\",\"shape\":" + shape_json(t.shape) +
-              ",\"data_offsets\":[" + std::to_string(data.size()) + "," + std::to_string(data.size() + t.bytes.size()) + "]}";
+              ",\"data_offsets\":[" + std::to_string(data.size()) + "," + std::to_string(data.size() + t.bytes.size()) +
+              "]}";
     data += t.bytes;
   }
   header += "}";

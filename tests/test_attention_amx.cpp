@@ -91,7 +91,8 @@ struct AmxProblem {
 };
 
 // Over the outputs only (the gaps between heads hold kGap in both).
-double relative_l2(const std::vector<float>& got, const std::vector<float>& want, int64_t head_stride, int64_t value_dim) {
+double relative_l2(const std::vector<float>& got, const std::vector<float>& want, int64_t head_stride,
+                   int64_t value_dim) {
   double diff = 0.0, norm = 0.0;
   for (size_t i = 0; i < got.size(); ++i) {
     if (static_cast<int64_t>(i) % head_stride >= value_dim) continue;
@@ -145,18 +146,18 @@ TEST_P(AttentionAmx, MatchesTheFp32LoopsWithinBf16Rounding) {
   // changes: the same bits out, and the gaps between heads untouched.
   for (const bool q_and_out : {false, true}) {
     AmxProblem bits(c);
-    const std::vector<uint16_t> key_bits = to_bits(bits.keys), value_bits = to_bits(bits.values);
-    const std::vector<uint16_t> q_bits = to_bits(bits.q);
-    std::vector<uint16_t> out_bits(bits.out.size(), 0xBEEF);
+    const std::vector<uint16_t> key_bf16 = to_bits(bits.keys), value_bf16 = to_bits(bits.values);
+    const std::vector<uint16_t> q_bf16 = to_bits(bits.q);
+    std::vector<uint16_t> out_bf16(bits.out.size(), 0xBEEF);
     bits.params.keys = nullptr;
     bits.params.values = nullptr;
-    bits.params.key_bits = key_bits.data();
-    bits.params.value_bits = value_bits.data();
+    bits.params.key_bf16 = key_bf16.data();
+    bits.params.value_bf16 = value_bf16.data();
     if (q_and_out) {
       bits.params.q = nullptr;
       bits.params.out = nullptr;
-      bits.params.q_bits = q_bits.data();
-      bits.params.out_bits = out_bits.data();
+      bits.params.q_bf16 = q_bf16.data();
+      bits.params.out_bf16 = out_bf16.data();
     }
     ASSERT_TRUE(attention_fast_amx_applies(bits.params));
     attention_fast(bits.params);
@@ -166,18 +167,17 @@ TEST_P(AttentionAmx, MatchesTheFp32LoopsWithinBf16Rounding) {
         continue;
       }
       const bool gap = static_cast<int64_t>(i) % amx.params.out_head_stride >= c.value_dim;
-      ASSERT_EQ(out_bits[i], gap ? uint16_t{0xBEEF} : f32_to_bf16_bits(amx.out[i])) << "q and out as bits, at " << i;
+      ASSERT_EQ(out_bf16[i], gap ? uint16_t{0xBEEF} : f32_to_bf16_bits(amx.out[i])) << "q and out as bits, at " << i;
     }
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, AttentionAmx,
-    testing::Values(AmxCase{2, 3, 37, 0, 48, 40, false},      // partial tiles everywhere
-                    AmxCase{1, 2, 16, 45, 192, 128, false},   // chunked prefill: p > 0
-                    AmxCase{2, 2, 130, 0, 192, 128, false},   // DeepSeek's head dims
-                    AmxCase{1, 2, 33, 7, 72, 24, true}),      // an explicit mask with -inf
-    [](const testing::TestParamInfo<AmxCase>& shape) { return describe(shape.param); });
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionAmx,
+                         testing::Values(AmxCase{2, 3, 37, 0, 48, 40, false},     // partial tiles everywhere
+                                         AmxCase{1, 2, 16, 45, 192, 128, false},  // chunked prefill: p > 0
+                                         AmxCase{2, 2, 130, 0, 192, 128, false},  // DeepSeek's head dims
+                                         AmxCase{1, 2, 33, 7, 72, 24, true}),     // an explicit mask with -inf
+                         [](const testing::TestParamInfo<AmxCase>& shape) { return describe(shape.param); });
 
 TEST(AttentionAmx, FewRowsPerHeadOrSharedKeysStayOnTheLoops) {
   AmxProblem few(AmxCase{1, 2, kAmxMinQueryRows - 1, 0, 48, 40, false});
@@ -195,9 +195,9 @@ TEST(AttentionAmx, FewRowsPerHeadOrSharedKeysStayOnTheLoops) {
 // standard path with them is refused, not computed from null or stale fp32 buffers.
 TEST(AttentionAmx, BitsAreRefusedWhereTheAmxPathDoesNotApply) {
   AmxProblem problem(AmxCase{1, 2, 32, 0, 48, 40, false});
-  const std::vector<uint16_t> key_bits = to_bits(problem.keys), value_bits = to_bits(problem.values);
-  problem.params.key_bits = key_bits.data();
-  problem.params.value_bits = value_bits.data();
+  const std::vector<uint16_t> key_bf16 = to_bits(problem.keys), value_bf16 = to_bits(problem.values);
+  problem.params.key_bf16 = key_bf16.data();
+  problem.params.value_bf16 = value_bf16.data();
   problem.params.round_to_bf16 = false;  // fp32: never the AMX path
   EXPECT_THROW(attention_fast(problem.params), std::invalid_argument);
   EXPECT_THROW(attention_standard(problem.params, 8), std::invalid_argument);
@@ -205,14 +205,14 @@ TEST(AttentionAmx, BitsAreRefusedWhereTheAmxPathDoesNotApply) {
   EXPECT_THROW(attention_standard(problem.params, 8), std::invalid_argument);
 
   // q given or out asked for as bf16 numbers: the same.
-  for (const bool q_as_bits : {true, false}) {
+  for (const bool q_as_bf16 : {true, false}) {
     AmxProblem one(AmxCase{1, 2, 32, 0, 48, 40, false});
-    const std::vector<uint16_t> q_bits = to_bits(one.q);
-    std::vector<uint16_t> out_bits(one.out.size());
-    if (q_as_bits) {
-      one.params.q_bits = q_bits.data();
+    const std::vector<uint16_t> q_bf16 = to_bits(one.q);
+    std::vector<uint16_t> out_bf16(one.out.size());
+    if (q_as_bf16) {
+      one.params.q_bf16 = q_bf16.data();
     } else {
-      one.params.out_bits = out_bits.data();
+      one.params.out_bf16 = out_bf16.data();
     }
     EXPECT_THROW(attention_standard(one.params, 8), std::invalid_argument);
     one.params.round_to_bf16 = false;

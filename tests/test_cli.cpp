@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -24,10 +24,10 @@ namespace {
 TEST_F(MlaRunCli, WritesYAndPrintsOneTableOfTheSteps) {
   const Outcome outcome = run(base_config());
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
-  for (const char* line : {"    0  prefill        6        6  fast      naive", "    1  decode         1        7  fast      absorb",
-                           "    2  decode         1        8  fast      absorb", "why fast, naive (step 0, rank 0): kv_len 6",
-                           "why fast, absorb (step 1, rank 0): kv_len 7", "y checksum: sum ",
-                           "output: y [2, 8, 48] f32 -> "}) {
+  for (const char* line :
+       {"    0  prefill        6        6  fast      naive", "    1  decode         1        7  fast      absorb",
+        "    2  decode         1        8  fast      absorb", "why fast, naive (step 0, rank 0): kv_len 6",
+        "why fast, absorb (step 1, rank 0): kv_len 7", "y checksum: sum ", "output: y [2, 8, 48] f32 -> "}) {
     EXPECT_NE(outcome.out.find(line), std::string::npos) << line << "\n" << outcome.out;
   }
   EXPECT_EQ(outcome.out.find("step 0: prefill"), std::string::npos) << "per-rank step lines without --verbose";
@@ -41,7 +41,8 @@ TEST_F(MlaRunCli, TheFastPathLimitIsAutoUnlessGiven) {
   for (const std::string& set : {std::string("run.threads=1"), std::string("run.fast_path_max_len=auto")}) {
     const Outcome outcome = run(base_config(), {set});
     ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
-    EXPECT_NE(outcome.out.find("kv_len 6 <= fast_path_max_len 256 (auto)"), std::string::npos) << set << "\n" << outcome.out;
+    EXPECT_NE(outcome.out.find("kv_len 6 <= fast_path_max_len 256 (auto)"), std::string::npos) << set << "\n"
+                                                                                               << outcome.out;
   }
   const Outcome given = run(base_config(), {"run.fast_path_max_len=7"});
   ASSERT_EQ(given.exit_code, 0) << given.err;
@@ -66,7 +67,8 @@ TEST_F(MlaRunCli, ReproducesDeepSeekThroughTheCommand) {
                                "run.output=" + output(), "run.formulation=naive"});
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   const std::vector<float> y = SafetensorsFile::open(output()).read_f32("y");
-  const std::vector<float> expected = SafetensorsFile::open(kFixtureDir + "/expected.safetensors").read_f32("y_naive_f32");
+  const std::vector<float> expected =
+      SafetensorsFile::open(kFixtureDir + "/expected.safetensors").read_f32("y_naive_f32");
   EXPECT_LE(relative_l2(y, to_double(expected)), 1e-5);
 }
 
@@ -81,13 +83,18 @@ TEST_F(MlaRunCli, ASetKeyIsNamedOnce) {
 TEST_F(MlaRunCli, TheWeightsLineSaysWhatTheComputeHolds) {
   const Outcome bf16 = run(base_config(), {"run.compute_dtype=bf16"});
   ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
-  EXPECT_NE(bf16.out.find("loaded as fp32 buffers of bf16 values (the layer keeps bf16)"), std::string::npos) << bf16.out;
+  EXPECT_NE(bf16.out.find("loaded as fp32 buffers of bf16 values (the layer keeps bf16)"), std::string::npos)
+      << bf16.out;
   EXPECT_EQ(bf16.out.find("fp32 compute copies"), std::string::npos) << bf16.out;
 }
 
-TEST_F(MlaRunCli, UnknownKey) { expect_user_error(run(base_config() + "  speed: fast\n"), {"run.speed", "unknown key"}); }
+TEST_F(MlaRunCli, UnknownKey) {
+  expect_user_error(run(base_config() + "  speed: fast\n"), {"run.speed", "unknown key"});
+}
 
-TEST_F(MlaRunCli, UnknownSection) { expect_user_error(run(base_config() + "extra: {a: 1}\n"), {"extra", "unknown key"}); }
+TEST_F(MlaRunCli, UnknownSection) {
+  expect_user_error(run(base_config() + "extra: {a: 1}\n"), {"extra", "unknown key"});
+}
 
 // A key holding a newline (a quoted YAML key) still gives a one-line message.
 TEST_F(MlaRunCli, ControlCharactersInKeysStayOnOneLine) {
@@ -105,14 +112,17 @@ TEST_F(MlaRunCli, WrongType) {
 
 TEST_F(MlaRunCli, OutOfRange) {
   expect_user_error(run(base_config(), {"run.fast_path_max_len=0"}), {"run.fast_path_max_len", "[1,"});
-  expect_user_error(run(base_config(), {"run.fast_path_max_len=fast"}), {"run.fast_path_max_len", "expected auto or a length"});
+  expect_user_error(run(base_config(), {"run.fast_path_max_len=fast"}),
+                    {"run.fast_path_max_len", "expected auto or a length"});
 }
 
 TEST_F(MlaRunCli, BadChoice) {
   expect_user_error(run(base_config(), {"run.attention=fastest"}), {"run.attention", "auto | fast | standard"});
 }
 
-TEST_F(MlaRunCli, OddRopeDim) { expect_user_error(run(base_config(), {"model.qk_rope_head_dim=5"}), {"qk_rope_head_dim", "even"}); }
+TEST_F(MlaRunCli, OddRopeDim) {
+  expect_user_error(run(base_config(), {"model.qk_rope_head_dim=5"}), {"qk_rope_head_dim", "even"});
+}
 
 TEST_F(MlaRunCli, InputLongerThanMaxSeqLen) {
   expect_user_error(run(base_config(), {"run.input.random.tokens=40", "run.schedule={prefill: 38, decode_steps: 2}"}),
@@ -127,7 +137,9 @@ TEST_F(MlaRunCli, BatchOverMaxBatchSize) {
   expect_user_error(run(base_config(), {"run.input.random.batch=3"}), {"run.input", "model.max_batch_size 2"});
 }
 
-TEST_F(MlaRunCli, BadSetSyntax) { expect_user_error(run(base_config(), {"run.threads"}), {"--set", "section.key=value"}); }
+TEST_F(MlaRunCli, BadSetSyntax) {
+  expect_user_error(run(base_config(), {"run.threads"}), {"--set", "section.key=value"});
+}
 
 TEST_F(MlaRunCli, CudaBackendNotBuilt) { expect_user_error(run(base_config(), {"run.backend=cuda"}), {"run.backend"}); }
 
@@ -141,7 +153,8 @@ TEST_F(MlaRunCli, CorruptCheckpoint) {
   std::filesystem::create_directories(checkpoint_dir);
   const std::string bytes = read_text(kFixtureDir + "/model0-mp1.safetensors");
   std::ofstream(checkpoint_dir + "/model0-mp1.safetensors", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
-  expect_user_error(run(read_text(kFixtureDir + "/config.yaml"), fixture_sets(checkpoint_dir)), {"model0-mp1.safetensors"});
+  expect_user_error(run(read_text(kFixtureDir + "/config.yaml"), fixture_sets(checkpoint_dir)),
+                    {"model0-mp1.safetensors"});
 }
 
 TEST_F(MlaRunCli, MissingTensor) {
@@ -179,9 +192,9 @@ TEST_F(MlaRunCli, AWeightThatOverflowsIsNamed) {
   });
   const Outcome outcome = run(read_text(kFixtureDir + "/config.yaml"), fixture_sets(checkpoint));
   EXPECT_EQ(outcome.exit_code, 3) << outcome.err;
-  for (const std::string& word : std::vector<std::string>{"step 0", "partial output y is not finite", "the output of wkv_a",
-                                 checkpoint + "/model0-mp1.safetensors: tensor 'layers.0.attn.wkv_a.weight'",
-                                 "overflows fp32"}) {
+  for (const std::string& word : std::vector<std::string>{
+           "step 0", "partial output y is not finite", "the output of wkv_a",
+           checkpoint + "/model0-mp1.safetensors: tensor 'layers.0.attn.wkv_a.weight'", "overflows fp32"}) {
     EXPECT_NE(outcome.err.find(word), std::string::npos) << word << "\n" << outcome.err;
   }
   EXPECT_FALSE(std::filesystem::exists(output()));
@@ -198,7 +211,8 @@ TEST_F(MlaRunCli, Fp8ScaleOfTheWrongShape) {
       for (float value : source.read_f32(name)) codes.push_back(f32_to_fp8_e4m3(value * 64.0f));
       tensors.push_back({name, "F8_E4M3", info.shape, raw_bytes(codes)});
       // [320, 80] needs [3, 1] scales; give [2, 1].
-      tensors.push_back({"layers.0.attn.wkv_b.scale", "F32", {2, 1}, raw_bytes(std::vector<float>{1 / 64.0f, 1 / 64.0f})});
+      tensors.push_back(
+          {"layers.0.attn.wkv_b.scale", "F32", {2, 1}, raw_bytes(std::vector<float>{1 / 64.0f, 1 / 64.0f})});
       continue;
     }
     std::string bytes(info.data_end - info.data_begin, '\0');
@@ -219,13 +233,16 @@ TEST_F(MlaRunCli, AcceptsBf16Input) {
   const Outcome outcome = run(read_text(kFixtureDir + "/config.yaml"), sets);
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   // The fixture's x holds bf16 values, so the bf16 file is the same input.
-  const std::vector<float> expected = SafetensorsFile::open(kFixtureDir + "/expected.safetensors").read_f32("y_absorb_f32");
+  const std::vector<float> expected =
+      SafetensorsFile::open(kFixtureDir + "/expected.safetensors").read_f32("y_absorb_f32");
   EXPECT_LE(relative_l2(SafetensorsFile::open(output()).read_f32("y"), to_double(expected)), 1e-5);
 }
 
 TEST_F(MlaRunCli, InputOfTheWrongWidth) {
-  write_bytes(dir_.file("x.safetensors"), safetensors_bytes({{"x", "F32", {1, 2, 3}, raw_bytes(std::vector<float>(6, 0.5f))}}));
-  expect_user_error(run(base_config(), {"run.input=" + dir_.file("x.safetensors")}), {"x.safetensors", "'x'", "model.dim"});
+  write_bytes(dir_.file("x.safetensors"),
+              safetensors_bytes({{"x", "F32", {1, 2, 3}, raw_bytes(std::vector<float>(6, 0.5f))}}));
+  expect_user_error(run(base_config(), {"run.input=" + dir_.file("x.safetensors")}),
+                    {"x.safetensors", "'x'", "model.dim"});
 }
 
 // Sizes whose product overflows int64 (2^64 floats of KV cache) must be refused, not wrap around.
@@ -278,8 +295,10 @@ TEST_F(MlaRunCli, TheOutputsDirectoryIsCreatedAndLogged) {
 
 TEST_F(MlaRunCli, KeysThatWouldBeIgnoredAreRefused) {
   expect_user_error(run(base_config(), {"weights.path=/nowhere"}), {"weights.path", "format random"});
-  expect_user_error(run(base_config(), {"debug={fail: {rank: 5, step: 0, mode: exit}}"}), {"debug.fail.rank", "world of 1"});
-  expect_user_error(run(base_config(), {"debug={fail: {rank: 0, step: 3, mode: exit}}"}), {"debug.fail.step", "3 steps"});
+  expect_user_error(run(base_config(), {"debug={fail: {rank: 5, step: 0, mode: exit}}"}),
+                    {"debug.fail.rank", "world of 1"});
+  expect_user_error(run(base_config(), {"debug={fail: {rank: 0, step: 3, mode: exit}}"}),
+                    {"debug.fail.step", "3 steps"});
 }
 
 TEST_F(MlaRunCli, FailedRunKeepsAnOldOutputUntouched) {

@@ -86,7 +86,8 @@ void expect_matches(const std::vector<float>& y, int64_t y_stride, const std::ve
         sum += product;
         magnitude += std::fabs(product);
       }
-      ASSERT_NEAR(y[r * y_stride + f], sum, tolerance * magnitude + 1e-30) << what << ", row " << r << ", feature " << f;
+      ASSERT_NEAR(y[r * y_stride + f], sum, tolerance * magnitude + 1e-30)
+          << what << ", row " << r << ", feature " << f;
     }
   }
 }
@@ -183,18 +184,22 @@ TEST_P(SkinnyLinearIsa, Fp8ConversionIsExactForEveryCodeAndScale) {
       for (int64_t f = 0; f < out; ++f) {
         const uint8_t code = codes[f * in + column];
         const float expected = fp8_e4m3_to_f32(code) * scales[f / 128];
-        ASSERT_EQ(y[f], expected) << isa.name << ": code 0x" << std::hex << int{code} << std::dec << ", scale " << scale;
+        ASSERT_EQ(y[f], expected) << isa.name << ": code 0x" << std::hex << int{code} << std::dec << ", scale "
+                                  << scale;
       }
     }
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Isas, SkinnyLinearIsa, testing::ValuesIn(isa_cases()),
-                         [](const testing::TestParamInfo<IsaCase>& param_info) { return std::string(param_info.param.name); });
+                         [](const testing::TestParamInfo<IsaCase>& param_info) {
+                           return std::string(param_info.param.name);
+                         });
 
 // PackedLinear on both sides of kSkinnyMaxRows, for every storage it chooses, counting its FLOPs.
 // y[rows, out] (row stride y_stride) = x[rows, in] (row stride x_stride) W^T, as a layer calls it.
-PackedLinearCall linear_call(const float* x, int64_t x_stride, float* y, int64_t y_stride, int64_t rows, bool round_to_bf16) {
+PackedLinearCall linear_call(const float* x, int64_t x_stride, float* y, int64_t y_stride, int64_t rows,
+                             bool round_to_bf16) {
   PackedLinearCall call;
   call.x = x;
   call.x_stride = x_stride;
@@ -254,22 +259,23 @@ TEST(PackedLinear, Bf16InputBitsGiveTheSameOutputAsBf16Values) {
   const int64_t out = 70, in = 264;
   const TestWeight w = make_weight(out, in, 7);
   const CpuIsa isa = cpu_isa();
-  for (const auto& [limit, rows] : {std::pair<CpuIsa, int64_t>{isa, 37}, {isa, 4}, {CpuIsa::Portable, 37}, {CpuIsa::Portable, 4}}) {
+  for (const auto& [limit, rows] :
+       {std::pair<CpuIsa, int64_t>{isa, 37}, {isa, 4}, {CpuIsa::Portable, 37}, {CpuIsa::Portable, 4}}) {
     set_cpu_isa_limit(limit);
     const PackedLinear linear(w.bf16_values.data(), out, in, LinearPrecision::BF16);
     std::vector<float> x = random_x(rows, in, 11);
     for (float& value : x) value *= 1.0001f;  // not all bf16 values: x_bf16 is their rounding
-    std::vector<uint16_t> x_bits(x.size());
+    std::vector<uint16_t> x_bf16(x.size());
     std::vector<float> x_rounded(x.size());
     for (size_t i = 0; i < x.size(); ++i) {
-      x_bits[i] = f32_to_bf16_bits(x[i]);
+      x_bf16[i] = f32_to_bf16_bits(x[i]);
       x_rounded[i] = round_to_bf16(x[i]);
     }
     std::vector<float> from_values(static_cast<size_t>(rows * out)), from_bits(from_values.size());
     PackedLinearCall call = linear_call(x_rounded.data(), in, from_values.data(), out, rows, true);
     linear.forward(call);
     call.x = x.data();  // must not be read
-    call.x_bf16 = x_bits.data();
+    call.x_bf16 = x_bf16.data();
     call.y = from_bits.data();
     linear.forward(call);
     EXPECT_EQ(from_bits, from_values) << linear.implementation() << ", rows " << rows;
@@ -287,13 +293,14 @@ TEST(PackedLinear, Bf16InputBitsGiveTheSameOutputAsBf16Values) {
   EXPECT_THROW(fp32.forward(call), std::invalid_argument);
 }
 
-// y_bits: the output as bf16 numbers, bit for bit the bits of the rounded fp32 output, on every
+// y_bf16: the output as bf16 numbers, bit for bit the bits of the rounded fp32 output, on every
 // path (oneDNN writing them itself, the streamed kernel, OpenBLAS).
 TEST(PackedLinear, Bf16OutputBitsAreTheRoundedOutputsBits) {
   const int64_t out = 70, in = 264;
   const TestWeight w = make_weight(out, in, 13);
   const CpuIsa isa = cpu_isa();
-  for (const auto& [limit, rows] : {std::pair<CpuIsa, int64_t>{isa, 37}, {isa, 4}, {CpuIsa::Portable, 37}, {CpuIsa::Portable, 4}}) {
+  for (const auto& [limit, rows] :
+       {std::pair<CpuIsa, int64_t>{isa, 37}, {isa, 4}, {CpuIsa::Portable, 37}, {CpuIsa::Portable, 4}}) {
     set_cpu_isa_limit(limit);
     const PackedLinear linear(w.bf16_values.data(), out, in, LinearPrecision::BF16);
     const std::vector<float> x = random_x(rows, in, 17);
@@ -301,7 +308,7 @@ TEST(PackedLinear, Bf16OutputBitsAreTheRoundedOutputsBits) {
     linear.forward(linear_call(x.data(), in, y.data(), out, rows, true));
     std::vector<uint16_t> bits(y.size(), 0xffff);
     PackedLinearCall call = linear_call(x.data(), in, nullptr, 0, rows, true);
-    call.y_bits = bits.data();
+    call.y_bf16 = bits.data();
     linear.forward(call);
     for (size_t i = 0; i < y.size(); ++i) {
       ASSERT_EQ(bits[i], f32_to_bf16_bits(y[i])) << linear.implementation() << ", rows " << rows << ", element " << i;
@@ -312,7 +319,7 @@ TEST(PackedLinear, Bf16OutputBitsAreTheRoundedOutputsBits) {
   const std::vector<float> x = random_x(1, in, 3);
   std::vector<uint16_t> bits(static_cast<size_t>(out));
   PackedLinearCall call = linear_call(x.data(), in, nullptr, 0, 1, true);
-  call.y_bits = bits.data();
+  call.y_bf16 = bits.data();
   EXPECT_THROW(fp32.forward(call), std::invalid_argument);
 }
 
@@ -331,11 +338,11 @@ TEST(SkinnyLinear, Bf16InputMatchesFloat64OnEveryIsa) {
       for (const int64_t rows : {1, 2, 3, 4, 5, 7, 9, 16}) {
         const int64_t y_stride = out + 3;
         const std::vector<float> x = random_x(rows, in, static_cast<uint32_t>(rows + 40));
-        std::vector<uint16_t> x_bits(x.size());
-        for (size_t i = 0; i < x.size(); ++i) x_bits[i] = f32_to_bf16_bits(x[i]);
+        std::vector<uint16_t> x_bf16(x.size());
+        for (size_t i = 0; i < x.size(); ++i) x_bf16[i] = f32_to_bf16_bits(x[i]);
         std::vector<float> y(static_cast<size_t>(rows * y_stride), NAN);
         SkinnyLinearParams p;
-        p.x_bf16 = x_bits.data();
+        p.x_bf16 = x_bf16.data();
         p.rows = rows;
         p.codes = WeightCodes::BF16;
         p.weight = w.bf16_bits.data();

@@ -19,15 +19,16 @@ struct FixtureRun {
 };
 
 FixtureRun run_fixture(const std::string& expected_name, const std::vector<std::string>& settings) {
-  std::vector<std::string> overrides = {"weights.path=" + kFixtureDir, "run.input=" + kFixtureDir + "/input.safetensors",
-                                        "run.output="};
+  std::vector<std::string> overrides = {"weights.path=" + kFixtureDir,
+                                        "run.input=" + kFixtureDir + "/input.safetensors", "run.output="};
   overrides.insert(overrides.end(), settings.begin(), settings.end());
   const Config config = load_config(kFixtureDir + "/config.yaml", overrides);
   const HeadShard shard = whole(config.model);
   const InputTensor x = load_input(config.run.input, config.model);
   LoadedWeights loaded = load_layer_weights(config.weights, config.model, shard, config.run.compute_dtype);
   FixtureRun run;
-  run.result = layer_run(config.model, config.run, shard, std::move(loaded.weights), x, config.run.schedule.steps(x.tokens));
+  run.result =
+      layer_run(config.model, config.run, shard, std::move(loaded.weights), x, config.run.schedule.steps(x.tokens));
   run.expected = to_double(SafetensorsFile::open(kFixtureDir + "/expected.safetensors").read_f32(expected_name));
   return run;
 }
@@ -35,8 +36,9 @@ FixtureRun run_fixture(const std::string& expected_name, const std::vector<std::
 TEST(DeepSeekFixture, Fp32NaiveAndAbsorbOnEveryPath) {
   for (const char* formulation : {"naive", "absorb"}) {
     for (const char* attention : {"fast", "standard"}) {
-      const FixtureRun run = run_fixture(std::string("y_") + formulation + "_f32",
-                                         {std::string("run.formulation=") + formulation, std::string("run.attention=") + attention});
+      const FixtureRun run =
+          run_fixture(std::string("y_") + formulation + "_f32",
+                      {std::string("run.formulation=") + formulation, std::string("run.attention=") + attention});
       const double error = relative_l2(run.result.y, run.expected);
       EXPECT_LE(error, 1e-5) << formulation << ", " << attention << " path";
       RecordProperty(std::string("error_") + formulation + "_" + attention, std::to_string(error));
@@ -46,8 +48,8 @@ TEST(DeepSeekFixture, Fp32NaiveAndAbsorbOnEveryPath) {
 
 TEST(DeepSeekFixture, Bf16Absorb) {
   for (const char* attention : {"fast", "standard"}) {
-    const FixtureRun run =
-        run_fixture("y_absorb_bf16", {"run.compute_dtype=bf16", "run.formulation=absorb", std::string("run.attention=") + attention});
+    const FixtureRun run = run_fixture("y_absorb_bf16", {"run.compute_dtype=bf16", "run.formulation=absorb",
+                                                         std::string("run.attention=") + attention});
     const double error = relative_l2(run.result.y, run.expected);
     // docs/design.md allows 2e-2; rounding where DeepSeek's bf16 code rounds should land far closer.
     EXPECT_LE(error, 2e-2) << attention;

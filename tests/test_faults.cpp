@@ -32,15 +32,19 @@ class Faults : public MlaRunCli {
 
   // A run whose y is 8 x 512 x 4096 floats, 64 MB: writing and fsyncing it takes a while.
   std::vector<std::string> large_output_sets() const {
-    return {"run.output=" + output(), "model.dim=4096", "model.max_batch_size=8", "model.max_seq_len=512",
-            "run.input={random: {batch: 8, tokens: 512, seed: 4}}", "run.schedule={prefill: 512}"};
+    return {"run.output=" + output(),
+            "model.dim=4096",
+            "model.max_batch_size=8",
+            "model.max_seq_len=512",
+            "run.input={random: {batch: 8, tokens: 512, seed: 4}}",
+            "run.schedule={prefill: 512}"};
   }
 
   // Runs with debug.fail and parallel.timeout_s 2; returns the outcome and the seconds it took.
   std::pair<Outcome, double> run_fault(int ranks, const std::string& mode, int rank, int step) {
-    const std::vector<std::string> sets = {"run.output=" + output(), "parallel.timeout_s=2", "parallel.uneven_heads=true",
-                                           "debug={fail: {rank: " + std::to_string(rank) + ", step: " +
-                                               std::to_string(step) + ", mode: " + mode + "}}"};
+    const std::vector<std::string> sets = {
+        "run.output=" + output(), "parallel.timeout_s=2", "parallel.uneven_heads=true",
+        "debug={fail: {rank: " + std::to_string(rank) + ", step: " + std::to_string(step) + ", mode: " + mode + "}}"};
     std::string command = mla_run_command(write_config("fault.yaml", base_config()), sets);
     if (ranks > 1) command = mpiexec(ranks) + command;
     const auto started = Clock::now();
@@ -55,7 +59,9 @@ struct FaultCase {
   int rank;
 };
 
-void PrintTo(const FaultCase& c, std::ostream* out) { *out << c.ranks << " ranks, " << c.mode << " on rank " << c.rank; }
+void PrintTo(const FaultCase& c, std::ostream* out) {
+  *out << c.ranks << " ranks, " << c.mode << " on rank " << c.rank;
+}
 
 class DebugFail : public Faults, public testing::WithParamInterface<FaultCase> {};
 
@@ -145,7 +151,8 @@ TEST_F(Faults, AStoppedRankIsReportedByItsPeer) {
   };
   for (const Moment& moment : {Moment{"MPI start-up", 10 + 2}, Moment{"held at step 1", 2 + 2}}) {
     std::filesystem::remove(dir_.file("progress.rank0"));
-    const std::vector<std::string> sets = {"run.output=" + output(), "parallel.timeout_s=2", "parallel.uneven_heads=true",
+    const std::vector<std::string> sets = {"run.output=" + output(), "parallel.timeout_s=2",
+                                           "parallel.uneven_heads=true",
                                            "debug={hold: {step: 1}, progress_file: " + dir_.file("progress") + "}"};
     Background job(mpiexec(2) + mla_run_command(write_config("stop.yaml", base_config()), sets), dir_.file("out.txt"),
                    dir_.file("err.txt"));
@@ -227,7 +234,8 @@ TEST_F(Faults, KilledAtAnyMomentLeavesTheOldOrTheNewOutput) {
 
 TEST_F(Faults, AConfigThatCannotFitIsRefusedBeforeAllocating) {
   // A KV cache of 2^20 x 2^20 positions x 28 floats: far past any machine.
-  expect_user_error(run(base_config(), {"model.max_batch_size=1048576", "model.max_seq_len=1048576", "run.input={random: {batch: 2, tokens: 8, seed: 4}}"}),
+  expect_user_error(run(base_config(), {"model.max_batch_size=1048576", "model.max_seq_len=1048576",
+                                        "run.input={random: {batch: 2, tokens: 8, seed: 4}}"}),
                     {"not enough memory", "kv cache", "MemAvailable"});
 }
 
@@ -235,7 +243,8 @@ TEST_F(Faults, NonFiniteInputIsRefusedWithItsIndex) {
   std::vector<float> x(2 * 8 * 48, 0.25f);
   x[100] = INFINITY;
   write_safetensors_f32(dir_.file("x.safetensors"), {{"x", {2, 8, 48}, x.data()}});
-  expect_user_error(run(base_config(), {"run.input=" + dir_.file("x.safetensors")}), {"tensor 'x'", "element 100", "not finite"});
+  expect_user_error(run(base_config(), {"run.input=" + dir_.file("x.safetensors")}),
+                    {"tensor 'x'", "element 100", "not finite"});
   // run.check_finite: false lets it through (the output then carries the inf/nan).
   const Outcome unchecked = run(base_config(), {"run.input=" + dir_.file("x.safetensors"), "run.check_finite=false"});
   EXPECT_EQ(unchecked.exit_code, 0) << unchecked.err;

@@ -52,7 +52,7 @@ TEST(Harness, SummaryIsTheMedianMinP90AndMaxOfTheTimings) {
 
 TEST(Harness, TheBudgetGivesAtLeastMinRepsAndStopsAtTimeOrMaxReps) {
   const RepBudget budget{2, 3, 10, 1.0};
-  EXPECT_TRUE(budget.wants_more(0, 5.0));   // under min_reps, whatever the time
+  EXPECT_TRUE(budget.wants_more(0, 5.0));  // under min_reps, whatever the time
   EXPECT_TRUE(budget.wants_more(2, 5.0));
   EXPECT_FALSE(budget.wants_more(3, 1.0));  // min_reps done, time spent
   EXPECT_TRUE(budget.wants_more(3, 0.5));
@@ -144,7 +144,7 @@ TEST(Harness, ResultFilesAreWrittenWholeWithQuotedCellsAndReadBack) {
 }
 
 TEST(Harness, TheMachineSummaryNamesWhatIsKnown) {
-  const MachineEntries entries = {{"cpu_model", "AMD EPYC"}, {"cpu_cores", "2"},      {"cpu_isa", "avx2 avx512f"},
+  const MachineEntries entries = {{"cpu_model", "AMD EPYC"}, {"cpu_cores", "2"},     {"cpu_isa", "avx2 avx512f"},
                                   {"memory_total", "24 GB"}, {"mpi", "Open MPI v4"}, {"git_commit", "abc123"}};
   EXPECT_EQ(machine_summary(entries), "AMD EPYC, 2 cores (avx2 avx512f), memory 24 GB; Open MPI v4; commit abc123");
 }

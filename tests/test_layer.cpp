@@ -17,29 +17,9 @@
 namespace mla::test {
 namespace {
 
-struct Shape {
-  std::string name;
-  ModelArgs model;
-  WeightDType weights_dtype = WeightDType::BF16;
-};
-
 ModelArgs args(int64_t dim, int64_t heads, int64_t q_lora, int64_t latent, int64_t nope, int64_t rope, int64_t v,
                int64_t max_seq_len) {
   return model_args(dim, heads, q_lora, latent, nope, rope, v, 3, max_seq_len);
-}
-
-std::vector<Shape> shapes() {
-  std::vector<Shape> list;
-  list.push_back({"odd_dims", args(67, 3, 24, 20, 7, 6, 9, 64)});
-  list.push_back({"one_head_no_q_lora", args(32, 1, 0, 16, 8, 4, 8, 64)});
-  Shape yarn{"yarn", args(48, 2, 16, 32, 16, 8, 16, 128)};
-  yarn.model.original_seq_len = 32;
-  yarn.model.rope_factor = 4.0;
-  yarn.model.mscale = 0.707;
-  list.push_back(yarn);
-  // Every dimension off a multiple of 128, so every fp8 weight has partial blocks.
-  list.push_back({"fp8_partial_blocks", args(200, 2, 136, 144, 16, 8, 24, 64), WeightDType::FP8});
-  return list;
 }
 
 struct Schedule {
@@ -59,7 +39,7 @@ RunConfig run_config(AttentionChoice attention, FormulationChoice formulation, C
 }
 
 struct Case {
-  Shape shape;
+  LayerShape shape;
   Schedule schedule;
   AttentionChoice attention;
   FormulationChoice formulation;
@@ -76,10 +56,11 @@ void PrintTo(const Case& c, std::ostream* out) { *out << describe(c); }
 
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
-  for (const Shape& shape : shapes())
+  for (const LayerShape& shape : layer_shapes())
     for (const Schedule& schedule : schedules())
       for (AttentionChoice attention : {AttentionChoice::Fast, AttentionChoice::Standard, AttentionChoice::Auto})
-        for (FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb, FormulationChoice::Auto})
+        for (FormulationChoice formulation :
+             {FormulationChoice::Naive, FormulationChoice::Absorb, FormulationChoice::Auto})
           cases.push_back({shape, schedule, attention, formulation});
   return cases;
 }
@@ -91,8 +72,8 @@ int64_t total(const std::vector<int64_t>& steps) {
 }
 
 // Relative L2 of each step's tokens, so an error in one decode step cannot hide in the prefill.
-std::vector<double> per_step_errors(const std::vector<float>& got, const std::vector<double>& want, const InputTensor& x,
-                                    const std::vector<int64_t>& steps) {
+std::vector<double> per_step_errors(const std::vector<float>& got, const std::vector<double>& want,
+                                    const InputTensor& x, const std::vector<int64_t>& steps) {
   std::vector<double> errors;
   int64_t start = 0;
   for (int64_t seq : steps) {
@@ -115,10 +96,11 @@ TEST_P(LayerVsReference, Fp32WithinTolerance) {
   const Case& c = GetParam();
   const ModelArgs& m = c.shape.model;
   const uint64_t seed = 11;
-  const LoadedWeights loaded = load_layer_weights(random_weights(c.shape.weights_dtype, seed), m, whole(m), ComputeDType::FP32);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(c.shape.weights_dtype, seed), m, whole(m), ComputeDType::FP32);
   const InputTensor x = random_input(m, 2, total(c.schedule.steps), seed + 1);
-  const RunResult got = layer_run(m, run_config(c.attention, c.formulation, ComputeDType::FP32), whole(m), loaded.weights, x,
-                                  c.schedule.steps);
+  const RunResult got = layer_run(m, run_config(c.attention, c.formulation, ComputeDType::FP32), whole(m),
+                                  loaded.weights, x, c.schedule.steps);
   const ref::RefFormulation formulation =
       c.formulation == FormulationChoice::Naive ? ref::RefFormulation::Naive : ref::RefFormulation::Absorb;
   const std::vector<double> want = reference_run(m, loaded.weights, m.n_heads, x, c.schedule.steps, formulation);
@@ -134,7 +116,8 @@ TEST_P(LayerVsReference, Fp32WithinTolerance) {
       EXPECT_EQ(step.plan.path, AttentionPath::Standard);
     }
     if (c.formulation != FormulationChoice::Auto) {
-      EXPECT_EQ(step.plan.formulation, c.formulation == FormulationChoice::Naive ? Formulation::Naive : Formulation::Absorb);
+      EXPECT_EQ(step.plan.formulation,
+                c.formulation == FormulationChoice::Naive ? Formulation::Naive : Formulation::Absorb);
     }
   }
 }
@@ -149,7 +132,8 @@ TEST_P(LayerVsReference, Bf16WithinTolerance) {
   const InputTensor x = random_input(m, 2, total(c.schedule.steps), seed + 1);
   const RunResult got = layer_run(m, run_config(c.attention, c.formulation, ComputeDType::BF16), whole(m),
                                   rounded.weights, x, c.schedule.steps);
-  const std::vector<double> want = reference_run(m, exact.weights, m.n_heads, x, c.schedule.steps, ref::RefFormulation::Absorb);
+  const std::vector<double> want =
+      reference_run(m, exact.weights, m.n_heads, x, c.schedule.steps, ref::RefFormulation::Absorb);
   const std::vector<double> errors = per_step_errors(got.y, want, x, c.schedule.steps);
   for (size_t i = 0; i < errors.size(); ++i) EXPECT_LE(errors[i], 2e-2) << "step " << i << ", seed " << seed;
 }
@@ -173,18 +157,22 @@ class LayerAtFastPathEdge : public testing::TestWithParam<FormulationChoice> {};
 TEST_P(LayerAtFastPathEdge, AutoSwitchesAndStaysExact) {
   const ModelArgs m = args(64, 2, 0, 32, 8, 8, 8, 320);
   const std::vector<int64_t> steps = {128, 127, 1, 1};  // kv_len 128, 255, 256, 257
-  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 5), m, whole(m), ComputeDType::FP32);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 5), m, whole(m), ComputeDType::FP32);
   const InputTensor x = random_input(m, 1, total(steps), 6);
   const std::vector<double> want = reference_run(m, loaded.weights, m.n_heads, x, steps, ref::RefFormulation::Absorb);
   for (AttentionChoice attention : {AttentionChoice::Auto, AttentionChoice::Fast, AttentionChoice::Standard}) {
-    const RunResult got = layer_run(m, run_config(attention, GetParam(), ComputeDType::FP32), whole(m), loaded.weights, x, steps);
+    const RunResult got =
+        layer_run(m, run_config(attention, GetParam(), ComputeDType::FP32), whole(m), loaded.weights, x, steps);
     const std::vector<double> errors = per_step_errors(got.y, want, x, steps);
-    for (size_t i = 0; i < errors.size(); ++i) EXPECT_LE(errors[i], 1e-5) << "step " << i << ", " << to_string(attention);
+    for (size_t i = 0; i < errors.size(); ++i)
+      EXPECT_LE(errors[i], 1e-5) << "step " << i << ", " << to_string(attention);
     if (attention == AttentionChoice::Auto) {
       EXPECT_EQ(got.steps[1].plan.path, AttentionPath::Fast) << "kv_len 255";
       EXPECT_EQ(got.steps[2].plan.path, AttentionPath::Fast) << "kv_len 256";
       EXPECT_EQ(got.steps[3].plan.path, AttentionPath::Standard) << "kv_len 257";
-      EXPECT_NE(got.steps[3].plan.reason.find("257 > fast_path_max_len 256"), std::string::npos) << got.steps[3].plan.reason;
+      EXPECT_NE(got.steps[3].plan.reason.find("257 > fast_path_max_len 256"), std::string::npos)
+          << got.steps[3].plan.reason;
     }
     if (attention == AttentionChoice::Fast) {
       EXPECT_EQ(got.steps[3].plan.path, AttentionPath::Standard) << "the fast path cannot take kv_len 257";
@@ -201,15 +189,18 @@ INSTANTIATE_TEST_SUITE_P(Formulations, LayerAtFastPathEdge,
 
 // On every shape the fast path accepts, fast and standard compute the same function.
 TEST(FastVsStandard, AgreeOnEveryAcceptedShape) {
-  for (const Shape& shape : shapes()) {
+  for (const LayerShape& shape : layer_shapes()) {
     const ModelArgs& m = shape.model;
-    const LoadedWeights loaded = load_layer_weights(random_weights(shape.weights_dtype, 3), m, whole(m), ComputeDType::FP32);
+    const LoadedWeights loaded =
+        load_layer_weights(random_weights(shape.weights_dtype, 3), m, whole(m), ComputeDType::FP32);
     for (const Schedule& schedule : schedules()) {
       const InputTensor x = random_input(m, 3, total(schedule.steps), 4);
       for (FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
         for (ComputeDType dtype : {ComputeDType::FP32, ComputeDType::BF16}) {
-          const RunResult fast = layer_run(m, run_config(AttentionChoice::Fast, formulation, dtype), whole(m), loaded.weights, x, schedule.steps);
-          const RunResult standard = layer_run(m, run_config(AttentionChoice::Standard, formulation, dtype), whole(m), loaded.weights, x, schedule.steps);
+          const RunResult fast = layer_run(m, run_config(AttentionChoice::Fast, formulation, dtype), whole(m),
+                                           loaded.weights, x, schedule.steps);
+          const RunResult standard = layer_run(m, run_config(AttentionChoice::Standard, formulation, dtype), whole(m),
+                                               loaded.weights, x, schedule.steps);
           // bf16: the two paths round at the same places, so they differ only by fp32 summation order
           // flipping an occasional bf16 rounding.
           const double tolerance = dtype == ComputeDType::FP32 ? 2e-6 : 1e-2;
@@ -225,7 +216,7 @@ TEST(FastVsStandard, AgreeOnEveryAcceptedShape) {
 // naive fast path on AMX tiles where the CPU has them, with the expansion's bf16 keys and values
 // read in place: against the reference, and on AMX against the same layer on the fp32 loops.
 TEST(Bf16Prefill, LongEnoughForAmxTilesMatchesTheReferenceAndTheLoops) {
-  const Shape shape = shapes()[0];  // odd dimensions: every tile partly empty
+  const LayerShape shape = layer_shapes()[0];  // odd dimensions: every tile partly empty
   const ModelArgs& m = shape.model;
   const uint64_t seed = 31;
   const WeightsConfig weights = random_weights(shape.weights_dtype, seed);
@@ -250,7 +241,7 @@ TEST(Bf16Prefill, LongEnoughForAmxTilesMatchesTheReferenceAndTheLoops) {
 // previous layer would) computes exactly what it computes from the fp32 input it rounds itself,
 // on every path, the AMX one included; an fp32 step refuses bf16 input.
 TEST(Bf16Input, BitsInGiveTheSameOutputAsFp32InOnEveryPath) {
-  const Shape shape = shapes()[0];
+  const LayerShape shape = layer_shapes()[0];
   const ModelArgs& m = shape.model;
   const LoadedWeights rounded =
       load_layer_weights(random_weights(shape.weights_dtype, 41), m, whole(m), ComputeDType::BF16);
@@ -268,20 +259,22 @@ TEST(Bf16Input, BitsInGiveTheSameOutputAsFp32InOnEveryPath) {
           std::copy_n(x.values.begin() + (b * x.tokens + start_pos) * m.dim, seq * m.dim,
                       step_x.begin() + b * seq * m.dim);
         }
-        std::vector<uint16_t> step_bits(step_x.size());
-        for (size_t i = 0; i < step_x.size(); ++i) step_bits[i] = f32_to_bf16_bits(step_x[i]);
+        std::vector<uint16_t> step_bf16(step_x.size());
+        for (size_t i = 0; i < step_x.size(); ++i) step_bf16[i] = f32_to_bf16_bits(step_x[i]);
         std::vector<float> want(step_x.size()), got(step_x.size());
         from_fp32.forward(step_x.data(), x.batch, seq, start_pos, nullptr, 0, want.data());
-        from_bits.forward(nullptr, x.batch, seq, start_pos, nullptr, 0, got.data(), step_bits.data());
+        from_bits.forward(nullptr, x.batch, seq, start_pos, nullptr, 0, got.data(), step_bf16.data());
         for (size_t i = 0; i < want.size(); ++i) {
           ASSERT_EQ(std::memcmp(&got[i], &want[i], sizeof(float)), 0)
-              << to_string(attention) << " " << to_string(formulation) << ", step at " << start_pos << ", element " << i;
+              << to_string(attention) << " " << to_string(formulation) << ", step at " << start_pos << ", element "
+              << i;
         }
         start_pos += seq;
       }
     }
   }
-  MlaLayer fp32(m, whole(m), load_layer_weights(random_weights(shape.weights_dtype, 41), m, whole(m), ComputeDType::FP32).weights,
+  MlaLayer fp32(m, whole(m),
+                load_layer_weights(random_weights(shape.weights_dtype, 41), m, whole(m), ComputeDType::FP32).weights,
                 run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32));
   const std::vector<uint16_t> bits(static_cast<size_t>(m.dim), 0);
   std::vector<float> y(static_cast<size_t>(m.dim));
@@ -292,7 +285,8 @@ TEST(Bf16Input, BitsInGiveTheSameOutputAsFp32InOnEveryPath) {
 TEST(StandardPath, SmallScoreBudgetsSplitQueriesIntoChunksExactly) {
   const ModelArgs m = args(40, 2, 16, 24, 8, 4, 8, 64);
   const std::vector<int64_t> steps = {20, 20, 5};
-  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 21), m, whole(m), ComputeDType::FP32);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 21), m, whole(m), ComputeDType::FP32);
   const InputTensor x = random_input(m, 2, total(steps), 22);
   const std::vector<double> want = reference_run(m, loaded.weights, m.n_heads, x, steps, ref::RefFormulation::Absorb);
   for (FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
@@ -324,7 +318,8 @@ TEST(ExplicitMask, CausalMaskEqualsDefaultAndPaddingAndBiasMatchTheReference) {
   const ModelArgs m = args(40, 2, 0, 24, 8, 4, 8, 64);
   const std::vector<int64_t> steps = {6, 3, 1, 1};
   const int64_t tokens = total(steps);
-  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 8), m, whole(m), ComputeDType::FP32);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 8), m, whole(m), ComputeDType::FP32);
   const InputTensor x = random_input(m, 2, tokens, 9);
   const float minus_inf = -std::numeric_limits<float>::infinity();
   std::vector<float> causal(static_cast<size_t>(tokens * tokens), 0.0f), padded = causal;
@@ -396,8 +391,8 @@ TEST(Fp8LayerVsReference, BothDequantRulesOnEveryPathAndFormulation) {
         const RunResult got =
             layer_run(m, run_config(attention, ours, ComputeDType::FP32), whole(m), loaded.weights, x, steps);
         const std::vector<double> want = reference_run(m, reference, heads, x, steps, formulation);
-        EXPECT_LE(relative_l2(got.y, want), 1e-5) << to_string(rule) << " " << to_string(attention) << " "
-                                                 << to_string(ours);
+        EXPECT_LE(relative_l2(got.y, want), 1e-5)
+            << to_string(rule) << " " << to_string(attention) << " " << to_string(ours);
         y_of_rule[rule == Fp8Dequant::Bf16 ? 0 : 1] = got.y;
       }
     }
@@ -414,12 +409,14 @@ TEST(HeadShards, PartialOutputsSumToTheWholeLayer) {
   const InputTensor x = random_input(m, 2, total(steps), 13);
   const RunConfig run = run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32);
   const WeightsConfig weights = random_weights(WeightDType::BF16, 12);
-  const RunResult whole_run = layer_run(m, run, whole(m), load_layer_weights(weights, m, whole(m), ComputeDType::FP32).weights, x, steps);
+  const RunResult whole_run =
+      layer_run(m, run, whole(m), load_layer_weights(weights, m, whole(m), ComputeDType::FP32).weights, x, steps);
   for (const auto& [world, uneven] : std::vector<std::pair<int, bool>>{{2, false}, {3, false}, {4, true}, {6, false}}) {
     std::vector<float> sum(whole_run.y.size(), 0.0f);
     for (int rank = 0; rank < world; ++rank) {
       const HeadShard shard = shard_heads(m.n_heads, world, rank, uneven);
-      const RunResult part = layer_run(m, run, shard, load_layer_weights(weights, m, shard, ComputeDType::FP32).weights, x, steps);
+      const RunResult part =
+          layer_run(m, run, shard, load_layer_weights(weights, m, shard, ComputeDType::FP32).weights, x, steps);
       for (size_t i = 0; i < sum.size(); ++i) sum[i] += part.y[i];
     }
     EXPECT_LE(relative_l2(sum, to_double(whole_run.y)), 1e-5) << "world " << world;

@@ -66,7 +66,8 @@ std::vector<std::set<int>> pinned_cpus_per_rank(const std::string& out, int rank
   for (std::string line; std::getline(lines, line);) {
     int rank = -1;
     const size_t at = line.find(marker);
-    if (std::sscanf(line.c_str(), "[rank %d/", &rank) != 1 || at == std::string::npos || rank < 0 || rank >= ranks) continue;
+    if (std::sscanf(line.c_str(), "[rank %d/", &rank) != 1 || at == std::string::npos || rank < 0 || rank >= ranks)
+      continue;
     std::set<int>& rank_cpus = cpus[static_cast<size_t>(rank)];
     std::stringstream ranges(line.substr(at + marker.size(), line.find(';', at) - at - marker.size()));
     for (std::string range; std::getline(ranges, range, ',');) {
@@ -76,7 +77,8 @@ std::vector<std::set<int>> pinned_cpus_per_rank(const std::string& out, int rank
       for (int cpu = first; cpu <= last; ++cpu) rank_cpus.insert(cpu);
     }
   }
-  for (int r = 0; r < ranks; ++r) EXPECT_FALSE(cpus[static_cast<size_t>(r)].empty()) << "rank " << r << " not pinned\n" << out;
+  for (int r = 0; r < ranks; ++r)
+    EXPECT_FALSE(cpus[static_cast<size_t>(r)].empty()) << "rank " << r << " not pinned\n" << out;
   return cpus;
 }
 
@@ -84,35 +86,40 @@ std::vector<std::set<int>> pinned_cpus_per_rank(const std::string& out, int rank
 // and unbound (every rank allowed on every CPU, so each takes its local rank's slice).
 TEST_F(MlaRunMpi, RanksOfOneNodePinTheirThreadsToDisjointCpus) {
   for (const char* binding : {"", "OMPI_MCA_hwloc_base_binding_policy=none "}) {
-    const Outcome outcome =
-        run_command(binding + mpiexec(2) + mla_run_command(write_config("pin.yaml", four_head_config()), {"run.threads=0"}));
+    const Outcome outcome = run_command(
+        binding + mpiexec(2) + mla_run_command(write_config("pin.yaml", four_head_config()), {"run.threads=0"}));
     ASSERT_EQ(outcome.exit_code, 0) << outcome.out << outcome.err;
     const std::vector<std::set<int>> cpus = pinned_cpus_per_rank(outcome.out, 2);
-    for (const int cpu : cpus[0]) EXPECT_EQ(cpus[1].count(cpu), 0u) << "CPU " << cpu << " pinned by both ranks (" << binding << ")\n" << outcome.out;
+    for (const int cpu : cpus[0])
+      EXPECT_EQ(cpus[1].count(cpu), 0u) << "CPU " << cpu << " pinned by both ranks (" << binding << ")\n"
+                                        << outcome.out;
   }
 }
 
 TEST_F(MlaRunMpi, PinningCanBeTurnedOff) {
-  const Outcome outcome = run_command(mpiexec(1) + mla_run_command(write_config("pin.yaml", four_head_config()),
-                                                                   {"run.pin_threads=false"}));
+  const Outcome outcome = run_command(
+      mpiexec(1) + mla_run_command(write_config("pin.yaml", four_head_config()), {"run.pin_threads=false"}));
   ASSERT_EQ(outcome.exit_code, 0) << outcome.out << outcome.err;
   EXPECT_NE(outcome.out.find("not pinned (run.pin_threads: false)"), std::string::npos) << outcome.out;
 }
 
 // DeepSeek's fixture has 5 heads: worlds 2 and 4 need uneven sharding, and must still reproduce it.
 TEST_F(MlaRunMpi, UnevenHeadsReproduceDeepSeek) {
-  const std::vector<float> expected = SafetensorsFile::open(kFixtureDir + "/expected.safetensors").read_f32("y_absorb_f32");
+  const std::vector<float> expected =
+      SafetensorsFile::open(kFixtureDir + "/expected.safetensors").read_f32("y_absorb_f32");
   std::vector<std::string> sets = fixture_sets(kFixtureDir);
   sets.pop_back();  // y_of sets run.output
   sets.push_back("parallel.uneven_heads=true");
   for (int ranks : {2, 4}) {
-    EXPECT_LE(relative_l2(y_of(ranks, read_text(kFixtureDir + "/config.yaml"), sets), to_double(expected)), 1e-5) << ranks;
+    EXPECT_LE(relative_l2(y_of(ranks, read_text(kFixtureDir + "/config.yaml"), sets), to_double(expected)), 1e-5)
+        << ranks;
   }
 }
 
 TEST_F(MlaRunMpi, HeadsNotDivisibleAreRefusedUnlessUneven) {
-  const Outcome outcome = run_command(mpiexec(2) + mla_run_command(write_config("c.yaml", read_text(kFixtureDir + "/config.yaml")),
-                                                                   fixture_sets(kFixtureDir)));
+  const Outcome outcome =
+      run_command(mpiexec(2) + mla_run_command(write_config("c.yaml", read_text(kFixtureDir + "/config.yaml")),
+                                               fixture_sets(kFixtureDir)));
   expect_user_error(outcome, {"model.n_heads", "not divisible", "parallel.uneven_heads"});
 }
 
@@ -128,7 +135,8 @@ TEST_F(MlaRunMpi, SplitAndUnsplitCheckpointsAgree) {
                               shard_heads(4, 2, rank, false));
   }
   const std::string config = four_head_config();
-  const std::vector<float> unsplit = y_of(2, config, {"weights={format: deepseek, path: " + dir_.file("unsplit") + "}"});
+  const std::vector<float> unsplit =
+      y_of(2, config, {"weights={format: deepseek, path: " + dir_.file("unsplit") + "}"});
   const std::vector<float> split = y_of(2, config, {"weights={format: deepseek, path: " + dir_.file("split") + "}"});
   const std::vector<float> random_world1 = y_of(1, config, {});
   EXPECT_EQ(split, unsplit) << "the same weights in the same order: the same bits";
@@ -141,7 +149,8 @@ TEST_F(MlaRunMpi, ARankWithADifferentConfigIsCaught) {
   const std::string b = write_config("b.yaml", four_head_config() + "  fast_path_max_len: 8\n");
   const Outcome outcome = run_command(mpiexec(1) + mla_run_command(a, {"run.output=" + output()}) + " : -n 1 " +
                                       mla_run_command(b, {"run.output=" + output()}));
-  expect_user_error(outcome, {"configuration differs", "rank(s) 1", "run.fast_path_max_len=256", "run.fast_path_max_len=8"});
+  expect_user_error(outcome,
+                    {"configuration differs", "rank(s) 1", "run.fast_path_max_len=256", "run.fast_path_max_len=8"});
 }
 
 TEST_F(MlaRunMpi, ARankMissingItsCheckpointStopsEveryRank) {
@@ -160,11 +169,13 @@ TEST_F(MlaRunMpi, ARankMissingItsCheckpointStopsEveryRank) {
 TEST_F(MlaRunMpi, FourRanksOnTwoHostsEqualOneRank) {
   const std::string config = write_config("hosts.yaml", four_head_config());
   const std::string y_path = dir_.file("y_two_hosts.safetensors");
-  const Outcome outcome = run_command("bash " + std::string(MLA_SOURCE_DIR) + "/tests/multinode/two_hosts.sh 4 " +
-                                      mla_run_command(config, {"run.output=" + y_path, "parallel.check_identical_output=true"}));
+  const Outcome outcome =
+      run_command("bash " + std::string(MLA_SOURCE_DIR) + "/tests/multinode/two_hosts.sh 4 " +
+                  mla_run_command(config, {"run.output=" + y_path, "parallel.check_identical_output=true"}));
   if (outcome.exit_code == 77) GTEST_SKIP() << outcome.err;
   ASSERT_EQ(outcome.exit_code, 0) << outcome.out << outcome.err;
-  for (const char* rank_on_host : {"[rank 0/4 mla-host1]", "[rank 1/4 mla-host1]", "[rank 2/4 mla-host2]", "[rank 3/4 mla-host2]"}) {
+  for (const char* rank_on_host :
+       {"[rank 0/4 mla-host1]", "[rank 1/4 mla-host1]", "[rank 2/4 mla-host2]", "[rank 3/4 mla-host2]"}) {
     EXPECT_NE(outcome.out.find(rank_on_host), std::string::npos) << rank_on_host << "\n" << outcome.out;
   }
   EXPECT_NE(outcome.out.find("y is bitwise identical on all 4 ranks"), std::string::npos);

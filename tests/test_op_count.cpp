@@ -39,7 +39,8 @@ TEST(OpCount, GemmFlopsEqualWhatTheLayerExecutes) {
     if (c.start_pos > 0) layer.forward(x.values.data(), batch, c.start_pos, 0, nullptr, 0, y.data());
     std::vector<float> step_x(static_cast<size_t>(batch * c.seq * m.dim));
     for (int64_t b = 0; b < batch; ++b) {
-      std::copy_n(x.values.data() + (b * x.tokens + c.start_pos) * m.dim, c.seq * m.dim, step_x.data() + b * c.seq * m.dim);
+      std::copy_n(x.values.data() + (b * x.tokens + c.start_pos) * m.dim, c.seq * m.dim,
+                  step_x.data() + b * c.seq * m.dim);
     }
     const int64_t before = gemm_flop_executed();
     const StepReport report = layer.forward(step_x.data(), batch, c.seq, c.start_pos, nullptr, 0, y.data());
@@ -54,10 +55,11 @@ TEST(OpCount, GemmFlopsEqualWhatTheLayerExecutes) {
     shape.formulation = report.plan.formulation;
     const StepCost cost = step_cost(m, shape);
     EXPECT_EQ(cost.gemm_flop, static_cast<double>(executed))
-        << "q_lora_rank " << c.q_lora_rank << ", " << to_string(report.plan.formulation) << ", start_pos " << c.start_pos
-        << ", seq " << c.seq;
+        << "q_lora_rank " << c.q_lora_rank << ", " << to_string(report.plan.formulation) << ", start_pos "
+        << c.start_pos << ", seq " << c.seq;
     // The attention core matches the planner's own count, which chooses the formulation by it.
-    const double planned = report.plan.formulation == Formulation::Naive ? report.plan.naive_flops : report.plan.absorb_flops;
+    const double planned =
+        report.plan.formulation == Formulation::Naive ? report.plan.naive_flops : report.plan.absorb_flops;
     EXPECT_DOUBLE_EQ(cost.attention_flop + cost.formulation_flop, planned);
   }
 }
@@ -72,7 +74,8 @@ TEST(OpCount, ReplicatedPartIsTheUnsplitProjections) {
   const double tokens = 4 * 64;
   EXPECT_DOUBLE_EQ(cost.replicated_flop, 2 * tokens * 7168 * (1536 + 512 + 64));
   // Weights read once per step: the fp32 slice is the 146 MB of the decode estimate.
-  const double weights = 4.0 * (1536.0 * 7168 + 16 * 192 * 1536.0 + 576 * 7168.0 + 16 * 256 * 512.0 + 7168 * 16 * 128.0);
+  const double weights =
+      4.0 * (1536.0 * 7168 + 16 * 192 * 1536.0 + 576 * 7168.0 + 16 * 256 * 512.0 + 7168 * 16 * 128.0);
   EXPECT_DOUBLE_EQ(cost.weight_bytes, weights);
   EXPECT_NEAR(cost.weight_bytes / 1e6, 146, 1);
   // Decode is bound by those weight bytes: they dominate the traffic.

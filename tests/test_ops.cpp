@@ -221,7 +221,8 @@ TEST(Fp8, BlockDequantMatchesReferenceWithPartialBlocks) {
   const int64_t rows = 130, cols = 200, scale_cols = 2;  // scales [2, 2]: partial blocks on both axes
   std::vector<uint8_t> codes(rows * cols);
   std::mt19937 generator(7);
-  for (uint8_t& code : codes) code = static_cast<uint8_t>(generator() % 0x7f) | static_cast<uint8_t>(generator() & 0x80);
+  for (uint8_t& code : codes)
+    code = static_cast<uint8_t>(generator() % 0x7f) | static_cast<uint8_t>(generator() & 0x80);
   const std::vector<float> scales = {0.5f, 0.25f, 2.0f, 0.125f};
   std::vector<float> got(rows * cols);
   fp8_dequant_blocks({codes.data(), scales.data(), got.data(), rows, cols, scale_cols, false});
@@ -289,7 +290,8 @@ TEST(Softmax, ScoresToProbsRoundsWhereDeepSeekRounds) {
           if (!bf16) {
             score = dots[t] * scale + (masked ? mask[t] : 0.0f);
           } else {
-            const float dot = split ? round_to_bf16(round_to_bf16(dots[t]) + round_to_bf16(tails[t])) : round_to_bf16(dots[t]);
+            const float dot =
+                split ? round_to_bf16(round_to_bf16(dots[t]) + round_to_bf16(tails[t])) : round_to_bf16(dots[t]);
             score = round_to_bf16(dot * scale);
             if (masked) score = round_to_bf16(score + mask[t]);
           }
@@ -361,7 +363,8 @@ TEST(StridedCopy, PlacesEveryVectorOfEveryBatchAndRepeatsAZeroStride) {
     for (int64_t i = 0; i < 3; ++i)
       for (int64_t j = 0; j < 4; ++j)
         for (int64_t k = 0; k < 5; ++k)
-          want[static_cast<size_t>(n * p.dst_batch_stride + i * 24 + j * 6 + k)] = src[static_cast<size_t>(n * 23 + i * 7 + k)];
+          want[static_cast<size_t>(n * p.dst_batch_stride + i * 24 + j * 6 + k)] =
+              src[static_cast<size_t>(n * 23 + i * 7 + k)];
   EXPECT_EQ(dst, want);
 }
 

@@ -17,8 +17,8 @@
 #include "parallel/communicator.h"
 #include "runtime/base/atomic_file.h"
 #include "runtime/base/errors.h"
-#include "runtime/io/safetensors.h"
 #include "runtime/base/user_files.h"
+#include "runtime/io/safetensors.h"
 #include "tests/cli_fixture.h"
 
 namespace mla::test {
@@ -50,7 +50,8 @@ class Outputs : public MlaRunCli {
     for (const std::string& path : paths) before.push_back(state_of(path));
     const Outcome outcome = run(base_config(), sets);
     EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
-    for (const std::string& word : words) EXPECT_NE(outcome.err.find(word), std::string::npos) << word << "\n" << outcome.err;
+    for (const std::string& word : words)
+      EXPECT_NE(outcome.err.find(word), std::string::npos) << word << "\n" << outcome.err;
     EXPECT_EQ(outcome.out.find("prefill"), std::string::npos) << "refused only after the work:\n" << outcome.out;
     for (size_t i = 0; i < paths.size(); ++i) EXPECT_TRUE(state_of(paths[i]) == before[i]) << paths[i] << " changed";
     expect_no_temporaries();
@@ -100,9 +101,11 @@ TEST_F(Outputs, AFileTheRunReadsIsNeverTheOutput) {
     const std::string checkpoint_file = checkpoint + "/model0-mp1.safetensors";
     const FileState before = state_of(checkpoint_file);
     const Outcome outcome = run_command(mla_run_command(
-        fixture_config, {"weights.path=" + checkpoint, "run.input=" + kFixtureDir + "/input.safetensors", "run.output=" + output}));
+        fixture_config,
+        {"weights.path=" + checkpoint, "run.input=" + kFixtureDir + "/input.safetensors", "run.output=" + output}));
     EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
-    EXPECT_NE(outcome.err.find("run.output: '" + output + "' is the same file as " + key), std::string::npos) << outcome.err;
+    EXPECT_NE(outcome.err.find("run.output: '" + output + "' is the same file as " + key), std::string::npos)
+        << outcome.err;
     EXPECT_TRUE(state_of(checkpoint_file) == before);
   };
   refused_fixture_run(checkpoint_link, "weights.path");
@@ -129,7 +132,8 @@ TEST_F(Outputs, AConfigIsReadWithALimitAndNeverFromADevice) {
   const auto refused_config = [&](const std::string& config, const std::vector<std::string>& words) {
     const Outcome outcome = run_command(mla_run_command(config, {}));
     EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
-    for (const std::string& word : words) EXPECT_NE(outcome.err.find(word), std::string::npos) << word << "\n" << outcome.err;
+    for (const std::string& word : words)
+      EXPECT_NE(outcome.err.find(word), std::string::npos) << word << "\n" << outcome.err;
   };
   refused_config("/dev/zero", {"/dev/zero", "config file is a character device"});
   const std::string fifo = dir_.file("config_fifo");
@@ -156,20 +160,23 @@ TEST_F(Outputs, TemporariesOfKilledWritersAreRemovedByTheNextRun) {
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   EXPECT_FALSE(fs::exists(stale));
   EXPECT_NE(outcome.out.find("removed " + stale + ", a temporary file left by process " + std::to_string(child)),
-            std::string::npos) << outcome.out;
+            std::string::npos)
+      << outcome.out;
   EXPECT_TRUE(fs::exists(live)) << "a running writer's temporary was removed";
   EXPECT_TRUE(fs::exists(other_host)) << "another host's temporary was removed";
 }
 
 TEST_F(Outputs, ABadKernelSettingIsBadInput) {
-  const Outcome outcome = run_command("MLA_CPU_ISA=bogus " + mla_run_command(write_config("c.yaml", base_config()), {}));
+  const Outcome outcome =
+      run_command("MLA_CPU_ISA=bogus " + mla_run_command(write_config("c.yaml", base_config()), {}));
   EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
   EXPECT_NE(outcome.err.find("environment variable MLA_CPU_ISA = 'bogus'"), std::string::npos) << outcome.err;
 }
 
 // mla_bench's two outputs: never one file, and never a CSV of other worlds' rows unless asked.
 TEST_F(Outputs, BenchOutputsAreDistinctAndKeepOtherWorldsRows) {
-  const std::string sweep = write_config("sweep.yaml", read_text(std::string(MLA_SOURCE_DIR) + "/configs/bench_smoke.yaml"));
+  const std::string sweep =
+      write_config("sweep.yaml", read_text(std::string(MLA_SOURCE_DIR) + "/configs/bench_smoke.yaml"));
   const std::string csv = dir_.file("bench.csv");
   const auto bench = [&](const std::vector<std::string>& sets, const std::string& flags = "") {
     std::string command = std::string(MLA_BENCH_BINARY) + " " + sweep + " " + flags +
@@ -182,14 +189,16 @@ TEST_F(Outputs, BenchOutputsAreDistinctAndKeepOtherWorldsRows) {
   for (const std::string& same : {csv, dir_.file("./bench.csv")}) {
     const Outcome outcome = bench({"bench.csv=" + csv, "bench.jsonl=" + same});
     EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
-    EXPECT_NE(outcome.err.find("bench.jsonl: '" + same + "' is the same file as bench.csv"), std::string::npos) << outcome.err;
+    EXPECT_NE(outcome.err.find("bench.jsonl: '" + same + "' is the same file as bench.csv"), std::string::npos)
+        << outcome.err;
     EXPECT_EQ(read_text(csv), "precious");
   }
   // A CSV of world 1, relabelled as world 2's rows: a world-1 run must not replace them.
   const std::vector<std::string> outputs = {"bench.csv=" + csv, "bench.jsonl=" + dir_.file("bench.jsonl")};
   ASSERT_EQ(bench(outputs).exit_code, 0);
   std::string rows = read_text(csv);
-  for (size_t at = rows.find("\ncpu,1,"); at != std::string::npos; at = rows.find("\ncpu,1,", at)) rows.replace(at, 7, "\ncpu,2,");
+  for (size_t at = rows.find("\ncpu,1,"); at != std::string::npos; at = rows.find("\ncpu,1,", at))
+    rows.replace(at, 7, "\ncpu,2,");
   std::ofstream(csv) << rows;
   const Outcome refused = bench(outputs);
   EXPECT_EQ(refused.exit_code, 2) << refused.err;
@@ -222,7 +231,8 @@ TEST_F(Outputs, AllReduceBenchRefusesBadOutputsAndRatesThatMeanNothing) {
   const std::string rows = read_text(csv);
   EXPECT_NE(rows.find(",float,1,"), std::string::npos);  // in-place rows are there...
   for (size_t at = rows.find(",float,1,"); at != std::string::npos; at = rows.find(",float,1,", at + 1)) {
-    // ... with their time, and empty algbw and busbw: transport,world,bytes,count,dtype,in_place,reps,time_us,algbw,busbw
+    // ... with their time, and empty algbw and busbw:
+    // transport,world,bytes,count,dtype,in_place,reps,time_us,algbw,busbw
     const size_t line_end = rows.find('\n', at);
     const std::string rest = rows.substr(at, line_end - at);
     size_t field = 0, comma = 0;
@@ -236,7 +246,8 @@ TEST_F(Outputs, AllReduceBenchRefusesBadOutputsAndRatesThatMeanNothing) {
 TEST_F(Outputs, CudaBenchHelpAndBadOptions) {
   const Outcome help = run_command(std::string(MLA_CUDA_BENCH_BINARY) + " --help");
   EXPECT_EQ(help.exit_code, 0) << help.err;
-  for (const char* word : {"--reps N", "default 20", "exit codes"}) EXPECT_NE(help.out.find(word), std::string::npos) << help.out;
+  for (const char* word : {"--reps N", "default 20", "exit codes"})
+    EXPECT_NE(help.out.find(word), std::string::npos) << help.out;
   EXPECT_EQ(run_command(std::string(MLA_CUDA_BENCH_BINARY) + " --reps x").exit_code, 2);
   const std::string fifo = dir_.file("fifo");
   ASSERT_EQ(mkfifo(fifo.c_str(), 0644), 0);

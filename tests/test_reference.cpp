@@ -79,8 +79,8 @@ double rel_l2(const std::vector<double>& got, const std::vector<double>& want) {
 }
 
 // Tokens [from, from + count) of x [B, T, D] as a contiguous [B, count, D] block.
-std::vector<double> token_slice(const std::vector<double>& x, int64_t batch, int64_t tokens, int64_t dim,
-                                int64_t from, int64_t count) {
+std::vector<double> token_slice(const std::vector<double>& x, int64_t batch, int64_t tokens, int64_t dim, int64_t from,
+                                int64_t count) {
   std::vector<double> out(batch * count * dim);
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t s = 0; s < count; ++s)
@@ -100,8 +100,7 @@ std::vector<double> run_schedule(const RefConfig& c, const RefWeights& w, int64_
     const std::vector<double> part = layer.forward(token_slice(x, batch, tokens, c.dim, pos, n), n, pos);
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t s = 0; s < n; ++s)
-        for (int64_t d = 0; d < c.dim; ++d)
-          y[(b * tokens + pos + s) * c.dim + d] = part[(b * n + s) * c.dim + d];
+        for (int64_t d = 0; d < c.dim; ++d) y[(b * tokens + pos + s) * c.dim + d] = part[(b * n + s) * c.dim + d];
     pos += n;
   }
   return y;
@@ -115,8 +114,8 @@ std::vector<double> causal_mask(int64_t seq, int64_t start_pos) {
   return mask;
 }
 
-// docs/design.md, The fast path and the standard path: every formulation computes the same function. Prefill + decode and chunked
-// prefill (p > 0, S > 1), with and without q_lora_rank, with and without YaRN.
+// docs/design.md, The fast path and the standard path: every formulation computes the same function. Prefill + decode
+// and chunked prefill (p > 0, S > 1), with and without q_lora_rank, with and without YaRN.
 TEST(Reference, NaiveAndAbsorbAgree) {
   const std::vector<std::vector<int64_t>> schedules = {{7, 1, 1, 1, 1, 1}, {5, 4, 3}, {1, 6, 1, 2}};
   uint64_t seed = 1000;
@@ -124,8 +123,7 @@ TEST(Reference, NaiveAndAbsorbAgree) {
     for (bool yarn : {false, true}) {
       for (const auto& schedule : schedules) {
         ++seed;
-        SCOPED_TRACE(seed_note(seed) + " q_lora_rank " + std::to_string(q_lora_rank) +
-                     (yarn ? " yarn" : " plain"));
+        SCOPED_TRACE(seed_note(seed) + " q_lora_rank " + std::to_string(q_lora_rank) + (yarn ? " yarn" : " plain"));
         std::mt19937_64 rng(seed);
         const RefConfig c = small_config(q_lora_rank, yarn);
         const RefWeights w = random_weights(c, rng);
@@ -345,7 +343,7 @@ TEST(Reference, Fp8E4m3Values) {
 
 TEST(Reference, Fp8DequantUsesBlockScales) {
   const int64_t rows = 130, cols = 129;
-  const std::vector<uint8_t> codes(rows * cols, 0x38);  // every value 1.0
+  const std::vector<uint8_t> codes(rows * cols, 0x38);        // every value 1.0
   const std::vector<float> scale = {2.0f, 3.0f, 5.0f, 7.0f};  // [2, 2]
   const std::vector<double> w = mla::ref::fp8_dequant(codes, rows, cols, scale);
   EXPECT_EQ(w[0 * cols + 0], 2.0);
@@ -357,8 +355,8 @@ TEST(Reference, Fp8DequantUsesBlockScales) {
 
 TEST(Reference, RmsnormKnownValues) {
   // Exact with eps = 0: rms([2, -2, 2, -2]) = 2.
-  const std::vector<double> y0 = mla::ref::rmsnorm({2.0, -2.0, 2.0, -2.0, 3.0, 4.0, 0.0, 0.0}, 2,
-                                                   {1.0, 0.5, 2.0, 4.0}, 0.0);
+  const std::vector<double> y0 =
+      mla::ref::rmsnorm({2.0, -2.0, 2.0, -2.0, 3.0, 4.0, 0.0, 0.0}, 2, {1.0, 0.5, 2.0, 4.0}, 0.0);
   const std::vector<double> expected0 = {1.0, -0.5, 2.0, -4.0, 1.2, 0.8, 0.0, 0.0};  // rms([3,4,0,0]) = 2.5
   for (size_t i = 0; i < expected0.size(); ++i) EXPECT_DOUBLE_EQ(y0[i], expected0[i]) << "i " << i;
   // Default eps 1e-6: [1, 2, 3, 4] has mean square 7.5.

@@ -33,7 +33,8 @@ TEST(Sweep, ListsAreCrossedWorldOutermostAndChunkOnlyForChunkedPrefill) {
   chunk: [4, 8]
   attention: [fast, standard]
 bench: {warmup: 0, min_reps: 2, max_seconds: 0.5}
-)", "configs/s.yaml");
+)",
+                                  "configs/s.yaml");
   // world 2 x 2 seq x (prefill 1 + chunked 2 + decode 1) x 2 attention, twice over world.
   ASSERT_EQ(sweep.points.size(), 2u * 2 * 4 * 2);
   EXPECT_EQ(sweep.points.front().world, 2);
@@ -62,8 +63,8 @@ bench: {warmup: 0, min_reps: 2, max_seconds: 0.5}
 }
 
 TEST(Sweep, PointConfigCarriesThePointAndKeepsTheBase) {
-  const Sweep sweep = parse_sweep(kBase + "sweep: {seq_len: 40, batch: 3, phase: decode, compute_dtype: bf16}\n", "s.yaml",
-                                  {"sweep.formulation=[absorb]", "model.max_seq_len=128"});
+  const Sweep sweep = parse_sweep(kBase + "sweep: {seq_len: 40, batch: 3, phase: decode, compute_dtype: bf16}\n",
+                                  "s.yaml", {"sweep.formulation=[absorb]", "model.max_seq_len=128"});
   ASSERT_EQ(sweep.points.size(), 1u);
   const Config config = point_config(sweep, sweep.points[0]);
   EXPECT_EQ(config.run.input.batch, 3);
@@ -85,11 +86,13 @@ TEST(Sweep, BadSweepsNameTheKeyAndWhere) {
             std::string::npos);
   EXPECT_NE(error_of(kBase + "sweep: {seq_len: [16], world: [3]}\n").find("3 does not divide model.n_heads 4"),
             std::string::npos);
-  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], phase: chunked_prefill, chunk: 16}\n").find("chunk 16 is longer than seq_len 8"),
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], phase: chunked_prefill, chunk: 16}\n")
+                .find("chunk 16 is longer than seq_len 8"),
             std::string::npos);
   EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], phase: chunked_prefill}\n").find("sweep.chunk: required"),
             std::string::npos);
-  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], attention: [quick]}\n").find("sweep.attention[0]: expected one of auto | fast | standard"),
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], attention: [quick]}\n")
+                .find("sweep.attention[0]: expected one of auto | fast | standard"),
             std::string::npos);
   EXPECT_NE(error_of(kBase + "sweep: {seq_len: []}\n").find("sweep.seq_len: expected a value or a non-empty list"),
             std::string::npos);
@@ -98,10 +101,12 @@ TEST(Sweep, BadSweepsNameTheKeyAndWhere) {
   EXPECT_NE(error_of(kBase + "sweep: {seq_len: 8}\n", {"sweep.batch=[0]"}).find("--set sweep.batch"), std::string::npos)
       << error_of(kBase + "sweep: {seq_len: 8}\n", {"sweep.batch=[0]"});
   // The sweep sets the input and schedule per point: a file that sets them would be silently overridden.
-  EXPECT_NE(error_of(kBase + "sweep: {seq_len: 8}\n", {"run.output=y.safetensors"}).find("run.output: is set per point"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of(kBase + "sweep: {seq_len: 8}\n", {"run.output=y.safetensors"}).find("run.output: is set per point"),
+      std::string::npos);
   // The base config is checked like mla_run's, with its line.
-  EXPECT_NE(error_of(kBase + "sweep: {seq_len: 8}\n", {"model.qk_rope_head_dim=7"}).find("must be even"), std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: 8}\n", {"model.qk_rope_head_dim=7"}).find("must be even"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -73,7 +73,8 @@ TEST(ThreadPlacement, PinsEachOpenMpThreadToItsCpuAndUnpinsThem) {
   const std::vector<int> cpus(allowed.begin(), allowed.begin() + threads);
   ASSERT_TRUE(pin_openmp_threads(cpus));
   const std::vector<std::vector<int>> pinned = team_masks(threads);
-  for (int t = 0; t < threads; ++t) EXPECT_EQ(pinned[static_cast<size_t>(t)], std::vector<int>{cpus[static_cast<size_t>(t)]}) << t;
+  for (int t = 0; t < threads; ++t)
+    EXPECT_EQ(pinned[static_cast<size_t>(t)], std::vector<int>{cpus[static_cast<size_t>(t)]}) << t;
   // Parallel regions after the pinning (every kernel's, oneDNN's, OpenBLAS's) reuse the pinned threads.
   EXPECT_EQ(team_masks(threads), pinned);
 

@@ -13,13 +13,31 @@ void write_deepseek_checkpoint(const std::string& path, const ModelArgs& m, cons
   const LayerWeights w = load_layer_weights(random, m, shard, ComputeDType::FP32).weights;
   const int64_t heads = shard.n_local_heads;
   const auto name = [](const std::string& n) { return "layers.0.attn." + n + ".weight"; };
-  write_safetensors_f32(path, {{name("wq_a"), {m.q_lora_rank, m.dim}, w.wq_a.data()},
-                               {name("q_norm"), {m.q_lora_rank}, w.q_norm.data()},
-                               {name("wq_b"), {heads * m.qk_head_dim(), m.q_lora_rank}, w.wq_b.data()},
-                               {name("wkv_a"), {m.kv_lora_rank + m.qk_rope_head_dim, m.dim}, w.wkv_a.data()},
-                               {name("kv_norm"), {m.kv_lora_rank}, w.kv_norm.data()},
-                               {name("wkv_b"), {heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank}, w.wkv_b.data()},
-                               {name("wo"), {m.dim, heads * m.v_head_dim}, w.wo.data()}});
+  write_safetensors_f32(path,
+                        {{name("wq_a"), {m.q_lora_rank, m.dim}, w.wq_a.data()},
+                         {name("q_norm"), {m.q_lora_rank}, w.q_norm.data()},
+                         {name("wq_b"), {heads * m.qk_head_dim(), m.q_lora_rank}, w.wq_b.data()},
+                         {name("wkv_a"), {m.kv_lora_rank + m.qk_rope_head_dim, m.dim}, w.wkv_a.data()},
+                         {name("kv_norm"), {m.kv_lora_rank}, w.kv_norm.data()},
+                         {name("wkv_b"), {heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank}, w.wkv_b.data()},
+                         {name("wo"), {m.dim, heads * m.v_head_dim}, w.wo.data()}});
+}
+
+std::vector<LayerShape> layer_shapes() {
+  const auto args = [](int64_t dim, int64_t heads, int64_t q_lora, int64_t latent, int64_t nope, int64_t rope,
+                       int64_t v, int64_t max_seq_len) {
+    return model_args(dim, heads, q_lora, latent, nope, rope, v, 3, max_seq_len);
+  };
+  std::vector<LayerShape> list;
+  list.push_back({"odd_dims", args(67, 3, 24, 20, 7, 6, 9, 64)});
+  list.push_back({"one_head_no_q_lora", args(32, 1, 0, 16, 8, 4, 8, 64)});
+  LayerShape yarn{"yarn", args(48, 2, 16, 32, 16, 8, 16, 128)};
+  yarn.model.original_seq_len = 32;
+  yarn.model.rope_factor = 4.0;
+  yarn.model.mscale = 0.707;
+  list.push_back(yarn);
+  list.push_back({"fp8_partial_blocks", args(200, 2, 136, 144, 16, 8, 24, 64), WeightDType::FP8});
+  return list;
 }
 
 TempDir::TempDir() {

@@ -11,9 +11,9 @@
 #include "parallel/communicator.h"
 #include "parallel/sharding.h"
 #include "runtime/io/config.h"
+#include "runtime/io/weights.h"
 #include "runtime/layer/mla_layer.h"
 #include "runtime/layer/runner.h"
-#include "runtime/io/weights.h"
 #include "tests/reference/mla_reference.h"
 
 namespace mla::test {
@@ -95,7 +95,8 @@ inline std::vector<double> reference_run(const ModelArgs& m, const ref::RefWeigh
   for (const int64_t seq : steps) {
     std::vector<double> step_x(static_cast<size_t>(x.batch * seq * x.dim));
     for (int64_t b = 0; b < x.batch; ++b)
-      for (int64_t i = 0; i < seq * x.dim; ++i) step_x[b * seq * x.dim + i] = x.values[(b * x.tokens + start_pos) * x.dim + i];
+      for (int64_t i = 0; i < seq * x.dim; ++i)
+        step_x[b * seq * x.dim + i] = x.values[(b * x.tokens + start_pos) * x.dim + i];
     std::vector<double> step_mask;
     if (!mask.empty()) {
       for (int64_t s = 0; s < seq; ++s)
@@ -118,7 +119,8 @@ inline std::vector<double> reference_run(const ModelArgs& m, const LayerWeights&
 
 // Runs our layer (one rank's shard) over a schedule; returns y and the step reports.
 inline RunResult layer_run(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, LayerWeights weights,
-                           const InputTensor& x, const std::vector<int64_t>& steps, const std::vector<float>& mask = {}) {
+                           const InputTensor& x, const std::vector<int64_t>& steps,
+                           const std::vector<float>& mask = {}) {
   MlaLayer layer(m, shard, std::move(weights), run);
   SingleProcessCommunicator comm;
   return run_schedule(layer, comm, x, steps, mask, {});
@@ -136,6 +138,16 @@ inline InputTensor random_input(const ModelArgs& m, int64_t batch, int64_t token
 inline double relative_l2(const std::vector<float>& got, const std::vector<double>& want) {
   return ref::relative_l2(got.data(), want);
 }
+
+// The layer shapes that both the CPU layer tests and the CUDA layer tests run: odd dimensions,
+// one head without query compression, YaRN, and fp8 weights whose every dimension is off a
+// multiple of 128 (partial blocks). Up to 3 sequences of up to 64 positions (128 for yarn).
+struct LayerShape {
+  std::string name;
+  ModelArgs model;
+  WeightDType weights_dtype = WeightDType::BF16;
+};
+std::vector<LayerShape> layer_shapes();
 
 // A fresh directory under the test temp dir, removed when the object goes.
 class TempDir {

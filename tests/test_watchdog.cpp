@@ -2,7 +2,6 @@
 // ends the process (exit 3, one line naming the rank and the activity) when it stops, and gives a
 // rank waiting in a collective a grace period so that the stalled peer reports first.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <chrono>
@@ -26,7 +25,8 @@ TEST(WatchdogDeathTest, StallEndsTheProcessNamingRankAndActivity) {
         watchdog.progress("step 7");
         std::this_thread::sleep_for(milliseconds(3000));
       },
-      testing::ExitedWithCode(kRankFailureExitCode), "mla_run: error: rank 2 \\(node-b\\): step 7: stalled, no progress for 0\\.[2-9]");
+      testing::ExitedWithCode(kRankFailureExitCode),
+      "mla_run: error: rank 2 \\(node-b\\): step 7: stalled, no progress for 0\\.[2-9]");
 }
 
 TEST(WatchdogDeathTest, AWaitingRankGetsTheGracePeriodThenReportsItsPeer) {
@@ -50,7 +50,8 @@ TEST(WatchdogDeathTest, TheStartUpFloorIsNamedBesideTheConfiguredLimit) {
         std::this_thread::sleep_for(milliseconds(30000));
       },
       testing::ExitedWithCode(kRankFailureExitCode),
-      "MPI start-up: stalled, no progress for 10\\.[0-9] s \\(parallel.timeout_s 0.2; MPI's start-up gets at least 10 s\\)");
+      "MPI start-up: stalled, no progress for 10\\.[0-9] s \\(parallel.timeout_s 0.2; MPI's start-up gets at least 10 "
+      "s\\)");
 }
 
 // A stall of a rank whose run has finished (its output committed) ends it with exit 0: the run's

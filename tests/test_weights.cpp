@@ -15,7 +15,9 @@
 namespace mla::test {
 namespace {
 
-ModelArgs small_model(int64_t heads, int64_t q_lora_rank) { return model_args(40, heads, q_lora_rank, 24, 8, 4, 6, 2, 32); }
+ModelArgs small_model(int64_t heads, int64_t q_lora_rank) {
+  return model_args(40, heads, q_lora_rank, 24, 8, 4, 6, 2, 32);
+}
 
 // Rows [begin, begin + count) of a row-major matrix with `cols` columns.
 std::vector<float> rows_of(const std::vector<float>& matrix, int64_t cols, int64_t begin, int64_t count) {
@@ -62,11 +64,15 @@ TEST(RandomWeights, EveryRankGetsTheSliceOfTheSameWeights) {
 
 TEST(RandomWeights, SeedChangesValuesAndFp8IsBlockQuantized) {
   const ModelArgs m = small_model(2, 16);
-  const LayerWeights a = load_layer_weights(random_weights(WeightDType::BF16, 1), m, whole(m), ComputeDType::FP32).weights;
-  const LayerWeights b = load_layer_weights(random_weights(WeightDType::BF16, 2), m, whole(m), ComputeDType::FP32).weights;
+  const LayerWeights a =
+      load_layer_weights(random_weights(WeightDType::BF16, 1), m, whole(m), ComputeDType::FP32).weights;
+  const LayerWeights b =
+      load_layer_weights(random_weights(WeightDType::BF16, 2), m, whole(m), ComputeDType::FP32).weights;
   EXPECT_NE(a.wkv_a, b.wkv_a);
-  const LayerWeights fp8 = load_layer_weights(random_weights(WeightDType::FP8, 1), m, whole(m), ComputeDType::FP32).weights;
-  const LayerWeights fp8_bf16 = load_layer_weights(random_weights(WeightDType::FP8, 1), m, whole(m), ComputeDType::BF16).weights;
+  const LayerWeights fp8 =
+      load_layer_weights(random_weights(WeightDType::FP8, 1), m, whole(m), ComputeDType::FP32).weights;
+  const LayerWeights fp8_bf16 =
+      load_layer_weights(random_weights(WeightDType::FP8, 1), m, whole(m), ComputeDType::BF16).weights;
   for (size_t i = 0; i < fp8.wo.size(); ++i) EXPECT_EQ(fp8_bf16.wo[i], round_to_bf16(fp8.wo[i]));
 }
 
@@ -86,11 +92,13 @@ TEST(RandomWeights, Fp8SplitOffABlockEdgeIsRefused) {
   m.qk_rope_head_dim = 64;
   m.v_head_dim = 64;
   for (int rank = 0; rank < 2; ++rank) {
-    EXPECT_NO_THROW(load_layer_weights(random_weights(WeightDType::FP8, 1), m, shard_heads(4, 2, rank, false), ComputeDType::FP32));
+    EXPECT_NO_THROW(
+        load_layer_weights(random_weights(WeightDType::FP8, 1), m, shard_heads(4, 2, rank, false), ComputeDType::FP32));
   }
   m.v_head_dim = 96;  // wkv_b: 160 rows per head, so rank 1 starts inside a block
-  EXPECT_THROW(load_layer_weights(random_weights(WeightDType::FP8, 1), m, shard_heads(4, 2, 1, false), ComputeDType::FP32),
-               UserError);
+  EXPECT_THROW(
+      load_layer_weights(random_weights(WeightDType::FP8, 1), m, shard_heads(4, 2, 1, false), ComputeDType::FP32),
+      UserError);
 }
 
 // The fixture's checkpoint renamed to Hugging Face names, split over two files with an index.
@@ -98,8 +106,8 @@ TEST(Checkpoint, HuggingFaceNamesLoadTheSameWeightsAsDeepSeekNames) {
   const std::string fixture = std::string(MLA_SOURCE_DIR) + "/tests/fixtures/deepseek_odd_dims";
   const SafetensorsFile deepseek = SafetensorsFile::open(fixture + "/model0-mp1.safetensors");
   const std::vector<std::pair<std::string, std::string>> renames = {
-      {"wq_a", "q_a_proj"}, {"q_norm", "q_a_layernorm"}, {"wq_b", "q_b_proj"}, {"wkv_a", "kv_a_proj_with_mqa"},
-      {"kv_norm", "kv_a_layernorm"}, {"wkv_b", "kv_b_proj"}, {"wo", "o_proj"}};
+      {"wq_a", "q_a_proj"},          {"q_norm", "q_a_layernorm"}, {"wq_b", "q_b_proj"}, {"wkv_a", "kv_a_proj_with_mqa"},
+      {"kv_norm", "kv_a_layernorm"}, {"wkv_b", "kv_b_proj"},      {"wo", "o_proj"}};
   TempDir dir;
   std::vector<RawTensor> first, second;
   std::string index = "{\"metadata\": {}, \"weight_map\": {";
@@ -120,7 +128,8 @@ TEST(Checkpoint, HuggingFaceNamesLoadTheSameWeightsAsDeepSeekNames) {
   WeightsConfig hf = config.weights;
   hf.format = WeightsFormat::HuggingFace;
   hf.path = dir.path().string();
-  const LayerWeights from_deepseek = load_layer_weights(config.weights, config.model, whole(config.model), ComputeDType::FP32).weights;
+  const LayerWeights from_deepseek =
+      load_layer_weights(config.weights, config.model, whole(config.model), ComputeDType::FP32).weights;
   const LayerWeights from_hf = load_layer_weights(hf, config.model, whole(config.model), ComputeDType::FP32).weights;
   expect_is_slice(from_hf, from_deepseek, config.model, whole(config.model));
 }
@@ -165,18 +174,21 @@ TEST(Checkpoint, Fp8WeightsWithBlockScales) {
   std::vector<Expected> want;
   const auto add_fp8 = [&](const std::string& name, int64_t rows, int64_t cols, uint8_t salt) {
     std::vector<uint8_t> codes(rows * cols);
-    for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<uint8_t>(((i * 37 + salt) % 0x7f) | ((i & 1) << 7));
+    for (size_t i = 0; i < codes.size(); ++i)
+      codes[i] = static_cast<uint8_t>(((i * 37 + salt) % 0x7f) | ((i & 1) << 7));
     // A scale whose products with the codes use more than bf16's 8 significant bits.
     const std::vector<float> scales(((rows + 127) / 128) * ((cols + 127) / 128), 0.01f + 0.001f * salt);
     tensors.push_back({"layers.0.attn." + name + ".weight", "F8_E4M3", {rows, cols}, raw_bytes(codes)});
-    tensors.push_back({"layers.0.attn." + name + ".scale", "F32", {(rows + 127) / 128, (cols + 127) / 128}, raw_bytes(scales)});
+    tensors.push_back(
+        {"layers.0.attn." + name + ".scale", "F32", {(rows + 127) / 128, (cols + 127) / 128}, raw_bytes(scales)});
     want.push_back({name, codes, rows, cols, scales});
   };
   add_fp8("wq", m.n_heads * m.qk_head_dim(), m.dim, 1);
   add_fp8("wkv_a", m.kv_lora_rank + m.qk_rope_head_dim, m.dim, 2);
   add_fp8("wkv_b", m.qk_nope_head_dim + m.v_head_dim, m.kv_lora_rank, 3);
   add_fp8("wo", m.dim, m.v_head_dim, 4);
-  tensors.push_back({"layers.0.attn.kv_norm.weight", "BF16", {m.kv_lora_rank}, bf16_bytes(std::vector<float>(m.kv_lora_rank, 1.0f))});
+  tensors.push_back(
+      {"layers.0.attn.kv_norm.weight", "BF16", {m.kv_lora_rank}, bf16_bytes(std::vector<float>(m.kv_lora_rank, 1.0f))});
   write_bytes(dir.file("model0-mp1.safetensors"), safetensors_bytes(tensors));
   WeightsConfig config;
   config.path = dir.path().string();
@@ -192,8 +204,8 @@ TEST(Checkpoint, Fp8WeightsWithBlockScales) {
       ASSERT_EQ(got[i]->size(), expected.size());
       for (size_t j = 0; j < expected.size(); ++j) {
         // code * scale in fp32 is the double product (exact for two floats) rounded once to fp32.
-        ASSERT_EQ((*got[i])[j], static_cast<float>(expected[j])) << want[i].name << " element " << j << ", "
-                                                                << to_string(rule);
+        ASSERT_EQ((*got[i])[j], static_cast<float>(expected[j]))
+            << want[i].name << " element " << j << ", " << to_string(rule);
         rounded_away += expected[j] != exact[j];
       }
     }

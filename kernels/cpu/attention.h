@@ -36,10 +36,10 @@ struct AttentionParams {
   // GEMM reads them; widening them into fp32 buffers for the kernel to round back was two passes
   // over the step's largest operands. attention_fast_amx_applies says whether a step takes that
   // path; the other kernels refuse these (require_fp32_operands).
-  const uint16_t* q_bits = nullptr;
-  const uint16_t* key_bits = nullptr;
-  const uint16_t* value_bits = nullptr;
-  uint16_t* out_bits = nullptr;
+  const uint16_t* q_bf16 = nullptr;
+  const uint16_t* key_bf16 = nullptr;
+  const uint16_t* value_bf16 = nullptr;
+  uint16_t* out_bf16 = nullptr;
 
   int64_t batch = 0;
   int64_t seq = 0;  // S, new tokens this step
@@ -83,8 +83,8 @@ inline constexpr int64_t kStandardMaxQueryChunk = 128;
 
 namespace mla {
 
-// Throws std::invalid_argument, naming `kernel`, when p carries any of the bf16 operands (q_bits,
-// key_bits, value_bits, out_bits): only the AMX fast path reads them, and a kernel reading the fp32
+// Throws std::invalid_argument, naming `kernel`, when p carries any of the bf16 operands (q_bf16,
+// key_bf16, value_bf16, out_bf16): only the AMX fast path reads them, and a kernel reading the fp32
 // pointers instead would read nothing (or stale values), or leave the output unwritten.
 void require_fp32_operands(const AttentionParams& params, const char* kernel);
 

@@ -30,9 +30,9 @@ struct RowBlock {
 
 // Per thread: the block's scores (and its rope part's, in split bf16) and output accumulators.
 struct BlockWorkspace {
-  AlignedVector<float> scores;       // [kRowBlock, kv_len]
-  AlignedVector<float> tail_scores;  // [kRowBlock, kv_len], split bf16 scores only
-  AlignedVector<float> accumulators; // [kRowBlock, value_dim]
+  AlignedVector<float> scores;        // [kRowBlock, kv_len]
+  AlignedVector<float> tail_scores;   // [kRowBlock, kv_len], split bf16 scores only
+  AlignedVector<float> accumulators;  // [kRowBlock, value_dim]
 };
 
 // One finished output row: the accumulator, rounded to bf16 in bf16 mode.
@@ -192,7 +192,7 @@ void attend_one_row(const AttentionParams& p, const RowBlock& block, BlockWorksp
 }  // namespace
 
 void require_fp32_operands(const AttentionParams& p, const char* kernel) {
-  if (p.q_bits != nullptr || p.key_bits != nullptr || p.value_bits != nullptr || p.out_bits != nullptr) {
+  if (p.q_bf16 != nullptr || p.key_bf16 != nullptr || p.value_bf16 != nullptr || p.out_bf16 != nullptr) {
     throw std::invalid_argument(std::string(kernel) +
                                 ": q/keys/values/out given as bf16 bits, which only the AMX fast path "
                                 "takes (attention_fast_amx_applies is false for this step)");

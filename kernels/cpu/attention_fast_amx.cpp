@@ -39,7 +39,8 @@ struct TileCounts {
 
   int64_t bf16_values() const {
     return (key_blocks * score_chunks + key_chunks * value_blocks) * kTileElements +
-           (kTileRows + 1) * score_chunks * kTileInner + kTileRows * key_chunks * kTileInner + 2 * value_blocks * kTileRows;
+           (kTileRows + 1) * score_chunks * kTileInner + kTileRows * key_chunks * kTileInner +
+           2 * value_blocks * kTileRows;
   }
   int64_t fp32_values() const { return kTileRows * (key_blocks + value_blocks) * kTileRows; }
 };
@@ -53,12 +54,12 @@ namespace {
 // One (sequence, head)'s keys and values in the tile products' B layout, and one query block's
 // operands and results; per thread, reused across heads. Padding stays zero.
 struct HeadTiles : TileCounts {
-  AlignedVector<uint16_t> keys;     // [key_blocks][score_chunks] tiles
-  AlignedVector<uint16_t> values;   // [key_chunks][value_blocks] tiles
-  AlignedVector<uint16_t> queries;  // [16][score_chunks * 32]
-  AlignedVector<float> scores;      // [16][key_blocks * 16]
-  AlignedVector<uint16_t> probs;    // [16][key_chunks * 32]
-  AlignedVector<float> outputs;     // [16][value_blocks * 16]
+  AlignedVector<uint16_t> keys;        // [key_blocks][score_chunks] tiles
+  AlignedVector<uint16_t> values;      // [key_chunks][value_blocks] tiles
+  AlignedVector<uint16_t> queries;     // [16][score_chunks * 32]
+  AlignedVector<float> scores;         // [16][key_blocks * 16]
+  AlignedVector<uint16_t> probs;       // [16][key_chunks * 32]
+  AlignedVector<float> outputs;        // [16][value_blocks * 16]
   AlignedVector<uint16_t> key_row;     // one key in bf16 while it is packed, zero past score_dim
   AlignedVector<uint16_t> value_rows;  // two positions' values in bf16 while they are packed
 
@@ -98,15 +99,15 @@ struct HeadRows {
 };
 
 HeadRows head_queries(const AttentionParams& p, int64_t b, int64_t h) {
-  return {p.q, p.q_bits, b * p.seq * p.q_token_stride + h * p.q_head_stride, p.q_token_stride, p.score_dim};
+  return {p.q, p.q_bf16, b * p.seq * p.q_token_stride + h * p.q_head_stride, p.q_token_stride, p.score_dim};
 }
 
 HeadRows head_keys(const AttentionParams& p, int64_t b, int64_t h) {
-  return {p.keys, p.key_bits, b * p.key_batch_stride + h * p.key_head_stride, p.key_pos_stride, p.score_dim};
+  return {p.keys, p.key_bf16, b * p.key_batch_stride + h * p.key_head_stride, p.key_pos_stride, p.score_dim};
 }
 
 HeadRows head_values(const AttentionParams& p, int64_t b, int64_t h) {
-  return {p.values, p.value_bits, b * p.value_batch_stride + h * p.value_head_stride, p.value_pos_stride, p.value_dim};
+  return {p.values, p.value_bf16, b * p.value_batch_stride + h * p.value_head_stride, p.value_pos_stride, p.value_dim};
 }
 
 // Key t, score dimensions (d, d + 1) go to tile (t / 16, d / 32), row (d % 32) / 2, column t % 16:
@@ -118,7 +119,8 @@ void pack_keys(const HeadRows& keys, int64_t cols, HeadTiles& tiles) {
     keys.row(t, row);
     uint16_t* column = tiles.keys.data() + (t / kTileRows) * tiles.score_chunks * kTileElements + (t % kTileRows) * 2;
     // Pair i of the key is row i % 16 of chunk i / 16's tile: kTileInner values further down.
-    for (int64_t pair = 0; pair < pairs; ++pair) std::memcpy(column + pair * kTileInner, row + 2 * pair, 2 * sizeof(uint16_t));
+    for (int64_t pair = 0; pair < pairs; ++pair)
+      std::memcpy(column + pair * kTileInner, row + 2 * pair, 2 * sizeof(uint16_t));
   }
 }
 
@@ -226,8 +228,8 @@ void attend_query_block(const AttentionParams& p, int64_t b, int64_t h, int64_t 
   const int64_t output_width = tiles.value_blocks * kTileRows;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t out = (b * p.seq + first + r) * p.out_token_stride + h * p.out_head_stride;
-    if (p.out_bits != nullptr) {
-      f32_to_bf16_bits_rne(tiles.outputs.data() + r * output_width, p.out_bits + out, p.value_dim);
+    if (p.out_bf16 != nullptr) {
+      f32_to_bf16_bits_rne(tiles.outputs.data() + r * output_width, p.out_bf16 + out, p.value_dim);
     } else {
       round_to_bf16_copy(tiles.outputs.data() + r * output_width, p.out + out, p.value_dim);
     }

@@ -95,8 +95,8 @@ int64_t attention_standard_workspace_bytes(const AttentionParams& p, int64_t que
 }
 
 int64_t attention_standard_query_chunk(const AttentionParams& p, int64_t budget_bytes, int threads) {
-  const int64_t bytes_per_row = static_cast<int64_t>(threads) * score_buffers_per_row(p) * p.kv_len *
-                                static_cast<int64_t>(sizeof(float));
+  const int64_t bytes_per_row =
+      static_cast<int64_t>(threads) * score_buffers_per_row(p) * p.kv_len * static_cast<int64_t>(sizeof(float));
   const int64_t rows = bytes_per_row > 0 ? budget_bytes / bytes_per_row : p.seq;
   return std::clamp<int64_t>(rows, 1, std::clamp<int64_t>(p.seq, 1, kStandardMaxQueryChunk));
 }

@@ -1,5 +1,11 @@
 // bfloat16 conversions. Activations in bf16 compute mode are kept as fp32 values that are exactly
-// representable in bf16, so every GEMM can go through fp32 BLAS with fp32 accumulation.
+// representable in bf16, so every GEMM can go through fp32 BLAS with fp32 accumulation; where a
+// kernel reads or writes bf16 storage instead, it is uint16_t.
+//
+// Names: a buffer, pointer or field ending in `_bf16` holds bf16 numbers in bf16 storage (uint16_t
+// on the CPU, __nv_bfloat16 on the GPU), such as AttentionParams::q_bf16 or PackedLinearCall::y_bf16.
+// `bits` in a name means a bit pattern: the conversion functions below (f32_to_bf16_bits gives the
+// bf16 pattern of a float) and the exponent and mantissa fields of fp8 decoding.
 #pragma once
 
 #include <cmath>

@@ -76,10 +76,9 @@ void gemm(const GemmParams& p) {
     return;
   }
 #if MLA_HAVE_CBLAS
-  cblas_sgemm(CblasRowMajor, p.transpose_a ? CblasTrans : CblasNoTrans,
-              p.transpose_b ? CblasTrans : CblasNoTrans, to_blas_int(p.m, "m"), to_blas_int(p.n, "n"),
-              to_blas_int(p.k, "k"), p.alpha, p.a, to_blas_int(p.lda, "lda"), p.b,
-              to_blas_int(p.ldb, "ldb"), p.beta, p.c, to_blas_int(p.ldc, "ldc"));
+  cblas_sgemm(CblasRowMajor, p.transpose_a ? CblasTrans : CblasNoTrans, p.transpose_b ? CblasTrans : CblasNoTrans,
+              to_blas_int(p.m, "m"), to_blas_int(p.n, "n"), to_blas_int(p.k, "k"), p.alpha, p.a,
+              to_blas_int(p.lda, "lda"), p.b, to_blas_int(p.ldb, "ldb"), p.beta, p.c, to_blas_int(p.ldc, "ldc"));
 #else
   portable_gemm(p);
 #endif

@@ -11,8 +11,7 @@ void kv_cache_append(const KvCacheAppendParams& p) {
   }
   for (int64_t b = 0; b < p.batch; ++b) {
     for (int64_t s = 0; s < p.seq; ++s) {
-      std::memcpy(p.cache + (b * p.capacity + p.start_pos + s) * p.row_width,
-                  p.rows + (b * p.seq + s) * p.row_stride,
+      std::memcpy(p.cache + (b * p.capacity + p.start_pos + s) * p.row_width, p.rows + (b * p.seq + s) * p.row_stride,
                   static_cast<size_t>(p.row_width) * sizeof(float));
     }
   }

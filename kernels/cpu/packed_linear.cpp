@@ -71,11 +71,11 @@ struct PackedLinear::Impl {
   std::vector<float> fp8_scales;
   int64_t scale_cols = 0;
   bool fp8_round_to_bf16 = false;
-  bool gemm_ready = false;        // the GEMM operand below exists (built on first need)
-  mutable std::mutex mutex;       // guards building it and the primitive cache
+  bool gemm_ready = false;          // the GEMM operand below exists (built on first need)
+  mutable std::mutex mutex;         // guards building it and the primitive cache
   AlignedVector<float> weight_f32;  // the BLAS path's operand
   // Scratch of forward, here and below: one call at a time per weight, as a layer's step calls it.
-  mutable AlignedVector<char> x_dense;  // a strided or bf16 x made dense, [rows, in_features]
+  mutable AlignedVector<char> x_dense;   // a strided or bf16 x made dense, [rows, in_features]
   mutable AlignedVector<float> y_dense;  // y before it is scattered to a strided destination or made bits
 
 #if MLA_HAVE_DNNL
@@ -96,7 +96,7 @@ struct PackedLinear::Impl {
   bool plain_view = false;
   std::string onednn_impl;
   mutable std::deque<Primitive> primitives;  // a deque: references stay valid as it grows
-  mutable AlignedVector<uint16_t> y_bf16;  // y as oneDNN rounds it to bf16, before it is widened
+  mutable AlignedVector<uint16_t> y_bf16;    // y as oneDNN rounds it to bf16, before it is widened
 
   dnnl_dt operand_type() const { return precision == LinearPrecision::BF16 ? dnnl_dt::bf16 : dnnl_dt::f32; }
 
@@ -177,10 +177,11 @@ void PackedLinear::prepare_gemm(const float* weight) const {
         // copy all of it on each few-row call (4-row decode 5.3 ms), so those steps stream these
         // bits with skinny_linear, on AMX tiles straight from this layout (2.0 -> 1.7-1.8 ms).
         // The narrower weights (wq_b, wkv_b) were 10-20% faster prepacked, and so is every fp32 one.
-        if (impl_->precision == LinearPrecision::BF16 && impl_->streamed == WeightCodes::BF16 &&
-            in_features_ >= 2048 && impl_name.find("amx") != std::string::npos) {
-          impl_->packed_weights = dnnl::memory(dnnl::memory::desc({in_features_, out_features_}, dnnl_dt::bf16, dnnl_tag::ba),
-                                               onednn_engine(), impl_->bf16_bits.data());
+        if (impl_->precision == LinearPrecision::BF16 && impl_->streamed == WeightCodes::BF16 && in_features_ >= 2048 &&
+            impl_name.find("amx") != std::string::npos) {
+          impl_->packed_weights =
+              dnnl::memory(dnnl::memory::desc({in_features_, out_features_}, dnnl_dt::bf16, dnnl_tag::ba),
+                           onednn_engine(), impl_->bf16_bits.data());
           impl_->plain_view = true;
           impl_->onednn_impl = impl_name + ", plain weight";
           impl_->use_onednn = true;
@@ -230,7 +231,8 @@ PackedLinear::PackedLinear(const float* weight, int64_t out_features, int64_t in
       impl_->fp8_scales.assign(fp8->scales, fp8->scales + scale_count);
       impl_->scale_cols = fp8->scale_cols;
       impl_->fp8_round_to_bf16 = fp8->round_to_bf16;
-    } else if (std::all_of(weight, weight + count, [](float value) { return round_to_bf16(value) == value || std::isnan(value); })) {
+    } else if (std::all_of(weight, weight + count,
+                           [](float value) { return round_to_bf16(value) == value || std::isnan(value); })) {
       impl_->streamed = WeightCodes::BF16;
       impl_->bf16_bits.resize(static_cast<size_t>(count));
       for (int64_t i = 0; i < count; ++i) impl_->bf16_bits[i] = f32_to_bf16_bits(weight[i]);
@@ -267,8 +269,9 @@ void PackedLinear::forward(const PackedLinearCall& call) const {
   if (call.x_bf16 != nullptr && impl_->precision != LinearPrecision::BF16) {
     throw std::invalid_argument("PackedLinear::forward: x_bf16 given to an fp32 linear layer");
   }
-  if (call.y_bits != nullptr && (impl_->precision != LinearPrecision::BF16 || !call.round_to_bf16)) {
-    throw std::invalid_argument("PackedLinear::forward: y_bits asked of a linear layer whose output is not rounded to bf16");
+  if (call.y_bf16 != nullptr && (impl_->precision != LinearPrecision::BF16 || !call.round_to_bf16)) {
+    throw std::invalid_argument(
+        "PackedLinear::forward: y_bf16 asked of a linear layer whose output is not rounded to bf16");
   }
   const bool streamed = impl_->streamed != WeightCodes::F32 && call.rows <= kSkinnyMaxRows;
   if (!streamed) {
@@ -280,16 +283,18 @@ void PackedLinear::forward(const PackedLinearCall& call) const {
 #else
   const bool onednn = false;
 #endif
-  if (call.y_bits != nullptr && !onednn) {
+  if (call.y_bf16 != nullptr && !onednn) {
     // oneDNN writes the bits itself; the other paths write fp32 y, whose bits are then exact.
     const int64_t out = out_features_;
-    if (static_cast<int64_t>(impl_->y_dense.size()) < call.rows * out) impl_->y_dense.resize(static_cast<size_t>(call.rows * out));
+    if (static_cast<int64_t>(impl_->y_dense.size()) < call.rows * out)
+      impl_->y_dense.resize(static_cast<size_t>(call.rows * out));
     PackedLinearCall fp32_y = call;
-    fp32_y.y_bits = nullptr;
+    fp32_y.y_bf16 = nullptr;
     fp32_y.y = impl_->y_dense.data();
     fp32_y.y_stride = out;
     forward(fp32_y);
-    for (int64_t row = 0; row < call.rows; ++row) bf16_values_to_bits(fp32_y.y + row * out, call.y_bits + row * out, out);
+    for (int64_t row = 0; row < call.rows; ++row)
+      bf16_values_to_bits(fp32_y.y + row * out, call.y_bf16 + row * out, out);
     return;
   }
   if (!streamed && !onednn) {  // gemm() counts its FLOPs and linear() rounds
@@ -396,13 +401,15 @@ void PackedLinear::forward_onednn(const PackedLinearCall& call) const {
   const bool bf16_dst = bf16 && call.round_to_bf16;
   const int64_t out = out_features_;
   void* dst_handle = call.y;
-  if (call.y_bits != nullptr) {
-    dst_handle = call.y_bits;  // bf16_dst: forward() allows y_bits only with round_to_bf16
+  if (call.y_bf16 != nullptr) {
+    dst_handle = call.y_bf16;  // bf16_dst: forward() allows y_bf16 only with round_to_bf16
   } else if (bf16_dst) {
-    if (static_cast<int64_t>(impl_->y_bf16.size()) < call.rows * out) impl_->y_bf16.resize(static_cast<size_t>(call.rows * out));
+    if (static_cast<int64_t>(impl_->y_bf16.size()) < call.rows * out)
+      impl_->y_bf16.resize(static_cast<size_t>(call.rows * out));
     dst_handle = impl_->y_bf16.data();
   } else if (call.y_stride != out || call.round_to_bf16) {
-    if (static_cast<int64_t>(impl_->y_dense.size()) < call.rows * out) impl_->y_dense.resize(static_cast<size_t>(call.rows * out));
+    if (static_cast<int64_t>(impl_->y_dense.size()) < call.rows * out)
+      impl_->y_dense.resize(static_cast<size_t>(call.rows * out));
     dst_handle = impl_->y_dense.data();
   }
   const Impl::Primitive& p = impl_->primitive(call.rows, in, out, bf16_dst);
@@ -415,7 +422,7 @@ void PackedLinear::forward_onednn(const PackedLinearCall& call) const {
   } catch (const dnnl::error& e) {
     rethrow_onednn("matmul", out_features_, in, e);
   }
-  if (dst_handle == call.y || dst_handle == call.y_bits) return;
+  if (dst_handle == call.y || dst_handle == call.y_bf16) return;
   // The widening (or rounding) and the scatter to a strided y in one pass, threaded and
   // vectorised: on the layer's bf16 prefill shapes, serial scalar passes around the GEMM took 13
   // of 33 ms.
@@ -441,7 +448,8 @@ int64_t PackedLinear::bytes() const {
   if (impl_ == nullptr) return 0;
   int64_t bytes = streamed_bytes();
 #if MLA_HAVE_DNNL
-  if (impl_->use_onednn && !impl_->plain_view) bytes += static_cast<int64_t>(impl_->packed_weights.get_desc().get_size());
+  if (impl_->use_onednn && !impl_->plain_view)
+    bytes += static_cast<int64_t>(impl_->packed_weights.get_desc().get_size());
 #endif
   return bytes + static_cast<int64_t>(impl_->weight_f32.size() * sizeof(float));
 }
@@ -464,9 +472,9 @@ std::string PackedLinear::implementation() const {
   const char* precision = impl_->precision == LinearPrecision::BF16 ? "bf16" : "fp32";
   std::string streamed;
   if (impl_->streamed != WeightCodes::F32) {
-    streamed = std::string("; up to ") + std::to_string(kSkinnyMaxRows) + " rows: " +
-               (impl_->streamed == WeightCodes::BF16 ? "bf16" : "fp8") + " weights streamed (" + cpu_isa_name(cpu_isa()) +
-               ")";
+    streamed = std::string("; up to ") + std::to_string(kSkinnyMaxRows) +
+               " rows: " + (impl_->streamed == WeightCodes::BF16 ? "bf16" : "fp8") + " weights streamed (" +
+               cpu_isa_name(cpu_isa()) + ")";
   }
 #if MLA_HAVE_DNNL
   // Without a GEMM operand yet, name what prepare_gemm will choose.

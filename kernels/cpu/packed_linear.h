@@ -28,7 +28,7 @@ struct PackedLinearCall {
   int64_t y_stride = 0;
   // BF16 with round_to_bf16 only, instead of y: y as bf16 numbers, dense [rows, out_features], for
   // a layer that reads them as bf16 next (no widening pass, half the bytes written).
-  uint16_t* y_bits = nullptr;
+  uint16_t* y_bf16 = nullptr;
   int64_t rows = 0;
   bool round_to_bf16 = false;  // y rounded to bf16, as DeepSeek's bf16 F.linear returns it
 };

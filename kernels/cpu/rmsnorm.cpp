@@ -23,7 +23,8 @@ MLA_VECTOR_CLONES void rmsnorm_row(const float* x, const float* weight, float* y
   const float inv_rms = static_cast<float>(1.0 / std::sqrt(sum_squares / static_cast<double>(dim) + eps));
   if (round_to_bf16) {
 #pragma omp simd
-    for (int64_t i = 0; i < dim; ++i) y[i] = round_to_bf16_branchless(round_to_bf16_branchless(x[i] * inv_rms) * weight[i]);
+    for (int64_t i = 0; i < dim; ++i)
+      y[i] = round_to_bf16_branchless(round_to_bf16_branchless(x[i] * inv_rms) * weight[i]);
   } else {
 #pragma omp simd
     for (int64_t i = 0; i < dim; ++i) y[i] = x[i] * inv_rms * weight[i];

@@ -23,7 +23,9 @@ void skinny_linear_portable(const SkinnyLinearParams& p) {
         float weight;
         switch (p.codes) {
           case WeightCodes::F32: weight = static_cast<const float*>(p.weight)[feature * in + col]; break;
-          case WeightCodes::BF16: weight = bf16_bits_to_f32(static_cast<const uint16_t*>(p.weight)[feature * in + col]); break;
+          case WeightCodes::BF16:
+            weight = bf16_bits_to_f32(static_cast<const uint16_t*>(p.weight)[feature * in + col]);
+            break;
           default:
             weight = fp8_e4m3_to_f32(static_cast<const uint8_t*>(p.weight)[feature * in + col]) *
                      p.block_scales[(feature / kFp8BlockSize) * p.scale_cols + col / kFp8BlockSize];
@@ -43,7 +45,8 @@ void skinny_linear(const SkinnyLinearParams& params) {
   if (params.rows == 0 || params.out_features == 0) return;
   const CpuIsa isa = cpu_isa();
   if (params.x_bf16 != nullptr) {
-    if (params.codes != WeightCodes::BF16) throw std::invalid_argument("skinny_linear: x_bf16 given for a weight not stored in bf16");
+    if (params.codes != WeightCodes::BF16)
+      throw std::invalid_argument("skinny_linear: x_bf16 given for a weight not stored in bf16");
     if (isa == CpuIsa::Amx && amx_tiles_permitted()) {
       skinny_linear_amx(params);
       return;

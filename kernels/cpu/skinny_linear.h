@@ -27,7 +27,7 @@ struct SkinnyLinearParams {
   const uint16_t* x_bf16 = nullptr;
   int64_t rows = 0;
   WeightCodes codes = WeightCodes::F32;
-  const void* weight = nullptr;  // [out_features, in_features] row-major: float, uint16_t (bf16 bits) or uint8_t
+  const void* weight = nullptr;         // [out_features, in_features] row-major: float, uint16_t (bf16 bits) or uint8_t
   const float* block_scales = nullptr;  // fp8: [ceil(out/128), scale_cols], one per 128x128 block
   int64_t scale_cols = 0;
   // fp8: each code * scale rounded to bf16 (round to nearest even) in registers before its product,

@@ -36,7 +36,8 @@ struct Avx2 {
   // As the AVX-512 version: sign to bit 31, magnitude to bits 20..26.
   static V load_fp8_rebiased(const uint8_t* p) {
     const __m256i widened = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    const __m256i bits = _mm256_and_si256(_mm256_slli_epi32(widened, 20), _mm256_set1_epi32(static_cast<int>(0x87f00000u)));
+    const __m256i bits =
+        _mm256_and_si256(_mm256_slli_epi32(widened, 20), _mm256_set1_epi32(static_cast<int>(0x87f00000u)));
     return _mm256_castsi256_ps(bits);
   }
 };

@@ -34,7 +34,8 @@ struct Avx512 {
   // 20..26; the mask clears the sign extension's copies in 27..30.
   static V load_fp8_rebiased(const uint8_t* p) {
     const __m512i widened = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    const __m512i bits = _mm512_and_si512(_mm512_slli_epi32(widened, 20), _mm512_set1_epi32(static_cast<int>(0x87f00000u)));
+    const __m512i bits =
+        _mm512_and_si512(_mm512_slli_epi32(widened, 20), _mm512_set1_epi32(static_cast<int>(0x87f00000u)));
     return _mm512_castsi512_ps(bits);
   }
 };

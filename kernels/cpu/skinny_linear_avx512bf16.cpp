@@ -48,7 +48,8 @@ void dot_block(const SkinnyLinearParams& p, int64_t feature_begin, int64_t row_b
   // The last in % 32 columns: masked loads read zeros past the row's end.
   if (col < in) step(col, static_cast<__mmask32>((uint64_t{1} << (in - col)) - 1));
   for (int f = 0; f < kFeatures; ++f) {
-    for (int r = 0; r < kRows; ++r) p.y[(row_begin + r) * p.y_stride + feature_begin + f] = _mm512_reduce_add_ps(acc[f][r]);
+    for (int r = 0; r < kRows; ++r)
+      p.y[(row_begin + r) * p.y_stride + feature_begin + f] = _mm512_reduce_add_ps(acc[f][r]);
   }
 }
 

@@ -23,13 +23,14 @@ MLA_VECTOR_CLONES void scores_to_probs(const ScoreRow& row) {
     if (row.tail != nullptr) {
 #pragma omp simd
       for (int64_t t = 0; t < len; ++t) {
-        const float dot = round_to_bf16_branchless(round_to_bf16_branchless(scores[t]) +
-                                                   round_to_bf16_branchless(row.tail[t]));
+        const float dot =
+            round_to_bf16_branchless(round_to_bf16_branchless(scores[t]) + round_to_bf16_branchless(row.tail[t]));
         scores[t] = round_to_bf16_branchless(dot * scale);
       }
     } else {
 #pragma omp simd
-      for (int64_t t = 0; t < len; ++t) scores[t] = round_to_bf16_branchless(round_to_bf16_branchless(scores[t]) * scale);
+      for (int64_t t = 0; t < len; ++t)
+        scores[t] = round_to_bf16_branchless(round_to_bf16_branchless(scores[t]) * scale);
     }
     if (row.mask != nullptr) {
 #pragma omp simd
@@ -52,10 +53,11 @@ MLA_VECTOR_CLONES void softmax_row(float* scores, int64_t len, bool round_probs_
       lane_max[lane] = score > lane_max[lane] ? score : lane_max[lane];
     }
   }
-  for (int64_t t = t_full; t < len; ++t) lane_max[t - t_full] = scores[t] > lane_max[t - t_full] ? scores[t] : lane_max[t - t_full];
+  for (int64_t t = t_full; t < len; ++t)
+    lane_max[t - t_full] = scores[t] > lane_max[t - t_full] ? scores[t] : lane_max[t - t_full];
   float max_score = lane_max[0];
   for (int64_t lane = 1; lane < kLanes; ++lane) max_score = lane_max[lane] > max_score ? lane_max[lane] : max_score;
-  // Two loops: with the fp32 exponentials and the double sum in one, GCC 12 vectorises neither.
+    // Two loops: with the fp32 exponentials and the double sum in one, GCC 12 vectorises neither.
 #pragma omp simd
   for (int64_t t = 0; t < len; ++t) scores[t] = exp_nonpositive(scores[t] - max_score);
   double sum = 0.0;

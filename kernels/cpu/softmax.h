@@ -44,9 +44,9 @@ inline float exp_nonpositive(float x) {
 
 // One query row's scores, from dot products to probabilities (docs/design.md steps 6-7).
 struct ScoreRow {
-  float* scores = nullptr;       // [len]: the (main) dot products in, the probabilities out
-  const float* tail = nullptr;   // split bf16 scores: the rope part's dot products; else nullptr
-  const float* mask = nullptr;   // the additive mask's row, or nullptr
+  float* scores = nullptr;      // [len]: the (main) dot products in, the probabilities out
+  const float* tail = nullptr;  // split bf16 scores: the rope part's dot products; else nullptr
+  const float* mask = nullptr;  // the additive mask's row, or nullptr
   int64_t len = 0;
   float scale = 1.0f;
   bool round_to_bf16 = false;

@@ -1,7 +1,7 @@
 // The fast path on the GPU (docs/design.md, The fast path and the standard path): one fused
 // kernel per step computes the scores, an exact fp32 softmax and the value product with the
-// scores kept in shared memory; no score matrix is written to device memory. The twin of kernels/cpu/attention_fast, with the
-// same AttentionParams (device pointers).
+// scores kept in shared memory; no score matrix is written to device memory. The twin of kernels/cpu/attention_fast,
+// with the same AttentionParams (device pointers).
 #pragma once
 
 #include <cuda_runtime.h>

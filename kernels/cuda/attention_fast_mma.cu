@@ -1,11 +1,10 @@
-#include "kernels/cuda/attention_fast_mma.h"
-
-#include <cuda_bf16.h>
 #include <mma.h>
 
 #include <algorithm>
+#include <cuda_bf16.h>
 #include <string>
 
+#include "kernels/cuda/attention_fast_mma.h"
 #include "kernels/cuda/attention_rows.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
@@ -37,9 +36,9 @@ __host__ __device__ inline int round_up(int64_t value, int step) {
 // strides that are multiples of 16 bytes, which these keep. Keys and values are staged in as few
 // pieces as fit: each stage is a round trip to memory that the block waits for.
 struct MmaLayout {
-  int row_tiles = 0;              // query rows per block / 16
+  int row_tiles = 0;               // query rows per block / 16
   int main_dim = 0, tail_dim = 0;  // the score's two sums (absorb's latent and rope parts); tail 0: one
-  int main_pad = 0, dim_pad = 0;  // each part padded to whole tiles, zeros in the padding
+  int main_pad = 0, dim_pad = 0;   // each part padded to whole tiles, zeros in the padding
   int value_pad = 0;
   int dim_stage = 0;    // score dimensions of the keys staged at a time
   int value_stage = 0;  // positions of values staged at a time
@@ -136,6 +135,11 @@ int64_t group_rows_of(const AttentionParams& p) {
   return heads_share_keys ? p.n_heads * p.seq : p.seq;
 }
 
+// One function, longer than the project's usual 80 lines, on purpose: the fused fast path keeps a
+// block's query fragments, running maxima, sums and output accumulators in registers across the
+// whole walk over the keys. Its phases (stage keys, score tiles, online softmax, value products,
+// finish) share those registers and the stage's shared memory; split into device functions they
+// would pass them all by reference, and the register allocation is what decides this kernel's speed.
 template <int kRowTiles, bool kVector>
 __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionParams p, MmaLayout l) {
   constexpr int kRows = kRowTiles * kTile;
@@ -144,10 +148,10 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
   using RowOperand = wmma::fragment<wmma::matrix_a, kTile, kTile, kTile, __nv_bfloat16, wmma::row_major>;
 
   extern __shared__ __align__(128) unsigned char shared[];
-  __nv_bfloat16* q_tile = reinterpret_cast<__nv_bfloat16*>(shared + l.q_offset);     // [kRows][ldq]
-  __nv_bfloat16* key_stage = reinterpret_cast<__nv_bfloat16*>(shared + l.k_offset);  // [kKeyStage][ldk]
-  float* scores = reinterpret_cast<float*>(shared + l.s_offset);                    // [kRows][lds]
-  __nv_bfloat16* probs = reinterpret_cast<__nv_bfloat16*>(shared + l.p_offset);      // [kRows][ldp]
+  __nv_bfloat16* q_tile = reinterpret_cast<__nv_bfloat16*>(shared + l.q_offset);       // [kRows][ldq]
+  __nv_bfloat16* key_stage = reinterpret_cast<__nv_bfloat16*>(shared + l.k_offset);    // [kKeyStage][ldk]
+  float* scores = reinterpret_cast<float*>(shared + l.s_offset);                       // [kRows][lds]
+  __nv_bfloat16* probs = reinterpret_cast<__nv_bfloat16*>(shared + l.p_offset);        // [kRows][ldp]
   __nv_bfloat16* value_stage = reinterpret_cast<__nv_bfloat16*>(shared + l.v_offset);  // [value_stage][ldv]
 
   const cuda_detail::BlockRows rows(p, kRows);
@@ -195,8 +199,7 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
       stage_bf16<kVector>(
           kKeyStage, c0, min(l.dim_stage, l.dim_pad - c0),
           [&](int k) { return stage + k < block_visible ? keys + (stage + k) * p.key_pos_stride : nullptr; },
-          source_dim,
-          key_stage, l.ldk);
+          source_dim, key_stage, l.ldk);
       __syncthreads();
       if (warp_active) {
         const int steps = min(l.dim_stage, l.dim_pad - c0) / kTile;
@@ -294,7 +297,7 @@ __global__ void __launch_bounds__(kThreads) attention_fast_mma_kernel(AttentionP
     }
   }
 
-  __syncthreads();  // every warp is past the softmax: the score rows become the output tile
+  __syncthreads();           // every warp is past the softmax: the score rows become the output tile
   float* out_tile = scores;  // [kRows][ldo]
 #pragma unroll
   for (int rt = 0; rt < kRowTiles; ++rt) {
@@ -343,8 +346,8 @@ bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer
 
 // 16-byte loads: every stride, part and base a whole number of 4-float groups.
 bool vector_loads(const AttentionParams& p) {
-  const int64_t counts[] = {p.score_dim,       p.score_split,      p.value_dim,         p.q_token_stride,
-                            p.q_head_stride,   p.key_batch_stride, p.key_pos_stride,    p.key_head_stride,
+  const int64_t counts[] = {p.score_dim,          p.score_split,      p.value_dim,        p.q_token_stride,
+                            p.q_head_stride,      p.key_batch_stride, p.key_pos_stride,   p.key_head_stride,
                             p.value_batch_stride, p.value_pos_stride, p.value_head_stride};
   for (const int64_t count : counts) {
     if (count % 4 != 0) return false;
@@ -404,22 +407,20 @@ MmaLayout choose_layout(const AttentionParams& p, bool vector) {
 }  // namespace
 
 bool attention_fast_mma_applies(const AttentionParams& p) {
-  if (!p.round_to_bf16 || p.key_bits != nullptr || p.value_bits != nullptr) return false;
+  if (!p.round_to_bf16 || p.key_bf16 != nullptr || p.value_bf16 != nullptr) return false;
   return choose_layout(p, vector_loads(p)).row_tiles != 0;
 }
 
-int64_t attention_fast_mma_shared_bytes(const AttentionParams& p) {
-  return choose_layout(p, vector_loads(p)).bytes;
-}
+int64_t attention_fast_mma_shared_bytes(const AttentionParams& p) { return choose_layout(p, vector_loads(p)).bytes; }
 
 void attention_fast_mma_cuda(const AttentionParams& p, cudaStream_t stream) {
   if (p.batch == 0 || p.seq == 0 || p.n_heads == 0) return;
   const bool vector = vector_loads(p);
   const MmaLayout layout = p.round_to_bf16 ? choose_layout(p, vector) : MmaLayout{};
   if (layout.row_tiles == 0) {
-    throw CudaError("attention_fast_mma_cuda: no tile layout for this step (bf16 " +
-                    std::to_string(p.round_to_bf16) + ", value_dim " + std::to_string(p.value_dim) + ", kv_len " +
-                    std::to_string(p.kv_len) + "); attention_fast_cuda serves it");
+    throw CudaError("attention_fast_mma_cuda: no tile layout for this step (bf16 " + std::to_string(p.round_to_bf16) +
+                    ", value_dim " + std::to_string(p.value_dim) + ", kv_len " + std::to_string(p.kv_len) +
+                    "); attention_fast_cuda serves it");
   }
   reserve_dynamic_shared_bytes(kernel_for(layout.row_tiles, vector), layout.bytes);
   const int64_t rows = int64_t{layout.row_tiles} * kTile;

@@ -1,7 +1,7 @@
 // The standard path on the GPU (docs/design.md, The fast path and the standard path): for each
-// sequence and chunk of query rows, the scores of every head are materialized by a strided-batched cuBLAS GEMM, soft-maxed
-// in fp32 by attention_softmax_cuda, and multiplied by the values with a second batched GEMM.
-// The twin of kernels/cpu/attention_standard; the chunk bounds the score buffer.
+// sequence and chunk of query rows, the scores of every head are materialized by a strided-batched cuBLAS GEMM,
+// soft-maxed in fp32 by attention_softmax_cuda, and multiplied by the values with a second batched GEMM. The twin of
+// kernels/cpu/attention_standard; the chunk bounds the score buffer.
 #pragma once
 
 #include <cstdint>
@@ -16,8 +16,8 @@ namespace mla {
 // floats each. sequences_per_call: in a decode step over the shared latent cache (one query row
 // per head and sequence) that many sequences go through each GEMM and softmax launch together;
 // elsewhere, and by default, one.
-void attention_standard_cuda(CublasContext& context, const AttentionParams& params, int64_t query_chunk,
-                             float* scores, float* tail_scores, int64_t sequences_per_call = 1);
+void attention_standard_cuda(CublasContext& context, const AttentionParams& params, int64_t query_chunk, float* scores,
+                             float* tail_scores, int64_t sequences_per_call = 1);
 
 // Both score buffers together, in floats.
 int64_t attention_standard_cuda_workspace_floats(const AttentionParams& params, int64_t query_chunk,

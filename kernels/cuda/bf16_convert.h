@@ -3,10 +3,10 @@
 // tensor-core GEMM reads them.
 #pragma once
 
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cuda_bf16.h>
 
 namespace mla {
 

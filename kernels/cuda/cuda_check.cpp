@@ -23,7 +23,7 @@ int cuda_device_count() {
 
 int64_t reserve_dynamic_shared_bytes(const void* kernel, int64_t needed_bytes) {
   static std::mutex mutex;
-  static std::map<int, int> max_bytes;                         // per device
+  static std::map<int, int> max_bytes;                            // per device
   static std::map<std::pair<int, const void*>, int64_t> granted;  // per device and kernel
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));

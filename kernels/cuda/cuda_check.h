@@ -24,21 +24,20 @@ int64_t reserve_dynamic_shared_bytes(const void* kernel, int64_t needed_bytes);
 
 }  // namespace mla
 
-#define CUDA_CHECK(call)                                                                    \
-  do {                                                                                      \
-    const cudaError_t mla_cuda_status_ = (call);                                           \
-    if (mla_cuda_status_ != cudaSuccess) {                                                  \
+#define CUDA_CHECK(call)                                                                        \
+  do {                                                                                          \
+    const cudaError_t mla_cuda_status_ = (call);                                                \
+    if (mla_cuda_status_ != cudaSuccess) {                                                      \
       ::mla::throw_cuda_error(#call, __FILE__, __LINE__, cudaGetErrorString(mla_cuda_status_)); \
-    }                                                                                       \
+    }                                                                                           \
   } while (0)
 
 // After a kernel launch (kernel_name a string literal): a bad launch configuration is reported
 // here, naming the kernel, instead of surfacing at some later call.
-#define CUDA_CHECK_LAUNCH(kernel_name)                                                          \
-  do {                                                                                          \
-    const cudaError_t mla_cuda_status_ = cudaGetLastError();                                    \
-    if (mla_cuda_status_ != cudaSuccess) {                                                      \
-      ::mla::throw_cuda_error("launch of " kernel_name, __FILE__, __LINE__,                     \
-                              cudaGetErrorString(mla_cuda_status_));                            \
-    }                                                                                           \
+#define CUDA_CHECK_LAUNCH(kernel_name)                                                                             \
+  do {                                                                                                             \
+    const cudaError_t mla_cuda_status_ = cudaGetLastError();                                                       \
+    if (mla_cuda_status_ != cudaSuccess) {                                                                         \
+      ::mla::throw_cuda_error("launch of " kernel_name, __FILE__, __LINE__, cudaGetErrorString(mla_cuda_status_)); \
+    }                                                                                                              \
   } while (0)

@@ -43,7 +43,9 @@ class DeviceBuffer {
   void upload(const T* host, int64_t count, cudaStream_t stream) {
     CUDA_CHECK(cudaMemcpyAsync(data_, host, static_cast<size_t>(count) * sizeof(T), cudaMemcpyHostToDevice, stream));
   }
-  void upload(const std::vector<T>& host, cudaStream_t stream) { upload(host.data(), static_cast<int64_t>(host.size()), stream); }
+  void upload(const std::vector<T>& host, cudaStream_t stream) {
+    upload(host.data(), static_cast<int64_t>(host.size()), stream);
+  }
 
  private:
   T* data_ = nullptr;

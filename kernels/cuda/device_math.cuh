@@ -2,9 +2,8 @@
 // (round to nearest even), and warp/block reductions.
 #pragma once
 
-#include <cuda_bf16.h>
-
 #include <cstdint>
+#include <cuda_bf16.h>
 
 namespace mla::cuda_detail {
 

@@ -9,8 +9,8 @@ namespace {
 constexpr int kThreads = 256;
 constexpr unsigned long long kNone = ~0ull;
 
-__global__ void __launch_bounds__(kThreads) first_non_finite_kernel(const float* values, int64_t count,
-                                                                     unsigned long long* first) {
+__global__ void __launch_bounds__(kThreads)
+    first_non_finite_kernel(const float* values, int64_t count, unsigned long long* first) {
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < count;
        index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     if (!isfinite(values[index])) atomicMin(first, static_cast<unsigned long long>(index));

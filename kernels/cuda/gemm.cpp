@@ -52,8 +52,8 @@ void gemm_cuda(CublasContext& context, const GemmCudaParams& p) {
   CUBLAS_CHECK(cublasGemmStridedBatchedEx(
       context.handle(), p.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, p.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N,
       to_cublas_int(p.n, "n"), to_cublas_int(p.m, "m"), to_cublas_int(p.k, "k"), &p.alpha, p.b, operand_type,
-      to_cublas_int(p.ldb, "ldb"), p.stride_b, p.a, operand_type, to_cublas_int(p.lda, "lda"), p.stride_a, &p.beta,
-      p.c, CUDA_R_32F, to_cublas_int(p.ldc, "ldc"), p.stride_c, to_cublas_int(p.batch, "batch"), compute,
+      to_cublas_int(p.ldb, "ldb"), p.stride_b, p.a, operand_type, to_cublas_int(p.lda, "lda"), p.stride_a, &p.beta, p.c,
+      CUDA_R_32F, to_cublas_int(p.ldc, "ldc"), p.stride_c, to_cublas_int(p.batch, "batch"), compute,
       CUBLAS_GEMM_DEFAULT));
 }
 

@@ -3,10 +3,10 @@
 // accumulated and returned in fp32.
 #pragma once
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cublas_v2.h>
 #include <string>
 
 #include "kernels/cuda/device_buffer.h"
@@ -17,12 +17,12 @@ namespace mla {
 
 }  // namespace mla
 
-#define CUBLAS_CHECK(call)                                                            \
-  do {                                                                                \
-    const cublasStatus_t mla_cublas_status_ = (call);                                 \
-    if (mla_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                                \
-      ::mla::throw_cublas_error(#call, __FILE__, __LINE__, mla_cublas_status_);       \
-    }                                                                                 \
+#define CUBLAS_CHECK(call)                                                      \
+  do {                                                                          \
+    const cublasStatus_t mla_cublas_status_ = (call);                           \
+    if (mla_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                          \
+      ::mla::throw_cublas_error(#call, __FILE__, __LINE__, mla_cublas_status_); \
+    }                                                                           \
   } while (0)
 
 namespace mla {

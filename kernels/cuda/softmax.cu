@@ -45,7 +45,8 @@ __global__ void __launch_bounds__(kThreads) attention_softmax_kernel(AttentionPa
 
 }  // namespace
 
-void attention_softmax_cuda(const AttentionParams& attention, const AttentionSoftmaxParams& params, cudaStream_t stream) {
+void attention_softmax_cuda(const AttentionParams& attention, const AttentionSoftmaxParams& params,
+                            cudaStream_t stream) {
   if (params.rows == 0 || attention.n_heads == 0) return;
   const dim3 grid(static_cast<unsigned>(params.rows), static_cast<unsigned>(attention.n_heads));
   attention_softmax_kernel<<<grid, kThreads, 0, stream>>>(attention, params);

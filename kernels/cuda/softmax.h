@@ -22,6 +22,7 @@ struct AttentionSoftmaxParams {
   int64_t s_begin = 0;
 };
 
-void attention_softmax_cuda(const AttentionParams& attention, const AttentionSoftmaxParams& params, cudaStream_t stream);
+void attention_softmax_cuda(const AttentionParams& attention, const AttentionSoftmaxParams& params,
+                            cudaStream_t stream);
 
 }  // namespace mla

@@ -170,7 +170,8 @@ std::vector<std::string> remove_stale_temporaries(const std::string& destination
     const std::string rest = name.substr(prefix.size());
     const size_t dot = rest.find('.');
     const auto decimal = [](const std::string& text) {
-      return !text.empty() && text.size() < 10 && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+      return !text.empty() && text.size() < 10 &&
+             std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
     };
     if (dot == std::string::npos || !decimal(rest.substr(0, dot)) || !decimal(rest.substr(dot + 1))) continue;
     const pid_t pid = static_cast<pid_t>(std::stol(rest.substr(0, dot)));

@@ -95,7 +95,8 @@ std::string read_text_file(const std::string& path, const std::string& what, uin
     length += static_cast<size_t>(got);
   }
   if (length > max_bytes) {
-    throw UserError(path + ": the " + what + " grew past " + std::to_string(max_bytes >> 20) + " MiB while it was read");
+    throw UserError(path + ": the " + what + " grew past " + std::to_string(max_bytes >> 20) +
+                    " MiB while it was read");
   }
   text.resize(length);
   return text;
@@ -123,7 +124,8 @@ std::vector<std::string> check_output_paths(const std::vector<NamedPath>& output
                                                              : states[i].resolved_path == states[j].resolved_path;
       if (same) {
         throw UserError(states[j].named->key + ": " + quoted(states[j].named->path) + " is the same file as " +
-                        states[i].named->key + " " + quoted(states[i].named->path) + "; each output needs its own file");
+                        states[i].named->key + " " + quoted(states[i].named->path) +
+                        "; each output needs its own file");
       }
     }
   }

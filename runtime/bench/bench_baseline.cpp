@@ -101,7 +101,8 @@ std::string TorchBaseline::read_line(double timeout_s) {
       pending_.erase(0, newline + 1);
       return line;
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       stop();
       fail(python_, "no answer within " + std::to_string(static_cast<int>(timeout_s)) + " s; the worker was stopped");

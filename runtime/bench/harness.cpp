@@ -194,8 +194,9 @@ void ResultFile::add(const ResultRow& row) {
   std::string line;
   for (size_t i = 0; i < cells.size(); ++i) {
     if (i >= columns_.size() || cells[i].first != columns_[i]) {
-      throw std::logic_error(path_ + ": row cell " + std::to_string(i) + " is '" + cells[i].first + "', the header says '" +
-                             (i < columns_.size() ? columns_[i] : std::string("(none)")) + "'");
+      throw std::logic_error(path_ + ": row cell " + std::to_string(i) + " is '" + cells[i].first +
+                             "', the header says '" + (i < columns_.size() ? columns_[i] : std::string("(none)")) +
+                             "'");
     }
     line += (i == 0 ? "" : ",") + csv_cell(cells[i].second);
   }

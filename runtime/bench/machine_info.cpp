@@ -6,15 +6,15 @@
 #include <cstdio>
 #include <fstream>
 #include <set>
-#include <stdexcept>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
 
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/gemm.h"
-#include "runtime/base/errors.h"
 #include "kernels/cpu/packed_linear.h"
 #include "parallel/communicator.h"
+#include "runtime/base/errors.h"
 
 namespace mla {
 
@@ -87,7 +87,9 @@ MachineEntries describe_machine(const std::string& source_dir) {
   entries.emplace_back("cpu_isa", cpu_isa_flags());
   // What our kernels use of them (MLA_CPU_ISA may lower it) and which library runs the linear layers.
   entries.emplace_back("kernels_isa", cpu_isa_name(mla::cpu_isa()));
-  entries.emplace_back("linear_gemm", have_onednn() && mla::cpu_isa() != CpuIsa::Portable ? "oneDNN (weights prepared once)" : "BLAS sgemm");
+  entries.emplace_back("linear_gemm", have_onednn() && mla::cpu_isa() != CpuIsa::Portable
+                                          ? "oneDNN (weights prepared once)"
+                                          : "BLAS sgemm");
   entries.emplace_back("memory_total", proc_field("/proc/meminfo", "MemTotal"));
   entries.emplace_back("blas", blas_description());
 #if defined(__clang__)

@@ -18,10 +18,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <limits>
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <memory>
 #include <new>
@@ -30,14 +30,14 @@
 
 #include "parallel/communicator.h"
 #include "parallel/mpi_session.h"
+#include "parallel/rank_agreement.h"
 #include "parallel/watchdog.h"
 #include "runtime/base/atomic_file.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/units.h"
+#include "runtime/base/user_files.h"
 #include "runtime/bench/harness.h"
 #include "runtime/bench/machine_info.h"
-#include "parallel/rank_agreement.h"
-#include "runtime/base/user_files.h"
 
 #if MLA_HAVE_CUDA
 #include "kernels/cuda/cuda_check.h"
@@ -433,10 +433,9 @@ void print_header(const MpiSession& session, const Options& options, const Machi
 }
 
 // The CSV's columns, in the order of its header (kept: scripts read them by name and position).
-const std::vector<std::string> kCsvColumns = {"transport", "world",   "bytes",   "count", "dtype",  "in_place", "reps",
-                                              "time_us",   "algbw_gbps", "busbw_gbps", "max_abs_error", "ok",
-                                              "min_us",    "max_us",  "wrong",   "checked", "host",   "nodes",
-                                              "ranks_per_node"};
+const std::vector<std::string> kCsvColumns = {
+    "transport",     "world", "bytes",  "count",  "dtype", "in_place", "reps", "time_us", "algbw_gbps",    "busbw_gbps",
+    "max_abs_error", "ok",    "min_us", "max_us", "wrong", "checked",  "host", "nodes",   "ranks_per_node"};
 
 ResultRow csv_row(const Measurement& m, const Options& options, int world, const Machine& machine) {
   ResultRow row;
@@ -602,9 +601,10 @@ int main(int argc, char** argv) {
   const bool leader = mla::launcher_rank() == "0";
   CLI::App app{"All-reduce (sum) bandwidth and correctness over message sizes, nccl-tests style."};
   app.option_defaults()->always_capture_default();
-  app.footer("Exit codes: 0 done, every element right; 1 wrong elements or an internal error; 2 bad input\n"
-             "(an option, the CSV path); 3 a rank stalled (--timeout-s); 77 --transport nccl where a rank sees\n"
-             "no CUDA device.");
+  app.footer(
+      "Exit codes: 0 done, every element right; 1 wrong elements or an internal error; 2 bad input\n"
+      "(an option, the CSV path); 3 a rank stalled (--timeout-s); 77 --transport nccl where a rank sees\n"
+      "no CUDA device.");
   mla::Options options;
   add_options(app, options);
   try {
@@ -622,13 +622,14 @@ int main(int argc, char** argv) {
   }
   return mla::run_mpi_command("mla_allreduce_bench", &argc, &argv, {options.timeout_s, "--timeout-s", ""},
                               [&](mla::MpiSession& session) {
-    session.watchdog()->set_before_exit(mla::remove_unfinished_temporaries);
-    try {
-      return mla::run(session, options);
-    } catch (const mla::Skipped& skipped) {
-      // Every rank learned it from the same agreement: rank 0 speaks for all of them.
-      if (leader) std::fprintf(stderr, "mla_allreduce_bench: skipped: %s\n", skipped.what());
-      return mla::kSkippedExitCode;
-    }
-  });
+                                session.watchdog()->set_before_exit(mla::remove_unfinished_temporaries);
+                                try {
+                                  return mla::run(session, options);
+                                } catch (const mla::Skipped& skipped) {
+                                  // Every rank learned it from the same agreement: rank 0 speaks for all of them.
+                                  if (leader)
+                                    std::fprintf(stderr, "mla_allreduce_bench: skipped: %s\n", skipped.what());
+                                  return mla::kSkippedExitCode;
+                                }
+                              });
 }

@@ -34,25 +34,25 @@
 #include "kernels/cpu/packed_linear.h"
 #include "kernels/cpu/vector_ops.h"
 #include "parallel/mpi_session.h"
+#include "parallel/rank_agreement.h"
 #include "parallel/sharding.h"
 #include "parallel/thread_placement.h"
 #include "parallel/watchdog.h"
 #include "runtime/base/atomic_file.h"
+#include "runtime/base/errors.h"
+#include "runtime/base/random_values.h"
+#include "runtime/base/user_files.h"
 #include "runtime/bench/bench_baseline.h"
 #include "runtime/bench/harness.h"
-#include "runtime/layer/backend.h"
-#include "runtime/base/errors.h"
 #include "runtime/bench/machine_info.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/io/sweep.h"
+#include "runtime/io/weights.h"
+#include "runtime/layer/backend.h"
 #include "runtime/layer/memory_plan.h"
 #include "runtime/layer/mla_layer.h"
 #include "runtime/layer/op_count.h"
-#include "runtime/base/random_values.h"
-#include "parallel/rank_agreement.h"
 #include "runtime/layer/runner.h"
-#include "runtime/io/safetensors.h"
-#include "runtime/io/sweep.h"
-#include "runtime/base/user_files.h"
-#include "runtime/io/weights.h"
 
 #if MLA_HAVE_CUDA
 #include <nccl.h>
@@ -70,7 +70,9 @@ namespace {
 using Json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-double ms_since(Clock::time_point start) { return std::chrono::duration<double, std::milli>(Clock::now() - start).count(); }
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
 
 // The public columns (docs/performance.md; keep names and order), then ours.
 const std::vector<std::string> kColumns = {
@@ -80,8 +82,8 @@ const std::vector<std::string> kColumns = {
     // ours, after the public ones
     "chunk", "kv_len", "start_pos", "step_tokens", "n_local_heads", "reps", "flop", "bytes", "linear_flop",
     "replicated_flop", "gemm_only_ms", "device_peak_bytes", "torch_median_ms", "torch_min_ms", "torch_p90_ms",
-    "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep", "weight_bytes", "weight_gbps",
-    "linear_ms", "attention_ms"};
+    "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep", "weight_bytes", "weight_gbps", "linear_ms",
+    "attention_ms"};
 
 // VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
 // restarts the high-water mark from the current RSS), so that each point reports its own peak.
@@ -133,7 +135,8 @@ class WeightsCache {
     }
     if (key != key_) {
       loaded_.reset();  // the old slice goes before the new one is made
-      loaded_ = load_layer_weights(config.weights, config.model, shard, config.run.compute_dtype, config.run.check_finite);
+      loaded_ =
+          load_layer_weights(config.weights, config.model, shard, config.run.compute_dtype, config.run.check_finite);
       key_ = key;
       ++generation_;
     }
@@ -152,6 +155,16 @@ enum class ExistingRows {
   Refuse,     // replace them when they are all of this run's world, else refuse (the default)
   Append,     // --append: keep them, add this run's
   Overwrite,  // --overwrite: replace the files whatever they hold
+};
+
+// The layer of one point on its backend, with the communicator and the executor that drive it.
+struct PointLayer {
+  std::unique_ptr<MlaLayer> cpu_layer;
+#if MLA_HAVE_CUDA
+  std::unique_ptr<CudaMlaLayer> cuda_layer;
+#endif
+  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<StepExecutor> executor;
 };
 
 // What a point needs before it is timed, the same on every rank.
@@ -205,8 +218,12 @@ class Bench {
   Json jsonl_record(const PointResult& result, const ResultRow& row) const;
   void print_point(const PointResult& result) const;
   void start_baseline();
-  Measurement measure(const Config& config, const BenchPoint& point, const HeadShard& shard, const LayerWeights& weights,
-                      const InputTensor& x);
+  PointLayer make_layer(const Config& config, const BenchPoint& point, const HeadShard& shard,
+                        const LayerWeights& weights, Measurement& result) const;
+  void time_steps(StepExecutor& executor, const BenchPoint& point, const float* step_x, const uint16_t* step_x_bf16,
+                  Measurement& result) const;
+  Measurement measure(const Config& config, const BenchPoint& point, const HeadShard& shard,
+                      const LayerWeights& weights, const InputTensor& x);
   double time_gemms_alone(const StepCost& cost, int threads, ComputeDType compute_dtype);
   Json run_baseline(const Config& config, const BenchPoint& point, const HeadShard& shard, const LayerWeights& weights,
                     const InputTensor& x, const Measurement& measured, int threads, double& rel_l2);
@@ -242,40 +259,75 @@ void Bench::start_baseline() {
   }
 }
 
-Measurement Bench::measure(const Config& config, const BenchPoint& point, const HeadShard& shard,
-                           const LayerWeights& weights, const InputTensor& x) {
-  const BenchSettings& bench = sweep_.bench;
-  const int64_t dim = config.model.dim;
-  const int64_t start_pos = point.start_pos();
-  const int64_t step_len = point.step_len();
-  Measurement result;
-
-  std::unique_ptr<MlaLayer> cpu_layer;
-  std::unique_ptr<Communicator> comm;
-  std::unique_ptr<StepExecutor> executor;
-#if MLA_HAVE_CUDA
-  std::unique_ptr<CudaMlaLayer> cuda_layer;
-#endif
+PointLayer Bench::make_layer(const Config& config, const BenchPoint& point, const HeadShard& shard,
+                             const LayerWeights& weights, Measurement& result) const {
+  PointLayer rig;
   if (point.backend == Backend::Cuda) {
 #if MLA_HAVE_CUDA
     const int device = session_.local_rank() % cuda_device_count();
     CUDA_CHECK(cudaSetDevice(device));
     CudaLayerLimits limits;
     limits.max_batch = point.batch;
-    limits.max_step_len = std::max(start_pos, step_len);
+    limits.max_step_len = std::max(point.start_pos(), point.step_len());
     limits.max_kv_len = point.seq_len;
-    cuda_layer = std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits);
-    result.device_bytes = cuda_layer->memory().total();
-    comm = std::make_unique<NcclCommunicator>(share_nccl_unique_id(session_), session_.rank(), session_.world(),
-                                              cuda_layer->stream(), config.parallel.timeout_s);
-    executor = std::make_unique<CudaStepExecutor>(*cuda_layer, *comm, std::vector<float>{}, point.seq_len);
+    rig.cuda_layer = std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits);
+    result.device_bytes = rig.cuda_layer->memory().total();
+    rig.comm = std::make_unique<NcclCommunicator>(share_nccl_unique_id(session_), session_.rank(), session_.world(),
+                                                  rig.cuda_layer->stream(), config.parallel.timeout_s);
+    rig.executor = std::make_unique<CudaStepExecutor>(*rig.cuda_layer, *rig.comm, std::vector<float>{}, point.seq_len);
 #endif
-  } else {
-    cpu_layer = std::make_unique<MlaLayer>(config.model, shard, weights, config.run);
-    result.linear_implementation = cpu_layer->linear_implementation();
-    comm = std::make_unique<MpiCommunicator>(session_);
-    executor = std::make_unique<CpuStepExecutor>(*cpu_layer, *comm);
+    return rig;
   }
+  rig.cpu_layer = std::make_unique<MlaLayer>(config.model, shard, weights, config.run);
+  result.linear_implementation = rig.cpu_layer->linear_implementation();
+  rig.comm = std::make_unique<MpiCommunicator>(session_);
+  rig.executor = std::make_unique<CpuStepExecutor>(*rig.cpu_layer, *rig.comm);
+  return rig;
+}
+
+// Warm-up, then timed steps until the budget is met. Rank 0 decides when and tells the others
+// through the step's own all-reduce (its flag is the only non-zero one), so no extra collective
+// sits inside the timed loop.
+void Bench::time_steps(StepExecutor& executor, const BenchPoint& point, const float* step_x,
+                       const uint16_t* step_x_bf16, Measurement& result) const {
+  const BenchSettings& bench = sweep_.bench;
+  const RepBudget budget{bench.warmup, bench.min_reps, bench.max_reps, bench.max_seconds};
+  const int64_t start_pos = point.start_pos(), step_len = point.step_len();
+  Watchdog& watchdog = *session_.watchdog();
+  for (int64_t i = 0; i < budget.warmup; ++i) {
+    watchdog.progress("warm-up");
+    executor.forward(step_x, point.batch, step_len, start_pos, nullptr, 0, step_x_bf16);
+    executor.reduce(0.0f);
+  }
+  double timed_ms = 0.0;
+  for (bool more = true; more;) {
+    watchdog.progress("timed steps");
+    const auto started = Clock::now();
+    result.report = executor.forward(step_x, point.batch, step_len, start_pos, nullptr, 0, step_x_bf16);
+    const auto computed = Clock::now();
+    result.linear_ms.push_back(result.report.linear_ms);
+    result.attention_ms.push_back(result.report.attention_ms);
+    float continue_flag = 0.0f;
+    if (session_.rank() == 0) {
+      const int64_t reps = static_cast<int64_t>(result.step_ms.size()) + 1;
+      continue_flag = budget.wants_more(reps, (timed_ms + ms_since(started)) / 1e3) ? 1.0f : 0.0f;
+    }
+    more = executor.reduce(continue_flag) != 0.0f;
+    const double step = ms_since(started);
+    result.step_ms.push_back(step);
+    result.allreduce_ms.push_back(ms_since(computed));
+    timed_ms += step;
+  }
+}
+
+Measurement Bench::measure(const Config& config, const BenchPoint& point, const HeadShard& shard,
+                           const LayerWeights& weights, const InputTensor& x) {
+  const int64_t dim = config.model.dim;
+  const int64_t start_pos = point.start_pos();
+  const int64_t step_len = point.step_len();
+  Measurement result;
+  PointLayer rig = make_layer(config, point, shard, weights, result);
+  StepExecutor& executor = *rig.executor;
 
   // The cache as serving reaches this step: positions before start_pos, filled untimed.
   const auto slice = [&](int64_t from, int64_t count) {
@@ -285,11 +337,10 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
     }
     return part;
   };
-  Watchdog& watchdog = *session_.watchdog();
   if (start_pos > 0) {
-    watchdog.progress("filling the cache");
+    session_.watchdog()->progress("filling the cache");
     const AlignedVector<float> fill = slice(0, start_pos);
-    executor->forward(fill.data(), point.batch, start_pos, 0, nullptr, 0, nullptr);
+    executor.forward(fill.data(), point.batch, start_pos, 0, nullptr, 0, nullptr);
   }
   const AlignedVector<float> step_x = slice(start_pos, step_len);
   // In bf16 compute the step's input arrives as bf16 numbers, as a bf16 model's previous layer
@@ -299,42 +350,18 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
     step_x_bf16.resize(step_x.size());
     f32_to_bf16_bits_rne(step_x.data(), step_x_bf16.data(), static_cast<int64_t>(step_x.size()));
   }
-  const uint16_t* step_x_bits = step_x_bf16.empty() ? nullptr : step_x_bf16.data();
-  const RepBudget budget{bench.warmup, bench.min_reps, bench.max_reps, bench.max_seconds};
-  for (int64_t i = 0; i < budget.warmup; ++i) {
-    watchdog.progress("warm-up");
-    executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_x_bits);
-    executor->reduce(0.0f);
+  const uint16_t* step_input_bf16 = step_x_bf16.empty() ? nullptr : step_x_bf16.data();
+  time_steps(executor, point, step_x.data(), step_input_bf16, result);
+  if (rig.cpu_layer) {
+    result.weight_bytes = rig.cpu_layer->weight_bytes_read(point.batch * step_len, result.report.plan.formulation);
   }
-  // Rank 0 decides when the budget is met and tells the others through the step's own all-reduce
-  // (its flag is the only non-zero one), so no extra collective sits inside the timed loop.
-  double timed_ms = 0.0;
-  for (bool more = true; more;) {
-    watchdog.progress("timed steps");
-    const auto started = Clock::now();
-    result.report = executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_x_bits);
-    const auto computed = Clock::now();
-    result.linear_ms.push_back(result.report.linear_ms);
-    result.attention_ms.push_back(result.report.attention_ms);
-    float continue_flag = 0.0f;
-    if (session_.rank() == 0) {
-      const int64_t reps = static_cast<int64_t>(result.step_ms.size()) + 1;
-      continue_flag = budget.wants_more(reps, (timed_ms + ms_since(started)) / 1e3) ? 1.0f : 0.0f;
-    }
-    more = executor->reduce(continue_flag) != 0.0f;
-    const double step = ms_since(started);
-    result.step_ms.push_back(step);
-    result.allreduce_ms.push_back(ms_since(computed));
-    timed_ms += step;
-  }
-  if (cpu_layer) result.weight_bytes = cpu_layer->weight_bytes_read(point.batch * step_len, result.report.plan.formulation);
   // Once more, untimed, to keep the partial output of sequence 0 (compared with the baseline's).
-  executor->forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_x_bits);
+  executor.forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_input_bf16);
   std::vector<float> partial(static_cast<size_t>(point.batch * step_len * dim));
-  executor->copy_output(partial.data());
+  executor.copy_output(partial.data());
   partial.resize(static_cast<size_t>(step_len * dim));
   result.partial_first_sequence = std::move(partial);
-  executor->reduce(0.0f);
+  executor.reduce(0.0f);
   return result;
 }
 
@@ -348,8 +375,8 @@ double Bench::time_gemms_alone(const StepCost& cost, int threads, ComputeDType c
   double total_ms = 0.0;
   for (const GemmShape& shape : cost.gemms) {
     // Random operands, rounded to bf16 values (as the bf16 operands must be), so that the floor
-    // is timed on data like the layer's: constant ones ran 25% faster in an AMX tile loop
-    // (through oneDNN here the two measured within noise, docs/performance.md).
+    // is timed on data like the layer's: tile products run faster on constant operands
+    // (docs/performance.md).
     AlignedVector<float> a(static_cast<size_t>(shape.m * shape.k)), b(static_cast<size_t>(shape.k * shape.n)),
         c(static_cast<size_t>(shape.m * shape.n));
     const uint64_t a_key = random_stream_key(11, "gemm_only_a"), b_key = random_stream_key(11, "gemm_only_b");
@@ -460,28 +487,36 @@ Json Bench::run_baseline(const Config& config, const BenchPoint& point, const He
   const std::string y_path = scratch_dir_ + "/y.bin";
   write_raw_f32(x_path, x.values.data(), point.seq_len * m.dim);  // sequence 0, positions 0 .. seq_len-1
   std::filesystem::remove(y_path);
-  Json request = {
-      {"cmd", "run"},
-      {"weights", baseline_weights_file(m, shard, weights)},
-      {"x", x_path},
-      {"y_out", y_path},
-      {"model",
-       {{"dim", m.dim}, {"n_local_heads", shard.n_local_heads}, {"q_lora_rank", m.q_lora_rank},
-        {"kv_lora_rank", m.kv_lora_rank}, {"qk_nope_head_dim", m.qk_nope_head_dim},
-        {"qk_rope_head_dim", m.qk_rope_head_dim}, {"v_head_dim", m.v_head_dim}, {"max_seq_len", m.max_seq_len},
-        {"original_seq_len", m.original_seq_len}, {"rope_theta", m.rope_theta}, {"rope_factor", m.rope_factor},
-        {"beta_fast", m.beta_fast}, {"beta_slow", m.beta_slow}, {"mscale", m.mscale}}},
-      {"batch", point.batch},
-      {"start_pos", point.start_pos()},
-      {"step_len", point.step_len()},
-      {"formulation", to_string(point.formulation)},
-      {"compute_dtype", to_string(point.compute_dtype)},
-      {"threads", threads},
-      {"device", point.backend == Backend::Cuda ? "cuda" : "cpu"},
-      {"warmup", sweep_.bench.warmup},
-      {"min_reps", sweep_.bench.min_reps},
-      {"max_seconds", sweep_.bench.max_seconds},
-      {"max_reps", sweep_.bench.max_reps}};
+  Json request = {{"cmd", "run"},
+                  {"weights", baseline_weights_file(m, shard, weights)},
+                  {"x", x_path},
+                  {"y_out", y_path},
+                  {"model",
+                   {{"dim", m.dim},
+                    {"n_local_heads", shard.n_local_heads},
+                    {"q_lora_rank", m.q_lora_rank},
+                    {"kv_lora_rank", m.kv_lora_rank},
+                    {"qk_nope_head_dim", m.qk_nope_head_dim},
+                    {"qk_rope_head_dim", m.qk_rope_head_dim},
+                    {"v_head_dim", m.v_head_dim},
+                    {"max_seq_len", m.max_seq_len},
+                    {"original_seq_len", m.original_seq_len},
+                    {"rope_theta", m.rope_theta},
+                    {"rope_factor", m.rope_factor},
+                    {"beta_fast", m.beta_fast},
+                    {"beta_slow", m.beta_slow},
+                    {"mscale", m.mscale}}},
+                  {"batch", point.batch},
+                  {"start_pos", point.start_pos()},
+                  {"step_len", point.step_len()},
+                  {"formulation", to_string(point.formulation)},
+                  {"compute_dtype", to_string(point.compute_dtype)},
+                  {"threads", threads},
+                  {"device", point.backend == Backend::Cuda ? "cuda" : "cpu"},
+                  {"warmup", sweep_.bench.warmup},
+                  {"min_reps", sweep_.bench.min_reps},
+                  {"max_seconds", sweep_.bench.max_seconds},
+                  {"max_reps", sweep_.bench.max_reps}};
   // Generous: the baseline may be many times slower than we are, and it fills its cache first.
   const double timeout_s = 600.0 + 20.0 * sweep_.bench.max_seconds;
   Json answer = baseline_->request(request, timeout_s);
@@ -530,7 +565,8 @@ std::vector<BenchPoint> Bench::points_of_this_world() const {
     for (const auto& [world, count] : other_worlds) {
       skipped += " " + std::to_string(count) + " at world " + std::to_string(world) + ";";
     }
-    std::fprintf(stderr, "mla_bench: running the %zu points of world %d; skipping%s launch/mla_bench.sh runs every world\n",
+    std::fprintf(stderr,
+                 "mla_bench: running the %zu points of world %d; skipping%s launch/mla_bench.sh runs every world\n",
                  points.size(), session_.world(), skipped.c_str());
   }
   return points;
@@ -555,7 +591,8 @@ void Bench::prepare_outputs() {
         std::string list;
         for (const std::string& world : others) list += (list.empty() ? "" : ", ") + world;
         throw UserError("bench.csv: " + bench.csv + " holds rows of world " + list + ", which this run (world " +
-                        std::to_string(session_.world()) + ") would replace: give --append to add to them, or "
+                        std::to_string(session_.world()) +
+                        ") would replace: give --append to add to them, or "
                         "--overwrite to replace the file");
       }
     }
@@ -571,8 +608,8 @@ void Bench::describe_job(size_t point_count) {
   machine_.emplace_back("mpi", mpi_library_version());
   machine_.emplace_back("ranks_per_node", std::to_string(session_.local_size()));
   for (auto& entry : describe_gpu(session_.local_rank())) machine_.push_back(std::move(entry));
-  std::printf("mla_bench: %s, %zu points at world %d; machine: %s; baseline: %s\n", sweep_.source.c_str(),
-              point_count, session_.world(), machine_summary(machine_).c_str(), baseline_note_.c_str());
+  std::printf("mla_bench: %s, %zu points at world %d; machine: %s; baseline: %s\n", sweep_.source.c_str(), point_count,
+              session_.world(), machine_summary(machine_).c_str(), baseline_note_.c_str());
   std::fflush(stdout);
 }
 
@@ -581,16 +618,18 @@ PointSetup Bench::set_up(const BenchPoint& point) {
   phases_.run([&] {
     setup.config = point_config(sweep_, point);
     const Config& config = setup.config;
-    setup.threads = configure_rank_threads(point.threads, config.run.pin_threads, session_.local_rank(),
-                                           session_.local_size()).count;
+    setup.threads =
+        configure_rank_threads(point.threads, config.run.pin_threads, session_.local_rank(), session_.local_size())
+            .count;
     try {
       setup.shard = shard_heads(config.model.n_heads, session_.world(), session_.rank(), config.parallel.uneven_heads);
     } catch (const std::invalid_argument& error) {
       throw UserError(std::string("model.n_heads: ") + error.what());
     }
     const std::vector<int64_t> steps = config.run.schedule.steps(point.seq_len);
-    check_memory_fits(plan_memory(config.model, config.run, setup.shard, point.batch, point.seq_len, steps, setup.threads),
-                      session_.local_size(), available_memory_bytes());
+    check_memory_fits(
+        plan_memory(config.model, config.run, setup.shard, point.batch, point.seq_len, steps, setup.threads),
+        session_.local_size(), available_memory_bytes());
     session_.watchdog()->progress("loading weights");
     setup.loaded = &weights_.get(config, setup.shard, session_.world());
     setup.x = load_input(config.run.input, config.model, config.run.check_finite);
@@ -666,9 +705,8 @@ ResultRow Bench::csv_row(const PointResult& r) const {
       .add("torch_rel_l2", significant(r.rel_l2, 3))
       .add("sweep", sweep_.name)
       .add("weight_bytes", measured.weight_bytes > 0 ? std::to_string(measured.weight_bytes) : "")
-      .add("weight_gbps", measured.weight_bytes > 0
-                              ? significant(static_cast<double>(measured.weight_bytes) / step.median / 1e6)
-                              : "")
+      .add("weight_gbps",
+           measured.weight_bytes > 0 ? significant(static_cast<double>(measured.weight_bytes) / step.median / 1e6) : "")
       .add("linear_ms", cpu ? significant(summarize_times(measured.linear_ms).median) : "")
       .add("attention_ms", cpu ? significant(summarize_times(measured.attention_ms).median) : "");
   return row;
@@ -686,7 +724,8 @@ Json Bench::jsonl_record(const PointResult& r, const ResultRow& row) const {
   if (!r.measured.linear_implementation.empty()) record["linear_implementation"] = r.measured.linear_implementation;
   record["gemms"] = Json::array();
   for (const GemmShape& gemm : r.cost.gemms) {
-    record["gemms"].push_back({{"name", gemm.name}, {"m", gemm.m}, {"n", gemm.n}, {"k", gemm.k}, {"batch", gemm.batch}});
+    record["gemms"].push_back(
+        {{"name", gemm.name}, {"m", gemm.m}, {"n", gemm.n}, {"k", gemm.k}, {"batch", gemm.batch}});
   }
   for (const auto& [key, value] : config_entries(r.setup->config)) record["config"][key] = value;
   for (const auto& [key, value] : machine_) record["machine"][key] = value;
@@ -697,12 +736,13 @@ Json Bench::jsonl_record(const PointResult& r, const ResultRow& row) const {
 void Bench::print_point(const PointResult& r) const {
   const Measurement& measured = r.measured;
   const TimeSummary step = summarize_times(measured.step_ms);
-  std::printf("%s: %s/%s, median %.3f ms (min %.3f, p90 %.3f, all-reduce %.3f) x%zu, %.1f GFLOP/s, %.1f GB/s, "
-              "workspace %ld B, peak RSS %.0f MB",
-              r.point.label().c_str(), to_string(measured.report.plan.path), to_string(measured.report.plan.formulation),
-              step.median, step.min, step.p90, summarize_times(measured.allreduce_ms).median, measured.step_ms.size(),
-              r.cost.flop() / step.median / 1e6, r.cost.bytes() / step.median / 1e6,
-              static_cast<long>(measured.report.attention_workspace_bytes), static_cast<double>(r.peak_rss_bytes) / 1e6);
+  std::printf(
+      "%s: %s/%s, median %.3f ms (min %.3f, p90 %.3f, all-reduce %.3f) x%zu, %.1f GFLOP/s, %.1f GB/s, "
+      "workspace %ld B, peak RSS %.0f MB",
+      r.point.label().c_str(), to_string(measured.report.plan.path), to_string(measured.report.plan.formulation),
+      step.median, step.min, step.p90, summarize_times(measured.allreduce_ms).median, measured.step_ms.size(),
+      r.cost.flop() / step.median / 1e6, r.cost.bytes() / step.median / 1e6,
+      static_cast<long>(measured.report.attention_workspace_bytes), static_cast<double>(r.peak_rss_bytes) / 1e6);
   if (std::isfinite(r.gemm_only_ms)) {
     std::printf(", GEMMs alone %.3f ms (in the step: linear %.3f, attention %.3f)", r.gemm_only_ms,
                 summarize_times(measured.linear_ms).median, summarize_times(measured.attention_ms).median);
@@ -733,10 +773,11 @@ int Bench::run() {
     phases_.run([&] { point.backend = resolve_backend(point.backend, "sweep.backend (" + point.label() + ")"); });
     if (leader) {
       const double elapsed = ms_since(sweep_started) / 1e3;
-      const std::string eta = index == 0 ? "?"
-                                         : std::to_string(static_cast<int>(elapsed / static_cast<double>(index) *
-                                                                           static_cast<double>(points.size() - index))) +
-                                               " s";
+      const std::string eta = index == 0
+                                  ? "?"
+                                  : std::to_string(static_cast<int>(elapsed / static_cast<double>(index) *
+                                                                    static_cast<double>(points.size() - index))) +
+                                        " s";
       std::fprintf(stderr, "mla_bench: [%zu/%zu] %s (elapsed %.0f s, ETA %s)\n", index + 1, points.size(),
                    point.label().c_str(), elapsed, eta.c_str());
     }
@@ -776,8 +817,9 @@ int main(int argc, char** argv) {
   const bool leader = mla::launcher_rank() == "0";
   CLI::App app{"Runs a benchmark sweep (YAML) of the MLA layer; writes one CSV and one JSONL row per point."};
   app.option_defaults()->always_capture_default();
-  app.footer("Exit codes: 0 done; 2 bad input (the sweep file, a key, an output file); 3 a rank failed during the\n"
-             "run (died, stalled past parallel.timeout_s); 1 an internal error.");
+  app.footer(
+      "Exit codes: 0 done; 2 bad input (the sweep file, a key, an output file); 3 a rank failed during the\n"
+      "run (died, stalled past parallel.timeout_s); 1 an internal error.");
   std::string sweep_path;
   std::vector<std::string> overrides;
   bool append = false;
@@ -821,9 +863,11 @@ int main(int argc, char** argv) {
   }
   return mla::run_mpi_command("mla_bench", &argc, &argv, {sweep.base.parallel.timeout_s, "parallel.timeout_s", ""},
                               [&](mla::MpiSession& session) {
-    session.watchdog()->set_before_exit(mla::remove_unfinished_temporaries);
-    mla::Bench bench(session, std::move(sweep),
-                     append ? mla::ExistingRows::Append : overwrite ? mla::ExistingRows::Overwrite : mla::ExistingRows::Refuse);
-    return bench.run();
-  });
+                                session.watchdog()->set_before_exit(mla::remove_unfinished_temporaries);
+                                mla::Bench bench(session, std::move(sweep),
+                                                 append      ? mla::ExistingRows::Append
+                                                 : overwrite ? mla::ExistingRows::Overwrite
+                                                             : mla::ExistingRows::Refuse);
+                                return bench.run();
+                              });
 }

@@ -19,12 +19,12 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "runtime/base/errors.h"
-#include "runtime/bench/harness.h"
-#include "runtime/bench/machine_info.h"
-#include "runtime/layer/mla_layer_cuda.h"
 #include "runtime/base/random_values.h"
 #include "runtime/base/user_files.h"
+#include "runtime/bench/harness.h"
+#include "runtime/bench/machine_info.h"
 #include "runtime/io/weights.h"
+#include "runtime/layer/mla_layer_cuda.h"
 
 namespace mla {
 namespace {
@@ -69,8 +69,8 @@ int64_t parse_integer(const std::string& option, const std::string& text, int64_
     used = 0;
   }
   if (used != text.size() || text.empty() || value < min_value || value > max_value) {
-    throw UserError(option + ": expected an integer in [" + std::to_string(min_value) + ", " + std::to_string(max_value) +
-                    "], got '" + text + "'");
+    throw UserError(option + ": expected an integer in [" + std::to_string(min_value) + ", " +
+                    std::to_string(max_value) + "], got '" + text + "'");
   }
   return value;
 }
@@ -129,9 +129,18 @@ ModelArgs deepseek_v3_slice(int64_t batch) {
 
 // The CSV's columns, in the order of its header (docs/results/ and launch/cuda_seed_to_bench_csv.py
 // read them).
-const std::vector<std::string> kCsvColumns = {"device",  "phase",  "seq_len", "batch", "attention",
-                                              "path_chosen", "formulation_chosen", "median_ms", "min_ms",
-                                              "p90_ms", "attention_workspace_bytes", "layer_device_bytes"};
+const std::vector<std::string> kCsvColumns = {"device",
+                                              "phase",
+                                              "seq_len",
+                                              "batch",
+                                              "attention",
+                                              "path_chosen",
+                                              "formulation_chosen",
+                                              "median_ms",
+                                              "min_ms",
+                                              "p90_ms",
+                                              "attention_workspace_bytes",
+                                              "layer_device_bytes"};
 
 // The forward steps of one point, each timed by CUDA events on the layer's stream: options.warmup
 // untimed, then options.reps timed. A profiler started with --profile-from-start off sees the
@@ -182,7 +191,8 @@ int run(const Options& options) {
     if (!options.phase.empty() && options.phase != phase) continue;
     for (const int64_t seq_len : {64, 128, 256, 512}) {
       if (options.seq_len != 0 && options.seq_len != seq_len) continue;
-      for (const AttentionChoice attention : {AttentionChoice::Standard, AttentionChoice::Fast, AttentionChoice::Auto}) {
+      for (const AttentionChoice attention :
+           {AttentionChoice::Standard, AttentionChoice::Fast, AttentionChoice::Auto}) {
         if (attention == AttentionChoice::Fast && seq_len > 256) continue;  // no fast path there (the claim's 512 row)
         if (!options.attention.empty() && options.attention != to_string(attention)) continue;
         RunConfig run;

@@ -19,22 +19,22 @@
 #include "kernels/cpu/gemm.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_session.h"
+#include "parallel/rank_agreement.h"
 #include "parallel/sharding.h"
 #include "parallel/thread_placement.h"
 #include "parallel/watchdog.h"
 #include "runtime/base/atomic_file.h"
-#include "runtime/io/config.h"
 #include "runtime/base/errors.h"
-#include "runtime/bench/machine_info.h"
-#include "runtime/layer/backend.h"
-#include "runtime/layer/memory_plan.h"
-#include "parallel/rank_agreement.h"
-#include "runtime/layer/mla_layer.h"
-#include "runtime/layer/runner.h"
-#include "runtime/io/safetensors.h"
 #include "runtime/base/units.h"
 #include "runtime/base/user_files.h"
+#include "runtime/bench/machine_info.h"
+#include "runtime/io/config.h"
+#include "runtime/io/safetensors.h"
 #include "runtime/io/weights.h"
+#include "runtime/layer/backend.h"
+#include "runtime/layer/memory_plan.h"
+#include "runtime/layer/mla_layer.h"
+#include "runtime/layer/runner.h"
 
 #if MLA_HAVE_CUDA
 #include "kernels/cuda/cuda_check.h"
@@ -77,8 +77,8 @@ RunResult run_on_cuda(const Config& config, const MpiSession& session, Phases& p
 
 void print_model(const ModelArgs& m) {
   std::printf("model: dim %ld, n_heads %ld, q_lora_rank %ld, kv_lora_rank %ld, dq %ld (%ld nope + %ld rope), dv %ld\n",
-              m.dim, m.n_heads, m.q_lora_rank, m.kv_lora_rank, m.qk_head_dim(), m.qk_nope_head_dim,
-              m.qk_rope_head_dim, m.v_head_dim);
+              m.dim, m.n_heads, m.q_lora_rank, m.kv_lora_rank, m.qk_head_dim(), m.qk_nope_head_dim, m.qk_rope_head_dim,
+              m.v_head_dim);
   std::printf("rope: theta %g, YaRN %s, softmax scale %.6g\n", m.rope_theta,
               m.yarn_active() ? ("on (factor " + std::to_string(m.rope_factor) + ")").c_str() : "off",
               m.softmax_scale());
@@ -118,14 +118,16 @@ std::vector<std::vector<std::string>> gather_choices(const MpiSession& session, 
 // The default log: rank 0's one table of the steps, the other ranks' choices where they differ,
 // the reason for each distinct choice once, and a checksum of y to compare runs by.
 void print_step_table(const RunResult& result, const std::vector<std::vector<std::string>>& choices) {
-  std::printf("%5s  %-7s  %7s  %7s  %-8s  %-11s  %9s\n", "step", "phase", "tokens", "kv_len", "path", "formulation", "ms");
+  std::printf("%5s  %-7s  %7s  %7s  %-8s  %-11s  %9s\n", "step", "phase", "tokens", "kv_len", "path", "formulation",
+              "ms");
   std::vector<std::string> explained;
   for (size_t index = 0; index < result.steps.size(); ++index) {
     const StepReport& step = result.steps[index];
     std::string others;
     for (size_t rank = 1; rank < choices.size(); ++rank) {
       const std::string& choice = index < choices[rank].size() ? choices[rank][index] : "?";
-      if (choice != step_choice(step)) others += (others.empty() ? "  rank " : "; rank ") + std::to_string(rank) + ": " + choice;
+      if (choice != step_choice(step))
+        others += (others.empty() ? "  rank " : "; rank ") + std::to_string(rank) + ": " + choice;
     }
     std::printf("%5zu  %-7s  %7ld  %7ld  %-8s  %-11s  %9.3f%s\n", index, step_phase(step), step.seq, step.kv_len,
                 to_string(step.plan.path), to_string(step.plan.formulation), step.time_ms, others.c_str());
@@ -165,7 +167,8 @@ void print_checksum(const std::vector<float>& y) {
 void check_fault_plan(const FaultPlan& fault, int world, size_t steps) {
   if (fault.mode == FaultMode::None) return;
   if (fault.rank >= world) {
-    throw UserError("debug.fail.rank: " + std::to_string(fault.rank) + " is not a rank of this world of " + std::to_string(world));
+    throw UserError("debug.fail.rank: " + std::to_string(fault.rank) + " is not a rank of this world of " +
+                    std::to_string(world));
   }
   if (fault.step >= static_cast<int64_t>(steps)) {
     throw UserError("debug.fail.step: " + std::to_string(fault.step) + " is not a step of this schedule of " +
@@ -173,12 +176,140 @@ void check_fault_plan(const FaultPlan& fault, int world, size_t steps) {
   }
 }
 
+// What one rank runs, read and checked by every rank together.
+struct JobInputs {
+  HeadShard shard;
+  InputTensor x;
+  std::vector<int64_t> steps;
+  std::vector<float> mask;
+  LoadedWeights loaded;
+};
+
+// Collective: the shard, schedule, input, mask and weights of this rank, with every check that
+// can fail before the first step (the fault plan, memory, output paths); then the ranks agree on
+// what must be the same everywhere.
+JobInputs load_job_inputs(const MpiSession& session, Phases& phases, const Config& config, int threads) {
+  JobInputs job;
+  session.watchdog()->progress("loading the input and weights");
+  phases.run([&] {
+    try {
+      job.shard = shard_heads(config.model.n_heads, session.world(), session.rank(), config.parallel.uneven_heads);
+    } catch (const std::invalid_argument& error) {
+      throw UserError(std::string("model.n_heads: ") + error.what());
+    }
+    const InputShape shape = input_shape(config.run.input, config.model);
+    job.steps = config.run.schedule.steps(shape.tokens);
+    check_fault_plan(config.debug.fail, session.world(), job.steps.size());
+    if (config.debug.hold_step >= static_cast<int64_t>(job.steps.size())) {
+      throw UserError("debug.hold.step: " + std::to_string(config.debug.hold_step) +
+                      " is not a step of this schedule of " + std::to_string(job.steps.size()) +
+                      " steps (counted from 0)");
+    }
+    check_memory_fits(plan_memory(config.model, config.run, job.shard, shape.batch, shape.tokens, job.steps, threads),
+                      session.local_size(), available_memory_bytes());
+    if (session.rank() == 0) {
+      for (const std::string& line :
+           check_output_paths({{"run.output", config.run.output}}, files_read(config, session.world()))) {
+        std::printf("mla_run: %s\n", line.c_str());
+      }
+    }
+    job.x = load_input(config.run.input, config.model, config.run.check_finite);
+    job.mask = load_mask(config.run.mask, job.x.tokens);
+    if (!job.mask.empty()) validate_mask(job.mask, job.x.tokens, job.steps);
+    job.loaded =
+        load_layer_weights(config.weights, config.model, job.shard, config.run.compute_dtype, config.run.check_finite);
+  });
+  // Replicated weights and the input must be the same everywhere, or the sum over ranks is wrong.
+  const LayerWeights& w = job.loaded.weights;
+  phases.agree("the replicated weights (wq_a, q_norm, wkv_a, kv_norm)",
+               std::to_string(fingerprint({&w.wq_a, &w.q_norm, &w.wkv_a, &w.kv_norm})));
+  phases.agree("the input x", std::to_string(fingerprint({&job.x.values})));
+  phases.agree("the mask (run.mask)", std::to_string(fingerprint({&job.mask})));
+  return job;
+}
+
+void print_job(const MpiSession& session, const Config& config, const std::string& config_path, Backend backend,
+               const JobInputs& job, const RankThreads& rank_threads) {
+  if (session.rank() == 0) {
+    std::printf("mla_run: %s; backend %s, world %d, compute %s\n", config_path.c_str(), to_string(backend),
+                session.world(), to_string(config.run.compute_dtype));
+    print_model(config.model);
+    std::printf("input: x [%ld, %ld, %ld] from %s; %zu steps; mask: %s\n", job.x.batch, job.x.tokens, job.x.dim,
+                job.x.description.c_str(), job.steps.size(), job.mask.empty() ? "causal" : config.run.mask.c_str());
+  }
+  std::fflush(stdout);
+  std::printf("%s %s, %d threads %s; weights: %s, stored %s, %s loaded as %s%s\n", session.label().c_str(),
+              describe(job.shard).c_str(), rank_threads.count, rank_threads.placement.c_str(),
+              job.loaded.description.c_str(), job.loaded.storage_dtype.c_str(),
+              format_bytes(static_cast<double>(job.loaded.weights.bytes())).c_str(),
+              config.run.compute_dtype == ComputeDType::BF16 ? "fp32 buffers of bf16 values (the layer keeps bf16)"
+                                                             : "fp32 compute copies",
+              backend == Backend::Cuda ? ", uploaded to the GPU in the compute precision" : "");
+}
+
+// The schedule on this rank's backend; the layer takes the weights over.
+RunResult run_layer(const MpiSession& session, Phases& phases, const Config& config, Backend backend, JobInputs& job) {
+  const std::string label = session.label();
+  RunOptions options;
+  options.on_step = [&config, &label, step_index = size_t{0}](const StepReport& step) mutable {
+    if (config.run.log == StepLog::Steps) print_step(label, step_index, step);
+    ++step_index;
+  };
+  options.check_finite = config.run.check_finite;
+  options.fault = config.debug.fail;
+  options.hold_step = config.debug.hold_step;
+  options.hold = [&] { hold_until_ended(session, config.debug.hold_step); };
+  options.watchdog = session.watchdog();
+#if MLA_HAVE_CUDA
+  if (backend == Backend::Cuda) {
+    return run_on_cuda(config, session, phases, job.shard, job.loaded.weights, job.x, job.steps, job.mask, options);
+  }
+#else
+  (void)phases;
+  (void)backend;  // resolve_backend() gives cuda only in a CUDA build
+#endif
+  MlaLayer layer(config.model, job.shard, std::move(job.loaded.weights), config.run);
+  std::printf("%s kv cache: [%ld, %ld, %ld] latent (c_n | k_pe), %s, shared by both formulations\n", label.c_str(),
+              config.model.max_batch_size, config.model.max_seq_len,
+              config.model.kv_lora_rank + config.model.qk_rope_head_dim,
+              format_bytes(static_cast<double>(layer.kv_cache_bytes())).c_str());
+  MpiCommunicator comm(session);
+  return run_schedule(layer, comm, job.x, job.steps, job.mask, options);
+}
+
+// The new y goes to a temporary file, and only once every rank has agreed that the run
+// succeeded is it renamed into place: a run that reports failure leaves the old file.
+void write_output(const MpiSession& session, Phases& phases, const Config& config, const std::string& config_path,
+                  const InputTensor& x, const RunResult& result) {
+  const bool leader = session.rank() == 0;
+  std::unique_ptr<AtomicFile> y_file;
+  phases.run([&] {
+    if (!leader || config.run.output.empty()) return;
+    y_file = std::make_unique<AtomicFile>(config.run.output);
+    write_safetensors_f32(*y_file, {{"y", {x.batch, x.tokens, x.dim}, result.y.data()}},
+                          {{"config", config_path},
+                           {"compute_dtype", to_string(config.run.compute_dtype)},
+                           {"world", std::to_string(session.world())}});
+    y_file->finish();
+  });
+  session.watchdog()->finish_run([&] {
+    if (y_file) y_file->commit();
+  });
+  if (!leader) return;
+  if (config.run.output.empty()) {
+    std::printf("output: not written (run.output is empty)\n");
+  } else {
+    std::printf("output: y [%ld, %ld, %ld] f32 -> %s\n", x.batch, x.tokens, x.dim, config.run.output.c_str());
+  }
+  std::fflush(stdout);
+}
+
 int run(const MpiSession& session, const std::string& config_path, const std::vector<std::string>& overrides) {
   const bool leader = session.rank() == 0;
-  const std::string label = session.label();
   Phases phases(session);
   Config config;
-  session.watchdog()->progress("reading the config");
+  Watchdog& watchdog = *session.watchdog();
+  watchdog.progress("reading the config");
   Backend backend = Backend::Cpu;
   phases.run([&] {
     check_kernel_environment();
@@ -187,92 +318,19 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   });
   phases.agree("the configuration", config_text(config));
   phases.agree("the backend (run.backend as each rank resolved it)", to_string(backend));
-  Watchdog& watchdog = *session.watchdog();
   watchdog.set_timeout(config.parallel.timeout_s);
-  const RankThreads rank_threads = configure_rank_threads(config.run.threads, config.run.pin_threads, session.local_rank(), session.local_size());
-  const int threads = rank_threads.count;
-  MpiCommunicator comm(session);
+  const RankThreads rank_threads =
+      configure_rank_threads(config.run.threads, config.run.pin_threads, session.local_rank(), session.local_size());
 
-  HeadShard shard;
-  InputTensor x;
-  std::vector<int64_t> steps;
-  std::vector<float> mask;
-  LoadedWeights loaded;
-  watchdog.progress("loading the input and weights");
-  phases.run([&] {
-    try {
-      shard = shard_heads(config.model.n_heads, comm.world(), comm.rank(), config.parallel.uneven_heads);
-    } catch (const std::invalid_argument& error) {
-      throw UserError(std::string("model.n_heads: ") + error.what());
-    }
-    const InputShape shape = input_shape(config.run.input, config.model);
-    steps = config.run.schedule.steps(shape.tokens);
-    check_fault_plan(config.debug.fail, comm.world(), steps.size());
-    if (config.debug.hold_step >= static_cast<int64_t>(steps.size())) {
-      throw UserError("debug.hold.step: " + std::to_string(config.debug.hold_step) + " is not a step of this schedule of " +
-                      std::to_string(steps.size()) + " steps (counted from 0)");
-    }
-    check_memory_fits(plan_memory(config.model, config.run, shard, shape.batch, shape.tokens, steps, threads),
-                      session.local_size(), available_memory_bytes());
-    if (leader) {
-      for (const std::string& line : check_output_paths({{"run.output", config.run.output}}, files_read(config, comm.world()))) {
-        std::printf("mla_run: %s\n", line.c_str());
-      }
-    }
-    x = load_input(config.run.input, config.model, config.run.check_finite);
-    mask = load_mask(config.run.mask, x.tokens);
-    if (!mask.empty()) validate_mask(mask, x.tokens, steps);
-    loaded = load_layer_weights(config.weights, config.model, shard, config.run.compute_dtype, config.run.check_finite);
-  });
-  // Replicated weights and the input must be the same everywhere, or the sum over ranks is wrong.
-  const LayerWeights& w = loaded.weights;
-  phases.agree("the replicated weights (wq_a, q_norm, wkv_a, kv_norm)",
-               std::to_string(fingerprint({&w.wq_a, &w.q_norm, &w.wkv_a, &w.kv_norm})));
-  phases.agree("the input x", std::to_string(fingerprint({&x.values})));
-  phases.agree("the mask (run.mask)", std::to_string(fingerprint({&mask})));
+  JobInputs job = load_job_inputs(session, phases, config, rank_threads.count);
+  print_job(session, config, config_path, backend, job, rank_threads);
+  const RunResult result = run_layer(session, phases, config, backend, job);
 
-  if (leader) {
-    std::printf("mla_run: %s; backend %s, world %d, compute %s\n", config_path.c_str(), to_string(backend),
-                comm.world(), to_string(config.run.compute_dtype));
-    print_model(config.model);
-    std::printf("input: x [%ld, %ld, %ld] from %s; %zu steps; mask: %s\n", x.batch, x.tokens, x.dim,
-                x.description.c_str(), steps.size(), mask.empty() ? "causal" : config.run.mask.c_str());
-  }
-  std::fflush(stdout);
-  std::printf("%s %s, %d threads %s; weights: %s, stored %s, %s loaded as %s%s\n", label.c_str(),
-              describe(shard).c_str(), threads, rank_threads.placement.c_str(), loaded.description.c_str(),
-              loaded.storage_dtype.c_str(), format_bytes(static_cast<double>(loaded.weights.bytes())).c_str(),
-              config.run.compute_dtype == ComputeDType::BF16 ? "fp32 buffers of bf16 values (the layer keeps bf16)"
-                                                             : "fp32 compute copies",
-              backend == Backend::Cuda ? ", uploaded to the GPU in the compute precision" : "");
-  size_t step_index = 0;
-  RunOptions options;
-  options.on_step = [&](const StepReport& step) {
-    if (config.run.log == StepLog::Steps) print_step(label, step_index, step);
-    ++step_index;
-  };
-  options.check_finite = config.run.check_finite;
-  options.fault = config.debug.fail;
-  options.hold_step = config.debug.hold_step;
-  options.hold = [&] { hold_until_ended(session, config.debug.hold_step); };
-  options.watchdog = &watchdog;
-  RunResult result;
-  if (backend == Backend::Cuda) {
-#if MLA_HAVE_CUDA
-    result = run_on_cuda(config, session, phases, shard, loaded.weights, x, steps, mask, options);
-#endif
-  } else {
-    MlaLayer layer(config.model, shard, std::move(loaded.weights), config.run);
-    std::printf("%s kv cache: [%ld, %ld, %ld] latent (c_n | k_pe), %s, shared by both formulations\n", label.c_str(),
-                config.model.max_batch_size, config.model.max_seq_len,
-                config.model.kv_lora_rank + config.model.qk_rope_head_dim, format_bytes(static_cast<double>(layer.kv_cache_bytes())).c_str());
-    result = run_schedule(layer, comm, x, steps, mask, options);
-  }
   watchdog.progress("writing the output");
   std::fflush(stdout);
   if (config.parallel.check_identical_output) {
     phases.agree("the output y (parallel.check_identical_output)", std::to_string(fingerprint({&result.y})));
-    if (leader) std::printf("check: y is bitwise identical on all %d ranks\n", comm.world());
+    if (leader) std::printf("check: y is bitwise identical on all %d ranks\n", session.world());
   }
   const std::vector<std::vector<std::string>> choices = gather_choices(session, result.steps);
   if (leader) {
@@ -281,28 +339,7 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
                 result.allreduce_ms);
     print_checksum(result.y);
   }
-  // The new y goes to a temporary file, and only once every rank has agreed that the run
-  // succeeded is it renamed into place: a run that reports failure leaves the old file.
-  std::unique_ptr<AtomicFile> y_file;
-  phases.run([&] {
-    if (!leader || config.run.output.empty()) return;
-    y_file = std::make_unique<AtomicFile>(config.run.output);
-    write_safetensors_f32(*y_file, {{"y", {x.batch, x.tokens, x.dim}, result.y.data()}},
-                          {{"config", config_path}, {"compute_dtype", to_string(config.run.compute_dtype)},
-                           {"world", std::to_string(comm.world())}});
-    y_file->finish();
-  });
-  watchdog.finish_run([&] {
-    if (y_file) y_file->commit();
-  });
-  if (leader) {
-    if (config.run.output.empty()) {
-      std::printf("output: not written (run.output is empty)\n");
-    } else {
-      std::printf("output: y [%ld, %ld, %ld] f32 -> %s\n", x.batch, x.tokens, x.dim, config.run.output.c_str());
-    }
-    std::fflush(stdout);
-  }
+  write_output(session, phases, config, config_path, job.x, result);
   return 0;
 }
 
@@ -331,8 +368,9 @@ int main(int argc, char** argv) {
   const bool leader = mla::launcher_rank() == "0";
   CLI::App app{"Runs one MLA layer forward over a schedule of prefill, chunk and decode steps."};
   app.option_defaults()->always_capture_default();
-  app.footer("Exit codes: 0 done; 2 bad input (the message names the key, file or tensor); 3 a rank failed during\n"
-             "the run (died, stalled past parallel.timeout_s, non-finite output); 1 an internal error.");
+  app.footer(
+      "Exit codes: 0 done; 2 bad input (the message names the key, file or tensor); 3 a rank failed during\n"
+      "the run (died, stalled past parallel.timeout_s, non-finite output); 1 an internal error.");
   std::string config_path;
   std::vector<std::string> overrides;
   bool verbose = false;

@@ -1,9 +1,8 @@
 #include "runtime/io/checkpoint.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "runtime/base/errors.h"
 #include "runtime/base/user_files.h"
@@ -15,10 +14,14 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::map<std::string, std::string>& hf_module_names() {
-  static const std::map<std::string, std::string> names = {
-      {"wq", "q_proj"},   {"wq_a", "q_a_proj"}, {"q_norm", "q_a_layernorm"},       {"wq_b", "q_b_proj"},
-      {"wkv_a", "kv_a_proj_with_mqa"},          {"kv_norm", "kv_a_layernorm"},      {"wkv_b", "kv_b_proj"},
-      {"wo", "o_proj"}};
+  static const std::map<std::string, std::string> names = {{"wq", "q_proj"},
+                                                           {"wq_a", "q_a_proj"},
+                                                           {"q_norm", "q_a_layernorm"},
+                                                           {"wq_b", "q_b_proj"},
+                                                           {"wkv_a", "kv_a_proj_with_mqa"},
+                                                           {"kv_norm", "kv_a_layernorm"},
+                                                           {"wkv_b", "kv_b_proj"},
+                                                           {"wo", "o_proj"}};
   return names;
 }
 
@@ -79,7 +82,8 @@ CheckpointFiles checkpoint_files(const WeightsConfig& weights, int rank, int wor
     } else if (fs::is_regular_file(whole, error)) {
       result.paths.push_back(whole);
     } else {
-      throw UserError(weights.path + ": no " + own.filename().string() + " and no model0-mp1.safetensors (DeepSeek's "
+      throw UserError(weights.path + ": no " + own.filename().string() +
+                      " and no model0-mp1.safetensors (DeepSeek's "
                       "converted files, split for the world size or unsplit)");
     }
   } else {

@@ -48,7 +48,7 @@ class Checkpoint {
   const SafetensorsFile* find_weight(const std::string& internal_name, std::string* checkpoint_name) const;
   const SafetensorsFile* find_scale(const std::string& internal_name, std::string* checkpoint_name) const;
   std::string weight_name(const std::string& internal_name) const;  // for "missing tensor" messages
-  std::string location() const;  // the file, or the directory, for messages
+  std::string location() const;                                     // the file, or the directory, for messages
 
  private:
   const SafetensorsFile* find(const std::string& checkpoint_name) const;

@@ -1,14 +1,13 @@
 #include "runtime/io/config.h"
 
-#include <yaml-cpp/yaml.h>
-
 #include <limits>
 #include <set>
 #include <sstream>
+#include <yaml-cpp/yaml.h>
 
-#include "runtime/io/config_yaml.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/user_files.h"
+#include "runtime/io/config_yaml.h"
 
 namespace mla {
 
@@ -53,10 +52,12 @@ void parse_weights(MapReader reader, WeightsConfig& weights) {
   }
   if (weights.format == WeightsFormat::Random && (reader.has("path") || reader.has("layer"))) {
     const char* key = reader.has("path") ? "path" : "layer";
-    reader.fail(reader.path(key), reader.node(key), "does not apply to format random (weights are generated from seed)");
+    reader.fail(reader.path(key), reader.node(key),
+                "does not apply to format random (weights are generated from seed)");
   }
   if (weights.format != WeightsFormat::Random && (reader.has("dtype") || reader.has("seed"))) {
-    reader.fail(reader.path(reader.has("dtype") ? "dtype" : "seed"), reader.node(reader.has("dtype") ? "dtype" : "seed"),
+    reader.fail(reader.path(reader.has("dtype") ? "dtype" : "seed"),
+                reader.node(reader.has("dtype") ? "dtype" : "seed"),
                 "only applies to format random (a checkpoint's dtype comes from its file)");
   }
   reader.finish();
@@ -123,7 +124,8 @@ void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
     reader.fail(reader.path("fast_path_max_len"), max_len, "expected auto or a length in [1, 1048576]");
   }
   run.fast_path_max_len = length;
-  if (!reader.has("input")) reader.fail(reader.path("input"), YAML::Node(), "required: a .safetensors file or {random: ...}");
+  if (!reader.has("input"))
+    reader.fail(reader.path("input"), YAML::Node(), "required: a .safetensors file or {random: ...}");
   parse_input(reader.node("input"), reader.path("input"), origin, run.input);
   parse_schedule(MapReader(reader.node("schedule"), reader.path("schedule"), origin), run.schedule);
   run.output = reader.get_string("output", "");
@@ -169,7 +171,8 @@ void parse_debug(MapReader reader, const Origin& origin, DebugConfig& debug) {
 Config parse_root(const YAML::Node& root, const std::string& source_name, std::set<std::string>& overridden) {
   const Origin origin{source_name, &overridden};
   if (!root.IsMap()) {
-    MapReader(YAML::Node(), "", origin).fail("(top level)", root, "expected a mapping with sections model, weights, run");
+    MapReader(YAML::Node(), "", origin)
+        .fail("(top level)", root, "expected a mapping with sections model, weights, run");
   }
   MapReader top(root, "", origin);
   Config config;
@@ -238,33 +241,50 @@ std::vector<std::pair<std::string, std::string>> config_entries(const Config& c)
   for (int64_t chunk : c.run.schedule.chunks) chunks += (chunks.empty() ? "" : ",") + std::to_string(chunk);
   const ModelArgs& m = c.model;
   const RunConfig& r = c.run;
-  return {{"model.dim", text(m.dim)}, {"model.n_heads", text(m.n_heads)}, {"model.q_lora_rank", text(m.q_lora_rank)},
-          {"model.kv_lora_rank", text(m.kv_lora_rank)}, {"model.qk_nope_head_dim", text(m.qk_nope_head_dim)},
-          {"model.qk_rope_head_dim", text(m.qk_rope_head_dim)}, {"model.v_head_dim", text(m.v_head_dim)},
-          {"model.max_batch_size", text(m.max_batch_size)}, {"model.max_seq_len", text(m.max_seq_len)},
-          {"model.original_seq_len", text(m.original_seq_len)}, {"model.rope_theta", text(m.rope_theta)},
-          {"model.rope_factor", text(m.rope_factor)}, {"model.beta_fast", text(m.beta_fast)},
-          {"model.beta_slow", text(m.beta_slow)}, {"model.mscale", text(m.mscale)},
-          {"weights.format", to_string(c.weights.format)}, {"weights.path", c.weights.path},
-          {"weights.layer", text(c.weights.layer)}, {"weights.dtype", to_string(c.weights.dtype)},
-          {"weights.seed", text(c.weights.seed)}, {"weights.fp8_dequant", to_string(c.weights.fp8_dequant)},
+  return {{"model.dim", text(m.dim)},
+          {"model.n_heads", text(m.n_heads)},
+          {"model.q_lora_rank", text(m.q_lora_rank)},
+          {"model.kv_lora_rank", text(m.kv_lora_rank)},
+          {"model.qk_nope_head_dim", text(m.qk_nope_head_dim)},
+          {"model.qk_rope_head_dim", text(m.qk_rope_head_dim)},
+          {"model.v_head_dim", text(m.v_head_dim)},
+          {"model.max_batch_size", text(m.max_batch_size)},
+          {"model.max_seq_len", text(m.max_seq_len)},
+          {"model.original_seq_len", text(m.original_seq_len)},
+          {"model.rope_theta", text(m.rope_theta)},
+          {"model.rope_factor", text(m.rope_factor)},
+          {"model.beta_fast", text(m.beta_fast)},
+          {"model.beta_slow", text(m.beta_slow)},
+          {"model.mscale", text(m.mscale)},
+          {"weights.format", to_string(c.weights.format)},
+          {"weights.path", c.weights.path},
+          {"weights.layer", text(c.weights.layer)},
+          {"weights.dtype", to_string(c.weights.dtype)},
+          {"weights.seed", text(c.weights.seed)},
+          {"weights.fp8_dequant", to_string(c.weights.fp8_dequant)},
           {"run.backend", to_string(r.backend)},
-          {"run.compute_dtype", to_string(r.compute_dtype)}, {"run.attention", to_string(r.attention)},
-          {"run.formulation", to_string(r.formulation)}, {"run.fast_path_max_len", text(r.fast_path_max_len)},
-          {"run.input", r.input.random ? "random " + text(r.input.batch) + "x" + text(r.input.tokens) + " seed " +
-                                             text(r.input.seed)
-                                       : r.input.path},
+          {"run.compute_dtype", to_string(r.compute_dtype)},
+          {"run.attention", to_string(r.attention)},
+          {"run.formulation", to_string(r.formulation)},
+          {"run.fast_path_max_len", text(r.fast_path_max_len)},
+          {"run.input",
+           r.input.random ? "random " + text(r.input.batch) + "x" + text(r.input.tokens) + " seed " + text(r.input.seed)
+                          : r.input.path},
           {"run.schedule", r.schedule.explicit_chunks ? "chunks " + chunks
                                                       : "prefill " + text(r.schedule.prefill) + " decode_steps " +
                                                             text(r.schedule.decode_steps)},
-          {"run.output", r.output}, {"run.mask", r.mask}, {"run.score_chunk_bytes", text(r.score_chunk_bytes)},
+          {"run.output", r.output},
+          {"run.mask", r.mask},
+          {"run.score_chunk_bytes", text(r.score_chunk_bytes)},
           {"parallel.uneven_heads", text(c.parallel.uneven_heads)},
-          {"run.check_finite", text(c.run.check_finite)}, {"run.log", to_string(c.run.log)},
+          {"run.check_finite", text(c.run.check_finite)},
+          {"run.log", to_string(c.run.log)},
           {"parallel.check_identical_output", text(c.parallel.check_identical_output)},
           {"parallel.timeout_s", text(c.parallel.timeout_s)},
           {"debug.fail", std::string(to_string(c.debug.fail.mode)) + " rank " + text(c.debug.fail.rank) + " step " +
                              text(c.debug.fail.step)},
-          {"debug.hold", text(c.debug.hold_step)}, {"debug.progress_file", c.debug.progress_file}};
+          {"debug.hold", text(c.debug.hold_step)},
+          {"debug.progress_file", c.debug.progress_file}};
 }
 
 Config parse_config(const std::string& yaml_text, const std::string& source_name,

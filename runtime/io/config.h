@@ -53,10 +53,10 @@ const char* to_string(Fp8Dequant value);
 
 struct WeightsConfig {
   WeightsFormat format = WeightsFormat::DeepSeek;
-  std::string path;               // deepseek / hf: a directory or one .safetensors file
-  int64_t layer = 0;              // which layer's attention weights to load
+  std::string path;                       // deepseek / hf: a directory or one .safetensors file
+  int64_t layer = 0;                      // which layer's attention weights to load
   WeightDType dtype = WeightDType::BF16;  // random only
-  uint64_t seed = 1;              // random only
+  uint64_t seed = 1;                      // random only
   // fp8 weights: each dequantized value (code * block scale) rounded to bf16, as DeepSeek's
   // weight_dequant returns the model's bf16 (docs/design.md, Weights), or kept as the exact fp32 product.
   // bf16 compute rounds either way.
@@ -99,12 +99,12 @@ struct RunConfig {
   bool fast_path_auto = true;
   InputConfig input;
   ScheduleConfig schedule;
-  std::string output;  // safetensors file for "y"; empty: not written
-  std::string mask;    // optional safetensors file with an additive mask "mask" [T, T]
-  int threads = 0;     // 0: every core of the machine
+  std::string output;       // safetensors file for "y"; empty: not written
+  std::string mask;         // optional safetensors file with an additive mask "mask" [T, T]
+  int threads = 0;          // 0: every core of the machine
   bool pin_threads = true;  // one CPU per thread (parallel/thread_placement.h), unless OMP_PROC_BIND etc. are set
   int64_t score_chunk_bytes = int64_t{64} << 20;  // standard path: score buffers, all threads together
-  bool check_finite = true;  // refuse non-finite inputs and weights; stop on a non-finite partial output
+  bool check_finite = true;      // refuse non-finite inputs and weights; stop on a non-finite partial output
   StepLog log = StepLog::Table;  // table: rank 0 prints one table at the end; steps: every rank, every step
 };
 

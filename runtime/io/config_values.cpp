@@ -2,8 +2,8 @@
 // Kept apart from config.cpp so that the GPU check, built where yaml-cpp is absent, links them.
 #include <string>
 
-#include "runtime/io/config.h"
 #include "runtime/base/errors.h"
+#include "runtime/io/config.h"
 
 namespace mla {
 
@@ -81,8 +81,8 @@ std::vector<int64_t> ScheduleConfig::steps(int64_t tokens) const {
   } else {
     const int64_t prefill_tokens = prefill > 0 ? prefill : tokens - decode_steps;
     if (prefill_tokens < 1) {
-      throw UserError("run.schedule: " + std::to_string(decode_steps) + " decode steps leave no token to prefill of the " +
-                      std::to_string(tokens) + " input tokens");
+      throw UserError("run.schedule: " + std::to_string(decode_steps) +
+                      " decode steps leave no token to prefill of the " + std::to_string(tokens) + " input tokens");
     }
     result.push_back(prefill_tokens);
     result.insert(result.end(), static_cast<size_t>(decode_steps), 1);

@@ -3,8 +3,6 @@
 // naming the key and where it came from (file and line, or the --set that assigned it).
 #pragma once
 
-#include <yaml-cpp/yaml.h>
-
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -12,9 +10,10 @@
 #include <sstream>
 #include <string>
 #include <vector>
+#include <yaml-cpp/yaml.h>
 
-#include "runtime/io/config.h"
 #include "runtime/base/errors.h"
+#include "runtime/io/config.h"
 
 namespace mla {
 
@@ -71,10 +70,10 @@ class MapReader {
       fail(path(key), value, "expected an integer, got " + show(value));
     }
     if (parsed < min_value || parsed > max_value) {
-      fail(path(key), value, "expected an integer in [" + std::to_string(min_value) + ", " +
-                                 (max_value == std::numeric_limits<int64_t>::max() ? std::string("inf")
-                                                                                 : std::to_string(max_value)) +
-                                 "], got " + show(value));
+      fail(path(key), value,
+           "expected an integer in [" + std::to_string(min_value) + ", " +
+               (max_value == std::numeric_limits<int64_t>::max() ? std::string("inf") : std::to_string(max_value)) +
+               "], got " + show(value));
     }
     return parsed;
   }

@@ -13,11 +13,10 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <utility>
-
-#include <nlohmann/json.hpp>
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/fp8.h"
@@ -42,9 +41,7 @@ constexpr const char* kMetadataKey = "__metadata__";
 // Control characters in names and paths are escaped by UserError itself (one line per message).
 std::string in_quotes(const std::string& text) { return "'" + text + "'"; }
 
-[[noreturn]] void fail(const std::string& path, const std::string& problem) {
-  throw UserError(path + ": " + problem);
-}
+[[noreturn]] void fail(const std::string& path, const std::string& problem) { throw UserError(path + ": " + problem); }
 
 [[noreturn]] void fail_tensor(const std::string& path, const std::string& name, const std::string& problem) {
   fail(path, "tensor " + in_quotes(name) + ": " + problem);
@@ -399,16 +396,11 @@ void convert_each(const std::vector<unsigned char>& raw, std::vector<float>& val
 
 void convert_to_f32(DType dtype, const std::vector<unsigned char>& raw, std::vector<float>& values) {
   switch (dtype) {
-    case DType::F64:
-      return convert_each<double>(raw, values, double_to_float);
-    case DType::F16:
-      return convert_each<uint16_t>(raw, values, f16_bits_to_f32);
-    case DType::BF16:
-      return convert_each<uint16_t>(raw, values, bf16_bits_to_f32);
-    case DType::F8_E4M3:
-      return convert_each<uint8_t>(raw, values, fp8_e4m3_to_f32);
-    default:
-      throw std::logic_error("convert_to_f32: dtype not convertible");
+    case DType::F64: return convert_each<double>(raw, values, double_to_float);
+    case DType::F16: return convert_each<uint16_t>(raw, values, f16_bits_to_f32);
+    case DType::BF16: return convert_each<uint16_t>(raw, values, bf16_bits_to_f32);
+    case DType::F8_E4M3: return convert_each<uint8_t>(raw, values, fp8_e4m3_to_f32);
+    default: throw std::logic_error("convert_to_f32: dtype not convertible");
   }
 }
 

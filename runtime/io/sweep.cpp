@@ -7,8 +7,8 @@
 #include <functional>
 #include <set>
 
-#include "runtime/io/config_yaml.h"
 #include "runtime/base/errors.h"
+#include "runtime/io/config_yaml.h"
 
 namespace mla {
 
@@ -24,7 +24,9 @@ const std::vector<std::string>& value_names<BaselineChoice>() {
 }
 
 const char* to_string(BenchPhase value) { return value_names<BenchPhase>()[static_cast<size_t>(value)].c_str(); }
-const char* to_string(BaselineChoice value) { return value_names<BaselineChoice>()[static_cast<size_t>(value)].c_str(); }
+const char* to_string(BaselineChoice value) {
+  return value_names<BaselineChoice>()[static_cast<size_t>(value)].c_str();
+}
 
 int64_t BenchPoint::start_pos() const {
   switch (phase) {
@@ -38,8 +40,8 @@ int64_t BenchPoint::start_pos() const {
 int64_t BenchPoint::step_len() const { return seq_len - start_pos(); }
 
 std::string BenchPoint::label() const {
-  std::string text = "world " + std::to_string(world) + " " + to_string(backend) + " " + to_string(compute_dtype) + " " +
-                     to_string(phase) + " batch " + std::to_string(batch) + " seq " + std::to_string(seq_len);
+  std::string text = "world " + std::to_string(world) + " " + to_string(backend) + " " + to_string(compute_dtype) +
+                     " " + to_string(phase) + " batch " + std::to_string(batch) + " seq " + std::to_string(seq_len);
   if (phase == BenchPhase::ChunkedPrefill) text += " chunk " + std::to_string(chunk);
   text += std::string(" attention ") + to_string(attention) + " formulation " + to_string(formulation);
   if (threads > 0) text += " threads " + std::to_string(threads);
@@ -161,7 +163,8 @@ void strip_to_base(YAML::Node& root, const Origin& origin) {
     MapReader run(root["run"], "run", origin);
     for (const char* key : {"input", "schedule", "output", "mask"}) {
       if (run.has(key)) {
-        run.fail(run.path(key), run.node(key), "is set per point by the sweep (batch, seq_len, phase, chunk); remove it");
+        run.fail(run.path(key), run.node(key),
+                 "is set per point by the sweep (batch, seq_len, phase, chunk); remove it");
       }
     }
   }
@@ -238,13 +241,15 @@ void check_axes(MapReader& reader, const SweepAxes& axes, const Config& base) {
     }
     if (world > n_heads) {
       reader.fail("sweep.world", reader.node("world"),
-                  std::to_string(world) + " ranks for model.n_heads " + std::to_string(n_heads) + ": a rank would have no head");
+                  std::to_string(world) + " ranks for model.n_heads " + std::to_string(n_heads) +
+                      ": a rank would have no head");
     }
   }
   const bool decode = std::count(axes.phase.begin(), axes.phase.end(), static_cast<size_t>(BenchPhase::Decode)) > 0;
   for (int64_t seq_len : axes.seq_len) {
     if (decode && seq_len < 2) {
-      reader.fail("sweep.seq_len", reader.node("seq_len"), "phase decode needs seq_len >= 2 (one cached token at least)");
+      reader.fail("sweep.seq_len", reader.node("seq_len"),
+                  "phase decode needs seq_len >= 2 (one cached token at least)");
     }
     for (int64_t chunk : axes.chunk) {
       if (has_chunked_phase(axes) && chunk > seq_len) {
@@ -258,9 +263,9 @@ void check_axes(MapReader& reader, const SweepAxes& axes, const Config& base) {
 // Every combination of the axes, the first axis (world) varying slowest: the order of the rows.
 // The chunk axis applies to chunked_prefill points only (the others have chunk 0).
 std::vector<BenchPoint> cross_axes(const SweepAxes& axes, const std::string& source_name) {
-  double count = static_cast<double>(axes.world.size() * axes.backend.size() * axes.compute_dtype.size() *
-                                     axes.threads.size() * axes.batch.size() * axes.seq_len.size() *
-                                     axes.attention.size() * axes.formulation.size());
+  double count =
+      static_cast<double>(axes.world.size() * axes.backend.size() * axes.compute_dtype.size() * axes.threads.size() *
+                          axes.batch.size() * axes.seq_len.size() * axes.attention.size() * axes.formulation.size());
   const size_t chunked = has_chunked_phase(axes) ? 1 : 0;
   count *= static_cast<double>(axes.phase.size() - chunked + chunked * axes.chunk.size());
   if (count > kMaxSweepPoints) {
@@ -279,7 +284,9 @@ std::vector<BenchPoint> cross_axes(const SweepAxes& axes, const std::string& sou
     }
     points = std::move(crossed);
   };
-  const auto every = [](const auto& values) { return [&values](const BenchPoint&) -> const auto& { return values; }; };
+  const auto every = [](const auto& values) {
+    return [&values](const BenchPoint&) -> const auto& { return values; };
+  };
   const std::vector<int64_t> no_chunk = {0};
   cross(every(axes.world), [](BenchPoint& p, int64_t v) { p.world = static_cast<int>(v); });
   cross(every(axes.backend), [](BenchPoint& p, size_t v) { p.backend = static_cast<Backend>(v); });
@@ -288,10 +295,11 @@ std::vector<BenchPoint> cross_axes(const SweepAxes& axes, const std::string& sou
   cross(every(axes.phase), [](BenchPoint& p, size_t v) { p.phase = static_cast<BenchPhase>(v); });
   cross(every(axes.batch), [](BenchPoint& p, int64_t v) { p.batch = v; });
   cross(every(axes.seq_len), [](BenchPoint& p, int64_t v) { p.seq_len = v; });
-  cross([&](const BenchPoint& p) -> const std::vector<int64_t>& {
-          return p.phase == BenchPhase::ChunkedPrefill ? axes.chunk : no_chunk;
-        },
-        [](BenchPoint& p, int64_t v) { p.chunk = v; });
+  cross(
+      [&](const BenchPoint& p) -> const std::vector<int64_t>& {
+        return p.phase == BenchPhase::ChunkedPrefill ? axes.chunk : no_chunk;
+      },
+      [](BenchPoint& p, int64_t v) { p.chunk = v; });
   cross(every(axes.attention), [](BenchPoint& p, size_t v) { p.attention = static_cast<AttentionChoice>(v); });
   cross(every(axes.formulation), [](BenchPoint& p, size_t v) { p.formulation = static_cast<FormulationChoice>(v); });
   return points;
@@ -299,7 +307,8 @@ std::vector<BenchPoint> cross_axes(const SweepAxes& axes, const std::string& sou
 
 }  // namespace
 
-Sweep parse_sweep(const std::string& yaml_text, const std::string& source_name, const std::vector<std::string>& overrides) {
+Sweep parse_sweep(const std::string& yaml_text, const std::string& source_name,
+                  const std::vector<std::string>& overrides) {
   Sweep sweep;
   sweep.source = source_name;
   sweep.name = std::filesystem::path(source_name).stem().string();

@@ -22,15 +22,15 @@ const std::vector<std::string>& value_names<BaselineChoice>();
 const char* to_string(BaselineChoice value);
 
 struct BenchSettings {
-  int64_t warmup = 2;        // untimed steps before timing
-  int64_t min_reps = 5;      // timed steps, at least
-  int64_t max_reps = 1000;   // and at most
-  double max_seconds = 2.0;  // timed steps continue until their sum reaches this (after min_reps)
-  std::string csv;           // default results/<sweep name>.csv
-  std::string jsonl;         // default results/<sweep name>.jsonl
+  int64_t warmup = 2;                              // untimed steps before timing
+  int64_t min_reps = 5;                            // timed steps, at least
+  int64_t max_reps = 1000;                         // and at most
+  double max_seconds = 2.0;                        // timed steps continue until their sum reaches this (after min_reps)
+  std::string csv;                                 // default results/<sweep name>.csv
+  std::string jsonl;                               // default results/<sweep name>.jsonl
   BaselineChoice baseline = BaselineChoice::Auto;  // auto: the PyTorch baseline where torch imports
-  std::string python;        // the interpreter of the baseline; default /usr/bin/python3 when present
-  uint64_t seed = 2;         // the random inputs' seed
+  std::string python;  // the interpreter of the baseline; default /usr/bin/python3 when present
+  uint64_t seed = 2;   // the random inputs' seed
 };
 
 // One measured configuration. kv length at the end of the step = seq_len.
@@ -53,12 +53,12 @@ struct BenchPoint {
 };
 
 struct Sweep {
-  std::string source;  // the file, for messages
-  std::string name;    // the file's stem
-  std::string text;    // the file's YAML text
+  std::string source;                  // the file, for messages
+  std::string name;                    // the file's stem
+  std::string text;                    // the file's YAML text
   std::vector<std::string> overrides;  // --set, applied to the whole file
   BenchSettings bench;
-  Config base;  // the base config as written (run.input and schedule filled in by the sweep)
+  Config base;                     // the base config as written (run.input and schedule filled in by the sweep)
   std::vector<BenchPoint> points;  // world outermost, so that one mpirun runs a contiguous block
 };
 

@@ -6,9 +6,9 @@
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/fp8.h"
-#include "runtime/io/checkpoint.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/random_values.h"
+#include "runtime/io/checkpoint.h"
 
 namespace mla {
 
@@ -53,7 +53,8 @@ std::vector<WeightSpec> weight_specs(const ModelArgs& m, const HeadShard& shard)
   }
   specs.push_back({"wkv_a", C + m.qk_rope_head_dim, m.dim, Split::Replicated, false, &LayerWeights::wkv_a, {}});
   specs.push_back({"kv_norm", 1, C, Split::Replicated, true, &LayerWeights::kv_norm, {}});
-  specs.push_back({"wkv_b", H * (m.qk_nope_head_dim + m.v_head_dim), C, Split::RowsByHead, false, &LayerWeights::wkv_b, {}});
+  specs.push_back(
+      {"wkv_b", H * (m.qk_nope_head_dim + m.v_head_dim), C, Split::RowsByHead, false, &LayerWeights::wkv_b, {}});
   specs.push_back({"wo", m.dim, H * m.v_head_dim, Split::ColsByHead, false, &LayerWeights::wo, {}});
   for (WeightSpec& spec : specs) {
     spec.slice = {0, spec.rows, 0, spec.cols};
@@ -103,7 +104,8 @@ void check_block_edges(const WeightSpec& spec, const HeadShard& shard, const std
   check(spec.slice.col_begin, spec.slice.col_count, spec.cols, "columns");
 }
 
-void finish_values(std::vector<float>& values, const std::string& where, ComputeDType compute_dtype, bool check_finite) {
+void finish_values(std::vector<float>& values, const std::string& where, ComputeDType compute_dtype,
+                   bool check_finite) {
   for (size_t i = 0; check_finite && i < values.size(); ++i) {
     if (!std::isfinite(values[i])) {
       throw UserError(where + ": element " + std::to_string(i) + " of this rank's slice is not finite (" +
@@ -136,8 +138,7 @@ std::vector<float> dequantize(const std::vector<uint8_t>& codes, const std::vect
 
 std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const WeightSpec& spec, const HeadShard& shard,
                                           ComputeDType compute_dtype, Fp8Dequant fp8_dequant, bool check_finite,
-                                          std::string* storage_dtype,
-                                          Fp8Weight* fp8_out) {
+                                          std::string* storage_dtype, Fp8Weight* fp8_out) {
   std::string name;
   const SafetensorsFile* file = checkpoint.find_weight(spec.name, &name);
   if (file == nullptr) throw UserError(checkpoint.location() + ": missing tensor '" + name + "'");
@@ -173,7 +174,8 @@ std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const We
   const int64_t cols = checkpoint.presplit() ? expected[1] : spec.slice.col_count;
   std::vector<uint8_t> codes(static_cast<size_t>(rows * cols));
   file->read_raw(name, slice, codes.data());
-  const Slice2D scale_slice{slice.row_begin / kFp8BlockSize, blocks(rows), slice.col_begin / kFp8BlockSize, blocks(cols)};
+  const Slice2D scale_slice{slice.row_begin / kFp8BlockSize, blocks(rows), slice.col_begin / kFp8BlockSize,
+                            blocks(cols)};
   std::vector<float> scales = scale_file->read_f32(scale_name, scale_slice);
   const bool round_to_bf16 = fp8_rounds_to_bf16(compute_dtype, fp8_dequant);
   std::vector<float> values = dequantize(codes, scales, rows, cols, blocks(cols), round_to_bf16);
@@ -214,14 +216,16 @@ std::vector<float> random_weight(const WeightsConfig& config, const WeightSpec& 
   std::vector<float> scales(static_cast<size_t>(local_scale_rows * local_scale_cols));
   for (int64_t r = 0; r < local_scale_rows; ++r) {
     for (int64_t c = 0; c < local_scale_cols; ++c) {
-      const int64_t global_block = (spec.slice.row_begin / kFp8BlockSize + r) * scale_cols + spec.slice.col_begin / kFp8BlockSize + c;
+      const int64_t global_block =
+          (spec.slice.row_begin / kFp8BlockSize + r) * scale_cols + spec.slice.col_begin / kFp8BlockSize + c;
       const float u = random_uniform(scale_key, static_cast<uint64_t>(global_block));
       scales[r * local_scale_cols + c] = init_scale / 448.0f * (0.75f + 0.25f * u);
     }
   }
   std::vector<uint8_t> codes(values.size());
   for (int64_t row = 0; row < rows; ++row) {
-    for (int64_t col = 0; col < cols; ++col) codes[row * cols + col] = f32_to_fp8_e4m3(448.0f * random_uniform(key, global_index(row, col)));
+    for (int64_t col = 0; col < cols; ++col)
+      codes[row * cols + col] = f32_to_fp8_e4m3(448.0f * random_uniform(key, global_index(row, col)));
   }
   const bool round_to_bf16 = fp8_rounds_to_bf16(compute_dtype, config.fp8_dequant);
   std::vector<float> dequantized = dequantize(codes, scales, rows, cols, local_scale_cols, round_to_bf16);
@@ -253,8 +257,8 @@ LoadedWeights load_layer_weights(const WeightsConfig& config, const ModelArgs& m
   for (const WeightSpec& spec : specs) {
     std::string storage_dtype;
     Fp8Weight fp8;
-    loaded.weights.*spec.member =
-        read_checkpoint_weight(checkpoint, spec, shard, compute_dtype, config.fp8_dequant, check_finite, &storage_dtype, &fp8);
+    loaded.weights.*spec.member = read_checkpoint_weight(checkpoint, spec, shard, compute_dtype, config.fp8_dequant,
+                                                         check_finite, &storage_dtype, &fp8);
     if (!fp8.codes.empty()) loaded.weights.fp8[spec.name] = std::move(fp8);
     if (!spec.is_norm) loaded.storage_dtype = storage_dtype;
     std::string checkpoint_name;

@@ -48,8 +48,8 @@ struct LayerWeights {
 
 struct LoadedWeights {
   LayerWeights weights;
-  std::string description;   // where they came from, for the run summary
-  std::string storage_dtype; // "bf16", "fp8", "f32", ... as found in the checkpoint
+  std::string description;    // where they came from, for the run summary
+  std::string storage_dtype;  // "bf16", "fp8", "f32", ... as found in the checkpoint
 };
 
 // Loads (or, for format random, generates) this rank's slice. Throws UserError naming the file

@@ -51,8 +51,8 @@ void choose_path(const RunConfig& run, const StepShape& shape, StepPlan& plan) {
                   "an explicit mask needs the standard path";
   } else if (!fits) {
     plan.path = AttentionPath::Standard;
-    plan.reason = std::string(run.attention == AttentionChoice::Fast ? "fast path requested, but " : "") + length +
-                  " > " + limit;
+    plan.reason =
+        std::string(run.attention == AttentionChoice::Fast ? "fast path requested, but " : "") + length + " > " + limit;
   } else {
     plan.path = AttentionPath::Fast;
     plan.reason = run.attention == AttentionChoice::Fast ? "run.attention: fast" : length + " <= " + limit;
@@ -60,7 +60,8 @@ void choose_path(const RunConfig& run, const StepShape& shape, StepPlan& plan) {
 }
 
 void choose_formulation(const RunConfig& run, StepPlan& plan) {
-  const std::string cost = format("naive %.3g GFLOP, absorb %.3g GFLOP", plan.naive_flops * 1e-9, plan.absorb_flops * 1e-9);
+  const std::string cost =
+      format("naive %.3g GFLOP, absorb %.3g GFLOP", plan.naive_flops * 1e-9, plan.absorb_flops * 1e-9);
   if (run.formulation == FormulationChoice::Naive || run.formulation == FormulationChoice::Absorb) {
     plan.formulation = run.formulation == FormulationChoice::Naive ? Formulation::Naive : Formulation::Absorb;
     plan.reason += std::string("; run.formulation: ") + to_string(plan.formulation) + " (" + cost + ")";

@@ -59,7 +59,8 @@ float CudaStepExecutor::reduce(float flag) {
   CUDA_CHECK(cudaMemcpyAsync(partial_.data() + count_, &flag, sizeof(flag), cudaMemcpyHostToDevice, layer_.stream()));
   comm_.allreduce_sum(partial_.data(), count_ + 1);
   float summed = 0.0f;
-  CUDA_CHECK(cudaMemcpyAsync(&summed, partial_.data() + count_, sizeof(summed), cudaMemcpyDeviceToHost, layer_.stream()));
+  CUDA_CHECK(
+      cudaMemcpyAsync(&summed, partial_.data() + count_, sizeof(summed), cudaMemcpyDeviceToHost, layer_.stream()));
   CUDA_CHECK(cudaStreamSynchronize(layer_.stream()));
   return summed;
 }

@@ -34,7 +34,7 @@ class CudaStepExecutor final : public StepExecutor {
   DeviceBuffer<float> x_;        // the step's input
   DeviceBuffer<float> partial_;  // [count + 1]: the partial output, then the flag
   DeviceBuffer<unsigned long long> scratch_;
-  int64_t count_ = 0;            // this step's output elements
+  int64_t count_ = 0;  // this step's output elements
 };
 
 }  // namespace mla

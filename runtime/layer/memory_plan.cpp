@@ -34,8 +34,8 @@ double step_elements(const ModelArgs& m, const RunConfig& run, double heads, dou
                            latent;
   // naive: the cached c_n gathered for the expansion GEMM, the expansion [k_nope | v], the keys and
   // (CPU) the values gathered per head.
-  const double naive =
-      batch * kv_len * (static_cast<double>(m.kv_lora_rank) +
+  const double naive = batch * kv_len *
+                       (static_cast<double>(m.kv_lora_rank) +
                         heads * static_cast<double>(m.qk_nope_head_dim + 2 * m.v_head_dim + m.qk_head_dim()));
   const double scores = std::max(static_cast<double>(run.score_chunk_bytes) / kFloat,
                                  threads * (kv_len + static_cast<double>(m.kv_lora_rank)));
@@ -45,8 +45,9 @@ double step_elements(const ModelArgs& m, const RunConfig& run, double heads, dou
 }  // namespace
 
 std::string MemoryPlan::describe() const {
-  return format_bytes(total()) + " (weights " + format_bytes(weights_bytes) + ", kv cache " + format_bytes(kv_cache_bytes) +
-         ", input and output " + format_bytes(activation_bytes) + ", step buffers " + format_bytes(workspace_bytes) + ")";
+  return format_bytes(total()) + " (weights " + format_bytes(weights_bytes) + ", kv cache " +
+         format_bytes(kv_cache_bytes) + ", input and output " + format_bytes(activation_bytes) + ", step buffers " +
+         format_bytes(workspace_bytes) + ")";
 }
 
 MemoryPlan plan_memory(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, int64_t batch, int64_t tokens,
@@ -58,12 +59,14 @@ MemoryPlan plan_memory(const ModelArgs& m, const RunConfig& run, const HeadShard
                              static_cast<double>(m.kv_lora_rank + m.qk_rope_head_dim) +
                          static_cast<double>(m.max_seq_len) * static_cast<double>(m.qk_rope_head_dim)) *
                         kFloat;
-  plan.activation_bytes = 2.0 * static_cast<double>(batch) * static_cast<double>(tokens) * static_cast<double>(m.dim) * kFloat;
+  plan.activation_bytes =
+      2.0 * static_cast<double>(batch) * static_cast<double>(tokens) * static_cast<double>(m.dim) * kFloat;
   double start_pos = 0;
   for (const int64_t step : steps) {
     const double seq = static_cast<double>(step);
-    plan.workspace_bytes = std::max(plan.workspace_bytes,
-                                    step_elements(m, run, heads, static_cast<double>(batch), seq, start_pos + seq, threads) * kFloat);
+    plan.workspace_bytes =
+        std::max(plan.workspace_bytes,
+                 step_elements(m, run, heads, static_cast<double>(batch), seq, start_pos + seq, threads) * kFloat);
     start_pos += seq;
   }
   return plan;
@@ -86,7 +89,8 @@ void check_memory_fits(const MemoryPlan& plan, int ranks_on_node, int64_t availa
   if (needed <= static_cast<double>(available_bytes)) return;
   throw UserError("not enough memory: each rank needs " + plan.describe() + ", " + std::to_string(ranks_on_node) +
                   " rank(s) on this node need " + format_bytes(needed) + ", but the node has " +
-                  format_bytes(static_cast<double>(available_bytes)) + " available (MemAvailable); lower model.max_seq_len, "
+                  format_bytes(static_cast<double>(available_bytes)) +
+                  " available (MemAvailable); lower model.max_seq_len, "
                   "model.max_batch_size, the input, or use more nodes");
 }
 

@@ -30,7 +30,9 @@ T* sized(std::vector<T, Allocator>& buffer, int64_t count) {
 
 using Clock = std::chrono::steady_clock;
 
-double ms_since(Clock::time_point start) { return std::chrono::duration<double, std::milli>(Clock::now() - start).count(); }
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
 
 // Prepares a loaded weight (with its fp8 codes, when the loader kept them) and frees the copies.
 PackedLinear pack(LayerWeights& weights, std::vector<float> LayerWeights::*member, const char* name,
@@ -42,7 +44,8 @@ PackedLinear pack(LayerWeights& weights, std::vector<float> LayerWeights::*membe
   if (fp8 != weights.fp8.end()) {
     blocks = {fp8->second.codes.data(), fp8->second.scales.data(), fp8->second.scale_cols, fp8->second.round_to_bf16};
   }
-  PackedLinear packed(weight.data(), out_features, in_features, precision, fp8 != weights.fp8.end() ? &blocks : nullptr);
+  PackedLinear packed(weight.data(), out_features, in_features, precision,
+                      fp8 != weights.fp8.end() ? &blocks : nullptr);
   if (!keep_fp32) std::vector<float>().swap(weight);
   if (fp8 != weights.fp8.end()) weights.fp8.erase(fp8);
   return packed;
@@ -51,7 +54,7 @@ PackedLinear pack(LayerWeights& weights, std::vector<float> LayerWeights::*membe
 }  // namespace
 
 void MlaLayer::run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y,
-                          int64_t y_stride, const uint16_t* x_bf16, uint16_t* y_bits) {
+                          int64_t y_stride, const uint16_t* x_bf16, uint16_t* y_bf16) {
   const auto started = Clock::now();
   PackedLinearCall call;
   call.x = x;
@@ -59,18 +62,18 @@ void MlaLayer::run_linear(const float* x, int64_t x_stride, const PackedLinear& 
   call.x_bf16 = x_bf16;
   call.y = y;
   call.y_stride = y_stride;
-  call.y_bits = y_bits;
+  call.y_bf16 = y_bf16;
   call.rows = rows;
   call.round_to_bf16 = round_bf16_;
   weight.forward(call);
   step_linear_ms_ += ms_since(started);
   const std::string name = linear_name(weight);
   const int64_t width = weight.out_features();
-  trace({"the output of " + name, name, y, y_bits, rows, width, y_bits != nullptr ? width : y_stride});
+  trace({"the output of " + name, name, y, y_bf16, rows, width, y_bf16 != nullptr ? width : y_stride});
 }
 
 std::string MlaLayer::linear_name(const PackedLinear& weight) const {
-  const std::pair<const PackedLinear*, const char*> names[] = {{&wq_, "wq"},     {&wq_a_, "wq_a"},   {&wq_b_, "wq_b"},
+  const std::pair<const PackedLinear*, const char*> names[] = {{&wq_, "wq"},       {&wq_a_, "wq_a"},   {&wq_b_, "wq_b"},
                                                                {&wkv_a_, "wkv_a"}, {&wkv_b_, "wkv_b"}, {&wo_, "wo"}};
   for (const auto& [member, name] : names) {
     if (member == &weight) return name;
@@ -93,7 +96,8 @@ std::string MlaLayer::explain_non_finite() const {
                          std::to_string(row) + ", column " + std::to_string(col) + "), whose inputs were finite";
       if (tensor.weight.empty()) return text;
       const auto source = weights_.sources.find(tensor.weight);
-      return text + ": weight " + tensor.weight + (source == weights_.sources.end() ? "" : " (" + source->second + ")") +
+      return text + ": weight " + tensor.weight +
+             (source == weights_.sources.end() ? "" : " (" + source->second + ")") +
              " overflows fp32 (values, or products, too large)";
     }
   }
@@ -174,8 +178,7 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
   const auto started = Clock::now();
   step_linear_ms_ = 0.0;
   step_trace_.clear();
-  if (batch < 1 || batch > model_.max_batch_size || seq < 1 || start_pos < 0 ||
-      start_pos + seq > model_.max_seq_len) {
+  if (batch < 1 || batch > model_.max_batch_size || seq < 1 || start_pos < 0 || start_pos + seq > model_.max_seq_len) {
     throw std::invalid_argument("MlaLayer::forward: batch " + std::to_string(batch) + ", positions [" +
                                 std::to_string(start_pos) + ", " + std::to_string(start_pos + seq) +
                                 ") do not fit the cache (max_batch_size " + std::to_string(model_.max_batch_size) +
@@ -224,24 +227,24 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
 
 // docs/design.md step 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))), then RoPE on each head's q_pe (in
 // project_latent). In bf16 the q latent stays bf16 numbers between its two GEMMs, and so does q
-// itself when q_as_bits (then in q_bits_, else in q_).
-void MlaLayer::project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bits) {
+// itself when q_as_bf16 (then in q_bf16_, else in q_).
+void MlaLayer::project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bf16) {
   const int64_t q_width = shard_.n_local_heads * model_.qk_head_dim();
-  float* q = q_as_bits ? nullptr : sized(q_, tokens * q_width);
-  uint16_t* q_bits = q_as_bits ? sized(q_bits_, tokens * q_width) : nullptr;
+  float* q = q_as_bf16 ? nullptr : sized(q_, tokens * q_width);
+  uint16_t* q_bf16 = q_as_bf16 ? sized(q_bf16_, tokens * q_width) : nullptr;
   if (model_.q_lora_rank == 0) {
-    run_linear(x, model_.dim, wq_, tokens, q, q_width, x_bf16, q_bits);
+    run_linear(x, model_.dim, wq_, tokens, q, q_width, x_bf16, q_bf16);
     return;
   }
   const int64_t rank = model_.q_lora_rank;
   RmsNormParams norm{nullptr, rank, weights_.q_norm.data(), nullptr, rank, tokens, rank, 1e-6f, round_bf16_};
   if (round_bf16_) {
-    uint16_t* q_latent = sized(q_latent_bits_, tokens * rank);
+    uint16_t* q_latent = sized(q_latent_bf16_, tokens * rank);
     run_linear(x, model_.dim, wq_a_, tokens, nullptr, rank, x_bf16, q_latent);
     norm.x_bf16 = q_latent;
     norm.y_bf16 = q_latent;
     rmsnorm(norm);
-    run_linear(nullptr, rank, wq_b_, tokens, q, q_width, q_latent, q_bits);
+    run_linear(nullptr, rank, wq_b_, tokens, q, q_width, q_latent, q_bf16);
   } else {
     float* q_latent = sized(q_latent_, tokens * rank);
     run_linear(x, model_.dim, wq_a_, tokens, q_latent, rank);
@@ -254,7 +257,7 @@ void MlaLayer::project_queries(const float* x, const uint16_t* x_bf16, int64_t t
 
 // docs/design.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)], appended to the cache.
 void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos,
-                              bool q_as_bits) {
+                              bool q_as_bf16) {
   const int64_t tokens = batch * seq;
   const int64_t C = model_.kv_lora_rank;
   const int64_t dq = model_.qk_head_dim();
@@ -271,8 +274,8 @@ void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t ba
   rope.x = kv + C;
   rope.token_stride = latent_width_;
   rope_apply(rope);
-  rope.x = q_as_bits ? nullptr : q_.data() + model_.qk_nope_head_dim;
-  rope.x_bf16 = q_as_bits ? q_bits_.data() + model_.qk_nope_head_dim : nullptr;
+  rope.x = q_as_bf16 ? nullptr : q_.data() + model_.qk_nope_head_dim;
+  rope.x_bf16 = q_as_bf16 ? q_bf16_.data() + model_.qk_nope_head_dim : nullptr;
   rope.token_stride = shard_.n_local_heads * dq;
   rope.vecs_per_token = shard_.n_local_heads;
   rope.vec_stride = dq;
@@ -296,15 +299,15 @@ void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_
   expand_keys_values(step.batch, step.start_pos + step.seq, amx_attention);
   if (!amx_attention) {
     float* o = sized(o_, tokens * heads * model_.v_head_dim);
-    run_attention(plan.path, naive_head_major_attention_params(model_, step, q_.data(), keys_.data(), values_.data(), o),
-                  report);
+    run_attention(plan.path,
+                  naive_head_major_attention_params(model_, step, q_.data(), keys_.data(), values_.data(), o), report);
     return;
   }
   AttentionParams params = naive_head_major_attention_params(model_, step, nullptr, nullptr, nullptr, nullptr);
-  params.q_bits = q_bits_.data();
-  params.key_bits = key_bits_.data();
-  params.value_bits = value_bits_.data();
-  params.out_bits = sized(o_bits_, tokens * heads * model_.v_head_dim);
+  params.q_bf16 = q_bf16_.data();
+  params.key_bf16 = key_bf16_.data();
+  params.value_bf16 = value_bf16_.data();
+  params.out_bf16 = sized(o_bits_, tokens * heads * model_.v_head_dim);
   run_attention(plan.path, params, report);
 }
 
@@ -382,76 +385,100 @@ void MlaLayer::absorb_outputs(int64_t tokens) {
 // position, then each head's keys [k_nope | k_pe] and values gathered head-major
 // (naive_head_major_attention_params says why). DeepSeek keeps a second, per-head cache for this;
 // recomputing it keeps one cache for both formulations and lets chunked prefill use naive too.
-// as_bits (bf16 only): the keys and values as bf16 numbers, in key_bits_ and value_bits_.
-void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len, bool as_bits) {
-  const int64_t heads = shard_.n_local_heads;
-  const int64_t dn = model_.qk_nope_head_dim;
-  const int64_t dv = model_.v_head_dim;
-  const int64_t dq = model_.qk_head_dim();
-  const int64_t kv_width = heads * (dn + dv);
+// as_bf16 (bf16 only): the keys and values as bf16 numbers, in key_bf16_ and value_bf16_.
+void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len, bool as_bf16) {
+  const int64_t kv_width = shard_.n_local_heads * (model_.qk_nope_head_dim + model_.v_head_dim);
+  const int64_t rows = batch * kv_len;
   // In bf16 the expansion stays bf16 numbers, widened as they are scattered to the keys and values
   // (one pass over them instead of a widening pass and a copy).
-  float* expanded = round_bf16_ ? nullptr : sized(kv_expanded_, batch * kv_len * kv_width);
-  uint16_t* expanded_bits = round_bf16_ ? sized(kv_expanded_bits_, batch * kv_len * kv_width) : nullptr;
-  float* keys = as_bits ? nullptr : sized(keys_, batch * heads * kv_len * dq);
-  float* values = as_bits ? nullptr : sized(values_, batch * heads * kv_len * dv);
-  uint16_t* key_bits = as_bits ? sized(key_bits_, batch * heads * kv_len * dq) : nullptr;
-  uint16_t* value_bits = as_bits ? sized(value_bits_, batch * heads * kv_len * dv) : nullptr;
-  // One GEMM for every sequence: their cache rows [b, 0..kv_len) gathered into one dense operand
-  // (bf16 numbers in bf16 mode, which is what the GEMM would convert them to anyway). Per-sequence
-  // GEMMs of kv_len rows ran at half the rate on the prefill shapes.
+  float* expanded = round_bf16_ ? nullptr : sized(kv_expanded_, rows * kv_width);
+  uint16_t* expanded_bf16 = round_bf16_ ? sized(kv_expanded_bf16_, rows * kv_width) : nullptr;
+  const LatentRows latent = gather_latent_rows(batch, kv_len);
+  run_linear(latent.rows, latent.stride, wkv_b_, rows, expanded, kv_width, latent.rows_bf16, expanded_bf16);
+  if (round_bf16_) {
+    scatter_expansion_bf16(batch, kv_len, as_bf16);
+  } else {
+    scatter_expansion_f32(batch, kv_len);
+  }
+}
+
+// One GEMM for every sequence: their cache rows [b, 0..kv_len) gathered into one dense operand
+// (bf16 numbers in bf16 mode, which is what the GEMM would convert them to anyway). Per-sequence
+// GEMMs of kv_len rows ran at half the rate on the prefill shapes.
+MlaLayer::LatentRows MlaLayer::gather_latent_rows(int64_t batch, int64_t kv_len) {
   const int64_t C = model_.kv_lora_rank;
   const int64_t rows = batch * kv_len;
-  const float* latent_rows = nullptr;
-  const uint16_t* latent_bits = nullptr;
   const auto cache_row = [&](int64_t row) {
     return kv_cache_.data() + ((row / kv_len) * model_.max_seq_len + row % kv_len) * latent_width_;
   };
+  LatentRows latent;
+  latent.stride = C;  // dense, unless the cache rows already are one operand
   if (round_bf16_) {
-    uint16_t* bits = sized(latent_bf16_, rows * C);
+    uint16_t* dense = sized(latent_bf16_, rows * C);
 #pragma omp parallel for schedule(static) if (rows * C > 65536)
-    for (int64_t row = 0; row < rows; ++row) bf16_values_to_bits(cache_row(row), bits + row * C, C);
-    latent_bits = bits;
+    for (int64_t row = 0; row < rows; ++row) bf16_values_to_bits(cache_row(row), dense + row * C, C);
+    latent.rows_bf16 = dense;
   } else if (kv_len == model_.max_seq_len || batch == 1) {
-    latent_rows = kv_cache_.data();  // already one strided operand
+    latent.rows = kv_cache_.data();  // already one strided operand
+    latent.stride = latent_width_;
   } else {
     float* dense = sized(latent_f32_, rows * C);
 #pragma omp parallel for schedule(static) if (rows * C > 65536)
     for (int64_t row = 0; row < rows; ++row) {
       std::memcpy(dense + row * C, cache_row(row), static_cast<size_t>(C) * sizeof(float));
     }
-    latent_rows = dense;
+    latent.rows = dense;
   }
-  run_linear(latent_rows, latent_rows == kv_cache_.data() ? latent_width_ : C, wkv_b_, rows, expanded, kv_width,
-             latent_bits, expanded_bits);
-  if (round_bf16_) {
-#pragma omp parallel for collapse(2) schedule(static) if (rows * kv_width > 65536)
-    for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t t = 0; t < kv_len; ++t) {
-        const uint16_t* row = expanded_bits + (b * kv_len + t) * kv_width;
-        const float* k_pe = kv_cache_.data() + (b * model_.max_seq_len + t) * latent_width_ + C;
-        for (int64_t h = 0; h < heads; ++h) {
-          const int64_t head_row = (b * heads + h) * kv_len + t;
-          if (as_bits) {
-            uint16_t* key = key_bits + head_row * dq;
-            std::memcpy(key, row + h * (dn + dv), static_cast<size_t>(dn) * sizeof(uint16_t));
-            bf16_values_to_bits(k_pe, key + dn, model_.qk_rope_head_dim);
-            std::memcpy(value_bits + head_row * dv, row + h * (dn + dv) + dn, static_cast<size_t>(dv) * sizeof(uint16_t));
-            continue;
-          }
-          float* key = keys + head_row * dq;
-          bf16_bits_to_f32_copy(row + h * (dn + dv), key, dn);
-          std::memcpy(key + dn, k_pe, static_cast<size_t>(model_.qk_rope_head_dim) * sizeof(float));
-          bf16_bits_to_f32_copy(row + h * (dn + dv) + dn, values + head_row * dv, dv);
+  return latent;
+}
+
+// bf16 mode: each head's [k_nope | v] from the bf16 expansion, k_pe from the cache row; kept as
+// bf16 numbers (as_bf16) or widened into the fp32 keys and values.
+void MlaLayer::scatter_expansion_bf16(int64_t batch, int64_t kv_len, bool as_bf16) {
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t dn = model_.qk_nope_head_dim, dv = model_.v_head_dim, dr = model_.qk_rope_head_dim;
+  const int64_t dq = model_.qk_head_dim();
+  const int64_t kv_width = heads * (dn + dv);
+  const uint16_t* expanded_bf16 = kv_expanded_bf16_.data();
+  float* keys = as_bf16 ? nullptr : sized(keys_, batch * heads * kv_len * dq);
+  float* values = as_bf16 ? nullptr : sized(values_, batch * heads * kv_len * dv);
+  uint16_t* key_bf16 = as_bf16 ? sized(key_bf16_, batch * heads * kv_len * dq) : nullptr;
+  uint16_t* value_bf16 = as_bf16 ? sized(value_bf16_, batch * heads * kv_len * dv) : nullptr;
+#pragma omp parallel for collapse(2) schedule(static) if (batch * kv_len * kv_width > 65536)
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t < kv_len; ++t) {
+      const uint16_t* row = expanded_bf16 + (b * kv_len + t) * kv_width;
+      const float* k_pe = kv_cache_.data() + (b * model_.max_seq_len + t) * latent_width_ + model_.kv_lora_rank;
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t head_row = (b * heads + h) * kv_len + t;
+        if (as_bf16) {
+          uint16_t* key = key_bf16 + head_row * dq;
+          std::memcpy(key, row + h * (dn + dv), static_cast<size_t>(dn) * sizeof(uint16_t));
+          bf16_values_to_bits(k_pe, key + dn, dr);
+          std::memcpy(value_bf16 + head_row * dv, row + h * (dn + dv) + dn, static_cast<size_t>(dv) * sizeof(uint16_t));
+          continue;
         }
+        float* key = keys + head_row * dq;
+        bf16_bits_to_f32_copy(row + h * (dn + dv), key, dn);
+        std::memcpy(key + dn, k_pe, static_cast<size_t>(dr) * sizeof(float));
+        bf16_bits_to_f32_copy(row + h * (dn + dv) + dn, values + head_row * dv, dv);
       }
     }
-    return;
   }
+}
+
+// fp32 mode: position t of head h is [k_nope | v] at expanded[b, t, h], with the one k_pe of the
+// cache row; three strided copies per sequence lay them out head-major.
+void MlaLayer::scatter_expansion_f32(int64_t batch, int64_t kv_len) {
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t dn = model_.qk_nope_head_dim, dv = model_.v_head_dim;
+  const int64_t dq = model_.qk_head_dim();
+  const int64_t kv_width = heads * (dn + dv);
+  float* keys = sized(keys_, batch * heads * kv_len * dq);
+  float* values = sized(values_, batch * heads * kv_len * dv);
   for (int64_t b = 0; b < batch; ++b) {
-    // Position t of head h: [k_nope | v] at expanded[b, t, h], the one k_pe at the cache row.
     const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;
-    const float* expanded_b = expanded + b * kv_len * kv_width;
+    const float* expanded_b = kv_expanded_.data() + b * kv_len * kv_width;
     float* keys_b = keys + b * heads * kv_len * dq;
     StridedCopyParams part;
     part.outer = kv_len;

@@ -11,10 +11,10 @@
 #include "kernels/cpu/packed_linear.h"
 #include "kernels/cpu/rope.h"
 #include "parallel/sharding.h"
-#include "runtime/layer/attention_layout.h"
-#include "runtime/layer/attention_plan.h"
 #include "runtime/io/config.h"
 #include "runtime/io/weights.h"
+#include "runtime/layer/attention_layout.h"
+#include "runtime/layer/attention_plan.h"
 
 namespace mla {
 
@@ -77,7 +77,7 @@ class MlaLayer {
   // One tensor the step wrote, for explain_non_finite(): fp32 values or bf16 bits, [rows, width]
   // with a row stride.
   struct TracedTensor {
-    std::string what;  // "the output of wkv_a"
+    std::string what;    // "the output of wkv_a"
     std::string weight;  // the weight that made it ("wkv_a"), or empty
     const float* values = nullptr;
     const uint16_t* bits = nullptr;
@@ -86,18 +86,27 @@ class MlaLayer {
   void trace(TracedTensor tensor) { step_trace_.push_back(std::move(tensor)); }
 
   // x: the step's input; x_bf16: in bf16 compute, the same as bf16 numbers (then x is not read).
-  // q_as_bits: the step's attention runs on AMX tiles (bf16 only), which read q as bf16 numbers.
-  void project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bits);
+  // q_as_bf16: the step's attention runs on AMX tiles (bf16 only), which read q as bf16 numbers.
+  void project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bf16);
   void project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos,
-                      bool q_as_bits);
+                      bool q_as_bf16);
   void attend(const StepPlan& plan, const AttentionStep& step, bool amx_attention, StepReport& report);
   void absorb_queries(int64_t tokens);
   void absorb_outputs(int64_t tokens);
-  void expand_keys_values(int64_t batch, int64_t kv_len, bool as_bits);
+  void expand_keys_values(int64_t batch, int64_t kv_len, bool as_bf16);
+  // The expansion's GEMM operand: fp32 rows, or (bf16 mode) bf16 rows, `stride` values apart.
+  struct LatentRows {
+    const float* rows = nullptr;
+    int64_t stride = 0;
+    const uint16_t* rows_bf16 = nullptr;
+  };
+  LatentRows gather_latent_rows(int64_t batch, int64_t kv_len);
+  void scatter_expansion_bf16(int64_t batch, int64_t kv_len, bool as_bf16);
+  void scatter_expansion_f32(int64_t batch, int64_t kv_len);
   void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
   std::string linear_name(const PackedLinear& weight) const;  // "wkv_a"
-  void run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y, int64_t y_stride,
-                  const uint16_t* x_bf16 = nullptr, uint16_t* y_bits = nullptr);
+  void run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y,
+                  int64_t y_stride, const uint16_t* x_bf16 = nullptr, uint16_t* y_bf16 = nullptr);
 
   ModelArgs model_;
   HeadShard shard_;
@@ -107,32 +116,32 @@ class MlaLayer {
   PackedLinear wq_, wq_a_, wq_b_, wkv_a_, wkv_b_, wo_;
   bool round_bf16_ = false;
   RopeTable rope_table_;
-  int64_t latent_width_ = 0;  // C + dr: one cache row, [c_n | k_pe]
+  int64_t latent_width_ = 0;       // C + dr: one cache row, [c_n | k_pe]
   AlignedVector<float> kv_cache_;  // [max_batch_size, max_seq_len, C + dr]
   int64_t cached_len_ = 0;
   int64_t cached_batch_ = 0;
-  double step_linear_ms_ = 0.0;  // this step's time in run_linear so far
+  double step_linear_ms_ = 0.0;           // this step's time in run_linear so far
   std::vector<TracedTensor> step_trace_;  // what this step wrote, in order
 
   // Per-step buffers, grown on demand and reused.
-  AlignedVector<uint16_t> x_bf16_;  // [B*S, D] bf16 mode: the input rounded to bf16, once for wq(_a) and wkv_a
-  AlignedVector<float> q_latent_;   // fp32: [B*S, q_lora_rank]
-  AlignedVector<uint16_t> q_latent_bits_;  // bf16: the same as bf16 numbers
-  AlignedVector<float> q_;          // [B*S, Hl, dq]
-  AlignedVector<uint16_t> q_bits_;  // bf16 on the AMX fast path: q as bf16 numbers, instead of q_
-  AlignedVector<float> kv_;         // [B*S, C + dr]
-  AlignedVector<float> q_absorbed_; // absorb: [B*S, Hl, C + dr] = [Wk^T q_nope | q_pe]
-  AlignedVector<float> o_latent_;   // absorb: [B*S, Hl, C]
-  AlignedVector<uint16_t> latent_bf16_;  // naive, bf16 mode: [B, kv_len, C] the cached c_n as bf16 numbers
-  AlignedVector<float> latent_f32_;      // naive, fp32: [B, kv_len, C] the cached c_n, dense
-  AlignedVector<uint16_t> kv_expanded_bits_;  // naive, bf16 mode: kv_expanded_ as bf16 numbers
-  AlignedVector<float> kv_expanded_;// naive: [B, kv_len, Hl, dn + dv] = wkv_b c_n
-  AlignedVector<float> keys_;       // naive: [B, Hl, kv_len, dq] = [k_nope | k_pe]
-  AlignedVector<float> values_;     // naive: [B, Hl, kv_len, dv]
-  AlignedVector<uint16_t> key_bits_;    // naive, bf16 on the AMX fast path: keys_ as bf16 numbers
-  AlignedVector<uint16_t> value_bits_;  // naive, bf16 on the AMX fast path: values_ as bf16 numbers
-  AlignedVector<float> o_;          // [B*S, Hl*dv]
-  AlignedVector<uint16_t> o_bits_;  // bf16 on the AMX fast path: o as bf16 numbers, instead of o_
+  AlignedVector<uint16_t> x_bf16_;         // [B*S, D] bf16 mode: the input rounded to bf16, once for wq(_a) and wkv_a
+  AlignedVector<float> q_latent_;          // fp32: [B*S, q_lora_rank]
+  AlignedVector<uint16_t> q_latent_bf16_;  // bf16: the same as bf16 numbers
+  AlignedVector<float> q_;                 // [B*S, Hl, dq]
+  AlignedVector<uint16_t> q_bf16_;         // bf16 on the AMX fast path: q as bf16 numbers, instead of q_
+  AlignedVector<float> kv_;                // [B*S, C + dr]
+  AlignedVector<float> q_absorbed_;        // absorb: [B*S, Hl, C + dr] = [Wk^T q_nope | q_pe]
+  AlignedVector<float> o_latent_;          // absorb: [B*S, Hl, C]
+  AlignedVector<uint16_t> latent_bf16_;    // naive, bf16 mode: [B, kv_len, C] the cached c_n as bf16 numbers
+  AlignedVector<float> latent_f32_;        // naive, fp32: [B, kv_len, C] the cached c_n, dense
+  AlignedVector<uint16_t> kv_expanded_bf16_;  // naive, bf16 mode: kv_expanded_ as bf16 numbers
+  AlignedVector<float> kv_expanded_;          // naive: [B, kv_len, Hl, dn + dv] = wkv_b c_n
+  AlignedVector<float> keys_;                 // naive: [B, Hl, kv_len, dq] = [k_nope | k_pe]
+  AlignedVector<float> values_;               // naive: [B, Hl, kv_len, dv]
+  AlignedVector<uint16_t> key_bf16_;          // naive, bf16 on the AMX fast path: keys_ as bf16 numbers
+  AlignedVector<uint16_t> value_bf16_;        // naive, bf16 on the AMX fast path: values_ as bf16 numbers
+  AlignedVector<float> o_;                    // [B*S, Hl*dv]
+  AlignedVector<uint16_t> o_bits_;            // bf16 on the AMX fast path: o as bf16 numbers, instead of o_
 };
 
 }  // namespace mla

@@ -14,9 +14,9 @@
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/strided_copy.h"
-#include "runtime/layer/attention_layout.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/units.h"
+#include "runtime/layer/attention_layout.h"
 
 namespace mla {
 
@@ -49,9 +49,11 @@ DeviceMatrix upload_matrix(const std::vector<float>& host, int64_t rows, int64_t
 }  // namespace
 
 std::string CudaMemoryReport::describe() const {
-  return format_bytes(static_cast<double>(total())) + " (weights " + format_bytes(static_cast<double>(weights_bytes)) + ", kv cache " + format_bytes(static_cast<double>(kv_cache_bytes)) +
-         ", activations " + format_bytes(static_cast<double>(activation_bytes)) + ", attention workspace " +
-         format_bytes(static_cast<double>(attention_workspace_bytes)) + ", cuBLAS workspace " + format_bytes(static_cast<double>(cublas_workspace_bytes)) + ")";
+  return format_bytes(static_cast<double>(total())) + " (weights " + format_bytes(static_cast<double>(weights_bytes)) +
+         ", kv cache " + format_bytes(static_cast<double>(kv_cache_bytes)) + ", activations " +
+         format_bytes(static_cast<double>(activation_bytes)) + ", attention workspace " +
+         format_bytes(static_cast<double>(attention_workspace_bytes)) + ", cuBLAS workspace " +
+         format_bytes(static_cast<double>(cublas_workspace_bytes)) + ")";
 }
 
 const void* DeviceMatrix::at_row(int64_t row) const {
@@ -99,15 +101,21 @@ CudaMlaLayer::~CudaMlaLayer() {
 }
 
 void CudaMlaLayer::allocate(const LayerWeights& w) {
+  cublas_ = std::make_unique<CublasContext>(stream_);
+  memory_.cublas_workspace_bytes = cublas_->workspace_bytes();
+  upload_weights(w);
+  allocate_cache();
+  allocate_activations();
+  allocate_scores();
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+// The weights in the compute precision (bf16 numbers in bf16 mode), and the norms' scales.
+void CudaMlaLayer::upload_weights(const LayerWeights& w) {
   const ModelArgs& m = model_;
   const int64_t heads = shard_.n_local_heads;
   const int64_t dq = m.qk_head_dim();
   const int64_t C = m.kv_lora_rank;
-  const int64_t dn = m.qk_nope_head_dim;
-  const int64_t dv = m.v_head_dim;
-  cublas_ = std::make_unique<CublasContext>(stream_);
-  memory_.cublas_workspace_bytes = cublas_->workspace_bytes();
-
   if (m.q_lora_rank == 0) {
     wq_ = upload_matrix(w.wq, heads * dq, m.dim, round_bf16_, stream_);
   } else {
@@ -119,11 +127,15 @@ void CudaMlaLayer::allocate(const LayerWeights& w) {
   wkv_a_ = upload_matrix(w.wkv_a, latent_width_, m.dim, round_bf16_, stream_);
   kv_norm_ = DeviceBuffer<float>(C);
   kv_norm_.upload(w.kv_norm, stream_);
-  wkv_b_ = upload_matrix(w.wkv_b, heads * (dn + dv), C, round_bf16_, stream_);
-  wo_ = upload_matrix(w.wo, m.dim, heads * dv, round_bf16_, stream_);
+  wkv_b_ = upload_matrix(w.wkv_b, heads * (m.qk_nope_head_dim + m.v_head_dim), C, round_bf16_, stream_);
+  wo_ = upload_matrix(w.wo, m.dim, heads * m.v_head_dim, round_bf16_, stream_);
   memory_.weights_bytes = wq_.bytes() + wq_a_.bytes() + wq_b_.bytes() + wkv_a_.bytes() + wkv_b_.bytes() + wo_.bytes() +
                           static_cast<int64_t>(q_norm_.bytes() + kv_norm_.bytes());
+}
 
+// The latent cache, zeroed, and the RoPE tables of every position it can hold.
+void CudaMlaLayer::allocate_cache() {
+  const ModelArgs& m = model_;
   const RopeTable table = make_rope_table(rope_params(m), m.max_seq_len);
   rope_cos_ = DeviceBuffer<float>(static_cast<int64_t>(table.cos.size()));
   rope_sin_ = DeviceBuffer<float>(static_cast<int64_t>(table.sin.size()));
@@ -132,7 +144,16 @@ void CudaMlaLayer::allocate(const LayerWeights& w) {
   kv_cache_ = DeviceBuffer<float>(m.max_batch_size * m.max_seq_len * latent_width_);
   CUDA_CHECK(cudaMemsetAsync(kv_cache_.data(), 0, kv_cache_.bytes(), stream_));
   memory_.kv_cache_bytes = static_cast<int64_t>(kv_cache_.bytes() + rope_cos_.bytes() + rope_sin_.bytes());
+}
 
+// The step's buffers at the limits, for the formulations run.formulation allows.
+void CudaMlaLayer::allocate_activations() {
+  const ModelArgs& m = model_;
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t dq = m.qk_head_dim();
+  const int64_t C = m.kv_lora_rank;
+  const int64_t dn = m.qk_nope_head_dim;
+  const int64_t dv = m.v_head_dim;
   const int64_t tokens = limits_.max_batch * limits_.max_step_len;
   const int64_t kv_rows = limits_.max_batch * limits_.max_kv_len;
   const bool naive_possible = run_.formulation != FormulationChoice::Absorb;
@@ -160,20 +181,24 @@ void CudaMlaLayer::allocate(const LayerWeights& w) {
   memory_.activation_bytes =
       static_cast<int64_t>(x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() +
                            o_.bytes() + q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes());
+}
 
+// The standard path's score buffers, where a step may take that path.
+void CudaMlaLayer::allocate_scores() {
+  const bool absorb_possible = run_.formulation != FormulationChoice::Naive;
   // The standard path serves a step when asked to, when the step has a mask, or when its kv_len
   // passes fast_path_max_len: only then are score buffers needed.
-  const bool standard_possible = run_.attention == AttentionChoice::Standard || limits_.mask ||
-                                 limits_.max_kv_len > run_.fast_path_max_len;
+  const bool standard_possible =
+      run_.attention == AttentionChoice::Standard || limits_.mask || limits_.max_kv_len > run_.fast_path_max_len;
   // `auto` may also send a decode step to the standard path (decode_prefers_standard).
   const bool decode_standard_possible = run_.attention == AttentionChoice::Auto && absorb_possible;
   if (standard_possible || decode_standard_possible) {
     AttentionParams widest;
-    widest.n_heads = heads;
+    widest.n_heads = shard_.n_local_heads;
     widest.seq = limits_.max_step_len;
     widest.kv_len = limits_.max_kv_len;
     widest.round_to_bf16 = round_bf16_;
-    widest.score_split = absorb_possible ? C : 0;
+    widest.score_split = absorb_possible ? model_.kv_lora_rank : 0;
     const int64_t chunk = attention_standard_cuda_query_chunk(widest, run_.score_chunk_bytes);
     int64_t floats = standard_possible ? attention_standard_cuda_workspace_floats(widest, chunk) : 0;
     if (absorb_possible) {
@@ -182,8 +207,8 @@ void CudaMlaLayer::allocate(const LayerWeights& w) {
       decode.seq = 1;
       decode.batch = limits_.max_batch;
       decode.key_head_stride = decode.value_head_stride = 0;
-      const int64_t budget_per_buffer = run_.score_chunk_bytes / static_cast<int64_t>(sizeof(float)) /
-                                        (attention_uses_split_scores(decode) ? 2 : 1);
+      const int64_t budget_per_buffer =
+          run_.score_chunk_bytes / static_cast<int64_t>(sizeof(float)) / (attention_uses_split_scores(decode) ? 2 : 1);
       const int64_t sequences = attention_standard_cuda_sequences_per_call(decode, budget_per_buffer);
       floats = std::max(floats, attention_standard_cuda_workspace_floats(decode, 1, sequences));
     }
@@ -191,7 +216,6 @@ void CudaMlaLayer::allocate(const LayerWeights& w) {
     scores_ = DeviceBuffer<float>(floats);
   }
   memory_.attention_workspace_bytes = static_cast<int64_t>(scores_.bytes());
-  CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 // A GEMM's activation operand a [rows, cols] (row stride `stride`): read in place in fp32 mode;
@@ -279,8 +303,9 @@ StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t s
   StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
   if (run_.attention == AttentionChoice::Auto && decode_prefers_standard(report.plan, seq)) {
     report.plan.path = AttentionPath::Standard;
-    report.plan.reason += "; on the GPU a decode step takes the standard path, which batches the sequences into "
-                          "cuBLAS GEMMs (the fast kernel measured slower for decode)";
+    report.plan.reason +=
+        "; on the GPU a decode step takes the standard path, which batches the sequences into "
+        "cuBLAS GEMMs (the fast kernel measured slower for decode)";
   }
   attend(report.plan, batch, seq, start_pos, mask, mask_stride, report);
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
@@ -290,13 +315,11 @@ StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t s
 
 // The fast kernel gives a decode step over the shared cache one block per sequence (its 16-row
 // tile holds the heads), and each block walks the whole cache through its stages; the standard
-// path batches the sequences into cuBLAS GEMMs that spread over the GPU. Measured on an H100 at
-// kv 64-256, per step: batch 32, standard 0.17 ms against fast 0.21-0.29; batch 128, 0.19-0.23
-// against 0.23-0.34; batch 256, 0.23-0.31 against 0.24-0.47. So `auto` sends GPU decode steps to
-// the standard path until the fast kernel splits a sequence's work over more blocks.
+// path batches the sequences into cuBLAS GEMMs that spread over the GPU, and measured faster at
+// every batch tried (docs/cuda_backend.md, "Measured on an H100"). So `auto` sends GPU decode
+// steps to the standard path until the fast kernel splits a sequence's work over more blocks.
 bool CudaMlaLayer::decode_prefers_standard(const StepPlan& plan, int64_t seq) const {
-  return plan.path == AttentionPath::Fast && plan.formulation == Formulation::Absorb && seq == 1 &&
-         scores_.size() > 0;
+  return plan.path == AttentionPath::Fast && plan.formulation == Formulation::Absorb && seq == 1 && scores_.size() > 0;
 }
 
 // docs/design.md steps 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))).
@@ -342,9 +365,8 @@ void CudaMlaLayer::project_latent(const float* x, const __nv_bfloat16* x_staged,
   rope.vec_stride = dq;
   rope_apply_cuda(rope, stream_);
 
-  kv_cache_append_cuda({kv_.data(), latent_width_, kv_cache_.data(), model_.max_seq_len, latent_width_, batch, seq,
-                        start_pos},
-                       stream_);
+  kv_cache_append_cuda(
+      {kv_.data(), latent_width_, kv_cache_.data(), model_.max_seq_len, latent_width_, batch, seq, start_pos}, stream_);
 }
 
 void CudaMlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
@@ -367,11 +389,12 @@ void CudaMlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int6
     report.attention_workspace_bytes = 0;  // scores stay in shared memory
   } else {
     if (scores_.size() == 0) throw std::logic_error("CudaMlaLayer: standard path planned but no score buffer sized");
-    const int64_t chunk = attention_standard_cuda_query_chunk(p, score_buffer_floats_ * static_cast<int64_t>(sizeof(float)) *
-                                                                     (attention_uses_split_scores(p) ? 2 : 1));
+    const int64_t chunk = attention_standard_cuda_query_chunk(
+        p, score_buffer_floats_ * static_cast<int64_t>(sizeof(float)) * (attention_uses_split_scores(p) ? 2 : 1));
     const int64_t sequences = attention_standard_cuda_sequences_per_call(p, score_buffer_floats_);
     attention_standard_cuda(*cublas_, p, chunk, scores_.data(),
-                            attention_uses_split_scores(p) ? scores_.data() + score_buffer_floats_ : nullptr, sequences);
+                            attention_uses_split_scores(p) ? scores_.data() + score_buffer_floats_ : nullptr,
+                            sequences);
     report.attention_workspace_bytes =
         attention_standard_cuda_workspace_floats(p, chunk, sequences) * static_cast<int64_t>(sizeof(float));
   }
@@ -464,7 +487,8 @@ void CudaMlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
       throw std::logic_error("CudaMlaLayer: bf16 staging buffer too small for the expansion");
     }
     f32_to_bf16_cuda(
-        {kv_cache_.data(), latent_width_, bf16_staging_.data(), batch * kv_len, C, kv_len, cache_batch_stride}, stream_);
+        {kv_cache_.data(), latent_width_, bf16_staging_.data(), batch * kv_len, C, kv_len, cache_batch_stride},
+        stream_);
     g.m = batch * kv_len;
     g.a = bf16_staging_.data();
     g.lda = C;

@@ -7,10 +7,10 @@
 // allocates nothing. memory() reports the bytes of each.
 #pragma once
 
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cuda_bf16.h>
 #include <memory>
 #include <string>
 
@@ -18,8 +18,8 @@
 #include "kernels/cuda/gemm.h"
 #include "parallel/sharding.h"
 #include "runtime/io/config.h"
-#include "runtime/layer/mla_layer.h"
 #include "runtime/io/weights.h"
+#include "runtime/layer/mla_layer.h"
 
 namespace mla {
 
@@ -33,8 +33,8 @@ struct CudaLayerLimits {
 
 struct CudaMemoryReport {
   int64_t weights_bytes = 0;
-  int64_t kv_cache_bytes = 0;    // the latent cache, plus the RoPE table
-  int64_t activation_bytes = 0;  // per-step buffers: projections, naive keys/values, bf16 staging
+  int64_t kv_cache_bytes = 0;             // the latent cache, plus the RoPE table
+  int64_t activation_bytes = 0;           // per-step buffers: projections, naive keys/values, bf16 staging
   int64_t attention_workspace_bytes = 0;  // standard path's score buffers (the fast path needs none)
   int64_t cublas_workspace_bytes = 0;
 
@@ -80,6 +80,10 @@ class CudaMlaLayer {
 
  private:
   void allocate(const LayerWeights& weights);
+  void upload_weights(const LayerWeights& weights);
+  void allocate_cache();
+  void allocate_activations();
+  void allocate_scores();
   // x_staged (bf16 mode only): x already as a dense bf16 operand, used in place of x.
   void linear(const float* x, int64_t x_stride, const DeviceMatrix& weight, int64_t rows, float* y, int64_t y_stride,
               const __nv_bfloat16* x_staged = nullptr);
@@ -116,9 +120,9 @@ class CudaMlaLayer {
   DeviceBuffer<__nv_bfloat16> x_bf16_;
   DeviceBuffer<__nv_bfloat16> bf16_staging_;  // bf16 mode: a GEMM's activation operand
   DeviceBuffer<float> q_latent_, q_, kv_, q_absorbed_, o_latent_, o_;
-  DeviceBuffer<float> kv_expanded_, keys_;    // naive only
-  DeviceBuffer<float> scores_;                // standard path only
-  int64_t score_buffer_floats_ = 0;           // per buffer; two when bf16 scores are split
+  DeviceBuffer<float> kv_expanded_, keys_;  // naive only
+  DeviceBuffer<float> scores_;              // standard path only
+  int64_t score_buffer_floats_ = 0;         // per buffer; two when bf16 scores are split
 };
 
 }  // namespace mla

@@ -62,7 +62,8 @@ StepCost step_cost(const ModelArgs& model, const StepShapeArgs& shape) {
   const double norm_elements = static_cast<double>(tokens * (C + model.q_lora_rank));
   cost.norm_rope_flop = 4.0 * pairs + 4.0 * norm_elements + 6.0 * rope_pairs;
 
-  cost.cache_bytes = static_cast<double>(shape.batch * (kv_len + shape.seq) * latent_width * shape.activation_element_bytes);
+  cost.cache_bytes =
+      static_cast<double>(shape.batch * (kv_len + shape.seq) * latent_width * shape.activation_element_bytes);
   cost.activation_bytes = static_cast<double>(2 * tokens * model.dim * shape.activation_element_bytes);
   return cost;
 }

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "runtime/layer/attention_plan.h"
 #include "runtime/io/model_args.h"
+#include "runtime/layer/attention_plan.h"
 
 namespace mla {
 
@@ -18,7 +18,7 @@ struct GemmShape {
   std::string name;
   int64_t m = 0, n = 0, k = 0;
   int64_t batch = 1;
-  bool replicated = false;  // every rank computes the same product (not split by heads)
+  bool replicated = false;      // every rank computes the same product (not split by heads)
   bool prepared_weight = true;  // y = x W^T with a weight prepared once (PackedLinear); false: per-head gemm()
 
   double flop() const { return 2.0 * static_cast<double>(batch) * static_cast<double>(m * n) * static_cast<double>(k); }
@@ -39,11 +39,11 @@ struct StepCost {
   // formulation's own products (naive: K/V expansion of the cache by wkv_b; absorb: Wk folded
   // into the queries, Wv into the outputs).
   std::vector<GemmShape> gemms;
-  double gemm_flop = 0;        // sum over gemms
-  double replicated_flop = 0;  // the part of gemm_flop every rank repeats (wq_a, wkv_a)
-  double formulation_flop = 0; // the part of gemm_flop that is the fold (absorb) or expansion (naive)
-  double attention_flop = 0;   // scores and value products over the (query, key) pairs attended to
-  double norm_rope_flop = 0;   // RMSNorm, RoPE, softmax: small, counted so the total is honest
+  double gemm_flop = 0;         // sum over gemms
+  double replicated_flop = 0;   // the part of gemm_flop every rank repeats (wq_a, wkv_a)
+  double formulation_flop = 0;  // the part of gemm_flop that is the fold (absorb) or expansion (naive)
+  double attention_flop = 0;    // scores and value products over the (query, key) pairs attended to
+  double norm_rope_flop = 0;    // RMSNorm, RoPE, softmax: small, counted so the total is honest
   double flop() const { return gemm_flop + attention_flop + norm_rope_flop; }
 
   // Compulsory memory traffic: each weight read once, the cached latent rows read once, the new

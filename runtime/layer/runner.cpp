@@ -2,16 +2,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <thread>
-#include <cmath>
-#include <cstring>
 
 #include "kernels/cpu/finite_check.h"
-#include "runtime/io/checkpoint.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/random_values.h"
+#include "runtime/io/checkpoint.h"
 #include "runtime/io/safetensors.h"
 
 namespace mla {
@@ -36,7 +36,8 @@ InputShape input_shape(const InputConfig& input, const ModelArgs& model) {
     const SafetensorsFile file = SafetensorsFile::open(input.path);
     const TensorInfo& info = file.info("x");
     if (info.dtype != DType::F32 && info.dtype != DType::BF16) {
-      throw UserError(input.path + ": tensor 'x' has dtype " + std::string(dtype_name(info.dtype)) + ", expected F32 or BF16");
+      throw UserError(input.path + ": tensor 'x' has dtype " + std::string(dtype_name(info.dtype)) +
+                      ", expected F32 or BF16");
     }
     if (info.shape.size() != 3 || info.shape[2] != model.dim) {
       throw UserError(input.path + ": tensor 'x' must have shape [batch, tokens, " + std::to_string(model.dim) +
@@ -90,8 +91,9 @@ void validate_mask(const std::vector<float>& mask, int64_t tokens, const std::ve
       const float* unseen = std::find_if(entries + kv_len, entries + tokens, [](float v) { return std::isfinite(v); });
       if (unseen != entries + tokens) {
         throw UserError("run.mask: row " + std::to_string(row) + ", column " + std::to_string(unseen - entries) +
-                        " is finite, but step " + std::to_string(step) + " (the step of that row) sees only positions < " +
-                        std::to_string(kv_len) + ": make it -inf, or change run.schedule");
+                        " is finite, but step " + std::to_string(step) +
+                        " (the step of that row) sees only positions < " + std::to_string(kv_len) +
+                        ": make it -inf, or change run.schedule");
       }
     }
     start_pos = kv_len;
@@ -118,8 +120,8 @@ std::vector<float> load_mask(const std::string& path, int64_t tokens) {
 }
 
 std::vector<NamedPath> files_read(const Config& config, int world, const std::string& config_name) {
-  std::vector<NamedPath> files = {{config_name, config.source}, {"run.input", config.run.input.path},
-                                  {"run.mask", config.run.mask}};
+  std::vector<NamedPath> files = {
+      {config_name, config.source}, {"run.input", config.run.input.path}, {"run.mask", config.run.mask}};
   if (config.weights.format == WeightsFormat::Random) return files;
   for (int rank = 0; rank < world; ++rank) {
     const CheckpointFiles checkpoint = checkpoint_files(config.weights, rank, world);
@@ -141,7 +143,10 @@ bool inject_fault(const FaultPlan& fault, StepExecutor& executor, size_t step_in
   }
   const std::string who = "rank " + std::to_string(comm.rank()) + " (" + comm.host() + ")";
   std::fprintf(stderr, "mla_run: debug.fail: %s %s at step %zu\n", who.c_str(),
-               fault.mode == FaultMode::Exit ? "exits" : fault.mode == FaultMode::Hang ? "hangs" : "writes NaN", step_index);
+               fault.mode == FaultMode::Exit   ? "exits"
+               : fault.mode == FaultMode::Hang ? "hangs"
+                                               : "writes NaN",
+               step_index);
   std::fflush(stderr);
   if (fault.mode == FaultMode::Exit) std::_Exit(kRankFailureExitCode);
   if (fault.mode == FaultMode::Hang) {
@@ -204,13 +209,15 @@ RunResult run_schedule(StepExecutor& executor, const InputTensor& x, const std::
     const int64_t bad_index = options.check_finite ? executor.first_non_finite(bad_value) : -1;
     if (bad_index >= 0) {
       const std::string where = poisoned ? "debug.fail wrote it" : executor.explain_non_finite();
-      std::fprintf(stderr, "mla_run: error: rank %d (%s): step %zu: partial output y is not finite at element %ld (%g)%s%s\n",
+      std::fprintf(stderr,
+                   "mla_run: error: rank %d (%s): step %zu: partial output y is not finite at element %ld (%g)%s%s\n",
                    comm.rank(), comm.host().c_str(), step_index, static_cast<long>(bad_index), bad_value,
                    where.empty() ? "" : "; ", where.c_str());
     }
     const auto reduce_started = std::chrono::steady_clock::now();
     const float bad_ranks = executor.reduce(bad_index >= 0 ? 1.0f : 0.0f);
-    const double reduce_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - reduce_started).count();
+    const double reduce_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - reduce_started).count();
     if (bad_ranks != 0.0f) {
       throw RankFailure("step " + std::to_string(step_index) + ": " + std::to_string(static_cast<int>(bad_ranks)) +
                         " rank(s) produced a non-finite partial output (run.check_finite); y is not written");

@@ -10,9 +10,9 @@
 #include "kernels/cpu/aligned_vector.h"
 #include "parallel/communicator.h"
 #include "parallel/watchdog.h"
+#include "runtime/base/user_files.h"
 #include "runtime/io/config.h"
 #include "runtime/layer/mla_layer.h"
-#include "runtime/base/user_files.h"
 
 namespace mla {
 

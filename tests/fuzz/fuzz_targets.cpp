@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "runtime/base/errors.h"
 #include "runtime/io/checkpoint.h"
 #include "runtime/io/config.h"
-#include "runtime/base/errors.h"
 #include "runtime/io/safetensors.h"
 
 namespace {
@@ -25,8 +25,8 @@ void require_one_line(const mla::UserError& error, const std::string& prefix) {
 // Reads every tensor whole and as a slice: the reader's checks must hold for any header.
 [[maybe_unused]] void exercise_safetensors(const uint8_t* data, size_t size) {
   static const std::string path = "/tmp/mla_fuzz_safetensors." + std::to_string(getpid());
-  std::ofstream(path, std::ios::binary | std::ios::trunc).write(reinterpret_cast<const char*>(data),
-                                                                static_cast<std::streamsize>(size));
+  std::ofstream(path, std::ios::binary | std::ios::trunc)
+      .write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
   try {
     const mla::SafetensorsFile file = mla::SafetensorsFile::open(path);
     for (const std::string& name : file.names()) {

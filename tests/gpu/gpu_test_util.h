@@ -1,15 +1,16 @@
-// Helpers of the GPU tests: skipping without a device, random host data, device round trips.
+// Helpers of the GPU tests: skipping without a device, random host data (tests/ops/test_data.h),
+// device round trips.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
-#include <random>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_buffer.h"
+#include "tests/ops/test_data.h"
 
 namespace mla::test {
 
@@ -21,14 +22,6 @@ class GpuTest : public ::testing::Test {
     CUDA_CHECK(cudaSetDevice(0));
   }
 };
-
-inline std::vector<float> random_floats(int64_t count, uint32_t seed, float low = -1.0f, float high = 1.0f) {
-  std::mt19937 generator(seed);
-  std::uniform_real_distribution<float> distribution(low, high);
-  std::vector<float> values(static_cast<size_t>(count));
-  for (float& value : values) value = distribution(generator);
-  return values;
-}
 
 template <typename T>
 DeviceBuffer<T> to_device(const std::vector<T>& host) {

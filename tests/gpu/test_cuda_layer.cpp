@@ -1,35 +1,20 @@
-// The CUDA layer against the CPU layer (and the float64 reference) on the shapes of the CPU
-// tests: every path x formulation x precision over a schedule of prefill, chunk and decode
-// steps; fast vs standard; emulated tensor parallelism (each rank's head slice in turn, partial
-// outputs summed) against world 1; the memory report.
+// The CUDA layer against the CPU layer (and the float64 reference) on the CPU layer tests' shapes
+// (layer_shapes(), fp8 weights among them): every path x formulation x precision over a schedule of prefill, chunk and
+// decode steps; fast vs standard; emulated tensor parallelism (each rank's head slice in turn, partial outputs summed)
+// against world 1; the memory report.
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
-#include "runtime/layer/cuda_step_executor.h"
 #include "runtime/base/errors.h"
+#include "runtime/layer/cuda_step_executor.h"
 #include "runtime/layer/mla_layer_cuda.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/test_util.h"
 
 namespace mla::test {
 namespace {
-
-struct Shape {
-  const char* name;
-  ModelArgs model;
-};
-
-std::vector<Shape> shapes() {
-  std::vector<Shape> result;
-  result.push_back({"odd_dims", model_args(72, 4, 24, 36, 12, 6, 10, 3, 48)});
-  result.push_back({"no_q_lora", model_args(64, 1, 0, 32, 16, 8, 16, 2, 40)});
-  ModelArgs yarn = model_args(96, 3, 32, 48, 16, 8, 12, 2, 64);
-  yarn.original_seq_len = 16;  // max_seq_len > original_seq_len: YaRN on
-  result.push_back({"yarn", yarn});
-  return result;
-}
 
 RunConfig run_config(AttentionChoice attention, FormulationChoice formulation, ComputeDType dtype) {
   RunConfig run;
@@ -62,18 +47,18 @@ using CudaLayer = GpuTest;
 
 TEST_F(CudaLayer, MatchesTheCpuLayerOnEveryPathFormulationAndPrecision) {
   const std::vector<int64_t> steps = {5, 3, 1, 1};  // prefill, chunk, two decodes
-  for (const Shape& shape : shapes()) {
+  for (const LayerShape& shape : layer_shapes()) {
     const ModelArgs& m = shape.model;
     const InputTensor x = random_input(m, 2, 10, 21);
     for (const ComputeDType dtype : {ComputeDType::FP32, ComputeDType::BF16}) {
-      const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 5), m, whole(m), dtype);
+      const LoadedWeights loaded = load_layer_weights(random_weights(shape.weights_dtype, 5), m, whole(m), dtype);
       for (const AttentionChoice attention : {AttentionChoice::Fast, AttentionChoice::Standard}) {
         for (const FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
           const RunConfig run = run_config(attention, formulation, dtype);
           const RunResult want = layer_run(m, run, whole(m), loaded.weights, x, steps);
           const RunResult got = cuda_run(m, run, whole(m), loaded.weights, x, steps);
-          const std::string name = std::string(shape.name) + " " + to_string(dtype) + " " + to_string(attention) +
-                                   " " + to_string(formulation);
+          const std::string name = std::string(shape.name) + " " + to_string(dtype) + " " + to_string(attention) + " " +
+                                   to_string(formulation);
           EXPECT_LE(relative_l2_error(got.y, want.y), dtype == ComputeDType::FP32 ? 1e-5 : 2e-2) << name;
           ASSERT_EQ(got.steps.size(), want.steps.size());
           for (size_t i = 0; i < got.steps.size(); ++i) {
@@ -81,10 +66,9 @@ TEST_F(CudaLayer, MatchesTheCpuLayerOnEveryPathFormulationAndPrecision) {
             EXPECT_EQ(got.steps[i].plan.formulation, want.steps[i].plan.formulation) << name << " step " << i;
           }
           if (dtype == ComputeDType::FP32) {
-            const std::vector<double> reference =
-                reference_run(m, loaded.weights, m.n_heads, x, steps,
-                              formulation == FormulationChoice::Naive ? ref::RefFormulation::Naive
-                                                                      : ref::RefFormulation::Absorb);
+            const std::vector<double> reference = reference_run(
+                m, loaded.weights, m.n_heads, x, steps,
+                formulation == FormulationChoice::Naive ? ref::RefFormulation::Naive : ref::RefFormulation::Absorb);
             EXPECT_LE(relative_l2(got.y, reference), 1e-5) << name << " vs the float64 reference";
           }
         }
@@ -95,15 +79,18 @@ TEST_F(CudaLayer, MatchesTheCpuLayerOnEveryPathFormulationAndPrecision) {
 
 TEST_F(CudaLayer, FastAndStandardAgreeAndAutoSwitchesPastTheMaxLen) {
   const ModelArgs m = model_args(64, 4, 32, 48, 16, 8, 16, 2, 300);
-  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 6), m, whole(m), ComputeDType::FP32);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 6), m, whole(m), ComputeDType::FP32);
   const InputTensor x = random_input(m, 2, 258, 22);
   const std::vector<int64_t> steps = {255, 1, 1, 1};  // kv 255, 256, 257, 258
   const RunResult fast = cuda_run(m, run_config(AttentionChoice::Fast, FormulationChoice::Absorb, ComputeDType::FP32),
                                   whole(m), loaded.weights, x, steps);
-  const RunResult standard = cuda_run(m, run_config(AttentionChoice::Standard, FormulationChoice::Absorb, ComputeDType::FP32),
-                                      whole(m), loaded.weights, x, steps);
-  const RunResult automatic = cuda_run(m, run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32),
-                                       whole(m), loaded.weights, x, steps);
+  const RunResult standard =
+      cuda_run(m, run_config(AttentionChoice::Standard, FormulationChoice::Absorb, ComputeDType::FP32), whole(m),
+               loaded.weights, x, steps);
+  const RunResult automatic =
+      cuda_run(m, run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32), whole(m),
+               loaded.weights, x, steps);
   EXPECT_LE(relative_l2_error(fast.y, standard.y), 2e-6);
   EXPECT_LE(relative_l2_error(automatic.y, standard.y), 2e-6);
   ASSERT_EQ(automatic.steps.size(), 4u);
@@ -119,7 +106,8 @@ TEST_F(CudaLayer, FastAndStandardAgreeAndAutoSwitchesPastTheMaxLen) {
 
 TEST_F(CudaLayer, AnExplicitMaskMatchesTheCpuLayer) {
   const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 2, 32);
-  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 7), m, whole(m), ComputeDType::FP32);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 7), m, whole(m), ComputeDType::FP32);
   const InputTensor x = random_input(m, 2, 9, 23);
   std::vector<float> mask(81, -INFINITY);
   for (int64_t row = 0; row < 9; ++row)
@@ -155,7 +143,8 @@ TEST_F(CudaLayer, EmulatedWorldsOfTwoAndFourEqualWorldOne) {
 
 TEST_F(CudaLayer, TheFastPathNeedsLessWorkspaceThanTheStandardPath) {
   const ModelArgs m = model_args(128, 8, 64, 64, 16, 8, 16, 4, 256);
-  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 9), m, whole(m), ComputeDType::BF16);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 9), m, whole(m), ComputeDType::BF16);
   const CudaLayerLimits limits{4, 256, 256, false};
   RunConfig fast = run_config(AttentionChoice::Fast, FormulationChoice::Auto, ComputeDType::BF16);
   RunConfig standard = run_config(AttentionChoice::Standard, FormulationChoice::Auto, ComputeDType::BF16);
@@ -172,7 +161,8 @@ TEST_F(CudaLayer, TheFastPathNeedsLessWorkspaceThanTheStandardPath) {
 
 TEST_F(CudaLayer, ATooLongFastPathIsRefusedNamingTheKey) {
   const ModelArgs m = model_args(64, 2, 0, 512, 16, 64, 16, 1, 20000);
-  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 10), m, whole(m), ComputeDType::FP32);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 10), m, whole(m), ComputeDType::FP32);
   RunConfig run = run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32);
   run.fast_path_max_len = 20000;
   try {

@@ -31,7 +31,8 @@ TEST_F(Nccl, WorldOfOneAllReduceIsInPlaceAndExact) {
 
 TEST_F(Nccl, ARunThroughNcclEqualsTheSameRunWithoutIt) {
   const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 2, 32);
-  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 11), m, whole(m), ComputeDType::BF16);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 11), m, whole(m), ComputeDType::BF16);
   const InputTensor x = random_input(m, 2, 7, 31);
   const std::vector<int64_t> steps = {5, 1, 1};
   RunConfig run;
@@ -55,7 +56,8 @@ TEST_F(Nccl, ARunThroughNcclEqualsTheSameRunWithoutIt) {
 
 TEST_F(Nccl, ANonFinitePartialOutputStopsTheRun) {
   const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 2, 32);
-  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 12), m, whole(m), ComputeDType::FP32);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 12), m, whole(m), ComputeDType::FP32);
   const InputTensor x = random_input(m, 2, 7, 32);
   CudaMlaLayer layer(m, whole(m), loaded.weights, RunConfig{}, {2, 5, 7, false});
   NcclCommunicator comm(new_nccl_unique_id(), 0, 1, layer.stream(), 30.0);

@@ -53,7 +53,8 @@ const std::vector<int64_t> kSteps = {7, 4, 1, 1};
 
 RunResult sharded_run(const ModelArgs& m, const RunConfig& run, const InputTensor& x, bool uneven) {
   const HeadShard shard = shard_heads(m.n_heads, g_session->world(), g_session->rank(), uneven);
-  MlaLayer layer(m, shard, load_layer_weights(random_weights(WeightDType::BF16, 4), m, shard, run.compute_dtype).weights, run);
+  MlaLayer layer(m, shard,
+                 load_layer_weights(random_weights(WeightDType::BF16, 4), m, shard, run.compute_dtype).weights, run);
   MpiCommunicator comm(*g_session);
   return run_schedule(layer, comm, x, kSteps, {}, {});
 }
@@ -61,7 +62,8 @@ RunResult sharded_run(const ModelArgs& m, const RunConfig& run, const InputTenso
 void expect_identical_on_every_rank(const std::vector<float>& y) {
   const std::string bytes(reinterpret_cast<const char*>(y.data()), y.size() * sizeof(float));
   const std::vector<std::string> all = g_session->all_gather(bytes);
-  for (size_t rank = 1; rank < all.size(); ++rank) EXPECT_TRUE(all[rank] == all[0]) << "rank " << rank << "'s y differs";
+  for (size_t rank = 1; rank < all.size(); ++rank)
+    EXPECT_TRUE(all[rank] == all[0]) << "rank " << rank << "'s y differs";
 }
 
 TEST(MpiLayer, ShardsSumToTheWholeLayerOnEveryPath) {
@@ -72,9 +74,12 @@ TEST(MpiLayer, ShardsSumToTheWholeLayerOnEveryPath) {
       RunConfig run;
       run.attention = attention;
       run.formulation = formulation;
-      const RunResult whole_run = layer_run(m, run, whole(m), load_layer_weights(random_weights(WeightDType::BF16, 4), m, whole(m), ComputeDType::FP32).weights, x, kSteps);
+      const RunResult whole_run = layer_run(
+          m, run, whole(m),
+          load_layer_weights(random_weights(WeightDType::BF16, 4), m, whole(m), ComputeDType::FP32).weights, x, kSteps);
       const RunResult sharded = sharded_run(m, run, x, false);
-      EXPECT_LE(relative_l2(sharded.y, to_double(whole_run.y)), 1e-5) << to_string(attention) << " " << to_string(formulation);
+      EXPECT_LE(relative_l2(sharded.y, to_double(whole_run.y)), 1e-5)
+          << to_string(attention) << " " << to_string(formulation);
       expect_identical_on_every_rank(sharded.y);
     }
   }
@@ -85,7 +90,8 @@ TEST(MpiLayer, UnevenShardsAndBf16) {
   const InputTensor x = random_input(m, 2, 13, 6);
   RunConfig run;
   run.compute_dtype = ComputeDType::BF16;
-  const LayerWeights weights = load_layer_weights(random_weights(WeightDType::BF16, 4), m, whole(m), ComputeDType::BF16).weights;
+  const LayerWeights weights =
+      load_layer_weights(random_weights(WeightDType::BF16, 4), m, whole(m), ComputeDType::BF16).weights;
   const RunResult whole_run = layer_run(m, run, whole(m), weights, x, kSteps);
   const RunResult sharded = sharded_run(m, run, x, true);
   EXPECT_LE(relative_l2(sharded.y, to_double(whole_run.y)), 2e-2);

@@ -18,8 +18,7 @@ void require(bool ok, const std::string& what) {
 
 void require_size(const std::vector<double>& v, int64_t expected, const char* name) {
   require(static_cast<int64_t>(v.size()) == expected,
-          std::string(name) + " has " + std::to_string(v.size()) + " values, expected " +
-              std::to_string(expected));
+          std::string(name) + " has " + std::to_string(v.size()) + " values, expected " + std::to_string(expected));
 }
 
 double dot(const double* a, const double* b, int64_t n) {
@@ -62,8 +61,7 @@ std::vector<double> linear(const std::vector<double>& x, int64_t rows, int64_t i
   return y;
 }
 
-std::vector<double> rmsnorm(const std::vector<double>& x, int64_t rows, const std::vector<double>& weight,
-                            double eps) {
+std::vector<double> rmsnorm(const std::vector<double>& x, int64_t rows, const std::vector<double>& weight, double eps) {
   const int64_t n = static_cast<int64_t>(weight.size());
   std::vector<double> y(rows * n);
   for (int64_t r = 0; r < rows; ++r) {
@@ -79,16 +77,14 @@ std::vector<double> rope_frequencies(const RefConfig& config) {
   const int64_t dr = config.qk_rope_head_dim;
   const double dr_d = static_cast<double>(dr);
   std::vector<double> freqs(dr / 2);
-  for (int64_t i = 0; i < dr / 2; ++i)
-    freqs[i] = std::pow(config.rope_theta, -2.0 * static_cast<double>(i) / dr_d);
+  for (int64_t i = 0; i < dr / 2; ++i) freqs[i] = std::pow(config.rope_theta, -2.0 * static_cast<double>(i) / dr_d);
   if (config.max_seq_len <= config.original_seq_len) return freqs;
 
   // YaRN (docs/design.md, RoPE and YaRN): dimensions that rotate fewer than beta_slow times over the original
   // context are interpolated by rope_factor, those rotating more than beta_fast times are kept.
   const double original = static_cast<double>(config.original_seq_len);
   auto corr = [&](double n_rotations) {
-    return dr_d * std::log(original / (n_rotations * 2.0 * std::numbers::pi)) /
-           (2.0 * std::log(config.rope_theta));
+    return dr_d * std::log(original / (n_rotations * 2.0 * std::numbers::pi)) / (2.0 * std::log(config.rope_theta));
   };
   const double low = std::max(std::floor(corr(config.beta_fast)), 0.0);
   double high = std::min(std::ceil(corr(config.beta_slow)), dr_d - 1.0);
@@ -177,8 +173,8 @@ double relative_l2(const float* got, const std::vector<double>& want) {
 RefMla::RefMla(const RefConfig& config, const RefWeights& weights, int64_t batch, RefFormulation formulation)
     : cfg_(config), w_(weights), batch_(batch), formulation_(formulation) {
   const RefConfig& c = cfg_;
-  require(c.dim > 0 && c.n_heads > 0 && c.kv_lora_rank > 0 && c.qk_nope_head_dim > 0 &&
-              c.qk_rope_head_dim > 0 && c.v_head_dim > 0 && c.max_seq_len > 0 && batch > 0,
+  require(c.dim > 0 && c.n_heads > 0 && c.kv_lora_rank > 0 && c.qk_nope_head_dim > 0 && c.qk_rope_head_dim > 0 &&
+              c.v_head_dim > 0 && c.max_seq_len > 0 && batch > 0,
           "dims, max_seq_len and batch must be positive");
   require(c.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim must be even (rope rotates pairs)");
   require(c.q_lora_rank >= 0, "q_lora_rank must be >= 0");

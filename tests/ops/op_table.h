@@ -1,0 +1,155 @@
+// The op table: every kernel's cases (shapes, precisions, strides, odd sizes) written once, each
+// run on every backend that has the op (the CPU at each ISA level that has its own code for it,
+// and CUDA), and compared with its CPU twin at the portable level (plain loops) by a normalised
+// error. tests/ops/test_op_table.cpp turns every (case, backend) pair into a test; one this
+// machine cannot run is reported SKIPPED. MLA_OP_TIMING=N times each op alone N times and prints
+// the median beside its twin's.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/skinny_linear.h"
+#include "kernels/cpu/strided_copy.h"
+#include "tests/ops/test_data.h"
+
+namespace mla::test {
+
+enum class OpBackend { CpuPortable, CpuAvx2, CpuAvx512, CpuAvx512Bf16, CpuAmx, Cuda };
+
+const char* backend_name(OpBackend backend);  // "cpu-portable", ..., "cuda"
+// Whether this machine runs `backend`: the CPU reports the ISA, or (cuda) the build has the CUDA
+// backend and a device is visible.
+bool backend_present(OpBackend backend);
+
+// One run of an op: its output (bf16 results widened to float, indices as floats) and the median
+// time of the op alone over the timed repetitions.
+struct OpRun {
+  std::vector<float> output;
+  double median_ms = 0;
+};
+
+// A row of the table before the backend is chosen.
+struct OpCase {
+  std::string op;     // "rmsnorm"
+  std::string shape;  // "rows 7 dim 517 stride 530 bf16"
+  std::vector<OpBackend> backends;
+  double tolerance = 0;  // normalised error allowed against the twin; 0: bitwise equal
+  std::function<OpRun(OpBackend backend, int reps)> run;
+};
+
+// Every case of every op.
+const std::vector<OpCase>& op_table();
+
+// ---- the cases, one struct per op ---------------------------------------------------------------
+
+struct RmsNormCase {
+  int64_t rows, dim, stride;
+  bool bf16;
+};
+
+struct RopeCase {
+  int64_t batch, seq, heads, vec_stride;
+  int64_t offset;     // where the rotated part starts in each head's vector (q_pe after q_nope)
+  int64_t start_pos;  // of the step's first token
+  int64_t positions;  // the table's length
+  int64_t rope_dim;
+  bool yarn, bf16;
+};
+
+struct Fp8DequantCase {
+  int64_t rows, cols;
+  bool bf16;
+};
+
+struct KvCacheAppendCase {
+  int64_t batch, seq, width, row_padding, capacity, start_pos;
+};
+
+struct StridedCopyCase {
+  StridedCopyParams shape;  // src and dst left null: the runner sizes and fills them
+};
+
+struct Bf16ConvertCase {
+  int64_t rows, cols, src_stride, rows_per_batch, src_batch_stride;
+};
+
+struct GemmCase {
+  int64_t m, n, k, batch;
+  bool transpose_a, transpose_b, shared_b;
+  bool bf16;  // a bf16 linear layer, y = x W^T, fp32 accumulation
+};
+
+struct FiniteCheckCase {
+  int64_t count;
+  std::vector<int64_t> non_finite;  // where inf or NaN sit
+};
+
+struct SkinnyLinearCase {
+  int64_t rows, out_features, in_features;
+  WeightCodes codes;
+  bool x_bf16;  // bf16 compute: x handed over as bf16 numbers (bf16 weights only)
+};
+
+// The two layouts the layer uses: naive (keys and values per head) and absorb (one latent row per
+// position shared by all heads, the value being its first value_dim entries).
+struct AttentionCase {
+  bool absorb;
+  int64_t batch, seq, start_pos, heads;
+  bool mask;
+  bool bf16;
+  // 0: the small defaults (absorb: latent 61 + rope 16, value = latent; naive: 40, value 24).
+  int64_t main_dim = 0, rope_dim = 0, value_dim = 0;
+};
+
+// An attention case as host data; params points into the vectors.
+struct AttentionData {
+  std::vector<float> q, keys, values, mask, out;
+  AttentionParams params;
+};
+AttentionData make_attention(const AttentionCase& c, uint32_t seed);
+
+// The standard path's query chunk (0: the fast path) and, for decode over the shared cache,
+// sequences per launch.
+struct AttentionRun {
+  int64_t standard_chunk = 0;
+  int64_t sequences = 1;
+};
+
+#if MLA_HAVE_CUDA
+// The CUDA side of each op (tests/ops/op_table_cuda.cpp): the same case, on the device.
+OpRun run_cuda(const RmsNormCase& c, int reps);
+OpRun run_cuda(const RopeCase& c, int reps);
+OpRun run_cuda(const Fp8DequantCase& c, int reps);
+OpRun run_cuda(const KvCacheAppendCase& c, int reps);
+OpRun run_cuda(const StridedCopyCase& c, int reps);
+OpRun run_cuda(const Bf16ConvertCase& c, int reps);
+OpRun run_cuda(const GemmCase& c, int reps);
+OpRun run_cuda(const FiniteCheckCase& c, int reps);
+OpRun run_cuda(const AttentionCase& c, uint32_t seed, const AttentionRun& how, int reps);
+#endif
+
+// Inputs both sides of a case share.
+std::vector<float> rmsnorm_input(const RmsNormCase& c);
+std::vector<float> rmsnorm_weight(const RmsNormCase& c);
+RopeTable rope_table(const RopeCase& c);
+std::vector<float> rope_input(const RopeCase& c);
+std::vector<uint8_t> fp8_codes(const Fp8DequantCase& c);
+std::vector<float> fp8_scales(const Fp8DequantCase& c);
+int64_t fp8_scale_cols(const Fp8DequantCase& c);
+std::vector<float> strided_copy_source(const StridedCopyCase& c);
+std::vector<float> strided_copy_destination(const StridedCopyCase& c);
+std::vector<float> bf16_convert_source(const Bf16ConvertCase& c);
+std::vector<float> finite_check_values(const FiniteCheckCase& c);
+// a [batch, rows, lda-strided] and b operands of a GEMM case (bf16 numbers for a bf16 case).
+struct GemmInputs {
+  std::vector<float> a, b;
+  int64_t lda, ldb, ldc, a_size, b_size;
+};
+GemmInputs gemm_operands(const GemmCase& c);
+
+}  // namespace mla::test

@@ -1,0 +1,261 @@
+// The CUDA side of the op table: each case's inputs uploaded, the op run on the device (its output
+// poisoned with NaN beforehand, so an element it does not write shows up), timed by CUDA events.
+#include <cuda_runtime.h>
+
+#include <cuda_bf16.h>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/bf16.h"
+#include "kernels/cpu/fp8.h"
+#include "kernels/cpu/kv_cache_append.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cuda/attention_fast.h"
+#include "kernels/cuda/attention_standard.h"
+#include "kernels/cuda/bf16_convert.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/finite_check.h"
+#include "kernels/cuda/fp8_dequant.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/kv_cache_append.h"
+#include "kernels/cuda/rmsnorm.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/cuda/strided_copy.h"
+#include "runtime/bench/harness.h"
+#include "tests/gpu/gpu_test_util.h"
+#include "tests/ops/op_table.h"
+
+namespace mla::test {
+
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// A stream for the ops that take one (cuBLAS), destroyed with the object.
+class Stream {
+ public:
+  Stream() { CUDA_CHECK(cudaStreamCreate(&stream_)); }
+  ~Stream() { cudaStreamDestroy(stream_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+// Runs `op` reps times (at least once) on `stream`, `reset` before each, untimed; the median of the
+// op's times as CUDA events on the stream see them.
+double time_on_device(int reps, cudaStream_t stream, const std::function<void()>& reset,
+                      const std::function<void()>& op) {
+  cudaEvent_t begin, end;
+  CUDA_CHECK(cudaEventCreate(&begin));
+  CUDA_CHECK(cudaEventCreate(&end));
+  std::vector<double> times_ms;
+  for (int rep = 0; rep < std::max(1, reps); ++rep) {
+    reset();
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    CUDA_CHECK(cudaEventRecord(begin, stream));
+    op();
+    CUDA_CHECK(cudaEventRecord(end, stream));
+    CUDA_CHECK(cudaEventSynchronize(end));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, begin, end));
+    times_ms.push_back(ms);
+  }
+  CUDA_CHECK(cudaEventDestroy(begin));
+  CUDA_CHECK(cudaEventDestroy(end));
+  return summarize_times(times_ms).median;
+}
+
+const std::function<void()> kNothing = [] {};
+
+template <typename T>
+void upload(DeviceBuffer<T>& buffer, const std::vector<T>& host) {
+  CUDA_CHECK(cudaMemcpy(buffer.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+}
+
+}  // namespace
+
+OpRun run_cuda(const RmsNormCase& c, int reps) {
+  DeviceBuffer<float> x = to_device(rmsnorm_input(c)), weight = to_device(rmsnorm_weight(c));
+  DeviceBuffer<float> y = to_device(std::vector<float>(static_cast<size_t>(c.rows * c.dim), kNaN));
+  RmsNormParams p;
+  p.x = x.data();
+  p.x_stride = c.stride;
+  p.weight = weight.data();
+  p.y = y.data();
+  p.y_stride = c.dim;
+  p.rows = c.rows;
+  p.dim = c.dim;
+  p.round_to_bf16 = c.bf16;
+  OpRun run;
+  run.median_ms = time_on_device(reps, nullptr, kNothing, [&] { rmsnorm_cuda(p, nullptr); });
+  run.output = to_host(y);
+  return run;
+}
+
+OpRun run_cuda(const RopeCase& c, int reps) {
+  const RopeTable table = rope_table(c);
+  const std::vector<float> input = rope_input(c);
+  DeviceBuffer<float> x = to_device(input), cos_table = to_device(table.cos), sin_table = to_device(table.sin);
+  RopeCudaParams p;
+  p.x = x.data() + c.offset;
+  p.batch = c.batch;
+  p.seq = c.seq;
+  p.token_stride = c.heads * c.vec_stride;
+  p.vecs_per_token = c.heads;
+  p.vec_stride = c.vec_stride;
+  p.start_pos = c.start_pos;
+  p.cos = cos_table.data();
+  p.sin = sin_table.data();
+  p.positions = c.positions;
+  p.half_dim = table.half_dim;
+  p.round_to_bf16 = c.bf16;
+  OpRun run;
+  run.median_ms = time_on_device(
+      reps, nullptr, [&] { upload(x, input); }, [&] { rope_apply_cuda(p, nullptr); });
+  run.output = to_host(x);
+  return run;
+}
+
+OpRun run_cuda(const Fp8DequantCase& c, int reps) {
+  DeviceBuffer<uint8_t> codes = to_device(fp8_codes(c));
+  DeviceBuffer<float> scales = to_device(fp8_scales(c));
+  DeviceBuffer<float> out = to_device(std::vector<float>(static_cast<size_t>(c.rows * c.cols), kNaN));
+  const Fp8DequantParams p{codes.data(), scales.data(), out.data(), c.rows, c.cols, fp8_scale_cols(c), c.bf16};
+  OpRun run;
+  run.median_ms = time_on_device(reps, nullptr, kNothing, [&] { fp8_dequant_blocks_cuda(p, nullptr); });
+  run.output = to_host(out);
+  return run;
+}
+
+OpRun run_cuda(const KvCacheAppendCase& c, int reps) {
+  const int64_t row_stride = c.width + c.row_padding;
+  DeviceBuffer<float> rows = to_device(random_floats(c.batch * c.seq * row_stride, 5));
+  const std::vector<float> cache_before = random_floats(c.batch * c.capacity * c.width, 6);
+  DeviceBuffer<float> cache = to_device(cache_before);
+  const KvCacheAppendParams p{rows.data(), row_stride, cache.data(), c.capacity, c.width, c.batch, c.seq, c.start_pos};
+  OpRun run;
+  run.median_ms = time_on_device(
+      reps, nullptr, [&] { upload(cache, cache_before); }, [&] { kv_cache_append_cuda(p, nullptr); });
+  run.output = to_host(cache);
+  return run;
+}
+
+OpRun run_cuda(const StridedCopyCase& c, int reps) {
+  DeviceBuffer<float> src = to_device(strided_copy_source(c));
+  const std::vector<float> dst_before = strided_copy_destination(c);
+  DeviceBuffer<float> dst = to_device(dst_before);
+  StridedCopyParams p = c.shape;
+  p.src = src.data();
+  p.dst = dst.data();
+  OpRun run;
+  run.median_ms = time_on_device(
+      reps, nullptr, [&] { upload(dst, dst_before); }, [&] { strided_copy_cuda(p, nullptr); });
+  run.output = to_host(dst);
+  return run;
+}
+
+OpRun run_cuda(const Bf16ConvertCase& c, int reps) {
+  DeviceBuffer<float> src = to_device(bf16_convert_source(c));
+  DeviceBuffer<__nv_bfloat16> dst(c.rows * c.cols);
+  const Bf16ConvertParams p{src.data(), c.src_stride, dst.data(), c.rows, c.cols, c.rows_per_batch, c.src_batch_stride};
+  OpRun run;
+  run.median_ms = time_on_device(reps, nullptr, kNothing, [&] { f32_to_bf16_cuda(p, nullptr); });
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<uint16_t> bits(static_cast<size_t>(c.rows * c.cols));
+  CUDA_CHECK(cudaMemcpy(bits.data(), dst.data(), bits.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+  for (const uint16_t value : bits) run.output.push_back(bf16_bits_to_f32(value));
+  return run;
+}
+
+OpRun run_cuda(const GemmCase& c, int reps) {
+  const GemmInputs operands = gemm_operands(c);
+  Stream stream;
+  OpRun run;
+  {
+    CublasContext context(stream.get());
+    DeviceBuffer<float> y = to_device(std::vector<float>(static_cast<size_t>(c.batch * c.m * operands.ldc), 0.0f));
+    GemmCudaParams g;
+    g.transpose_a = c.transpose_a;
+    g.transpose_b = c.transpose_b;
+    g.m = c.m;
+    g.n = c.n;
+    g.k = c.k;
+    g.lda = operands.lda;
+    g.stride_a = operands.a_size;
+    g.ldb = operands.ldb;
+    g.stride_b = c.shared_b ? 0 : operands.b_size;
+    g.c = y.data();
+    g.ldc = operands.ldc;
+    g.stride_c = c.m * operands.ldc;
+    g.batch = c.batch;
+    // bf16: the operands as bf16 numbers in bf16 storage, as the layer's bf16 GEMMs read them.
+    DeviceBuffer<float> a, b;
+    DeviceBuffer<uint16_t> a_bf16, b_bf16;
+    if (c.bf16) {
+      std::vector<uint16_t> a_bits, b_bits;
+      for (const float value : operands.a) a_bits.push_back(f32_to_bf16_bits(value));
+      for (const float value : operands.b) b_bits.push_back(f32_to_bf16_bits(value));
+      a_bf16 = to_device(a_bits);
+      b_bf16 = to_device(b_bits);
+      g.a = a_bf16.data();
+      g.b = b_bf16.data();
+      g.operands = GemmOperands::BF16;
+    } else {
+      a = to_device(operands.a);
+      b = to_device(operands.b);
+      g.a = a.data();
+      g.b = b.data();
+    }
+    run.median_ms = time_on_device(reps, stream.get(), kNothing, [&] { gemm_cuda(context, g); });
+    run.output = to_host(y);
+  }
+  return run;
+}
+
+OpRun run_cuda(const FiniteCheckCase& c, int reps) {
+  DeviceBuffer<float> values = to_device(finite_check_values(c));
+  DeviceBuffer<unsigned long long> scratch(1);
+  int64_t index = 0;
+  OpRun run;
+  run.median_ms = time_on_device(
+      reps, nullptr, kNothing, [&] { index = first_non_finite_cuda(values.data(), c.count, scratch.data(), nullptr); });
+  run.output = {static_cast<float>(index)};
+  return run;
+}
+
+OpRun run_cuda(const AttentionCase& c, uint32_t seed, const AttentionRun& how, int reps) {
+  const AttentionData d = make_attention(c, seed);
+  DeviceBuffer<float> q = to_device(d.q), keys = to_device(d.keys), values = to_device(d.values);
+  DeviceBuffer<float> mask = to_device(d.mask), out = to_device(std::vector<float>(d.out.size(), kNaN));
+  AttentionParams p = d.params;
+  p.q = q.data();
+  p.keys = keys.data();
+  p.values = c.absorb ? keys.data() : values.data();
+  p.mask = d.mask.empty() ? nullptr : mask.data();
+  p.out = out.data();
+  Stream stream;
+  OpRun run;
+  if (how.standard_chunk == 0) {
+    run.median_ms = time_on_device(reps, stream.get(), kNothing, [&] { attention_fast_cuda(p, stream.get()); });
+    run.output = to_host(out);
+    return run;
+  }
+  {
+    CublasContext context(stream.get());
+    const int64_t floats = attention_standard_cuda_workspace_floats(p, how.standard_chunk, how.sequences);
+    DeviceBuffer<float> scores(floats);
+    float* tail_scores = attention_uses_split_scores(p) ? scores.data() + floats / 2 : nullptr;
+    run.median_ms = time_on_device(reps, stream.get(), kNothing, [&] {
+      attention_standard_cuda(context, p, how.standard_chunk, scores.data(), tail_scores, how.sequences);
+    });
+    run.output = to_host(out);
+  }
+  return run;
+}
+
+}  // namespace mla::test
