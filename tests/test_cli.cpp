@@ -50,6 +50,20 @@ TEST_F(MlaRunCli, TheFastPathLimitIsAutoUnlessGiven) {
   EXPECT_NE(given.out.find("kv_len 8 > fast_path_max_len 7"), std::string::npos) << given.out;
 }
 
+// parallel.communicator: auto and mpi run on the CPU (its ranks always sum through MPI); nccl sums
+// GPU ranks' outputs and is refused there, naming the key; an unknown value names the choices.
+TEST_F(MlaRunCli, TheCommunicatorKeyIsCheckedAgainstTheBackend) {
+  for (const char* choice : {"auto", "mpi"}) {
+    const Outcome outcome = run(base_config(), {std::string("parallel.communicator=") + choice});
+    EXPECT_EQ(outcome.exit_code, 0) << choice << ": " << outcome.err;
+    std::filesystem::remove(output());
+  }
+  expect_user_error(run(base_config(), {"parallel.communicator=nccl"}),
+                    {"parallel.communicator: nccl", "run.backend resolved to cpu", "use auto or mpi"});
+  expect_user_error(run(base_config(), {"parallel.communicator=gloo"}),
+                    {"parallel.communicator", "expected one of auto | nccl | mpi", "gloo"});
+}
+
 // run.log: steps (or --verbose): every rank's line for every step, with the reason.
 TEST_F(MlaRunCli, VerboseLogsEveryStepOfEveryRank) {
   for (const std::string& how : {std::string(" --verbose"), std::string(" --set run.log=steps")}) {

@@ -58,8 +58,7 @@
 #include <nccl.h>
 
 #include "kernels/cuda/cuda_check.h"
-#include "parallel/nccl_bootstrap.h"
-#include "parallel/nccl_communicator.h"
+#include "parallel/gpu_communicator.h"
 #include "runtime/layer/cuda_step_executor.h"
 #include "runtime/layer/mla_layer_cuda.h"
 #endif
@@ -162,6 +161,7 @@ struct PointLayer {
   std::unique_ptr<MlaLayer> cpu_layer;
 #if MLA_HAVE_CUDA
   std::unique_ptr<CudaMlaLayer> cuda_layer;
+  GpuCommunicator gpu_comm;  // parallel.communicator: NCCL, or MPI through host memory
 #endif
   std::unique_ptr<Communicator> comm;
   std::unique_ptr<StepExecutor> executor;
@@ -272,9 +272,10 @@ PointLayer Bench::make_layer(const Config& config, const BenchPoint& point, cons
     limits.max_kv_len = point.seq_len;
     rig.cuda_layer = std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits);
     result.device_bytes = rig.cuda_layer->memory().total();
-    rig.comm = std::make_unique<NcclCommunicator>(share_nccl_unique_id(session_), session_.rank(), session_.world(),
-                                                  rig.cuda_layer->stream(), config.parallel.timeout_s);
-    rig.executor = std::make_unique<CudaStepExecutor>(*rig.cuda_layer, *rig.comm, std::vector<float>{}, point.seq_len);
+    rig.gpu_comm = make_gpu_communicator(config.parallel.communicator, session_, rig.cuda_layer->stream(),
+                                         config.parallel.timeout_s);
+    rig.executor =
+        std::make_unique<CudaStepExecutor>(*rig.cuda_layer, *rig.gpu_comm.sum, std::vector<float>{}, point.seq_len);
 #endif
     return rig;
   }
@@ -618,6 +619,7 @@ PointSetup Bench::set_up(const BenchPoint& point) {
   phases_.run([&] {
     setup.config = point_config(sweep_, point);
     const Config& config = setup.config;
+    check_communicator(point.backend, config.parallel.communicator);
     setup.threads =
         configure_rank_threads(point.threads, config.run.pin_threads, session_.local_rank(), session_.local_size())
             .count;

@@ -38,8 +38,7 @@
 
 #if MLA_HAVE_CUDA
 #include "kernels/cuda/cuda_check.h"
-#include "parallel/nccl_bootstrap.h"
-#include "parallel/nccl_communicator.h"
+#include "parallel/gpu_communicator.h"
 #include "runtime/layer/cuda_step_executor.h"
 #include "runtime/layer/mla_layer_cuda.h"
 #endif
@@ -48,8 +47,9 @@ namespace mla {
 namespace {
 
 #if MLA_HAVE_CUDA
-// The CUDA backend: one GPU per rank (local rank modulo the node's devices), the layer's buffers
-// sized once for this run's schedule, NCCL summing the partial outputs on the layer's stream.
+// The CUDA backend: a GPU per rank (local rank modulo the node's devices, so ranks may share one),
+// the layer's buffers sized once for this run's schedule, the partial outputs summed as
+// parallel.communicator says (NCCL on the layer's stream, or MPI through host memory).
 RunResult run_on_cuda(const Config& config, const MpiSession& session, Phases& phases, const HeadShard& shard,
                       const LayerWeights& weights, const InputTensor& x, const std::vector<int64_t>& steps,
                       const std::vector<float>& mask, const RunOptions& options) {
@@ -68,9 +68,12 @@ RunResult run_on_cuda(const Config& config, const MpiSession& session, Phases& p
     std::printf("%s GPU %d (%s); device memory %s\n", session.label().c_str(), device, properties.name,
                 layer->memory().describe().c_str());
   });
-  NcclCommunicator comm(share_nccl_unique_id(session), session.rank(), session.world(), layer->stream(),
-                        config.parallel.timeout_s);
-  CudaStepExecutor executor(*layer, comm, mask, x.tokens);
+  GpuCommunicator comm;
+  phases.run([&] {
+    comm = make_gpu_communicator(config.parallel.communicator, session, layer->stream(), config.parallel.timeout_s);
+  });
+  std::printf("%s sum over ranks: %s\n", session.label().c_str(), comm.description.c_str());
+  CudaStepExecutor executor(*layer, *comm.sum, mask, x.tokens);
   return run_schedule(executor, x, steps, mask, options);
 }
 #endif
@@ -318,6 +321,7 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   });
   phases.agree("the configuration", config_text(config));
   phases.agree("the backend (run.backend as each rank resolved it)", to_string(backend));
+  check_communicator(backend, config.parallel.communicator);
   watchdog.set_timeout(config.parallel.timeout_s);
   const RankThreads rank_threads =
       configure_rank_threads(config.run.threads, config.run.pin_threads, session.local_rank(), session.local_size());

@@ -139,6 +139,7 @@ void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
 }
 
 void parse_parallel(MapReader reader, ParallelConfig& parallel) {
+  parallel.communicator = reader.get_enum("communicator", parallel.communicator);
   parallel.uneven_heads = reader.get_bool("uneven_heads", parallel.uneven_heads);
   parallel.check_identical_output = reader.get_bool("check_identical_output", parallel.check_identical_output);
   parallel.timeout_s = reader.get_double("timeout_s", parallel.timeout_s, 0.0, false);
@@ -276,6 +277,7 @@ std::vector<std::pair<std::string, std::string>> config_entries(const Config& c)
           {"run.output", r.output},
           {"run.mask", r.mask},
           {"run.score_chunk_bytes", text(r.score_chunk_bytes)},
+          {"parallel.communicator", to_string(c.parallel.communicator)},
           {"parallel.uneven_heads", text(c.parallel.uneven_heads)},
           {"run.check_finite", text(c.run.check_finite)},
           {"run.log", to_string(c.run.log)},

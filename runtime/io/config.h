@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "parallel/communicator.h"
 #include "runtime/io/model_args.h"
 
 namespace mla {
@@ -41,6 +42,9 @@ template <>
 const std::vector<std::string>& value_names<StepLog>();
 template <>
 const std::vector<std::string>& value_names<Fp8Dequant>();
+template <>
+const std::vector<std::string>& value_names<CommunicatorChoice>();
+const char* to_string(CommunicatorChoice value);
 
 const char* to_string(WeightsFormat value);
 const char* to_string(WeightDType value);
@@ -109,6 +113,7 @@ struct RunConfig {
 };
 
 struct ParallelConfig {
+  CommunicatorChoice communicator = CommunicatorChoice::Auto;  // the CUDA backend's sum
   bool uneven_heads = false;            // allow n_heads % world != 0: the first ranks take one head more
   bool check_identical_output = false;  // debug: after the run, ranks compare y bit for bit
   double timeout_s = 300.0;  // a rank with no progress for this long (a step, a collective) ends the job; 0: off

@@ -59,6 +59,11 @@ const std::vector<std::string>& value_names<Fp8Dequant>() {
   return names;
 }
 template <>
+const std::vector<std::string>& value_names<CommunicatorChoice>() {
+  static const std::vector<std::string> names = {"auto", "nccl", "mpi"};
+  return names;
+}
+template <>
 const std::vector<std::string>& value_names<FaultMode>() {
   static const std::vector<std::string> names = {"none", "exit", "hang", "nan"};
   return names;
@@ -73,6 +78,7 @@ const char* to_string(FormulationChoice value) { return name_of(value); }
 const char* to_string(StepLog value) { return name_of(value); }
 const char* to_string(Fp8Dequant value) { return name_of(value); }
 const char* to_string(FaultMode value) { return name_of(value); }
+const char* to_string(CommunicatorChoice value) { return name_of(value); }
 
 std::vector<int64_t> ScheduleConfig::steps(int64_t tokens) const {
   std::vector<int64_t> result;

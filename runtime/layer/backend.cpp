@@ -24,4 +24,12 @@ Backend resolve_backend(Backend requested, const std::string& key) {
 #endif
 }
 
+void check_communicator(Backend backend, CommunicatorChoice communicator) {
+  if (backend == Backend::Cpu && communicator == CommunicatorChoice::Nccl) {
+    throw UserError(
+        "parallel.communicator: nccl sums GPU ranks' outputs, but this run is on the CPU "
+        "(run.backend resolved to cpu); use auto or mpi");
+  }
+}
+
 }  // namespace mla

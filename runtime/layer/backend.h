@@ -12,4 +12,8 @@ namespace mla {
 // where both are there, else cpu.
 Backend resolve_backend(Backend requested, const std::string& key);
 
+// parallel.communicator against the backend a rank resolved: nccl sums GPU ranks' outputs, so
+// with the CPU backend it is a UserError naming the key (auto and mpi serve both backends).
+void check_communicator(Backend backend, CommunicatorChoice communicator);
+
 }  // namespace mla

@@ -57,6 +57,16 @@ TEST_F(CudaOps, Bf16StepsTakeTheTensorCoresAndDecodeBatchesSequences) {
   EXPECT_EQ(attention_standard_cuda_sequences_per_call(decode.params, 2 * 11 * decode.params.kv_len), 2);
 }
 
+// Without a device: the fp32 fast kernel's shared memory at DeepSeek-V3's score widths (absorb
+// 512 + 64, naive 128 + 64) and the default fast_path_max_len fits an A100's 163 KiB per block, so
+// the layer's fast path starts there too. (The tensor-core kernel sizes its stages from the device
+// it runs on; without a layout that fits, steps take this kernel.)
+TEST(CudaKernelLimits, TheFastKernelFitsAnA100AtTheDefaultMaxLen) {
+  constexpr int64_t kA100SharedBytesPerBlock = 163 * 1024;
+  EXPECT_LE(attention_fast_shared_bytes(576, 256), kA100SharedBytesPerBlock);
+  EXPECT_LE(attention_fast_shared_bytes(192, 256), kA100SharedBytesPerBlock);
+}
+
 TEST_F(CudaOps, FastKernelKeepsTheDefaultMaxLenOnChip) {
   // DeepSeek-V3's absorb score vector is 576 values; fast_path_max_len 256 must fit.
   EXPECT_GE(attention_fast_max_kv_len(576), 256);

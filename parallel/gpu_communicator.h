@@ -1,0 +1,50 @@
+// How the CUDA backend's ranks sum their partial outputs (parallel.communicator): NCCL on the
+// device, or MPI through pinned host memory. MPI lets several ranks share one GPU (NCCL refuses
+// two ranks on one device) and serves sites without NCCL.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+
+#include "parallel/communicator.h"
+#include "parallel/mpi_session.h"
+
+namespace mla {
+
+// Sums device memory through a host communicator: device -> pinned host buffer -> the host sum ->
+// device, ordered on `stream`. Every rank ends with the same bits, as the host communicator gives.
+class HostStagedCommunicator final : public Communicator {
+ public:
+  HostStagedCommunicator(Communicator& host, cudaStream_t stream) : host_(host), stream_(stream) {}
+  ~HostStagedCommunicator() override;
+  HostStagedCommunicator(const HostStagedCommunicator&) = delete;
+  HostStagedCommunicator& operator=(const HostStagedCommunicator&) = delete;
+
+  int rank() const override { return host_.rank(); }
+  int world() const override { return host_.world(); }
+  std::string host() const override { return host_.host(); }
+  // `values` is device memory. Returns once the sum is back in it.
+  void allreduce_sum(float* values, int64_t count) override;
+
+ private:
+  Communicator& host_;
+  cudaStream_t stream_;
+  float* staging_ = nullptr;  // pinned, grown to the largest sum asked
+  int64_t staging_count_ = 0;
+};
+
+// The communicator of a CUDA rank, and the words for its log line.
+struct GpuCommunicator {
+  std::unique_ptr<Communicator> host;  // MPI, when the sum goes through it
+  std::unique_ptr<Communicator> sum;   // what the step executor uses
+  std::string description;             // "NCCL (every rank has a GPU of its own)"
+};
+
+// Collective. `choice` as parallel.communicator gives it: nccl needs a GPU per rank on every node
+// (UserError otherwise, naming the key); auto takes NCCL when every rank has one, else MPI.
+GpuCommunicator make_gpu_communicator(CommunicatorChoice choice, const MpiSession& session, cudaStream_t stream,
+                                      double timeout_s);
+
+}  // namespace mla
