@@ -2,9 +2,9 @@
 """Writes mla_cuda_bench's seed table (and gpu_torch_seed.py's PyTorch times beside it) as rows of
 mla_bench's CSV, so that plot_bench.py draws the GPU's seed table, memory and ours-vs-PyTorch plots.
 
-The GPU check runs mla_cuda_bench, not mla_bench: the lent GPU machines have no MPI or yaml-cpp.
+`launch/gpu_check.sh run` runs mla_cuda_bench, not mla_bench (it builds without MPI or yaml-cpp).
 Columns it does not measure (threads, op-count rates, RSS) are left empty. device_peak_bytes is the
-layer's device memory report; torch_median_ms is PyTorch's time at the same point, with the
+measured peak where the table has it (older tables: the layer's device memory report); torch_median_ms is PyTorch's time at the same point, with the
 formulation PyTorch users run there (naive for prefill, absorbed for decode).
 
 Usage: cuda_seed_to_bench_csv.py SEED_TABLE_GPU.csv [--torch SEED_TABLE_GPU_TORCH.csv] --out OUT.csv
@@ -55,7 +55,7 @@ def main():
             "weights_dtype": "bf16", "path_chosen": row["path_chosen"], "formulation_chosen": row["formulation_chosen"],
             "median_ms": row["median_ms"], "min_ms": row["min_ms"], "p90_ms": row["p90_ms"], "allreduce_ms": 0,
             "gflops": "", "gbps": "", "workspace_bytes": row["attention_workspace_bytes"], "peak_rss_bytes": "",
-            "device_peak_bytes": row["layer_device_bytes"], "torch_median_ms": torch_row.get("median_ms", ""),
+            "device_peak_bytes": row.get("device_peak_bytes") or row["layer_device_bytes"], "torch_median_ms": torch_row.get("median_ms", ""),
             "torch_min_ms": torch_row.get("min_ms", ""), "torch_p90_ms": torch_row.get("p90_ms", ""),
             "torch_formulation": torch_row.get("formulation", ""),
             "device": row["device"]})

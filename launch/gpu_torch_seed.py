@@ -6,7 +6,8 @@ Same shapes as mla_cuda_bench: a DeepSeek-V3 slice (dim 7168, q_lora_rank 1536, 
 position 0, the naive formulation: "the original attention") and decode (one token at kv length S,
 both formulations). The layer is launch/torch_mla_baseline.py's MlaRank, unchanged; weights are
 random, scaled by 1/sqrt(fan-in). Timing: CUDA events around each step after warm-up, median, min
-and p90; peak bytes from torch.cuda.max_memory_allocated over the timed steps.
+and p90; peak bytes from torch.cuda.max_memory_allocated over the timed steps, and the device memory
+the driver reports in use (the CUDA context and libraries included), as mla_cuda_bench reports both.
 
 Usage: python3 launch/gpu_torch_seed.py [--csv FILE] [--reps N] [--batch B]
 """
@@ -70,7 +71,7 @@ def main():
     generator = torch.Generator(device="cuda").manual_seed(1)
     weights = random_weights(shape, generator)
     rows = []
-    header = "device,torch,phase,seq_len,batch,formulation,median_ms,min_ms,p90_ms,peak_bytes"
+    header = "device,torch,phase,seq_len,batch,formulation,median_ms,min_ms,p90_ms,peak_bytes,device_used_bytes"
     print(f"{'phase':8} {'seq':>5} {'form':7} {'median_ms':>10} {'min_ms':>10} {'p90_ms':>10} {'peak_MB':>10}")
     with torch.inference_mode():
         for phase in ("prefill", "decode"):
@@ -87,10 +88,12 @@ def main():
                         x, start_pos = tokens, 0
                     median, low, p90 = time_steps(layer, x, start_pos, formulation, args.reps)
                     peak = torch.cuda.max_memory_allocated()
+                    free, total = torch.cuda.mem_get_info()  # the driver's view, as mla_cuda_bench reports it
+                    used = total - free
                     print(f"{phase:8} {seq_len:5d} {formulation:7} {median:10.3f} {low:10.3f} {p90:10.3f} "
                           f"{peak / 1e6:10.1f}")
                     rows.append(f"{torch.cuda.get_device_name()},{torch.__version__},{phase},{seq_len},{args.batch},"
-                                f"{formulation},{median:.4f},{low:.4f},{p90:.4f},{peak}")
+                                f"{formulation},{median:.4f},{low:.4f},{p90:.4f},{peak},{used}")
                     del layer
                     torch.cuda.empty_cache()
     if args.csv:

@@ -1,5 +1,6 @@
 // Device memory owned by one object: allocated once, at the size the config asks for, freed with
-// the object. The layer sums the bytes of its buffers for its memory report.
+// the object. The layer sums the bytes of its buffers for its memory report; every allocation and
+// release is also counted (kernels/cuda/device_memory.h), so what is held can be measured.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_memory.h"
 
 namespace mla {
 
@@ -17,18 +19,19 @@ class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   explicit DeviceBuffer(int64_t count) : count_(count) {
-    if (count_ > 0) CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&data_), bytes()));
+    if (count_ > 0) {
+      CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&data_), bytes()));
+      note_device_allocation(static_cast<int64_t>(bytes()));
+    }
   }
-  ~DeviceBuffer() {
-    if (data_ != nullptr) cudaFree(data_);  // no throw from a destructor; a failure here is moot
-  }
+  ~DeviceBuffer() { release(); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   DeviceBuffer(DeviceBuffer&& other) noexcept
       : data_(std::exchange(other.data_, nullptr)), count_(std::exchange(other.count_, 0)) {}
   DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
     if (this != &other) {
-      if (data_ != nullptr) cudaFree(data_);
+      release();
       data_ = std::exchange(other.data_, nullptr);
       count_ = std::exchange(other.count_, 0);
     }
@@ -48,6 +51,13 @@ class DeviceBuffer {
   }
 
  private:
+  void release() {
+    if (data_ == nullptr) return;
+    cudaFree(data_);  // no throw from a destructor; a failure here is moot
+    note_device_allocation(-static_cast<int64_t>(bytes()));
+    data_ = nullptr;
+  }
+
   T* data_ = nullptr;
   int64_t count_ = 0;
 };

@@ -58,6 +58,7 @@
 #include <nccl.h>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_memory.h"
 #include "parallel/gpu_communicator.h"
 #include "runtime/layer/cuda_step_executor.h"
 #include "runtime/layer/mla_layer_cuda.h"
@@ -82,7 +83,7 @@ const std::vector<std::string> kColumns = {
     "chunk", "kv_len", "start_pos", "step_tokens", "n_local_heads", "reps", "flop", "bytes", "linear_flop",
     "replicated_flop", "gemm_only_ms", "device_peak_bytes", "torch_median_ms", "torch_min_ms", "torch_p90_ms",
     "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep", "weight_bytes", "weight_gbps", "linear_ms",
-    "attention_ms"};
+    "attention_ms", "device_used_bytes"};
 
 // VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
 // restarts the high-water mark from the current RSS), so that each point reports its own peak.
@@ -117,9 +118,10 @@ struct Measurement {
   std::vector<double> linear_ms, attention_ms;  // CPU: the step's parts (StepReport)
   StepReport report;
   std::vector<float> partial_first_sequence;  // the last step's partial output of sequence 0
-  int64_t device_bytes = 0;
-  int64_t weight_bytes = 0;           // CPU: the weight bytes a step reads (streamed bits or GEMM operands)
-  std::string linear_implementation;  // CPU: which GEMM runs the linear layers
+  int64_t device_bytes = 0;                   // CUDA: the most held through our allocations (measured)
+  int64_t device_used_bytes = 0;              // CUDA: what the driver says the process uses
+  int64_t weight_bytes = 0;                   // CPU: the weight bytes a step reads (streamed bits or GEMM operands)
+  std::string linear_implementation;          // CPU: which GEMM runs the linear layers
 };
 
 // Weights are loaded once per (weights, model, world, compute dtype): loading DeepSeek-sized
@@ -270,8 +272,8 @@ PointLayer Bench::make_layer(const Config& config, const BenchPoint& point, cons
     limits.max_batch = point.batch;
     limits.max_step_len = std::max(point.start_pos(), point.step_len());
     limits.max_kv_len = point.seq_len;
+    reset_device_memory_peak();  // the point's peak, measured (Measurement::device_bytes)
     rig.cuda_layer = std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits);
-    result.device_bytes = rig.cuda_layer->memory().total();
     rig.gpu_comm = make_gpu_communicator(config.parallel.communicator, session_, rig.cuda_layer->stream(),
                                          config.parallel.timeout_s);
     rig.executor =
@@ -353,6 +355,12 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
   }
   const uint16_t* step_input_bf16 = step_x_bf16.empty() ? nullptr : step_x_bf16.data();
   time_steps(executor, point, step_x.data(), step_input_bf16, result);
+#if MLA_HAVE_CUDA
+  if (rig.cuda_layer) {
+    result.device_bytes = device_memory_use().peak_bytes;
+    result.device_used_bytes = device_memory_used_by_driver();
+  }
+#endif
   if (rig.cpu_layer) {
     result.weight_bytes = rig.cpu_layer->weight_bytes_read(point.batch * step_len, result.report.plan.formulation);
   }
@@ -710,7 +718,8 @@ ResultRow Bench::csv_row(const PointResult& r) const {
       .add("weight_gbps",
            measured.weight_bytes > 0 ? significant(static_cast<double>(measured.weight_bytes) / step.median / 1e6) : "")
       .add("linear_ms", cpu ? significant(summarize_times(measured.linear_ms).median) : "")
-      .add("attention_ms", cpu ? significant(summarize_times(measured.attention_ms).median) : "");
+      .add("attention_ms", cpu ? significant(summarize_times(measured.attention_ms).median) : "")
+      .add("device_used_bytes", cpu ? "" : std::to_string(measured.device_used_bytes));
   return row;
 }
 

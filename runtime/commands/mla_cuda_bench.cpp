@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_memory.h"
 #include "runtime/base/errors.h"
 #include "runtime/base/random_values.h"
 #include "runtime/base/user_files.h"
@@ -140,7 +141,9 @@ const std::vector<std::string> kCsvColumns = {"device",
                                               "min_ms",
                                               "p90_ms",
                                               "attention_workspace_bytes",
-                                              "layer_device_bytes"};
+                                              "layer_device_bytes",
+                                              "device_peak_bytes",
+                                              "device_used_bytes"};
 
 // The forward steps of one point, each timed by CUDA events on the layer's stream: options.warmup
 // untimed, then options.reps timed. A profiler started with --profile-from-start off sees the
@@ -200,6 +203,9 @@ int run(const Options& options) {
         run.attention = attention;
         run.score_chunk_bytes = int64_t{1} << 40;  // no query chunking: every row of a sequence at once
         const int64_t step_len = decode ? 1 : seq_len;
+        // Measured on one basis with the PyTorch baseline's: the most this point held through our
+        // allocations (its layer, input and output), and what the driver says the process uses.
+        reset_device_memory_peak();
         CudaMlaLayer layer(m, shard, loaded.weights, run, {options.batch, seq_len, seq_len, false});
         DeviceBuffer<float> x(options.batch * seq_len * m.dim), y(options.batch * seq_len * m.dim);
         std::vector<float> host_x(static_cast<size_t>(x.size()));
@@ -228,7 +234,9 @@ int run(const Options& options) {
             .add("min_ms", fixed(t.min, 4))
             .add("p90_ms", fixed(t.p90, 4))
             .add("attention_workspace_bytes", std::to_string(report.attention_workspace_bytes))
-            .add("layer_device_bytes", std::to_string(memory.total()));
+            .add("layer_device_bytes", std::to_string(memory.total()))
+            .add("device_peak_bytes", std::to_string(device_memory_use().peak_bytes))
+            .add("device_used_bytes", std::to_string(device_memory_used_by_driver()));
         csv.add(row);
       }
     }

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/device_memory.h"
 #include "runtime/base/errors.h"
 #include "runtime/layer/cuda_step_executor.h"
 #include "runtime/layer/mla_layer_cuda.h"
@@ -141,7 +142,11 @@ TEST_F(CudaLayer, EmulatedWorldsOfTwoAndFourEqualWorldOne) {
   }
 }
 
-TEST_F(CudaLayer, TheFastPathNeedsLessWorkspaceThanTheStandardPath) {
+// Device memory as measured (every DeviceBuffer's allocation counted, and the driver's view), not
+// as the layer adds it up: the layer's report equals what it allocated; the driver sees at least
+// that much more in use; the fast path's layer holds less than the standard path's (no score
+// buffers), with the same weights, kept in bf16 in bf16 mode.
+TEST_F(CudaLayer, TheFastPathHoldsLessDeviceMemoryAsMeasured) {
   const ModelArgs m = model_args(128, 8, 64, 64, 16, 8, 16, 4, 256);
   const LoadedWeights loaded =
       load_layer_weights(random_weights(WeightDType::BF16, 9), m, whole(m), ComputeDType::BF16);
@@ -149,14 +154,28 @@ TEST_F(CudaLayer, TheFastPathNeedsLessWorkspaceThanTheStandardPath) {
   RunConfig fast = run_config(AttentionChoice::Fast, FormulationChoice::Auto, ComputeDType::BF16);
   RunConfig standard = run_config(AttentionChoice::Standard, FormulationChoice::Auto, ComputeDType::BF16);
   standard.score_chunk_bytes = int64_t{64} << 20;
-  const CudaMlaLayer fast_layer(m, whole(m), loaded.weights, fast, limits);
-  const CudaMlaLayer standard_layer(m, whole(m), loaded.weights, standard, limits);
-  EXPECT_EQ(fast_layer.memory().attention_workspace_bytes, 0);
-  EXPECT_GT(standard_layer.memory().attention_workspace_bytes, 0);
-  EXPECT_LT(fast_layer.memory().total(), standard_layer.memory().total());
-  EXPECT_EQ(fast_layer.memory().weights_bytes, standard_layer.memory().weights_bytes);
+  struct Held {
+    int64_t measured, reported, weights, workspace;
+  };
+  const auto held_by = [&](const RunConfig& run) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const int64_t before = device_memory_use().in_use_bytes;
+    const int64_t driver_before = device_memory_used_by_driver();
+    const CudaMlaLayer layer(m, whole(m), loaded.weights, run, limits);
+    const Held held{device_memory_use().in_use_bytes - before, layer.memory().total(), layer.memory().weights_bytes,
+                    layer.memory().attention_workspace_bytes};
+    EXPECT_GE(device_memory_used_by_driver() - driver_before, held.measured) << "the driver sees less than we hold";
+    return held;
+  };
+  const Held fast_held = held_by(fast);
+  const Held standard_held = held_by(standard);
+  EXPECT_EQ(fast_held.reported, fast_held.measured) << "a buffer the memory report leaves out (fast)";
+  EXPECT_EQ(standard_held.reported, standard_held.measured) << "a buffer the memory report leaves out (standard)";
+  EXPECT_LT(fast_held.measured, standard_held.measured);
+  EXPECT_EQ(fast_held.workspace, 0);
+  EXPECT_EQ(fast_held.weights, standard_held.weights);
   // bf16 mode keeps the matrices in bf16 (the two norm vectors stay fp32).
-  EXPECT_LT(fast_layer.memory().weights_bytes, loaded.weights.bytes() * 6 / 10);
+  EXPECT_LT(fast_held.weights, loaded.weights.bytes() * 6 / 10);
 }
 
 TEST_F(CudaLayer, ATooLongFastPathIsRefusedNamingTheKey) {

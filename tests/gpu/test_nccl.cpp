@@ -1,12 +1,15 @@
-// NCCL behind the communicator with a world of one (one GPU here): the in-place all-reduce on the
-// layer's stream leaves the values as they are, and a whole run through NCCL equals one without.
+// NCCL behind the communicator with a world of one (one GPU here): its deadline and abort, a whole
+// run through it (wired on the layer's stream) equal to one without, a non-finite partial output.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <string>
 #include <vector>
 
 #include "parallel/nccl_communicator.h"
 #include "runtime/layer/cuda_step_executor.h"
 #include "tests/gpu/gpu_test_util.h"
+#include "tests/gpu/stall_kernel.h"
 #include "tests/test_util.h"
 
 namespace mla::test {
@@ -14,17 +17,29 @@ namespace {
 
 using Nccl = GpuTest;
 
-TEST_F(Nccl, WorldOfOneAllReduceIsInPlaceAndExact) {
+// NCCL's error path at a world of one, where a sum cannot be wrong: a kernel holds the stream past
+// the deadline, so the all-reduce behind it is not done in time; the communicator is aborted and
+// RankFailure names this rank and what it waited for, at the deadline rather than after the stall.
+TEST_F(Nccl, AnAllReduceThatMissesItsDeadlineAbortsTheCommunicator) {
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));
   {
-    NcclCommunicator comm(new_nccl_unique_id(), 0, 1, stream, 30.0);
-    EXPECT_EQ(comm.rank(), 0);
-    EXPECT_EQ(comm.world(), 1);
-    const std::vector<float> values = random_floats(100003, 30);
-    DeviceBuffer<float> device = to_device(values);
-    comm.allreduce_sum(device.data(), static_cast<int64_t>(values.size()));
-    EXPECT_EQ(to_host(device), values);
+    NcclCommunicator comm(new_nccl_unique_id(), 0, 1, stream, 0.5);
+    DeviceBuffer<float> device = to_device(random_floats(1 << 16, 30));
+    stall_stream(stream, 4.0);
+    const auto started = std::chrono::steady_clock::now();
+    try {
+      comm.allreduce_sum(device.data(), device.size());
+      FAIL() << "an all-reduce behind a 4 s stall met a 0.5 s deadline";
+    } catch (const RankFailure& failure) {
+      const std::string message = failure.what();
+      EXPECT_NE(message.find("rank 0"), std::string::npos) << message;
+      EXPECT_NE(message.find("all-reduce"), std::string::npos) << message;
+    }
+    const double waited_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    EXPECT_LT(waited_s, 3.0) << "the wait ended with the stall, not at the deadline";
+    // The stall ends; an in-place sum of one rank queues no kernel of NCCL's behind it.
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   }
   CUDA_CHECK(cudaStreamDestroy(stream));
 }
