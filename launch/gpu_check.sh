@@ -14,6 +14,7 @@
 #                                           # GPU, parallel.communicator: mpi) against world 1; faults
 #     bash launch/gpu_check.sh bench        # mla_bench's seed table on the GPU with the PyTorch baseline,
 #                                           # mla_allreduce_bench (NCCL at world 1, MPI)
+#     bash launch/gpu_check.sh a100         # the kernels as compute_80 PTX (A100 code) and the GPU tests on them
 #     bash launch/gpu_check.sh run          # the reduced check: GPU tests, mla_cuda_bench, PyTorch's seed
 #                                           # table (no MPI or yaml-cpp needed); GPU_CHECK_TORCH=0 skips PyTorch
 #     bash launch/gpu_check.sh profile      # per-kernel times of one step by Nsight Compute;
@@ -27,13 +28,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_gpu() {
-  # Needs $out; leaves LD_LIBRARY_PATH pointing at the NCCL it linked.
+  # Needs $out; leaves LD_LIBRARY_PATH pointing at the NCCL it linked. $1: the build folder
+  # (build-gpu), $2: the -gencode flags (Hopper's sm_90a).
+  local dir=${1:-build-gpu} gencode=${2:--gencode=arch=compute_90a,code=sm_90a}
   # NCCL: beside the CUDA toolkit, or else the one inside PyTorch's Python packages.
   nccl_root=""
   if [ ! -e /usr/local/cuda/include/nccl.h ]; then
     pip_nccl=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
     if [ -n "$pip_nccl" ]; then
-      nccl_root=$PWD/build-gpu/nccl
+      nccl_root=$PWD/$dir/nccl
       mkdir -p "$nccl_root"
       ln -sfn "$pip_nccl/lib" "$nccl_root/lib"
       if [ -e "$pip_nccl/include/nccl.h" ]; then ln -sfn "$pip_nccl/include" "$nccl_root/include"
@@ -41,10 +44,10 @@ build_gpu() {
     fi
   fi
   set -o pipefail
-  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLA_GPU_CHECK_ONLY=ON -DMLA_WARNINGS_AS_ERRORS=OFF \
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLA_GPU_CHECK_ONLY=ON -DMLA_WARNINGS_AS_ERRORS=OFF \
     -DMLA_GTEST_SOURCE_DIR="$PWD/.device/googletest" -DMLA_NLOHMANN_INCLUDE_DIR="$PWD/.device/include" \
-    -DMLA_NCCL_ROOT="$nccl_root" -DMLA_CUDA_GENCODE="-gencode=arch=compute_90a,code=sm_90a" 2>&1 | tee "$out/build.log"
-  cmake --build build-gpu -j "$(nproc)" 2>&1 | tee -a "$out/build.log"
+    -DMLA_NCCL_ROOT="$nccl_root" -DMLA_CUDA_GENCODE="$gencode" 2>&1 | tee "$out/build.log"
+  cmake --build "$dir" -j "$(nproc)" 2>&1 | tee -a "$out/build.log"
   [ -z "$nccl_root" ] || export LD_LIBRARY_PATH="$nccl_root/lib:${LD_LIBRARY_PATH:-}"
 }
 
@@ -238,6 +241,22 @@ case "${1:-run}" in
     echo "gpu_check: GPU tests exit $tests_rc, benchmark exit $bench_rc, PyTorch baseline exit $torch_rc; logs in $out"
     [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$torch_rc" -eq 0 ]
     ;;
+  a100)
+    # The A100 code paths on a Hopper GPU: the kernels built as compute_80 PTX only, which the driver
+    # compiles for the device at load (sm_80 machine code itself does not run on Hopper), then the
+    # GPU tests on them. The reduced build: nothing carried but .device/'s sources.
+    [ -d .device/googletest ] || { echo "gpu_check: run 'bash launch/gpu_check.sh prepare' here first, and carry .device" >&2; exit 2; }
+    out=${OUT:-results/gpu}/a100
+    mkdir -p "$out"
+    build_gpu build-gpu-a100 "-gencode=arch=compute_80,code=compute_80" > /dev/null
+    set +e
+    timeout "${GPU_TESTS_TIMEOUT_S:-300}" ./build-gpu-a100/tests/gpu/mla_gpu_tests \
+      ${GPU_TESTS_FILTER:+--gtest_filter=$GPU_TESTS_FILTER} --gtest_output=xml:"$out/gpu_tests.xml" > "$out/gpu_tests.log" 2>&1
+    tests_rc=$?
+    grep -E '^\[ +(PASSED|SKIPPED|FAILED) +\]|Failure' "$out/gpu_tests.log" | head -30
+    echo "gpu_check a100: GPU tests on compute_80 PTX exit $tests_rc; logs in $out"
+    exit "$tests_rc"
+    ;;
   profile)
     # Kernel times of one step per point, by Nsight Compute (clocks left as they are).
     # Points: PROFILE_POINTS="phase:seq:attention ...".
@@ -260,7 +279,7 @@ case "${1:-run}" in
     done
     ;;
   *)
-    echo "usage: bash launch/gpu_check.sh prepare|core|bench|run|profile" >&2
+    echo "usage: bash launch/gpu_check.sh prepare|core|bench|a100|run|profile" >&2
     exit 2
     ;;
 esac
