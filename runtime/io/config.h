@@ -26,6 +26,13 @@ enum class Fp8Dequant { Bf16, Exact };
 // exactly these, so a name is written once.
 template <typename Enum>
 const std::vector<std::string>& value_names();
+// The spelling of `value` ("?" for a value outside the enum): what each to_string() returns.
+template <typename Enum>
+const char* value_name(Enum value) {
+  const std::vector<std::string>& names = value_names<Enum>();
+  const size_t index = static_cast<size_t>(value);
+  return index < names.size() ? names[index].c_str() : "?";
+}
 template <>
 const std::vector<std::string>& value_names<WeightsFormat>();
 template <>

@@ -7,17 +7,6 @@
 
 namespace mla {
 
-namespace {
-
-template <typename Enum>
-const char* name_of(Enum value) {
-  const std::vector<std::string>& names = value_names<Enum>();
-  const size_t index = static_cast<size_t>(value);
-  return index < names.size() ? names[index].c_str() : "?";
-}
-
-}  // namespace
-
 template <>
 const std::vector<std::string>& value_names<WeightsFormat>() {
   static const std::vector<std::string> names = {"deepseek", "hf", "random"};
@@ -69,16 +58,16 @@ const std::vector<std::string>& value_names<FaultMode>() {
   return names;
 }
 
-const char* to_string(WeightsFormat value) { return name_of(value); }
-const char* to_string(WeightDType value) { return name_of(value); }
-const char* to_string(Backend value) { return name_of(value); }
-const char* to_string(ComputeDType value) { return name_of(value); }
-const char* to_string(AttentionChoice value) { return name_of(value); }
-const char* to_string(FormulationChoice value) { return name_of(value); }
-const char* to_string(StepLog value) { return name_of(value); }
-const char* to_string(Fp8Dequant value) { return name_of(value); }
-const char* to_string(FaultMode value) { return name_of(value); }
-const char* to_string(CommunicatorChoice value) { return name_of(value); }
+const char* to_string(WeightsFormat value) { return value_name(value); }
+const char* to_string(WeightDType value) { return value_name(value); }
+const char* to_string(Backend value) { return value_name(value); }
+const char* to_string(ComputeDType value) { return value_name(value); }
+const char* to_string(AttentionChoice value) { return value_name(value); }
+const char* to_string(FormulationChoice value) { return value_name(value); }
+const char* to_string(StepLog value) { return value_name(value); }
+const char* to_string(Fp8Dequant value) { return value_name(value); }
+const char* to_string(FaultMode value) { return value_name(value); }
+const char* to_string(CommunicatorChoice value) { return value_name(value); }
 
 std::vector<int64_t> ScheduleConfig::steps(int64_t tokens) const {
   std::vector<int64_t> result;

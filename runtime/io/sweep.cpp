@@ -23,10 +23,8 @@ const std::vector<std::string>& value_names<BaselineChoice>() {
   return names;
 }
 
-const char* to_string(BenchPhase value) { return value_names<BenchPhase>()[static_cast<size_t>(value)].c_str(); }
-const char* to_string(BaselineChoice value) {
-  return value_names<BaselineChoice>()[static_cast<size_t>(value)].c_str();
-}
+const char* to_string(BenchPhase value) { return value_name(value); }
+const char* to_string(BaselineChoice value) { return value_name(value); }
 
 int64_t BenchPoint::start_pos() const {
   switch (phase) {
