@@ -57,5 +57,26 @@ TEST(DeepSeekFixture, Bf16Absorb) {
   }
 }
 
+// What a quantized latent cache costs on DeepSeek's own weights and outputs (docs/design.md, The
+// latent cache): the paged cache in each dtype against DeepSeek's fp32 output, and the fp8 cache
+// against the bf16 one.
+TEST(DeepSeekFixture, QuantizedCacheErrorIsBounded) {
+  std::vector<float> bf16_y;
+  for (const char* dtype : {"fp32", "bf16", "fp8"}) {
+    const FixtureRun run = run_fixture(
+        "y_absorb_f32",
+        {"run.formulation=absorb", std::string("run.kv_cache={layout: paged, page_size: 8, dtype: ") + dtype + "}"});
+    const double error = relative_l2(run.result.y, run.expected);
+    std::printf("[ kv cache ] %s rows, paged: relative L2 %.3g from DeepSeek's fp32 output\n", dtype, error);
+    EXPECT_LE(error, std::string(dtype) == "fp32" ? 1e-5 : std::string(dtype) == "bf16" ? 1e-2 : 6e-2) << dtype;
+    if (std::string(dtype) == "bf16") bf16_y = run.result.y;
+    if (std::string(dtype) == "fp8") {
+      const double from_bf16 = relative_l2(run.result.y, to_double(bf16_y));
+      std::printf("[ kv cache ] fp8 rows: relative L2 %.3g from the bf16 cache's output\n", from_bf16);
+      EXPECT_LE(from_bf16, 6e-2);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mla::test

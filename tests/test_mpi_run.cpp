@@ -57,6 +57,44 @@ TEST_F(MlaRunMpi, WorldsOfTwoAndFourEqualWorldOneOnEveryPath) {
   }
 }
 
+// Continuous batching at world 2 and 4: every rank runs the same planned steps with the same block
+// tables, and each request's output equals world 1's (dense fp32 and paged fp8 caches).
+TEST_F(MlaRunMpi, ContinuousBatchingAtTwoAndFourRanksEqualsOneRank) {
+  const std::string config =
+      "model: {dim: 48, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 24, qk_nope_head_dim: 8,\n"
+      "        qk_rope_head_dim: 4, v_head_dim: 8, max_batch_size: 2, max_seq_len: 32}\n"
+      "weights: {format: random, dtype: bf16, seed: 5}\n"
+      "run:\n"
+      "  threads: 1\n"
+      "  input: {random: {seed: 6}}\n"
+      "  schedule: {requests: [{name: a, prompt: 9, generate: 3}, {name: b, prompt: 3, generate: 6, arrival: 1},\n"
+      "                        {name: c, prompt: 5, generate: 2, arrival: 2}]}\n"
+      "  max_step_tokens: 6\n";
+  for (const char* cache : {"{layout: dense}", "{layout: paged, page_size: 4, pages: 6, dtype: fp8}"}) {
+    const std::vector<std::string> sets = {std::string("run.kv_cache=") + cache};
+    std::vector<std::vector<float>> world1;
+    for (int ranks : {1, 2, 4}) {
+      const std::string y_path = dir_.file("y_requests" + std::to_string(ranks) + ".safetensors");
+      std::vector<std::string> run_sets = sets;
+      run_sets.push_back("run.output=" + y_path);
+      run_sets.push_back("parallel.check_identical_output=true");
+      const Outcome outcome = run_command(mpiexec(ranks) + mla_run_command(write_config("cb.yaml", config), run_sets));
+      ASSERT_EQ(outcome.exit_code, 0) << outcome.out << outcome.err;
+      EXPECT_NE(outcome.out.find("y is bitwise identical on all " + std::to_string(ranks) + " ranks"),
+                std::string::npos);
+      const SafetensorsFile y = SafetensorsFile::open(y_path);
+      for (size_t i = 0; i < 3; ++i) {
+        const std::vector<float> values = y.read_f32(std::string("y.") + "abc"[i]);
+        if (ranks == 1) {
+          world1.push_back(values);
+        } else {
+          EXPECT_LE(relative_l2(values, to_double(world1[i])), 1e-5) << ranks << " ranks, " << cache << ", " << i;
+        }
+      }
+    }
+  }
+}
+
 // "[rank r/n host] ... pinned to CPUs 0-1,4; ..." -> {0, 1, 4} for each rank; a rank without such a
 // line fails the test.
 std::vector<std::set<int>> pinned_cpus_per_rank(const std::string& out, int ranks) {

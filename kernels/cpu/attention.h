@@ -6,8 +6,10 @@
 //           applies Wv afterwards.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
+#include "kernels/cpu/paged_latent.h"
 #include "kernels/cpu/softmax.h"
 
 namespace mla {
@@ -42,10 +44,21 @@ struct AttentionParams {
   uint16_t* out_bf16 = nullptr;
 
   int64_t batch = 0;
-  int64_t seq = 0;  // S, new tokens this step
+  int64_t seq = 0;  // S, new tokens this step (ragged: the most of any sequence)
   int64_t n_heads = 0;
   int64_t start_pos = 0;  // p: the query s sits at position p + s
-  int64_t kv_len = 0;     // e = p + S cached positions
+  int64_t kv_len = 0;     // e = p + S cached positions (ragged: the most of any sequence)
+  // Ragged steps (docs/design.md, Inference-shaped steps); null: the uniform batch above. Sequence
+  // b's queries are the packed rows token_offset[b] .. token_offset[b] + new_tokens[b] - 1 of q and
+  // out, at positions seq_start_pos[b] + s; it attends to its first seq_start_pos[b] + new_tokens[b]
+  // positions. A sequence with no new tokens is skipped. No explicit mask with these.
+  const int64_t* seq_start_pos = nullptr;
+  const int64_t* seq_new_tokens = nullptr;
+  const int64_t* seq_token_offset = nullptr;
+  // Keys and values shared by every head (absorb) read through the latent cache's block tables
+  // (row b of the table is sequence b) instead of keys/values; key_pos_stride = value_pos_stride
+  // = C + dr then describe the fp32 rows paged_latent_rows returns.
+  const PagedLatentView* latent_pages = nullptr;
   int64_t score_dim = 0;
   // bf16 only: DeepSeek's absorb code computes the latent part [0, score_split) and the rope part
   // as two einsums, each rounded to bf16, then adds them. 0: one dot product (naive).
@@ -88,11 +101,71 @@ namespace mla {
 // pointers instead would read nothing (or stale values), or leave the output unwritten.
 void require_fp32_operands(const AttentionParams& params, const char* kernel);
 
-// Positions the query row s may attend to: [0, visible_len). Causal: t <= p + s.
+// One sequence of a step: its queries' first packed row, their count and first position, and the
+// positions it attends to.
+struct AttentionSequence {
+  int64_t token_offset = 0;
+  int64_t new_tokens = 0;
+  int64_t start_pos = 0;
+  int64_t kv_len = 0;
+};
+
+inline AttentionSequence attention_sequence(const AttentionParams& params, int64_t b) {
+  if (params.seq_start_pos == nullptr) return {b * params.seq, params.seq, params.start_pos, params.kv_len};
+  const int64_t start_pos = params.seq_start_pos[b];
+  const int64_t new_tokens = params.seq_new_tokens[b];
+  return {params.seq_token_offset[b], new_tokens, start_pos, start_pos + new_tokens};
+}
+
+// Positions the query row s of `sequence` may attend to: [0, visible_len). Causal: t <= p + s.
+inline int64_t attention_visible_len(const AttentionParams& params, const AttentionSequence& sequence, int64_t s) {
+  if (params.mask != nullptr) return sequence.kv_len;
+  const int64_t last_visible = sequence.start_pos + s + 1;
+  return last_visible < sequence.kv_len ? last_visible : sequence.kv_len;
+}
+
+// The same for a uniform batch.
 inline int64_t attention_visible_len(const AttentionParams& params, int64_t s) {
-  if (params.mask != nullptr) return params.kv_len;
-  const int64_t last_visible = params.start_pos + s + 1;
-  return last_visible < params.kv_len ? last_visible : params.kv_len;
+  return attention_visible_len(params, attention_sequence(params, 0), s);
+}
+
+// Throws std::invalid_argument, naming `kernel`, when a ragged step carries an explicit mask or a
+// paged cache is given for per-head keys (only the shared latent rows are paged).
+void check_ragged_and_paged(const AttentionParams& params, const char* kernel);
+
+// Most positions read at once from a paged cache whose rows are dequantized (bf16, fp8) into a
+// thread's scratch of max_run_rows * (C + dr) floats: the fused kernel's runs stay in L2; the
+// standard path's are longer, so that its GEMMs stay large.
+inline constexpr int64_t kFastKvRunRows = 64;
+inline constexpr int64_t kStandardKvRunRows = 512;
+
+// Positions [0, cols) of sequence b's keys and values (head h), in runs contiguous in memory:
+// visit(first, count, keys, values), the pointers at position `first`. Unpaged: one run; fp32
+// pages: one run per page; dequantized pages: runs of at most max_run_rows.
+template <typename Visit>
+void for_each_kv_run(const AttentionParams& params, int64_t b, int64_t h, int64_t cols, int64_t max_run_rows,
+                     float* scratch, Visit&& visit) {
+  if (params.latent_pages == nullptr) {
+    visit(int64_t{0}, cols, params.keys + b * params.key_batch_stride + h * params.key_head_stride,
+          params.values + b * params.value_batch_stride + h * params.value_head_stride);
+    return;
+  }
+  const PagedLatentView& cache = *params.latent_pages;
+  for (int64_t first = 0; first < cols;) {
+    const int64_t page_index = first / cache.page_size;
+    const int64_t row = first % cache.page_size;
+    const int64_t run_rows = cache.dtype == LatentDType::F32 ? cache.page_size : max_run_rows;
+    const int64_t count = std::min({cols - first, cache.page_size - row, run_rows});
+    const float* rows = paged_latent_rows(cache, b, page_index, row, count, scratch);
+    visit(first, count, rows, rows);
+    first += count;
+  }
+}
+
+// Floats of one thread's run scratch (0 when nothing is dequantized).
+inline int64_t kv_run_scratch_floats(const AttentionParams& params, int64_t max_run_rows) {
+  const PagedLatentView* cache = params.latent_pages;
+  return cache == nullptr || cache->dtype == LatentDType::F32 ? 0 : max_run_rows * cache->row_width();
 }
 
 // Query row s's scores over its first `len` positions, to be finished and soft-maxed; tail: the

@@ -23,16 +23,19 @@ constexpr int64_t kRowBlock = 4;
 // Which query rows a block holds: (head, position) pairs of one sequence.
 struct RowBlock {
   int64_t b = 0;
+  AttentionSequence sequence;
   int64_t rows = 0;  // 1 .. kRowBlock real rows; the rest repeat the last one and are not written
   int64_t head[kRowBlock] = {};
   int64_t pos[kRowBlock] = {};
 };
 
-// Per thread: the block's scores (and its rope part's, in split bf16) and output accumulators.
+// Per thread: the block's scores (and its rope part's, in split bf16), output accumulators, and
+// the rows of a dequantized run of a paged cache.
 struct BlockWorkspace {
   AlignedVector<float> scores;        // [kRowBlock, kv_len]
   AlignedVector<float> tail_scores;   // [kRowBlock, kv_len], split bf16 scores only
   AlignedVector<float> accumulators;  // [kRowBlock, value_dim]
+  AlignedVector<float> run_rows;      // [kKvRunRows, C + dr], quantized paged caches only
 };
 
 // One finished output row: the accumulator, rounded to bf16 in bf16 mode.
@@ -48,28 +51,29 @@ bool shares_keys_across_heads(const AttentionParams& p) { return p.key_head_stri
 
 // Rows of one sequence in block order. Shared keys: position-major, so a block's heads see the
 // same positions (one visible length). Per-head keys: head-major, consecutive positions of one head.
-int64_t rows_per_sequence(const AttentionParams& p) { return p.n_heads * p.seq; }
-int64_t blocks_per_sequence(const AttentionParams& p) {
-  const int64_t rows = rows_per_sequence(p);
+int64_t blocks_per_sequence(const AttentionParams& p, int64_t new_tokens) {
+  const int64_t rows = p.n_heads * new_tokens;
   return shares_keys_across_heads(p) ? (rows + kRowBlock - 1) / kRowBlock
-                                     : p.n_heads * ((p.seq + kRowBlock - 1) / kRowBlock);
+                                     : p.n_heads * ((new_tokens + kRowBlock - 1) / kRowBlock);
 }
 
 RowBlock make_block(const AttentionParams& p, int64_t b, int64_t block) {
   RowBlock out;
   out.b = b;
+  out.sequence = attention_sequence(p, b);
+  const int64_t new_tokens = out.sequence.new_tokens;
   if (shares_keys_across_heads(p)) {
     const int64_t first = block * kRowBlock;
-    out.rows = std::min(kRowBlock, rows_per_sequence(p) - first);
+    out.rows = std::min(kRowBlock, p.n_heads * new_tokens - first);
     for (int64_t r = 0; r < kRowBlock; ++r) {
       const int64_t row = first + std::min(r, out.rows - 1);
       out.pos[r] = row / p.n_heads;
       out.head[r] = row % p.n_heads;
     }
   } else {
-    const int64_t blocks_per_head = (p.seq + kRowBlock - 1) / kRowBlock;
+    const int64_t blocks_per_head = (new_tokens + kRowBlock - 1) / kRowBlock;
     const int64_t first = (block % blocks_per_head) * kRowBlock;
-    out.rows = std::min(kRowBlock, p.seq - first);
+    out.rows = std::min(kRowBlock, new_tokens - first);
     for (int64_t r = 0; r < kRowBlock; ++r) {
       out.head[r] = block / blocks_per_head;
       out.pos[r] = first + std::min(r, out.rows - 1);
@@ -78,44 +82,86 @@ RowBlock make_block(const AttentionParams& p, int64_t b, int64_t block) {
   return out;
 }
 
-// scores[r * kv_len + t] = dot(query r, key t) over [offset, offset + dim), t < cols.
-void block_dots(const AttentionParams& p, const float* const query[kRowBlock], const float* keys, int64_t offset,
-                int64_t dim, int64_t cols, float* scores) {
+// The step's blocks as (sequence, block) pairs: sequences of a ragged step have different numbers.
+std::vector<std::pair<int64_t, int64_t>> step_blocks(const AttentionParams& p) {
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const int64_t count = blocks_per_sequence(p, attention_sequence(p, b).new_tokens);
+    for (int64_t block = 0; block < count; ++block) blocks.emplace_back(b, block);
+  }
+  return blocks;
+}
+
+// scores[r * kv_len + first + t] = dot(query r, key t) over [offset, offset + dim), t < count,
+// key t at keys + t * key_pos_stride.
+void block_dots(const AttentionParams& p, const float* const query[kRowBlock], const float* keys, int64_t first,
+                int64_t count, int64_t offset, int64_t dim, float* scores) {
   const float* rows[kRowBlock];
   for (int64_t r = 0; r < kRowBlock; ++r) rows[r] = query[r] + offset;
+  float* out = scores + first;
   int64_t t = 0;
-  for (; t + 4 <= cols; t += 4) {
+  for (; t + 4 <= count; t += 4) {
     const float* key[4] = {keys + t * p.key_pos_stride + offset, keys + (t + 1) * p.key_pos_stride + offset,
                            keys + (t + 2) * p.key_pos_stride + offset, keys + (t + 3) * p.key_pos_stride + offset};
     float dots[16];
     dot_4x4_f32(rows, key, dim, dots);
     for (int64_t r = 0; r < kRowBlock; ++r) {
-      for (int64_t j = 0; j < 4; ++j) scores[r * p.kv_len + t + j] = dots[r * 4 + j];
+      for (int64_t j = 0; j < 4; ++j) out[r * p.kv_len + t + j] = dots[r * 4 + j];
     }
   }
-  for (; t < cols; ++t) {
+  for (; t < count; ++t) {
     float dots[4];
     dot4_f32(keys + t * p.key_pos_stride + offset, rows, dim, dots);
-    for (int64_t r = 0; r < kRowBlock; ++r) scores[r * p.kv_len + t] = dots[r];
+    for (int64_t r = 0; r < kRowBlock; ++r) out[r * p.kv_len + t] = dots[r];
   }
+}
+
+// accumulator[r] += sum over t < count of probs[r * kv_len + first + t] * value t.
+void block_values(const AttentionParams& p, const float* scores, const float* values, int64_t first, int64_t count,
+                  float* const accumulator[kRowBlock]) {
+  const float* probs_at = scores + first;
+  int64_t t = 0;
+  for (; t + 4 <= count; t += 4) {
+    const float* value[4] = {values + t * p.value_pos_stride, values + (t + 1) * p.value_pos_stride,
+                             values + (t + 2) * p.value_pos_stride, values + (t + 3) * p.value_pos_stride};
+    float probs[16];
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      for (int64_t j = 0; j < 4; ++j) probs[r * 4 + j] = probs_at[r * p.kv_len + t + j];
+    }
+    axpy_4x4_f32(probs, value, accumulator, p.value_dim);
+  }
+  for (; t < count; ++t) {
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      const float prob = probs_at[r * p.kv_len + t];
+      if (prob != 0.0f) axpy_f32(prob, values + t * p.value_pos_stride, accumulator[r], p.value_dim);
+    }
+  }
+}
+
+float* output_row(const AttentionParams& p, const RowBlock& block, int64_t r) {
+  return p.out + (block.sequence.token_offset + block.pos[r]) * p.out_token_stride + block.head[r] * p.out_head_stride;
 }
 
 void attend_block(const AttentionParams& p, const RowBlock& block, BlockWorkspace& work) {
   const bool split = p.round_to_bf16 && p.score_split > 0;
   const int64_t main_dim = split ? p.score_split : p.score_dim;
-  const float* keys = p.keys + block.b * p.key_batch_stride + block.head[0] * p.key_head_stride;
-  const float* values = p.values + block.b * p.value_batch_stride + block.head[0] * p.value_head_stride;
   const float* query[kRowBlock];
   int64_t visible[kRowBlock];
   int64_t cols = 0;
   for (int64_t r = 0; r < kRowBlock; ++r) {
-    query[r] = p.q + (block.b * p.seq + block.pos[r]) * p.q_token_stride + block.head[r] * p.q_head_stride;
-    visible[r] = attention_visible_len(p, block.pos[r]);
+    query[r] = p.q + (block.sequence.token_offset + block.pos[r]) * p.q_token_stride + block.head[r] * p.q_head_stride;
+    visible[r] = attention_visible_len(p, block.sequence, block.pos[r]);
     cols = std::max(cols, visible[r]);
   }
   float* scores = work.scores.data();
-  block_dots(p, query, keys, 0, main_dim, cols, scores);
-  if (split) block_dots(p, query, keys, main_dim, p.score_dim - main_dim, cols, work.tail_scores.data());
+  for_each_kv_run(p, block.b, block.head[0], cols, kFastKvRunRows, work.run_rows.data(),
+                  [&](int64_t first, int64_t count, const float* keys, const float*) {
+                    block_dots(p, query, keys, first, count, 0, main_dim, scores);
+                    if (split) {
+                      block_dots(p, query, keys, first, count, main_dim, p.score_dim - main_dim,
+                                 work.tail_scores.data());
+                    }
+                  });
 
   for (int64_t r = 0; r < kRowBlock; ++r) {
     float* row = scores + r * p.kv_len;
@@ -127,26 +173,12 @@ void attend_block(const AttentionParams& p, const RowBlock& block, BlockWorkspac
   float* accumulator[kRowBlock];
   for (int64_t r = 0; r < kRowBlock; ++r) accumulator[r] = work.accumulators.data() + r * p.value_dim;
   std::fill(work.accumulators.begin(), work.accumulators.end(), 0.0f);
-  int64_t t = 0;
-  for (; t + 4 <= cols; t += 4) {
-    const float* value[4] = {values + t * p.value_pos_stride, values + (t + 1) * p.value_pos_stride,
-                             values + (t + 2) * p.value_pos_stride, values + (t + 3) * p.value_pos_stride};
-    float probs[16];
-    for (int64_t r = 0; r < kRowBlock; ++r) {
-      for (int64_t j = 0; j < 4; ++j) probs[r * 4 + j] = scores[r * p.kv_len + t + j];
-    }
-    axpy_4x4_f32(probs, value, accumulator, p.value_dim);
-  }
-  for (; t < cols; ++t) {
-    for (int64_t r = 0; r < kRowBlock; ++r) {
-      const float prob = scores[r * p.kv_len + t];
-      if (prob != 0.0f) axpy_f32(prob, values + t * p.value_pos_stride, accumulator[r], p.value_dim);
-    }
-  }
-  for (int64_t r = 0; r < block.rows; ++r) {
-    float* out = p.out + (block.b * p.seq + block.pos[r]) * p.out_token_stride + block.head[r] * p.out_head_stride;
-    store_output(accumulator[r], out, p.value_dim, p.round_to_bf16);
-  }
+  for_each_kv_run(p, block.b, block.head[0], cols, kFastKvRunRows, work.run_rows.data(),
+                  [&](int64_t first, int64_t count, const float*, const float* values) {
+                    block_values(p, scores, values, first, count, accumulator);
+                  });
+  for (int64_t r = 0; r < block.rows; ++r)
+    store_output(accumulator[r], output_row(p, block, r), p.value_dim, p.round_to_bf16);
 }
 
 // A lone query row (decode with per-head keys): the same arithmetic as a block, without
@@ -154,42 +186,62 @@ void attend_block(const AttentionParams& p, const RowBlock& block, BlockWorkspac
 void attend_one_row(const AttentionParams& p, const RowBlock& block, BlockWorkspace& work) {
   const int64_t s = block.pos[0];
   const int64_t h = block.head[0];
-  const float* query = p.q + (block.b * p.seq + s) * p.q_token_stride + h * p.q_head_stride;
-  const float* keys = p.keys + block.b * p.key_batch_stride + h * p.key_head_stride;
-  const float* values = p.values + block.b * p.value_batch_stride + h * p.value_head_stride;
+  const float* query = p.q + (block.sequence.token_offset + s) * p.q_token_stride + h * p.q_head_stride;
   const bool split = p.round_to_bf16 && p.score_split > 0;
   const int64_t main_dim = split ? p.score_split : p.score_dim;
-  const int64_t visible = attention_visible_len(p, s);
+  const int64_t visible = attention_visible_len(p, block.sequence, s);
   float* scores = work.scores.data();
-
-  int64_t t = 0;
-  for (; t + 4 <= visible; t += 4) {
-    const float* four[4] = {keys + t * p.key_pos_stride, keys + (t + 1) * p.key_pos_stride,
-                            keys + (t + 2) * p.key_pos_stride, keys + (t + 3) * p.key_pos_stride};
-    dot4_f32(query, four, main_dim, scores + t);
-  }
-  for (; t < visible; ++t) scores[t] = dot_f32(query, keys + t * p.key_pos_stride, main_dim);
   float* tail = split ? work.tail_scores.data() : nullptr;
-  for (t = 0; split && t < visible; ++t) {
-    tail[t] = dot_f32(query + main_dim, keys + t * p.key_pos_stride + main_dim, p.score_dim - main_dim);
-  }
+  for_each_kv_run(p, block.b, h, visible, kFastKvRunRows, work.run_rows.data(),
+                  [&](int64_t first, int64_t count, const float* keys, const float*) {
+                    int64_t t = 0;
+                    for (; t + 4 <= count; t += 4) {
+                      const float* four[4] = {keys + t * p.key_pos_stride, keys + (t + 1) * p.key_pos_stride,
+                                              keys + (t + 2) * p.key_pos_stride, keys + (t + 3) * p.key_pos_stride};
+                      dot4_f32(query, four, main_dim, scores + first + t);
+                    }
+                    for (; t < count; ++t) scores[first + t] = dot_f32(query, keys + t * p.key_pos_stride, main_dim);
+                    for (t = 0; split && t < count; ++t) {
+                      tail[first + t] =
+                          dot_f32(query + main_dim, keys + t * p.key_pos_stride + main_dim, p.score_dim - main_dim);
+                    }
+                  });
   scores_to_probs(attention_score_row(p, s, scores, tail, visible));
 
   float* accumulator = work.accumulators.data();
   std::fill(accumulator, accumulator + p.value_dim, 0.0f);
-  for (t = 0; t + 4 <= visible; t += 4) {
-    const float* four[4] = {values + t * p.value_pos_stride, values + (t + 1) * p.value_pos_stride,
-                            values + (t + 2) * p.value_pos_stride, values + (t + 3) * p.value_pos_stride};
-    axpy4_f32(scores + t, four, accumulator, p.value_dim);
-  }
-  for (; t < visible; ++t) {
-    if (scores[t] != 0.0f) axpy_f32(scores[t], values + t * p.value_pos_stride, accumulator, p.value_dim);
-  }
-  float* out = p.out + (block.b * p.seq + s) * p.out_token_stride + h * p.out_head_stride;
-  store_output(accumulator, out, p.value_dim, p.round_to_bf16);
+  for_each_kv_run(p, block.b, h, visible, kFastKvRunRows, work.run_rows.data(),
+                  [&](int64_t first, int64_t count, const float*, const float* values) {
+                    const float* probs = scores + first;
+                    int64_t t = 0;
+                    for (; t + 4 <= count; t += 4) {
+                      const float* four[4] = {values + t * p.value_pos_stride, values + (t + 1) * p.value_pos_stride,
+                                              values + (t + 2) * p.value_pos_stride,
+                                              values + (t + 3) * p.value_pos_stride};
+                      axpy4_f32(probs + t, four, accumulator, p.value_dim);
+                    }
+                    for (; t < count; ++t) {
+                      if (probs[t] != 0.0f)
+                        axpy_f32(probs[t], values + t * p.value_pos_stride, accumulator, p.value_dim);
+                    }
+                  });
+  store_output(accumulator, output_row(p, block, 0), p.value_dim, p.round_to_bf16);
 }
 
 }  // namespace
+
+void check_ragged_and_paged(const AttentionParams& p, const char* kernel) {
+  if (p.seq_start_pos != nullptr && p.mask != nullptr) {
+    throw std::invalid_argument(std::string(kernel) +
+                                ": an explicit mask with a ragged step (the mask is [S, e] "
+                                "of a uniform batch)");
+  }
+  if (p.latent_pages != nullptr && !shares_keys_across_heads(p)) {
+    throw std::invalid_argument(std::string(kernel) +
+                                ": a paged cache holds the shared latent rows (absorb); "
+                                "per-head keys are read from dense buffers");
+  }
+}
 
 void require_fp32_operands(const AttentionParams& p, const char* kernel) {
   if (p.q_bf16 != nullptr || p.key_bf16 != nullptr || p.value_bf16 != nullptr || p.out_bf16 != nullptr) {
@@ -205,23 +257,24 @@ void attention_fast(const AttentionParams& p) {
     return;
   }
   require_fp32_operands(p, "attention_fast");
+  check_ragged_and_paged(p, "attention_fast");
   const bool split = p.round_to_bf16 && p.score_split > 0;
-  const int64_t blocks = blocks_per_sequence(p);
+  const std::vector<std::pair<int64_t, int64_t>> blocks = step_blocks(p);
+  const int64_t n_blocks = static_cast<int64_t>(blocks.size());
 #pragma omp parallel
   {
     BlockWorkspace work;
     work.scores.resize(static_cast<size_t>(kRowBlock * p.kv_len));
     work.tail_scores.resize(split ? static_cast<size_t>(kRowBlock * p.kv_len) : 0);
     work.accumulators.resize(static_cast<size_t>(kRowBlock * p.value_dim));
-#pragma omp for collapse(2) schedule(dynamic, 2)
-    for (int64_t b = 0; b < p.batch; ++b) {
-      for (int64_t block = 0; block < blocks; ++block) {
-        const RowBlock rows = make_block(p, b, block);
-        if (rows.rows == 1) {
-          attend_one_row(p, rows, work);
-        } else {
-          attend_block(p, rows, work);
-        }
+    work.run_rows.resize(static_cast<size_t>(kv_run_scratch_floats(p, kFastKvRunRows)));
+#pragma omp for schedule(dynamic, 2)
+    for (int64_t index = 0; index < n_blocks; ++index) {
+      const RowBlock rows = make_block(p, blocks[index].first, blocks[index].second);
+      if (rows.rows == 1) {
+        attend_one_row(p, rows, work);
+      } else {
+        attend_block(p, rows, work);
       }
     }
   }
@@ -230,7 +283,8 @@ void attention_fast(const AttentionParams& p) {
 int64_t attention_fast_workspace_bytes(const AttentionParams& p, int threads) {
   if (attention_fast_amx_applies(p)) return attention_fast_amx_workspace_bytes(p, threads);
   const int64_t score_tiles = (p.round_to_bf16 && p.score_split > 0) ? 2 : 1;
-  return static_cast<int64_t>(threads) * kRowBlock * (score_tiles * p.kv_len + p.value_dim) *
+  return static_cast<int64_t>(threads) *
+         (kRowBlock * (score_tiles * p.kv_len + p.value_dim) + kv_run_scratch_floats(p, kFastKvRunRows)) *
          static_cast<int64_t>(sizeof(float));
 }
 

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numbers>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/vector_ops.h"
@@ -79,8 +81,13 @@ void rotate_pairs(const float* in, float* out, const float* cos_row, const float
 
 void rope_apply(const RopeParams& p) {
   const RopeTable& table = *p.table;
-  if (p.start_pos < 0 || p.start_pos + p.seq > table.positions) {
+  if (p.positions == nullptr && (p.start_pos < 0 || p.start_pos + p.seq > table.positions)) {
     throw std::out_of_range("rope: positions past the table (max_seq_len)");
+  }
+  for (int64_t i = 0; p.positions != nullptr && i < p.batch * p.seq; ++i) {
+    if (p.positions[i] < 0 || p.positions[i] >= table.positions) {
+      throw std::out_of_range("rope: position " + std::to_string(p.positions[i]) + " past the table (max_seq_len)");
+    }
   }
   const bool bits = p.x_bf16 != nullptr;
   if (bits && !p.round_to_bf16) throw std::invalid_argument("rope: bf16 vectors (x_bf16) need round_to_bf16");
@@ -91,8 +98,9 @@ void rope_apply(const RopeParams& p) {
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < p.batch; ++b) {
       for (int64_t s = 0; s < p.seq; ++s) {
-        const float* cos_row = table.cos.data() + (p.start_pos + s) * table.half_dim;
-        const float* sin_row = table.sin.data() + (p.start_pos + s) * table.half_dim;
+        const int64_t position = p.positions != nullptr ? p.positions[b * p.seq + s] : p.start_pos + s;
+        const float* cos_row = table.cos.data() + position * table.half_dim;
+        const float* sin_row = table.sin.data() + position * table.half_dim;
         const int64_t token = (b * p.seq + s) * p.token_stride;
         for (int64_t v = 0; v < p.vecs_per_token; ++v) {
           if (!bits) {

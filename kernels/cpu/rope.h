@@ -47,6 +47,8 @@ struct RopeParams {
   // round_to_bf16 only, in place of x (which may then be null): the vectors as bf16 numbers, with
   // the same strides.
   uint16_t* x_bf16 = nullptr;
+  // Ragged steps: token i's own position, [batch * seq], in place of start_pos + s.
+  const int64_t* positions = nullptr;
 };
 
 void rope_apply(const RopeParams& params);

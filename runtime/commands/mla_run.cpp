@@ -28,6 +28,8 @@
 #include "runtime/base/units.h"
 #include "runtime/base/user_files.h"
 #include "runtime/bench/machine_info.h"
+#include "runtime/commands/mla_run_requests.h"
+#include "runtime/commands/run_log.h"
 #include "runtime/io/config.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/io/weights.h"
@@ -78,107 +80,6 @@ RunResult run_on_cuda(const Config& config, const MpiSession& session, Phases& p
 }
 #endif
 
-void print_model(const ModelArgs& m) {
-  std::printf("model: dim %ld, n_heads %ld, q_lora_rank %ld, kv_lora_rank %ld, dq %ld (%ld nope + %ld rope), dv %ld\n",
-              m.dim, m.n_heads, m.q_lora_rank, m.kv_lora_rank, m.qk_head_dim(), m.qk_nope_head_dim, m.qk_rope_head_dim,
-              m.v_head_dim);
-  std::printf("rope: theta %g, YaRN %s, softmax scale %.6g\n", m.rope_theta,
-              m.yarn_active() ? ("on (factor " + std::to_string(m.rope_factor) + ")").c_str() : "off",
-              m.softmax_scale());
-}
-
-const char* step_phase(const StepReport& step) {
-  return step.seq == 1 && step.start_pos > 0 ? "decode" : (step.start_pos == 0 ? "prefill" : "chunk");
-}
-
-// run.log: steps (or --verbose): every rank prints every step as it ends.
-void print_step(const std::string& label, size_t index, const StepReport& step) {
-  std::printf("%s step %zu: %-7s start_pos %ld tokens %ld kv_len %ld -> %s path, %s (%s); workspace %s; %.3f ms\n",
-              label.c_str(), index, step_phase(step), step.start_pos, step.seq, step.kv_len, to_string(step.plan.path),
-              to_string(step.plan.formulation), step.plan.reason.c_str(),
-              format_bytes(static_cast<double>(step.attention_workspace_bytes)).c_str(), step.time_ms);
-}
-
-// What one rank chose for one step: "fast, absorb".
-std::string step_choice(const StepReport& step) {
-  return std::string(to_string(step.plan.path)) + ", " + to_string(step.plan.formulation);
-}
-
-// Collective: every rank's choice per step, [rank][step], for rank 0's table.
-std::vector<std::vector<std::string>> gather_choices(const MpiSession& session, const std::vector<StepReport>& steps) {
-  std::string mine;
-  for (const StepReport& step : steps) mine += step_choice(step) + "\n";
-  std::vector<std::vector<std::string>> choices;
-  for (const std::string& text : session.all_gather(mine)) {
-    std::vector<std::string>& rank_choices = choices.emplace_back();
-    for (size_t begin = 0, end; (end = text.find('\n', begin)) != std::string::npos; begin = end + 1) {
-      rank_choices.push_back(text.substr(begin, end - begin));
-    }
-  }
-  return choices;
-}
-
-// The default log: rank 0's one table of the steps, the other ranks' choices where they differ,
-// the reason for each distinct choice once, and a checksum of y to compare runs by.
-void print_step_table(const RunResult& result, const std::vector<std::vector<std::string>>& choices) {
-  std::printf("%5s  %-7s  %7s  %7s  %-8s  %-11s  %9s\n", "step", "phase", "tokens", "kv_len", "path", "formulation",
-              "ms");
-  std::vector<std::string> explained;
-  for (size_t index = 0; index < result.steps.size(); ++index) {
-    const StepReport& step = result.steps[index];
-    std::string others;
-    for (size_t rank = 1; rank < choices.size(); ++rank) {
-      const std::string& choice = index < choices[rank].size() ? choices[rank][index] : "?";
-      if (choice != step_choice(step))
-        others += (others.empty() ? "  rank " : "; rank ") + std::to_string(rank) + ": " + choice;
-    }
-    std::printf("%5zu  %-7s  %7ld  %7ld  %-8s  %-11s  %9.3f%s\n", index, step_phase(step), step.seq, step.kv_len,
-                to_string(step.plan.path), to_string(step.plan.formulation), step.time_ms, others.c_str());
-  }
-  for (size_t index = 0; index < result.steps.size(); ++index) {
-    const StepReport& step = result.steps[index];
-    if (std::find(explained.begin(), explained.end(), step_choice(step)) != explained.end()) continue;
-    explained.push_back(step_choice(step));
-    std::printf("why %s (step %zu, rank 0): %s\n", explained.back().c_str(), index, step.plan.reason.c_str());
-  }
-}
-
-void print_checksum(const std::vector<float>& y) {
-  double sum = 0.0, abs_sum = 0.0;
-  for (const float value : y) {
-    sum += value;
-    abs_sum += std::fabs(value);
-  }
-  std::printf("y checksum: sum %.9g, sum|y| %.9g, fnv1a64 %016llx\n", sum, abs_sum,
-              static_cast<unsigned long long>(fingerprint({&y})));
-}
-
-// debug.hold: the ranks exchange an agreement every 20 ms, reporting progress, until the job is
-// ended from outside; a rank stopped then leaves its peers waiting in the agreement, and their
-// watchdogs end the job.
-[[noreturn]] void hold_until_ended(const MpiSession& session, int64_t step) {
-  const std::string activity = "held at step " + std::to_string(step) + " (debug.hold)";
-  std::string failure;
-  for (;;) {
-    session.watchdog()->progress(activity);
-    session.all_ok(true, "", &failure);
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-}
-
-// debug.fail must name a rank and a step that exist, or it would silently never fire.
-void check_fault_plan(const FaultPlan& fault, int world, size_t steps) {
-  if (fault.mode == FaultMode::None) return;
-  if (fault.rank >= world) {
-    throw UserError("debug.fail.rank: " + std::to_string(fault.rank) + " is not a rank of this world of " +
-                    std::to_string(world));
-  }
-  if (fault.step >= static_cast<int64_t>(steps)) {
-    throw UserError("debug.fail.step: " + std::to_string(fault.step) + " is not a step of this schedule of " +
-                    std::to_string(steps) + " steps (counted from 0)");
-  }
-}
-
 // What one rank runs, read and checked by every rank together.
 struct JobInputs {
   HeadShard shard;
@@ -202,12 +103,7 @@ JobInputs load_job_inputs(const MpiSession& session, Phases& phases, const Confi
     }
     const InputShape shape = input_shape(config.run.input, config.model);
     job.steps = config.run.schedule.steps(shape.tokens);
-    check_fault_plan(config.debug.fail, session.world(), job.steps.size());
-    if (config.debug.hold_step >= static_cast<int64_t>(job.steps.size())) {
-      throw UserError("debug.hold.step: " + std::to_string(config.debug.hold_step) +
-                      " is not a step of this schedule of " + std::to_string(job.steps.size()) +
-                      " steps (counted from 0)");
-    }
+    check_debug_plan(config.debug, session.world(), job.steps.size());
     check_memory_fits(plan_memory(config.model, config.run, job.shard, shape.batch, shape.tokens, job.steps, threads),
                       session.local_size(), available_memory_bytes());
     if (session.rank() == 0) {
@@ -253,16 +149,7 @@ void print_job(const MpiSession& session, const Config& config, const std::strin
 // The schedule on this rank's backend; the layer takes the weights over.
 RunResult run_layer(const MpiSession& session, Phases& phases, const Config& config, Backend backend, JobInputs& job) {
   const std::string label = session.label();
-  RunOptions options;
-  options.on_step = [&config, &label, step_index = size_t{0}](const StepReport& step) mutable {
-    if (config.run.log == StepLog::Steps) print_step(label, step_index, step);
-    ++step_index;
-  };
-  options.check_finite = config.run.check_finite;
-  options.fault = config.debug.fail;
-  options.hold_step = config.debug.hold_step;
-  options.hold = [&] { hold_until_ended(session, config.debug.hold_step); };
-  options.watchdog = session.watchdog();
+  const RunOptions options = run_options(session, config);
 #if MLA_HAVE_CUDA
   if (backend == Backend::Cuda) {
     return run_on_cuda(config, session, phases, job.shard, job.loaded.weights, job.x, job.steps, job.mask, options);
@@ -280,33 +167,6 @@ RunResult run_layer(const MpiSession& session, Phases& phases, const Config& con
   return run_schedule(layer, comm, job.x, job.steps, job.mask, options);
 }
 
-// The new y goes to a temporary file, and only once every rank has agreed that the run
-// succeeded is it renamed into place: a run that reports failure leaves the old file.
-void write_output(const MpiSession& session, Phases& phases, const Config& config, const std::string& config_path,
-                  const InputTensor& x, const RunResult& result) {
-  const bool leader = session.rank() == 0;
-  std::unique_ptr<AtomicFile> y_file;
-  phases.run([&] {
-    if (!leader || config.run.output.empty()) return;
-    y_file = std::make_unique<AtomicFile>(config.run.output);
-    write_safetensors_f32(*y_file, {{"y", {x.batch, x.tokens, x.dim}, result.y.data()}},
-                          {{"config", config_path},
-                           {"compute_dtype", to_string(config.run.compute_dtype)},
-                           {"world", std::to_string(session.world())}});
-    y_file->finish();
-  });
-  session.watchdog()->finish_run([&] {
-    if (y_file) y_file->commit();
-  });
-  if (!leader) return;
-  if (config.run.output.empty()) {
-    std::printf("output: not written (run.output is empty)\n");
-  } else {
-    std::printf("output: y [%ld, %ld, %ld] f32 -> %s\n", x.batch, x.tokens, x.dim, config.run.output.c_str());
-  }
-  std::fflush(stdout);
-}
-
 int run(const MpiSession& session, const std::string& config_path, const std::vector<std::string>& overrides) {
   const bool leader = session.rank() == 0;
   Phases phases(session);
@@ -322,9 +182,12 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   phases.agree("the configuration", config_text(config));
   phases.agree("the backend (run.backend as each rank resolved it)", to_string(backend));
   check_communicator(backend, config.parallel.communicator);
+  check_backend_serves(backend, config.run);
   watchdog.set_timeout(config.parallel.timeout_s);
   const RankThreads rank_threads =
       configure_rank_threads(config.run.threads, config.run.pin_threads, session.local_rank(), session.local_size());
+  if (!config.run.schedule.requests.empty())
+    return run_requests_job(session, phases, config, config_path, rank_threads);
 
   JobInputs job = load_job_inputs(session, phases, config, rank_threads.count);
   print_job(session, config, config_path, backend, job, rank_threads);
@@ -338,12 +201,14 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   }
   const std::vector<std::vector<std::string>> choices = gather_choices(session, result.steps);
   if (leader) {
-    if (config.run.log == StepLog::Table) print_step_table(result, choices);
+    if (config.run.log == StepLog::Table) print_step_table(result.steps, choices);
     std::printf("total: %.3f ms for %zu steps (all-reduce %.3f ms)\n", result.total_ms, result.steps.size(),
                 result.allreduce_ms);
-    print_checksum(result.y);
+    print_checksum({&result.y});
   }
-  write_output(session, phases, config, config_path, job.x, result);
+  write_output(session, phases, config, config_path, {{"y", {job.x.batch, job.x.tokens, job.x.dim}, result.y.data()}},
+               "y [" + std::to_string(job.x.batch) + ", " + std::to_string(job.x.tokens) + ", " +
+                   std::to_string(job.x.dim) + "] f32");
   return 0;
 }
 

@@ -1,11 +1,14 @@
 #include "runtime/io/config.h"
 
+#include <algorithm>
+#include <cctype>
 #include <limits>
 #include <set>
 #include <sstream>
 #include <yaml-cpp/yaml.h>
 
 #include "runtime/base/errors.h"
+#include "runtime/base/random_values.h"
 #include "runtime/base/user_files.h"
 #include "runtime/io/config_yaml.h"
 
@@ -63,7 +66,10 @@ void parse_weights(MapReader reader, WeightsConfig& weights) {
   reader.finish();
 }
 
-void parse_input(const YAML::Node& node, const std::string& key_path, const Origin& origin, InputConfig& input) {
+// requests: continuous batching, whose input is per request: a file of "x.<name>" tensors, or
+// {random: {seed: S}} without batch and tokens.
+void parse_input(const YAML::Node& node, const std::string& key_path, const Origin& origin, bool requests,
+                 InputConfig& input) {
   if (node.IsScalar()) {
     input.path = node.Scalar();
     if (input.path.empty()) MapReader(YAML::Node(), "", origin).fail(key_path, node, "expected a file name");
@@ -78,15 +84,119 @@ void parse_input(const YAML::Node& node, const std::string& key_path, const Orig
   input.batch = random.get_int("batch", 0, 1, 1 << 20);
   input.tokens = random.get_int("tokens", 0, 1, kMaxSeqLen);
   input.seed = static_cast<uint64_t>(random.get_int("seed", 0, 0));
-  for (const char* required : {"batch", "tokens"}) {
-    if (!random.has(required)) random.fail(random.path(required), node, "required");
+  for (const char* shape_key : {"batch", "tokens"}) {
+    if (!requests && !random.has(shape_key)) random.fail(random.path(shape_key), node, "required");
+    if (requests && random.has(shape_key)) {
+      random.fail(random.path(shape_key), random.node(shape_key),
+                  "does not apply to run.schedule.requests (each request's prompt and generate give its tokens)");
+    }
   }
   random.finish();
   reader.finish();
 }
 
-void parse_schedule(MapReader reader, ScheduleConfig& schedule) {
-  if (reader.has("chunks")) {
+// A request's name becomes part of tensor names ("x.<name>"): letters, digits, '_' and '-'.
+bool valid_request_name(const std::string& name) {
+  if (name.empty() || name.size() > 64) return false;
+  return std::all_of(name.begin(), name.end(),
+                     [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; });
+}
+
+// requests: [{name: a, prompt: 40, generate: 8, arrival: 0}, ...]
+void parse_request_list(MapReader& reader, const Origin& origin, ScheduleConfig& schedule) {
+  const YAML::Node list = reader.node("requests");
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string key = reader.path("requests") + "[" + std::to_string(i) + "]";
+    MapReader item(list[i], key, origin);
+    if (!list[i].IsMap()) item.fail(key, list[i], "expected {prompt: N, generate: N, arrival: N, name: NAME}");
+    RequestConfig request;
+    request.name = item.get_string("name", "r" + std::to_string(i));
+    if (!valid_request_name(request.name)) {
+      item.fail(item.path("name"), item.node("name"), "expected 1 to 64 letters, digits, '_' or '-'");
+    }
+    if (!item.has("prompt")) item.fail(item.path("prompt"), list[i], "required: the prompt's token count");
+    request.prompt = item.get_int("prompt", 0, 1, kMaxSeqLen);
+    request.generate = item.get_int("generate", 0, 0, kMaxSeqLen);
+    request.arrival = item.get_int("arrival", 0, 0, int64_t{1} << 40);
+    item.finish();
+    for (const RequestConfig& other : schedule.requests) {
+      if (other.name == request.name) item.fail(item.path("name"), item.node("name"), "names another request too");
+    }
+    schedule.requests.push_back(request);
+  }
+}
+
+// A count from a range: `N` or `[min, max]`, drawn uniformly.
+struct CountRange {
+  int64_t min = 0, max = 0;
+};
+
+CountRange get_range(MapReader& reader, const std::string& key, int64_t lowest) {
+  const YAML::Node node = reader.node(key);
+  CountRange range;
+  const auto bad = [&] {
+    reader.fail(reader.path(key), node,
+                "expected a count or [min, max] with " + std::to_string(lowest) +
+                    " <= min <= max <= " + std::to_string(kMaxSeqLen));
+  };
+  if (node.IsSequence()) {
+    if (node.size() != 2 || !node[0].IsScalar() || !node[1].IsScalar() ||
+        !YAML::convert<int64_t>::decode(node[0], range.min) || !YAML::convert<int64_t>::decode(node[1], range.max)) {
+      bad();
+    }
+  } else if (!node.IsScalar() || !YAML::convert<int64_t>::decode(node, range.min)) {
+    bad();
+  } else {
+    range.max = range.min;
+  }
+  if (range.min < lowest || range.min > range.max || range.max > kMaxSeqLen) bad();
+  return range;
+}
+
+// requests: {count: N, prompt: [min, max], generate: [min, max], arrival_every: K, seed: S}:
+// request i arrives at step i * K with lengths drawn from the seed.
+void parse_request_generator(MapReader& reader, const Origin& origin, ScheduleConfig& schedule) {
+  MapReader spec(reader.node("requests"), reader.path("requests"), origin);
+  for (const char* required : {"count", "prompt"}) {
+    if (!spec.has(required)) spec.fail(spec.path(required), reader.node("requests"), "required");
+  }
+  const int64_t count = spec.get_int("count", 0, 1, 1 << 20);
+  const CountRange prompt = get_range(spec, "prompt", 1);
+  const CountRange generate = spec.has("generate") ? get_range(spec, "generate", 0) : CountRange{};
+  const int64_t arrival_every = spec.get_int("arrival_every", 0, 0, 1 << 20);
+  const uint64_t seed = static_cast<uint64_t>(spec.get_int("seed", 0, 0));
+  spec.finish();
+  const uint64_t key = random_stream_key(seed, "requests");
+  const auto draw = [&](const CountRange& range, uint64_t index) {
+    const double unit = 0.5 * (static_cast<double>(random_uniform(key, index)) + 1.0);  // [0, 1)
+    return range.min +
+           std::min(range.max - range.min, static_cast<int64_t>(unit * static_cast<double>(range.max - range.min + 1)));
+  };
+  for (int64_t i = 0; i < count; ++i) {
+    const uint64_t index = static_cast<uint64_t>(i);
+    schedule.requests.push_back(
+        {"r" + std::to_string(i), draw(prompt, 2 * index), draw(generate, 2 * index + 1), i * arrival_every});
+  }
+}
+
+void parse_schedule(MapReader reader, const Origin& origin, ScheduleConfig& schedule) {
+  if (reader.has("requests")) {
+    for (const char* other : {"chunks", "prefill", "decode_steps"}) {
+      if (reader.has(other)) {
+        reader.fail(reader.path(other), reader.node(other), "give either requests or chunks / prefill, not both");
+      }
+    }
+    const YAML::Node requests = reader.node("requests");
+    if (requests.IsSequence() && requests.size() > 0) {
+      parse_request_list(reader, origin, schedule);
+    } else if (requests.IsMap()) {
+      parse_request_generator(reader, origin, schedule);
+    } else {
+      reader.fail(reader.path("requests"), requests,
+                  "expected a non-empty list of {prompt, generate, arrival} or {count, prompt, generate, "
+                  "arrival_every, seed}");
+    }
+  } else if (reader.has("chunks")) {
     if (reader.has("prefill") || reader.has("decode_steps")) {
       reader.fail(reader.path("chunks"), reader.node("chunks"), "give either chunks or prefill/decode_steps, not both");
     }
@@ -111,6 +221,20 @@ void parse_schedule(MapReader reader, ScheduleConfig& schedule) {
   reader.finish();
 }
 
+// run.kv_cache: {layout: dense | paged, page_size: N, pages: N, dtype: auto | fp32 | bf16 | fp8}.
+void parse_kv_cache(MapReader reader, KvCacheConfig& cache) {
+  cache.layout = reader.get_enum("layout", cache.layout);
+  cache.page_size = reader.get_int("page_size", cache.page_size, 1, kMaxSeqLen);
+  cache.pages = reader.get_int("pages", cache.pages, 1, int64_t{1} << 30);
+  cache.dtype = reader.get_enum("dtype", cache.dtype);
+  if (cache.layout == KvCacheLayout::Dense) {
+    for (const char* key : {"page_size", "pages"}) {
+      if (reader.has(key)) reader.fail(reader.path(key), reader.node(key), "applies to layout paged only");
+    }
+  }
+  reader.finish();
+}
+
 void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
   run.backend = reader.get_enum("backend", Backend::Cpu);
   run.compute_dtype = reader.get_enum("compute_dtype", ComputeDType::FP32);
@@ -126,13 +250,15 @@ void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
   run.fast_path_max_len = length;
   if (!reader.has("input"))
     reader.fail(reader.path("input"), YAML::Node(), "required: a .safetensors file or {random: ...}");
-  parse_input(reader.node("input"), reader.path("input"), origin, run.input);
-  parse_schedule(MapReader(reader.node("schedule"), reader.path("schedule"), origin), run.schedule);
+  parse_schedule(MapReader(reader.node("schedule"), reader.path("schedule"), origin), origin, run.schedule);
+  parse_input(reader.node("input"), reader.path("input"), origin, !run.schedule.requests.empty(), run.input);
+  run.max_step_tokens = reader.get_int("max_step_tokens", run.max_step_tokens, 1, kMaxSeqLen);
   run.output = reader.get_string("output", "");
   run.mask = reader.get_string("mask", "");
   run.threads = static_cast<int>(reader.get_int("threads", 0, 0, 4096));
   run.pin_threads = reader.get_bool("pin_threads", run.pin_threads);
   run.score_chunk_bytes = reader.get_int("score_chunk_bytes", run.score_chunk_bytes, 4096);
+  parse_kv_cache(MapReader(reader.node("kv_cache"), reader.path("kv_cache"), origin), run.kv_cache);
   run.check_finite = reader.get_bool("check_finite", run.check_finite);
   run.log = reader.get_enum("log", StepLog::Table);
   reader.finish();
@@ -240,6 +366,11 @@ std::vector<std::pair<std::string, std::string>> config_entries(const Config& c)
   };
   std::string chunks;
   for (int64_t chunk : c.run.schedule.chunks) chunks += (chunks.empty() ? "" : ",") + std::to_string(chunk);
+  std::string requests;
+  for (const RequestConfig& request : c.run.schedule.requests) {
+    requests += " " + request.name + ":" + std::to_string(request.prompt) + "+" + std::to_string(request.generate) +
+                "@" + std::to_string(request.arrival);
+  }
   const ModelArgs& m = c.model;
   const RunConfig& r = c.run;
   return {{"model.dim", text(m.dim)},
@@ -271,12 +402,16 @@ std::vector<std::pair<std::string, std::string>> config_entries(const Config& c)
           {"run.input",
            r.input.random ? "random " + text(r.input.batch) + "x" + text(r.input.tokens) + " seed " + text(r.input.seed)
                           : r.input.path},
-          {"run.schedule", r.schedule.explicit_chunks ? "chunks " + chunks
-                                                      : "prefill " + text(r.schedule.prefill) + " decode_steps " +
-                                                            text(r.schedule.decode_steps)},
+          {"run.schedule", !requests.empty()            ? "requests" + requests
+                           : r.schedule.explicit_chunks ? "chunks " + chunks
+                                                        : "prefill " + text(r.schedule.prefill) + " decode_steps " +
+                                                              text(r.schedule.decode_steps)},
+          {"run.max_step_tokens", text(r.max_step_tokens)},
           {"run.output", r.output},
           {"run.mask", r.mask},
           {"run.score_chunk_bytes", text(r.score_chunk_bytes)},
+          {"run.kv_cache", std::string(to_string(r.kv_cache.layout)) + " page_size " + text(r.kv_cache.page_size) +
+                               " pages " + text(r.kv_cache.pages) + " dtype " + to_string(r.kv_cache.dtype)},
           {"parallel.communicator", to_string(c.parallel.communicator)},
           {"parallel.uneven_heads", text(c.parallel.uneven_heads)},
           {"run.check_finite", text(c.run.check_finite)},

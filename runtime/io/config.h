@@ -20,6 +20,8 @@ enum class AttentionChoice { Auto, Fast, Standard };
 enum class FormulationChoice { Auto, Naive, Absorb };
 enum class StepLog { Table, Steps };
 enum class Fp8Dequant { Bf16, Exact };
+enum class KvCacheLayout { Dense, Paged };
+enum class KvCacheDType { Auto, FP32, BF16, FP8 };
 
 // The spelling of each enum's values in configs and logs, in the enum's order (value i is spelled
 // value_names<Enum>()[i]): to_string() prints these, and the config and sweep readers accept
@@ -50,6 +52,10 @@ const std::vector<std::string>& value_names<StepLog>();
 template <>
 const std::vector<std::string>& value_names<Fp8Dequant>();
 template <>
+const std::vector<std::string>& value_names<KvCacheLayout>();
+template <>
+const std::vector<std::string>& value_names<KvCacheDType>();
+template <>
 const std::vector<std::string>& value_names<CommunicatorChoice>();
 const char* to_string(CommunicatorChoice value);
 
@@ -61,6 +67,8 @@ const char* to_string(AttentionChoice value);
 const char* to_string(FormulationChoice value);
 const char* to_string(StepLog value);
 const char* to_string(Fp8Dequant value);
+const char* to_string(KvCacheLayout value);
+const char* to_string(KvCacheDType value);
 
 struct WeightsConfig {
   WeightsFormat format = WeightsFormat::DeepSeek;
@@ -82,17 +90,40 @@ struct InputConfig {
   uint64_t seed = 0;
 };
 
+// One request of continuous batching (docs/design.md, Continuous batching): prompt tokens, then
+// `generate` decode steps of one token each, arriving at step `arrival`. Its input is the tensor
+// "x.<name>" [prompt + generate, dim] and its output "y.<name>" of the same shape.
+struct RequestConfig {
+  std::string name;
+  int64_t prompt = 0;
+  int64_t generate = 0;
+  int64_t arrival = 0;
+};
+
 // Either a prefill followed by single-token decode steps, or an explicit list of step lengths
-// (chunked prefill, then 1s for decode). Absent: one prefill of every input token.
+// (chunked prefill, then 1s for decode), or a list of requests served by continuous batching.
+// Absent: one prefill of every input token.
 struct ScheduleConfig {
   bool explicit_chunks = false;
   int64_t prefill = 0;  // 0: all input tokens not taken by decode steps
   int64_t decode_steps = 0;
   std::vector<int64_t> chunks;
+  std::vector<RequestConfig> requests;  // non-empty: continuous batching; the input is per request
 
   // The new-token count of every step, for an input of `tokens` tokens. Throws UserError when
   // the steps do not add up to `tokens`.
   std::vector<int64_t> steps(int64_t tokens) const;
+};
+
+// run.kv_cache (docs/design.md, The latent cache): dense, one region of max_seq_len rows per
+// sequence slot, or paged, `pages` pages of page_size rows in one pool shared by every sequence
+// (0: enough for every slot at max_seq_len). dtype auto stores the compute dtype (fp32 or bf16);
+// fp8 stores c_n as e4m3 with a scale per 128 values and k_pe as bf16.
+struct KvCacheConfig {
+  KvCacheLayout layout = KvCacheLayout::Dense;
+  int64_t page_size = 64;
+  int64_t pages = 0;
+  KvCacheDType dtype = KvCacheDType::Auto;
 };
 
 // fast_path_max_len: auto. On the CPU the fused kernel beats the standard path up to about this
@@ -115,6 +146,9 @@ struct RunConfig {
   int threads = 0;          // 0: every core of the machine
   bool pin_threads = true;  // one CPU per thread (parallel/thread_placement.h), unless OMP_PROC_BIND etc. are set
   int64_t score_chunk_bytes = int64_t{64} << 20;  // standard path: score buffers, all threads together
+  KvCacheConfig kv_cache;
+  // Continuous batching: the most tokens one step carries, decodes and prefill chunks together.
+  int64_t max_step_tokens = 512;
   bool check_finite = true;      // refuse non-finite inputs and weights; stop on a non-finite partial output
   StepLog log = StepLog::Table;  // table: rank 0 prints one table at the end; steps: every rank, every step
 };

@@ -48,6 +48,16 @@ const std::vector<std::string>& value_names<Fp8Dequant>() {
   return names;
 }
 template <>
+const std::vector<std::string>& value_names<KvCacheLayout>() {
+  static const std::vector<std::string> names = {"dense", "paged"};
+  return names;
+}
+template <>
+const std::vector<std::string>& value_names<KvCacheDType>() {
+  static const std::vector<std::string> names = {"auto", "fp32", "bf16", "fp8"};
+  return names;
+}
+template <>
 const std::vector<std::string>& value_names<CommunicatorChoice>() {
   static const std::vector<std::string> names = {"auto", "nccl", "mpi"};
   return names;
@@ -66,6 +76,8 @@ const char* to_string(AttentionChoice value) { return value_name(value); }
 const char* to_string(FormulationChoice value) { return value_name(value); }
 const char* to_string(StepLog value) { return value_name(value); }
 const char* to_string(Fp8Dequant value) { return value_name(value); }
+const char* to_string(KvCacheLayout value) { return value_name(value); }
+const char* to_string(KvCacheDType value) { return value_name(value); }
 const char* to_string(FaultMode value) { return value_name(value); }
 const char* to_string(CommunicatorChoice value) { return value_name(value); }
 

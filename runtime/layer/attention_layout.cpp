@@ -1,5 +1,7 @@
 #include "runtime/layer/attention_layout.h"
 
+#include <algorithm>
+
 namespace mla {
 
 namespace {
@@ -15,6 +17,20 @@ AttentionParams common_params(const ModelArgs& model, const AttentionStep& step)
   p.mask = step.mask;
   p.mask_stride = step.mask_stride;
   p.round_to_bf16 = step.round_to_bf16;
+  if (step.ragged != nullptr) {
+    const RaggedIndex& index = *step.ragged;
+    p.batch = index.sequences();
+    p.seq = 0;
+    p.kv_len = 0;
+    for (int64_t b = 0; b < p.batch; ++b) {
+      p.seq = std::max(p.seq, index.new_tokens[b]);
+      p.kv_len = std::max(p.kv_len, index.start_pos[b] + index.new_tokens[b]);
+    }
+    p.start_pos = 0;
+    p.seq_start_pos = index.start_pos.data();
+    p.seq_new_tokens = index.new_tokens.data();
+    p.seq_token_offset = index.token_offset.data();
+  }
   return p;
 }
 

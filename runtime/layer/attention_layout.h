@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/attention.h"
 #include "runtime/io/model_args.h"
+#include "runtime/layer/ragged_step.h"
 
 namespace mla {
 
@@ -17,10 +18,14 @@ struct AttentionStep {
   const float* mask = nullptr;
   int64_t mask_stride = 0;
   bool round_to_bf16 = false;
+  // A ragged step (batch, seq and start_pos then unused): its sequences with tokens. The naive
+  // buffers hold each sequence's positions padded to the longest, kv_len = index->max_kv_len.
+  const RaggedIndex* ragged = nullptr;
 };
 
 // absorb: q_absorbed [B*S, Hl, C + dr], keys = values = the latent cache
-// [max_batch_size, max_seq_len, C + dr] shared by every head, out = o_latent [B*S, Hl, C].
+// [max_batch_size, max_seq_len, C + dr] shared by every head, out = o_latent [B*S, Hl, C]. The
+// CPU layer passes no kv_cache and sets latent_pages (its cache is paged).
 AttentionParams absorb_attention_params(const ModelArgs& model, const AttentionStep& step, const float* q_absorbed,
                                         const float* kv_cache, float* o_latent);
 

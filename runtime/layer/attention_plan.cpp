@@ -1,5 +1,6 @@
 #include "runtime/layer/attention_plan.h"
 
+#include <algorithm>
 #include <cstdio>
 
 namespace mla {
@@ -37,15 +38,16 @@ std::string format(const char* pattern, double a, double b) {
   return text;
 }
 
-void choose_path(const RunConfig& run, const StepShape& shape, StepPlan& plan) {
-  const std::string length = "kv_len " + std::to_string(shape.kv_len());
+// kv_len: the longest sequence's.
+void choose_path(const RunConfig& run, int64_t kv_len, bool has_mask, StepPlan& plan) {
+  const std::string length = "kv_len " + std::to_string(kv_len);
   const std::string limit =
       "fast_path_max_len " + std::to_string(run.fast_path_max_len) + (run.fast_path_auto ? " (auto)" : "");
-  const bool fits = shape.kv_len() <= run.fast_path_max_len;
+  const bool fits = kv_len <= run.fast_path_max_len;
   if (run.attention == AttentionChoice::Standard) {
     plan.path = AttentionPath::Standard;
     plan.reason = "run.attention: standard";
-  } else if (shape.has_mask) {
+  } else if (has_mask) {
     plan.path = AttentionPath::Standard;
     plan.reason = std::string(run.attention == AttentionChoice::Fast ? "fast path requested, but " : "") +
                   "an explicit mask needs the standard path";
@@ -77,7 +79,21 @@ StepPlan plan_step(const ModelArgs& model, const RunConfig& run, const StepShape
   StepPlan plan;
   plan.naive_flops = naive_attention_flops(model, shape);
   plan.absorb_flops = absorb_attention_flops(model, shape);
-  choose_path(run, shape, plan);
+  choose_path(run, shape.kv_len(), shape.has_mask, plan);
+  choose_formulation(run, plan);
+  return plan;
+}
+
+StepPlan plan_ragged_step(const ModelArgs& model, const RunConfig& run, const std::vector<StepShape>& sequences) {
+  StepPlan plan;
+  int64_t longest = 0;
+  for (const StepShape& sequence : sequences) {
+    plan.naive_flops += naive_attention_flops(model, sequence);
+    plan.absorb_flops += absorb_attention_flops(model, sequence);
+    longest = std::max(longest, sequence.kv_len());
+  }
+  choose_path(run, longest, false, plan);
+  if (sequences.size() > 1) plan.reason = "longest " + plan.reason;
   choose_formulation(run, plan);
   return plan;
 }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "runtime/io/config.h"
 
@@ -41,5 +42,10 @@ double naive_attention_flops(const ModelArgs& model, const StepShape& shape);
 double absorb_attention_flops(const ModelArgs& model, const StepShape& shape);
 
 StepPlan plan_step(const ModelArgs& model, const RunConfig& run, const StepShape& shape);
+
+// A ragged step, one StepShape (batch 1) per sequence with tokens: one plan for the whole step,
+// since its kernels run once over every sequence. The formulation whose FLOPs summed over the
+// sequences are fewer; the fast path when the longest sequence fits it.
+StepPlan plan_ragged_step(const ModelArgs& model, const RunConfig& run, const std::vector<StepShape>& sequences);
 
 }  // namespace mla

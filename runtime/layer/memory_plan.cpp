@@ -7,6 +7,7 @@
 
 #include "runtime/base/errors.h"
 #include "runtime/base/units.h"
+#include "runtime/layer/latent_cache.h"
 
 namespace mla {
 
@@ -32,10 +33,10 @@ double step_elements(const ModelArgs& m, const RunConfig& run, double heads, dou
   const double per_token = 3.0 * static_cast<double>(m.dim) + static_cast<double>(m.q_lora_rank) +
                            heads * (static_cast<double>(m.qk_head_dim() + m.kv_lora_rank + m.v_head_dim) + latent) +
                            latent;
-  // naive: the cached c_n gathered for the expansion GEMM, the expansion [k_nope | v], the keys and
-  // (CPU) the values gathered per head.
+  // naive: the cached rows gathered (fp32, and c_n as bf16) for the expansion GEMM, the expansion
+  // [k_nope | v], the keys and (CPU) the values gathered per head.
   const double naive = batch * kv_len *
-                       (static_cast<double>(m.kv_lora_rank) +
+                       (latent + static_cast<double>(m.kv_lora_rank) / 2.0 +
                         heads * static_cast<double>(m.qk_nope_head_dim + 2 * m.v_head_dim + m.qk_head_dim()));
   const double scores = std::max(static_cast<double>(run.score_chunk_bytes) / kFloat,
                                  threads * (kv_len + static_cast<double>(m.kv_lora_rank)));
@@ -50,15 +51,21 @@ std::string MemoryPlan::describe() const {
          format_bytes(workspace_bytes) + ")";
 }
 
+// The weights and the latent cache, whatever the schedule.
+MemoryPlan fixed_memory(const ModelArgs& m, const RunConfig& run, const HeadShard& shard) {
+  MemoryPlan plan;
+  plan.weights_bytes = weight_elements(m, static_cast<double>(shard.n_local_heads)) * kFloat;
+  const LatentCacheShape cache = latent_cache_shape(m, run.kv_cache, run.compute_dtype == ComputeDType::BF16);
+  plan.kv_cache_bytes = static_cast<double>(cache.pages) * static_cast<double>(cache.page_size) *
+                            static_cast<double>(latent_row_bytes(cache.dtype, cache.latent_dim, cache.rope_dim)) +
+                        static_cast<double>(m.max_seq_len) * static_cast<double>(m.qk_rope_head_dim) * kFloat;
+  return plan;
+}
+
 MemoryPlan plan_memory(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, int64_t batch, int64_t tokens,
                        const std::vector<int64_t>& steps, int threads) {
   const double heads = static_cast<double>(shard.n_local_heads);
-  MemoryPlan plan;
-  plan.weights_bytes = weight_elements(m, heads) * kFloat;
-  plan.kv_cache_bytes = (static_cast<double>(m.max_batch_size) * static_cast<double>(m.max_seq_len) *
-                             static_cast<double>(m.kv_lora_rank + m.qk_rope_head_dim) +
-                         static_cast<double>(m.max_seq_len) * static_cast<double>(m.qk_rope_head_dim)) *
-                        kFloat;
+  MemoryPlan plan = fixed_memory(m, run, shard);
   plan.activation_bytes =
       2.0 * static_cast<double>(batch) * static_cast<double>(tokens) * static_cast<double>(m.dim) * kFloat;
   double start_pos = 0;
@@ -69,6 +76,18 @@ MemoryPlan plan_memory(const ModelArgs& m, const RunConfig& run, const HeadShard
                  step_elements(m, run, heads, static_cast<double>(batch), seq, start_pos + seq, threads) * kFloat);
     start_pos += seq;
   }
+  return plan;
+}
+
+MemoryPlan plan_request_memory(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, int64_t total_tokens,
+                               int threads) {
+  MemoryPlan plan = fixed_memory(m, run, shard);
+  plan.activation_bytes = 2.0 * static_cast<double>(total_tokens) * static_cast<double>(m.dim) * kFloat;
+  const double slots = static_cast<double>(m.max_batch_size);
+  plan.workspace_bytes =
+      step_elements(m, run, static_cast<double>(shard.n_local_heads), slots,
+                    static_cast<double>(run.max_step_tokens) / slots, static_cast<double>(m.max_seq_len), threads) *
+      kFloat;
   return plan;
 }
 

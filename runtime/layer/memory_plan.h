@@ -15,7 +15,7 @@ namespace mla {
 // positions), and such a config must be refused here, not wrap around to a small number.
 struct MemoryPlan {
   double weights_bytes = 0;     // this rank's fp32 compute copies
-  double kv_cache_bytes = 0;    // [max_batch_size, max_seq_len, C + dr] plus the RoPE table
+  double kv_cache_bytes = 0;    // the latent cache's pool (run.kv_cache) plus the RoPE table
   double activation_bytes = 0;  // x and y of the whole run
   double workspace_bytes = 0;   // the largest step's buffers, both formulations and paths counted
 
@@ -25,6 +25,10 @@ struct MemoryPlan {
 
 MemoryPlan plan_memory(const ModelArgs& model, const RunConfig& run, const HeadShard& shard, int64_t batch,
                        int64_t tokens, const std::vector<int64_t>& steps, int threads);
+// Continuous batching: `total_tokens` input (and output) tokens over every request; a step carries
+// at most run.max_step_tokens tokens of up to max_batch_size sequences of up to max_seq_len positions.
+MemoryPlan plan_request_memory(const ModelArgs& model, const RunConfig& run, const HeadShard& shard,
+                               int64_t total_tokens, int threads);
 
 // MemAvailable of /proc/meminfo in bytes, or -1 when it cannot be read.
 int64_t available_memory_bytes();

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
@@ -12,7 +13,7 @@
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/finite_check.h"
 #include "kernels/cpu/gemm.h"
-#include "kernels/cpu/kv_cache_append.h"
+#include "kernels/cpu/paged_latent.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/strided_copy.h"
 #include "kernels/cpu/vector_ops.h"
@@ -144,7 +145,7 @@ MlaLayer::MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights 
       round_bf16_(run.compute_dtype == ComputeDType::BF16),
       rope_table_(make_rope_table(rope_params(model), model.max_seq_len)),
       latent_width_(model.kv_lora_rank + model.qk_rope_head_dim),
-      kv_cache_(static_cast<size_t>(model.max_batch_size * model.max_seq_len * latent_width_), 0.0f) {
+      cache_(latent_cache_shape(model, run.kv_cache, round_bf16_)) {
   const LinearPrecision precision = round_bf16_ ? LinearPrecision::BF16 : LinearPrecision::FP32;
   const int64_t heads = shard_.n_local_heads;
   const int64_t q_width = heads * model_.qk_head_dim();
@@ -170,26 +171,84 @@ int64_t MlaLayer::weight_bytes_read(int64_t tokens, Formulation formulation) con
   for (const PackedLinear* weight : {&wq_, &wq_a_, &wq_b_, &wkv_a_, &wo_}) bytes += weight->bytes_read(tokens);
   // wkv_b: the absorb folds read its fp32 copy; the naive expansion its prepared form.
   if (formulation == Formulation::Absorb) return bytes + static_cast<int64_t>(weights_.wkv_b.size() * sizeof(float));
-  return bytes + wkv_b_.bytes_read(cached_batch_ * cached_len_);
+  return bytes + wkv_b_.bytes_read(expanded_rows_);
 }
 
 StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                              int64_t mask_stride, float* y_partial, const uint16_t* x_bf16) {
-  const auto started = Clock::now();
-  step_linear_ms_ = 0.0;
-  step_trace_.clear();
   if (batch < 1 || batch > model_.max_batch_size || seq < 1 || start_pos < 0 || start_pos + seq > model_.max_seq_len) {
     throw std::invalid_argument("MlaLayer::forward: batch " + std::to_string(batch) + ", positions [" +
                                 std::to_string(start_pos) + ", " + std::to_string(start_pos + seq) +
                                 ") do not fit the cache (max_batch_size " + std::to_string(model_.max_batch_size) +
                                 ", max_seq_len " + std::to_string(model_.max_seq_len) + ")");
   }
-  check_step_follows_cache("MlaLayer", batch, start_pos, cached_len_, cached_batch_);
+  return run_step(x, x_bf16, uniform_step(batch, seq, start_pos), mask, mask_stride, y_partial);
+}
+
+StepReport MlaLayer::forward(const float* x, const RaggedStep& step, float* y_partial, const uint16_t* x_bf16) {
+  return run_step(x, x_bf16, step, nullptr, 0, y_partial);
+}
+
+void MlaLayer::reserve_cache(const RaggedStep& step) {
+  int64_t needed = 0;
+  for (const SequenceStep& sequence : step.sequences) {
+    needed += cache_.pages_needed(sequence.slot, sequence.start_pos + sequence.new_tokens);
+  }
+  if (needed > cache_.pages_free()) {
+    throw CacheFull("run.kv_cache.pages: the step needs " + std::to_string(needed) + " more page(s) of " +
+                    std::to_string(cache_.shape().page_size) + " positions, but " +
+                    std::to_string(cache_.pages_free()) + " of " + std::to_string(cache_.shape().pages) +
+                    " pages are free");
+  }
+  for (const SequenceStep& sequence : step.sequences) {
+    cache_.reserve(sequence.slot, sequence.start_pos + sequence.new_tokens);
+  }
+}
+
+StepReport MlaLayer::plan_report(const RaggedStep& step, const RaggedIndex& index, bool uniform, bool has_mask) const {
+  if (uniform) {
+    return plan_step_report(model_, run_, shard_.n_local_heads, index.sequences(), index.new_tokens[0],
+                            index.start_pos[0], has_mask);
+  }
+  std::vector<StepShape> shapes;
+  for (int64_t b = 0; b < index.sequences(); ++b) {
+    shapes.push_back(StepShape{1, index.new_tokens[b], index.start_pos[b], shard_.n_local_heads, false});
+  }
+  StepReport report;
+  report.batch = index.sequences();
+  report.seq = step.total_tokens();
+  report.start_pos = -1;  // per sequence
+  report.kv_len = step.max_kv_len();
+  report.plan = plan_ragged_step(model_, run_, shapes);
+  return report;
+}
+
+StepReport MlaLayer::run_step(const float* x, const uint16_t* x_bf16, const RaggedStep& step, const float* mask,
+                              int64_t mask_stride, float* y_partial) {
+  const auto started = Clock::now();
+  step_linear_ms_ = 0.0;
+  step_trace_.clear();
+  check_ragged_step("MlaLayer::forward", step, model_.max_batch_size, model_.max_seq_len);
+  for (const SequenceStep& sequence : step.sequences) {
+    if (sequence.new_tokens > 0 && sequence.start_pos > cache_.held_len(sequence.slot)) {
+      throw std::invalid_argument("MlaLayer::forward: start_pos " + std::to_string(sequence.start_pos) + " of slot " +
+                                  std::to_string(sequence.slot) + " skips past the " +
+                                  std::to_string(cache_.held_len(sequence.slot)) + " positions it holds");
+    }
+  }
   if (x_bf16 != nullptr && !round_bf16_) {
     throw std::invalid_argument("MlaLayer::forward: x_bf16 given, but run.compute_dtype is fp32");
   }
   if (x == nullptr && x_bf16 == nullptr) throw std::invalid_argument("MlaLayer::forward: no input x");
-  const int64_t tokens = batch * seq;
+  const RaggedIndex index = ragged_index(step);
+  bool uniform = true;
+  for (int64_t b = 1; b < index.sequences(); ++b) {
+    uniform = uniform && index.start_pos[b] == index.start_pos[0] && index.new_tokens[b] == index.new_tokens[0];
+  }
+  if (mask != nullptr && !uniform) throw std::invalid_argument("MlaLayer::forward: a mask with a ragged step");
+  reserve_cache(step);
+
+  const int64_t tokens = step.total_tokens();
   if (round_bf16_ && x_bf16 == nullptr) {
     // DeepSeek's activations are bf16 from the embedding on.
     uint16_t* bits = sized(x_bf16_, tokens * model_.dim);
@@ -198,19 +257,23 @@ StepReport MlaLayer::forward(const float* x, int64_t batch, int64_t seq, int64_t
     for (int64_t token = 0; token < tokens; ++token) f32_to_bf16_bits_rne(x + token * dim, bits + token * dim, dim);
     x_bf16 = bits;
   }
-  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
-  const AttentionStep step{batch, seq, start_pos, shard_.n_local_heads, mask, mask_stride, round_bf16_};
+  StepReport report = plan_report(step, index, uniform, mask != nullptr);
+  AttentionStep attention{index.sequences(), index.new_tokens[0], index.start_pos[0], shard_.n_local_heads, mask,
+                          mask_stride,       round_bf16_};
+  if (!uniform) attention.ragged = &index;
   // On the AMX fast path q and the attention's output stay bf16 numbers from the GEMM that writes
   // them to the GEMM that reads them.
-  const bool amx_attention =
-      report.plan.path == AttentionPath::Fast && report.plan.formulation == Formulation::Naive &&
-      attention_fast_amx_applies(naive_head_major_attention_params(model_, step, nullptr, nullptr, nullptr, nullptr));
+  const bool amx_attention = report.plan.path == AttentionPath::Fast && report.plan.formulation == Formulation::Naive &&
+                             attention_fast_amx_applies(naive_head_major_attention_params(model_, attention, nullptr,
+                                                                                          nullptr, nullptr, nullptr));
   project_queries(x, x_bf16, tokens, amx_attention);
-  project_latent(x, x_bf16, batch, seq, start_pos, amx_attention);
-  cached_len_ = start_pos + seq;
-  cached_batch_ = start_pos == 0 ? batch : cached_batch_;
+  step_cache_ = cache_.view(index.slot, step_block_table_);
+  project_latent(x, x_bf16, index, amx_attention);
+  for (const SequenceStep& sequence : step.sequences) {
+    if (sequence.new_tokens > 0) cache_.set_held_len(sequence.slot, sequence.start_pos + sequence.new_tokens);
+  }
 
-  attend(report.plan, step, amx_attention, report);
+  attend(report.plan, attention, amx_attention, report);
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
   trace({"the attention output o", "", amx_attention ? nullptr : o_.data(), amx_attention ? o_bits_.data() : nullptr,
          tokens, o_width, o_width});
@@ -255,10 +318,10 @@ void MlaLayer::project_queries(const float* x, const uint16_t* x_bf16, int64_t t
   }
 }
 
-// docs/design.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)], appended to the cache.
-void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos,
-                              bool q_as_bf16) {
-  const int64_t tokens = batch * seq;
+// docs/design.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)], appended to the
+// cache at each token's sequence and position.
+void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, const RaggedIndex& index, bool q_as_bf16) {
+  const int64_t tokens = static_cast<int64_t>(index.token_position.size());
   const int64_t C = model_.kv_lora_rank;
   const int64_t dq = model_.qk_head_dim();
   float* kv = sized(kv_, tokens * latent_width_);
@@ -267,9 +330,9 @@ void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t ba
 
   RopeParams rope;
   rope.table = &rope_table_;
-  rope.batch = batch;
-  rope.seq = seq;
-  rope.start_pos = start_pos;
+  rope.batch = 1;
+  rope.seq = tokens;
+  rope.positions = index.token_position.data();
   rope.round_to_bf16 = round_bf16_;
   rope.x = kv + C;
   rope.token_stride = latent_width_;
@@ -281,22 +344,31 @@ void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, int64_t ba
   rope.vec_stride = dq;
   rope_apply(rope);
 
-  kv_cache_append({kv, latent_width_, kv_cache_.data(), model_.max_seq_len, latent_width_, batch, seq, start_pos});
+  PagedLatentAppendParams append;
+  append.rows = kv;
+  append.row_stride = latent_width_;
+  append.tokens = tokens;
+  append.sequence = index.token_sequence.data();
+  append.position = index.token_position.data();
+  append.cache = step_cache_;
+  paged_latent_append(append);
 }
 
 void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_attention, StepReport& report) {
-  const int64_t tokens = step.batch * step.seq;
+  const int64_t tokens =
+      step.ragged != nullptr ? static_cast<int64_t>(step.ragged->token_position.size()) : step.batch * step.seq;
   const int64_t heads = shard_.n_local_heads;
   if (plan.formulation == Formulation::Absorb) {
     absorb_queries(tokens);
     float* o_latent = sized(o_latent_, tokens * heads * model_.kv_lora_rank);
-    run_attention(plan.path, absorb_attention_params(model_, step, q_absorbed_.data(), kv_cache_.data(), o_latent),
-                  report);
+    AttentionParams params = absorb_attention_params(model_, step, q_absorbed_.data(), nullptr, o_latent);
+    params.latent_pages = &step_cache_;
+    run_attention(plan.path, params, report);
     absorb_outputs(tokens);
     return;
   }
   // On the AMX fast path every operand is bf16 numbers; the expansion's are handed over as they are.
-  expand_keys_values(step.batch, step.start_pos + step.seq, amx_attention);
+  expand_keys_values(step, amx_attention);
   if (!amx_attention) {
     float* o = sized(o_, tokens * heads * model_.v_head_dim);
     run_attention(plan.path,
@@ -383,115 +455,122 @@ void MlaLayer::absorb_outputs(int64_t tokens) {
 
 // docs/design.md step 5, naive, from the one latent cache: [k_nope | v] = wkv_b c_n for every cached
 // position, then each head's keys [k_nope | k_pe] and values gathered head-major
-// (naive_head_major_attention_params says why). DeepSeek keeps a second, per-head cache for this;
-// recomputing it keeps one cache for both formulations and lets chunked prefill use naive too.
-// as_bf16 (bf16 only): the keys and values as bf16 numbers, in key_bf16_ and value_bf16_.
-void MlaLayer::expand_keys_values(int64_t batch, int64_t kv_len, bool as_bf16) {
+// (naive_head_major_attention_params says why), each sequence's positions padded to the longest.
+// DeepSeek keeps a second, per-head cache for this; recomputing it keeps one cache for both
+// formulations and lets chunked prefill use naive too. as_bf16 (bf16 only): the keys and values as
+// bf16 numbers, in key_bf16_ and value_bf16_.
+void MlaLayer::expand_keys_values(const AttentionStep& step, bool as_bf16) {
+  ExpansionRows rows;
+  const int64_t sequences = step.ragged != nullptr ? step.ragged->sequences() : step.batch;
+  for (int64_t b = 0; b < sequences; ++b) {
+    const int64_t kv_len =
+        step.ragged != nullptr ? step.ragged->start_pos[b] + step.ragged->new_tokens[b] : step.start_pos + step.seq;
+    rows.first_row.push_back(rows.rows);
+    rows.kv_len.push_back(kv_len);
+    rows.row_sequence.insert(rows.row_sequence.end(), static_cast<size_t>(kv_len), b);
+    rows.rows += kv_len;
+    rows.padded_len = std::max(rows.padded_len, kv_len);
+  }
+  expanded_rows_ = rows.rows;
   const int64_t kv_width = shard_.n_local_heads * (model_.qk_nope_head_dim + model_.v_head_dim);
-  const int64_t rows = batch * kv_len;
   // In bf16 the expansion stays bf16 numbers, widened as they are scattered to the keys and values
   // (one pass over them instead of a widening pass and a copy).
-  float* expanded = round_bf16_ ? nullptr : sized(kv_expanded_, rows * kv_width);
-  uint16_t* expanded_bf16 = round_bf16_ ? sized(kv_expanded_bf16_, rows * kv_width) : nullptr;
-  const LatentRows latent = gather_latent_rows(batch, kv_len);
-  run_linear(latent.rows, latent.stride, wkv_b_, rows, expanded, kv_width, latent.rows_bf16, expanded_bf16);
+  float* expanded = round_bf16_ ? nullptr : sized(kv_expanded_, rows.rows * kv_width);
+  uint16_t* expanded_bf16 = round_bf16_ ? sized(kv_expanded_bf16_, rows.rows * kv_width) : nullptr;
+  gather_latent_rows(rows);
   if (round_bf16_) {
-    scatter_expansion_bf16(batch, kv_len, as_bf16);
+    run_linear(nullptr, model_.kv_lora_rank, wkv_b_, rows.rows, expanded, kv_width, latent_bf16_.data(), expanded_bf16);
+    scatter_expansion_bf16(rows, as_bf16);
   } else {
-    scatter_expansion_f32(batch, kv_len);
+    run_linear(latent_f32_.data(), latent_width_, wkv_b_, rows.rows, expanded, kv_width);
+    scatter_expansion_f32(rows);
   }
 }
 
-// One GEMM for every sequence: their cache rows [b, 0..kv_len) gathered into one dense operand
-// (bf16 numbers in bf16 mode, which is what the GEMM would convert them to anyway). Per-sequence
-// GEMMs of kv_len rows ran at half the rate on the prefill shapes.
-MlaLayer::LatentRows MlaLayer::gather_latent_rows(int64_t batch, int64_t kv_len) {
+// One GEMM for every sequence: their cache rows gathered into one dense fp32 operand [rows, C + dr]
+// (dequantized from a bf16 or fp8 cache), and in bf16 mode its c_n as bf16 numbers, which is what
+// the GEMM would convert them to anyway. Per-sequence GEMMs of kv_len rows ran at half the rate on
+// the prefill shapes.
+void MlaLayer::gather_latent_rows(const ExpansionRows& rows) {
   const int64_t C = model_.kv_lora_rank;
-  const int64_t rows = batch * kv_len;
-  const auto cache_row = [&](int64_t row) {
-    return kv_cache_.data() + ((row / kv_len) * model_.max_seq_len + row % kv_len) * latent_width_;
-  };
-  LatentRows latent;
-  latent.stride = C;  // dense, unless the cache rows already are one operand
-  if (round_bf16_) {
-    uint16_t* dense = sized(latent_bf16_, rows * C);
-#pragma omp parallel for schedule(static) if (rows * C > 65536)
-    for (int64_t row = 0; row < rows; ++row) bf16_values_to_bits(cache_row(row), dense + row * C, C);
-    latent.rows_bf16 = dense;
-  } else if (kv_len == model_.max_seq_len || batch == 1) {
-    latent.rows = kv_cache_.data();  // already one strided operand
-    latent.stride = latent_width_;
-  } else {
-    float* dense = sized(latent_f32_, rows * C);
-#pragma omp parallel for schedule(static) if (rows * C > 65536)
-    for (int64_t row = 0; row < rows; ++row) {
-      std::memcpy(dense + row * C, cache_row(row), static_cast<size_t>(C) * sizeof(float));
-    }
-    latent.rows = dense;
+  float* dense = sized(latent_f32_, rows.rows * latent_width_);
+  uint16_t* dense_bf16 = round_bf16_ ? sized(latent_bf16_, rows.rows * C) : nullptr;
+  const PagedLatentView& cache = step_cache_;
+#pragma omp parallel for schedule(static) if (rows.rows * latent_width_ > 65536)
+  for (int64_t row = 0; row < rows.rows; ++row) {
+    const int64_t b = rows.row_sequence[row];
+    const int64_t t = row - rows.first_row[b];
+    float* out = dense + row * latent_width_;
+    const float* cached = paged_latent_rows(cache, b, t / cache.page_size, t % cache.page_size, 1, out);
+    if (cached != out) std::memcpy(out, cached, static_cast<size_t>(latent_width_) * sizeof(float));
+    if (dense_bf16 != nullptr) bf16_values_to_bits(out, dense_bf16 + row * C, C);
   }
-  return latent;
 }
 
-// bf16 mode: each head's [k_nope | v] from the bf16 expansion, k_pe from the cache row; kept as
-// bf16 numbers (as_bf16) or widened into the fp32 keys and values.
-void MlaLayer::scatter_expansion_bf16(int64_t batch, int64_t kv_len, bool as_bf16) {
+// bf16 mode: each head's [k_nope | v] from the bf16 expansion, k_pe from the gathered cache row;
+// kept as bf16 numbers (as_bf16) or widened into the fp32 keys and values.
+void MlaLayer::scatter_expansion_bf16(const ExpansionRows& rows, bool as_bf16) {
   const int64_t heads = shard_.n_local_heads;
   const int64_t dn = model_.qk_nope_head_dim, dv = model_.v_head_dim, dr = model_.qk_rope_head_dim;
   const int64_t dq = model_.qk_head_dim();
   const int64_t kv_width = heads * (dn + dv);
+  const int64_t padded = rows.padded_len;
+  const int64_t sequences = static_cast<int64_t>(rows.kv_len.size());
   const uint16_t* expanded_bf16 = kv_expanded_bf16_.data();
-  float* keys = as_bf16 ? nullptr : sized(keys_, batch * heads * kv_len * dq);
-  float* values = as_bf16 ? nullptr : sized(values_, batch * heads * kv_len * dv);
-  uint16_t* key_bf16 = as_bf16 ? sized(key_bf16_, batch * heads * kv_len * dq) : nullptr;
-  uint16_t* value_bf16 = as_bf16 ? sized(value_bf16_, batch * heads * kv_len * dv) : nullptr;
-#pragma omp parallel for collapse(2) schedule(static) if (batch * kv_len * kv_width > 65536)
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t < kv_len; ++t) {
-      const uint16_t* row = expanded_bf16 + (b * kv_len + t) * kv_width;
-      const float* k_pe = kv_cache_.data() + (b * model_.max_seq_len + t) * latent_width_ + model_.kv_lora_rank;
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t head_row = (b * heads + h) * kv_len + t;
-        if (as_bf16) {
-          uint16_t* key = key_bf16 + head_row * dq;
-          std::memcpy(key, row + h * (dn + dv), static_cast<size_t>(dn) * sizeof(uint16_t));
-          bf16_values_to_bits(k_pe, key + dn, dr);
-          std::memcpy(value_bf16 + head_row * dv, row + h * (dn + dv) + dn, static_cast<size_t>(dv) * sizeof(uint16_t));
-          continue;
-        }
-        float* key = keys + head_row * dq;
-        bf16_bits_to_f32_copy(row + h * (dn + dv), key, dn);
-        std::memcpy(key + dn, k_pe, static_cast<size_t>(dr) * sizeof(float));
-        bf16_bits_to_f32_copy(row + h * (dn + dv) + dn, values + head_row * dv, dv);
+  float* keys = as_bf16 ? nullptr : sized(keys_, sequences * heads * padded * dq);
+  float* values = as_bf16 ? nullptr : sized(values_, sequences * heads * padded * dv);
+  uint16_t* key_bf16 = as_bf16 ? sized(key_bf16_, sequences * heads * padded * dq) : nullptr;
+  uint16_t* value_bf16 = as_bf16 ? sized(value_bf16_, sequences * heads * padded * dv) : nullptr;
+#pragma omp parallel for schedule(static) if (rows.rows * kv_width > 65536)
+  for (int64_t r = 0; r < rows.rows; ++r) {
+    const int64_t b = rows.row_sequence[r];
+    const int64_t t = r - rows.first_row[b];
+    const uint16_t* row = expanded_bf16 + r * kv_width;
+    const float* k_pe = latent_f32_.data() + r * latent_width_ + model_.kv_lora_rank;
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t head_row = (b * heads + h) * padded + t;
+      if (as_bf16) {
+        uint16_t* key = key_bf16 + head_row * dq;
+        std::memcpy(key, row + h * (dn + dv), static_cast<size_t>(dn) * sizeof(uint16_t));
+        bf16_values_to_bits(k_pe, key + dn, dr);
+        std::memcpy(value_bf16 + head_row * dv, row + h * (dn + dv) + dn, static_cast<size_t>(dv) * sizeof(uint16_t));
+        continue;
       }
+      float* key = keys + head_row * dq;
+      bf16_bits_to_f32_copy(row + h * (dn + dv), key, dn);
+      std::memcpy(key + dn, k_pe, static_cast<size_t>(dr) * sizeof(float));
+      bf16_bits_to_f32_copy(row + h * (dn + dv) + dn, values + head_row * dv, dv);
     }
   }
 }
 
-// fp32 mode: position t of head h is [k_nope | v] at expanded[b, t, h], with the one k_pe of the
-// cache row; three strided copies per sequence lay them out head-major.
-void MlaLayer::scatter_expansion_f32(int64_t batch, int64_t kv_len) {
+// fp32 mode: position t of head h is [k_nope | v] at expanded[row of t, h], with the one k_pe of
+// the gathered cache row; three strided copies per sequence lay them out head-major.
+void MlaLayer::scatter_expansion_f32(const ExpansionRows& rows) {
   const int64_t heads = shard_.n_local_heads;
   const int64_t dn = model_.qk_nope_head_dim, dv = model_.v_head_dim;
   const int64_t dq = model_.qk_head_dim();
   const int64_t kv_width = heads * (dn + dv);
-  float* keys = sized(keys_, batch * heads * kv_len * dq);
-  float* values = sized(values_, batch * heads * kv_len * dv);
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* cache = kv_cache_.data() + b * model_.max_seq_len * latent_width_;
-    const float* expanded_b = kv_expanded_.data() + b * kv_len * kv_width;
-    float* keys_b = keys + b * heads * kv_len * dq;
+  const int64_t padded = rows.padded_len;
+  const int64_t sequences = static_cast<int64_t>(rows.kv_len.size());
+  float* keys = sized(keys_, sequences * heads * padded * dq);
+  float* values = sized(values_, sequences * heads * padded * dv);
+  for (int64_t b = 0; b < sequences; ++b) {
+    const float* latent = latent_f32_.data() + rows.first_row[b] * latent_width_;
+    const float* expanded_b = kv_expanded_.data() + rows.first_row[b] * kv_width;
+    float* keys_b = keys + b * heads * padded * dq;
     StridedCopyParams part;
-    part.outer = kv_len;
+    part.outer = rows.kv_len[b];
     part.inner = heads;
     part.dst_outer_stride = dq;
-    part.dst_inner_stride = kv_len * dq;
+    part.dst_inner_stride = padded * dq;
     part.src = expanded_b;  // k_nope
     part.src_outer_stride = kv_width;
     part.src_inner_stride = dn + dv;
     part.dst = keys_b;
     part.width = dn;
     strided_copy(part);
-    part.src = cache + model_.kv_lora_rank;  // k_pe, the same for every head
+    part.src = latent + model_.kv_lora_rank;  // k_pe, the same for every head
     part.src_outer_stride = latent_width_;
     part.src_inner_stride = 0;
     part.dst = keys_b + dn;
@@ -500,9 +579,9 @@ void MlaLayer::scatter_expansion_f32(int64_t batch, int64_t kv_len) {
     part.src = expanded_b + dn;  // v
     part.src_outer_stride = kv_width;
     part.src_inner_stride = dn + dv;
-    part.dst = values + b * heads * kv_len * dv;
+    part.dst = values + b * heads * padded * dv;
     part.dst_outer_stride = dv;
-    part.dst_inner_stride = kv_len * dv;
+    part.dst_inner_stride = padded * dv;
     part.width = dv;
     strided_copy(part);
   }

@@ -15,14 +15,19 @@
 #include "runtime/io/weights.h"
 #include "runtime/layer/attention_layout.h"
 #include "runtime/layer/attention_plan.h"
+#include "runtime/layer/latent_cache.h"
+#include "runtime/layer/ragged_step.h"
 
 namespace mla {
 
 struct StepReport {
-  int64_t batch = 0;
-  int64_t seq = 0;
-  int64_t start_pos = 0;
-  int64_t kv_len = 0;
+  int64_t batch = 0;      // sequences with tokens
+  int64_t seq = 0;        // new tokens per sequence (ragged: of the whole step)
+  int64_t start_pos = 0;  // ragged: -1, each sequence has its own
+  int64_t kv_len = 0;     // ragged: the longest sequence's
+  // Continuous batching: the step's prompt tokens and decode tokens (-1: a uniform schedule's step).
+  int64_t prefill_tokens = -1;
+  int64_t decode_tokens = 0;
   StepPlan plan;
   double time_ms = 0.0;
   // Where the CPU layer's time went: the linear layers (prepared weights, the naive expansion
@@ -58,8 +63,17 @@ class MlaLayer {
   // rounds x itself.
   StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                      int64_t mask_stride, float* y_partial, const uint16_t* x_bf16 = nullptr);
+  // A ragged step (docs/design.md, Inference-shaped steps): x and y_partial are the packed tokens
+  // [step.total_tokens(), dim]; each sequence's start_pos must not skip past what its slot holds.
+  // The cache takes the pages the step needs first: when the pool is short it throws CacheFull
+  // and nothing is written.
+  StepReport forward(const float* x, const RaggedStep& step, float* y_partial, const uint16_t* x_bf16 = nullptr);
+  // A finished sequence: its slot holds nothing and its pages go back to the pool.
+  void release_sequence(int64_t slot) { cache_.release(slot); }
 
-  int64_t kv_cache_bytes() const { return static_cast<int64_t>(kv_cache_.size() * sizeof(float)); }
+  LatentCache& cache() { return cache_; }
+  const LatentCache& cache() const { return cache_; }
+  int64_t kv_cache_bytes() const { return cache_.pool_bytes(); }
   // Bytes of the prepared weights (what a decode step streams) and which GEMM runs them.
   int64_t weight_bytes() const;
   // Weight bytes the last step read from memory, for a step of `tokens` new tokens.
@@ -88,21 +102,28 @@ class MlaLayer {
   // x: the step's input; x_bf16: in bf16 compute, the same as bf16 numbers (then x is not read).
   // q_as_bf16: the step's attention runs on AMX tiles (bf16 only), which read q as bf16 numbers.
   void project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bf16);
-  void project_latent(const float* x, const uint16_t* x_bf16, int64_t batch, int64_t seq, int64_t start_pos,
-                      bool q_as_bf16);
+  StepReport run_step(const float* x, const uint16_t* x_bf16, const RaggedStep& step, const float* mask,
+                      int64_t mask_stride, float* y_partial);
+  // Takes the pages every sequence of the step needs, all or none.
+  void reserve_cache(const RaggedStep& step);
+  // The step's plan: uniform steps as before, ragged ones per sequence (plan_ragged_step).
+  StepReport plan_report(const RaggedStep& step, const RaggedIndex& index, bool uniform, bool has_mask) const;
+  void project_latent(const float* x, const uint16_t* x_bf16, const RaggedIndex& index, bool q_as_bf16);
   void attend(const StepPlan& plan, const AttentionStep& step, bool amx_attention, StepReport& report);
   void absorb_queries(int64_t tokens);
   void absorb_outputs(int64_t tokens);
-  void expand_keys_values(int64_t batch, int64_t kv_len, bool as_bf16);
-  // The expansion's GEMM operand: fp32 rows, or (bf16 mode) bf16 rows, `stride` values apart.
-  struct LatentRows {
-    const float* rows = nullptr;
-    int64_t stride = 0;
-    const uint16_t* rows_bf16 = nullptr;
+  // naive: the rows every sequence of the step attends to, gathered from the cache; sequence b's
+  // positions are rows first_row[b] .. first_row[b] + kv_len[b] - 1.
+  struct ExpansionRows {
+    std::vector<int64_t> first_row, kv_len;
+    std::vector<int64_t> row_sequence;  // per row
+    int64_t rows = 0;
+    int64_t padded_len = 0;  // the longest kv_len: the head-major buffers' position count
   };
-  LatentRows gather_latent_rows(int64_t batch, int64_t kv_len);
-  void scatter_expansion_bf16(int64_t batch, int64_t kv_len, bool as_bf16);
-  void scatter_expansion_f32(int64_t batch, int64_t kv_len);
+  void expand_keys_values(const AttentionStep& step, bool as_bf16);
+  void gather_latent_rows(const ExpansionRows& rows);
+  void scatter_expansion_bf16(const ExpansionRows& rows, bool as_bf16);
+  void scatter_expansion_f32(const ExpansionRows& rows);
   void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
   std::string linear_name(const PackedLinear& weight) const;  // "wkv_a"
   void run_linear(const float* x, int64_t x_stride, const PackedLinear& weight, int64_t rows, float* y,
@@ -116,12 +137,13 @@ class MlaLayer {
   PackedLinear wq_, wq_a_, wq_b_, wkv_a_, wkv_b_, wo_;
   bool round_bf16_ = false;
   RopeTable rope_table_;
-  int64_t latent_width_ = 0;       // C + dr: one cache row, [c_n | k_pe]
-  AlignedVector<float> kv_cache_;  // [max_batch_size, max_seq_len, C + dr]
-  int64_t cached_len_ = 0;
-  int64_t cached_batch_ = 0;
-  double step_linear_ms_ = 0.0;           // this step's time in run_linear so far
-  std::vector<TracedTensor> step_trace_;  // what this step wrote, in order
+  int64_t latent_width_ = 0;  // C + dr: one cache row, [c_n | k_pe]
+  LatentCache cache_;
+  std::vector<int32_t> step_block_table_;  // the step's rows of the cache's block tables
+  PagedLatentView step_cache_;             // the step's view of the cache
+  int64_t expanded_rows_ = 0;              // naive: cache rows the last step expanded
+  double step_linear_ms_ = 0.0;            // this step's time in run_linear so far
+  std::vector<TracedTensor> step_trace_;   // what this step wrote, in order
 
   // Per-step buffers, grown on demand and reused.
   AlignedVector<uint16_t> x_bf16_;         // [B*S, D] bf16 mode: the input rounded to bf16, once for wq(_a) and wkv_a
@@ -132,8 +154,8 @@ class MlaLayer {
   AlignedVector<float> kv_;                // [B*S, C + dr]
   AlignedVector<float> q_absorbed_;        // absorb: [B*S, Hl, C + dr] = [Wk^T q_nope | q_pe]
   AlignedVector<float> o_latent_;          // absorb: [B*S, Hl, C]
-  AlignedVector<uint16_t> latent_bf16_;    // naive, bf16 mode: [B, kv_len, C] the cached c_n as bf16 numbers
-  AlignedVector<float> latent_f32_;        // naive, fp32: [B, kv_len, C] the cached c_n, dense
+  AlignedVector<float> latent_f32_;        // naive: [rows, C + dr] the cached rows, dense, fp32
+  AlignedVector<uint16_t> latent_bf16_;    // naive, bf16 mode: [rows, C] their c_n as bf16 numbers
   AlignedVector<uint16_t> kv_expanded_bf16_;  // naive, bf16 mode: kv_expanded_ as bf16 numbers
   AlignedVector<float> kv_expanded_;          // naive: [B, kv_len, Hl, dn + dv] = wkv_b c_n
   AlignedVector<float> keys_;                 // naive: [B, Hl, kv_len, dq] = [k_nope | k_pe]

@@ -158,11 +158,44 @@ bool inject_fault(const FaultPlan& fault, StepExecutor& executor, size_t step_in
 
 }  // namespace
 
+double reduce_step(StepExecutor& executor, const RunOptions& options, size_t step_index) {
+  const Communicator& comm = executor.communicator();
+  const bool poisoned = inject_fault(options.fault, executor, step_index);
+  float bad_value = 0.0f;
+  const int64_t bad_index = options.check_finite ? executor.first_non_finite(bad_value) : -1;
+  if (bad_index >= 0) {
+    const std::string where = poisoned ? "debug.fail wrote it" : executor.explain_non_finite();
+    std::fprintf(stderr,
+                 "mla_run: error: rank %d (%s): step %zu: partial output y is not finite at element %ld (%g)%s%s\n",
+                 comm.rank(), comm.host().c_str(), step_index, static_cast<long>(bad_index), bad_value,
+                 where.empty() ? "" : "; ", where.c_str());
+  }
+  const auto reduce_started = std::chrono::steady_clock::now();
+  const float bad_ranks = executor.reduce(bad_index >= 0 ? 1.0f : 0.0f);
+  const double reduce_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - reduce_started).count();
+  if (bad_ranks != 0.0f) {
+    throw RankFailure("step " + std::to_string(step_index) + ": " + std::to_string(static_cast<int>(bad_ranks)) +
+                      " rank(s) produced a non-finite partial output (run.check_finite); y is not written");
+  }
+  return reduce_ms;
+}
+
+StepReport StepExecutor::forward_ragged(const float*, const RaggedStep&) {
+  throw UserError(
+      "run.schedule.requests and run.kv_cache: this backend runs uniform steps only (use run.backend: cpu)");
+}
+
 StepReport CpuStepExecutor::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                                     int64_t mask_stride, const uint16_t* x_bf16) {
   const int64_t count = batch * seq * layer_.model().dim;
   partial_.resize(static_cast<size_t>(count + 1));
   return layer_.forward(x, batch, seq, start_pos, mask, mask_stride, partial_.data(), x_bf16);
+}
+
+StepReport CpuStepExecutor::forward_ragged(const float* x, const RaggedStep& step) {
+  partial_.resize(static_cast<size_t>(step.total_tokens() * layer_.model().dim + 1));
+  return layer_.forward(x, step, partial_.data());
 }
 
 int64_t CpuStepExecutor::first_non_finite(float& value) {
@@ -184,7 +217,6 @@ void CpuStepExecutor::copy_output(float* y) { std::memcpy(y, partial_.data(), (p
 RunResult run_schedule(StepExecutor& executor, const InputTensor& x, const std::vector<int64_t>& steps,
                        const std::vector<float>& mask, const RunOptions& options) {
   const auto started = std::chrono::steady_clock::now();
-  const Communicator& comm = executor.communicator();
   RunResult result;
   result.y.assign(x.values.size(), 0.0f);
   if (!mask.empty()) validate_mask(mask, x.tokens, steps);
@@ -204,24 +236,7 @@ RunResult run_schedule(StepExecutor& executor, const InputTensor& x, const std::
     }
     const float* step_mask = mask.empty() ? nullptr : mask.data() + start_pos * x.tokens;
     StepReport report = executor.forward(step_x.data(), x.batch, seq, start_pos, step_mask, x.tokens, nullptr);
-    const bool poisoned = inject_fault(options.fault, executor, step_index);
-    float bad_value = 0.0f;
-    const int64_t bad_index = options.check_finite ? executor.first_non_finite(bad_value) : -1;
-    if (bad_index >= 0) {
-      const std::string where = poisoned ? "debug.fail wrote it" : executor.explain_non_finite();
-      std::fprintf(stderr,
-                   "mla_run: error: rank %d (%s): step %zu: partial output y is not finite at element %ld (%g)%s%s\n",
-                   comm.rank(), comm.host().c_str(), step_index, static_cast<long>(bad_index), bad_value,
-                   where.empty() ? "" : "; ", where.c_str());
-    }
-    const auto reduce_started = std::chrono::steady_clock::now();
-    const float bad_ranks = executor.reduce(bad_index >= 0 ? 1.0f : 0.0f);
-    const double reduce_ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - reduce_started).count();
-    if (bad_ranks != 0.0f) {
-      throw RankFailure("step " + std::to_string(step_index) + ": " + std::to_string(static_cast<int>(bad_ranks)) +
-                        " rank(s) produced a non-finite partial output (run.check_finite); y is not written");
-    }
+    const double reduce_ms = reduce_step(executor, options, step_index);
     result.allreduce_ms += reduce_ms;
     report.time_ms += reduce_ms;
     executor.copy_output(step_y.data());

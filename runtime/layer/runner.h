@@ -87,6 +87,14 @@ class StepExecutor {
   // rounds on the device, from x).
   virtual StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                              int64_t mask_stride, const uint16_t* x_bf16) = 0;
+  // A ragged step (continuous batching): x the packed tokens [step.total_tokens(), dim], host
+  // memory. A backend without ragged steps throws UserError.
+  virtual StepReport forward_ragged(const float* x, const RaggedStep& step);
+  // A finished sequence's slot and cache pages are free again.
+  virtual void release_sequence(int64_t /*slot*/) {}
+  // The latent cache: its pool, and the bytes of the pages held now (0 where not tracked).
+  virtual int64_t cache_pool_bytes() const { return 0; }
+  virtual int64_t cache_bytes_in_use() const { return 0; }
   // The index of the partial output's first non-finite element (its value in `value`), or -1.
   virtual int64_t first_non_finite(float& value) = 0;
   // After a non-finite partial output: where in the step it began (MlaLayer::explain_non_finite),
@@ -105,6 +113,10 @@ class CpuStepExecutor final : public StepExecutor {
   const Communicator& communicator() const override { return comm_; }
   StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                      int64_t mask_stride, const uint16_t* x_bf16) override;
+  StepReport forward_ragged(const float* x, const RaggedStep& step) override;
+  void release_sequence(int64_t slot) override { layer_.release_sequence(slot); }
+  int64_t cache_pool_bytes() const override { return layer_.cache().pool_bytes(); }
+  int64_t cache_bytes_in_use() const override { return layer_.cache().bytes_in_use(); }
   int64_t first_non_finite(float& value) override;
   std::string explain_non_finite() const override { return layer_.explain_non_finite(); }
   void poison_partial() override;
@@ -118,6 +130,11 @@ class CpuStepExecutor final : public StepExecutor {
   // so that every rank learns it without another collective.
   AlignedVector<float> partial_;
 };
+
+// After a step's forward: debug.fail's fault at this step, the finite check, and the sum over
+// ranks (with every rank's finite flag). Throws RankFailure when a rank's partial output is not
+// finite; returns the sum's time in ms.
+double reduce_step(StepExecutor& executor, const RunOptions& options, size_t step_index);
 
 // steps: new tokens per step, adding up to x.tokens.
 RunResult run_schedule(StepExecutor& executor, const InputTensor& x, const std::vector<int64_t>& steps,

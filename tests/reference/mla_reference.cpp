@@ -27,27 +27,26 @@ double dot(const double* a, const double* b, int64_t n) {
   return sum;
 }
 
-// Masking rule of docs/design.md step 6, then softmax over t (step 7). scores holds t < e = start_pos + seq.
+// Masking rule of docs/design.md step 6, then softmax over t (step 7). scores holds t < end. Causal:
+// the query at `position` sees t <= position; a mask row replaces that rule.
 // A row that sees nothing (all -inf) yields NaN, as softmax over an empty set does in DeepSeek's code.
-void mask_and_softmax(std::vector<double>& scores, int64_t s, int64_t seq, int64_t start_pos,
-                      const std::vector<double>* mask) {
-  const int64_t end_pos = start_pos + seq;
+void mask_and_softmax(std::vector<double>& scores, int64_t position, int64_t end, const double* mask_row) {
   const double neg_inf = -std::numeric_limits<double>::infinity();
-  for (int64_t t = 0; t < end_pos; ++t) {
-    if (mask == nullptr) {
-      if (t > start_pos + s) scores[t] = neg_inf;
+  for (int64_t t = 0; t < end; ++t) {
+    if (mask_row == nullptr) {
+      if (t > position) scores[t] = neg_inf;
     } else {
-      scores[t] += (*mask)[s * end_pos + t];
+      scores[t] += mask_row[t];
     }
   }
   double max_score = neg_inf;
-  for (int64_t t = 0; t < end_pos; ++t) max_score = std::max(max_score, scores[t]);
+  for (int64_t t = 0; t < end; ++t) max_score = std::max(max_score, scores[t]);
   double sum = 0.0;
-  for (int64_t t = 0; t < end_pos; ++t) {
+  for (int64_t t = 0; t < end; ++t) {
     scores[t] = std::exp(scores[t] - max_score);
     sum += scores[t];
   }
-  for (int64_t t = 0; t < end_pos; ++t) scores[t] /= sum;
+  for (int64_t t = 0; t < end; ++t) scores[t] /= sum;
 }
 
 }  // namespace
@@ -204,18 +203,18 @@ RefMla::RefMla(const RefConfig& config, const RefWeights& weights, int64_t batch
   }
 }
 
-RefMla::Projected RefMla::project(const std::vector<double>& x, int64_t seq, int64_t start_pos) const {
+RefMla::Projected RefMla::project(const std::vector<double>& x, const std::vector<TokenPlace>& places) const {
   const int64_t D = cfg_.dim, H = cfg_.n_heads, C = cfg_.kv_lora_rank, dr = cfg_.qk_rope_head_dim;
-  const int64_t dn = cfg_.qk_nope_head_dim, dq = dn + dr, rows = batch_ * seq;
+  const int64_t dn = cfg_.qk_nope_head_dim, dq = dn + dr, rows = static_cast<int64_t>(places.size());
   Projected p;
-  // Step 1: q [B*S, H*dq], each head [dn nope, dr rope].
+  // Step 1: q [tokens, H*dq], each head [dn nope, dr rope].
   if (cfg_.q_lora_rank == 0) {
     p.q = linear(x, rows, D, w_.wq, H * dq);
   } else {
     const std::vector<double> q_a = linear(x, rows, D, w_.wq_a, cfg_.q_lora_rank);
     p.q = linear(rmsnorm(q_a, rows, w_.q_norm), rows, cfg_.q_lora_rank, w_.wq_b, H * dq);
   }
-  // Step 3: kv [B*S, C + dr] = [c, k_pe].
+  // Step 3: kv [tokens, C + dr] = [c, k_pe].
   const std::vector<double> kv = linear(x, rows, D, w_.wkv_a, C + dr);
   std::vector<double> c(rows * C);
   p.k_pe.resize(rows * dr);
@@ -223,111 +222,139 @@ RefMla::Projected RefMla::project(const std::vector<double>& x, int64_t seq, int
     for (int64_t i = 0; i < C; ++i) c[r * C + i] = kv[r * (C + dr) + i];
     for (int64_t i = 0; i < dr; ++i) p.k_pe[r * dr + i] = kv[r * (C + dr) + C + i];
   }
-  // Steps 2 and 3: token s of this call sits at absolute position start_pos + s.
-  for (int64_t b = 0; b < batch_; ++b) {
-    for (int64_t s = 0; s < seq; ++s) {
-      const int64_t r = b * seq + s, pos = start_pos + s;
-      for (int64_t h = 0; h < H; ++h) rope_apply(&p.q[(r * H + h) * dq + dn], dr, pos, freqs_);
-      rope_apply(&p.k_pe[r * dr], dr, pos, freqs_);
-    }
+  // Steps 2 and 3, each token at its own position.
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t pos = places[r].position;
+    for (int64_t h = 0; h < H; ++h) rope_apply(&p.q[(r * H + h) * dq + dn], dr, pos, freqs_);
+    rope_apply(&p.k_pe[r * dr], dr, pos, freqs_);
   }
   // Step 4.
   p.c_n = rmsnorm(c, rows, w_.kv_norm);
+  quantize_for_cache(p);
   return p;
 }
 
-void RefMla::store_naive(const Projected& p, int64_t seq, int64_t start_pos) {
+void RefMla::quantize_for_cache(Projected& p) const {
+  if (cfg_.cache_dtype == RefCacheDType::Exact) return;
+  const int64_t C = cfg_.kv_lora_rank;
+  for (double& value : p.k_pe) value = round_to_bf16(static_cast<float>(value));
+  if (cfg_.cache_dtype == RefCacheDType::BF16) {
+    for (double& value : p.c_n) value = round_to_bf16(static_cast<float>(value));
+    return;
+  }
+  const int64_t rows = static_cast<int64_t>(p.c_n.size()) / C;
+  for (int64_t r = 0; r < rows; ++r) {
+    const std::vector<double> row = fp8_latent_row(&p.c_n[r * C], C);
+    std::copy(row.begin(), row.end(), p.c_n.begin() + r * C);
+  }
+}
+
+void RefMla::store_naive(const Projected& p, const std::vector<TokenPlace>& places) {
   const int64_t H = cfg_.n_heads, C = cfg_.kv_lora_rank, dr = cfg_.qk_rope_head_dim;
   const int64_t dn = cfg_.qk_nope_head_dim, dv = cfg_.v_head_dim, dq = dn + dr;
-  for (int64_t b = 0; b < batch_; ++b) {
-    for (int64_t s = 0; s < seq; ++s) {
-      const int64_t r = b * seq + s, slot = b * cfg_.max_seq_len + start_pos + s;
-      const double* cn = &p.c_n[r * C];
-      for (int64_t h = 0; h < H; ++h) {
-        // docs/design.md, Weights: head h's wkv_b rows are [dn rows of Wk[h], dv rows of Wv[h]].
-        const double* wk = &w_.wkv_b[(h * (dn + dv)) * C];
-        const double* wv = &w_.wkv_b[(h * (dn + dv) + dn) * C];
-        double* k = &k_cache_[(slot * H + h) * dq];
-        double* v = &v_cache_[(slot * H + h) * dv];
-        for (int64_t d = 0; d < dn; ++d) k[d] = dot(&wk[d * C], cn, C);
-        for (int64_t d = 0; d < dr; ++d) k[dn + d] = p.k_pe[r * dr + d];  // shared by all heads
-        for (int64_t d = 0; d < dv; ++d) v[d] = dot(&wv[d * C], cn, C);
-      }
+  for (size_t r = 0; r < places.size(); ++r) {
+    const int64_t slot = places[r].slot * cfg_.max_seq_len + places[r].position;
+    const double* cn = &p.c_n[r * C];
+    for (int64_t h = 0; h < H; ++h) {
+      // docs/design.md, Weights: head h's wkv_b rows are [dn rows of Wk[h], dv rows of Wv[h]].
+      const double* wk = &w_.wkv_b[(h * (dn + dv)) * C];
+      const double* wv = &w_.wkv_b[(h * (dn + dv) + dn) * C];
+      double* k = &k_cache_[(slot * H + h) * dq];
+      double* v = &v_cache_[(slot * H + h) * dv];
+      for (int64_t d = 0; d < dn; ++d) k[d] = dot(&wk[d * C], cn, C);
+      for (int64_t d = 0; d < dr; ++d) k[dn + d] = p.k_pe[r * dr + d];  // shared by all heads
+      for (int64_t d = 0; d < dv; ++d) v[d] = dot(&wv[d * C], cn, C);
     }
   }
 }
 
-void RefMla::store_absorb(const Projected& p, int64_t seq, int64_t start_pos) {
+void RefMla::store_absorb(const Projected& p, const std::vector<TokenPlace>& places) {
   const int64_t C = cfg_.kv_lora_rank, dr = cfg_.qk_rope_head_dim;
-  for (int64_t b = 0; b < batch_; ++b) {
-    for (int64_t s = 0; s < seq; ++s) {
-      const int64_t r = b * seq + s, slot = b * cfg_.max_seq_len + start_pos + s;
-      for (int64_t i = 0; i < C; ++i) cn_cache_[slot * C + i] = p.c_n[r * C + i];
-      for (int64_t i = 0; i < dr; ++i) kpe_cache_[slot * dr + i] = p.k_pe[r * dr + i];
-    }
+  for (size_t r = 0; r < places.size(); ++r) {
+    const int64_t slot = places[r].slot * cfg_.max_seq_len + places[r].position;
+    for (int64_t i = 0; i < C; ++i) cn_cache_[slot * C + i] = p.c_n[r * C + i];
+    for (int64_t i = 0; i < dr; ++i) kpe_cache_[slot * dr + i] = p.k_pe[r * dr + i];
   }
 }
 
-std::vector<double> RefMla::attend_naive(const Projected& p, int64_t seq, int64_t start_pos,
+std::vector<double> RefMla::attend_naive(const Projected& p, const std::vector<TokenPlace>& places,
                                          const std::vector<double>* mask) const {
   const int64_t H = cfg_.n_heads, dq = cfg_.qk_nope_head_dim + cfg_.qk_rope_head_dim;
-  const int64_t dv = cfg_.v_head_dim, end_pos = start_pos + seq;
-  std::vector<double> o(batch_ * seq * H * dv, 0.0);
-  std::vector<double> probs(end_pos);
-  for (int64_t b = 0; b < batch_; ++b) {
-    for (int64_t s = 0; s < seq; ++s) {
-      const int64_t r = b * seq + s;
-      for (int64_t h = 0; h < H; ++h) {
-        const double* q = &p.q[(r * H + h) * dq];
-        for (int64_t t = 0; t < end_pos; ++t)  // step 5, naive
-          probs[t] = scale_ * dot(q, &k_cache_[((b * cfg_.max_seq_len + t) * H + h) * dq], dq);
-        mask_and_softmax(probs, s, seq, start_pos, mask);
-        double* out = &o[(r * H + h) * dv];
-        for (int64_t t = 0; t < end_pos; ++t) {  // step 8, naive
-          const double* v = &v_cache_[((b * cfg_.max_seq_len + t) * H + h) * dv];
-          for (int64_t d = 0; d < dv; ++d) out[d] += probs[t] * v[d];
-        }
+  const int64_t dv = cfg_.v_head_dim, rows = static_cast<int64_t>(places.size());
+  std::vector<double> o(rows * H * dv, 0.0);
+  std::vector<double> probs(cfg_.max_seq_len);
+  for (int64_t r = 0; r < rows; ++r) {
+    const TokenPlace& place = places[r];
+    const int64_t first_slot = place.slot * cfg_.max_seq_len;
+    const double* mask_row = place.mask_row >= 0 ? mask->data() + place.mask_row * place.end : nullptr;
+    for (int64_t h = 0; h < H; ++h) {
+      const double* q = &p.q[(r * H + h) * dq];
+      for (int64_t t = 0; t < place.end; ++t)  // step 5, naive
+        probs[t] = scale_ * dot(q, &k_cache_[((first_slot + t) * H + h) * dq], dq);
+      mask_and_softmax(probs, place.position, place.end, mask_row);
+      double* out = &o[(r * H + h) * dv];
+      for (int64_t t = 0; t < place.end; ++t) {  // step 8, naive
+        const double* v = &v_cache_[((first_slot + t) * H + h) * dv];
+        for (int64_t d = 0; d < dv; ++d) out[d] += probs[t] * v[d];
       }
     }
   }
   return o;
 }
 
-std::vector<double> RefMla::attend_absorb(const Projected& p, int64_t seq, int64_t start_pos,
+std::vector<double> RefMla::attend_absorb(const Projected& p, const std::vector<TokenPlace>& places,
                                           const std::vector<double>* mask) const {
   const int64_t H = cfg_.n_heads, C = cfg_.kv_lora_rank, dr = cfg_.qk_rope_head_dim;
-  const int64_t dn = cfg_.qk_nope_head_dim, dv = cfg_.v_head_dim, dq = dn + dr, end_pos = start_pos + seq;
-  std::vector<double> o(batch_ * seq * H * dv, 0.0);
-  std::vector<double> probs(end_pos), q_lat(C), o_lat(C);
-  for (int64_t b = 0; b < batch_; ++b) {
-    for (int64_t s = 0; s < seq; ++s) {
-      const int64_t r = b * seq + s;
-      for (int64_t h = 0; h < H; ++h) {
-        const double* q_nope = &p.q[(r * H + h) * dq];
-        const double* q_pe = q_nope + dn;
-        const double* wk = &w_.wkv_b[(h * (dn + dv)) * C];
-        const double* wv = &w_.wkv_b[(h * (dn + dv) + dn) * C];
-        // Step 5, absorb: q_lat = Wk[h]^T q_nope, Wk[h] being [dn, C].
-        std::fill(q_lat.begin(), q_lat.end(), 0.0);
-        for (int64_t d = 0; d < dn; ++d)
-          for (int64_t i = 0; i < C; ++i) q_lat[i] += wk[d * C + i] * q_nope[d];
-        for (int64_t t = 0; t < end_pos; ++t) {
-          const int64_t slot = b * cfg_.max_seq_len + t;
-          probs[t] = scale_ * (dot(q_lat.data(), &cn_cache_[slot * C], C) + dot(q_pe, &kpe_cache_[slot * dr], dr));
-        }
-        mask_and_softmax(probs, s, seq, start_pos, mask);
-        // Step 8, absorb: o_lat = sum_t p c_n[t], then o = Wv[h] o_lat.
-        std::fill(o_lat.begin(), o_lat.end(), 0.0);
-        for (int64_t t = 0; t < end_pos; ++t) {
-          const double* cn = &cn_cache_[(b * cfg_.max_seq_len + t) * C];
-          for (int64_t i = 0; i < C; ++i) o_lat[i] += probs[t] * cn[i];
-        }
-        double* out = &o[(r * H + h) * dv];
-        for (int64_t d = 0; d < dv; ++d) out[d] = dot(&wv[d * C], o_lat.data(), C);
+  const int64_t dn = cfg_.qk_nope_head_dim, dv = cfg_.v_head_dim, dq = dn + dr;
+  const int64_t rows = static_cast<int64_t>(places.size());
+  std::vector<double> o(rows * H * dv, 0.0);
+  std::vector<double> probs(cfg_.max_seq_len), q_lat(C), o_lat(C);
+  for (int64_t r = 0; r < rows; ++r) {
+    const TokenPlace& place = places[r];
+    const int64_t first_slot = place.slot * cfg_.max_seq_len;
+    const double* mask_row = place.mask_row >= 0 ? mask->data() + place.mask_row * place.end : nullptr;
+    for (int64_t h = 0; h < H; ++h) {
+      const double* q_nope = &p.q[(r * H + h) * dq];
+      const double* q_pe = q_nope + dn;
+      const double* wk = &w_.wkv_b[(h * (dn + dv)) * C];
+      const double* wv = &w_.wkv_b[(h * (dn + dv) + dn) * C];
+      // Step 5, absorb: q_lat = Wk[h]^T q_nope, Wk[h] being [dn, C].
+      std::fill(q_lat.begin(), q_lat.end(), 0.0);
+      for (int64_t d = 0; d < dn; ++d)
+        for (int64_t i = 0; i < C; ++i) q_lat[i] += wk[d * C + i] * q_nope[d];
+      for (int64_t t = 0; t < place.end; ++t) {
+        const int64_t slot = first_slot + t;
+        probs[t] = scale_ * (dot(q_lat.data(), &cn_cache_[slot * C], C) + dot(q_pe, &kpe_cache_[slot * dr], dr));
       }
+      mask_and_softmax(probs, place.position, place.end, mask_row);
+      // Step 8, absorb: o_lat = sum_t p c_n[t], then o = Wv[h] o_lat.
+      std::fill(o_lat.begin(), o_lat.end(), 0.0);
+      for (int64_t t = 0; t < place.end; ++t) {
+        const double* cn = &cn_cache_[(first_slot + t) * C];
+        for (int64_t i = 0; i < C; ++i) o_lat[i] += probs[t] * cn[i];
+      }
+      double* out = &o[(r * H + h) * dv];
+      for (int64_t d = 0; d < dv; ++d) out[d] = dot(&wv[d * C], o_lat.data(), C);
     }
   }
   return o;
+}
+
+std::vector<double> RefMla::forward_tokens(const std::vector<double>& x, const std::vector<TokenPlace>& places,
+                                           const std::vector<double>* mask) {
+  const int64_t tokens = static_cast<int64_t>(places.size());
+  require_size(x, tokens * cfg_.dim, "x");
+  const Projected p = project(x, places);
+  std::vector<double> o;
+  if (formulation_ == RefFormulation::Naive) {
+    store_naive(p, places);
+    o = attend_naive(p, places, mask);
+  } else {
+    store_absorb(p, places);
+    o = attend_absorb(p, places, mask);
+  }
+  // Step 9: this slice's partial output, before the all-reduce.
+  return linear(o, tokens, cfg_.n_heads * cfg_.v_head_dim, w_.wo, cfg_.dim);
 }
 
 std::vector<double> RefMla::forward(const std::vector<double>& x, int64_t seq, int64_t start_pos,
@@ -336,18 +363,53 @@ std::vector<double> RefMla::forward(const std::vector<double>& x, int64_t seq, i
   require(start_pos + seq <= cfg_.max_seq_len, "start_pos + seq exceeds max_seq_len");
   require_size(x, batch_ * seq * cfg_.dim, "x");
   if (mask != nullptr) require_size(*mask, seq * (start_pos + seq), "mask");
-
-  const Projected p = project(x, seq, start_pos);
-  std::vector<double> o;
-  if (formulation_ == RefFormulation::Naive) {
-    store_naive(p, seq, start_pos);
-    o = attend_naive(p, seq, start_pos, mask);
-  } else {
-    store_absorb(p, seq, start_pos);
-    o = attend_absorb(p, seq, start_pos, mask);
+  std::vector<TokenPlace> places;
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t s = 0; s < seq; ++s) places.push_back({b, start_pos + s, start_pos + seq, mask != nullptr ? s : -1});
   }
-  // Step 9: this slice's partial output, before the all-reduce.
-  return linear(o, batch_ * seq, cfg_.n_heads * cfg_.v_head_dim, w_.wo, cfg_.dim);
+  return forward_tokens(x, places, mask);
+}
+
+std::vector<double> RefMla::forward_ragged(const std::vector<double>& x,
+                                           const std::vector<RefSequenceStep>& sequences) {
+  std::vector<TokenPlace> places;
+  for (const RefSequenceStep& sequence : sequences) {
+    require(sequence.slot >= 0 && sequence.slot < batch_, "slot outside the batch");
+    require(sequence.start_pos >= 0 && sequence.new_tokens >= 0 &&
+                sequence.start_pos + sequence.new_tokens <= cfg_.max_seq_len,
+            "a sequence's positions exceed max_seq_len");
+    const int64_t end = sequence.start_pos + sequence.new_tokens;
+    for (int64_t s = 0; s < sequence.new_tokens; ++s)
+      places.push_back({sequence.slot, sequence.start_pos + s, end, -1});
+  }
+  require(!places.empty(), "a step with no tokens");
+  return forward_tokens(x, places, nullptr);
+}
+
+std::vector<double> fp8_latent_row(const double* values, int64_t count) {
+  // The finite e4m3 magnitudes, codes 0 .. 126 in increasing order.
+  std::vector<double> magnitudes(127);
+  for (int code = 0; code < 127; ++code) magnitudes[code] = fp8_e4m3_value(static_cast<uint8_t>(code));
+  std::vector<double> out(static_cast<size_t>(count));
+  for (int64_t begin = 0; begin < count; begin += 128) {
+    const int64_t end = std::min(count, begin + 128);
+    float max_abs = 0.0f;
+    for (int64_t i = begin; i < end; ++i) max_abs = std::max(max_abs, std::fabs(static_cast<float>(values[i])));
+    const float scale = max_abs > 0.0f ? max_abs / 448.0f : 1.0f;
+    for (int64_t i = begin; i < end; ++i) {
+      const float scaled = static_cast<float>(values[i]) / scale;
+      const double target = std::fabs(static_cast<double>(scaled));
+      int best = 0;
+      for (int code = 1; code < 127; ++code) {
+        const double distance = std::fabs(magnitudes[code] - target);
+        const double best_distance = std::fabs(magnitudes[best] - target);
+        if (distance < best_distance || (distance == best_distance && code % 2 == 0)) best = code;
+      }
+      const double magnitude = magnitudes[best] * static_cast<double>(scale);
+      out[i] = scaled < 0.0f ? -magnitude : magnitude;
+    }
+  }
+  return out;
 }
 
 }  // namespace mla::ref

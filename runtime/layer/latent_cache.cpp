@@ -1,0 +1,114 @@
+#include "runtime/layer/latent_cache.h"
+
+#include <algorithm>
+#include <limits>
+#include <random>
+
+#include "runtime/base/units.h"
+
+namespace mla {
+
+const char* to_string(LatentDType dtype) {
+  switch (dtype) {
+    case LatentDType::F32: return "fp32";
+    case LatentDType::BF16: return "bf16";
+    case LatentDType::FP8: return "fp8";
+  }
+  return "?";
+}
+
+LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig& config, bool compute_bf16) {
+  LatentCacheShape shape;
+  shape.slots = model.max_batch_size;
+  shape.max_seq_len = model.max_seq_len;
+  shape.latent_dim = model.kv_lora_rank;
+  shape.rope_dim = model.qk_rope_head_dim;
+  switch (config.dtype) {
+    case KvCacheDType::Auto: shape.dtype = compute_bf16 ? LatentDType::BF16 : LatentDType::F32; break;
+    case KvCacheDType::FP32: shape.dtype = LatentDType::F32; break;
+    case KvCacheDType::BF16: shape.dtype = LatentDType::BF16; break;
+    case KvCacheDType::FP8: shape.dtype = LatentDType::FP8; break;
+  }
+  shape.paged = config.layout == KvCacheLayout::Paged;
+  shape.page_size = shape.paged ? std::min(config.page_size, model.max_seq_len) : model.max_seq_len;
+  shape.pages = shape.paged ? (config.pages > 0 ? config.pages : shape.slots * shape.pages_per_slot()) : shape.slots;
+  if (shape.pages > std::numeric_limits<int32_t>::max()) {  // block tables hold 32-bit page numbers
+    throw UserError("run.kv_cache: " + std::to_string(shape.pages) + " pages are more than a block table can " +
+                    "number; give run.kv_cache.pages, or a larger page_size");
+  }
+  return shape;
+}
+
+LatentCache::LatentCache(const LatentCacheShape& shape)
+    : shape_(shape),
+      pool_(static_cast<size_t>(shape.pages * shape.page_bytes()), 0),
+      slot_pages_(static_cast<size_t>(shape.slots)),
+      held_len_(static_cast<size_t>(shape.slots), 0) {
+  if (!shape_.paged) {
+    for (int64_t slot = 0; slot < shape_.slots; ++slot) slot_pages_[slot] = {static_cast<int32_t>(slot)};
+    pages_in_use_ = peak_pages_in_use_ = shape_.pages;
+    return;
+  }
+  free_pages_.resize(static_cast<size_t>(shape_.pages));
+  // Taken from the back: page 0 first, so an unshuffled pool hands out pages in order.
+  for (int64_t i = 0; i < shape_.pages; ++i) free_pages_[i] = static_cast<int32_t>(shape_.pages - 1 - i);
+}
+
+int64_t LatentCache::pages_needed(int64_t slot, int64_t len) const {
+  const int64_t wanted = (len + shape_.page_size - 1) / shape_.page_size;
+  return std::max<int64_t>(0, wanted - static_cast<int64_t>(slot_pages_[static_cast<size_t>(slot)].size()));
+}
+
+void LatentCache::reserve(int64_t slot, int64_t len) {
+  const int64_t needed = pages_needed(slot, len);
+  if (needed == 0) return;
+  if (needed > pages_free()) {
+    throw CacheFull("run.kv_cache.pages: sequence slot " + std::to_string(slot) + " needs " + std::to_string(needed) +
+                    " more page(s) of " + std::to_string(shape_.page_size) + " positions to hold " +
+                    std::to_string(len) + " positions, but " + std::to_string(pages_free()) + " of " +
+                    std::to_string(shape_.pages) + " pages are free (" +
+                    format_bytes(static_cast<double>(shape_.page_bytes())) + " each)");
+  }
+  std::vector<int32_t>& pages = slot_pages_[static_cast<size_t>(slot)];
+  for (int64_t i = 0; i < needed; ++i) {
+    pages.push_back(free_pages_.back());
+    free_pages_.pop_back();
+  }
+  pages_in_use_ += needed;
+  peak_pages_in_use_ = std::max(peak_pages_in_use_, pages_in_use_);
+}
+
+void LatentCache::release(int64_t slot) {
+  held_len_[static_cast<size_t>(slot)] = 0;
+  if (!shape_.paged) return;
+  std::vector<int32_t>& pages = slot_pages_[static_cast<size_t>(slot)];
+  // Given back in reverse, so a slot that takes the same number again gets the same pages.
+  for (auto page = pages.rbegin(); page != pages.rend(); ++page) free_pages_.push_back(*page);
+  pages_in_use_ -= static_cast<int64_t>(pages.size());
+  pages.clear();
+}
+
+PagedLatentView LatentCache::view(const std::vector<int64_t>& slots, std::vector<int32_t>& table) {
+  const int64_t stride = shape_.pages_per_slot();
+  table.assign(slots.size() * static_cast<size_t>(stride), -1);
+  for (size_t b = 0; b < slots.size(); ++b) {
+    const std::vector<int32_t>& pages = slot_pages_[static_cast<size_t>(slots[b])];
+    std::copy(pages.begin(), pages.end(), table.begin() + static_cast<std::ptrdiff_t>(b * stride));
+  }
+  PagedLatentView view;
+  view.pool = pool_.data();
+  view.dtype = shape_.dtype;
+  view.latent_dim = shape_.latent_dim;
+  view.rope_dim = shape_.rope_dim;
+  view.page_size = shape_.page_size;
+  view.block_table = table.data();
+  view.block_table_stride = stride;
+  return view;
+}
+
+void LatentCache::shuffle_free_pages(uint64_t seed) {
+  std::mt19937_64 generator(seed);
+  std::shuffle(free_pages_.begin(), free_pages_.end(), generator);
+}
+
+}  // namespace mla

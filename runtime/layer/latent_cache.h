@@ -1,0 +1,85 @@
+// One rank's latent cache (docs/design.md, The latent cache): rows [c_n | k_pe] in the dtype of
+// run.kv_cache, kept in pages of one pool. A sequence slot holds the pages its positions need;
+// the dense layout gives every slot one page of max_seq_len rows, the paged layout hands out
+// page_size-row pages as sequences grow and takes them back when a slot is released.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/aligned_vector.h"
+#include "kernels/cpu/paged_latent.h"
+#include "runtime/base/errors.h"
+#include "runtime/io/config.h"
+
+namespace mla {
+
+// The paged pool has no free page for a step (a bigger run.kv_cache.pages, or fewer sequences at
+// once, fixes it). Continuous batching checks pages_free() before it admits a request, so a run
+// only meets this when one request alone outgrows the pool.
+class CacheFull : public UserError {
+ public:
+  explicit CacheFull(const std::string& message) : UserError(message) {}
+};
+
+// The cache's storage: the dtype `auto` resolves to, and the page geometry of either layout.
+struct LatentCacheShape {
+  int64_t slots = 0;        // max_batch_size
+  int64_t max_seq_len = 0;  // positions a slot may reach
+  int64_t latent_dim = 0;   // C
+  int64_t rope_dim = 0;     // dr
+  LatentDType dtype = LatentDType::F32;
+  bool paged = false;
+  int64_t page_size = 0;  // dense: max_seq_len
+  int64_t pages = 0;      // dense: slots
+
+  int64_t pages_per_slot() const { return (max_seq_len + page_size - 1) / page_size; }
+  int64_t page_bytes() const { return page_size * latent_row_bytes(dtype, latent_dim, rope_dim); }
+};
+
+// From the model and run.kv_cache; compute_bf16 is what dtype auto follows.
+LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig& config, bool compute_bf16);
+const char* to_string(LatentDType dtype);
+
+class LatentCache {
+ public:
+  explicit LatentCache(const LatentCacheShape& shape);
+
+  const LatentCacheShape& shape() const { return shape_; }
+  // Positions slot holds (written by steps so far).
+  int64_t held_len(int64_t slot) const { return held_len_[static_cast<size_t>(slot)]; }
+  // Makes slot able to hold positions [0, len): takes pages from the pool as needed. Throws
+  // CacheFull, naming run.kv_cache.pages, when the pool runs out (nothing is taken then).
+  void reserve(int64_t slot, int64_t len);
+  // After a step wrote positions [start_pos, len) of slot: the slot holds [0, len).
+  void set_held_len(int64_t slot, int64_t len) { held_len_[static_cast<size_t>(slot)] = len; }
+  // Gives a finished sequence's pages back to the pool (paged; a dense slot keeps its page).
+  void release(int64_t slot);
+
+  int64_t pages_free() const { return static_cast<int64_t>(free_pages_.size()); }
+  // Pages a slot needs for len positions beyond what it has.
+  int64_t pages_needed(int64_t slot, int64_t len) const;
+  // The pool's bytes, and the bytes of the pages held now and at most so far.
+  int64_t pool_bytes() const { return static_cast<int64_t>(pool_.size()); }
+  int64_t bytes_in_use() const { return pages_in_use_ * shape_.page_bytes(); }
+  int64_t peak_bytes_in_use() const { return peak_pages_in_use_ * shape_.page_bytes(); }
+
+  // The view a step's kernels read and write: row b of its block table is slots[b]'s pages.
+  // `table` holds the rows and must outlive the view.
+  PagedLatentView view(const std::vector<int64_t>& slots, std::vector<int32_t>& table);
+
+  // Tests: hand out free pages in an order drawn from seed (results must not depend on it).
+  void shuffle_free_pages(uint64_t seed);
+
+ private:
+  LatentCacheShape shape_;
+  AlignedVector<uint8_t> pool_;
+  std::vector<std::vector<int32_t>> slot_pages_;  // per slot, its pages in position order
+  std::vector<int64_t> held_len_;
+  std::vector<int32_t> free_pages_;  // taken from the back
+  int64_t pages_in_use_ = 0;
+  int64_t peak_pages_in_use_ = 0;
+};
+
+}  // namespace mla

@@ -1,0 +1,74 @@
+#include "runtime/layer/ragged_step.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+namespace mla {
+
+int64_t RaggedStep::total_tokens() const {
+  int64_t tokens = 0;
+  for (const SequenceStep& sequence : sequences) tokens += sequence.new_tokens;
+  return tokens;
+}
+
+int64_t RaggedStep::max_new_tokens() const {
+  int64_t most = 0;
+  for (const SequenceStep& sequence : sequences) most = std::max(most, sequence.new_tokens);
+  return most;
+}
+
+int64_t RaggedStep::max_kv_len() const {
+  int64_t most = 0;
+  for (const SequenceStep& sequence : sequences) {
+    if (sequence.new_tokens > 0) most = std::max(most, sequence.start_pos + sequence.new_tokens);
+  }
+  return most;
+}
+
+RaggedStep uniform_step(int64_t batch, int64_t seq, int64_t start_pos) {
+  RaggedStep step;
+  for (int64_t b = 0; b < batch; ++b) step.sequences.push_back({b, start_pos, seq});
+  return step;
+}
+
+RaggedIndex ragged_index(const RaggedStep& step) {
+  RaggedIndex index;
+  int64_t offset = 0;
+  for (const SequenceStep& sequence : step.sequences) {
+    if (sequence.new_tokens == 0) continue;
+    const int64_t b = index.sequences();
+    index.slot.push_back(sequence.slot);
+    index.start_pos.push_back(sequence.start_pos);
+    index.new_tokens.push_back(sequence.new_tokens);
+    index.token_offset.push_back(offset);
+    for (int64_t s = 0; s < sequence.new_tokens; ++s) {
+      index.token_sequence.push_back(b);
+      index.token_position.push_back(sequence.start_pos + s);
+    }
+    offset += sequence.new_tokens;
+  }
+  return index;
+}
+
+void check_ragged_step(const char* layer, const RaggedStep& step, int64_t max_batch_size, int64_t max_seq_len) {
+  std::vector<bool> seen(static_cast<size_t>(max_batch_size), false);
+  for (size_t i = 0; i < step.sequences.size(); ++i) {
+    const SequenceStep& sequence = step.sequences[i];
+    const std::string which = std::string(layer) + ": sequence " + std::to_string(i) + " of the step (slot " +
+                              std::to_string(sequence.slot) + ", positions [" + std::to_string(sequence.start_pos) +
+                              ", " + std::to_string(sequence.start_pos + sequence.new_tokens) + "))";
+    if (sequence.slot < 0 || sequence.slot >= max_batch_size) {
+      throw std::invalid_argument(which + ": the slot is outside [0, max_batch_size " + std::to_string(max_batch_size) +
+                                  ")");
+    }
+    if (seen[static_cast<size_t>(sequence.slot)]) throw std::invalid_argument(which + ": the slot appears twice");
+    seen[static_cast<size_t>(sequence.slot)] = true;
+    if (sequence.start_pos < 0 || sequence.new_tokens < 0 || sequence.start_pos + sequence.new_tokens > max_seq_len) {
+      throw std::invalid_argument(which + ": does not fit the cache (max_seq_len " + std::to_string(max_seq_len) + ")");
+    }
+  }
+  if (step.total_tokens() == 0) throw std::invalid_argument(std::string(layer) + ": a step with no tokens");
+}
+
+}  // namespace mla

@@ -1,0 +1,44 @@
+// A step whose sequences sit at different positions (docs/design.md, Inference-shaped steps): per
+// sequence its cache slot, its start position and its new tokens (0: idle this step), the tokens
+// packed [sum of new tokens, dim] in sequence order (the varlen convention). The uniform batch
+// (every sequence at start_pos with seq new tokens, slots 0 .. batch-1) is one case of it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace mla {
+
+struct SequenceStep {
+  int64_t slot = 0;
+  int64_t start_pos = 0;
+  int64_t new_tokens = 0;
+};
+
+struct RaggedStep {
+  std::vector<SequenceStep> sequences;
+
+  int64_t total_tokens() const;
+  int64_t max_new_tokens() const;
+  // The most positions any sequence attends to (start_pos + new_tokens of a sequence with tokens).
+  int64_t max_kv_len() const;
+};
+
+RaggedStep uniform_step(int64_t batch, int64_t seq, int64_t start_pos);
+
+// The kernels' view of a step: its sequences with new tokens, in order, and each packed token's
+// sequence (an index into these) and position.
+struct RaggedIndex {
+  std::vector<int64_t> slot, start_pos, new_tokens, token_offset;  // per sequence with tokens
+  std::vector<int64_t> token_sequence, token_position;             // per packed token
+  int64_t sequences() const { return static_cast<int64_t>(slot.size()); }
+};
+
+RaggedIndex ragged_index(const RaggedStep& step);
+
+// Throws std::invalid_argument, naming `layer` and the sequence, when a slot is outside
+// [0, max_batch_size) or appears twice, a count is negative, the positions pass max_seq_len, or
+// no sequence has a token.
+void check_ragged_step(const char* layer, const RaggedStep& step, int64_t max_batch_size, int64_t max_seq_len);
+
+}  // namespace mla
