@@ -62,6 +62,51 @@ bench: {warmup: 0, min_reps: 2, max_seconds: 0.5}
   EXPECT_EQ(chunked, 2 * 2 * 2 * 2);  // world x seq_len x chunk x attention
 }
 
+// ragged_decode: sequence 0 at the longest kv (seq_len), the others drawn from the distribution,
+// one token each; mixed: one chunk ending at seq_len beside batch - 1 decodes at seq_len.
+TEST(Sweep, TheRaggedPhasesDrawTheirSequences) {
+  const Sweep sweep = parse_sweep(kBase + R"(sweep:
+  seq_len: [200]
+  batch: [64]
+  phase: [ragged_decode, mixed]
+  chunk: [32]
+  kv_distribution: [uniform, longtail]
+)",
+                                  "s.yaml");
+  ASSERT_EQ(sweep.points.size(), 3u);  // ragged_decode x 2 distributions, mixed x 1 chunk
+  double mean[2] = {0, 0};
+  for (const BenchPoint& point : sweep.points) {
+    const std::vector<BenchPoint::Sequence> sequences = point.sequences(2);
+    ASSERT_EQ(sequences.size(), 64u);
+    EXPECT_TRUE(point.ragged());
+    if (point.phase == BenchPhase::Mixed) {
+      EXPECT_EQ(point.chunk, 32);
+      EXPECT_EQ(sequences[0].start_pos, 168);
+      EXPECT_EQ(sequences[0].new_tokens, 32);
+      for (size_t b = 1; b < sequences.size(); ++b) EXPECT_EQ(sequences[b].start_pos, 199);
+      continue;
+    }
+    EXPECT_EQ(point.chunk, 0);
+    EXPECT_EQ(sequences[0].start_pos, 199);
+    for (const BenchPoint::Sequence& sequence : sequences) {
+      EXPECT_EQ(sequence.new_tokens, 1);
+      EXPECT_GE(sequence.start_pos, 0);
+      EXPECT_LT(sequence.start_pos, 200);
+      mean[static_cast<int>(point.kv_distribution)] += static_cast<double>(sequence.start_pos + 1) / 64.0;
+    }
+    EXPECT_EQ(point.sequences(2)[5].start_pos, sequences[5].start_pos) << "drawn from the seed alone";
+  }
+  EXPECT_GT(mean[0], 70.0);  // uniform in [1, 200]: about 100
+  EXPECT_LT(mean[1], 50.0);  // longtail, mean seq_len / 8: about 25
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], phase: decode, kv_distribution: uniform}\n")
+                .find("sweep.kv_distribution: only applies to phase ragged_decode"),
+            std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], phase: mixed}\n").find("sweep.chunk: required"), std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], phase: mixed, chunk: 4, backend: cuda}\n")
+                .find("sweep.phase: ragged_decode and mixed run on the CPU backend"),
+            std::string::npos);
+}
+
 TEST(Sweep, PointConfigCarriesThePointAndKeepsTheBase) {
   const Sweep sweep = parse_sweep(kBase + "sweep: {seq_len: 40, batch: 3, phase: decode, compute_dtype: bf16}\n",
                                   "s.yaml", {"sweep.formulation=[absorb]", "model.max_seq_len=128"});

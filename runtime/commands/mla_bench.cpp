@@ -83,7 +83,7 @@ const std::vector<std::string> kColumns = {
     "chunk", "kv_len", "start_pos", "step_tokens", "n_local_heads", "reps", "flop", "bytes", "linear_flop",
     "replicated_flop", "gemm_only_ms", "device_peak_bytes", "torch_median_ms", "torch_min_ms", "torch_p90_ms",
     "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep", "weight_bytes", "weight_gbps", "linear_ms",
-    "attention_ms", "device_used_bytes"};
+    "attention_ms", "device_used_bytes", "kv_distribution", "mean_kv_len", "step_total_tokens", "kv_cache"};
 
 // VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
 // restarts the high-water mark from the current RSS), so that each point reports its own peak.
@@ -96,6 +96,30 @@ int64_t peak_rss_bytes() {
 }
 
 void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+// The kv length a sequence of the timed step attends to, averaged over its sequences.
+double mean_kv_len(const BenchPoint& point, uint64_t seed) {
+  double sum = 0.0;
+  const std::vector<BenchPoint::Sequence> sequences = point.sequences(seed);
+  for (const BenchPoint::Sequence& sequence : sequences) {
+    sum += static_cast<double>(sequence.start_pos + sequence.new_tokens);
+  }
+  return sum / static_cast<double>(sequences.size());
+}
+
+// The timed step's new tokens, over all its sequences.
+int64_t step_total_tokens(const BenchPoint& point, uint64_t seed) {
+  int64_t tokens = 0;
+  for (const BenchPoint::Sequence& sequence : point.sequences(seed)) tokens += sequence.new_tokens;
+  return tokens;
+}
+
+// run.kv_cache as one CSV cell: "dense auto", "paged 64 fp8".
+std::string kv_cache_text(const KvCacheConfig& cache) {
+  return cache.layout == KvCacheLayout::Dense
+             ? std::string("dense ") + to_string(cache.dtype)
+             : "paged " + std::to_string(cache.page_size) + " " + to_string(cache.dtype);
+}
 
 // Ranks that wait for rank 0 (running the baseline, timing GEMMs alone) must not spin on a core
 // it is measuring with: a non-blocking barrier polled with sleeps instead of a spinning MPI_Barrier.
@@ -216,16 +240,19 @@ class Bench {
   // Collective: the point's config, threads, shard, weights and input.
   PointSetup set_up(const BenchPoint& point);
   StepCost cost_of(const BenchPoint& point, const PointSetup& setup, const Measurement& measured) const;
+  StepCost ragged_cost(const BenchPoint& point, const PointSetup& setup, const Measurement& measured) const;
   ResultRow csv_row(const PointResult& result) const;
   Json jsonl_record(const PointResult& result, const ResultRow& row) const;
   void print_point(const PointResult& result) const;
   void start_baseline();
   PointLayer make_layer(const Config& config, const BenchPoint& point, const HeadShard& shard,
                         const LayerWeights& weights, Measurement& result) const;
-  void time_steps(StepExecutor& executor, const BenchPoint& point, const float* step_x, const uint16_t* step_x_bf16,
-                  Measurement& result) const;
+  // Warm-up, then timed repetitions of `step` until the budget is met.
+  void time_steps(StepExecutor& executor, const std::function<StepReport()>& step, Measurement& result) const;
   Measurement measure(const Config& config, const BenchPoint& point, const HeadShard& shard,
                       const LayerWeights& weights, const InputTensor& x);
+  Measurement measure_ragged(const Config& config, const BenchPoint& point, const HeadShard& shard,
+                             const LayerWeights& weights, const InputTensor& x);
   double time_gemms_alone(const StepCost& cost, int threads, ComputeDType compute_dtype);
   Json run_baseline(const Config& config, const BenchPoint& point, const HeadShard& shard, const LayerWeights& weights,
                     const InputTensor& x, const Measurement& measured, int threads, double& rel_l2);
@@ -291,22 +318,20 @@ PointLayer Bench::make_layer(const Config& config, const BenchPoint& point, cons
 // Warm-up, then timed steps until the budget is met. Rank 0 decides when and tells the others
 // through the step's own all-reduce (its flag is the only non-zero one), so no extra collective
 // sits inside the timed loop.
-void Bench::time_steps(StepExecutor& executor, const BenchPoint& point, const float* step_x,
-                       const uint16_t* step_x_bf16, Measurement& result) const {
+void Bench::time_steps(StepExecutor& executor, const std::function<StepReport()>& step, Measurement& result) const {
   const BenchSettings& bench = sweep_.bench;
   const RepBudget budget{bench.warmup, bench.min_reps, bench.max_reps, bench.max_seconds};
-  const int64_t start_pos = point.start_pos(), step_len = point.step_len();
   Watchdog& watchdog = *session_.watchdog();
   for (int64_t i = 0; i < budget.warmup; ++i) {
     watchdog.progress("warm-up");
-    executor.forward(step_x, point.batch, step_len, start_pos, nullptr, 0, step_x_bf16);
+    step();
     executor.reduce(0.0f);
   }
   double timed_ms = 0.0;
   for (bool more = true; more;) {
     watchdog.progress("timed steps");
     const auto started = Clock::now();
-    result.report = executor.forward(step_x, point.batch, step_len, start_pos, nullptr, 0, step_x_bf16);
+    result.report = step();
     const auto computed = Clock::now();
     result.linear_ms.push_back(result.report.linear_ms);
     result.attention_ms.push_back(result.report.attention_ms);
@@ -316,11 +341,42 @@ void Bench::time_steps(StepExecutor& executor, const BenchPoint& point, const fl
       continue_flag = budget.wants_more(reps, (timed_ms + ms_since(started)) / 1e3) ? 1.0f : 0.0f;
     }
     more = executor.reduce(continue_flag) != 0.0f;
-    const double step = ms_since(started);
-    result.step_ms.push_back(step);
+    const double step_ms = ms_since(started);
+    result.step_ms.push_back(step_ms);
     result.allreduce_ms.push_back(ms_since(computed));
-    timed_ms += step;
+    timed_ms += step_ms;
   }
+}
+
+// ragged_decode and mixed: each sequence's cache filled to its start position by one untimed
+// ragged step, then the ragged step timed (it rewrites the same positions each time).
+Measurement Bench::measure_ragged(const Config& config, const BenchPoint& point, const HeadShard& shard,
+                                  const LayerWeights& weights, const InputTensor& x) {
+  const int64_t dim = config.model.dim;
+  Measurement result;
+  PointLayer rig = make_layer(config, point, shard, weights, result);
+  StepExecutor& executor = *rig.executor;
+  RaggedStep fill, timed;
+  AlignedVector<float> fill_x, step_x;
+  const std::vector<BenchPoint::Sequence> sequences = point.sequences(sweep_.bench.seed);
+  for (size_t b = 0; b < sequences.size(); ++b) {
+    const BenchPoint::Sequence& sequence = sequences[b];
+    const int64_t slot = static_cast<int64_t>(b);
+    const float* tokens = x.values.data() + slot * x.tokens * dim;
+    fill.sequences.push_back({slot, 0, sequence.start_pos});
+    fill_x.insert(fill_x.end(), tokens, tokens + sequence.start_pos * dim);
+    timed.sequences.push_back({slot, sequence.start_pos, sequence.new_tokens});
+    step_x.insert(step_x.end(), tokens + sequence.start_pos * dim,
+                  tokens + (sequence.start_pos + sequence.new_tokens) * dim);
+  }
+  if (fill.total_tokens() > 0) {
+    session_.watchdog()->progress("filling the cache");
+    executor.forward_ragged(fill_x.data(), fill);
+  }
+  time_steps(
+      executor, [&] { return executor.forward_ragged(step_x.data(), timed); }, result);
+  result.weight_bytes = rig.cpu_layer->weight_bytes_read(timed.total_tokens(), result.report.plan.formulation);
+  return result;
 }
 
 Measurement Bench::measure(const Config& config, const BenchPoint& point, const HeadShard& shard,
@@ -354,7 +410,10 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
     f32_to_bf16_bits_rne(step_x.data(), step_x_bf16.data(), static_cast<int64_t>(step_x.size()));
   }
   const uint16_t* step_input_bf16 = step_x_bf16.empty() ? nullptr : step_x_bf16.data();
-  time_steps(executor, point, step_x.data(), step_input_bf16, result);
+  time_steps(
+      executor,
+      [&] { return executor.forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_input_bf16); },
+      result);
 #if MLA_HAVE_CUDA
   if (rig.cuda_layer) {
     result.device_bytes = device_memory_use().peak_bytes;
@@ -651,6 +710,7 @@ PointSetup Bench::set_up(const BenchPoint& point) {
 // The FLOPs and bytes of the timed step, counted as the layer ran it (its formulation; bf16
 // operands where the weights were streamed or multiplied as bf16).
 StepCost Bench::cost_of(const BenchPoint& point, const PointSetup& setup, const Measurement& measured) const {
+  if (point.ragged()) return ragged_cost(point, setup, measured);
   StepShapeArgs shape;
   shape.n_local_heads = setup.shard.n_local_heads;
   shape.batch = point.batch;
@@ -663,6 +723,36 @@ StepCost Bench::cost_of(const BenchPoint& point, const PointSetup& setup, const 
     shape.activation_element_bytes = 2;
   }
   return step_cost(setup.config.model, shape);
+}
+
+// A ragged step: each sequence's cost as a step of its own, summed, except that the weights are
+// read once for the whole step.
+StepCost Bench::ragged_cost(const BenchPoint& point, const PointSetup& setup, const Measurement& measured) const {
+  StepCost total;
+  for (const BenchPoint::Sequence& sequence : point.sequences(sweep_.bench.seed)) {
+    StepShapeArgs shape;
+    shape.n_local_heads = setup.shard.n_local_heads;
+    shape.batch = 1;
+    shape.seq = sequence.new_tokens;
+    shape.start_pos = sequence.start_pos;
+    shape.formulation = measured.report.plan.formulation;
+    if (setup.config.run.compute_dtype == ComputeDType::BF16 &&
+        measured.linear_implementation.find("bf16") != std::string::npos) {
+      shape.weight_element_bytes = 2;
+      shape.activation_element_bytes = 2;
+    }
+    const StepCost one = step_cost(setup.config.model, shape);
+    total.gemm_flop += one.gemm_flop;
+    total.replicated_flop += one.replicated_flop;
+    total.formulation_flop += one.formulation_flop;
+    total.attention_flop += one.attention_flop;
+    total.norm_rope_flop += one.norm_rope_flop;
+    total.weight_bytes = one.weight_bytes;
+    total.cache_bytes += one.cache_bytes;
+    total.activation_bytes += one.activation_bytes;
+    total.expanded_kv_bytes += one.expanded_kv_bytes;
+  }
+  return total;  // no GEMM list: the step's GEMMs are batched over sequences, not per sequence
 }
 
 // The public columns (docs/performance.md: names and order kept), then ours, in kColumns' order.
@@ -697,8 +787,9 @@ ResultRow Bench::csv_row(const PointResult& r) const {
       .add("peak_rss_bytes", std::to_string(r.peak_rss_bytes))
       .add("chunk", std::to_string(point.chunk))
       .add("kv_len", std::to_string(point.seq_len))
-      .add("start_pos", std::to_string(point.start_pos()))
-      .add("step_tokens", std::to_string(point.step_len()))
+      // A ragged step's sequences each have their own: step_total_tokens and mean_kv_len say it.
+      .add("start_pos", point.ragged() ? "" : std::to_string(point.start_pos()))
+      .add("step_tokens", point.ragged() ? "" : std::to_string(point.step_len()))
       .add("n_local_heads", std::to_string(r.setup->shard.n_local_heads))
       .add("reps", std::to_string(measured.step_ms.size()))
       .add("flop", significant(r.cost.flop(), 10))
@@ -719,7 +810,11 @@ ResultRow Bench::csv_row(const PointResult& r) const {
            measured.weight_bytes > 0 ? significant(static_cast<double>(measured.weight_bytes) / step.median / 1e6) : "")
       .add("linear_ms", cpu ? significant(summarize_times(measured.linear_ms).median) : "")
       .add("attention_ms", cpu ? significant(summarize_times(measured.attention_ms).median) : "")
-      .add("device_used_bytes", cpu ? "" : std::to_string(measured.device_used_bytes));
+      .add("device_used_bytes", cpu ? "" : std::to_string(measured.device_used_bytes))
+      .add("kv_distribution", point.phase == BenchPhase::RaggedDecode ? to_string(point.kv_distribution) : "")
+      .add("mean_kv_len", significant(mean_kv_len(point, sweep_.bench.seed)))
+      .add("step_total_tokens", std::to_string(step_total_tokens(point, sweep_.bench.seed)))
+      .add("kv_cache", kv_cache_text(r.setup->config.run.kv_cache));
   return row;
 }
 
@@ -794,16 +889,21 @@ int Bench::run() {
     }
     const PointSetup setup = set_up(point);
     result.setup = &setup;
-    result.measured = measure(setup.config, point, setup.shard, setup.loaded->weights, setup.x);
+    result.measured = point.ragged() ? measure_ragged(setup.config, point, setup.shard, setup.loaded->weights, setup.x)
+                                     : measure(setup.config, point, setup.shard, setup.loaded->weights, setup.x);
     result.peak_rss_bytes = peak_rss_bytes();
     result.cost = cost_of(point, setup, result.measured);
     if (leader) {
       session_.watchdog()->progress("GEMMs alone, then the PyTorch baseline");
-      if (point.backend != Backend::Cuda) {
+      // The ragged phases have neither: their GEMMs are batched over sequences of different shapes,
+      // and the baseline takes uniform steps.
+      if (point.backend != Backend::Cuda && !point.ragged()) {
         result.gemm_only_ms = time_gemms_alone(result.cost, setup.threads, setup.config.run.compute_dtype);
       }
-      result.torch = run_baseline(setup.config, point, setup.shard, setup.loaded->weights, setup.x, result.measured,
-                                  setup.threads, result.rel_l2);
+      if (!point.ragged()) {
+        result.torch = run_baseline(setup.config, point, setup.shard, setup.loaded->weights, setup.x, result.measured,
+                                    setup.threads, result.rel_l2);
+      }
     }
     quiet_barrier(session_);
     if (!leader) continue;

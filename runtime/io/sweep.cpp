@@ -3,18 +3,20 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <set>
 
 #include "runtime/base/errors.h"
+#include "runtime/base/random_values.h"
 #include "runtime/io/config_yaml.h"
 
 namespace mla {
 
 template <>
 const std::vector<std::string>& value_names<BenchPhase>() {
-  static const std::vector<std::string> names = {"prefill", "chunked_prefill", "decode"};
+  static const std::vector<std::string> names = {"prefill", "chunked_prefill", "decode", "ragged_decode", "mixed"};
   return names;
 }
 template <>
@@ -24,6 +26,12 @@ const std::vector<std::string>& value_names<BaselineChoice>() {
 }
 
 const char* to_string(BenchPhase value) { return value_name(value); }
+template <>
+const std::vector<std::string>& value_names<KvDistribution>() {
+  static const std::vector<std::string> names = {"uniform", "longtail"};
+  return names;
+}
+const char* to_string(KvDistribution value) { return value_name(value); }
 const char* to_string(BaselineChoice value) { return value_name(value); }
 
 int64_t BenchPoint::start_pos() const {
@@ -31,8 +39,28 @@ int64_t BenchPoint::start_pos() const {
     case BenchPhase::Prefill: return 0;
     case BenchPhase::ChunkedPrefill: return seq_len - chunk;
     case BenchPhase::Decode: return seq_len - 1;
+    case BenchPhase::RaggedDecode: return seq_len - 1;
+    case BenchPhase::Mixed: return seq_len - chunk;
   }
   return 0;
+}
+
+std::vector<BenchPoint::Sequence> BenchPoint::sequences(uint64_t seed) const {
+  std::vector<Sequence> out(static_cast<size_t>(batch), Sequence{start_pos(), step_len()});
+  if (phase == BenchPhase::Mixed) {
+    for (size_t b = 1; b < out.size(); ++b) out[b] = {seq_len - 1, 1};
+  } else if (phase == BenchPhase::RaggedDecode) {
+    const uint64_t key = random_stream_key(seed, "ragged_decode kv lengths");
+    for (size_t b = 1; b < out.size(); ++b) {  // sequence 0 keeps the longest, seq_len
+      const double unit = 0.5 * (static_cast<double>(random_uniform(key, b)) + 1.0);  // [0, 1)
+      const double drawn = kv_distribution == KvDistribution::Uniform
+                               ? 1.0 + unit * static_cast<double>(seq_len)
+                               : 1.0 - std::log1p(-unit) * static_cast<double>(seq_len) / 8.0;
+      const int64_t kv_len = std::clamp<int64_t>(static_cast<int64_t>(drawn), 1, seq_len);
+      out[b] = {kv_len - 1, 1};
+    }
+  }
+  return out;
 }
 
 int64_t BenchPoint::step_len() const { return seq_len - start_pos(); }
@@ -40,7 +68,8 @@ int64_t BenchPoint::step_len() const { return seq_len - start_pos(); }
 std::string BenchPoint::label() const {
   std::string text = "world " + std::to_string(world) + " " + to_string(backend) + " " + to_string(compute_dtype) +
                      " " + to_string(phase) + " batch " + std::to_string(batch) + " seq " + std::to_string(seq_len);
-  if (phase == BenchPhase::ChunkedPrefill) text += " chunk " + std::to_string(chunk);
+  if (phase == BenchPhase::ChunkedPrefill || phase == BenchPhase::Mixed) text += " chunk " + std::to_string(chunk);
+  if (phase == BenchPhase::RaggedDecode) text += std::string(" kv ") + to_string(kv_distribution);
   text += std::string(" attention ") + to_string(attention) + " formulation " + to_string(formulation);
   if (threads > 0) text += " threads " + std::to_string(threads);
   return text;
@@ -51,15 +80,21 @@ namespace {
 // The sweep's axes as read, before crossing.
 struct SweepAxes {
   std::vector<int64_t> world, batch, seq_len, chunk, threads;
-  std::vector<size_t> phase, attention, formulation, compute_dtype, backend;
+  std::vector<size_t> phase, attention, formulation, compute_dtype, backend, kv_distribution;
 };
 
 // More points than this is a sweep that cannot have been meant (and would take days).
 constexpr double kMaxSweepPoints = 100000;
 
+bool has_phase(const SweepAxes& axes, BenchPhase phase) {
+  return std::find(axes.phase.begin(), axes.phase.end(), static_cast<size_t>(phase)) != axes.phase.end();
+}
+
+// The phases whose points take a chunk length.
+bool takes_chunk(BenchPhase phase) { return phase == BenchPhase::ChunkedPrefill || phase == BenchPhase::Mixed; }
+
 bool has_chunked_phase(const SweepAxes& axes) {
-  const size_t chunked = static_cast<size_t>(BenchPhase::ChunkedPrefill);
-  return std::find(axes.phase.begin(), axes.phase.end(), chunked) != axes.phase.end();
+  return has_phase(axes, BenchPhase::ChunkedPrefill) || has_phase(axes, BenchPhase::Mixed);
 }
 
 // A list, or a scalar standing for a list of one.
@@ -213,12 +248,17 @@ SweepAxes read_axes(MapReader& reader, const YAML::Node& section, const Config& 
   axes.seq_len = int_list(reader, "seq_len", 1, base.model.max_seq_len, {});
   const bool chunked = has_chunked_phase(axes);
   if (chunked && !reader.has("chunk")) {
-    reader.fail("sweep.chunk", section, "required with phase chunked_prefill: the chunk lengths");
+    reader.fail("sweep.chunk", section, "required with phase chunked_prefill or mixed: the chunk lengths");
   }
   if (!chunked && reader.has("chunk")) {
-    reader.fail("sweep.chunk", reader.node("chunk"), "only applies to phase chunked_prefill");
+    reader.fail("sweep.chunk", reader.node("chunk"), "only applies to phase chunked_prefill or mixed");
   }
   axes.chunk = int_list(reader, "chunk", 1, kMaxSeqLen, {0});
+  const bool ragged_decode = has_phase(axes, BenchPhase::RaggedDecode);
+  if (!ragged_decode && reader.has("kv_distribution")) {
+    reader.fail("sweep.kv_distribution", reader.node("kv_distribution"), "only applies to phase ragged_decode");
+  }
+  axes.kv_distribution = choice_list(reader, "kv_distribution", value_names<KvDistribution>(), {0});
   axes.attention =
       choice_list(reader, "attention", value_names<AttentionChoice>(), {static_cast<size_t>(run.attention)});
   axes.formulation =
@@ -243,7 +283,14 @@ void check_axes(MapReader& reader, const SweepAxes& axes, const Config& base) {
                       ": a rank would have no head");
     }
   }
-  const bool decode = std::count(axes.phase.begin(), axes.phase.end(), static_cast<size_t>(BenchPhase::Decode)) > 0;
+  const bool decode = has_phase(axes, BenchPhase::Decode) || has_phase(axes, BenchPhase::RaggedDecode);
+  const bool ragged = has_phase(axes, BenchPhase::RaggedDecode) || has_phase(axes, BenchPhase::Mixed);
+  const size_t cuda = static_cast<size_t>(Backend::Cuda);
+  if (ragged && std::find(axes.backend.begin(), axes.backend.end(), cuda) != axes.backend.end()) {
+    reader.fail("sweep.phase", reader.node("phase"),
+                "ragged_decode and mixed run on the CPU backend (sweep.backend: cpu); the CUDA layer takes uniform "
+                "steps");
+  }
   for (int64_t seq_len : axes.seq_len) {
     if (decode && seq_len < 2) {
       reader.fail("sweep.seq_len", reader.node("seq_len"),
@@ -259,13 +306,20 @@ void check_axes(MapReader& reader, const SweepAxes& axes, const Config& base) {
 }
 
 // Every combination of the axes, the first axis (world) varying slowest: the order of the rows.
-// The chunk axis applies to chunked_prefill points only (the others have chunk 0).
+// The chunk axis applies to chunked_prefill and mixed points only (the others have chunk 0), the
+// kv_distribution axis to ragged_decode points only.
 std::vector<BenchPoint> cross_axes(const SweepAxes& axes, const std::string& source_name) {
   double count =
       static_cast<double>(axes.world.size() * axes.backend.size() * axes.compute_dtype.size() * axes.threads.size() *
                           axes.batch.size() * axes.seq_len.size() * axes.attention.size() * axes.formulation.size());
-  const size_t chunked = has_chunked_phase(axes) ? 1 : 0;
-  count *= static_cast<double>(axes.phase.size() - chunked + chunked * axes.chunk.size());
+  double per_phase = 0;
+  for (const size_t phase : axes.phase) {
+    const BenchPhase value = static_cast<BenchPhase>(phase);
+    per_phase += takes_chunk(value)                  ? static_cast<double>(axes.chunk.size())
+                 : value == BenchPhase::RaggedDecode ? static_cast<double>(axes.kv_distribution.size())
+                                                     : 1.0;
+  }
+  count *= per_phase;
   if (count > kMaxSweepPoints) {
     throw UserError(source_name + ": sweep: " + std::to_string(static_cast<int64_t>(count)) +
                     " points; split it into smaller sweeps");
@@ -286,6 +340,7 @@ std::vector<BenchPoint> cross_axes(const SweepAxes& axes, const std::string& sou
     return [&values](const BenchPoint&) -> const auto& { return values; };
   };
   const std::vector<int64_t> no_chunk = {0};
+  const std::vector<size_t> no_distribution = {0};
   cross(every(axes.world), [](BenchPoint& p, int64_t v) { p.world = static_cast<int>(v); });
   cross(every(axes.backend), [](BenchPoint& p, size_t v) { p.backend = static_cast<Backend>(v); });
   cross(every(axes.compute_dtype), [](BenchPoint& p, size_t v) { p.compute_dtype = static_cast<ComputeDType>(v); });
@@ -294,10 +349,13 @@ std::vector<BenchPoint> cross_axes(const SweepAxes& axes, const std::string& sou
   cross(every(axes.batch), [](BenchPoint& p, int64_t v) { p.batch = v; });
   cross(every(axes.seq_len), [](BenchPoint& p, int64_t v) { p.seq_len = v; });
   cross(
-      [&](const BenchPoint& p) -> const std::vector<int64_t>& {
-        return p.phase == BenchPhase::ChunkedPrefill ? axes.chunk : no_chunk;
-      },
+      [&](const BenchPoint& p) -> const std::vector<int64_t>& { return takes_chunk(p.phase) ? axes.chunk : no_chunk; },
       [](BenchPoint& p, int64_t v) { p.chunk = v; });
+  cross(
+      [&](const BenchPoint& p) -> const std::vector<size_t>& {
+        return p.phase == BenchPhase::RaggedDecode ? axes.kv_distribution : no_distribution;
+      },
+      [](BenchPoint& p, size_t v) { p.kv_distribution = static_cast<KvDistribution>(v); });
   cross(every(axes.attention), [](BenchPoint& p, size_t v) { p.attention = static_cast<AttentionChoice>(v); });
   cross(every(axes.formulation), [](BenchPoint& p, size_t v) { p.formulation = static_cast<FormulationChoice>(v); });
   return points;

@@ -11,10 +11,20 @@
 
 namespace mla {
 
-enum class BenchPhase { Prefill, ChunkedPrefill, Decode };
+// ragged_decode: a decode step of `batch` sequences whose kv lengths are drawn from
+// kv_distribution (the longest is seq_len); mixed: one prefill chunk of `chunk` tokens ending at
+// seq_len beside batch - 1 decodes at kv seq_len, in one step.
+enum class BenchPhase { Prefill, ChunkedPrefill, Decode, RaggedDecode, Mixed };
 template <>
 const std::vector<std::string>& value_names<BenchPhase>();
 const char* to_string(BenchPhase value);
+
+// ragged_decode's kv lengths: uniform in [1, seq_len], or longtail (exponential with mean
+// seq_len / 8, capped at seq_len: most sequences short, a few long, as serving sees them).
+enum class KvDistribution { Uniform, LongTail };
+template <>
+const std::vector<std::string>& value_names<KvDistribution>();
+const char* to_string(KvDistribution value);
 
 enum class BaselineChoice { Auto, Torch, None };
 template <>
@@ -42,13 +52,24 @@ struct BenchPoint {
   BenchPhase phase = BenchPhase::Prefill;
   int64_t batch = 1;
   int64_t seq_len = 1;
-  int64_t chunk = 0;  // chunked_prefill only
+  int64_t chunk = 0;                                         // chunked_prefill and mixed only
+  KvDistribution kv_distribution = KvDistribution::Uniform;  // ragged_decode only
   AttentionChoice attention = AttentionChoice::Auto;
   FormulationChoice formulation = FormulationChoice::Auto;
 
-  // prefill: seq_len tokens from 0; decode: 1 token at seq_len - 1; chunked: chunk tokens ending at seq_len.
+  // prefill: seq_len tokens from 0; decode: 1 token at seq_len - 1; chunked: chunk tokens ending at
+  // seq_len. For the ragged phases, those of the longest sequence (the mixed step's chunk).
   int64_t start_pos() const;
   int64_t step_len() const;
+  bool ragged() const { return phase == BenchPhase::RaggedDecode || phase == BenchPhase::Mixed; }
+
+  // The timed step's sequences (start position, new tokens), in slot order: `batch` copies of
+  // (start_pos, step_len) for the uniform phases; drawn from `seed` for ragged_decode.
+  struct Sequence {
+    int64_t start_pos = 0;
+    int64_t new_tokens = 0;
+  };
+  std::vector<Sequence> sequences(uint64_t seed) const;
   std::string label() const;  // "world 2 cpu fp32 decode batch 4 seq 128 attention fast formulation auto"
 };
 
