@@ -39,7 +39,7 @@ TEST_F(MlaRunRequests, ServesTheRequestsAndWritesATensorForEach) {
   const Outcome outcome = run(requests_config());
   ASSERT_EQ(outcome.exit_code, 0) << outcome.err;
   for (const char* line : {"continuous batching, backend cpu, world 1", "requests: 3 (30 tokens)",
-                           "kv cache paged: 8 pages of 8 positions, fp8 rows", "    0  prefill        8", "mixed",
+                           "kv cache: paged: 8 pages of 8 positions, fp8 rows", "    0  prefill        8", "mixed",
                            "decode", "requests: 3, 30 tokens in ", "kv cache (rank 0): pool ",
                            "output: 3 tensors y.<request> [prompt + generate, 48] f32"}) {
     EXPECT_NE(outcome.out.find(line), std::string::npos) << line << "\n" << outcome.out;

@@ -310,6 +310,13 @@ TEST(StandardPath, QueryChunksAreCappedAndFitTheBudget) {
   EXPECT_EQ(attention_standard_query_chunk(p, 1, 2), 1);
   p.seq = 20;
   EXPECT_EQ(attention_standard_query_chunk(p, int64_t{1} << 40, 2), 20);
+  // Heads sharing the latent rows (absorb) are stacked into one block per chunk of tokens: the
+  // cap and the budget count their rows.
+  p.n_heads = 16;
+  p.q_head_stride = p.out_head_stride = 8;
+  p.q_token_stride = p.out_token_stride = 16 * 8;
+  EXPECT_EQ(attention_standard_query_chunk(p, int64_t{1} << 40, 2), kStandardMaxQueryChunk / 16);
+  EXPECT_EQ(attention_standard_query_chunk(p, 2 * 16 * 3 * 1000 * 4, 2), 3);
 }
 
 // An explicit mask: equal to the causal rule it changes nothing; a padding mask matches the

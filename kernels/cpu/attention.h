@@ -81,11 +81,13 @@ int64_t attention_fast_workspace_bytes(const AttentionParams& params, int thread
 
 // Standard path: for each (sequence, head, chunk of query_chunk query rows) the scores
 // [query_chunk, kv_len] are materialized by a GEMM, soft-maxed in fp32, and multiplied by the
-// values with a second GEMM. query_chunk bounds the memory.
+// values with a second GEMM. query_chunk bounds the memory. Heads that share their keys (absorb)
+// are stacked: a chunk's rows are then its tokens times the heads, one GEMM for all of them (and
+// one dequantization of a paged cache's runs instead of one per head).
 void attention_standard(const AttentionParams& params, int64_t query_chunk);
 int64_t attention_standard_workspace_bytes(const AttentionParams& params, int64_t query_chunk, int threads);
-// The query chunk: at most kStandardMaxQueryChunk rows, and no more than fit the score buffers of
-// all threads in budget_bytes (at least 1).
+// The query chunk, in tokens: at most kStandardMaxQueryChunk rows (tokens times stacked heads), and
+// no more than fit the score buffers of all threads in budget_bytes (at least 1 token).
 int64_t attention_standard_query_chunk(const AttentionParams& params, int64_t budget_bytes, int threads);
 // Longer chunks only add work under a causal mask (a chunk's scores reach as far as its last row
 // sees) and push its scores out of L2: at kv 512 (4 x 16 heads, 2 threads) the attention took

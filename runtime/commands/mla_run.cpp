@@ -159,10 +159,7 @@ RunResult run_layer(const MpiSession& session, Phases& phases, const Config& con
   (void)backend;  // resolve_backend() gives cuda only in a CUDA build
 #endif
   MlaLayer layer(config.model, job.shard, std::move(job.loaded.weights), config.run);
-  std::printf("%s kv cache: [%ld, %ld, %ld] latent (c_n | k_pe), %s, shared by both formulations\n", label.c_str(),
-              config.model.max_batch_size, config.model.max_seq_len,
-              config.model.kv_lora_rank + config.model.qk_rope_head_dim,
-              format_bytes(static_cast<double>(layer.kv_cache_bytes())).c_str());
+  std::printf("%s kv cache: %s, shared by both formulations\n", label.c_str(), describe(layer.cache()).c_str());
   MpiCommunicator comm(session);
   return run_schedule(layer, comm, job.x, job.steps, job.mask, options);
 }

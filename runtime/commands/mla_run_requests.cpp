@@ -112,11 +112,8 @@ int run_requests_job(const MpiSession& session, Phases& phases, const Config& co
   }
   std::fflush(stdout);
   MlaLayer layer(config.model, job.shard, std::move(job.loaded.weights), config.run);
-  const LatentCacheShape& cache = layer.cache().shape();
-  std::printf("%s %s, %d threads %s; kv cache %s: %ld pages of %ld positions, %s rows, %s\n", session.label().c_str(),
-              describe(job.shard).c_str(), rank_threads.count, rank_threads.placement.c_str(),
-              cache.paged ? "paged" : "dense", cache.pages, cache.page_size, to_string(cache.dtype),
-              format_bytes(static_cast<double>(layer.kv_cache_bytes())).c_str());
+  std::printf("%s %s, %d threads %s; kv cache: %s\n", session.label().c_str(), describe(job.shard).c_str(),
+              rank_threads.count, rank_threads.placement.c_str(), describe(layer.cache()).c_str());
   MpiCommunicator comm(session);
   CpuStepExecutor executor(layer, comm);
   const RequestRunResult result = run_requests(executor, requests, job.inputs, job.plan, run_options(session, config));

@@ -17,6 +17,18 @@ const char* to_string(LatentDType dtype) {
   return "?";
 }
 
+std::string describe(const LatentCache& cache) {
+  const LatentCacheShape& shape = cache.shape();
+  const std::string bytes = format_bytes(static_cast<double>(cache.pool_bytes()));
+  if (!shape.paged) {
+    return "[" + std::to_string(shape.slots) + ", " + std::to_string(shape.max_seq_len) + ", " +
+           std::to_string(shape.latent_dim + shape.rope_dim) + "] latent (c_n | k_pe), " + to_string(shape.dtype) +
+           ", " + bytes;
+  }
+  return "paged: " + std::to_string(shape.pages) + " pages of " + std::to_string(shape.page_size) + " positions, " +
+         to_string(shape.dtype) + " rows, " + bytes;
+}
+
 LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig& config, bool compute_bf16) {
   LatentCacheShape shape;
   shape.slots = model.max_batch_size;

@@ -42,6 +42,11 @@ struct LatentCacheShape {
 LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig& config, bool compute_bf16);
 const char* to_string(LatentDType dtype);
 
+class LatentCache;
+// "[4, 4096, 576] latent (c_n | k_pe), fp32, 37.7 MB" (dense) or "paged: 24 pages of 64 positions,
+// fp8 rows, 1.0 MB" for the logs.
+std::string describe(const LatentCache& cache);
+
 class LatentCache {
  public:
   explicit LatentCache(const LatentCacheShape& shape);
