@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "runtime/base/errors.h"
+
 namespace mla {
 
 HeadShard shard_heads(int64_t n_heads, int world, int rank, bool uneven) {
@@ -31,6 +33,14 @@ std::string describe(const HeadShard& shard) {
   return "heads " + std::to_string(shard.head_begin) + "-" +
          std::to_string(shard.head_begin + shard.n_local_heads - 1) + " of " + std::to_string(shard.n_heads) +
          " (rank " + std::to_string(shard.rank) + " of " + std::to_string(shard.world) + ")";
+}
+
+HeadShard shard_model_heads(int64_t n_heads, int world, int rank, bool uneven) {
+  try {
+    return shard_heads(n_heads, world, rank, uneven);
+  } catch (const std::invalid_argument& error) {
+    throw UserError(std::string("model.n_heads: ") + error.what());
+  }
 }
 
 }  // namespace mla

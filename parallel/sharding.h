@@ -20,6 +20,8 @@ struct HeadShard {
 // which case the first H % W ranks take one head more. Throws std::invalid_argument with the
 // reason on a bad combination (the caller adds the config key to the message).
 HeadShard shard_heads(int64_t n_heads, int world, int rank, bool uneven);
+// The same for a job's config: a bad combination is a UserError naming model.n_heads.
+HeadShard shard_model_heads(int64_t n_heads, int world, int rank, bool uneven);
 
 std::string describe(const HeadShard& shard);  // "heads 0-15 of 16 (rank 0 of 1)"
 

@@ -114,5 +114,20 @@ TEST_F(MlaRunRequests, AFileWithoutARequestsTensorIsNamed) {
   expect_user_error(run(requests_config(), {"run.input=" + x_path}), {x_path, "x.b-2"});
 }
 
+// A rank that fails in the middle of continuous batching ends the job as in a uniform run: exit 3,
+// the step named, no output.
+TEST_F(MlaRunRequests, ARankFailingMidRunEndsTheJob) {
+  for (const char* fault : {"{rank: 1, step: 3, mode: exit}", "{rank: 0, step: 2, mode: nan}"}) {
+    const Outcome outcome =
+        run_command(mpiexec(2) + mla_run_command(write_config("r.yaml", requests_config()),
+                                                 {"parallel.timeout_s=5", "parallel.uneven_heads=true",
+                                                  std::string("debug={fail: ") + fault + "}"}));
+    EXPECT_EQ(outcome.exit_code, 3) << fault << "\n" << outcome.err;
+    EXPECT_NE(outcome.err.find(std::string("step ") + (fault[7] == '1' ? "3" : "2")), std::string::npos) << outcome.err;
+    EXPECT_FALSE(std::filesystem::exists(output())) << fault;
+    expect_no_temporaries();
+  }
+}
+
 }  // namespace
 }  // namespace mla::test

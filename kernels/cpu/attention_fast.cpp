@@ -1,4 +1,7 @@
+#include <omp.h>
+
 #include <algorithm>
+#include <array>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -228,6 +231,134 @@ void attend_one_row(const AttentionParams& p, const RowBlock& block, BlockWorksp
   store_output(accumulator, output_row(p, block, 0), p.value_dim, p.round_to_bf16);
 }
 
+// A quantized paged cache (bf16 or fp8 rows) is dequantized run by run as it is read; one block
+// of four rows at a time would dequantize a position's rows once per block of heads, for the
+// scores and again for the values. Instead a group of heads of one query position shares each
+// dequantized run: every block of four heads in the group reads it before the next run.
+bool groups_heads(const AttentionParams& p) {
+  return shares_keys_across_heads(p) && p.latent_pages != nullptr && p.latent_pages->dtype != LatentDType::F32;
+}
+
+struct HeadGroup {
+  int64_t b = 0, s = 0, head = 0, heads = 0;
+};
+
+// Heads per group: all of them, split only as far as the threads need work (a decode of one
+// sequence has one query position), in whole blocks of four.
+int64_t heads_per_group(const AttentionParams& p, int64_t positions, int threads) {
+  const int64_t blocks = (p.n_heads + kRowBlock - 1) / kRowBlock;
+  const int64_t groups =
+      std::clamp<int64_t>((2 * threads + positions - 1) / std::max<int64_t>(positions, 1), 1, blocks);
+  return ((blocks + groups - 1) / groups) * kRowBlock;
+}
+
+int64_t step_positions(const AttentionParams& p) {
+  int64_t positions = 0;
+  for (int64_t b = 0; b < p.batch; ++b) positions += attention_sequence(p, b).new_tokens;
+  return positions;
+}
+
+std::vector<HeadGroup> step_head_groups(const AttentionParams& p, int64_t per_group) {
+  std::vector<HeadGroup> groups;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    for (int64_t s = 0; s < attention_sequence(p, b).new_tokens; ++s) {
+      for (int64_t head = 0; head < p.n_heads; head += per_group) {
+        groups.push_back({b, s, head, std::min(per_group, p.n_heads - head)});
+      }
+    }
+  }
+  return groups;
+}
+
+// The group's blocks of four heads: block i holds heads head + 4i .. (the last repeats its last head).
+std::vector<RowBlock> group_blocks(const AttentionParams& p, const HeadGroup& group) {
+  std::vector<RowBlock> blocks;
+  for (int64_t first = 0; first < group.heads; first += kRowBlock) {
+    RowBlock block;
+    block.b = group.b;
+    block.sequence = attention_sequence(p, group.b);
+    block.rows = std::min(kRowBlock, group.heads - first);
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      block.head[r] = group.head + first + std::min(r, block.rows - 1);
+      block.pos[r] = group.s;
+    }
+    blocks.push_back(block);
+  }
+  return blocks;
+}
+
+// scores and tail_scores hold a [group heads rounded up to 4, kv_len] tile; accumulators
+// [the same, value_dim].
+void attend_head_group(const AttentionParams& p, const HeadGroup& group, BlockWorkspace& work) {
+  const bool split = p.round_to_bf16 && p.score_split > 0;
+  const int64_t main_dim = split ? p.score_split : p.score_dim;
+  const std::vector<RowBlock> blocks = group_blocks(p, group);
+  const AttentionSequence& sequence = blocks.front().sequence;
+  const int64_t visible = attention_visible_len(p, sequence, group.s);
+  std::vector<std::array<const float*, kRowBlock>> query(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      query[i][r] = p.q + (sequence.token_offset + group.s) * p.q_token_stride + blocks[i].head[r] * p.q_head_stride;
+    }
+  }
+  const auto tile = [&](AlignedVector<float>& buffer, size_t i) { return buffer.data() + i * kRowBlock * p.kv_len; };
+  for_each_kv_run(p, group.b, 0, visible, kFastKvRunRows, work.run_rows.data(),
+                  [&](int64_t first, int64_t count, const float* keys, const float*) {
+                    for (size_t i = 0; i < blocks.size(); ++i) {
+                      block_dots(p, query[i].data(), keys, first, count, 0, main_dim, tile(work.scores, i));
+                      if (split) {
+                        block_dots(p, query[i].data(), keys, first, count, main_dim, p.score_dim - main_dim,
+                                   tile(work.tail_scores, i));
+                      }
+                    }
+                  });
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    for (int64_t r = 0; r < blocks[i].rows; ++r) {
+      float* row = tile(work.scores, i) + r * p.kv_len;
+      const float* tail = split ? tile(work.tail_scores, i) + r * p.kv_len : nullptr;
+      scores_to_probs(attention_score_row(p, group.s, row, tail, visible));
+    }
+    for (int64_t r = blocks[i].rows; r < kRowBlock; ++r) {  // repeats of the last head add nothing
+      std::fill(tile(work.scores, i) + r * p.kv_len, tile(work.scores, i) + r * p.kv_len + visible, 0.0f);
+    }
+  }
+  std::fill(work.accumulators.begin(), work.accumulators.end(), 0.0f);
+  std::vector<std::array<float*, kRowBlock>> accumulator(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      accumulator[i][r] = work.accumulators.data() + (static_cast<int64_t>(i) * kRowBlock + r) * p.value_dim;
+    }
+  }
+  for_each_kv_run(p, group.b, 0, visible, kFastKvRunRows, work.run_rows.data(),
+                  [&](int64_t first, int64_t count, const float*, const float* values) {
+                    for (size_t i = 0; i < blocks.size(); ++i) {
+                      block_values(p, tile(work.scores, i), values, first, count, accumulator[i].data());
+                    }
+                  });
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    for (int64_t r = 0; r < blocks[i].rows; ++r) {
+      store_output(accumulator[i][r], output_row(p, blocks[i], r), p.value_dim, p.round_to_bf16);
+    }
+  }
+}
+
+void attention_fast_head_groups(const AttentionParams& p) {
+  const int64_t tile_rows = heads_per_group(p, step_positions(p), omp_get_max_threads());
+  const std::vector<HeadGroup> groups = step_head_groups(p, tile_rows);
+  const int64_t n_groups = static_cast<int64_t>(groups.size());
+  const bool split = p.round_to_bf16 && p.score_split > 0;
+#pragma omp parallel
+  {
+    BlockWorkspace work;
+    work.scores.resize(static_cast<size_t>(tile_rows * p.kv_len));
+    work.tail_scores.resize(split ? static_cast<size_t>(tile_rows * p.kv_len) : 0);
+    work.accumulators.resize(static_cast<size_t>(tile_rows * p.value_dim));
+    work.run_rows.resize(static_cast<size_t>(kv_run_scratch_floats(p, kFastKvRunRows)));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t index = 0; index < n_groups; ++index) attend_head_group(p, groups[index], work);
+  }
+}
+
 }  // namespace
 
 void check_ragged_and_paged(const AttentionParams& p, const char* kernel) {
@@ -258,6 +389,10 @@ void attention_fast(const AttentionParams& p) {
   }
   require_fp32_operands(p, "attention_fast");
   check_ragged_and_paged(p, "attention_fast");
+  if (groups_heads(p)) {
+    attention_fast_head_groups(p);
+    return;
+  }
   const bool split = p.round_to_bf16 && p.score_split > 0;
   const std::vector<std::pair<int64_t, int64_t>> blocks = step_blocks(p);
   const int64_t n_blocks = static_cast<int64_t>(blocks.size());
@@ -283,6 +418,12 @@ void attention_fast(const AttentionParams& p) {
 int64_t attention_fast_workspace_bytes(const AttentionParams& p, int threads) {
   if (attention_fast_amx_applies(p)) return attention_fast_amx_workspace_bytes(p, threads);
   const int64_t score_tiles = (p.round_to_bf16 && p.score_split > 0) ? 2 : 1;
+  if (groups_heads(p)) {
+    const int64_t tile_rows = heads_per_group(p, step_positions(p), threads);
+    return static_cast<int64_t>(threads) *
+           (tile_rows * (score_tiles * p.kv_len + p.value_dim) + kv_run_scratch_floats(p, kFastKvRunRows)) *
+           static_cast<int64_t>(sizeof(float));
+  }
   return static_cast<int64_t>(threads) *
          (kRowBlock * (score_tiles * p.kv_len + p.value_dim) + kv_run_scratch_floats(p, kFastKvRunRows)) *
          static_cast<int64_t>(sizeof(float));

@@ -9,8 +9,7 @@
 
 namespace mla {
 
-namespace {
-const std::array<float, 256>& fp8_table() {
+const std::array<float, 256>& fp8_e4m3_values() {
   static const std::array<float, 256> table = [] {
     std::array<float, 256> values{};
     for (int code = 0; code < 256; ++code) values[code] = fp8_e4m3_to_f32(static_cast<uint8_t>(code));
@@ -18,11 +17,10 @@ const std::array<float, 256>& fp8_table() {
   }();
   return table;
 }
-}  // namespace
 
 uint8_t f32_to_fp8_e4m3(float value) {
   if (std::isnan(value)) return 0x7f;
-  const std::array<float, 256>& table = fp8_table();
+  const std::array<float, 256>& table = fp8_e4m3_values();
   const uint8_t sign = std::signbit(value) ? 0x80 : 0x00;
   const float magnitude = std::fabs(value);
   // Codes 0x00..0x7e hold the finite magnitudes in increasing order: the nearest is the first
@@ -42,7 +40,7 @@ uint8_t f32_to_fp8_e4m3(float value) {
 }
 
 void fp8_dequant_blocks(const Fp8DequantParams& params) {
-  const std::array<float, 256>& table = fp8_table();
+  const std::array<float, 256>& table = fp8_e4m3_values();
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < params.rows; ++row) {
     const uint8_t* codes = params.weight + row * params.cols;

@@ -1,6 +1,7 @@
 // fp8 e4m3fn codes (DeepSeek-V3's weight format) and their 128x128 block dequantization.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 
@@ -23,6 +24,9 @@ inline float fp8_e4m3_to_f32(uint8_t code) {
   }
   return (code & 0x80) ? -magnitude : magnitude;
 }
+
+// Every code's value (fp8_e4m3_to_f32), looked up instead of decoded.
+const std::array<float, 256>& fp8_e4m3_values();
 
 // W[i][j] = q[i][j] * scale[i / 128][j / 128] (docs/design.md, Weights). `weight` is [rows, cols]
 // row-major; `scale` is [ceil(rows / 128), scale_cols] with scale_cols >= ceil(cols / 128).

@@ -16,15 +16,6 @@ namespace {
 
 int64_t fp8_blocks(int64_t latent_dim) { return (latent_dim + kLatentFp8Block - 1) / kLatentFp8Block; }
 
-const std::array<float, 256>& e4m3_values() {
-  static const std::array<float, 256> table = [] {
-    std::array<float, 256> values{};
-    for (int code = 0; code < 256; ++code) values[code] = fp8_e4m3_to_f32(static_cast<uint8_t>(code));
-    return values;
-  }();
-  return table;
-}
-
 void store_row(const PagedLatentView& cache, const float* row, uint8_t* out) {
   const int64_t width = cache.row_width();
   switch (cache.dtype) {
@@ -85,7 +76,7 @@ void quantize_latent_row_fp8(const float* row, int64_t latent_dim, int64_t rope_
 }
 
 void dequantize_latent_row_fp8(const uint8_t* row, int64_t latent_dim, int64_t rope_dim, float* out) {
-  const std::array<float, 256>& values = e4m3_values();
+  const std::array<float, 256>& values = fp8_e4m3_values();
   const int64_t blocks = fp8_blocks(latent_dim);
   const uint8_t* scales = row + latent_dim;
   const uint8_t* rope = scales + blocks * 4;

@@ -690,11 +690,8 @@ PointSetup Bench::set_up(const BenchPoint& point) {
     setup.threads =
         configure_rank_threads(point.threads, config.run.pin_threads, session_.local_rank(), session_.local_size())
             .count;
-    try {
-      setup.shard = shard_heads(config.model.n_heads, session_.world(), session_.rank(), config.parallel.uneven_heads);
-    } catch (const std::invalid_argument& error) {
-      throw UserError(std::string("model.n_heads: ") + error.what());
-    }
+    setup.shard =
+        shard_model_heads(config.model.n_heads, session_.world(), session_.rank(), config.parallel.uneven_heads);
     const std::vector<int64_t> steps = config.run.schedule.steps(point.seq_len);
     check_memory_fits(
         plan_memory(config.model, config.run, setup.shard, point.batch, point.seq_len, steps, setup.threads),

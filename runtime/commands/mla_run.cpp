@@ -96,11 +96,7 @@ JobInputs load_job_inputs(const MpiSession& session, Phases& phases, const Confi
   JobInputs job;
   session.watchdog()->progress("loading the input and weights");
   phases.run([&] {
-    try {
-      job.shard = shard_heads(config.model.n_heads, session.world(), session.rank(), config.parallel.uneven_heads);
-    } catch (const std::invalid_argument& error) {
-      throw UserError(std::string("model.n_heads: ") + error.what());
-    }
+    job.shard = shard_model_heads(config.model.n_heads, session.world(), session.rank(), config.parallel.uneven_heads);
     const InputShape shape = input_shape(config.run.input, config.model);
     job.steps = config.run.schedule.steps(shape.tokens);
     check_debug_plan(config.debug, session.world(), job.steps.size());

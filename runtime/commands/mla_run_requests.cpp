@@ -34,11 +34,7 @@ RequestJob load_request_job(const MpiSession& session, Phases& phases, const Con
   RequestJob job;
   session.watchdog()->progress("planning the requests and loading the weights");
   phases.run([&] {
-    try {
-      job.shard = shard_heads(config.model.n_heads, session.world(), session.rank(), config.parallel.uneven_heads);
-    } catch (const std::invalid_argument& error) {
-      throw UserError(std::string("model.n_heads: ") + error.what());
-    }
+    job.shard = shard_model_heads(config.model.n_heads, session.world(), session.rank(), config.parallel.uneven_heads);
     job.plan = plan_requests(requests, request_limits(config.model, config.run));
     check_debug_plan(config.debug, session.world(), job.plan.size());
     for (const RequestConfig& request : requests) job.total_tokens += request.prompt + request.generate;
