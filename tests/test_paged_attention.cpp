@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 #include <string>
@@ -13,6 +14,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/paged_latent.h"
+#include "tests/ops/op_table.h"
 #include "tests/ops/test_data.h"
 #include "tests/test_util.h"
 
@@ -149,6 +151,40 @@ TEST(PagedAttentionKernel, ShuffledPagesEqualTheDenseRows) {
       }
     }
   }
+}
+
+// The op table's paged_latent rows (their CUDA twin runs in mla_gpu_tests): on the CPU, each row
+// read back is the appended row as its dtype stores it (the fp8 rule as the reference computes it).
+TEST(PagedLatentOp, TheCpuTwinStoresEachRowByItsRule) {
+  int rows_checked = 0;
+  for (const OpCase& op : op_table()) {
+    if (op.op != "paged_latent") continue;
+    const OpRun run = op.run(OpBackend::CpuPortable, 1);
+    const bool fp8 = op.shape.ends_with("fp8"), bf16 = op.shape.ends_with("bf16");
+    const int64_t latent = op.shape.starts_with("C 512") ? 512 : 200;
+    const int64_t rope = latent == 512 ? 64 : 6;
+    const PagedLatentInputs in =
+        paged_latent_inputs({fp8    ? LatentDType::FP8
+                             : bf16 ? LatentDType::BF16
+                                    : LatentDType::F32,
+                             latent, rope, latent == 512 ? 64 : 5,
+                             latent == 512 ? std::vector<int64_t>{70, 1, 130} : std::vector<int64_t>{9, 12}});
+    const int64_t width = latent + rope;
+    for (size_t token = 0; token < in.sequence.size(); ++token) {
+      const float* row = in.rows.data() + token * static_cast<size_t>(width);
+      const float* got = run.output.data() + token * static_cast<size_t>(width);
+      const std::vector<double> row_double(row, row + latent);
+      const std::vector<double> want_fp8 = fp8 ? ref::fp8_latent_row(row_double.data(), latent) : std::vector<double>{};
+      for (int64_t i = 0; i < width; ++i) {
+        double want = row[i];
+        if (bf16 || (fp8 && i >= latent)) want = ref::round_to_bf16(row[i]);
+        if (fp8 && i < latent) want = want_fp8[static_cast<size_t>(i)];
+        ASSERT_NEAR(got[i], want, 1e-6 * std::abs(want)) << op.shape << ", token " << token << ", value " << i;
+      }
+      ++rows_checked;
+    }
+  }
+  EXPECT_EQ(rows_checked, 3 * (201 + 21));
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "kernels/cpu/fp8.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/kv_cache_append.h"
+#include "kernels/cpu/paged_latent.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
 #include "runtime/bench/harness.h"
@@ -106,6 +107,34 @@ OpRun run_cpu(const KvCacheAppendCase& c, int reps) {
         call.cache = run.output.data();
       },
       [&] { kv_cache_append(call); });
+  return run;
+}
+
+OpRun run_cpu(const PagedLatentCase& c, int reps) {
+  const PagedLatentInputs in = paged_latent_inputs(c);
+  std::vector<uint8_t> pool;
+  const PagedLatentView cache{
+      nullptr, c.dtype, c.latent_dim, c.rope_dim, c.page_size, in.block_table.data(), in.pages_per_sequence};
+  PagedLatentAppendParams p{in.rows.data(),     c.latent_dim + c.rope_dim, static_cast<int64_t>(in.sequence.size()),
+                            in.sequence.data(), in.position.data(),        cache};
+  OpRun run;
+  run.median_ms = time_on_cpu(
+      reps,
+      [&] {
+        pool.assign(static_cast<size_t>(in.pool_bytes), 0xa5);
+        p.cache.pool = pool.data();
+      },
+      [&] { paged_latent_append(p); });
+  const int64_t width = c.latent_dim + c.rope_dim;
+  run.output.resize(in.sequence.size() * static_cast<size_t>(width));
+  for (size_t i = 0; i < in.sequence.size(); ++i) {
+    float* out = run.output.data() + i * static_cast<size_t>(width);
+    const int64_t position = in.position[i];
+    const float* row =
+        paged_latent_rows(p.cache, in.sequence[i], position / c.page_size, position % c.page_size, 1, out);
+    std::copy(row, row + width, out);
+  }
+  run.output.insert(run.output.end(), pool.begin(), pool.end());
   return run;
 }
 
@@ -297,6 +326,16 @@ void add_elementwise_cases(std::vector<OpCase>& table) {
                          std::to_string(c.width) + " start " + std::to_string(c.start_pos),
                      kCudaOnly, 0, runner(c)});
   }
+  for (const LatentDType dtype : {LatentDType::F32, LatentDType::BF16, LatentDType::FP8}) {
+    const char* dtype_name = dtype == LatentDType::F32 ? "fp32" : dtype == LatentDType::BF16 ? "bf16" : "fp8";
+    for (const PagedLatentCase& c :
+         {PagedLatentCase{dtype, 512, 64, 64, {70, 1, 130}}, PagedLatentCase{dtype, 200, 6, 5, {9, 12}}}) {
+      table.push_back({"paged_latent",
+                       "C " + std::to_string(c.latent_dim) + " dr " + std::to_string(c.rope_dim) + " pages of " +
+                           std::to_string(c.page_size) + " " + dtype_name,
+                       kCudaOnly, 0, runner(c)});
+    }
+  }
   for (const bool bf16 : {false, true}) {
     // One source vector per outer index repeated over heads (source stride 0), as k_pe is, for two
     // sequences at their own strides; and a plain gather of rows.
@@ -446,6 +485,31 @@ int64_t fp8_scale_cols(const Fp8DequantCase& c) { return (c.cols + kFp8BlockSize
 std::vector<float> fp8_scales(const Fp8DequantCase& c) {
   const int64_t scale_rows = (c.rows + kFp8BlockSize - 1) / kFp8BlockSize;
   return random_floats(scale_rows * fp8_scale_cols(c), 4, 0.01f, 2.0f);
+}
+
+PagedLatentInputs paged_latent_inputs(const PagedLatentCase& c) {
+  PagedLatentInputs in;
+  const int64_t width = c.latent_dim + c.rope_dim;
+  int64_t most = 0;
+  for (size_t b = 0; b < c.lengths.size(); ++b) {
+    most = std::max(most, c.lengths[b]);
+    for (int64_t t = 0; t < c.lengths[b]; ++t) {
+      in.sequence.push_back(static_cast<int64_t>(b));
+      in.position.push_back(t);
+    }
+  }
+  in.rows = random_floats(static_cast<int64_t>(in.sequence.size()) * width, 9, -3.0f, 3.0f);
+  if (!in.rows.empty()) {
+    std::fill(in.rows.begin(), in.rows.begin() + std::min<int64_t>(c.latent_dim, kLatentFp8Block), 0.0f);
+    in.rows[static_cast<size_t>(width + c.latent_dim - 1)] = 1e4f;  // one block's scale set by a large value
+  }
+  in.pages_per_sequence = (most + c.page_size - 1) / c.page_size;
+  in.block_table.resize(c.lengths.size() * static_cast<size_t>(in.pages_per_sequence));
+  for (size_t i = 0; i < in.block_table.size(); ++i) in.block_table[i] = static_cast<int32_t>(i);
+  std::shuffle(in.block_table.begin(), in.block_table.end(), std::mt19937(11));
+  in.pool_bytes =
+      static_cast<int64_t>(in.block_table.size()) * c.page_size * latent_row_bytes(c.dtype, c.latent_dim, c.rope_dim);
+  return in;
 }
 
 std::vector<float> strided_copy_source(const StridedCopyCase& c) {

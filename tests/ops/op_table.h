@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/paged_latent.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/skinny_linear.h"
 #include "kernels/cpu/strided_copy.h"
@@ -70,6 +71,14 @@ struct KvCacheAppendCase {
   int64_t batch, seq, width, row_padding, capacity, start_pos;
 };
 
+// Rows appended through a shuffled block table to a paged pool of the given dtype, then read back
+// (gathered, dequantized): the output is the gathered rows, then the pool's bytes.
+struct PagedLatentCase {
+  LatentDType dtype;
+  int64_t latent_dim, rope_dim, page_size;
+  std::vector<int64_t> lengths;  // positions appended per sequence
+};
+
 struct StridedCopyCase {
   StridedCopyParams shape;  // src and dst left null: the runner sizes and fills them
 };
@@ -126,6 +135,7 @@ OpRun run_cuda(const RmsNormCase& c, int reps);
 OpRun run_cuda(const RopeCase& c, int reps);
 OpRun run_cuda(const Fp8DequantCase& c, int reps);
 OpRun run_cuda(const KvCacheAppendCase& c, int reps);
+OpRun run_cuda(const PagedLatentCase& c, int reps);
 OpRun run_cuda(const StridedCopyCase& c, int reps);
 OpRun run_cuda(const Bf16ConvertCase& c, int reps);
 OpRun run_cuda(const GemmCase& c, int reps);
@@ -141,6 +151,16 @@ std::vector<float> rope_input(const RopeCase& c);
 std::vector<uint8_t> fp8_codes(const Fp8DequantCase& c);
 std::vector<float> fp8_scales(const Fp8DequantCase& c);
 int64_t fp8_scale_cols(const Fp8DequantCase& c);
+// A paged-latent case's rows [tokens, C + dr] (with an all-zero fp8 block and large values), its
+// tokens' (sequence, position) lists, and its block table over a shuffled pool.
+struct PagedLatentInputs {
+  std::vector<float> rows;
+  std::vector<int64_t> sequence, position;
+  std::vector<int32_t> block_table;
+  int64_t pages_per_sequence = 0;
+  int64_t pool_bytes = 0;
+};
+PagedLatentInputs paged_latent_inputs(const PagedLatentCase& c);
 std::vector<float> strided_copy_source(const StridedCopyCase& c);
 std::vector<float> strided_copy_destination(const StridedCopyCase& c);
 std::vector<float> bf16_convert_source(const Bf16ConvertCase& c);

@@ -20,6 +20,7 @@
 #include "kernels/cuda/fp8_dequant.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/kv_cache_append.h"
+#include "kernels/cuda/paged_latent.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/strided_copy.h"
@@ -142,6 +143,30 @@ OpRun run_cuda(const KvCacheAppendCase& c, int reps) {
   run.median_ms = time_on_device(
       reps, nullptr, [&] { upload(cache, cache_before); }, [&] { kv_cache_append_cuda(p, nullptr); });
   run.output = to_host(cache);
+  return run;
+}
+
+OpRun run_cuda(const PagedLatentCase& c, int reps) {
+  const PagedLatentInputs in = paged_latent_inputs(c);
+  DeviceBuffer<float> rows = to_device(in.rows);
+  DeviceBuffer<int64_t> sequence = to_device(in.sequence), position = to_device(in.position);
+  DeviceBuffer<int32_t> block_table = to_device(in.block_table);
+  const std::vector<uint8_t> pool_before(static_cast<size_t>(in.pool_bytes), 0xa5);
+  DeviceBuffer<uint8_t> pool = to_device(pool_before);
+  const PagedLatentView cache{pool.data(),          c.dtype, c.latent_dim, c.rope_dim, c.page_size, block_table.data(),
+                              in.pages_per_sequence};
+  const int64_t tokens = static_cast<int64_t>(in.sequence.size());
+  const PagedLatentAppendParams p{rows.data(),     c.latent_dim + c.rope_dim, tokens,
+                                  sequence.data(), position.data(),           cache};
+  OpRun run;
+  run.median_ms = time_on_device(
+      reps, nullptr, [&] { upload(pool, pool_before); }, [&] { paged_latent_append_cuda(p, nullptr); });
+  DeviceBuffer<float> gathered(tokens * (c.latent_dim + c.rope_dim));
+  paged_latent_gather_cuda({cache, sequence.data(), position.data(), tokens, gathered.data()}, nullptr);
+  CUDA_CHECK(cudaStreamSynchronize(nullptr));
+  run.output = to_host(gathered);
+  const std::vector<uint8_t> pool_after = to_host(pool);
+  run.output.insert(run.output.end(), pool_after.begin(), pool_after.end());
   return run;
 }
 
