@@ -35,10 +35,17 @@ struct RowBlock {
 // Per thread: the block's scores (and its rope part's, in split bf16), output accumulators, and
 // the rows of a dequantized run of a paged cache.
 struct BlockWorkspace {
-  AlignedVector<float> scores;        // [kRowBlock, kv_len]
-  AlignedVector<float> tail_scores;   // [kRowBlock, kv_len], split bf16 scores only
-  AlignedVector<float> accumulators;  // [kRowBlock, value_dim]
-  AlignedVector<float> run_rows;      // [kKvRunRows, C + dr], quantized paged caches only
+  // For `rows` query rows at once: kRowBlock, or a group of heads.
+  BlockWorkspace(const AttentionParams& p, int64_t rows)
+      : scores(static_cast<size_t>(rows * p.kv_len)),
+        tail_scores(p.round_to_bf16 && p.score_split > 0 ? static_cast<size_t>(rows * p.kv_len) : 0),
+        accumulators(static_cast<size_t>(rows * p.value_dim)),
+        run_rows(static_cast<size_t>(kv_run_scratch_floats(p, kFastKvRunRows))) {}
+
+  AlignedVector<float> scores;        // [rows, kv_len]
+  AlignedVector<float> tail_scores;   // [rows, kv_len], split bf16 scores only
+  AlignedVector<float> accumulators;  // [rows, value_dim]
+  AlignedVector<float> run_rows;      // [kFastKvRunRows, C + dr], quantized paged caches only
 };
 
 // One finished output row: the accumulator, rounded to bf16 in bf16 mode.
@@ -346,14 +353,9 @@ void attention_fast_head_groups(const AttentionParams& p) {
   const int64_t tile_rows = heads_per_group(p, step_positions(p), omp_get_max_threads());
   const std::vector<HeadGroup> groups = step_head_groups(p, tile_rows);
   const int64_t n_groups = static_cast<int64_t>(groups.size());
-  const bool split = p.round_to_bf16 && p.score_split > 0;
 #pragma omp parallel
   {
-    BlockWorkspace work;
-    work.scores.resize(static_cast<size_t>(tile_rows * p.kv_len));
-    work.tail_scores.resize(split ? static_cast<size_t>(tile_rows * p.kv_len) : 0);
-    work.accumulators.resize(static_cast<size_t>(tile_rows * p.value_dim));
-    work.run_rows.resize(static_cast<size_t>(kv_run_scratch_floats(p, kFastKvRunRows)));
+    BlockWorkspace work(p, tile_rows);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t index = 0; index < n_groups; ++index) attend_head_group(p, groups[index], work);
   }
@@ -393,16 +395,11 @@ void attention_fast(const AttentionParams& p) {
     attention_fast_head_groups(p);
     return;
   }
-  const bool split = p.round_to_bf16 && p.score_split > 0;
   const std::vector<std::pair<int64_t, int64_t>> blocks = step_blocks(p);
   const int64_t n_blocks = static_cast<int64_t>(blocks.size());
 #pragma omp parallel
   {
-    BlockWorkspace work;
-    work.scores.resize(static_cast<size_t>(kRowBlock * p.kv_len));
-    work.tail_scores.resize(split ? static_cast<size_t>(kRowBlock * p.kv_len) : 0);
-    work.accumulators.resize(static_cast<size_t>(kRowBlock * p.value_dim));
-    work.run_rows.resize(static_cast<size_t>(kv_run_scratch_floats(p, kFastKvRunRows)));
+    BlockWorkspace work(p, kRowBlock);
 #pragma omp for schedule(dynamic, 2)
     for (int64_t index = 0; index < n_blocks; ++index) {
       const RowBlock rows = make_block(p, blocks[index].first, blocks[index].second);
