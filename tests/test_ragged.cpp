@@ -1,4 +1,4 @@
-// Inference-shaped steps on the CPU layer (docs/design.md, Inference-shaped steps and The latent
+// Inference-shaped steps on the CPU layer (docs/design.md, Serving-shaped steps and The latent
 // cache): ragged steps (per-sequence positions and token counts, idle sequences, slots in any
 // order), dense and paged caches, fp32, bf16 and fp8 cache rows, every path and formulation,
 // against the float64 reference run on the same steps with the same cache rounding.

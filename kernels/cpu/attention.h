@@ -48,7 +48,7 @@ struct AttentionParams {
   int64_t n_heads = 0;
   int64_t start_pos = 0;  // p: the query s sits at position p + s
   int64_t kv_len = 0;     // e = p + S cached positions (ragged: the most of any sequence)
-  // Ragged steps (docs/design.md, Inference-shaped steps); null: the uniform batch above. Sequence
+  // Ragged steps (docs/design.md, Serving-shaped steps); null: the uniform batch above. Sequence
   // b's queries are the packed rows token_offset[b] .. token_offset[b] + new_tokens[b] - 1 of q and
   // out, at positions seq_start_pos[b] + s; it attends to its first seq_start_pos[b] + new_tokens[b]
   // positions. A sequence with no new tokens is skipped. No explicit mask with these.

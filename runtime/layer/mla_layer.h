@@ -63,7 +63,7 @@ class MlaLayer {
   // rounds x itself.
   StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                      int64_t mask_stride, float* y_partial, const uint16_t* x_bf16 = nullptr);
-  // A ragged step (docs/design.md, Inference-shaped steps): x and y_partial are the packed tokens
+  // A ragged step (docs/design.md, Serving-shaped steps): x and y_partial are the packed tokens
   // [step.total_tokens(), dim]; each sequence's start_pos must not skip past what its slot holds.
   // The cache takes the pages the step needs first: when the pool is short it throws CacheFull
   // and nothing is written.

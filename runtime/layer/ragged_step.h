@@ -1,4 +1,4 @@
-// A step whose sequences sit at different positions (docs/design.md, Inference-shaped steps): per
+// A step whose sequences sit at different positions (docs/design.md, Serving-shaped steps): per
 // sequence its cache slot, its start position and its new tokens (0: idle this step), the tokens
 // packed [sum of new tokens, dim] in sequence order (the varlen convention). The uniform batch
 // (every sequence at start_pos with seq new tokens, slots 0 .. batch-1) is one case of it.

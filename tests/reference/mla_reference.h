@@ -46,7 +46,7 @@ class RefMla {
   // Throws std::invalid_argument when x's size, start_pos or the cache capacity do not fit.
   std::vector<double> forward(const std::vector<double>& x, int64_t seq, int64_t start_pos,
                               const std::vector<double>* mask = nullptr);
-  // A ragged step (docs/design.md, Inference-shaped steps): x holds the sequences' new tokens
+  // A ragged step (docs/design.md, Serving-shaped steps): x holds the sequences' new tokens
   // packed in order, [sum of new_tokens, dim]; returns the partial y in the same order. Causal.
   std::vector<double> forward_ragged(const std::vector<double>& x, const std::vector<RefSequenceStep>& sequences);
 
