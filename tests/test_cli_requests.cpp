@@ -105,6 +105,15 @@ TEST_F(MlaRunRequests, EachBadKeyIsNamed) {
   expect_user_error(run(config, {"debug={fail: {rank: 0, step: 99, mode: exit}}"}), {"debug.fail.step"});
 }
 
+// A uniform schedule on a paged cache too small for it is refused before any step.
+TEST_F(MlaRunRequests, AUniformRunThatOutgrowsThePagesIsRefusedUpFront) {
+  expect_user_error(run(base_config(), {"run.kv_cache={layout: paged, page_size: 4, pages: 3}"}),
+                    {"run.kv_cache.pages: 2 sequences of 8 positions need 4 pages of 4, but the pool has 3"});
+  const Outcome fits = run(base_config(), {"run.kv_cache={layout: paged, page_size: 4, pages: 4, dtype: fp8}"});
+  EXPECT_EQ(fits.exit_code, 0) << fits.err;
+  EXPECT_NE(fits.out.find("kv cache: paged: 4 pages of 4 positions, fp8 rows"), std::string::npos) << fits.out;
+}
+
 TEST_F(MlaRunRequests, AFileWithoutARequestsTensorIsNamed) {
   const std::vector<float> values(13 * 48, 0.5f);
   const std::string x_path = dir_.file("x.safetensors");

@@ -49,6 +49,7 @@
 #include "runtime/io/sweep.h"
 #include "runtime/io/weights.h"
 #include "runtime/layer/backend.h"
+#include "runtime/layer/latent_cache.h"
 #include "runtime/layer/memory_plan.h"
 #include "runtime/layer/mla_layer.h"
 #include "runtime/layer/op_count.h"
@@ -693,6 +694,9 @@ PointSetup Bench::set_up(const BenchPoint& point) {
     setup.shard =
         shard_model_heads(config.model.n_heads, session_.world(), session_.rank(), config.parallel.uneven_heads);
     const std::vector<int64_t> steps = config.run.schedule.steps(point.seq_len);
+    check_cache_holds(
+        latent_cache_shape(config.model, config.run.kv_cache, config.run.compute_dtype == ComputeDType::BF16),
+        point.batch, point.seq_len);
     check_memory_fits(
         plan_memory(config.model, config.run, setup.shard, point.batch, point.seq_len, steps, setup.threads),
         session_.local_size(), available_memory_bytes());

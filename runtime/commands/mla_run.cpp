@@ -34,6 +34,7 @@
 #include "runtime/io/safetensors.h"
 #include "runtime/io/weights.h"
 #include "runtime/layer/backend.h"
+#include "runtime/layer/latent_cache.h"
 #include "runtime/layer/memory_plan.h"
 #include "runtime/layer/mla_layer.h"
 #include "runtime/layer/runner.h"
@@ -99,6 +100,9 @@ JobInputs load_job_inputs(const MpiSession& session, Phases& phases, const Confi
     job.shard = shard_model_heads(config.model.n_heads, session.world(), session.rank(), config.parallel.uneven_heads);
     const InputShape shape = input_shape(config.run.input, config.model);
     job.steps = config.run.schedule.steps(shape.tokens);
+    check_cache_holds(
+        latent_cache_shape(config.model, config.run.kv_cache, config.run.compute_dtype == ComputeDType::BF16),
+        shape.batch, shape.tokens);
     check_debug_plan(config.debug, session.world(), job.steps.size());
     check_memory_fits(plan_memory(config.model, config.run, job.shard, shape.batch, shape.tokens, job.steps, threads),
                       session.local_size(), available_memory_bytes());

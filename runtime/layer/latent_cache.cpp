@@ -51,6 +51,14 @@ LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig&
   return shape;
 }
 
+void check_cache_holds(const LatentCacheShape& shape, int64_t sequences, int64_t tokens) {
+  const int64_t needed = sequences * ((tokens + shape.page_size - 1) / shape.page_size);
+  if (needed <= shape.pages) return;
+  throw UserError("run.kv_cache.pages: " + std::to_string(sequences) + " sequences of " + std::to_string(tokens) +
+                  " positions need " + std::to_string(needed) + " pages of " + std::to_string(shape.page_size) +
+                  ", but the pool has " + std::to_string(shape.pages));
+}
+
 LatentCache::LatentCache(const LatentCacheShape& shape)
     : shape_(shape),
       pool_(static_cast<size_t>(shape.pages * shape.page_bytes()), 0),

@@ -42,6 +42,10 @@ struct LatentCacheShape {
 LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig& config, bool compute_bf16);
 const char* to_string(LatentDType dtype);
 
+// A uniform schedule of `sequences` sequences of `tokens` positions must fit the pool: a UserError
+// naming run.kv_cache.pages (with what it needs) when it cannot, before any step runs.
+void check_cache_holds(const LatentCacheShape& shape, int64_t sequences, int64_t tokens);
+
 class LatentCache;
 // "[4, 4096, 576] latent (c_n | k_pe), fp32, 37.7 MB" (dense) or "paged: 24 pages of 64 positions,
 // fp8 rows, 1.0 MB" for the logs.
