@@ -179,6 +179,29 @@ TEST(QuantizedCache, DistanceToTheExactCacheIsBounded) {
   }
 }
 
+// A ragged step gets one plan: the FLOPs of each formulation summed over its sequences, the path
+// from the longest one, and a reason that says so.
+TEST(RaggedPlan, OneChoiceForTheStepFromSummedFlops) {
+  const ModelArgs m = model_args(7168, 16, 1536, 512, 128, 64, 128, 16, 4096);
+  RunConfig run;
+  std::vector<StepShape> shapes = {StepShape{1, 128, 0, 16, false}};
+  for (int i = 0; i < 15; ++i) shapes.push_back(StepShape{1, 1, 2047, 16, false});
+  double naive = 0, absorb = 0;
+  for (const StepShape& shape : shapes) {
+    naive += naive_attention_flops(m, shape);
+    absorb += absorb_attention_flops(m, shape);
+  }
+  const StepPlan plan = plan_ragged_step(m, run, shapes);
+  EXPECT_DOUBLE_EQ(plan.naive_flops, naive);
+  EXPECT_DOUBLE_EQ(plan.absorb_flops, absorb);
+  EXPECT_EQ(plan.formulation, naive < absorb ? Formulation::Naive : Formulation::Absorb);
+  EXPECT_EQ(plan.path, AttentionPath::Standard);
+  EXPECT_NE(plan.reason.find("longest kv_len 2048 > fast_path_max_len 256"), std::string::npos) << plan.reason;
+  // The chunk alone would be naive's; beside fifteen long decodes, absorb is cheaper for the step.
+  EXPECT_EQ(plan_ragged_step(m, run, {shapes.front()}).formulation, Formulation::Naive);
+  EXPECT_EQ(plan.formulation, Formulation::Absorb);
+}
+
 // Results do not depend on which pages a sequence holds: pages handed out in a shuffled order give
 // the same bits as pages handed out in order.
 TEST(PagedCache, RandomPageAssignmentEqualsContiguous) {
