@@ -164,6 +164,12 @@ void for_each_kv_run(const AttentionParams& params, int64_t b, int64_t h, int64_
   }
 }
 
+// Into how many groups to split `parts` (blocks of heads) so that `units` work items times the
+// groups keep `threads` threads busy twice over: 1 when the units alone do, at most `parts`.
+inline int64_t head_groups_for_threads(int64_t units, int threads, int64_t parts) {
+  return std::clamp<int64_t>((2 * threads + units - 1) / std::max<int64_t>(units, 1), 1, parts);
+}
+
 // Floats of one thread's run scratch (0 when nothing is dequantized).
 inline int64_t kv_run_scratch_floats(const AttentionParams& params, int64_t max_run_rows) {
   const PagedLatentView* cache = params.latent_pages;

@@ -254,8 +254,7 @@ struct HeadGroup {
 // sequence has one query position), in whole blocks of four.
 int64_t heads_per_group(const AttentionParams& p, int64_t positions, int threads) {
   const int64_t blocks = (p.n_heads + kRowBlock - 1) / kRowBlock;
-  const int64_t groups =
-      std::clamp<int64_t>((2 * threads + positions - 1) / std::max<int64_t>(positions, 1), 1, blocks);
+  const int64_t groups = head_groups_for_threads(positions, threads, blocks);
   return ((blocks + groups - 1) / groups) * kRowBlock;
 }
 

@@ -139,7 +139,7 @@ int64_t heads_per_block(const AttentionParams& p, const std::vector<QueryChunk>&
   const bool single_tokens =
       std::all_of(chunks.begin(), chunks.end(), [](const QueryChunk& c) { return c.tokens == 1; });
   if (!single_tokens || n_chunks == 0) return p.n_heads;
-  const int64_t groups = std::clamp<int64_t>((2 * threads + n_chunks - 1) / n_chunks, 1, p.n_heads);
+  const int64_t groups = head_groups_for_threads(n_chunks, threads, p.n_heads);
   return (p.n_heads + groups - 1) / groups;
 }
 

@@ -52,7 +52,7 @@ LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig&
 }
 
 void check_cache_holds(const LatentCacheShape& shape, int64_t sequences, int64_t tokens) {
-  const int64_t needed = sequences * ((tokens + shape.page_size - 1) / shape.page_size);
+  const int64_t needed = sequences * shape.pages_for(tokens);
   if (needed <= shape.pages) return;
   throw UserError("run.kv_cache.pages: " + std::to_string(sequences) + " sequences of " + std::to_string(tokens) +
                   " positions need " + std::to_string(needed) + " pages of " + std::to_string(shape.page_size) +
@@ -75,24 +75,27 @@ LatentCache::LatentCache(const LatentCacheShape& shape)
 }
 
 int64_t LatentCache::pages_needed(int64_t slot, int64_t len) const {
-  const int64_t wanted = (len + shape_.page_size - 1) / shape_.page_size;
-  return std::max<int64_t>(0, wanted - static_cast<int64_t>(slot_pages_[static_cast<size_t>(slot)].size()));
+  return std::max<int64_t>(0,
+                           shape_.pages_for(len) - static_cast<int64_t>(slot_pages_[static_cast<size_t>(slot)].size()));
 }
 
-void LatentCache::reserve(int64_t slot, int64_t len) {
-  const int64_t needed = pages_needed(slot, len);
-  if (needed == 0) return;
+void LatentCache::reserve(const RaggedStep& step) {
+  int64_t needed = 0;
+  for (const SequenceStep& sequence : step.sequences) {
+    needed += pages_needed(sequence.slot, sequence.start_pos + sequence.new_tokens);
+  }
   if (needed > pages_free()) {
-    throw CacheFull("run.kv_cache.pages: sequence slot " + std::to_string(slot) + " needs " + std::to_string(needed) +
-                    " more page(s) of " + std::to_string(shape_.page_size) + " positions to hold " +
-                    std::to_string(len) + " positions, but " + std::to_string(pages_free()) + " of " +
+    throw CacheFull("run.kv_cache.pages: the step needs " + std::to_string(needed) + " more page(s) of " +
+                    std::to_string(shape_.page_size) + " positions, but " + std::to_string(pages_free()) + " of " +
                     std::to_string(shape_.pages) + " pages are free (" +
                     format_bytes(static_cast<double>(shape_.page_bytes())) + " each)");
   }
-  std::vector<int32_t>& pages = slot_pages_[static_cast<size_t>(slot)];
-  for (int64_t i = 0; i < needed; ++i) {
-    pages.push_back(free_pages_.back());
-    free_pages_.pop_back();
+  for (const SequenceStep& sequence : step.sequences) {
+    std::vector<int32_t>& pages = slot_pages_[static_cast<size_t>(sequence.slot)];
+    for (int64_t i = pages_needed(sequence.slot, sequence.start_pos + sequence.new_tokens); i > 0; --i) {
+      pages.push_back(free_pages_.back());
+      free_pages_.pop_back();
+    }
   }
   pages_in_use_ += needed;
   peak_pages_in_use_ = std::max(peak_pages_in_use_, pages_in_use_);

@@ -12,6 +12,7 @@
 #include "kernels/cpu/paged_latent.h"
 #include "runtime/base/errors.h"
 #include "runtime/io/config.h"
+#include "runtime/layer/ragged_step.h"
 
 namespace mla {
 
@@ -34,7 +35,9 @@ struct LatentCacheShape {
   int64_t page_size = 0;  // dense: max_seq_len
   int64_t pages = 0;      // dense: slots
 
-  int64_t pages_per_slot() const { return (max_seq_len + page_size - 1) / page_size; }
+  // Pages that hold `positions` positions.
+  int64_t pages_for(int64_t positions) const { return (positions + page_size - 1) / page_size; }
+  int64_t pages_per_slot() const { return pages_for(max_seq_len); }
   int64_t page_bytes() const { return page_size * latent_row_bytes(dtype, latent_dim, rope_dim); }
 };
 
@@ -58,17 +61,16 @@ class LatentCache {
   const LatentCacheShape& shape() const { return shape_; }
   // Positions slot holds (written by steps so far).
   int64_t held_len(int64_t slot) const { return held_len_[static_cast<size_t>(slot)]; }
-  // Makes slot able to hold positions [0, len): takes pages from the pool as needed. Throws
-  // CacheFull, naming run.kv_cache.pages, when the pool runs out (nothing is taken then).
-  void reserve(int64_t slot, int64_t len);
+  // Makes every sequence of the step able to hold its positions [0, start_pos + new_tokens): takes
+  // pages from the pool as needed, for all of them or, when the pool is short, for none (CacheFull,
+  // naming run.kv_cache.pages).
+  void reserve(const RaggedStep& step);
   // After a step wrote positions [start_pos, len) of slot: the slot holds [0, len).
   void set_held_len(int64_t slot, int64_t len) { held_len_[static_cast<size_t>(slot)] = len; }
   // Gives a finished sequence's pages back to the pool (paged; a dense slot keeps its page).
   void release(int64_t slot);
 
   int64_t pages_free() const { return static_cast<int64_t>(free_pages_.size()); }
-  // Pages a slot needs for len positions beyond what it has.
-  int64_t pages_needed(int64_t slot, int64_t len) const;
   // The pool's bytes, and the bytes of the pages held now and at most so far.
   int64_t pool_bytes() const { return static_cast<int64_t>(pool_.size()); }
   int64_t bytes_in_use() const { return pages_in_use_ * shape_.page_bytes(); }
@@ -82,6 +84,9 @@ class LatentCache {
   void shuffle_free_pages(uint64_t seed);
 
  private:
+  // Pages slot needs for len positions beyond what it has.
+  int64_t pages_needed(int64_t slot, int64_t len) const;
+
   LatentCacheShape shape_;
   AlignedVector<uint8_t> pool_;
   std::vector<std::vector<int32_t>> slot_pages_;  // per slot, its pages in position order

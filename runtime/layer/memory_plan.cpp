@@ -56,8 +56,7 @@ MemoryPlan fixed_memory(const ModelArgs& m, const RunConfig& run, const HeadShar
   MemoryPlan plan;
   plan.weights_bytes = weight_elements(m, static_cast<double>(shard.n_local_heads)) * kFloat;
   const LatentCacheShape cache = latent_cache_shape(m, run.kv_cache, run.compute_dtype == ComputeDType::BF16);
-  plan.kv_cache_bytes = static_cast<double>(cache.pages) * static_cast<double>(cache.page_size) *
-                            static_cast<double>(latent_row_bytes(cache.dtype, cache.latent_dim, cache.rope_dim)) +
+  plan.kv_cache_bytes = static_cast<double>(cache.pages) * static_cast<double>(cache.page_bytes()) +
                         static_cast<double>(m.max_seq_len) * static_cast<double>(m.qk_rope_head_dim) * kFloat;
   return plan;
 }

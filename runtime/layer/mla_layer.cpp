@@ -189,22 +189,6 @@ StepReport MlaLayer::forward(const float* x, const RaggedStep& step, float* y_pa
   return run_step(x, x_bf16, step, nullptr, 0, y_partial);
 }
 
-void MlaLayer::reserve_cache(const RaggedStep& step) {
-  int64_t needed = 0;
-  for (const SequenceStep& sequence : step.sequences) {
-    needed += cache_.pages_needed(sequence.slot, sequence.start_pos + sequence.new_tokens);
-  }
-  if (needed > cache_.pages_free()) {
-    throw CacheFull("run.kv_cache.pages: the step needs " + std::to_string(needed) + " more page(s) of " +
-                    std::to_string(cache_.shape().page_size) + " positions, but " +
-                    std::to_string(cache_.pages_free()) + " of " + std::to_string(cache_.shape().pages) +
-                    " pages are free");
-  }
-  for (const SequenceStep& sequence : step.sequences) {
-    cache_.reserve(sequence.slot, sequence.start_pos + sequence.new_tokens);
-  }
-}
-
 StepReport MlaLayer::plan_report(const RaggedStep& step, const RaggedIndex& index, bool uniform, bool has_mask) const {
   if (uniform) {
     return plan_step_report(model_, run_, shard_.n_local_heads, index.sequences(), index.new_tokens[0],
@@ -246,7 +230,7 @@ StepReport MlaLayer::run_step(const float* x, const uint16_t* x_bf16, const Ragg
     uniform = uniform && index.start_pos[b] == index.start_pos[0] && index.new_tokens[b] == index.new_tokens[0];
   }
   if (mask != nullptr && !uniform) throw std::invalid_argument("MlaLayer::forward: a mask with a ragged step");
-  reserve_cache(step);
+  cache_.reserve(step);
 
   const int64_t tokens = step.total_tokens();
   if (round_bf16_ && x_bf16 == nullptr) {

@@ -104,8 +104,6 @@ class MlaLayer {
   void project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bf16);
   StepReport run_step(const float* x, const uint16_t* x_bf16, const RaggedStep& step, const float* mask,
                       int64_t mask_stride, float* y_partial);
-  // Takes the pages every sequence of the step needs, all or none.
-  void reserve_cache(const RaggedStep& step);
   // The step's plan: uniform steps as before, ragged ones per sequence (plan_ragged_step).
   StepReport plan_report(const RaggedStep& step, const RaggedIndex& index, bool uniform, bool has_mask) const;
   void project_latent(const float* x, const uint16_t* x_bf16, const RaggedIndex& index, bool q_as_bf16);
