@@ -11,8 +11,10 @@
 #   On the GPU machine (the device tool's run, carrying .device), two calls of about 5 minutes:
 #     bash launch/gpu_check.sh core         # the full build (MPI, yaml-cpp); the GPU tests; mla_run on
 #                                           # the GPU at world 1 (fp32, bf16), 2 and 4 (ranks sharing the
-#                                           # GPU, parallel.communicator: mpi) against world 1; faults
+#                                           # GPU, parallel.communicator: mpi) against world 1; continuous
+#                                           # batching (paged fp8 cache) against the CPU; faults
 #     bash launch/gpu_check.sh bench        # mla_bench's seed table on the GPU with the PyTorch baseline,
+#                                           # its serving-shaped phases (configs/ragged_serving.yaml),
 #                                           # mla_allreduce_bench (NCCL at world 1, MPI)
 #     bash launch/gpu_check.sh a100         # the kernels as compute_80 PTX (A100 code) and the GPU tests on them
 #     bash launch/gpu_check.sh run          # the reduced check: GPU tests, mla_cuda_bench, PyTorch's seed
@@ -178,6 +180,23 @@ case "${1:-run}" in
           "$out/y_${precision}_w$world.safetensors" "$bound"
       done
     done
+    # Continuous batching with a paged fp8 cache: the GPU against the CPU backend on this machine
+    # (each rounds its own c_n to fp8, so a value at a tie may take the neighbouring code: 5e-4),
+    # and world 2 sharing the GPU against world 1.
+    requests() {
+      local world=$1 name=$2
+      shift 2
+      step "mla_run requests ($name), world $world" 180 "requests_${name}_w$world.log" \
+        mpirun -np "$world" ./build-gpu-full/mla_run configs/continuous_batching.yaml \
+        --set "run.output=$out/y_requests_${name}_w$world.safetensors" "$@"
+    }
+    requests 1 cpu --set run.backend=cpu
+    requests 1 "$backend" --set "run.backend=$backend"
+    requests 2 "$backend" --set "run.backend=$backend" --set parallel.communicator=mpi
+    compare "requests $backend vs cpu, fp8 cache" "$out/y_requests_cpu_w1.safetensors" \
+      "$out/y_requests_${backend}_w1.safetensors" 5e-4
+    compare "requests world 2 vs 1, $backend" "$out/y_requests_${backend}_w1.safetensors" \
+      "$out/y_requests_${backend}_w2.safetensors" 1e-5
     for mode in exit hang nan; do  # every rank ends, naming the failing one, no output
       if timeout 60 mpirun -np 2 ./build-gpu-full/mla_run configs/example.yaml --set "run.backend=$backend" \
            --set parallel.communicator=mpi --set parallel.timeout_s=10 --set "run.output=$out/y_fault.safetensors" \
@@ -207,6 +226,10 @@ case "${1:-run}" in
     step "mla_bench seed table on the GPU (+ PyTorch)" 400 bench_seed_table.log \
       mpirun -np 1 ./build-gpu-full/mla_bench configs/seed_table.yaml --overwrite --set "sweep.backend=[cuda]" \
       --set "bench.csv=$out/seed_table_gpu_bench.csv" --set "bench.jsonl=$out/seed_table_gpu_bench.jsonl"
+    step "mla_bench serving-shaped steps on the GPU (fp32, bf16)" 240 bench_ragged_serving.log \
+      mpirun -np 1 ./build-gpu-full/mla_bench configs/ragged_serving.yaml --overwrite --set "sweep.backend=[cuda]" \
+      --set "sweep.compute_dtype=[fp32, bf16]" --set "bench.csv=$out/ragged_serving_gpu.csv" \
+      --set "bench.jsonl=$out/ragged_serving_gpu.jsonl"
     step "mla_allreduce_bench --transport nccl, world 1" 60 allreduce_nccl.log \
       mpirun -np 1 ./build-gpu-full/mla_allreduce_bench --transport nccl --max-bytes 268435456 --csv "$out/allreduce_nccl_w1.csv"
     step "mla_allreduce_bench --transport mpi, world 2" 60 allreduce_mpi.log \

@@ -18,38 +18,7 @@
 namespace mla::test {
 namespace {
 
-using Step = std::vector<SequenceStep>;
-
-// Three slots: a uniform prefill of two sequences beside an idle one, then steps whose sequences
-// sit at different positions with different counts (chunks beside decodes), idle sequences, and
-// slots in an order other than their numbers.
-std::vector<Step> ragged_schedule() {
-  return {{{0, 0, 6}, {1, 0, 6}, {2, 0, 0}},
-          {{2, 0, 9}, {0, 6, 1}, {1, 6, 4}},
-          {{0, 7, 1}, {1, 10, 0}, {2, 9, 1}},
-          {{1, 10, 3}, {2, 10, 1}, {0, 8, 5}},
-          {{0, 13, 1}, {1, 13, 1}, {2, 11, 1}}};
-}
-
-// Each slot's tokens, [64, dim], and a step's packed input.
-std::vector<std::vector<float>> slot_tokens(const ModelArgs& m, uint64_t seed) {
-  std::vector<std::vector<float>> tokens;
-  for (int64_t slot = 0; slot < m.max_batch_size; ++slot) {
-    tokens.push_back(random_input(m, 1, m.max_seq_len, seed + static_cast<uint64_t>(slot)).values);
-  }
-  return tokens;
-}
-
-std::vector<float> packed_input(const ModelArgs& m, const std::vector<std::vector<float>>& tokens, const Step& step) {
-  std::vector<float> x;
-  for (const SequenceStep& sequence : step) {
-    const float* first = tokens[sequence.slot].data() + sequence.start_pos * m.dim;
-    x.insert(x.end(), first, first + sequence.new_tokens * m.dim);
-  }
-  return x;
-}
-
-std::vector<ref::RefSequenceStep> reference_step(const Step& step) {
+std::vector<ref::RefSequenceStep> reference_step(const RaggedTestStep& step) {
   std::vector<ref::RefSequenceStep> out;
   for (const SequenceStep& sequence : step) out.push_back({sequence.slot, sequence.start_pos, sequence.new_tokens});
   return out;
@@ -117,7 +86,7 @@ std::vector<double> step_errors(const Case& c, ComputeDType compute, ref::RefCac
       c.formulation == FormulationChoice::Naive ? ref::RefFormulation::Naive : ref::RefFormulation::Absorb);
   const std::vector<std::vector<float>> tokens = slot_tokens(m, seed + 1);
   std::vector<double> errors;
-  for (const Step& sequences : ragged_schedule()) {
+  for (const RaggedTestStep& sequences : ragged_test_schedule()) {
     RaggedStep step;
     step.sequences = sequences;
     const std::vector<float> x = packed_input(m, tokens, sequences);
@@ -216,7 +185,7 @@ TEST(PagedCache, RandomPageAssignmentEqualsContiguous) {
       MlaLayer shuffled(m, whole(m), loaded.weights, run_config(c, ComputeDType::FP32));
       shuffled.cache().shuffle_free_pages(99);
       const std::vector<std::vector<float>> tokens = slot_tokens(m, 6);
-      for (const Step& sequences : ragged_schedule()) {
+      for (const RaggedTestStep& sequences : ragged_test_schedule()) {
         RaggedStep step;
         step.sequences = sequences;
         const std::vector<float> x = packed_input(m, tokens, sequences);
@@ -243,7 +212,7 @@ TEST(PagedCache, ExhaustionIsAClearErrorAndReleaseFreesPages) {
                  load_layer_weights(random_weights(shape.weights_dtype, 5), m, whole(m), ComputeDType::FP32).weights,
                  run);
   const std::vector<std::vector<float>> tokens = slot_tokens(m, 6);
-  const auto run_step = [&](const Step& sequences) {
+  const auto run_step = [&](const RaggedTestStep& sequences) {
     RaggedStep step;
     step.sequences = sequences;
     const std::vector<float> x = packed_input(m, tokens, sequences);
@@ -280,6 +249,37 @@ TEST(PagedCache, ExhaustionIsAClearErrorAndReleaseFreesPages) {
   EXPECT_EQ(0, std::memcmp(reused.data(), y.data(), y.size() * sizeof(float)));
 }
 
+// The CUDA layer keeps its rows on the device and the pages here: an external pool hands out the
+// same pages and block tables as a host one, holds no bytes of its own and reports the pool's size.
+TEST(PagedCache, AnExternalPoolKeepsTheSameBooksWithoutHostBytes) {
+  LatentCacheShape shape;
+  shape.slots = 3;
+  shape.max_seq_len = 32;
+  shape.latent_dim = 144;
+  shape.rope_dim = 8;
+  shape.dtype = LatentDType::FP8;
+  shape.paged = true;
+  shape.page_size = 4;
+  shape.pages = 10;
+  LatentCache host(shape);
+  LatentCache external(shape, LatentCachePool::External);
+  EXPECT_EQ(external.pool_bytes(), host.pool_bytes());
+  EXPECT_EQ(external.pool_bytes(), 10 * 4 * latent_row_bytes(LatentDType::FP8, 144, 8));
+  RaggedStep step;
+  step.sequences = {{2, 0, 9}, {0, 0, 3}};
+  for (LatentCache* cache : {&host, &external}) cache->reserve(step);
+  std::vector<int32_t> host_table, external_table;
+  const PagedLatentView host_view = host.view({2, 0}, host_table);
+  const PagedLatentView external_view = external.view({2, 0}, external_table);
+  EXPECT_NE(host_view.pool, nullptr);
+  EXPECT_EQ(external_view.pool, nullptr);
+  EXPECT_EQ(external_table, host_table);
+  EXPECT_EQ(external.bytes_in_use(), 4 * shape.page_bytes());
+  step.sequences = {{1, 0, 32}};  // 8 pages, 6 free
+  EXPECT_THROW(external.reserve(step), CacheFull);
+  EXPECT_EQ(external.pages_free(), 6);
+}
+
 TEST(RaggedStep, BadStepsAreRefusedNamingTheSequence) {
   const LayerShape shape = layer_shapes().front();
   const ModelArgs& m = shape.model;  // max_batch_size 3, max_seq_len 64
@@ -287,7 +287,7 @@ TEST(RaggedStep, BadStepsAreRefusedNamingTheSequence) {
                  load_layer_weights(random_weights(shape.weights_dtype, 5), m, whole(m), ComputeDType::FP32).weights,
                  RunConfig{});
   std::vector<float> x(static_cast<size_t>(70 * m.dim), 0.5f), y(x.size());
-  const auto refusal = [&](const Step& sequences) {
+  const auto refusal = [&](const RaggedTestStep& sequences) {
     RaggedStep step;
     step.sequences = sequences;
     try {

@@ -181,30 +181,5 @@ TEST(ContinuousBatching, EachRequestEqualsItselfRunAlone) {
   }
 }
 
-// The CUDA layer takes uniform steps over a dense fp32 cache: the rest is refused by key.
-TEST(ContinuousBatching, TheCudaBackendRefusesWhatItDoesNotServe) {
-  const auto refusal = [](const RunConfig& run) {
-    try {
-      check_backend_serves(Backend::Cuda, run);
-    } catch (const UserError& error) {
-      return std::string(error.what());
-    }
-    return std::string("(accepted)");
-  };
-  RunConfig run;
-  EXPECT_EQ(refusal(run), "(accepted)");
-  run.kv_cache.dtype = KvCacheDType::FP32;
-  EXPECT_EQ(refusal(run), "(accepted)");
-  run.kv_cache.dtype = KvCacheDType::FP8;
-  EXPECT_NE(refusal(run).find("run.kv_cache.dtype: fp8"), std::string::npos);
-  run.kv_cache.dtype = KvCacheDType::Auto;
-  run.kv_cache.layout = KvCacheLayout::Paged;
-  EXPECT_NE(refusal(run).find("run.kv_cache.layout"), std::string::npos);
-  run.kv_cache.layout = KvCacheLayout::Dense;
-  run.schedule.requests = {{"a", 3, 1, 0}};
-  EXPECT_NE(refusal(run).find("run.schedule.requests"), std::string::npos);
-  EXPECT_NO_THROW(check_backend_serves(Backend::Cpu, run));
-}
-
 }  // namespace
 }  // namespace mla::test

@@ -40,6 +40,51 @@ std::vector<LayerShape> layer_shapes() {
   return list;
 }
 
+std::vector<RaggedTestStep> ragged_test_schedule() {
+  return {{{0, 0, 6}, {1, 0, 6}, {2, 0, 0}},
+          {{2, 0, 9}, {0, 6, 1}, {1, 6, 4}},
+          {{0, 7, 1}, {1, 10, 0}, {2, 9, 1}},
+          {{1, 10, 3}, {2, 10, 1}, {0, 8, 5}},
+          {{0, 13, 1}, {1, 13, 1}, {2, 11, 1}}};
+}
+
+std::vector<std::vector<float>> slot_tokens(const ModelArgs& m, uint64_t seed) {
+  std::vector<std::vector<float>> tokens;
+  for (int64_t slot = 0; slot < m.max_batch_size; ++slot) {
+    tokens.push_back(random_input(m, 1, m.max_seq_len, seed + static_cast<uint64_t>(slot)).values);
+  }
+  return tokens;
+}
+
+std::vector<float> packed_input(const ModelArgs& m, const std::vector<std::vector<float>>& tokens,
+                                const RaggedTestStep& step) {
+  std::vector<float> x;
+  for (const SequenceStep& sequence : step) {
+    const float* first = tokens[static_cast<size_t>(sequence.slot)].data() + sequence.start_pos * m.dim;
+    x.insert(x.end(), first, first + sequence.new_tokens * m.dim);
+  }
+  return x;
+}
+
+std::vector<std::vector<float>> run_ragged_steps(StepExecutor& executor, const ModelArgs& m,
+                                                 const std::vector<std::vector<float>>& tokens,
+                                                 const std::vector<RaggedTestStep>& steps,
+                                                 std::vector<StepReport>* reports) {
+  std::vector<std::vector<float>> outputs;
+  for (const RaggedTestStep& sequences : steps) {
+    RaggedStep step;
+    step.sequences = sequences;
+    const std::vector<float> x = packed_input(m, tokens, sequences);
+    const StepReport report = executor.forward_ragged(x.data(), step);
+    if (reports != nullptr) reports->push_back(report);
+    executor.reduce(0.0f);
+    std::vector<float> y(x.size());
+    executor.copy_output(y.data());
+    outputs.push_back(std::move(y));
+  }
+  return outputs;
+}
+
 TempDir::TempDir() {
   static std::atomic<int> counter{0};
   path_ = std::filesystem::path(testing::TempDir()) /

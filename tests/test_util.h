@@ -149,6 +149,22 @@ struct LayerShape {
 };
 std::vector<LayerShape> layer_shapes();
 
+// Ragged steps for the layer tests (docs/design.md, Serving-shaped steps) over three slots: a
+// uniform prefill of two sequences beside an idle one, then steps whose sequences sit at different
+// positions with different counts (chunks beside decodes), idle sequences, and slots in an order
+// other than their numbers. Needs max_batch_size >= 3 and max_seq_len >= 18.
+using RaggedTestStep = std::vector<SequenceStep>;
+std::vector<RaggedTestStep> ragged_test_schedule();
+// Each slot's tokens, [max_seq_len, dim], and a step's packed input drawn from them.
+std::vector<std::vector<float>> slot_tokens(const ModelArgs& m, uint64_t seed);
+std::vector<float> packed_input(const ModelArgs& m, const std::vector<std::vector<float>>& tokens,
+                                const RaggedTestStep& step);
+// Runs the steps through an executor (a world of one): each step's output, and its report.
+std::vector<std::vector<float>> run_ragged_steps(StepExecutor& executor, const ModelArgs& m,
+                                                 const std::vector<std::vector<float>>& tokens,
+                                                 const std::vector<RaggedTestStep>& steps,
+                                                 std::vector<StepReport>* reports = nullptr);
+
 // A fresh directory under the test temp dir, removed when the object goes.
 class TempDir {
  public:

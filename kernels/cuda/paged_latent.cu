@@ -78,7 +78,8 @@ __global__ void __launch_bounds__(kThreads) paged_latent_append_kernel(PagedLate
 __global__ void __launch_bounds__(kThreads) paged_latent_gather_kernel(PagedLatentGatherParams p, RowGeometry shape) {
   const int64_t index = blockIdx.x;
   const PagedLatentView& cache = p.cache;
-  const uint8_t* row = row_address(cache, shape, p.sequence[index], p.position[index]);
+  const int64_t sequence = p.sequence != nullptr ? p.sequence[index] : p.only_sequence;
+  const uint8_t* row = row_address(cache, shape, sequence, p.position != nullptr ? p.position[index] : index);
   const int64_t width = cache.latent_dim + cache.rope_dim;
   float* out = p.out + index * width;
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {

@@ -12,13 +12,15 @@ namespace mla {
 void paged_latent_append_cuda(const PagedLatentAppendParams& params, cudaStream_t stream);
 
 // Rows of `count` (sequence, position) pairs, read through the block tables as fp32 [count, C + dr]
-// (dequantized from bf16 or fp8 rows exactly as paged_latent_rows does).
+// (dequantized from bf16 or fp8 rows exactly as paged_latent_rows does). Without the lists, rows
+// 0 .. count - 1 of one sequence, `only_sequence`.
 struct PagedLatentGatherParams {
   PagedLatentView cache;
-  const int64_t* sequence = nullptr;  // [count]
-  const int64_t* position = nullptr;  // [count]
+  const int64_t* sequence = nullptr;  // [count], or nullptr: only_sequence
+  const int64_t* position = nullptr;  // [count], or nullptr: 0 .. count - 1
   int64_t count = 0;
   float* out = nullptr;  // [count, C + dr]
+  int64_t only_sequence = 0;
 };
 
 void paged_latent_gather_cuda(const PagedLatentGatherParams& params, cudaStream_t stream);

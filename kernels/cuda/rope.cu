@@ -18,9 +18,9 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeCudaParams p) {
     const int64_t i = index % p.half_dim;
     const int64_t vec = (index / p.half_dim) % p.vecs_per_token;
     const int64_t token = index / (p.half_dim * p.vecs_per_token);
-    const int64_t s = token % p.seq;
-    const float cos_value = p.cos[(p.start_pos + s) * p.half_dim + i];
-    const float sin_value = p.sin[(p.start_pos + s) * p.half_dim + i];
+    const int64_t position = p.token_positions != nullptr ? p.token_positions[token] : p.start_pos + token % p.seq;
+    const float cos_value = p.cos[position * p.half_dim + i];
+    const float sin_value = p.sin[position * p.half_dim + i];
     float* pair = p.x + token * p.token_stride + vec * p.vec_stride + 2 * i;
     const float re = pair[0];
     const float im = pair[1];
@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(RopeCudaParams p) {
 }  // namespace
 
 void rope_apply_cuda(const RopeCudaParams& params, cudaStream_t stream) {
-  if (params.start_pos < 0 || params.start_pos + params.seq > params.positions) {
+  if (params.token_positions == nullptr && (params.start_pos < 0 || params.start_pos + params.seq > params.positions)) {
     throw std::out_of_range("rope: positions past the table (max_seq_len)");
   }
   const int64_t pairs = params.batch * params.seq * params.vecs_per_token * params.half_dim;

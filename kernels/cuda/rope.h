@@ -16,6 +16,9 @@ struct RopeCudaParams {
   int64_t vecs_per_token = 1;
   int64_t vec_stride = 0;
   int64_t start_pos = 0;
+  // Ragged steps: each token's position ([batch * seq], device memory), in place of start_pos + s.
+  // The caller checks them against the table (check_ragged_step).
+  const int64_t* token_positions = nullptr;
   const float* cos = nullptr;  // [positions, half_dim], RopeTable::cos on the device
   const float* sin = nullptr;
   int64_t positions = 0;
@@ -23,7 +26,7 @@ struct RopeCudaParams {
   bool round_to_bf16 = false;
 };
 
-// Throws std::out_of_range when the step's positions pass the table, as the CPU twin does.
+// Throws std::out_of_range when start_pos + seq passes the table, as the CPU twin does.
 void rope_apply_cuda(const RopeCudaParams& params, cudaStream_t stream);
 
 }  // namespace mla

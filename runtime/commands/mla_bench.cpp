@@ -194,6 +194,18 @@ struct PointLayer {
   std::unique_ptr<StepExecutor> executor;
 };
 
+// After the timed steps of `tokens` tokens: the device memory at its peak and as the driver sees
+// it (CUDA), or the weight bytes a step reads (CPU).
+void record_bytes(const PointLayer& rig, int64_t tokens, Measurement& result) {
+#if MLA_HAVE_CUDA
+  if (rig.cuda_layer) {
+    result.device_bytes = device_memory_use().peak_bytes;
+    result.device_used_bytes = device_memory_used_by_driver();
+  }
+#endif
+  if (rig.cpu_layer) result.weight_bytes = rig.cpu_layer->weight_bytes_read(tokens, result.report.plan.formulation);
+}
+
 // What a point needs before it is timed, the same on every rank.
 struct PointSetup {
   Config config;
@@ -300,6 +312,14 @@ PointLayer Bench::make_layer(const Config& config, const BenchPoint& point, cons
     limits.max_batch = point.batch;
     limits.max_step_len = std::max(point.start_pos(), point.step_len());
     limits.max_kv_len = point.seq_len;
+    if (point.ragged()) {  // the untimed steps that fill the caches take a sequence each
+      limits.max_step_len = point.seq_len;
+      int64_t timed_tokens = 0;
+      for (const BenchPoint::Sequence& sequence : point.sequences(sweep_.bench.seed)) {
+        timed_tokens += sequence.new_tokens;
+      }
+      limits.max_step_tokens = std::max(point.seq_len, timed_tokens);
+    }
     reset_device_memory_peak();  // the point's peak, measured (Measurement::device_bytes)
     rig.cuda_layer = std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits);
     rig.gpu_comm = make_gpu_communicator(config.parallel.communicator, session_, rig.cuda_layer->stream(),
@@ -349,34 +369,35 @@ void Bench::time_steps(StepExecutor& executor, const std::function<StepReport()>
   }
 }
 
-// ragged_decode and mixed: each sequence's cache filled to its start position by one untimed
-// ragged step, then the ragged step timed (it rewrites the same positions each time).
+// ragged_decode and mixed: each sequence's cache filled to its start position by an untimed step
+// of its own (so that no buffer is sized for all of them at once), then the ragged step timed (it
+// rewrites the same positions each time).
 Measurement Bench::measure_ragged(const Config& config, const BenchPoint& point, const HeadShard& shard,
                                   const LayerWeights& weights, const InputTensor& x) {
   const int64_t dim = config.model.dim;
   Measurement result;
   PointLayer rig = make_layer(config, point, shard, weights, result);
   StepExecutor& executor = *rig.executor;
-  RaggedStep fill, timed;
-  AlignedVector<float> fill_x, step_x;
+  RaggedStep timed;
+  AlignedVector<float> step_x;
   const std::vector<BenchPoint::Sequence> sequences = point.sequences(sweep_.bench.seed);
   for (size_t b = 0; b < sequences.size(); ++b) {
     const BenchPoint::Sequence& sequence = sequences[b];
     const int64_t slot = static_cast<int64_t>(b);
     const float* tokens = x.values.data() + slot * x.tokens * dim;
-    fill.sequences.push_back({slot, 0, sequence.start_pos});
-    fill_x.insert(fill_x.end(), tokens, tokens + sequence.start_pos * dim);
+    if (sequence.start_pos > 0) {
+      session_.watchdog()->progress("filling the cache");
+      RaggedStep fill;
+      fill.sequences.push_back({slot, 0, sequence.start_pos});
+      executor.forward_ragged(tokens, fill);
+    }
     timed.sequences.push_back({slot, sequence.start_pos, sequence.new_tokens});
     step_x.insert(step_x.end(), tokens + sequence.start_pos * dim,
                   tokens + (sequence.start_pos + sequence.new_tokens) * dim);
   }
-  if (fill.total_tokens() > 0) {
-    session_.watchdog()->progress("filling the cache");
-    executor.forward_ragged(fill_x.data(), fill);
-  }
   time_steps(
       executor, [&] { return executor.forward_ragged(step_x.data(), timed); }, result);
-  result.weight_bytes = rig.cpu_layer->weight_bytes_read(timed.total_tokens(), result.report.plan.formulation);
+  record_bytes(rig, timed.total_tokens(), result);
   return result;
 }
 
@@ -415,15 +436,7 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
       executor,
       [&] { return executor.forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_input_bf16); },
       result);
-#if MLA_HAVE_CUDA
-  if (rig.cuda_layer) {
-    result.device_bytes = device_memory_use().peak_bytes;
-    result.device_used_bytes = device_memory_used_by_driver();
-  }
-#endif
-  if (rig.cpu_layer) {
-    result.weight_bytes = rig.cpu_layer->weight_bytes_read(point.batch * step_len, result.report.plan.formulation);
-  }
+  record_bytes(rig, point.batch * step_len, result);
   // Once more, untimed, to keep the partial output of sequence 0 (compared with the baseline's).
   executor.forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_input_bf16);
   std::vector<float> partial(static_cast<size_t>(point.batch * step_len * dim));

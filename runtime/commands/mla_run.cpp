@@ -179,12 +179,11 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   phases.agree("the configuration", config_text(config));
   phases.agree("the backend (run.backend as each rank resolved it)", to_string(backend));
   check_communicator(backend, config.parallel.communicator);
-  check_backend_serves(backend, config.run);
   watchdog.set_timeout(config.parallel.timeout_s);
   const RankThreads rank_threads =
       configure_rank_threads(config.run.threads, config.run.pin_threads, session.local_rank(), session.local_size());
   if (!config.run.schedule.requests.empty())
-    return run_requests_job(session, phases, config, config_path, rank_threads);
+    return run_requests_job(session, phases, config, config_path, backend, rank_threads);
 
   JobInputs job = load_job_inputs(session, phases, config, rank_threads.count);
   print_job(session, config, config_path, backend, job, rank_threads);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <vector>
 
 #include "parallel/sharding.h"
@@ -14,6 +15,13 @@
 #include "runtime/layer/latent_cache.h"
 #include "runtime/layer/memory_plan.h"
 #include "runtime/layer/request_runner.h"
+
+#if MLA_HAVE_CUDA
+#include "kernels/cuda/cuda_check.h"
+#include "parallel/gpu_communicator.h"
+#include "runtime/layer/cuda_step_executor.h"
+#include "runtime/layer/mla_layer_cuda.h"
+#endif
 
 namespace mla {
 
@@ -91,28 +99,68 @@ void print_request_summary(const Config& config, const RequestJob& job, const Re
               format_bytes(static_cast<double>(result.peak_cache_bytes_in_use)).c_str());
 }
 
+// The steps on one rank's layer: the CPU layer summing over MPI, or (run.backend cuda) the CUDA
+// layer on this rank's GPU, sized for the plan's largest step, summing as
+// parallel.communicator says.
+RequestRunResult run_on_backend(const MpiSession& session, Phases& phases, const Config& config, Backend backend,
+                                const RankThreads& rank_threads, RequestJob& job) {
+  const std::vector<RequestConfig>& requests = config.run.schedule.requests;
+  const RunOptions options = run_options(session, config);
+#if MLA_HAVE_CUDA
+  if (backend == Backend::Cuda) {
+    std::unique_ptr<CudaMlaLayer> layer;
+    phases.run([&] {
+      const int device = session.local_rank() % cuda_device_count();
+      CUDA_CHECK(cudaSetDevice(device));
+      CudaLayerLimits limits;
+      for (const PlannedStep& planned : job.plan) {
+        limits.max_batch = std::max(limits.max_batch, static_cast<int64_t>(planned.step.sequences.size()));
+        limits.max_step_len = std::max(limits.max_step_len, planned.step.max_new_tokens());
+        limits.max_kv_len = std::max(limits.max_kv_len, planned.step.max_kv_len());
+        limits.max_step_tokens = std::max(limits.max_step_tokens, planned.step.total_tokens());
+      }
+      layer = std::make_unique<CudaMlaLayer>(config.model, job.shard, job.loaded.weights, config.run, limits);
+      std::printf("%s %s, GPU %d; kv cache: %s; device memory %s\n", session.label().c_str(),
+                  describe(job.shard).c_str(), device, describe(layer->cache()).c_str(),
+                  layer->memory().describe().c_str());
+    });
+    GpuCommunicator comm;
+    phases.run([&] {
+      comm = make_gpu_communicator(config.parallel.communicator, session, layer->stream(), config.parallel.timeout_s);
+    });
+    std::printf("%s sum over ranks: %s\n", session.label().c_str(), comm.description.c_str());
+    CudaStepExecutor executor(*layer, *comm.sum, {}, 0);
+    return run_requests(executor, requests, job.inputs, job.plan, options);
+  }
+#else
+  (void)backend;
+  (void)phases;
+#endif
+  MlaLayer layer(config.model, job.shard, std::move(job.loaded.weights), config.run);
+  std::printf("%s %s, %d threads %s; kv cache: %s\n", session.label().c_str(), describe(job.shard).c_str(),
+              rank_threads.count, rank_threads.placement.c_str(), describe(layer.cache()).c_str());
+  MpiCommunicator comm(session);
+  CpuStepExecutor executor(layer, comm);
+  return run_requests(executor, requests, job.inputs, job.plan, options);
+}
+
 }  // namespace
 
 int run_requests_job(const MpiSession& session, Phases& phases, const Config& config, const std::string& config_path,
-                     const RankThreads& rank_threads) {
+                     Backend backend, const RankThreads& rank_threads) {
   const bool leader = session.rank() == 0;
   const std::vector<RequestConfig>& requests = config.run.schedule.requests;
   RequestJob job = load_request_job(session, phases, config, rank_threads.count);
   if (leader) {
-    std::printf("mla_run: %s; continuous batching, backend cpu, world %d, compute %s\n", config_path.c_str(),
-                session.world(), to_string(config.run.compute_dtype));
+    std::printf("mla_run: %s; continuous batching, backend %s, world %d, compute %s\n", config_path.c_str(),
+                to_string(backend), session.world(), to_string(config.run.compute_dtype));
     print_model(config.model);
     std::printf("requests: %zu (%ld tokens), input %s; %zu steps of at most %ld tokens (run.max_step_tokens)\n",
                 requests.size(), job.total_tokens, job.inputs.description.c_str(), job.plan.size(),
                 config.run.max_step_tokens);
   }
   std::fflush(stdout);
-  MlaLayer layer(config.model, job.shard, std::move(job.loaded.weights), config.run);
-  std::printf("%s %s, %d threads %s; kv cache: %s\n", session.label().c_str(), describe(job.shard).c_str(),
-              rank_threads.count, rank_threads.placement.c_str(), describe(layer.cache()).c_str());
-  MpiCommunicator comm(session);
-  CpuStepExecutor executor(layer, comm);
-  const RequestRunResult result = run_requests(executor, requests, job.inputs, job.plan, run_options(session, config));
+  const RequestRunResult result = run_on_backend(session, phases, config, backend, rank_threads, job);
 
   session.watchdog()->progress("writing the output");
   std::fflush(stdout);

@@ -1,5 +1,6 @@
 // mla_run's continuous-batching job (run.schedule.requests): the requests' steps planned, run on
-// the CPU layer with each rank's slice of heads, each request's output written as "y.<name>".
+// the CPU or the CUDA layer with each rank's slice of heads, each request's output written as
+// "y.<name>".
 #pragma once
 
 #include <string>
@@ -13,6 +14,6 @@ namespace mla {
 
 // Collective; returns the exit code. Throws UserError (bad input) and RankFailure as mla_run does.
 int run_requests_job(const MpiSession& session, Phases& phases, const Config& config, const std::string& config_path,
-                     const RankThreads& rank_threads);
+                     Backend backend, const RankThreads& rank_threads);
 
 }  // namespace mla

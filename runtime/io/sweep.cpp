@@ -284,13 +284,6 @@ void check_axes(MapReader& reader, const SweepAxes& axes, const Config& base) {
     }
   }
   const bool decode = has_phase(axes, BenchPhase::Decode) || has_phase(axes, BenchPhase::RaggedDecode);
-  const bool ragged = has_phase(axes, BenchPhase::RaggedDecode) || has_phase(axes, BenchPhase::Mixed);
-  const size_t cuda = static_cast<size_t>(Backend::Cuda);
-  if (ragged && std::find(axes.backend.begin(), axes.backend.end(), cuda) != axes.backend.end()) {
-    reader.fail("sweep.phase", reader.node("phase"),
-                "ragged_decode and mixed run on the CPU backend (sweep.backend: cpu); the CUDA layer takes uniform "
-                "steps");
-  }
   for (int64_t seq_len : axes.seq_len) {
     if (decode && seq_len < 2) {
       reader.fail("sweep.seq_len", reader.node("seq_len"),

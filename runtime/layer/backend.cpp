@@ -32,22 +32,4 @@ void check_communicator(Backend backend, CommunicatorChoice communicator) {
   }
 }
 
-void check_backend_serves(Backend backend, const RunConfig& run) {
-  if (backend != Backend::Cuda) return;
-  if (!run.schedule.requests.empty()) {
-    throw UserError(
-        "run.schedule.requests: continuous batching runs on the CPU backend (run.backend: cpu); the "
-        "CUDA layer takes uniform steps");
-  }
-  if (run.kv_cache.layout != KvCacheLayout::Dense) {
-    throw UserError(
-        "run.kv_cache.layout: paged runs on the CPU backend (run.backend: cpu); the CUDA layer keeps a "
-        "dense cache");
-  }
-  if (run.kv_cache.dtype != KvCacheDType::Auto && run.kv_cache.dtype != KvCacheDType::FP32) {
-    throw UserError(std::string("run.kv_cache.dtype: ") + to_string(run.kv_cache.dtype) +
-                    " runs on the CPU backend (run.backend: cpu); the CUDA layer keeps fp32 cache rows");
-  }
-}
-
 }  // namespace mla

@@ -16,9 +16,4 @@ Backend resolve_backend(Backend requested, const std::string& key);
 // with the CPU backend it is a UserError naming the key (auto and mpi serve both backends).
 void check_communicator(Backend backend, CommunicatorChoice communicator);
 
-// What the CUDA layer serves: uniform steps over a dense fp32 latent cache. Continuous batching
-// (run.schedule.requests) and a paged, bf16 or fp8 cache (run.kv_cache) need the CPU backend:
-// a UserError naming the key otherwise.
-void check_backend_serves(Backend backend, const RunConfig& run);
-
 }  // namespace mla

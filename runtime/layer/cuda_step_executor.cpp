@@ -12,7 +12,7 @@ CudaStepExecutor::CudaStepExecutor(CudaMlaLayer& layer, Communicator& comm, cons
                                    int64_t tokens)
     : layer_(layer), comm_(comm), tokens_(tokens), scratch_(1) {
   const CudaLayerLimits& limits = layer.limits();
-  const int64_t capacity = limits.max_batch * limits.max_step_len * layer.model().dim;
+  const int64_t capacity = limits.step_tokens() * layer.model().dim;
   x_ = DeviceBuffer<float>(capacity);
   partial_ = DeviceBuffer<float>(capacity + 1);
   if (!mask.empty()) {
@@ -23,11 +23,8 @@ CudaStepExecutor::CudaStepExecutor(CudaMlaLayer& layer, Communicator& comm, cons
 
 StepReport CudaStepExecutor::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                                      int64_t mask_stride, const uint16_t* /*x_bf16*/) {
-  if (x == nullptr) throw std::invalid_argument("CudaStepExecutor::forward: no input x (the CUDA layer reads fp32 x)");
   const auto started = std::chrono::steady_clock::now();
-  count_ = batch * seq * layer_.model().dim;
-  if (count_ > x_.size()) throw std::invalid_argument("CudaStepExecutor: the step passes the layer's limits");
-  x_.upload(x, count_, layer_.stream());
+  upload_input(x, batch * seq);
   const float* device_mask = nullptr;
   if (mask != nullptr) {
     if (mask_.size() == 0 || mask_stride != tokens_) {
@@ -39,6 +36,22 @@ StepReport CudaStepExecutor::forward(const float* x, int64_t batch, int64_t seq,
   CUDA_CHECK(cudaStreamSynchronize(layer_.stream()));
   report.time_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   return report;
+}
+
+StepReport CudaStepExecutor::forward_ragged(const float* x, const RaggedStep& step) {
+  const auto started = std::chrono::steady_clock::now();
+  upload_input(x, step.total_tokens());
+  StepReport report = layer_.forward_ragged_device(x_.data(), step, partial_.data());
+  CUDA_CHECK(cudaStreamSynchronize(layer_.stream()));
+  report.time_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  return report;
+}
+
+void CudaStepExecutor::upload_input(const float* x, int64_t tokens) {
+  if (x == nullptr) throw std::invalid_argument("CudaStepExecutor::forward: no input x (the CUDA layer reads fp32 x)");
+  count_ = tokens * layer_.model().dim;
+  if (count_ > x_.size()) throw std::invalid_argument("CudaStepExecutor: the step passes the layer's limits");
+  x_.upload(x, count_, layer_.stream());
 }
 
 int64_t CudaStepExecutor::first_non_finite(float& value) {

@@ -21,6 +21,10 @@ class CudaStepExecutor final : public StepExecutor {
   // x_bf16 is not read: the layer uploads x and rounds it on the device.
   StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                      int64_t mask_stride, const uint16_t* x_bf16) override;
+  StepReport forward_ragged(const float* x, const RaggedStep& step) override;
+  void release_sequence(int64_t slot) override { layer_.release_sequence(slot); }
+  int64_t cache_pool_bytes() const override { return layer_.cache().pool_bytes(); }
+  int64_t cache_bytes_in_use() const override { return layer_.cache().bytes_in_use(); }
   int64_t first_non_finite(float& value) override;
   void poison_partial() override;
   float reduce(float flag) override;
@@ -29,8 +33,11 @@ class CudaStepExecutor final : public StepExecutor {
  private:
   CudaMlaLayer& layer_;
   Communicator& comm_;
-  int64_t tokens_ = 0;           // the run's tokens: the mask's row stride
-  DeviceBuffer<float> mask_;     // [tokens, tokens] or empty
+  int64_t tokens_ = 0;        // the run's tokens: the mask's row stride
+  DeviceBuffer<float> mask_;  // [tokens, tokens] or empty
+  // x's tokens on the device, `tokens` of them (within the layer's limits), from host memory.
+  void upload_input(const float* x, int64_t tokens);
+
   DeviceBuffer<float> x_;        // the step's input
   DeviceBuffer<float> partial_;  // [count + 1]: the partial output, then the flag
   DeviceBuffer<unsigned long long> scratch_;

@@ -59,9 +59,9 @@ void check_cache_holds(const LatentCacheShape& shape, int64_t sequences, int64_t
                   ", but the pool has " + std::to_string(shape.pages));
 }
 
-LatentCache::LatentCache(const LatentCacheShape& shape)
+LatentCache::LatentCache(const LatentCacheShape& shape, LatentCachePool pool)
     : shape_(shape),
-      pool_(static_cast<size_t>(shape.pages * shape.page_bytes()), 0),
+      pool_(pool == LatentCachePool::Host ? static_cast<size_t>(shape.pages * shape.page_bytes()) : 0, 0),
       slot_pages_(static_cast<size_t>(shape.slots)),
       held_len_(static_cast<size_t>(shape.slots), 0) {
   if (!shape_.paged) {
@@ -119,7 +119,7 @@ PagedLatentView LatentCache::view(const std::vector<int64_t>& slots, std::vector
     std::copy(pages.begin(), pages.end(), table.begin() + static_cast<std::ptrdiff_t>(b * stride));
   }
   PagedLatentView view;
-  view.pool = pool_.data();
+  view.pool = pool_.empty() ? nullptr : pool_.data();
   view.dtype = shape_.dtype;
   view.latent_dim = shape_.latent_dim;
   view.rope_dim = shape_.rope_dim;
@@ -132,6 +132,16 @@ PagedLatentView LatentCache::view(const std::vector<int64_t>& slots, std::vector
 void LatentCache::shuffle_free_pages(uint64_t seed) {
   std::mt19937_64 generator(seed);
   std::shuffle(free_pages_.begin(), free_pages_.end(), generator);
+}
+
+void check_step_follows_cache(const char* layer, const RaggedStep& step, const LatentCache& cache) {
+  for (const SequenceStep& sequence : step.sequences) {
+    if (sequence.new_tokens > 0 && sequence.start_pos > cache.held_len(sequence.slot)) {
+      throw std::invalid_argument(std::string(layer) + "::forward: start_pos " + std::to_string(sequence.start_pos) +
+                                  " of slot " + std::to_string(sequence.slot) + " skips past the " +
+                                  std::to_string(cache.held_len(sequence.slot)) + " positions it holds");
+    }
+  }
 }
 
 }  // namespace mla

@@ -54,9 +54,13 @@ class LatentCache;
 // fp8 rows, 1.0 MB" for the logs.
 std::string describe(const LatentCache& cache);
 
+// Where the rows live: in the cache's own host pool (the CPU layer), or elsewhere (the CUDA layer
+// keeps them in device memory and uses this class for the pages and block tables alone).
+enum class LatentCachePool { Host, External };
+
 class LatentCache {
  public:
-  explicit LatentCache(const LatentCacheShape& shape);
+  explicit LatentCache(const LatentCacheShape& shape, LatentCachePool pool = LatentCachePool::Host);
 
   const LatentCacheShape& shape() const { return shape_; }
   // Positions slot holds (written by steps so far).
@@ -71,13 +75,14 @@ class LatentCache {
   void release(int64_t slot);
 
   int64_t pages_free() const { return static_cast<int64_t>(free_pages_.size()); }
-  // The pool's bytes, and the bytes of the pages held now and at most so far.
-  int64_t pool_bytes() const { return static_cast<int64_t>(pool_.size()); }
+  // The pool's bytes (wherever it lives), and the bytes of the pages held now and at most so far.
+  int64_t pool_bytes() const { return shape_.pages * shape_.page_bytes(); }
   int64_t bytes_in_use() const { return pages_in_use_ * shape_.page_bytes(); }
   int64_t peak_bytes_in_use() const { return peak_pages_in_use_ * shape_.page_bytes(); }
 
   // The view a step's kernels read and write: row b of its block table is slots[b]'s pages.
-  // `table` holds the rows and must outlive the view.
+  // `table` holds the rows and must outlive the view. An external pool: view.pool is null, the
+  // caller points it (and the block table) at its own copies.
   PagedLatentView view(const std::vector<int64_t>& slots, std::vector<int32_t>& table);
 
   // Tests: hand out free pages in an order drawn from seed (results must not depend on it).
@@ -95,5 +100,9 @@ class LatentCache {
   int64_t pages_in_use_ = 0;
   int64_t peak_pages_in_use_ = 0;
 };
+
+// Throws std::invalid_argument, naming `layer`, when a sequence of the step starts past the
+// positions its slot holds (a step may only extend a sequence, or rewrite its last positions).
+void check_step_follows_cache(const char* layer, const RaggedStep& step, const LatentCache& cache);
 
 }  // namespace mla

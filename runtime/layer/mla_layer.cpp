@@ -117,15 +117,6 @@ RopeFrequencyParams rope_params(const ModelArgs& m) {
   return params;
 }
 
-void check_step_follows_cache(const char* layer, int64_t batch, int64_t start_pos, int64_t cached_len,
-                              int64_t cached_batch) {
-  if (start_pos > cached_len || (start_pos > 0 && batch > cached_batch)) {
-    throw std::invalid_argument(std::string(layer) + "::forward: start_pos " + std::to_string(start_pos) +
-                                " skips past the " + std::to_string(cached_len) + " cached positions of " +
-                                std::to_string(cached_batch) + " sequences");
-  }
-}
-
 StepReport plan_step_report(const ModelArgs& model, const RunConfig& run, int64_t n_local_heads, int64_t batch,
                             int64_t seq, int64_t start_pos, bool has_mask) {
   StepReport report;
@@ -134,6 +125,25 @@ StepReport plan_step_report(const ModelArgs& model, const RunConfig& run, int64_
   report.start_pos = start_pos;
   report.kv_len = start_pos + seq;
   report.plan = plan_step(model, run, StepShape{batch, seq, start_pos, n_local_heads, has_mask});
+  return report;
+}
+
+StepReport plan_step_report(const ModelArgs& model, const RunConfig& run, int64_t n_local_heads, const RaggedStep& step,
+                            const RaggedIndex& index, bool has_mask) {
+  if (is_uniform(index)) {
+    return plan_step_report(model, run, n_local_heads, index.sequences(), index.new_tokens[0], index.start_pos[0],
+                            has_mask);
+  }
+  std::vector<StepShape> shapes;
+  for (int64_t b = 0; b < index.sequences(); ++b) {
+    shapes.push_back(StepShape{1, index.new_tokens[b], index.start_pos[b], n_local_heads, false});
+  }
+  StepReport report;
+  report.batch = index.sequences();
+  report.seq = step.total_tokens();
+  report.start_pos = -1;  // per sequence
+  report.kv_len = step.max_kv_len();
+  report.plan = plan_ragged_step(model, run, shapes);
   return report;
 }
 
@@ -189,46 +199,19 @@ StepReport MlaLayer::forward(const float* x, const RaggedStep& step, float* y_pa
   return run_step(x, x_bf16, step, nullptr, 0, y_partial);
 }
 
-StepReport MlaLayer::plan_report(const RaggedStep& step, const RaggedIndex& index, bool uniform, bool has_mask) const {
-  if (uniform) {
-    return plan_step_report(model_, run_, shard_.n_local_heads, index.sequences(), index.new_tokens[0],
-                            index.start_pos[0], has_mask);
-  }
-  std::vector<StepShape> shapes;
-  for (int64_t b = 0; b < index.sequences(); ++b) {
-    shapes.push_back(StepShape{1, index.new_tokens[b], index.start_pos[b], shard_.n_local_heads, false});
-  }
-  StepReport report;
-  report.batch = index.sequences();
-  report.seq = step.total_tokens();
-  report.start_pos = -1;  // per sequence
-  report.kv_len = step.max_kv_len();
-  report.plan = plan_ragged_step(model_, run_, shapes);
-  return report;
-}
-
 StepReport MlaLayer::run_step(const float* x, const uint16_t* x_bf16, const RaggedStep& step, const float* mask,
                               int64_t mask_stride, float* y_partial) {
   const auto started = Clock::now();
   step_linear_ms_ = 0.0;
   step_trace_.clear();
   check_ragged_step("MlaLayer::forward", step, model_.max_batch_size, model_.max_seq_len);
-  for (const SequenceStep& sequence : step.sequences) {
-    if (sequence.new_tokens > 0 && sequence.start_pos > cache_.held_len(sequence.slot)) {
-      throw std::invalid_argument("MlaLayer::forward: start_pos " + std::to_string(sequence.start_pos) + " of slot " +
-                                  std::to_string(sequence.slot) + " skips past the " +
-                                  std::to_string(cache_.held_len(sequence.slot)) + " positions it holds");
-    }
-  }
+  check_step_follows_cache("MlaLayer", step, cache_);
   if (x_bf16 != nullptr && !round_bf16_) {
     throw std::invalid_argument("MlaLayer::forward: x_bf16 given, but run.compute_dtype is fp32");
   }
   if (x == nullptr && x_bf16 == nullptr) throw std::invalid_argument("MlaLayer::forward: no input x");
   const RaggedIndex index = ragged_index(step);
-  bool uniform = true;
-  for (int64_t b = 1; b < index.sequences(); ++b) {
-    uniform = uniform && index.start_pos[b] == index.start_pos[0] && index.new_tokens[b] == index.new_tokens[0];
-  }
+  const bool uniform = is_uniform(index);
   if (mask != nullptr && !uniform) throw std::invalid_argument("MlaLayer::forward: a mask with a ragged step");
   cache_.reserve(step);
 
@@ -241,7 +224,7 @@ StepReport MlaLayer::run_step(const float* x, const uint16_t* x_bf16, const Ragg
     for (int64_t token = 0; token < tokens; ++token) f32_to_bf16_bits_rne(x + token * dim, bits + token * dim, dim);
     x_bf16 = bits;
   }
-  StepReport report = plan_report(step, index, uniform, mask != nullptr);
+  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, step, index, mask != nullptr);
   AttentionStep attention{index.sequences(), index.new_tokens[0], index.start_pos[0], shard_.n_local_heads, mask,
                           mask_stride,       round_bf16_};
   if (!uniform) attention.ragged = &index;

@@ -41,13 +41,13 @@ struct StepReport {
 // What both layers (CPU and CUDA) share around a step.
 // RoPE's frequency parameters from the model's shape.
 RopeFrequencyParams rope_params(const ModelArgs& model);
-// Throws std::invalid_argument, naming `layer`, when a step at start_pos would skip past what the
-// cache holds (cached_len positions of cached_batch sequences).
-void check_step_follows_cache(const char* layer, int64_t batch, int64_t start_pos, int64_t cached_len,
-                              int64_t cached_batch);
 // A step's report with its plan (path, formulation, reason) for these shapes.
 StepReport plan_step_report(const ModelArgs& model, const RunConfig& run, int64_t n_local_heads, int64_t batch,
                             int64_t seq, int64_t start_pos, bool has_mask);
+// The same for any step: a uniform one as above, a ragged one planned once over its sequences
+// (plan_ragged_step).
+StepReport plan_step_report(const ModelArgs& model, const RunConfig& run, int64_t n_local_heads, const RaggedStep& step,
+                            const RaggedIndex& index, bool has_mask);
 
 class MlaLayer {
  public:
@@ -104,8 +104,6 @@ class MlaLayer {
   void project_queries(const float* x, const uint16_t* x_bf16, int64_t tokens, bool q_as_bf16);
   StepReport run_step(const float* x, const uint16_t* x_bf16, const RaggedStep& step, const float* mask,
                       int64_t mask_stride, float* y_partial);
-  // The step's plan: uniform steps as before, ragged ones per sequence (plan_ragged_step).
-  StepReport plan_report(const RaggedStep& step, const RaggedIndex& index, bool uniform, bool has_mask) const;
   void project_latent(const float* x, const uint16_t* x_bf16, const RaggedIndex& index, bool q_as_bf16);
   void attend(const StepPlan& plan, const AttentionStep& step, bool amx_attention, StepReport& report);
   void absorb_queries(int64_t tokens);

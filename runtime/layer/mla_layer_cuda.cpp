@@ -11,6 +11,7 @@
 #include "kernels/cuda/attention_standard.h"
 #include "kernels/cuda/bf16_convert.h"
 #include "kernels/cuda/kv_cache_append.h"
+#include "kernels/cuda/paged_latent.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/strided_copy.h"
@@ -68,12 +69,18 @@ CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const
       run_(run),
       limits_(limits),
       round_bf16_(run.compute_dtype == ComputeDType::BF16),
-      latent_width_(model.kv_lora_rank + model.qk_rope_head_dim) {
+      latent_width_(model.kv_lora_rank + model.qk_rope_head_dim),
+      // run.kv_cache.dtype auto keeps fp32 rows here in either compute dtype: in bf16 compute they
+      // hold bf16 numbers, so the values are those of the CPU layer's bf16 rows, and the kernels
+      // read fp32 operands (docs/cuda_backend.md, The latent cache on the GPU).
+      cache_(latent_cache_shape(model, run.kv_cache, /*compute_bf16=*/false), LatentCachePool::External) {
   if (limits.max_batch < 1 || limits.max_batch > model.max_batch_size || limits.max_step_len < 1 ||
-      limits.max_kv_len < limits.max_step_len || limits.max_kv_len > model.max_seq_len) {
+      limits.max_kv_len < limits.max_step_len || limits.max_kv_len > model.max_seq_len ||
+      (limits.max_step_tokens != 0 && limits.max_step_tokens < limits.max_step_len)) {
     throw std::invalid_argument("CudaMlaLayer: limits (batch " + std::to_string(limits.max_batch) + ", step " +
                                 std::to_string(limits.max_step_len) + ", kv " + std::to_string(limits.max_kv_len) +
-                                ") do not fit the model's cache");
+                                ", step tokens " + std::to_string(limits.max_step_tokens) +
+                                ") do not fit the model's cache, or a step's tokens are fewer than a sequence's");
   }
   if (run.attention != AttentionChoice::Standard) {
     const int64_t widest_score = std::max(model.qk_head_dim(), latent_width_);
@@ -133,7 +140,7 @@ void CudaMlaLayer::upload_weights(const LayerWeights& w) {
                           static_cast<int64_t>(q_norm_.bytes() + kv_norm_.bytes());
 }
 
-// The latent cache, zeroed, and the RoPE tables of every position it can hold.
+// The latent cache's pool, zeroed, and the RoPE tables of every position it can hold.
 void CudaMlaLayer::allocate_cache() {
   const ModelArgs& m = model_;
   const RopeTable table = make_rope_table(rope_params(m), m.max_seq_len);
@@ -141,9 +148,9 @@ void CudaMlaLayer::allocate_cache() {
   rope_sin_ = DeviceBuffer<float>(static_cast<int64_t>(table.sin.size()));
   rope_cos_.upload(table.cos, stream_);
   rope_sin_.upload(table.sin, stream_);
-  kv_cache_ = DeviceBuffer<float>(m.max_batch_size * m.max_seq_len * latent_width_);
-  CUDA_CHECK(cudaMemsetAsync(kv_cache_.data(), 0, kv_cache_.bytes(), stream_));
-  memory_.kv_cache_bytes = static_cast<int64_t>(kv_cache_.bytes() + rope_cos_.bytes() + rope_sin_.bytes());
+  latent_pool_ = DeviceBuffer<uint8_t>(cache_.pool_bytes());
+  CUDA_CHECK(cudaMemsetAsync(latent_pool_.data(), 0, latent_pool_.bytes(), stream_));
+  memory_.kv_cache_bytes = static_cast<int64_t>(latent_pool_.bytes() + rope_cos_.bytes() + rope_sin_.bytes());
 }
 
 // The step's buffers at the limits, for the formulations run.formulation allows.
@@ -154,7 +161,7 @@ void CudaMlaLayer::allocate_activations() {
   const int64_t C = m.kv_lora_rank;
   const int64_t dn = m.qk_nope_head_dim;
   const int64_t dv = m.v_head_dim;
-  const int64_t tokens = limits_.max_batch * limits_.max_step_len;
+  const int64_t tokens = limits_.step_tokens();
   const int64_t kv_rows = limits_.max_batch * limits_.max_kv_len;
   const bool naive_possible = run_.formulation != FormulationChoice::Absorb;
   const bool absorb_possible = run_.formulation != FormulationChoice::Naive;
@@ -178,9 +185,15 @@ void CudaMlaLayer::allocate_activations() {
     kv_expanded_ = DeviceBuffer<float>(kv_rows * heads * (dn + dv));
     keys_ = DeviceBuffer<float>(kv_rows * heads * dq);
   }
-  memory_.activation_bytes =
-      static_cast<int64_t>(x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() +
-                           o_.bytes() + q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes());
+  // A ragged step's index, and (paged or quantized rows) one sequence's rows read back as fp32.
+  token_sequence_ = DeviceBuffer<int64_t>(tokens);
+  token_position_ = DeviceBuffer<int64_t>(tokens);
+  block_table_ = DeviceBuffer<int32_t>(limits_.max_batch * cache_.shape().pages_per_slot());
+  if (!dense_fp32_cache()) latent_rows_ = DeviceBuffer<float>(limits_.max_kv_len * latent_width_);
+  memory_.activation_bytes = static_cast<int64_t>(
+      x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() + o_.bytes() +
+      q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes() + token_sequence_.bytes() +
+      token_position_.bytes() + block_table_.bytes() + latent_rows_.bytes());
 }
 
 // The standard path's score buffers, where a step may take that path.
@@ -276,29 +289,27 @@ void CudaMlaLayer::linear(const float* x, int64_t x_stride, const DeviceMatrix& 
 
 StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t seq, int64_t start_pos,
                                         const float* mask, int64_t mask_stride, float* y_partial) {
-  if (batch < 1 || batch > limits_.max_batch || seq < 1 || seq > limits_.max_step_len || start_pos < 0 ||
-      start_pos + seq > limits_.max_kv_len) {
-    throw std::invalid_argument("CudaMlaLayer::forward: batch " + std::to_string(batch) + ", positions [" +
-                                std::to_string(start_pos) + ", " + std::to_string(start_pos + seq) +
-                                ") pass the limits the layer was sized for (batch " +
-                                std::to_string(limits_.max_batch) + ", step " + std::to_string(limits_.max_step_len) +
-                                ", kv_len " + std::to_string(limits_.max_kv_len) + ")");
+  if (batch < 1 || batch > limits_.max_batch || seq < 1 || seq > limits_.max_step_len ||
+      batch * seq > limits_.step_tokens() || start_pos < 0 || start_pos + seq > limits_.max_kv_len) {
+    throw std::invalid_argument(
+        "CudaMlaLayer::forward: batch " + std::to_string(batch) + ", positions [" + std::to_string(start_pos) + ", " +
+        std::to_string(start_pos + seq) + ") pass the limits the layer was sized for (batch " +
+        std::to_string(limits_.max_batch) + ", step " + std::to_string(limits_.max_step_len) + ", step tokens " +
+        std::to_string(limits_.step_tokens()) + ", kv_len " + std::to_string(limits_.max_kv_len) + ")");
   }
-  check_step_follows_cache("CudaMlaLayer", batch, start_pos, cached_len_, cached_batch_);
   if (mask != nullptr && !limits_.mask) {
     throw std::invalid_argument("CudaMlaLayer::forward: a mask, but the layer was sized without one");
   }
+  const RaggedStep step = uniform_step(batch, seq, start_pos);
+  if (!dense_fp32_cache()) return run_ragged(x, step, mask, mask_stride, y_partial);
+  check_step_follows_cache("CudaMlaLayer", step, cache_);
   const int64_t tokens = batch * seq;
-  const __nv_bfloat16* x_staged = nullptr;
-  if (round_bf16_) {
-    // DeepSeek's activations are bf16 from the embedding on: rounded once, read by two GEMMs.
-    f32_to_bf16_cuda({x, model_.dim, x_bf16_.data(), tokens, model_.dim}, stream_);
-    x_staged = x_bf16_.data();
-  }
+  const __nv_bfloat16* x_staged = stage_input(x, tokens);
   project_queries(x, x_staged, tokens);
-  project_latent(x, x_staged, batch, seq, start_pos);
-  cached_len_ = start_pos + seq;
-  cached_batch_ = start_pos == 0 ? batch : cached_batch_;
+  project_latent(x, x_staged, tokens, seq, start_pos, nullptr);
+  kv_cache_append_cuda(
+      {kv_.data(), latent_width_, dense_cache(), model_.max_seq_len, latent_width_, batch, seq, start_pos}, stream_);
+  for (int64_t slot = 0; slot < batch; ++slot) cache_.set_held_len(slot, start_pos + seq);
 
   StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
   if (run_.attention == AttentionChoice::Auto && decode_prefers_standard(report.plan, seq)) {
@@ -311,6 +322,72 @@ StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t s
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
   linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
   return report;
+}
+
+StepReport CudaMlaLayer::forward_ragged_device(const float* x, const RaggedStep& step, float* y_partial) {
+  return run_ragged(x, step, nullptr, 0, y_partial);
+}
+
+// Every step over a paged or quantized cache, and every ragged step: the projections over all of
+// the step's packed tokens at once, the rows appended through the block tables, then the
+// attention a sequence at a time over its own rows (attend_ragged).
+StepReport CudaMlaLayer::run_ragged(const float* x, const RaggedStep& step, const float* mask, int64_t mask_stride,
+                                    float* y_partial) {
+  check_ragged_step("CudaMlaLayer::forward", step, model_.max_batch_size, model_.max_seq_len);
+  check_step_follows_cache("CudaMlaLayer", step, cache_);
+  step_index_ = ragged_index(step);
+  const RaggedIndex& index = step_index_;
+  const int64_t tokens = step.total_tokens();
+  if (index.sequences() > limits_.max_batch || tokens > limits_.step_tokens() ||
+      step.max_kv_len() > limits_.max_kv_len) {
+    throw std::invalid_argument(
+        "CudaMlaLayer::forward: a step of " + std::to_string(index.sequences()) + " sequences, " +
+        std::to_string(tokens) + " tokens, kv_len up to " + std::to_string(step.max_kv_len()) +
+        " passes the limits the layer was sized for (" + std::to_string(limits_.max_batch) + " sequences, " +
+        std::to_string(limits_.step_tokens()) + " tokens, kv_len " + std::to_string(limits_.max_kv_len) + ")");
+  }
+  if (mask != nullptr && !is_uniform(index)) {
+    throw std::invalid_argument("CudaMlaLayer::forward: a mask with a ragged step");
+  }
+  cache_.reserve(step);  // all pages or none: a CacheFull leaves the cache and the device untouched
+
+  token_sequence_.upload(index.token_sequence, stream_);
+  token_position_.upload(index.token_position, stream_);
+  PagedLatentView view = cache_.view(index.slot, block_table_host_);
+  block_table_.upload(block_table_host_, stream_);
+  view.pool = latent_pool_.data();
+  view.block_table = block_table_.data();
+
+  const __nv_bfloat16* x_staged = stage_input(x, tokens);
+  project_queries(x, x_staged, tokens);
+  project_latent(x, x_staged, tokens, tokens, 0, token_position_.data());
+  PagedLatentAppendParams append;
+  append.rows = kv_.data();
+  append.row_stride = latent_width_;
+  append.tokens = tokens;
+  append.sequence = token_sequence_.data();
+  append.position = token_position_.data();
+  append.cache = view;
+  paged_latent_append_cuda(append, stream_);
+  for (const SequenceStep& sequence : step.sequences) {
+    if (sequence.new_tokens > 0) cache_.set_held_len(sequence.slot, sequence.start_pos + sequence.new_tokens);
+  }
+
+  // The planner's choice as it stands: the GPU's decode rule (decode_prefers_standard) is about
+  // batching sequences into one GEMM, which this route, a sequence at a time, does not do.
+  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, step, index, mask != nullptr);
+  attend_ragged(report.plan, index, view, mask, mask_stride, report);
+  const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
+  linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
+  return report;
+}
+
+// bf16 mode: DeepSeek's activations are bf16 from the embedding on, so x is rounded once and read
+// by both GEMMs that take it. fp32 mode: nothing (nullptr).
+const __nv_bfloat16* CudaMlaLayer::stage_input(const float* x, int64_t tokens) {
+  if (!round_bf16_) return nullptr;
+  f32_to_bf16_cuda({x, model_.dim, x_bf16_.data(), tokens, model_.dim}, stream_);
+  return x_bf16_.data();
 }
 
 // The fast kernel gives a decode step over the shared cache one block per sequence (its 16-row
@@ -336,11 +413,10 @@ void CudaMlaLayer::project_queries(const float* x, const __nv_bfloat16* x_staged
   }
 }
 
-// docs/design.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)] into the cache; RoPE
-// on each head's q_pe.
-void CudaMlaLayer::project_latent(const float* x, const __nv_bfloat16* x_staged, int64_t batch, int64_t seq,
-                                  int64_t start_pos) {
-  const int64_t tokens = batch * seq;
+// docs/design.md steps 2-4: kv = wkv_a(x) -> [c_n = rmsnorm(c) | k_pe = rope(k_pe)] (the caller appends
+// it to the cache); RoPE on each head's q_pe.
+void CudaMlaLayer::project_latent(const float* x, const __nv_bfloat16* x_staged, int64_t tokens, int64_t seq,
+                                  int64_t start_pos, const int64_t* token_positions) {
   const int64_t C = model_.kv_lora_rank;
   const int64_t dq = model_.qk_head_dim();
   linear(x, model_.dim, wkv_a_, tokens, kv_.data(), latent_width_, x_staged);
@@ -348,9 +424,10 @@ void CudaMlaLayer::project_latent(const float* x, const __nv_bfloat16* x_staged,
                stream_);
 
   RopeCudaParams rope;
-  rope.batch = batch;
+  rope.batch = tokens / seq;
   rope.seq = seq;
   rope.start_pos = start_pos;
+  rope.token_positions = token_positions;
   rope.cos = rope_cos_.data();
   rope.sin = rope_sin_.data();
   rope.positions = model_.max_seq_len;
@@ -364,9 +441,6 @@ void CudaMlaLayer::project_latent(const float* x, const __nv_bfloat16* x_staged,
   rope.vecs_per_token = shard_.n_local_heads;
   rope.vec_stride = dq;
   rope_apply_cuda(rope, stream_);
-
-  kv_cache_append_cuda(
-      {kv_.data(), latent_width_, kv_cache_.data(), model_.max_seq_len, latent_width_, batch, seq, start_pos}, stream_);
 }
 
 void CudaMlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
@@ -378,27 +452,74 @@ void CudaMlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int6
   if (plan.formulation == Formulation::Absorb) {
     if (q_absorbed_.size() == 0) throw std::logic_error("CudaMlaLayer: absorb planned but run.formulation is naive");
     absorb_queries(tokens);
-    p = absorb_attention_params(model_, step, q_absorbed_.data(), kv_cache_.data(), o_latent_.data());
+    p = absorb_attention_params(model_, step, q_absorbed_.data(), dense_cache(), o_latent_.data());
   } else {
     if (keys_.size() == 0) throw std::logic_error("CudaMlaLayer: naive planned but run.formulation is absorb");
-    expand_keys_values(batch, start_pos + seq);
+    expand_keys_values(dense_cache(), model_.max_seq_len * latent_width_, batch, start_pos + seq);
     p = naive_attention_params(model_, step, q_.data(), keys_.data(), kv_expanded_.data(), o_.data());
   }
-  if (plan.path == AttentionPath::Fast) {
-    attention_fast_cuda(p, stream_);
-    report.attention_workspace_bytes = 0;  // scores stay in shared memory
-  } else {
-    if (scores_.size() == 0) throw std::logic_error("CudaMlaLayer: standard path planned but no score buffer sized");
-    const int64_t chunk = attention_standard_cuda_query_chunk(
-        p, score_buffer_floats_ * static_cast<int64_t>(sizeof(float)) * (attention_uses_split_scores(p) ? 2 : 1));
-    const int64_t sequences = attention_standard_cuda_sequences_per_call(p, score_buffer_floats_);
-    attention_standard_cuda(*cublas_, p, chunk, scores_.data(),
-                            attention_uses_split_scores(p) ? scores_.data() + score_buffer_floats_ : nullptr,
-                            sequences);
-    report.attention_workspace_bytes =
-        attention_standard_cuda_workspace_floats(p, chunk, sequences) * static_cast<int64_t>(sizeof(float));
-  }
+  run_attention(plan.path, p, report);
   if (plan.formulation == Formulation::Absorb) absorb_outputs(tokens);
+}
+
+// A sequence at a time, each over its own cache rows: in place in a dense fp32 cache, else read
+// through its block table into one fp32 buffer (bf16 and fp8 rows dequantized by the same rule as
+// the CPU's paged_latent_rows). The kernels are the uniform step's, at batch 1; the projections
+// around them still take the whole step at once.
+void CudaMlaLayer::attend_ragged(const StepPlan& plan, const RaggedIndex& index, const PagedLatentView& view,
+                                 const float* mask, int64_t mask_stride, StepReport& report) {
+  const int64_t tokens = static_cast<int64_t>(index.token_position.size());
+  const int64_t heads = shard_.n_local_heads;
+  const bool absorb = plan.formulation == Formulation::Absorb;
+  if (absorb && q_absorbed_.size() == 0) {
+    throw std::logic_error("CudaMlaLayer: absorb planned but run.formulation is naive");
+  }
+  if (!absorb && keys_.size() == 0) throw std::logic_error("CudaMlaLayer: naive planned but run.formulation is absorb");
+  if (absorb) absorb_queries(tokens);
+  for (int64_t b = 0; b < index.sequences(); ++b) {
+    const int64_t kv_len = index.start_pos[b] + index.new_tokens[b];
+    const int64_t first_token = index.token_offset[b];
+    const float* latent = nullptr;
+    if (dense_fp32_cache()) {
+      latent = dense_cache() + index.slot[b] * model_.max_seq_len * latent_width_;
+    } else {
+      PagedLatentGatherParams gather;
+      gather.cache = view;
+      gather.only_sequence = b;
+      gather.count = kv_len;
+      gather.out = latent_rows_.data();
+      paged_latent_gather_cuda(gather, stream_);
+      latent = latent_rows_.data();
+    }
+    const AttentionStep one{1, index.new_tokens[b], index.start_pos[b], heads, mask, mask_stride, round_bf16_};
+    AttentionParams p;
+    if (absorb) {
+      p = absorb_attention_params(model_, one, q_absorbed_.data() + first_token * heads * latent_width_, latent,
+                                  o_latent_.data() + first_token * heads * model_.kv_lora_rank);
+    } else {
+      expand_keys_values(latent, kv_len * latent_width_, 1, kv_len);
+      p = naive_attention_params(model_, one, q_.data() + first_token * heads * model_.qk_head_dim(), keys_.data(),
+                                 kv_expanded_.data(), o_.data() + first_token * heads * model_.v_head_dim);
+    }
+    run_attention(plan.path, p, report);
+  }
+  if (absorb) absorb_outputs(tokens);
+}
+
+void CudaMlaLayer::run_attention(AttentionPath path, const AttentionParams& p, StepReport& report) {
+  if (path == AttentionPath::Fast) {
+    attention_fast_cuda(p, stream_);  // scores stay in shared memory: no workspace
+    return;
+  }
+  if (scores_.size() == 0) throw std::logic_error("CudaMlaLayer: standard path planned but no score buffer sized");
+  const int64_t chunk = attention_standard_cuda_query_chunk(
+      p, score_buffer_floats_ * static_cast<int64_t>(sizeof(float)) * (attention_uses_split_scores(p) ? 2 : 1));
+  const int64_t sequences = attention_standard_cuda_sequences_per_call(p, score_buffer_floats_);
+  attention_standard_cuda(*cublas_, p, chunk, scores_.data(),
+                          attention_uses_split_scores(p) ? scores_.data() + score_buffer_floats_ : nullptr, sequences);
+  report.attention_workspace_bytes =
+      std::max(report.attention_workspace_bytes,
+               attention_standard_cuda_workspace_floats(p, chunk, sequences) * static_cast<int64_t>(sizeof(float)));
 }
 
 // docs/design.md step 5, absorb: q_lat[h] = Wk[h]^T q_nope[h] (one batched GEMM over heads), next to q_pe[h].
@@ -464,14 +585,13 @@ void CudaMlaLayer::absorb_outputs(int64_t tokens) {
 // docs/design.md step 5, naive, from the one latent cache (as the CPU layer): [k_nope | v] = wkv_b c_n
 // for every cached position, and k = [k_nope | k_pe] per head. One GEMM and one copy per part
 // for the whole batch: per-sequence launches cost more than the work at decode-sized steps.
-void CudaMlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
+void CudaMlaLayer::expand_keys_values(const float* latent, int64_t batch_stride, int64_t batch, int64_t kv_len) {
   const int64_t heads = shard_.n_local_heads;
   const int64_t C = model_.kv_lora_rank;
   const int64_t dn = model_.qk_nope_head_dim;
   const int64_t dq = model_.qk_head_dim();
   const int64_t head_rows = dn + model_.v_head_dim;
   const int64_t kv_width = heads * head_rows;
-  const int64_t cache_batch_stride = model_.max_seq_len * latent_width_;
   GemmCudaParams g;
   g.transpose_b = true;
   g.n = kv_width;
@@ -486,18 +606,16 @@ void CudaMlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
     if (batch * kv_len * C > bf16_staging_.size()) {
       throw std::logic_error("CudaMlaLayer: bf16 staging buffer too small for the expansion");
     }
-    f32_to_bf16_cuda(
-        {kv_cache_.data(), latent_width_, bf16_staging_.data(), batch * kv_len, C, kv_len, cache_batch_stride},
-        stream_);
+    f32_to_bf16_cuda({latent, latent_width_, bf16_staging_.data(), batch * kv_len, C, kv_len, batch_stride}, stream_);
     g.m = batch * kv_len;
     g.a = bf16_staging_.data();
     g.lda = C;
     g.operands = GemmOperands::BF16;
   } else {
     g.m = kv_len;
-    g.a = kv_cache_.data();
+    g.a = latent;
     g.lda = latent_width_;
-    g.stride_a = cache_batch_stride;
+    g.stride_a = batch_stride;
     g.stride_c = kv_len * kv_width;
     g.batch = batch;
   }
@@ -505,8 +623,8 @@ void CudaMlaLayer::expand_keys_values(int64_t batch, int64_t kv_len) {
   if (round_bf16_) round_rows(kv_expanded_.data(), batch * kv_len, kv_width, 1, 0, kv_width);
 
   StridedCopyParams k_pe;  // the one rope key of each position, repeated for every head
-  k_pe.src = kv_cache_.data() + C;
-  k_pe.src_batch_stride = cache_batch_stride;
+  k_pe.src = latent + C;
+  k_pe.src_batch_stride = batch_stride;
   k_pe.src_outer_stride = latent_width_;
   k_pe.src_inner_stride = 0;
   k_pe.dst = keys_.data() + dn;

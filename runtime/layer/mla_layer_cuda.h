@@ -13,13 +13,16 @@
 #include <cuda_bf16.h>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/gemm.h"
 #include "parallel/sharding.h"
 #include "runtime/io/config.h"
 #include "runtime/io/weights.h"
+#include "runtime/layer/latent_cache.h"
 #include "runtime/layer/mla_layer.h"
+#include "runtime/layer/ragged_step.h"
 
 namespace mla {
 
@@ -29,11 +32,15 @@ struct CudaLayerLimits {
   int64_t max_step_len = 1;  // new tokens per sequence per step
   int64_t max_kv_len = 1;    // cached positions after a step
   bool mask = false;         // steps may carry an explicit mask (standard path)
+  // Tokens of a whole step (a ragged step's sum over its sequences); 0: max_batch * max_step_len.
+  int64_t max_step_tokens = 0;
+
+  int64_t step_tokens() const { return max_step_tokens > 0 ? max_step_tokens : max_batch * max_step_len; }
 };
 
 struct CudaMemoryReport {
   int64_t weights_bytes = 0;
-  int64_t kv_cache_bytes = 0;             // the latent cache, plus the RoPE table
+  int64_t kv_cache_bytes = 0;             // the latent cache's pool, plus the RoPE table
   int64_t activation_bytes = 0;           // per-step buffers: projections, naive keys/values, bf16 staging
   int64_t attention_workspace_bytes = 0;  // standard path's score buffers (the fast path needs none)
   int64_t cublas_workspace_bytes = 0;
@@ -71,6 +78,15 @@ class CudaMlaLayer {
   // Shapes and the mask as MlaLayer::forward; y_partial [batch, seq, dim] on the device.
   StepReport forward_device(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                             int64_t mask_stride, float* y_partial);
+  // A ragged step (docs/design.md, Serving-shaped steps): x and y_partial the packed tokens
+  // [step.total_tokens(), dim] on the device. Throws CacheFull (naming run.kv_cache.pages) before
+  // anything is queued when the pool cannot hold the step.
+  StepReport forward_ragged_device(const float* x, const RaggedStep& step, float* y_partial);
+  // A finished sequence's pages go back to the pool.
+  void release_sequence(int64_t slot) { cache_.release(slot); }
+  // The pages and block tables (the rows themselves are in device memory).
+  LatentCache& cache() { return cache_; }
+  const LatentCache& cache() const { return cache_; }
 
   cudaStream_t stream() const { return stream_; }
   const CudaMemoryReport& memory() const { return memory_; }
@@ -90,13 +106,27 @@ class CudaMlaLayer {
   void round_rows(float* values, int64_t rows, int64_t row_stride, int64_t inner, int64_t inner_stride, int64_t width);
   void set_activation_operand(GemmCudaParams& g, const float* values, int64_t rows, int64_t cols, int64_t stride);
   bool decode_prefers_standard(const StepPlan& plan, int64_t seq) const;
+  // Whether uniform steps take the batched route over the dense fp32 cache (else every step goes
+  // through the block tables, a sequence at a time).
+  bool dense_fp32_cache() const { return !cache_.shape().paged && cache_.shape().dtype == LatentDType::F32; }
+  float* dense_cache() { return reinterpret_cast<float*>(latent_pool_.data()); }
+  StepReport run_ragged(const float* x, const RaggedStep& step, const float* mask, int64_t mask_stride,
+                        float* y_partial);
+  const __nv_bfloat16* stage_input(const float* x, int64_t tokens);
   void project_queries(const float* x, const __nv_bfloat16* x_staged, int64_t tokens);
-  void project_latent(const float* x, const __nv_bfloat16* x_staged, int64_t batch, int64_t seq, int64_t start_pos);
+  // kv = wkv_a(x), normed, RoPE on it and on q: the uniform step's positions, or each token's
+  // (token_positions, device memory).
+  void project_latent(const float* x, const __nv_bfloat16* x_staged, int64_t tokens, int64_t seq, int64_t start_pos,
+                      const int64_t* token_positions);
   void attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
               int64_t mask_stride, StepReport& report);
+  void attend_ragged(const StepPlan& plan, const RaggedIndex& index, const PagedLatentView& view, const float* mask,
+                     int64_t mask_stride, StepReport& report);
+  void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
   void absorb_queries(int64_t tokens);
   void absorb_outputs(int64_t tokens);
-  void expand_keys_values(int64_t batch, int64_t kv_len);
+  // latent: the cache rows of `batch` sequences, kv_len each, batch_stride floats apart.
+  void expand_keys_values(const float* latent, int64_t batch_stride, int64_t batch, int64_t kv_len);
 
   ModelArgs model_;
   HeadShard shard_;
@@ -104,8 +134,7 @@ class CudaMlaLayer {
   CudaLayerLimits limits_;
   bool round_bf16_ = false;
   int64_t latent_width_ = 0;  // C + dr
-  int64_t cached_len_ = 0;
-  int64_t cached_batch_ = 0;
+  LatentCache cache_;         // pages and block tables; the rows are in latent_pool_
   CudaMemoryReport memory_;
 
   cudaStream_t stream_ = nullptr;
@@ -114,7 +143,14 @@ class CudaMlaLayer {
   DeviceMatrix wq_, wq_a_, wq_b_, wkv_a_, wkv_b_, wo_;
   DeviceBuffer<float> q_norm_, kv_norm_;
   DeviceBuffer<float> rope_cos_, rope_sin_;  // [max_seq_len, dr / 2]
-  DeviceBuffer<float> kv_cache_;             // [max_batch_size, max_seq_len, C + dr]
+  // The latent cache's pages (LatentCacheShape): dense fp32, [max_batch_size, max_seq_len, C + dr].
+  DeviceBuffer<uint8_t> latent_pool_;
+  // A ragged step's index: each packed token's sequence and position, the step's block table.
+  DeviceBuffer<int64_t> token_sequence_, token_position_;
+  DeviceBuffer<int32_t> block_table_;
+  RaggedIndex step_index_;
+  std::vector<int32_t> block_table_host_;
+  DeviceBuffer<float> latent_rows_;  // one sequence's cache rows as fp32, read through its block table
 
   // bf16 mode: the step's input rounded to bf16 once, the operand of both GEMMs that read it.
   DeviceBuffer<__nv_bfloat16> x_bf16_;

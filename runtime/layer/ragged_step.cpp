@@ -32,6 +32,13 @@ RaggedStep uniform_step(int64_t batch, int64_t seq, int64_t start_pos) {
   return step;
 }
 
+bool is_uniform(const RaggedIndex& index) {
+  for (int64_t b = 1; b < index.sequences(); ++b) {
+    if (index.start_pos[b] != index.start_pos[0] || index.new_tokens[b] != index.new_tokens[0]) return false;
+  }
+  return true;
+}
+
 RaggedIndex ragged_index(const RaggedStep& step) {
   RaggedIndex index;
   int64_t offset = 0;

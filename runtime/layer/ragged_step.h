@@ -35,6 +35,8 @@ struct RaggedIndex {
 };
 
 RaggedIndex ragged_index(const RaggedStep& step);
+// Every sequence with tokens at the same start_pos with the same count: the uniform batch.
+bool is_uniform(const RaggedIndex& index);
 
 // Throws std::invalid_argument, naming `layer` and the sequence, when a slot is outside
 // [0, max_batch_size) or appears twice, a count is negative, the positions pass max_seq_len, or

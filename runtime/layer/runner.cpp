@@ -181,11 +181,6 @@ double reduce_step(StepExecutor& executor, const RunOptions& options, size_t ste
   return reduce_ms;
 }
 
-StepReport StepExecutor::forward_ragged(const float*, const RaggedStep&) {
-  throw UserError(
-      "run.schedule.requests and run.kv_cache: this backend runs uniform steps only (use run.backend: cpu)");
-}
-
 StepReport CpuStepExecutor::forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                                     int64_t mask_stride, const uint16_t* x_bf16) {
   const int64_t count = batch * seq * layer_.model().dim;

@@ -88,8 +88,8 @@ class StepExecutor {
   virtual StepReport forward(const float* x, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                              int64_t mask_stride, const uint16_t* x_bf16) = 0;
   // A ragged step (continuous batching): x the packed tokens [step.total_tokens(), dim], host
-  // memory. A backend without ragged steps throws UserError.
-  virtual StepReport forward_ragged(const float* x, const RaggedStep& step);
+  // memory.
+  virtual StepReport forward_ragged(const float* x, const RaggedStep& step) = 0;
   // A finished sequence's slot and cache pages are free again.
   virtual void release_sequence(int64_t /*slot*/) {}
   // The latent cache: its pool, and the bytes of the pages held now (0 where not tracked).

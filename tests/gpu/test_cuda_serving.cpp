@@ -1,0 +1,286 @@
+// The CUDA layer on serving-shaped steps (docs/design.md, Serving-shaped steps and The latent
+// cache), against the CPU layer on the same steps: ragged steps (per-sequence positions and token
+// counts, idle sequences, slots out of order) on every path x formulation x cache layout x cache
+// dtype in both compute precisions; uniform steps through a paged or quantized cache; continuous
+// batching; page exhaustion; emulated tensor parallelism.
+//
+// Bounds against the CPU layer, fp32 compute: 1e-5 with fp32 rows. With bf16 rows 1e-4 and with
+// fp8 rows 5e-4: both layers round their own fp32 c_n, which differ in the last bits (GEMM
+// summation order), so a value at a tie between two codes can land on neighbouring codes, one
+// value off by a bf16 or an e4m3 step (1/8 of the value). bf16 compute: SPEC.md's 2e-2.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/device_memory.h"
+#include "runtime/layer/cuda_step_executor.h"
+#include "runtime/layer/mla_layer_cuda.h"
+#include "runtime/layer/request_runner.h"
+#include "tests/gpu/gpu_test_util.h"
+#include "tests/test_util.h"
+
+namespace mla::test {
+namespace {
+
+RunConfig serving_config(AttentionChoice attention, FormulationChoice formulation, ComputeDType compute,
+                         KvCacheLayout layout, KvCacheDType cache_dtype) {
+  RunConfig run;
+  run.attention = attention;
+  run.formulation = formulation;
+  run.compute_dtype = compute;
+  run.score_chunk_bytes = 512;  // the standard path in query chunks of a row or two
+  run.kv_cache.layout = layout;
+  run.kv_cache.page_size = 4;  // sequences span several pages
+  run.kv_cache.dtype = cache_dtype;
+  return run;
+}
+
+double bound_for(ComputeDType compute, KvCacheDType cache_dtype) {
+  if (compute == ComputeDType::BF16) return 2e-2;
+  if (cache_dtype == KvCacheDType::FP8) return 5e-4;
+  if (cache_dtype == KvCacheDType::BF16) return 1e-4;
+  return 1e-5;
+}
+
+// Limits that hold every step of `steps`, and no more (so the standard path's score buffer, sized
+// for the longest kv_len, splits the sequences into query chunks).
+CudaLayerLimits limits_for(const ModelArgs& m, const std::vector<RaggedTestStep>& steps) {
+  CudaLayerLimits limits;
+  limits.max_batch = m.max_batch_size;
+  for (const RaggedTestStep& sequences : steps) {
+    RaggedStep step;
+    step.sequences = sequences;
+    limits.max_step_len = std::max(limits.max_step_len, step.max_new_tokens());
+    limits.max_step_tokens = std::max(limits.max_step_tokens, step.total_tokens());
+    limits.max_kv_len = std::max(limits.max_kv_len, step.max_kv_len());
+  }
+  return limits;
+}
+
+struct ServingRun {
+  std::vector<std::vector<float>> y;  // per step
+  std::vector<StepReport> reports;
+};
+
+ServingRun cpu_steps(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, const LayerWeights& weights,
+                     const std::vector<std::vector<float>>& tokens, const std::vector<RaggedTestStep>& steps) {
+  MlaLayer layer(m, shard, weights, run);
+  SingleProcessCommunicator comm;
+  CpuStepExecutor executor(layer, comm);
+  ServingRun result;
+  result.y = run_ragged_steps(executor, m, tokens, steps, &result.reports);
+  return result;
+}
+
+// page_seed != 0: the paged pool hands out its pages in an order drawn from it.
+ServingRun cuda_steps(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, const LayerWeights& weights,
+                      const std::vector<std::vector<float>>& tokens, const std::vector<RaggedTestStep>& steps,
+                      uint64_t page_seed = 0) {
+  CudaMlaLayer layer(m, shard, weights, run, limits_for(m, steps));
+  if (page_seed != 0) layer.cache().shuffle_free_pages(page_seed);
+  SingleProcessCommunicator comm;
+  CudaStepExecutor executor(layer, comm, {}, 0);
+  ServingRun result;
+  result.y = run_ragged_steps(executor, m, tokens, steps, &result.reports);
+  return result;
+}
+
+using CudaServing = GpuTest;
+
+TEST_F(CudaServing, RaggedStepsMatchTheCpuLayerOnEveryPathFormulationLayoutAndCacheDtype) {
+  const std::vector<RaggedTestStep> steps = ragged_test_schedule();
+  for (const LayerShape& shape : layer_shapes()) {
+    if (shape.name != "odd_dims" && shape.name != "fp8_partial_blocks") continue;  // C = 20 and C = 144
+    const ModelArgs& m = shape.model;
+    const std::vector<std::vector<float>> tokens = slot_tokens(m, 41);
+    for (const ComputeDType compute : {ComputeDType::FP32, ComputeDType::BF16}) {
+      const LoadedWeights loaded = load_layer_weights(random_weights(shape.weights_dtype, 42), m, whole(m), compute);
+      for (const AttentionChoice attention : {AttentionChoice::Fast, AttentionChoice::Standard})
+        for (const FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb})
+          for (const KvCacheLayout layout : {KvCacheLayout::Dense, KvCacheLayout::Paged})
+            for (const KvCacheDType cache_dtype : {KvCacheDType::Auto, KvCacheDType::BF16, KvCacheDType::FP8}) {
+              const RunConfig run = serving_config(attention, formulation, compute, layout, cache_dtype);
+              const std::string name = shape.name + " " + to_string(compute) + " " + to_string(attention) + " " +
+                                       to_string(formulation) + " " + to_string(layout) + " " + to_string(cache_dtype);
+              const ServingRun want = cpu_steps(m, run, whole(m), loaded.weights, tokens, steps);
+              // Paged: the GPU's pages in a shuffled order, the CPU's in order; the results must agree.
+              const ServingRun got =
+                  cuda_steps(m, run, whole(m), loaded.weights, tokens, steps, layout == KvCacheLayout::Paged ? 7 : 0);
+              ASSERT_EQ(got.y.size(), want.y.size());
+              for (size_t i = 0; i < got.y.size(); ++i) {
+                EXPECT_LE(relative_l2_error(got.y[i], want.y[i]), bound_for(compute, cache_dtype))
+                    << name << " step " << i;
+                EXPECT_EQ(got.reports[i].plan.path, want.reports[i].plan.path) << name << " step " << i;
+                EXPECT_EQ(got.reports[i].plan.formulation, want.reports[i].plan.formulation) << name << " step " << i;
+              }
+            }
+    }
+  }
+}
+
+// The same weights and steps through the dense fp32 cache (the batched route) and through a paged
+// cache of fp32 rows (a sequence at a time through the block tables), with an explicit mask too.
+TEST_F(CudaServing, UniformStepsThroughPagedRowsEqualTheDenseCache) {
+  const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 2, 32);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 43), m, whole(m), ComputeDType::FP32);
+  const InputTensor x = random_input(m, 2, 10, 44);
+  const std::vector<int64_t> steps = {5, 3, 1, 1};
+  std::vector<float> mask(100, -INFINITY);
+  for (int64_t row = 0; row < 10; ++row)
+    for (int64_t col = 0; col <= row; ++col) mask[row * 10 + col] = (row + col) % 3 == 0 ? -1.5f : 0.0f;
+  for (const FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
+    for (const bool masked : {false, true}) {
+      const std::vector<float> step_mask = masked ? mask : std::vector<float>{};
+      const auto run_with = [&](KvCacheLayout layout) {
+        const RunConfig run =
+            serving_config(AttentionChoice::Auto, formulation, ComputeDType::FP32, layout, KvCacheDType::Auto);
+        const CudaLayerLimits limits{2, 5, 10, masked};
+        CudaMlaLayer layer(m, whole(m), loaded.weights, run, limits);
+        SingleProcessCommunicator comm;
+        CudaStepExecutor executor(layer, comm, step_mask, x.tokens);
+        return run_schedule(executor, x, steps, step_mask, {});
+      };
+      const RunResult dense = run_with(KvCacheLayout::Dense);
+      const RunResult paged = run_with(KvCacheLayout::Paged);
+      const std::string name = std::string(to_string(formulation)) + (masked ? " masked" : "");
+      EXPECT_LE(relative_l2_error(paged.y, dense.y), 1e-5) << name;
+      const RunConfig cpu_run = serving_config(AttentionChoice::Auto, formulation, ComputeDType::FP32,
+                                               KvCacheLayout::Paged, KvCacheDType::Auto);
+      EXPECT_LE(relative_l2_error(paged.y, layer_run(m, cpu_run, whole(m), loaded.weights, x, steps, step_mask).y),
+                1e-5)
+          << name << " vs the CPU layer";
+    }
+  }
+}
+
+TEST_F(CudaServing, ContinuousBatchingMatchesTheCpuLayer) {
+  const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 3, 64);
+  const std::vector<RequestConfig> requests = {
+      {"a", 9, 4, 0}, {"b", 14, 3, 1}, {"c", 5, 6, 1}, {"d", 20, 2, 3}, {"e", 3, 5, 6}};
+  InputConfig input;
+  input.random = true;
+  input.seed = 45;
+  const RequestInputs inputs = load_request_inputs(input, requests, m);
+  for (const KvCacheDType cache_dtype : {KvCacheDType::Auto, KvCacheDType::FP8}) {
+    for (const ComputeDType compute : {ComputeDType::FP32, ComputeDType::BF16}) {
+      RunConfig run =
+          serving_config(AttentionChoice::Auto, FormulationChoice::Auto, compute, KvCacheLayout::Paged, cache_dtype);
+      run.kv_cache.pages = 12;  // fewer than all requests at once: some wait for pages
+      run.max_step_tokens = 8;  // prompts in several chunks beside the decodes
+      const std::vector<PlannedStep> plan = plan_requests(requests, request_limits(m, run));
+      const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 46), m, whole(m), compute);
+      SingleProcessCommunicator comm;
+      MlaLayer cpu_layer(m, whole(m), loaded.weights, run);
+      CpuStepExecutor cpu(cpu_layer, comm);
+      const RequestRunResult want = run_requests(cpu, requests, inputs, plan);
+      CudaLayerLimits limits;
+      limits.max_batch = m.max_batch_size;
+      limits.max_step_len = run.max_step_tokens;
+      limits.max_kv_len = m.max_seq_len;
+      limits.max_step_tokens = run.max_step_tokens;
+      CudaMlaLayer cuda_layer(m, whole(m), loaded.weights, run, limits);
+      CudaStepExecutor cuda(cuda_layer, comm, {}, 0);
+      const RequestRunResult got = run_requests(cuda, requests, inputs, plan);
+      const std::string name = std::string(to_string(cache_dtype)) + " cache, " + to_string(compute);
+      ASSERT_EQ(got.y.size(), requests.size());
+      for (size_t r = 0; r < requests.size(); ++r) {
+        EXPECT_LE(relative_l2_error(got.y[r], want.y[r]), bound_for(compute, cache_dtype))
+            << requests[r].name << ", " << name;
+      }
+      // Pages follow the tokens held, the same on both backends (fp32 rows here in either compute:
+      // dtype auto on the GPU).
+      if (cache_dtype == KvCacheDType::FP8 || compute == ComputeDType::FP32) {
+        EXPECT_EQ(got.peak_cache_bytes_in_use, want.peak_cache_bytes_in_use) << name;
+        EXPECT_EQ(got.cache_pool_bytes, want.cache_pool_bytes) << name;
+      }
+      EXPECT_EQ(cuda_layer.cache().pages_free(), run.kv_cache.pages) << name << ": every page back in the pool";
+    }
+  }
+}
+
+TEST_F(CudaServing, PageExhaustionIsAClearErrorThatLeavesTheCacheAsItWas) {
+  const LayerShape shape = layer_shapes().front();
+  const ModelArgs& m = shape.model;
+  RunConfig run = serving_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32,
+                                 KvCacheLayout::Paged, KvCacheDType::FP8);
+  run.kv_cache.pages = 5;  // 20 positions
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(shape.weights_dtype, 47), m, whole(m), ComputeDType::FP32);
+  const std::vector<RaggedTestStep> fits = {{{0, 0, 6}, {1, 0, 6}}};      // 4 pages
+  const std::vector<RaggedTestStep> too_much = {{{0, 6, 3}, {1, 6, 6}}};  // 2 more: 1 is free
+  const std::vector<RaggedTestStep> after = {{{0, 6, 3}, {1, 0, 6}}};     // slot 1 anew, after its release
+  CudaMlaLayer layer(m, whole(m), loaded.weights, run, limits_for(m, {fits[0], too_much[0], after[0]}));
+  SingleProcessCommunicator comm;
+  CudaStepExecutor executor(layer, comm, {}, 0);
+  const std::vector<std::vector<float>> tokens = slot_tokens(m, 48);
+  run_ragged_steps(executor, m, tokens, fits);
+  const int64_t free_before = layer.cache().pages_free();
+  try {
+    run_ragged_steps(executor, m, tokens, too_much);
+    FAIL() << "a step needing 2 more pages with 1 free ran";
+  } catch (const CacheFull& error) {
+    EXPECT_NE(std::string(error.what()).find("run.kv_cache.pages"), std::string::npos) << error.what();
+  }
+  EXPECT_EQ(layer.cache().pages_free(), free_before);
+  EXPECT_EQ(layer.cache().held_len(0), 6);
+  EXPECT_EQ(layer.cache().held_len(1), 6);
+  // After a release the step fits, and equals the CPU layer's same steps.
+  layer.release_sequence(1);
+  const std::vector<std::vector<float>> got = run_ragged_steps(executor, m, tokens, after);
+  const ServingRun want = cpu_steps(m, run, whole(m), loaded.weights, tokens, {fits[0], after[0]});
+  EXPECT_LE(relative_l2_error(got[0], want.y[1]), bound_for(ComputeDType::FP32, KvCacheDType::FP8));
+}
+
+// Device memory as measured for a layer over paged fp8 rows: the report equals what it allocated
+// (the pool of fp8 rows, the step's index and block table, the fp32 rows it attends over), and
+// the pool is the pages' bytes.
+TEST_F(CudaServing, APagedFp8LayerReportsTheMemoryItHolds) {
+  const LayerShape shape = layer_shapes().back();  // fp8 weights, C = 144: a partial fp8 block
+  ASSERT_EQ(shape.name, "fp8_partial_blocks");
+  const ModelArgs& m = shape.model;
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(shape.weights_dtype, 51), m, whole(m), ComputeDType::BF16);
+  RunConfig run = serving_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::BF16,
+                                 KvCacheLayout::Paged, KvCacheDType::FP8);
+  run.kv_cache.pages = 7;
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const int64_t before = device_memory_use().in_use_bytes;
+  const CudaMlaLayer layer(m, whole(m), loaded.weights, run, limits_for(m, ragged_test_schedule()));
+  EXPECT_EQ(layer.memory().total(), device_memory_use().in_use_bytes - before)
+      << "a buffer the memory report leaves out";
+  EXPECT_EQ(layer.cache().pool_bytes(), 7 * 4 * latent_row_bytes(LatentDType::FP8, 144, m.qk_rope_head_dim));
+  EXPECT_GE(layer.memory().kv_cache_bytes, layer.cache().pool_bytes());
+}
+
+TEST_F(CudaServing, EmulatedWorldsOfTwoAndFourEqualWorldOneOnRaggedSteps) {
+  const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 3, 32);
+  const WeightsConfig weights = random_weights(WeightDType::BF16, 49);
+  const std::vector<RaggedTestStep> steps = ragged_test_schedule();
+  const std::vector<std::vector<float>> tokens = slot_tokens(m, 50);
+  for (const FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
+    const RunConfig run = serving_config(AttentionChoice::Auto, formulation, ComputeDType::FP32, KvCacheLayout::Paged,
+                                         KvCacheDType::Auto);
+    const ServingRun world_one = cuda_steps(
+        m, run, whole(m), load_layer_weights(weights, m, whole(m), ComputeDType::FP32).weights, tokens, steps);
+    for (const int world : {2, 4}) {
+      std::vector<std::vector<float>> summed;
+      for (const std::vector<float>& y : world_one.y) summed.emplace_back(y.size(), 0.0f);
+      for (int rank = 0; rank < world; ++rank) {
+        const HeadShard shard = shard_heads(m.n_heads, world, rank, false);
+        const ServingRun partial =
+            cuda_steps(m, run, shard, load_layer_weights(weights, m, shard, ComputeDType::FP32).weights, tokens, steps);
+        for (size_t i = 0; i < summed.size(); ++i)
+          for (size_t j = 0; j < summed[i].size(); ++j) summed[i][j] += partial.y[i][j];
+      }
+      for (size_t i = 0; i < summed.size(); ++i) {
+        EXPECT_LE(relative_l2_error(summed[i], world_one.y[i]), 1e-5)
+            << "world " << world << " " << to_string(formulation) << " step " << i;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace mla::test
