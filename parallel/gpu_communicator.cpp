@@ -7,25 +7,6 @@
 
 namespace mla {
 
-HostStagedCommunicator::~HostStagedCommunicator() {
-  if (staging_ != nullptr) cudaFreeHost(staging_);
-}
-
-void HostStagedCommunicator::allreduce_sum(float* values, int64_t count) {
-  if (count > staging_count_) {
-    if (staging_ != nullptr) CUDA_CHECK(cudaFreeHost(staging_));
-    staging_ = nullptr;
-    CUDA_CHECK(cudaMallocHost(&staging_, static_cast<size_t>(count) * sizeof(float)));
-    staging_count_ = count;
-  }
-  const size_t bytes = static_cast<size_t>(count) * sizeof(float);
-  CUDA_CHECK(cudaMemcpyAsync(staging_, values, bytes, cudaMemcpyDeviceToHost, stream_));
-  CUDA_CHECK(cudaStreamSynchronize(stream_));
-  host_.allreduce_sum(staging_, count);
-  CUDA_CHECK(cudaMemcpyAsync(values, staging_, bytes, cudaMemcpyHostToDevice, stream_));
-  CUDA_CHECK(cudaStreamSynchronize(stream_));
-}
-
 GpuCommunicator make_gpu_communicator(CommunicatorChoice choice, const MpiSession& session, cudaStream_t stream,
                                       double timeout_s) {
   const int devices = cuda_device_count();

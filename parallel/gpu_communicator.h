@@ -9,31 +9,10 @@
 #include <string>
 
 #include "parallel/communicator.h"
+#include "parallel/host_staged_communicator.h"
 #include "parallel/mpi_session.h"
 
 namespace mla {
-
-// Sums device memory through a host communicator: device -> pinned host buffer -> the host sum ->
-// device, ordered on `stream`. Every rank ends with the same bits, as the host communicator gives.
-class HostStagedCommunicator final : public Communicator {
- public:
-  HostStagedCommunicator(Communicator& host, cudaStream_t stream) : host_(host), stream_(stream) {}
-  ~HostStagedCommunicator() override;
-  HostStagedCommunicator(const HostStagedCommunicator&) = delete;
-  HostStagedCommunicator& operator=(const HostStagedCommunicator&) = delete;
-
-  int rank() const override { return host_.rank(); }
-  int world() const override { return host_.world(); }
-  std::string host() const override { return host_.host(); }
-  // `values` is device memory. Returns once the sum is back in it.
-  void allreduce_sum(float* values, int64_t count) override;
-
- private:
-  Communicator& host_;
-  cudaStream_t stream_;
-  float* staging_ = nullptr;  // pinned, grown to the largest sum asked
-  int64_t staging_count_ = 0;
-};
 
 // The communicator of a CUDA rank, and the words for its log line.
 struct GpuCommunicator {

@@ -102,18 +102,78 @@ bool MpiSession::all_ok(bool ok, const std::string& message, std::string* failur
   return false;
 }
 
+MpiCommunicator::MpiCommunicator(const MpiSession& session)
+    : session_(session), rank_(session.rank()), world_(session.world()) {}
+
+MpiCommunicator::MpiCommunicator(const MpiSession& session, int group_size) : session_(session) {
+  if (group_size < 1 || session.world() % group_size != 0) {
+    throw std::invalid_argument("MpiCommunicator: groups of " + std::to_string(group_size) + " ranks do not divide " +
+                                "a world of " + std::to_string(session.world()));
+  }
+  const CollectiveScope scope(session.watchdog(), "forming the rank groups");
+  MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, session.rank() / group_size, session.rank(), &comm_));
+  MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  MPI_CHECK(MPI_Comm_size(comm_, &world_));
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  if (comm_ != MPI_COMM_WORLD) MPI_Comm_free(&comm_);  // no throw from a destructor
+}
+
 void MpiCommunicator::allreduce_sum(float* values, int64_t count) {
-  if (session_.world() == 1) return;
+  if (world_ == 1) return;
   const CollectiveScope scope(session_.watchdog(), "all-reduce");
   for (int64_t begin = 0; begin < count; begin += kMaxMpiFloats) {
     const int piece = static_cast<int>(std::min(kMaxMpiFloats, count - begin));
     float* chunk = values + begin;
-    if (session_.rank() == 0) {
-      MPI_CHECK(MPI_Reduce(MPI_IN_PLACE, chunk, piece, MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD));
+    if (rank_ == 0) {
+      MPI_CHECK(MPI_Reduce(MPI_IN_PLACE, chunk, piece, MPI_FLOAT, MPI_SUM, 0, comm_));
     } else {
-      MPI_CHECK(MPI_Reduce(chunk, nullptr, piece, MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD));
+      MPI_CHECK(MPI_Reduce(chunk, nullptr, piece, MPI_FLOAT, MPI_SUM, 0, comm_));
     }
-    MPI_CHECK(MPI_Bcast(chunk, piece, MPI_FLOAT, 0, MPI_COMM_WORLD));
+    MPI_CHECK(MPI_Bcast(chunk, piece, MPI_FLOAT, 0, comm_));
+  }
+}
+
+// Both collectives move world * piece floats per call: pieces keep that within kMaxMpiFloats, each
+// gathered (or exchanged) into a scratch buffer and laid out from there.
+void MpiCommunicator::allgather(const float* send, int64_t count, float* recv) {
+  const CollectiveScope scope(session_.watchdog(), "all-gather");
+  const int64_t most = std::max<int64_t>(kMaxMpiFloats / world_, 1);
+  if (count <= most) {
+    const int piece = static_cast<int>(count);
+    MPI_CHECK(MPI_Allgather(send, piece, MPI_FLOAT, recv, piece, MPI_FLOAT, comm_));
+    return;
+  }
+  std::vector<float> gathered;
+  for (int64_t begin = 0; begin < count; begin += most) {
+    const int64_t piece = std::min(most, count - begin);
+    gathered.resize(static_cast<size_t>(world_ * piece));
+    MPI_CHECK(MPI_Allgather(send + begin, static_cast<int>(piece), MPI_FLOAT, gathered.data(), static_cast<int>(piece),
+                            MPI_FLOAT, comm_));
+    for (int r = 0; r < world_; ++r) {
+      std::copy_n(gathered.data() + r * piece, piece, recv + r * count + begin);
+    }
+  }
+}
+
+void MpiCommunicator::alltoall(const float* send, int64_t count, float* recv) {
+  const CollectiveScope scope(session_.watchdog(), "all-to-all");
+  const int64_t most = std::max<int64_t>(kMaxMpiFloats / world_, 1);
+  if (count <= most) {
+    const int piece = static_cast<int>(count);
+    MPI_CHECK(MPI_Alltoall(send, piece, MPI_FLOAT, recv, piece, MPI_FLOAT, comm_));
+    return;
+  }
+  std::vector<float> outgoing, incoming;
+  for (int64_t begin = 0; begin < count; begin += most) {
+    const int64_t piece = std::min(most, count - begin);
+    outgoing.resize(static_cast<size_t>(world_ * piece));
+    incoming.resize(outgoing.size());
+    for (int r = 0; r < world_; ++r) std::copy_n(send + r * count + begin, piece, outgoing.data() + r * piece);
+    MPI_CHECK(MPI_Alltoall(outgoing.data(), static_cast<int>(piece), MPI_FLOAT, incoming.data(),
+                           static_cast<int>(piece), MPI_FLOAT, comm_));
+    for (int r = 0; r < world_; ++r) std::copy_n(incoming.data() + r * piece, piece, recv + r * count + begin);
   }
 }
 

@@ -110,14 +110,27 @@ int run_mpi_command(const char* program, int* argc, char*** argv, const Watchdog
 // sum is reduced on rank 0 and broadcast: every rank ends with the same bits (docs/design.md step 9).
 class MpiCommunicator final : public Communicator {
  public:
-  explicit MpiCommunicator(const MpiSession& session) : session_(session) {}
-  int rank() const override { return session_.rank(); }
-  int world() const override { return session_.world(); }
+  // Every rank of the job.
+  explicit MpiCommunicator(const MpiSession& session);
+  // Collective over the job: the ranks [g * group_size, (g + 1) * group_size) of this rank's
+  // group g (group_size must divide the world), ranked within it.
+  MpiCommunicator(const MpiSession& session, int group_size);
+  ~MpiCommunicator() override;
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int world() const override { return world_; }
   std::string host() const override { return session_.host(); }
   void allreduce_sum(float* values, int64_t count) override;
+  void allgather(const float* send, int64_t count, float* recv) override;
+  void alltoall(const float* send, int64_t count, float* recv) override;
 
  private:
   const MpiSession& session_;
+  MPI_Comm comm_ = MPI_COMM_WORLD;  // a group's own communicator, freed with this object
+  int rank_ = 0;
+  int world_ = 1;
 };
 
 }  // namespace mla

@@ -85,4 +85,22 @@ void NcclCommunicator::allreduce_sum(float* values, int64_t count) {
   wait("all-reduce of " + std::to_string(count) + " floats", true);
 }
 
+void NcclCommunicator::allgather(const float* send, int64_t count, float* recv) {
+  if (comm_ == nullptr) throw RankFailure("rank " + std::to_string(rank_) + ": the NCCL communicator was aborted");
+  NCCL_CHECK(ncclAllGather(send, recv, static_cast<size_t>(count), ncclFloat32, comm_, stream_));
+  wait("all-gather of " + std::to_string(count) + " floats a rank", true);
+}
+
+void NcclCommunicator::alltoall(const float* send, int64_t count, float* recv) {
+  if (comm_ == nullptr) throw RankFailure("rank " + std::to_string(rank_) + ": the NCCL communicator was aborted");
+  const size_t piece = static_cast<size_t>(count);
+  NCCL_CHECK(ncclGroupStart());
+  for (int peer = 0; peer < world_; ++peer) {
+    NCCL_CHECK(ncclSend(send + peer * count, piece, ncclFloat32, peer, comm_, stream_));
+    NCCL_CHECK(ncclRecv(recv + peer * count, piece, ncclFloat32, peer, comm_, stream_));
+  }
+  NCCL_CHECK(ncclGroupEnd());
+  wait("all-to-all of " + std::to_string(count) + " floats a rank", true);
+}
+
 }  // namespace mla

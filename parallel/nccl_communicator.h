@@ -48,6 +48,10 @@ class NcclCommunicator final : public Communicator {
   std::string host() const override { return host_; }
   // `values` is device memory. Returns once the sum is in place (the stream has reached it).
   void allreduce_sum(float* values, int64_t count) override;
+  // Device memory; return once recv holds the result. The exchange is one NCCL group of a send
+  // and a receive per peer.
+  void allgather(const float* send, int64_t count, float* recv) override;
+  void alltoall(const float* send, int64_t count, float* recv) override;
 
  private:
   // Polls until NCCL has no operation in progress and, when `stream_done` asks, the stream has

@@ -40,11 +40,16 @@ class Faults : public MlaRunCli {
             "run.schedule={prefill: 512}"};
   }
 
-  // Runs with debug.fail and parallel.timeout_s 2; returns the outcome and the seconds it took.
-  std::pair<Outcome, double> run_fault(int ranks, const std::string& mode, int rank, int step) {
-    const std::vector<std::string> sets = {
+  // Runs with debug.fail and parallel.timeout_s 2 (context_group > 1: 4 heads, the cache split over
+  // groups of that many ranks); returns the outcome and the seconds it took.
+  std::pair<Outcome, double> run_fault(int ranks, const std::string& mode, int rank, int step, int context_group = 1) {
+    std::vector<std::string> sets = {
         "run.output=" + output(), "parallel.timeout_s=2", "parallel.uneven_heads=true",
         "debug={fail: {rank: " + std::to_string(rank) + ", step: " + std::to_string(step) + ", mode: " + mode + "}}"};
+    if (context_group > 1) {
+      sets.push_back("model.n_heads=4");
+      sets.push_back("parallel.context_parallel=" + std::to_string(context_group));
+    }
     std::string command = mla_run_command(write_config("fault.yaml", base_config()), sets);
     if (ranks > 1) command = mpiexec(ranks) + command;
     const auto started = Clock::now();
@@ -57,17 +62,18 @@ struct FaultCase {
   int ranks;
   std::string mode;
   int rank;
+  int context_group = 1;  // parallel.context_parallel: the ranks exchange attention inside each step
 };
 
 void PrintTo(const FaultCase& c, std::ostream* out) {
-  *out << c.ranks << " ranks, " << c.mode << " on rank " << c.rank;
+  *out << c.ranks << " ranks, " << c.mode << " on rank " << c.rank << ", context groups of " << c.context_group;
 }
 
 class DebugFail : public Faults, public testing::WithParamInterface<FaultCase> {};
 
 TEST_P(DebugFail, EndsTheJobNamingRankHostAndStep) {
   const FaultCase& c = GetParam();
-  const auto [outcome, seconds] = run_fault(c.ranks, c.mode, c.rank, 1);
+  const auto [outcome, seconds] = run_fault(c.ranks, c.mode, c.rank, 1, c.context_group);
   EXPECT_EQ(outcome.exit_code, 3) << outcome.err;
   EXPECT_NE(outcome.err.find("rank " + std::to_string(c.rank) + " (" + host() + ")"), std::string::npos) << outcome.err;
   EXPECT_NE(outcome.err.find("step 1"), std::string::npos) << outcome.err;
@@ -80,10 +86,12 @@ TEST_P(DebugFail, EndsTheJobNamingRankHostAndStep) {
 INSTANTIATE_TEST_SUITE_P(Modes, DebugFail,
                          testing::Values(FaultCase{1, "exit", 0}, FaultCase{1, "hang", 0}, FaultCase{1, "nan", 0},
                                          FaultCase{2, "exit", 1}, FaultCase{2, "hang", 0}, FaultCase{2, "hang", 1},
-                                         FaultCase{2, "nan", 1}),
+                                         FaultCase{2, "nan", 1}, FaultCase{2, "exit", 1, 2},
+                                         FaultCase{2, "hang", 1, 2}),
                          [](const testing::TestParamInfo<FaultCase>& param_info) {
                            const FaultCase& c = param_info.param;
-                           return "world" + std::to_string(c.ranks) + "_" + c.mode + "_rank" + std::to_string(c.rank);
+                           return "world" + std::to_string(c.ranks) + "_" + c.mode + "_rank" + std::to_string(c.rank) +
+                                  (c.context_group > 1 ? "_context" + std::to_string(c.context_group) : "");
                          });
 
 // A command started in the background, in a process group of its own (so that it and what it

@@ -30,6 +30,20 @@ class MlaRunMpi : public MlaRunCli {
     return SafetensorsFile::open(y_path).read_f32("y");
   }
 
+  // 4 heads, requests served by continuous batching in steps of at most 6 tokens.
+  std::string four_head_requests(const std::string& requests) const {
+    return "model: {dim: 48, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 24, qk_nope_head_dim: 8,\n"
+           "        qk_rope_head_dim: 4, v_head_dim: 8, max_batch_size: 2, max_seq_len: 32}\n"
+           "weights: {format: random, dtype: bf16, seed: 5}\n"
+           "run:\n"
+           "  threads: 1\n"
+           "  input: {random: {seed: 6}}\n"
+           "  schedule: {requests: " +
+           requests +
+           "}\n"
+           "  max_step_tokens: 6\n";
+  }
+
   // 4 heads, every phase: a prefill, a chunk at an offset, decode steps.
   std::string four_head_config() const {
     return "model: {dim: 48, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 24, qk_nope_head_dim: 8,\n"
@@ -60,16 +74,9 @@ TEST_F(MlaRunMpi, WorldsOfTwoAndFourEqualWorldOneOnEveryPath) {
 // Continuous batching at world 2 and 4: every rank runs the same planned steps with the same block
 // tables, and each request's output equals world 1's (dense fp32 and paged fp8 caches).
 TEST_F(MlaRunMpi, ContinuousBatchingAtTwoAndFourRanksEqualsOneRank) {
-  const std::string config =
-      "model: {dim: 48, n_heads: 4, q_lora_rank: 16, kv_lora_rank: 24, qk_nope_head_dim: 8,\n"
-      "        qk_rope_head_dim: 4, v_head_dim: 8, max_batch_size: 2, max_seq_len: 32}\n"
-      "weights: {format: random, dtype: bf16, seed: 5}\n"
-      "run:\n"
-      "  threads: 1\n"
-      "  input: {random: {seed: 6}}\n"
-      "  schedule: {requests: [{name: a, prompt: 9, generate: 3}, {name: b, prompt: 3, generate: 6, arrival: 1},\n"
-      "                        {name: c, prompt: 5, generate: 2, arrival: 2}]}\n"
-      "  max_step_tokens: 6\n";
+  const std::string config = four_head_requests(
+      "[{name: a, prompt: 9, generate: 3}, {name: b, prompt: 3, generate: 6, arrival: 1},\n"
+      "                        {name: c, prompt: 5, generate: 2, arrival: 2}]");
   for (const char* cache : {"{layout: dense}", "{layout: paged, page_size: 4, pages: 6, dtype: fp8}"}) {
     const std::vector<std::string> sets = {std::string("run.kv_cache=") + cache};
     std::vector<std::vector<float>> world1;
@@ -93,6 +100,56 @@ TEST_F(MlaRunMpi, ContinuousBatchingAtTwoAndFourRanksEqualsOneRank) {
       }
     }
   }
+}
+
+// parallel.context_parallel: groups of 2 at world 2 and 4, of 4 at world 4, every rank keeping its
+// share of each sequence's positions: the same y as world 1 (uniform steps on both paths, and
+// continuous batching over a paged fp8 cache), each rank saying which positions it keeps; bad
+// settings refused naming their key.
+TEST_F(MlaRunMpi, ContextParallelGroupsEqualWorldOne) {
+  for (const char* attention : {"fast", "standard"}) {
+    const std::vector<std::string> sets = {std::string("run.attention=") + attention};
+    const std::vector<float> world1 = y_of(1, four_head_config(), sets);
+    for (const auto& [ranks, group] : {std::pair{2, 2}, std::pair{4, 2}, std::pair{4, 4}}) {
+      std::vector<std::string> cp_sets = sets;
+      cp_sets.push_back("parallel.context_parallel=" + std::to_string(group));
+      const std::vector<float> y = y_of(ranks, four_head_config(), cp_sets);
+      ASSERT_EQ(y.size(), world1.size());
+      EXPECT_LE(relative_l2(y, to_double(world1)), 1e-5) << ranks << " ranks, groups of " << group << ", " << attention;
+    }
+  }
+  const std::string requests =
+      four_head_requests("[{name: a, prompt: 9, generate: 3}, {name: b, prompt: 3, generate: 6, arrival: 1}]") +
+      "  kv_cache: {layout: paged, page_size: 2, pages: 6, dtype: fp8}\n";
+  std::vector<std::vector<float>> world1;
+  for (const int group : {1, 2, 4}) {
+    const std::string y_path = dir_.file("y_cp" + std::to_string(group) + ".safetensors");
+    const Outcome outcome =
+        run_command(mpiexec(group == 1 ? 1 : 4) +
+                    mla_run_command(write_config("cp.yaml", requests),
+                                    {"parallel.context_parallel=" + std::to_string(group), "run.output=" + y_path}));
+    ASSERT_EQ(outcome.exit_code, 0) << outcome.out << outcome.err;
+    if (group > 1) {
+      EXPECT_NE(outcome.out.find("(context group of " + std::to_string(group) + " ranks)"), std::string::npos)
+          << outcome.out;
+    }
+    const SafetensorsFile y = SafetensorsFile::open(y_path);
+    for (const char* name : {"y.a", "y.b"}) {
+      const std::vector<float> values = y.read_f32(name);
+      if (group == 1) {
+        world1.push_back(values);
+      } else {
+        // fp8 rows: the ranks' c_n is computed as world 1's, but a tie may round to either code.
+        EXPECT_LE(relative_l2(values, to_double(world1[name[2] - 'a'])), 1e-4) << "groups of " << group << " " << name;
+      }
+    }
+  }
+  const std::string config = write_config("bad.yaml", four_head_config());
+  expect_user_error(run_command(mpiexec(2) + mla_run_command(config, {"parallel.context_parallel=4"})),
+                    {"parallel.context_parallel", "do not divide"});
+  expect_user_error(
+      run_command(mpiexec(2) + mla_run_command(config, {"parallel.context_parallel=2", "run.formulation=naive"})),
+      {"run.formulation", "context_parallel"});
 }
 
 // "[rank r/n host] ... pinned to CPUs 0-1,4; ..." -> {0, 1, 4} for each rank; a rank without such a

@@ -102,6 +102,9 @@ TEST(Sweep, TheRaggedPhasesDrawTheirSequences) {
                 .find("sweep.kv_distribution: only applies to phase ragged_decode"),
             std::string::npos);
   EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], phase: mixed}\n").find("sweep.chunk: required"), std::string::npos);
+  EXPECT_NE(error_of(kBase + "parallel: {context_parallel: 2}\nsweep: {seq_len: [8]}\n")
+                .find("parallel.context_parallel: 2: mla_bench measures plain tensor parallelism"),
+            std::string::npos);
 }
 
 TEST(Sweep, PointConfigCarriesThePointAndKeepsTheBase) {

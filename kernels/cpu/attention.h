@@ -70,6 +70,15 @@ struct AttentionParams {
   const float* mask = nullptr;
   int64_t mask_stride = 0;
   bool round_to_bf16 = false;  // bf16 activations: scores, probabilities and outputs rounded
+  // Context parallelism (docs/design.md, The latent cache split across ranks): the keys are shard
+  // kv_shard of kv_shards of every sequence's positions, position t on shard t % kv_shards at row
+  // t / kv_shards, so kv_len and the visible lengths count this shard's rows; queries keep their
+  // global positions. 1: every position is here. No explicit mask with shards.
+  int64_t kv_shards = 1;
+  int64_t kv_shard = 0;
+  // Where given, each query row's log-sum-exp of its scores over the positions it sees:
+  // lse[(token row) * n_heads + h], -inf for a row that sees none here (its output is then 0).
+  float* lse = nullptr;
 };
 
 // Fast path: blocks of up to 4 query rows that read the same keys (one head's positions, or
@@ -112,18 +121,35 @@ struct AttentionSequence {
   int64_t kv_len = 0;
 };
 
-inline AttentionSequence attention_sequence(const AttentionParams& params, int64_t b) {
-  if (params.seq_start_pos == nullptr) return {b * params.seq, params.seq, params.start_pos, params.kv_len};
-  const int64_t start_pos = params.seq_start_pos[b];
-  const int64_t new_tokens = params.seq_new_tokens[b];
-  return {params.seq_token_offset[b], new_tokens, start_pos, start_pos + new_tokens};
+// Of positions [0, positions), how many shard `shard` of `shards` holds (t % shards == shard).
+inline int64_t shard_rows(int64_t positions, int64_t shards, int64_t shard) {
+  return positions > shard ? (positions - shard + shards - 1) / shards : 0;
 }
 
-// Positions the query row s of `sequence` may attend to: [0, visible_len). Causal: t <= p + s.
+inline AttentionSequence attention_sequence(const AttentionParams& params, int64_t b) {
+  if (params.seq_start_pos == nullptr) {
+    const int64_t kv_len = params.kv_shards > 1
+                               ? shard_rows(params.start_pos + params.seq, params.kv_shards, params.kv_shard)
+                               : params.kv_len;
+    return {b * params.seq, params.seq, params.start_pos, kv_len};
+  }
+  const int64_t start_pos = params.seq_start_pos[b];
+  const int64_t new_tokens = params.seq_new_tokens[b];
+  return {params.seq_token_offset[b], new_tokens, start_pos,
+          shard_rows(start_pos + new_tokens, params.kv_shards, params.kv_shard)};
+}
+
+// Rows of the keys the query row s of `sequence` may attend to: [0, visible_len). Causal: t <= p + s
+// (with shards: this shard's rows of those positions).
 inline int64_t attention_visible_len(const AttentionParams& params, const AttentionSequence& sequence, int64_t s) {
   if (params.mask != nullptr) return sequence.kv_len;
-  const int64_t last_visible = sequence.start_pos + s + 1;
+  const int64_t last_visible = shard_rows(sequence.start_pos + s + 1, params.kv_shards, params.kv_shard);
   return last_visible < sequence.kv_len ? last_visible : sequence.kv_len;
+}
+
+// Where query row s of `sequence`, head h, keeps its log-sum-exp (nullptr: not asked for).
+inline float* attention_lse(const AttentionParams& params, const AttentionSequence& sequence, int64_t s, int64_t h) {
+  return params.lse != nullptr ? params.lse + (sequence.token_offset + s) * params.n_heads + h : nullptr;
 }
 
 // The same for a uniform batch.
@@ -179,8 +205,9 @@ inline int64_t kv_run_scratch_floats(const AttentionParams& params, int64_t max_
 // Query row s's scores over its first `len` positions, to be finished and soft-maxed; tail: the
 // rope part's dot products of split bf16 scores, else nullptr.
 inline ScoreRow attention_score_row(const AttentionParams& params, int64_t s, float* scores, const float* tail,
-                                    int64_t len) {
+                                    int64_t len, float* lse = nullptr) {
   ScoreRow row;
+  row.lse = lse;
   row.scores = scores;
   row.tail = tail;
   row.mask = params.mask != nullptr ? params.mask + s * params.mask_stride : nullptr;

@@ -176,7 +176,8 @@ void attend_block(const AttentionParams& p, const RowBlock& block, BlockWorkspac
   for (int64_t r = 0; r < kRowBlock; ++r) {
     float* row = scores + r * p.kv_len;
     const float* tail = split ? work.tail_scores.data() + r * p.kv_len : nullptr;
-    scores_to_probs(attention_score_row(p, block.pos[r], row, tail, visible[r]));
+    scores_to_probs(attention_score_row(p, block.pos[r], row, tail, visible[r],
+                                        attention_lse(p, block.sequence, block.pos[r], block.head[r])));
     std::fill(row + visible[r], row + cols, 0.0f);  // rows that see less add nothing past their end
   }
 
@@ -216,7 +217,7 @@ void attend_one_row(const AttentionParams& p, const RowBlock& block, BlockWorksp
                           dot_f32(query + main_dim, keys + t * p.key_pos_stride + main_dim, p.score_dim - main_dim);
                     }
                   });
-  scores_to_probs(attention_score_row(p, s, scores, tail, visible));
+  scores_to_probs(attention_score_row(p, s, scores, tail, visible, attention_lse(p, block.sequence, s, h)));
 
   float* accumulator = work.accumulators.data();
   std::fill(accumulator, accumulator + p.value_dim, 0.0f);
@@ -322,7 +323,8 @@ void attend_head_group(const AttentionParams& p, const HeadGroup& group, BlockWo
     for (int64_t r = 0; r < blocks[i].rows; ++r) {
       float* row = tile(work.scores, i) + r * p.kv_len;
       const float* tail = split ? tile(work.tail_scores, i) + r * p.kv_len : nullptr;
-      scores_to_probs(attention_score_row(p, group.s, row, tail, visible));
+      scores_to_probs(
+          attention_score_row(p, group.s, row, tail, visible, attention_lse(p, sequence, group.s, blocks[i].head[r])));
     }
     for (int64_t r = blocks[i].rows; r < kRowBlock; ++r) {  // repeats of the last head add nothing
       std::fill(tile(work.scores, i) + r * p.kv_len, tile(work.scores, i) + r * p.kv_len + visible, 0.0f);
@@ -367,6 +369,9 @@ void check_ragged_and_paged(const AttentionParams& p, const char* kernel) {
     throw std::invalid_argument(std::string(kernel) +
                                 ": an explicit mask with a ragged step (the mask is [S, e] "
                                 "of a uniform batch)");
+  }
+  if (p.kv_shards > 1 && p.mask != nullptr) {
+    throw std::invalid_argument(std::string(kernel) + ": an explicit mask with keys split over ranks");
   }
   if (p.latent_pages != nullptr && !shares_keys_across_heads(p)) {
     throw std::invalid_argument(std::string(kernel) +

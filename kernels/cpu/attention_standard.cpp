@@ -87,12 +87,17 @@ void attend_block(const AttentionParams& p, const RowBlock& block, ChunkWorkspac
     const int64_t s = block.s_begin + r / block.heads;
     const int64_t visible = attention_visible_len(p, sequence, s);
     float* row = scores + r * cols;
-    scores_to_probs(attention_score_row(p, s, row, split ? tail_scores + r * cols : nullptr, visible));
+    scores_to_probs(attention_score_row(p, s, row, split ? tail_scores + r * cols : nullptr, visible,
+                                        attention_lse(p, sequence, s, block.head + r % block.heads)));
     std::fill(row + visible, row + cols, 0.0f);
   }
 
   float* out = p.out + (sequence.token_offset + block.s_begin) * p.out_token_stride + block.head * p.out_head_stride;
   const int64_t ldc = out_row_stride(p, block);
+  if (cols == 0) {  // keys split over ranks: none of this shard's rows is visible yet
+    for (int64_t r = 0; r < rows; ++r) std::fill(out + r * ldc, out + r * ldc + p.value_dim, 0.0f);
+    return;
+  }
   for_each_kv_run(p, block.b, block.head, cols, kStandardKvRunRows, work.run_rows.data(),
                   [&](int64_t first, int64_t count, const float*, const float* values) {
                     GemmParams value_gemm;

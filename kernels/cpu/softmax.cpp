@@ -1,6 +1,7 @@
 #include "kernels/cpu/softmax.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "kernels/cpu/vector_ops.h"
@@ -37,10 +38,11 @@ MLA_VECTOR_CLONES void scores_to_probs(const ScoreRow& row) {
       for (int64_t t = 0; t < len; ++t) scores[t] = round_to_bf16_branchless(scores[t] + row.mask[t]);
     }
   }
-  softmax_row(scores, len, row.round_to_bf16);
+  const float lse = softmax_row(scores, len, row.round_to_bf16);
+  if (row.lse != nullptr) *row.lse = lse;
 }
 
-MLA_VECTOR_CLONES void softmax_row(float* scores, int64_t len, bool round_probs_to_bf16) {
+MLA_VECTOR_CLONES float softmax_row(float* scores, int64_t len, bool round_probs_to_bf16) {
   // Sixteen running maxima, one per lane: a select per lane vectorises in GCC and clang alike, where
   // clang cannot vectorise a float max written as one reduction (without -ffast-math's no-NaN).
   constexpr int64_t kLanes = 16;
@@ -71,6 +73,7 @@ MLA_VECTOR_CLONES void softmax_row(float* scores, int64_t len, bool round_probs_
 #pragma omp simd
     for (int64_t t = 0; t < len; ++t) scores[t] *= inv_sum;
   }
+  return len == 0 ? -std::numeric_limits<float>::infinity() : static_cast<float>(max_score + std::log(sum));
 }
 
 }  // namespace mla

@@ -50,6 +50,7 @@ struct ScoreRow {
   int64_t len = 0;
   float scale = 1.0f;
   bool round_to_bf16 = false;
+  float* lse = nullptr;  // where given: log(sum of exp(score)) over the row, -inf when len is 0
 };
 
 // score = scale * (dot_main + dot_tail), plus the mask, on every entry, then softmax_row. In bf16
@@ -58,8 +59,10 @@ struct ScoreRow {
 void scores_to_probs(const ScoreRow& row);
 
 // In place over scores[0, len): p = exp(s - max) / sum, in fp32 with the sum in double.
-// Entries of -inf become 0. The caller guarantees at least one finite entry. In bf16 mode the
-// probabilities are rounded before the value product (docs/design.md step 7).
-void softmax_row(float* scores, int64_t len, bool round_probs_to_bf16);
+// Entries of -inf become 0. The caller guarantees at least one finite entry, or len 0 (nothing
+// written). In bf16 mode the probabilities are rounded before the value product (docs/design.md
+// step 7). Returns the row's log-sum-exp, max + log(sum) (-inf for len 0): what merging partial
+// softmaxes over split keys needs.
+float softmax_row(float* scores, int64_t len, bool round_probs_to_bf16);
 
 }  // namespace mla

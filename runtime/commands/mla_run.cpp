@@ -100,11 +100,13 @@ JobInputs load_job_inputs(const MpiSession& session, Phases& phases, const Confi
     job.shard = shard_model_heads(config.model.n_heads, session.world(), session.rank(), config.parallel.uneven_heads);
     const InputShape shape = input_shape(config.run.input, config.model);
     job.steps = config.run.schedule.steps(shape.tokens);
-    check_cache_holds(
-        latent_cache_shape(config.model, config.run.kv_cache, config.run.compute_dtype == ComputeDType::BF16),
-        shape.batch, shape.tokens);
+    const int64_t context_parallel = config.parallel.context_parallel;
+    check_cache_holds(latent_cache_shape(config.model, config.run.kv_cache,
+                                         config.run.compute_dtype == ComputeDType::BF16, context_parallel),
+                      shape.batch, shape.tokens);
     check_debug_plan(config.debug, session.world(), job.steps.size());
-    check_memory_fits(plan_memory(config.model, config.run, job.shard, shape.batch, shape.tokens, job.steps, threads),
+    check_memory_fits(plan_memory(config.model, config.run, job.shard, shape.batch, shape.tokens, job.steps, threads,
+                                  context_parallel),
                       session.local_size(), available_memory_bytes());
     if (session.rank() == 0) {
       for (const std::string& line :
@@ -158,8 +160,10 @@ RunResult run_layer(const MpiSession& session, Phases& phases, const Config& con
   (void)phases;
   (void)backend;  // resolve_backend() gives cuda only in a CUDA build
 #endif
-  MlaLayer layer(config.model, job.shard, std::move(job.loaded.weights), config.run);
-  std::printf("%s kv cache: %s, shared by both formulations\n", label.c_str(), describe(layer.cache()).c_str());
+  const std::unique_ptr<MpiCommunicator> group = context_group(session, config.parallel);
+  MlaLayer layer(config.model, job.shard, std::move(job.loaded.weights), config.run, group.get());
+  std::printf("%s kv cache: %s, %s\n", label.c_str(), describe(layer.cache()).c_str(),
+              describe_context(group.get()).c_str());
   MpiCommunicator comm(session);
   return run_schedule(layer, comm, job.x, job.steps, job.mask, options);
 }
@@ -179,6 +183,7 @@ int run(const MpiSession& session, const std::string& config_path, const std::ve
   phases.agree("the configuration", config_text(config));
   phases.agree("the backend (run.backend as each rank resolved it)", to_string(backend));
   check_communicator(backend, config.parallel.communicator);
+  check_context_parallel(config, session.world(), backend);
   watchdog.set_timeout(config.parallel.timeout_s);
   const RankThreads rank_threads =
       configure_rank_threads(config.run.threads, config.run.pin_threads, session.local_rank(), session.local_size());

@@ -43,10 +43,11 @@ RequestJob load_request_job(const MpiSession& session, Phases& phases, const Con
   session.watchdog()->progress("planning the requests and loading the weights");
   phases.run([&] {
     job.shard = shard_model_heads(config.model.n_heads, session.world(), session.rank(), config.parallel.uneven_heads);
-    job.plan = plan_requests(requests, request_limits(config.model, config.run));
+    job.plan = plan_requests(requests, request_limits(config.model, config.run, config.parallel.context_parallel));
     check_debug_plan(config.debug, session.world(), job.plan.size());
     for (const RequestConfig& request : requests) job.total_tokens += request.prompt + request.generate;
-    check_memory_fits(plan_request_memory(config.model, config.run, job.shard, job.total_tokens, threads),
+    check_memory_fits(plan_request_memory(config.model, config.run, job.shard, job.total_tokens, threads,
+                                          config.parallel.context_parallel),
                       session.local_size(), available_memory_bytes());
     if (session.rank() == 0) {
       for (const std::string& line :
@@ -136,9 +137,11 @@ RequestRunResult run_on_backend(const MpiSession& session, Phases& phases, const
   (void)backend;
   (void)phases;
 #endif
-  MlaLayer layer(config.model, job.shard, std::move(job.loaded.weights), config.run);
-  std::printf("%s %s, %d threads %s; kv cache: %s\n", session.label().c_str(), describe(job.shard).c_str(),
-              rank_threads.count, rank_threads.placement.c_str(), describe(layer.cache()).c_str());
+  const std::unique_ptr<MpiCommunicator> group = context_group(session, config.parallel);
+  MlaLayer layer(config.model, job.shard, std::move(job.loaded.weights), config.run, group.get());
+  std::printf("%s %s, %d threads %s; kv cache: %s, %s\n", session.label().c_str(), describe(job.shard).c_str(),
+              rank_threads.count, rank_threads.placement.c_str(), describe(layer.cache()).c_str(),
+              describe_context(group.get()).c_str());
   MpiCommunicator comm(session);
   CpuStepExecutor executor(layer, comm);
   return run_requests(executor, requests, job.inputs, job.plan, options);

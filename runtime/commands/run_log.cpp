@@ -165,4 +165,15 @@ void write_output(const MpiSession& session, Phases& phases, const Config& confi
   std::fflush(stdout);
 }
 
+std::unique_ptr<MpiCommunicator> context_group(const MpiSession& session, const ParallelConfig& parallel) {
+  if (parallel.context_parallel <= 1) return nullptr;
+  return std::make_unique<MpiCommunicator>(session, static_cast<int>(parallel.context_parallel));
+}
+
+std::string describe_context(const Communicator* group) {
+  if (group == nullptr) return "shared by both formulations";
+  return "positions t % " + std::to_string(group->world()) + " == " + std::to_string(group->rank()) +
+         " of every sequence (context group of " + std::to_string(group->world()) + " ranks)";
+}
+
 }  // namespace mla

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -45,5 +46,10 @@ RunOptions run_options(const MpiSession& session, const Config& config);
 // `what` names them in the log line.
 void write_output(const MpiSession& session, Phases& phases, const Config& config, const std::string& config_path,
                   const std::vector<OutputTensor>& tensors, const std::string& what);
+
+// parallel.context_parallel > 1: this rank's group (collective over the job); else nullptr.
+std::unique_ptr<MpiCommunicator> context_group(const MpiSession& session, const ParallelConfig& parallel);
+// "shared by both formulations" or "positions t % 4 == 1 of every sequence (context group of 4)".
+std::string describe_context(const Communicator* group);
 
 }  // namespace mla

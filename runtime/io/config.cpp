@@ -267,6 +267,7 @@ void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
 void parse_parallel(MapReader reader, ParallelConfig& parallel) {
   parallel.communicator = reader.get_enum("communicator", parallel.communicator);
   parallel.uneven_heads = reader.get_bool("uneven_heads", parallel.uneven_heads);
+  parallel.context_parallel = reader.get_int("context_parallel", parallel.context_parallel, 1, 4096);
   parallel.check_identical_output = reader.get_bool("check_identical_output", parallel.check_identical_output);
   parallel.timeout_s = reader.get_double("timeout_s", parallel.timeout_s, 0.0, false);
   reader.finish();
@@ -414,6 +415,7 @@ std::vector<std::pair<std::string, std::string>> config_entries(const Config& c)
                                " pages " + text(r.kv_cache.pages) + " dtype " + to_string(r.kv_cache.dtype)},
           {"parallel.communicator", to_string(c.parallel.communicator)},
           {"parallel.uneven_heads", text(c.parallel.uneven_heads)},
+          {"parallel.context_parallel", text(c.parallel.context_parallel)},
           {"run.check_finite", text(c.run.check_finite)},
           {"run.log", to_string(c.run.log)},
           {"parallel.check_identical_output", text(c.parallel.check_identical_output)},

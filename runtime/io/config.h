@@ -155,7 +155,10 @@ struct RunConfig {
 
 struct ParallelConfig {
   CommunicatorChoice communicator = CommunicatorChoice::Auto;  // the CUDA backend's sum
-  bool uneven_heads = false;            // allow n_heads % world != 0: the first ranks take one head more
+  bool uneven_heads = false;  // allow n_heads % world != 0: the first ranks take one head more
+  // Ranks per group that split every sequence's latent cache (docs/design.md, The latent cache split
+  // across ranks): each cached position is kept by one rank of its group. 1: every rank keeps all.
+  int64_t context_parallel = 1;
   bool check_identical_output = false;  // debug: after the run, ranks compare y bit for bit
   double timeout_s = 300.0;  // a rank with no progress for this long (a step, a collective) ends the job; 0: off
 };

@@ -270,6 +270,11 @@ SweepAxes read_axes(MapReader& reader, const YAML::Node& section, const Config& 
 // The combinations no point could run: a world that does not split the heads, a decode step with
 // nothing cached, a chunk longer than its sequence.
 void check_axes(MapReader& reader, const SweepAxes& axes, const Config& base) {
+  if (base.parallel.context_parallel > 1) {
+    throw UserError("parallel.context_parallel: " + std::to_string(base.parallel.context_parallel) +
+                    ": mla_bench measures plain tensor parallelism; run the split cache with mla_run (its step "
+                    "table and rank lines give the times and each rank's cache)");
+  }
   const int64_t n_heads = base.model.n_heads;
   for (int64_t world : axes.world) {
     if (n_heads % world != 0 && !base.parallel.uneven_heads) {

@@ -32,4 +32,32 @@ void check_communicator(Backend backend, CommunicatorChoice communicator) {
   }
 }
 
+void check_context_parallel(const Config& config, int world, Backend backend) {
+  const int64_t group = config.parallel.context_parallel;
+  if (world % group != 0) {
+    throw UserError("parallel.context_parallel: groups of " + std::to_string(group) + " ranks do not divide the " +
+                    std::to_string(world) + " ranks of this job");
+  }
+  if (group == 1) return;
+  if (backend == Backend::Cuda) {
+    throw UserError(
+        "parallel.context_parallel: " + std::to_string(group) +
+        ", but the CUDA backend keeps the whole cache on every rank; use run.backend: cpu, or context_parallel: 1");
+  }
+  if (config.run.formulation == FormulationChoice::Naive) {
+    throw UserError(
+        "run.formulation: naive expands per-head keys from the whole cache, which parallel.context_parallel splits "
+        "over ranks; use auto or absorb");
+  }
+  if (!config.run.mask.empty()) {
+    throw UserError("run.mask: an explicit mask with parallel.context_parallel " + std::to_string(group) +
+                    " (the mask's columns are positions, which the group's ranks split); use the causal rule");
+  }
+  if (config.model.n_heads % world != 0) {
+    throw UserError("parallel.uneven_heads: model.n_heads " + std::to_string(config.model.n_heads) + " over " +
+                    std::to_string(world) + " ranks with parallel.context_parallel " + std::to_string(group) +
+                    ": every rank of a group must hold as many heads");
+  }
+}
+
 }  // namespace mla

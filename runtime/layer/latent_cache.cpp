@@ -29,10 +29,12 @@ std::string describe(const LatentCache& cache) {
          to_string(shape.dtype) + " rows, " + bytes;
 }
 
-LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig& config, bool compute_bf16) {
+LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig& config, bool compute_bf16,
+                                    int64_t context_parallel) {
   LatentCacheShape shape;
   shape.slots = model.max_batch_size;
-  shape.max_seq_len = model.max_seq_len;
+  shape.context_parallel = context_parallel;
+  shape.max_seq_len = shape.rows_for(model.max_seq_len);
   shape.latent_dim = model.kv_lora_rank;
   shape.rope_dim = model.qk_rope_head_dim;
   switch (config.dtype) {
@@ -52,7 +54,7 @@ LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig&
 }
 
 void check_cache_holds(const LatentCacheShape& shape, int64_t sequences, int64_t tokens) {
-  const int64_t needed = sequences * shape.pages_for(tokens);
+  const int64_t needed = sequences * shape.pages_for(shape.rows_for(tokens));
   if (needed <= shape.pages) return;
   throw UserError("run.kv_cache.pages: " + std::to_string(sequences) + " sequences of " + std::to_string(tokens) +
                   " positions need " + std::to_string(needed) + " pages of " + std::to_string(shape.page_size) +
@@ -75,8 +77,8 @@ LatentCache::LatentCache(const LatentCacheShape& shape, LatentCachePool pool)
 }
 
 int64_t LatentCache::pages_needed(int64_t slot, int64_t len) const {
-  return std::max<int64_t>(0,
-                           shape_.pages_for(len) - static_cast<int64_t>(slot_pages_[static_cast<size_t>(slot)].size()));
+  return std::max<int64_t>(
+      0, shape_.pages_for(shape_.rows_for(len)) - static_cast<int64_t>(slot_pages_[static_cast<size_t>(slot)].size()));
 }
 
 void LatentCache::reserve(const RaggedStep& step) {

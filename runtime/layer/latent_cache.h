@@ -34,15 +34,23 @@ struct LatentCacheShape {
   bool paged = false;
   int64_t page_size = 0;  // dense: max_seq_len
   int64_t pages = 0;      // dense: slots
+  // parallel.context_parallel: this rank keeps every context_parallel-th position of a sequence
+  // (position t at row t / context_parallel), so max_seq_len and page counts are in its rows.
+  int64_t context_parallel = 1;
 
-  // Pages that hold `positions` positions.
-  int64_t pages_for(int64_t positions) const { return (positions + page_size - 1) / page_size; }
+  // Rows of this rank for a sequence of `positions` positions (the most any rank of the group
+  // keeps, so that every rank of it takes the same pages and runs out of them together).
+  int64_t rows_for(int64_t positions) const { return (positions + context_parallel - 1) / context_parallel; }
+  // Pages that hold `rows` rows.
+  int64_t pages_for(int64_t rows) const { return (rows + page_size - 1) / page_size; }
   int64_t pages_per_slot() const { return pages_for(max_seq_len); }
   int64_t page_bytes() const { return page_size * latent_row_bytes(dtype, latent_dim, rope_dim); }
 };
 
-// From the model and run.kv_cache; compute_bf16 is what dtype auto follows.
-LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig& config, bool compute_bf16);
+// From the model and run.kv_cache; compute_bf16 is what dtype auto follows. context_parallel > 1:
+// a rank's share of the cache (run.kv_cache.pages counts a rank's pages).
+LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig& config, bool compute_bf16,
+                                    int64_t context_parallel = 1);
 const char* to_string(LatentDType dtype);
 
 // A uniform schedule of `sequences` sequences of `tokens` positions must fit the pool: a UserError
@@ -63,11 +71,11 @@ class LatentCache {
   explicit LatentCache(const LatentCacheShape& shape, LatentCachePool pool = LatentCachePool::Host);
 
   const LatentCacheShape& shape() const { return shape_; }
-  // Positions slot holds (written by steps so far).
+  // Positions slot holds (written by steps so far; with context parallelism, of the whole group).
   int64_t held_len(int64_t slot) const { return held_len_[static_cast<size_t>(slot)]; }
-  // Makes every sequence of the step able to hold its positions [0, start_pos + new_tokens): takes
-  // pages from the pool as needed, for all of them or, when the pool is short, for none (CacheFull,
-  // naming run.kv_cache.pages).
+  // Makes every sequence of the step able to hold its positions [0, start_pos + new_tokens) (its
+  // rows of them): takes pages from the pool as needed, for all of them or, when the pool is short,
+  // for none (CacheFull, naming run.kv_cache.pages).
   void reserve(const RaggedStep& step);
   // After a step wrote positions [start_pos, len) of slot: the slot holds [0, len).
   void set_held_len(int64_t slot, int64_t len) { held_len_[static_cast<size_t>(slot)] = len; }
@@ -89,7 +97,7 @@ class LatentCache {
   void shuffle_free_pages(uint64_t seed);
 
  private:
-  // Pages slot needs for len positions beyond what it has.
+  // Pages slot needs for len positions (its rows of them) beyond what it has.
   int64_t pages_needed(int64_t slot, int64_t len) const;
 
   LatentCacheShape shape_;

@@ -52,19 +52,20 @@ std::string MemoryPlan::describe() const {
 }
 
 // The weights and the latent cache, whatever the schedule.
-MemoryPlan fixed_memory(const ModelArgs& m, const RunConfig& run, const HeadShard& shard) {
+MemoryPlan fixed_memory(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, int64_t context_parallel) {
   MemoryPlan plan;
   plan.weights_bytes = weight_elements(m, static_cast<double>(shard.n_local_heads)) * kFloat;
-  const LatentCacheShape cache = latent_cache_shape(m, run.kv_cache, run.compute_dtype == ComputeDType::BF16);
+  const LatentCacheShape cache =
+      latent_cache_shape(m, run.kv_cache, run.compute_dtype == ComputeDType::BF16, context_parallel);
   plan.kv_cache_bytes = static_cast<double>(cache.pages) * static_cast<double>(cache.page_bytes()) +
                         static_cast<double>(m.max_seq_len) * static_cast<double>(m.qk_rope_head_dim) * kFloat;
   return plan;
 }
 
 MemoryPlan plan_memory(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, int64_t batch, int64_t tokens,
-                       const std::vector<int64_t>& steps, int threads) {
+                       const std::vector<int64_t>& steps, int threads, int64_t context_parallel) {
   const double heads = static_cast<double>(shard.n_local_heads);
-  MemoryPlan plan = fixed_memory(m, run, shard);
+  MemoryPlan plan = fixed_memory(m, run, shard, context_parallel);
   plan.activation_bytes =
       2.0 * static_cast<double>(batch) * static_cast<double>(tokens) * static_cast<double>(m.dim) * kFloat;
   double start_pos = 0;
@@ -79,8 +80,8 @@ MemoryPlan plan_memory(const ModelArgs& m, const RunConfig& run, const HeadShard
 }
 
 MemoryPlan plan_request_memory(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, int64_t total_tokens,
-                               int threads) {
-  MemoryPlan plan = fixed_memory(m, run, shard);
+                               int threads, int64_t context_parallel) {
+  MemoryPlan plan = fixed_memory(m, run, shard, context_parallel);
   plan.activation_bytes = 2.0 * static_cast<double>(total_tokens) * static_cast<double>(m.dim) * kFloat;
   const double slots = static_cast<double>(m.max_batch_size);
   plan.workspace_bytes =

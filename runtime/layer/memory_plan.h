@@ -23,12 +23,13 @@ struct MemoryPlan {
   std::string describe() const;  // "1.2 GB (weights 0.9 GB, kv cache 0.3 GB, ...)"
 };
 
+// context_parallel: the rank keeps its share of the cache (parallel.context_parallel).
 MemoryPlan plan_memory(const ModelArgs& model, const RunConfig& run, const HeadShard& shard, int64_t batch,
-                       int64_t tokens, const std::vector<int64_t>& steps, int threads);
+                       int64_t tokens, const std::vector<int64_t>& steps, int threads, int64_t context_parallel = 1);
 // Continuous batching: `total_tokens` input (and output) tokens over every request; a step carries
 // at most run.max_step_tokens tokens of up to max_batch_size sequences of up to max_seq_len positions.
 MemoryPlan plan_request_memory(const ModelArgs& model, const RunConfig& run, const HeadShard& shard,
-                               int64_t total_tokens, int threads);
+                               int64_t total_tokens, int threads, int64_t context_parallel = 1);
 
 // MemAvailable of /proc/meminfo in bytes, or -1 when it cannot be read.
 int64_t available_memory_bytes();

@@ -10,6 +10,7 @@
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/attention_fast_amx.h"
+#include "kernels/cpu/attention_merge.h"
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/finite_check.h"
 #include "kernels/cpu/gemm.h"
@@ -147,7 +148,8 @@ StepReport plan_step_report(const ModelArgs& model, const RunConfig& run, int64_
   return report;
 }
 
-MlaLayer::MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights weights, const RunConfig& run)
+MlaLayer::MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights weights, const RunConfig& run,
+                   Communicator* context_group)
     : model_(model),
       shard_(shard),
       weights_(std::move(weights)),
@@ -155,7 +157,8 @@ MlaLayer::MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights 
       round_bf16_(run.compute_dtype == ComputeDType::BF16),
       rope_table_(make_rope_table(rope_params(model), model.max_seq_len)),
       latent_width_(model.kv_lora_rank + model.qk_rope_head_dim),
-      cache_(latent_cache_shape(model, run.kv_cache, round_bf16_)) {
+      context_group_(context_group != nullptr && context_group->world() > 1 ? context_group : nullptr),
+      cache_(latent_cache_shape(model, run.kv_cache, round_bf16_, context_shards())) {
   const LinearPrecision precision = round_bf16_ ? LinearPrecision::BF16 : LinearPrecision::FP32;
   const int64_t heads = shard_.n_local_heads;
   const int64_t q_width = heads * model_.qk_head_dim();
@@ -225,6 +228,10 @@ StepReport MlaLayer::run_step(const float* x, const uint16_t* x_bf16, const Ragg
     x_bf16 = bits;
   }
   StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, step, index, mask != nullptr);
+  if (context_group_ != nullptr && report.plan.formulation != Formulation::Absorb) {
+    report.plan.formulation = Formulation::Absorb;
+    report.plan.reason += "; the cache is split over the context group, which the absorb formulation reads";
+  }
   AttentionStep attention{index.sequences(), index.new_tokens[0], index.start_pos[0], shard_.n_local_heads, mask,
                           mask_stride,       round_bf16_};
   if (!uniform) attention.ragged = &index;
@@ -311,6 +318,10 @@ void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, const Ragg
   rope.vec_stride = dq;
   rope_apply(rope);
 
+  if (context_group_ != nullptr) {
+    append_own_rows(kv, index);
+    return;
+  }
   PagedLatentAppendParams append;
   append.rows = kv;
   append.row_stride = latent_width_;
@@ -321,10 +332,39 @@ void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, const Ragg
   paged_latent_append(append);
 }
 
+// Position t goes to the group's rank t % shards, at its row t / shards.
+void MlaLayer::append_own_rows(const float* kv, const RaggedIndex& index) {
+  const int64_t shards = context_shards();
+  const int64_t shard = context_group_->rank();
+  own_sequence_.clear();
+  own_row_.clear();
+  own_rows_.clear();
+  for (size_t token = 0; token < index.token_position.size(); ++token) {
+    const int64_t position = index.token_position[token];
+    if (position % shards != shard) continue;
+    own_sequence_.push_back(index.token_sequence[token]);
+    own_row_.push_back(position / shards);
+    const float* row = kv + static_cast<int64_t>(token) * latent_width_;
+    own_rows_.insert(own_rows_.end(), row, row + latent_width_);
+  }
+  PagedLatentAppendParams append;
+  append.rows = own_rows_.data();
+  append.row_stride = latent_width_;
+  append.tokens = static_cast<int64_t>(own_row_.size());
+  append.sequence = own_sequence_.data();
+  append.position = own_row_.data();
+  append.cache = step_cache_;
+  paged_latent_append(append);
+}
+
 void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_attention, StepReport& report) {
   const int64_t tokens =
       step.ragged != nullptr ? static_cast<int64_t>(step.ragged->token_position.size()) : step.batch * step.seq;
   const int64_t heads = shard_.n_local_heads;
+  if (context_group_ != nullptr) {
+    attend_split(plan, step, report);
+    return;
+  }
   if (plan.formulation == Formulation::Absorb) {
     absorb_queries(tokens);
     float* o_latent = sized(o_latent_, tokens * heads * model_.kv_lora_rank);
@@ -350,18 +390,70 @@ void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_
   run_attention(plan.path, params, report);
 }
 
+// docs/design.md, The latent cache split across ranks: every rank of the group computes, for the
+// queries of every head of the group, the attention over its own rows with the log-sum-exp of the
+// scores; the heads' owners merge what the group sends them into the exact softmax over all the
+// positions. Then Wv and wo as ever.
+void MlaLayer::attend_split(const StepPlan& plan, const AttentionStep& step, StepReport& report) {
+  const int64_t tokens =
+      step.ragged != nullptr ? static_cast<int64_t>(step.ragged->token_position.size()) : step.batch * step.seq;
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t shards = context_shards();
+  const int64_t query_count = tokens * heads * latent_width_;
+  const int64_t out_count = tokens * heads * C;
+  absorb_queries(tokens);
+  float* queries = sized(group_queries_, shards * query_count);
+  context_group_->allgather(q_absorbed_.data(), query_count, queries);
+  float* partial = sized(partial_out_, shards * out_count);
+  float* partial_lse = sized(partial_lse_, shards * tokens * heads);
+  int64_t rows_held = 0;  // the most rows of a sequence this rank holds
+  const RaggedIndex* ragged = step.ragged;
+  for (int64_t b = 0; b < (ragged != nullptr ? ragged->sequences() : 1); ++b) {
+    const int64_t positions =
+        ragged != nullptr ? ragged->start_pos[b] + ragged->new_tokens[b] : step.start_pos + step.seq;
+    rows_held = std::max(rows_held, shard_rows(positions, shards, context_group_->rank()));
+  }
+  for (int64_t source = 0; source < shards; ++source) {  // the heads of the group's rank `source`
+    AttentionParams params =
+        absorb_attention_params(model_, step, queries + source * query_count, nullptr, partial + source * out_count);
+    params.latent_pages = &step_cache_;
+    params.kv_shards = shards;
+    params.kv_shard = context_group_->rank();
+    params.kv_len = rows_held;
+    params.lse = partial_lse + source * tokens * heads;
+    run_attention(plan.path, params, report);
+  }
+  float* received = sized(received_out_, shards * out_count);
+  float* received_lse = sized(received_lse_, shards * tokens * heads);
+  context_group_->alltoall(partial, out_count, received);
+  context_group_->alltoall(partial_lse, tokens * heads, received_lse);
+  AttentionMergeParams merge;
+  merge.out = received;
+  merge.lse = received_lse;
+  merge.parts = shards;
+  merge.rows = tokens * heads;
+  merge.dim = C;
+  merge.merged = sized(o_latent_, out_count);
+  merge.round_to_bf16 = round_bf16_;
+  attention_merge(merge);
+  absorb_outputs(tokens);
+}
+
 void MlaLayer::run_attention(AttentionPath path, const AttentionParams& params, StepReport& report) {
   const int threads = omp_get_max_threads();
   const auto started = Clock::now();
   if (path == AttentionPath::Fast) {
     attention_fast(params);
-    report.attention_workspace_bytes = attention_fast_workspace_bytes(params, threads);
+    report.attention_workspace_bytes =
+        std::max(report.attention_workspace_bytes, attention_fast_workspace_bytes(params, threads));
   } else {
     const int64_t chunk = attention_standard_query_chunk(params, run_.score_chunk_bytes, threads);
     attention_standard(params, chunk);
-    report.attention_workspace_bytes = attention_standard_workspace_bytes(params, chunk, threads);
+    report.attention_workspace_bytes =
+        std::max(report.attention_workspace_bytes, attention_standard_workspace_bytes(params, chunk, threads));
   }
-  report.attention_ms = ms_since(started);
+  report.attention_ms += ms_since(started);  // several calls when the cache is split over a group
 }
 
 // docs/design.md step 5, absorb: q_lat[h] = Wk[h]^T q_nope[h] (one GEMM per head), next to q_pe[h].

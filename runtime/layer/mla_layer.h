@@ -10,6 +10,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/packed_linear.h"
 #include "kernels/cpu/rope.h"
+#include "parallel/communicator.h"
 #include "parallel/sharding.h"
 #include "runtime/io/config.h"
 #include "runtime/io/weights.h"
@@ -52,7 +53,12 @@ StepReport plan_step_report(const ModelArgs& model, const RunConfig& run, int64_
 class MlaLayer {
  public:
   // `run` supplies compute_dtype, attention, formulation, fast_path_max_len, score_chunk_bytes.
-  MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights weights, const RunConfig& run);
+  // context_group (parallel.context_parallel > 1): the ranks of this rank's group, which split
+  // every sequence's latent cache between them (docs/design.md, The latent cache split across
+  // ranks); each step then exchanges queries and partial attention outputs with them, so every
+  // rank of the group must run the same steps. nullptr: this rank keeps the whole cache.
+  MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights weights, const RunConfig& run,
+           Communicator* context_group = nullptr);
 
   // One step: x [batch, seq, dim] holds the tokens at positions start_pos .. start_pos+seq-1 of
   // every sequence; start_pos must not skip past what is cached. mask: nullptr (causal) or an
@@ -106,6 +112,12 @@ class MlaLayer {
                       int64_t mask_stride, float* y_partial);
   void project_latent(const float* x, const uint16_t* x_bf16, const RaggedIndex& index, bool q_as_bf16);
   void attend(const StepPlan& plan, const AttentionStep& step, bool amx_attention, StepReport& report);
+  // The cache split over the context group: absorb's queries gathered from the group, each
+  // rank's partial attention over its rows sent back to the heads' owners and merged.
+  void attend_split(const StepPlan& plan, const AttentionStep& step, StepReport& report);
+  // This rank's rows of the step's tokens, appended to its share of the cache.
+  void append_own_rows(const float* kv, const RaggedIndex& index);
+  int64_t context_shards() const { return context_group_ != nullptr ? context_group_->world() : 1; }
   void absorb_queries(int64_t tokens);
   void absorb_outputs(int64_t tokens);
   // naive: the rows every sequence of the step attends to, gathered from the cache; sequence b's
@@ -134,6 +146,7 @@ class MlaLayer {
   bool round_bf16_ = false;
   RopeTable rope_table_;
   int64_t latent_width_ = 0;  // C + dr: one cache row, [c_n | k_pe]
+  Communicator* context_group_ = nullptr;
   LatentCache cache_;
   std::vector<int32_t> step_block_table_;  // the step's rows of the cache's block tables
   PagedLatentView step_cache_;             // the step's view of the cache
@@ -160,6 +173,11 @@ class MlaLayer {
   AlignedVector<uint16_t> value_bf16_;        // naive, bf16 on the AMX fast path: values_ as bf16 numbers
   AlignedVector<float> o_;                    // [B*S, Hl*dv]
   AlignedVector<uint16_t> o_bits_;            // bf16 on the AMX fast path: o as bf16 numbers, instead of o_
+  // Context parallelism: this rank's rows of the step's latent, the group's absorbed queries, the
+  // partial outputs and log-sum-exps this rank computed for each rank, and those it received.
+  AlignedVector<float> own_rows_;
+  std::vector<int64_t> own_sequence_, own_row_;
+  AlignedVector<float> group_queries_, partial_out_, partial_lse_, received_out_, received_lse_;
 };
 
 }  // namespace mla

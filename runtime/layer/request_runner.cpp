@@ -46,14 +46,16 @@ RequestInputs load_request_inputs(const InputConfig& input, const std::vector<Re
   return inputs;
 }
 
-RequestLimits request_limits(const ModelArgs& model, const RunConfig& run) {
-  const LatentCacheShape cache = latent_cache_shape(model, run.kv_cache, run.compute_dtype == ComputeDType::BF16);
+RequestLimits request_limits(const ModelArgs& model, const RunConfig& run, int64_t context_parallel) {
+  const LatentCacheShape cache =
+      latent_cache_shape(model, run.kv_cache, run.compute_dtype == ComputeDType::BF16, context_parallel);
   RequestLimits limits;
   limits.slots = model.max_batch_size;
   limits.max_seq_len = model.max_seq_len;
   limits.max_step_tokens = run.max_step_tokens;
   limits.page_size = cache.page_size;
   limits.pages = cache.pages;
+  limits.context_parallel = context_parallel;
   return limits;
 }
 

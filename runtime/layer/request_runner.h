@@ -40,7 +40,8 @@ RequestRunResult run_requests(StepExecutor& executor, const std::vector<RequestC
                               const RequestInputs& inputs, const std::vector<PlannedStep>& plan,
                               const RunOptions& options = {});
 
-// The limits plan_requests() plans within, from the model and run.kv_cache.
-RequestLimits request_limits(const ModelArgs& model, const RunConfig& run);
+// The limits plan_requests() plans within, from the model and run.kv_cache (a rank's pool, with
+// parallel.context_parallel).
+RequestLimits request_limits(const ModelArgs& model, const RunConfig& run, int64_t context_parallel = 1);
 
 }  // namespace mla

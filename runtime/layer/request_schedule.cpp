@@ -10,7 +10,12 @@ namespace mla {
 
 namespace {
 
-int64_t pages_for(int64_t tokens, int64_t page_size) { return (tokens + page_size - 1) / page_size; }
+// A rank's pages for a request of `tokens` tokens: its rows of them (all, or with context
+// parallelism the most any rank of the group keeps), in pages.
+int64_t pages_for(int64_t tokens, const RequestLimits& limits) {
+  const int64_t rows = (tokens + limits.context_parallel - 1) / limits.context_parallel;
+  return (rows + limits.page_size - 1) / limits.page_size;
+}
 
 struct Running {
   int64_t request = 0;
@@ -30,11 +35,10 @@ void check_request_fits(const std::vector<RequestConfig>& requests, const Reques
                       std::to_string(request.generate) + " tokens do not fit model.max_seq_len " +
                       std::to_string(limits.max_seq_len));
     }
-    if (pages_for(total, limits.page_size) > limits.pages) {
+    if (pages_for(total, limits) > limits.pages) {
       throw UserError(key + ": its " + std::to_string(total) + " tokens need " +
-                      std::to_string(pages_for(total, limits.page_size)) + " pages of " +
-                      std::to_string(limits.page_size) + " positions, more than run.kv_cache.pages " +
-                      std::to_string(limits.pages));
+                      std::to_string(pages_for(total, limits)) + " pages of " + std::to_string(limits.page_size) +
+                      " positions, more than run.kv_cache.pages " + std::to_string(limits.pages));
     }
   }
 }
@@ -60,7 +64,7 @@ std::vector<PlannedStep> plan_requests(const std::vector<RequestConfig>& request
     planned.clock = clock;
     while (next_waiting < waiting.size()) {
       const RequestConfig& request = requests[waiting[next_waiting]];
-      const int64_t pages = pages_for(request.prompt + request.generate, limits.page_size);
+      const int64_t pages = pages_for(request.prompt + request.generate, limits);
       const auto free_slot = std::find(slot_busy.begin(), slot_busy.end(), false);
       if (request.arrival > clock || free_slot == slot_busy.end() || promised_pages + pages > limits.pages) break;
       *free_slot = true;
@@ -93,7 +97,7 @@ std::vector<PlannedStep> plan_requests(const std::vector<RequestConfig>& request
       const auto done =
           std::find_if(running.begin(), running.end(), [&](const Running& r) { return r.request == request; });
       slot_busy[static_cast<size_t>(done->slot)] = false;
-      promised_pages -= pages_for(done->total, limits.page_size);
+      promised_pages -= pages_for(done->total, limits);
       running.erase(done);
     }
     plan.push_back(std::move(planned));

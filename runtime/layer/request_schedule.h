@@ -16,11 +16,12 @@
 namespace mla {
 
 struct RequestLimits {
-  int64_t slots = 0;            // max_batch_size
-  int64_t max_seq_len = 0;      // positions one request may reach
-  int64_t max_step_tokens = 0;  // run.max_step_tokens
-  int64_t page_size = 0;        // of the cache; dense: max_seq_len
-  int64_t pages = 0;            // dense: slots
+  int64_t slots = 0;             // max_batch_size
+  int64_t max_seq_len = 0;       // positions one request may reach
+  int64_t max_step_tokens = 0;   // run.max_step_tokens
+  int64_t page_size = 0;         // of the cache; dense: max_seq_len
+  int64_t pages = 0;             // dense: slots
+  int64_t context_parallel = 1;  // a rank keeps ceil(positions / context_parallel) rows of a request
 };
 
 struct PlannedStep {

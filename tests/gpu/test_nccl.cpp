@@ -1,11 +1,13 @@
 // NCCL behind the communicator with a world of one (one GPU here): its deadline and abort, a whole
-// run through it (wired on the layer's stream) equal to one without, a non-finite partial output.
+// run through it (wired on the layer's stream) equal to one without, a non-finite partial output;
+// the all-gather and all-to-all on device memory.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <string>
 #include <vector>
 
+#include "parallel/host_staged_communicator.h"
 #include "parallel/nccl_communicator.h"
 #include "runtime/layer/cuda_step_executor.h"
 #include "tests/gpu/gpu_test_util.h"
@@ -40,6 +42,29 @@ TEST_F(Nccl, AnAllReduceThatMissesItsDeadlineAbortsTheCommunicator) {
     EXPECT_LT(waited_s, 3.0) << "the wait ended with the stall, not at the deadline";
     // The stall ends; an in-place sum of one rank queues no kernel of NCCL's behind it.
     EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  }
+  CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// The collectives of context parallelism on device memory at a world of one, where both are a
+// copy: through NCCL (an all-gather, and a group of a send and a receive to itself) and through
+// host memory (HostStagedCommunicator over the single process).
+TEST_F(Nccl, AllGatherAndAllToAllCopyAtAWorldOfOne) {
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  {
+    const std::vector<float> values = random_floats(1000, 31);
+    DeviceBuffer<float> send = to_device(values);
+    NcclCommunicator nccl(new_nccl_unique_id(), 0, 1, stream, 10.0);
+    SingleProcessCommunicator single;
+    HostStagedCommunicator staged(single, stream);
+    for (Communicator* comm : {static_cast<Communicator*>(&nccl), static_cast<Communicator*>(&staged)}) {
+      DeviceBuffer<float> gathered(send.size()), exchanged(send.size());
+      comm->allgather(send.data(), send.size(), gathered.data());
+      comm->alltoall(send.data(), send.size(), exchanged.data());
+      EXPECT_EQ(to_host(gathered), values);
+      EXPECT_EQ(to_host(exchanged), values);
+    }
   }
   CUDA_CHECK(cudaStreamDestroy(stream));
 }

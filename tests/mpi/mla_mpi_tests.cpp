@@ -85,6 +85,64 @@ TEST(MpiLayer, ShardsSumToTheWholeLayerOnEveryPath) {
   }
 }
 
+// parallel.context_parallel: the group's ranks split every sequence's cache (position t on rank
+// t % C), the heads still sharded over the whole job. Groups of the whole world, and of 2 where the
+// world is 4; uniform steps (prefill, a chunk with history, decodes) and the ragged schedule
+// (chunks beside decodes, idle sequences, sequences shorter than the group) over dense and
+// paged caches in fp32 and fp8 rows, both paths: equal to the whole layer in one process.
+TEST(MpiLayer, ContextParallelGroupsEqualTheWholeLayer) {
+  const int world = g_session->world();
+  std::vector<int> group_sizes = {world};
+  if (world == 4) group_sizes.push_back(2);
+  const ModelArgs m = model_args(56, 4, 20, 28, 8, 6, 10, 3, 48);
+  const WeightsConfig weights = random_weights(WeightDType::BF16, 14);
+  const HeadShard shard = shard_heads(m.n_heads, world, g_session->rank(), false);
+  const InputTensor x = random_input(m, 2, 13, 15);
+  const std::vector<std::vector<float>> tokens = slot_tokens(m, 16);
+  MpiCommunicator world_comm(*g_session);
+  for (const int group_size : group_sizes) {
+    MpiCommunicator group(*g_session, group_size);
+    for (const AttentionChoice attention : {AttentionChoice::Fast, AttentionChoice::Standard}) {
+      for (const KvCacheDType cache_dtype : {KvCacheDType::Auto, KvCacheDType::FP8}) {
+        RunConfig run;
+        run.attention = attention;
+        run.formulation = FormulationChoice::Absorb;
+        run.score_chunk_bytes = 4096;
+        run.kv_cache.layout = cache_dtype == KvCacheDType::FP8 ? KvCacheLayout::Paged : KvCacheLayout::Dense;
+        run.kv_cache.page_size = 2;
+        run.kv_cache.dtype = cache_dtype;
+        const std::string name =
+            "group " + std::to_string(group_size) + " " + to_string(attention) + " " + to_string(cache_dtype);
+        const LayerWeights whole_weights = load_layer_weights(weights, m, whole(m), ComputeDType::FP32).weights;
+        const LayerWeights rank_weights = load_layer_weights(weights, m, shard, ComputeDType::FP32).weights;
+        // fp8 rows: each layer quantizes its own fp32 c_n, so a value at a tie may land on the
+        // neighbouring code (tests/test_ragged.cpp says more).
+        const double bound = cache_dtype == KvCacheDType::FP8 ? 1e-4 : 1e-5;
+
+        const RunResult whole_uniform = layer_run(m, run, whole(m), whole_weights, x, kSteps);
+        MlaLayer uniform_layer(m, shard, rank_weights, run, &group);
+        const RunResult split_uniform = run_schedule(uniform_layer, world_comm, x, kSteps, {}, {});
+        EXPECT_LE(relative_l2(split_uniform.y, to_double(whole_uniform.y)), bound) << name << ", uniform";
+        expect_identical_on_every_rank(split_uniform.y);
+
+        MlaLayer whole_layer(m, whole(m), whole_weights, run);
+        SingleProcessCommunicator single;
+        CpuStepExecutor whole_executor(whole_layer, single);
+        const std::vector<std::vector<float>> want =
+            run_ragged_steps(whole_executor, m, tokens, ragged_test_schedule());
+        MlaLayer ragged_layer(m, shard, rank_weights, run, &group);
+        CpuStepExecutor split_executor(ragged_layer, world_comm);
+        const std::vector<std::vector<float>> got = run_ragged_steps(split_executor, m, tokens, ragged_test_schedule());
+        for (size_t i = 0; i < want.size(); ++i) {
+          EXPECT_LE(relative_l2(got[i], to_double(want[i])), bound) << name << ", ragged step " << i;
+        }
+        // Each rank keeps about 1/group of the rows: its pool is the whole one's share.
+        EXPECT_EQ(ragged_layer.cache().shape().max_seq_len, (m.max_seq_len + group_size - 1) / group_size) << name;
+      }
+    }
+  }
+}
+
 TEST(MpiLayer, UnevenShardsAndBf16) {
   const ModelArgs m = model(5);
   const InputTensor x = random_input(m, 2, 13, 6);
@@ -107,6 +165,48 @@ TEST(MpiCommunicator, SumsExactlyAndLargeCounts) {
   for (size_t i = 0; i < values.size(); i += 997) {
     EXPECT_EQ(values[i], static_cast<float>(world * (world + 1) / 2 * (i % 7))) << i;
   }
+}
+
+// Rank r's value i: distinct over ranks, blocks and positions.
+float tagged(int rank, int block, int64_t i) { return static_cast<float>(rank * 100000 + block * 1000 + i); }
+
+// The collectives context parallelism uses, over the whole job and within groups of 2 consecutive
+// ranks (where the world is even): an all-gather puts every rank's block in rank order, an
+// all-to-all delivers block r of each rank to rank r.
+TEST(MpiCommunicator, AllGatherAndAllToAllOverTheJobAndWithinGroups) {
+  const int64_t count = 37;
+  std::vector<int> group_sizes = {1, g_session->world()};
+  if (g_session->world() % 2 == 0) group_sizes.push_back(2);
+  for (const int group_size : group_sizes) {
+    MpiCommunicator comm(*g_session, group_size);
+    ASSERT_EQ(comm.world(), group_size);
+    ASSERT_EQ(comm.rank(), g_session->rank() % group_size);
+    const int first_rank = g_session->rank() - comm.rank();  // the group's ranks are consecutive
+    std::vector<float> mine(static_cast<size_t>(count)), gathered(static_cast<size_t>(group_size * count));
+    for (int64_t i = 0; i < count; ++i) mine[i] = tagged(g_session->rank(), 0, i);
+    comm.allgather(mine.data(), count, gathered.data());
+    for (int r = 0; r < group_size; ++r) {
+      for (int64_t i = 0; i < count; ++i) {
+        ASSERT_EQ(gathered[r * count + i], tagged(first_rank + r, 0, i)) << "group " << group_size << " block " << r;
+      }
+    }
+    std::vector<float> outgoing(static_cast<size_t>(group_size * count)), incoming(outgoing.size());
+    for (int to = 0; to < group_size; ++to) {
+      for (int64_t i = 0; i < count; ++i) outgoing[to * count + i] = tagged(g_session->rank(), to, i);
+    }
+    comm.alltoall(outgoing.data(), count, incoming.data());
+    for (int from = 0; from < group_size; ++from) {
+      for (int64_t i = 0; i < count; ++i) {
+        ASSERT_EQ(incoming[from * count + i], tagged(first_rank + from, comm.rank(), i))
+            << "group " << group_size << " from " << from;
+      }
+    }
+    // A sum within the group: the group's ranks only.
+    std::vector<float> one = {static_cast<float>(g_session->rank())};
+    comm.allreduce_sum(one.data(), 1);
+    EXPECT_EQ(one[0], static_cast<float>(group_size * first_rank + group_size * (group_size - 1) / 2));
+  }
+  EXPECT_THROW(MpiCommunicator(*g_session, g_session->world() + 1), std::invalid_argument);
 }
 
 TEST(MpiSession, OneRanksFailureReachesEveryRankWithItsReason) {
