@@ -107,15 +107,17 @@ TEST_F(MlaRunMpi, ContinuousBatchingAtTwoAndFourRanksEqualsOneRank) {
 // continuous batching over a paged fp8 cache), each rank saying which positions it keeps; bad
 // settings refused naming their key.
 TEST_F(MlaRunMpi, ContextParallelGroupsEqualWorldOne) {
-  for (const char* attention : {"fast", "standard"}) {
-    const std::vector<std::string> sets = {std::string("run.attention=") + attention};
+  for (const char* plan : {"fast naive", "fast absorb", "standard naive", "standard absorb"}) {
+    const std::string attention(plan, std::string(plan).find(' '));
+    const std::vector<std::string> sets = {"run.attention=" + attention,
+                                           "run.formulation=" + std::string(plan).substr(attention.size() + 1)};
     const std::vector<float> world1 = y_of(1, four_head_config(), sets);
     for (const auto& [ranks, group] : {std::pair{2, 2}, std::pair{4, 2}, std::pair{4, 4}}) {
       std::vector<std::string> cp_sets = sets;
       cp_sets.push_back("parallel.context_parallel=" + std::to_string(group));
       const std::vector<float> y = y_of(ranks, four_head_config(), cp_sets);
       ASSERT_EQ(y.size(), world1.size());
-      EXPECT_LE(relative_l2(y, to_double(world1)), 1e-5) << ranks << " ranks, groups of " << group << ", " << attention;
+      EXPECT_LE(relative_l2(y, to_double(world1)), 1e-5) << ranks << " ranks, groups of " << group << ", " << plan;
     }
   }
   const std::string requests =
@@ -147,9 +149,8 @@ TEST_F(MlaRunMpi, ContextParallelGroupsEqualWorldOne) {
   const std::string config = write_config("bad.yaml", four_head_config());
   expect_user_error(run_command(mpiexec(2) + mla_run_command(config, {"parallel.context_parallel=4"})),
                     {"parallel.context_parallel", "do not divide"});
-  expect_user_error(
-      run_command(mpiexec(2) + mla_run_command(config, {"parallel.context_parallel=2", "run.formulation=naive"})),
-      {"run.formulation", "context_parallel"});
+  expect_user_error(run_command(mpiexec(2) + mla_run_command(config, {"parallel.context_parallel=2", "run.mask=m"})),
+                    {"run.mask", "context_parallel"});
 }
 
 // "[rank r/n host] ... pinned to CPUs 0-1,4; ..." -> {0, 1, 4} for each rank; a rank without such a

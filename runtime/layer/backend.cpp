@@ -44,11 +44,6 @@ void check_context_parallel(const Config& config, int world, Backend backend) {
         "parallel.context_parallel: " + std::to_string(group) +
         ", but the CUDA backend keeps the whole cache on every rank; use run.backend: cpu, or context_parallel: 1");
   }
-  if (config.run.formulation == FormulationChoice::Naive) {
-    throw UserError(
-        "run.formulation: naive expands per-head keys from the whole cache, which parallel.context_parallel splits "
-        "over ranks; use auto or absorb");
-  }
   if (!config.run.mask.empty()) {
     throw UserError("run.mask: an explicit mask with parallel.context_parallel " + std::to_string(group) +
                     " (the mask's columns are positions, which the group's ranks split); use the causal rule");

@@ -17,9 +17,8 @@ Backend resolve_backend(Backend requested, const std::string& key);
 void check_communicator(Backend backend, CommunicatorChoice communicator);
 
 // parallel.context_parallel against the job: it must divide the world; with more than one rank per
-// group the cache split needs the CPU backend, the absorb formulation (auto or absorb), the causal
-// rule (no run.mask) and the same number of heads on every rank. A UserError naming the key
-// otherwise.
+// group the cache split needs the CPU backend, the causal rule (no run.mask) and the same number of
+// heads on every rank. A UserError naming the key otherwise.
 void check_context_parallel(const Config& config, int world, Backend backend);
 
 }  // namespace mla

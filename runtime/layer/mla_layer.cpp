@@ -75,8 +75,9 @@ void MlaLayer::run_linear(const float* x, int64_t x_stride, const PackedLinear& 
 }
 
 std::string MlaLayer::linear_name(const PackedLinear& weight) const {
-  const std::pair<const PackedLinear*, const char*> names[] = {{&wq_, "wq"},       {&wq_a_, "wq_a"},   {&wq_b_, "wq_b"},
-                                                               {&wkv_a_, "wkv_a"}, {&wkv_b_, "wkv_b"}, {&wo_, "wo"}};
+  const std::pair<const PackedLinear*, const char*> names[] = {
+      {&wq_, "wq"},       {&wq_a_, "wq_a"}, {&wq_b_, "wq_b"},        {&wkv_a_, "wkv_a"},
+      {&wkv_b_, "wkv_b"}, {&wo_, "wo"},     {&group_wkv_b_, "wkv_b"}};
   for (const auto& [member, name] : names) {
     if (member == &weight) return name;
   }
@@ -170,6 +171,14 @@ MlaLayer::MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights 
   wkv_b_ = pack(weights_, &LayerWeights::wkv_b, "wkv_b", heads * (model_.qk_nope_head_dim + model_.v_head_dim),
                 model_.kv_lora_rank, precision, /*keep_fp32=*/true);
   wo_ = pack(weights_, &LayerWeights::wo, "wo", model_.dim, heads * model_.v_head_dim, precision);
+  if (context_group_ != nullptr) {
+    // Naive under the split: this rank expands its rows for every head of the group, so it holds
+    // the group's wkv_b, gathered from the ranks that own the heads (collective).
+    std::vector<float> group(static_cast<size_t>(context_shards()) * weights_.wkv_b.size());
+    context_group_->allgather(weights_.wkv_b.data(), static_cast<int64_t>(weights_.wkv_b.size()), group.data());
+    group_wkv_b_ = PackedLinear(group.data(), context_shards() * heads * (model_.qk_nope_head_dim + model_.v_head_dim),
+                                model_.kv_lora_rank, precision);
+  }
 }
 
 int64_t MlaLayer::weight_bytes() const {
@@ -228,16 +237,13 @@ StepReport MlaLayer::run_step(const float* x, const uint16_t* x_bf16, const Ragg
     x_bf16 = bits;
   }
   StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, step, index, mask != nullptr);
-  if (context_group_ != nullptr && report.plan.formulation != Formulation::Absorb) {
-    report.plan.formulation = Formulation::Absorb;
-    report.plan.reason += "; the cache is split over the context group, which the absorb formulation reads";
-  }
   AttentionStep attention{index.sequences(), index.new_tokens[0], index.start_pos[0], shard_.n_local_heads, mask,
                           mask_stride,       round_bf16_};
   if (!uniform) attention.ragged = &index;
   // On the AMX fast path q and the attention's output stay bf16 numbers from the GEMM that writes
   // them to the GEMM that reads them.
-  const bool amx_attention = report.plan.path == AttentionPath::Fast && report.plan.formulation == Formulation::Naive &&
+  const bool amx_attention = context_group_ == nullptr && report.plan.path == AttentionPath::Fast &&
+                             report.plan.formulation == Formulation::Naive &&
                              attention_fast_amx_applies(naive_head_major_attention_params(model_, attention, nullptr,
                                                                                           nullptr, nullptr, nullptr));
   project_queries(x, x_bf16, tokens, amx_attention);
@@ -375,7 +381,7 @@ void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_
     return;
   }
   // On the AMX fast path every operand is bf16 numbers; the expansion's are handed over as they are.
-  expand_keys_values(step, amx_attention);
+  expand_keys_values(step, amx_attention, {heads, &wkv_b_, 1, 0});
   if (!amx_attention) {
     float* o = sized(o_, tokens * heads * model_.v_head_dim);
     run_attention(plan.path,
@@ -393,51 +399,85 @@ void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_
 // docs/design.md, The latent cache split across ranks: every rank of the group computes, for the
 // queries of every head of the group, the attention over its own rows with the log-sum-exp of the
 // scores; the heads' owners merge what the group sends them into the exact softmax over all the
-// positions. Then Wv and wo as ever.
+// positions. Then Wv (absorb) and wo as ever.
 void MlaLayer::attend_split(const StepPlan& plan, const AttentionStep& step, StepReport& report) {
   const int64_t tokens =
       step.ragged != nullptr ? static_cast<int64_t>(step.ragged->token_position.size()) : step.batch * step.seq;
   const int64_t heads = shard_.n_local_heads;
-  const int64_t C = model_.kv_lora_rank;
   const int64_t shards = context_shards();
-  const int64_t query_count = tokens * heads * latent_width_;
-  const int64_t out_count = tokens * heads * C;
-  absorb_queries(tokens);
+  const int64_t part = split_partials(plan, step, report);
+  float* received = sized(received_out_, shards * part);
+  float* received_lse = sized(received_lse_, shards * tokens * heads);
+  context_group_->alltoall(partial_out_.data(), part, received);
+  context_group_->alltoall(partial_lse_.data(), tokens * heads, received_lse);
+  const bool absorb = plan.formulation == Formulation::Absorb;
+  AttentionMergeParams merge;
+  merge.out = received;
+  merge.lse = received_lse;
+  merge.parts = shards;
+  merge.rows = tokens * heads;
+  merge.dim = absorb ? model_.kv_lora_rank : model_.v_head_dim;
+  merge.merged = absorb ? sized(o_latent_, part) : sized(o_, part);
+  merge.round_to_bf16 = round_bf16_;
+  attention_merge(merge);
+  if (absorb) absorb_outputs(tokens);
+}
+
+// Absorb: the group's absorbed queries against this rank's latent rows. Naive: the group's queries
+// against keys and values this rank expands from its rows for every head of the group (with the
+// group's wkv_b), head-major: the heads of the group's rank r are r * Hl .. (r + 1) * Hl - 1.
+int64_t MlaLayer::split_partials(const StepPlan& plan, const AttentionStep& step, StepReport& report) {
+  const int64_t tokens =
+      step.ragged != nullptr ? static_cast<int64_t>(step.ragged->token_position.size()) : step.batch * step.seq;
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t shards = context_shards();
+  const int64_t shard = context_group_->rank();
+  const bool absorb = plan.formulation == Formulation::Absorb;
+  const int64_t query_width = absorb ? latent_width_ : model_.qk_head_dim();
+  const int64_t value_dim = absorb ? model_.kv_lora_rank : model_.v_head_dim;
+  const int64_t query_count = tokens * heads * query_width;
+  const int64_t part = tokens * heads * value_dim;
+  if (absorb) absorb_queries(tokens);
   float* queries = sized(group_queries_, shards * query_count);
-  context_group_->allgather(q_absorbed_.data(), query_count, queries);
-  float* partial = sized(partial_out_, shards * out_count);
+  context_group_->allgather(absorb ? q_absorbed_.data() : q_.data(), query_count, queries);
+  if (!absorb) expand_keys_values(step, false, {shards * heads, &group_wkv_b_, shards, shard});
+  float* partial = sized(partial_out_, shards * part);
   float* partial_lse = sized(partial_lse_, shards * tokens * heads);
   int64_t rows_held = 0;  // the most rows of a sequence this rank holds
   const RaggedIndex* ragged = step.ragged;
   for (int64_t b = 0; b < (ragged != nullptr ? ragged->sequences() : 1); ++b) {
     const int64_t positions =
         ragged != nullptr ? ragged->start_pos[b] + ragged->new_tokens[b] : step.start_pos + step.seq;
-    rows_held = std::max(rows_held, shard_rows(positions, shards, context_group_->rank()));
+    rows_held = std::max(rows_held, shard_rows(positions, shards, shard));
   }
   for (int64_t source = 0; source < shards; ++source) {  // the heads of the group's rank `source`
-    AttentionParams params =
-        absorb_attention_params(model_, step, queries + source * query_count, nullptr, partial + source * out_count);
-    params.latent_pages = &step_cache_;
+    const float* source_queries = queries + source * query_count;
+    float* out = partial + source * part;
+    AttentionParams params;
+    if (absorb) {
+      params = absorb_attention_params(model_, step, source_queries, nullptr, out);
+      params.latent_pages = &step_cache_;
+    } else {
+      params = naive_head_major_attention_params(model_, step, source_queries, keys_.data(), values_.data(), out);
+      // The expansion holds every head of the group: this source's heads start source * Hl in, and
+      // a sequence's block spans all of them. (No rows here yet: nothing is read.)
+      const int64_t dq = model_.qk_head_dim(), dv = model_.v_head_dim;
+      if (rows_held > 0) {
+        params.keys = keys_.data() + source * heads * rows_held * dq;
+        params.values = values_.data() + source * heads * rows_held * dv;
+      }
+      params.key_batch_stride = shards * heads * rows_held * dq;
+      params.key_head_stride = rows_held * dq;
+      params.value_batch_stride = shards * heads * rows_held * dv;
+      params.value_head_stride = rows_held * dv;
+    }
     params.kv_shards = shards;
-    params.kv_shard = context_group_->rank();
+    params.kv_shard = shard;
     params.kv_len = rows_held;
     params.lse = partial_lse + source * tokens * heads;
     run_attention(plan.path, params, report);
   }
-  float* received = sized(received_out_, shards * out_count);
-  float* received_lse = sized(received_lse_, shards * tokens * heads);
-  context_group_->alltoall(partial, out_count, received);
-  context_group_->alltoall(partial_lse, tokens * heads, received_lse);
-  AttentionMergeParams merge;
-  merge.out = received;
-  merge.lse = received_lse;
-  merge.parts = shards;
-  merge.rows = tokens * heads;
-  merge.dim = C;
-  merge.merged = sized(o_latent_, out_count);
-  merge.round_to_bf16 = round_bf16_;
-  attention_merge(merge);
-  absorb_outputs(tokens);
+  return part;
 }
 
 void MlaLayer::run_attention(AttentionPath path, const AttentionParams& params, StepReport& report) {
@@ -518,12 +558,14 @@ void MlaLayer::absorb_outputs(int64_t tokens) {
 // DeepSeek keeps a second, per-head cache for this; recomputing it keeps one cache for both
 // formulations and lets chunked prefill use naive too. as_bf16 (bf16 only): the keys and values as
 // bf16 numbers, in key_bf16_ and value_bf16_.
-void MlaLayer::expand_keys_values(const AttentionStep& step, bool as_bf16) {
+void MlaLayer::expand_keys_values(const AttentionStep& step, bool as_bf16, const Expansion& expansion) {
   ExpansionRows rows;
+  rows.heads = expansion.heads;
   const int64_t sequences = step.ragged != nullptr ? step.ragged->sequences() : step.batch;
   for (int64_t b = 0; b < sequences; ++b) {
-    const int64_t kv_len =
+    const int64_t positions =
         step.ragged != nullptr ? step.ragged->start_pos[b] + step.ragged->new_tokens[b] : step.start_pos + step.seq;
+    const int64_t kv_len = shard_rows(positions, expansion.shards, expansion.shard);
     rows.first_row.push_back(rows.rows);
     rows.kv_len.push_back(kv_len);
     rows.row_sequence.insert(rows.row_sequence.end(), static_cast<size_t>(kv_len), b);
@@ -531,17 +573,18 @@ void MlaLayer::expand_keys_values(const AttentionStep& step, bool as_bf16) {
     rows.padded_len = std::max(rows.padded_len, kv_len);
   }
   expanded_rows_ = rows.rows;
-  const int64_t kv_width = shard_.n_local_heads * (model_.qk_nope_head_dim + model_.v_head_dim);
+  const int64_t kv_width = rows.heads * (model_.qk_nope_head_dim + model_.v_head_dim);
   // In bf16 the expansion stays bf16 numbers, widened as they are scattered to the keys and values
   // (one pass over them instead of a widening pass and a copy).
   float* expanded = round_bf16_ ? nullptr : sized(kv_expanded_, rows.rows * kv_width);
   uint16_t* expanded_bf16 = round_bf16_ ? sized(kv_expanded_bf16_, rows.rows * kv_width) : nullptr;
   gather_latent_rows(rows);
   if (round_bf16_) {
-    run_linear(nullptr, model_.kv_lora_rank, wkv_b_, rows.rows, expanded, kv_width, latent_bf16_.data(), expanded_bf16);
+    run_linear(nullptr, model_.kv_lora_rank, *expansion.wkv_b, rows.rows, expanded, kv_width, latent_bf16_.data(),
+               expanded_bf16);
     scatter_expansion_bf16(rows, as_bf16);
   } else {
-    run_linear(latent_f32_.data(), latent_width_, wkv_b_, rows.rows, expanded, kv_width);
+    run_linear(latent_f32_.data(), latent_width_, *expansion.wkv_b, rows.rows, expanded, kv_width);
     scatter_expansion_f32(rows);
   }
 }
@@ -569,7 +612,7 @@ void MlaLayer::gather_latent_rows(const ExpansionRows& rows) {
 // bf16 mode: each head's [k_nope | v] from the bf16 expansion, k_pe from the gathered cache row;
 // kept as bf16 numbers (as_bf16) or widened into the fp32 keys and values.
 void MlaLayer::scatter_expansion_bf16(const ExpansionRows& rows, bool as_bf16) {
-  const int64_t heads = shard_.n_local_heads;
+  const int64_t heads = rows.heads;
   const int64_t dn = model_.qk_nope_head_dim, dv = model_.v_head_dim, dr = model_.qk_rope_head_dim;
   const int64_t dq = model_.qk_head_dim();
   const int64_t kv_width = heads * (dn + dv);
@@ -606,7 +649,7 @@ void MlaLayer::scatter_expansion_bf16(const ExpansionRows& rows, bool as_bf16) {
 // fp32 mode: position t of head h is [k_nope | v] at expanded[row of t, h], with the one k_pe of
 // the gathered cache row; three strided copies per sequence lay them out head-major.
 void MlaLayer::scatter_expansion_f32(const ExpansionRows& rows) {
-  const int64_t heads = shard_.n_local_heads;
+  const int64_t heads = rows.heads;
   const int64_t dn = model_.qk_nope_head_dim, dv = model_.v_head_dim;
   const int64_t dq = model_.qk_head_dim();
   const int64_t kv_width = heads * (dn + dv);

@@ -115,6 +115,9 @@ class MlaLayer {
   // The cache split over the context group: absorb's queries gathered from the group, each
   // rank's partial attention over its rows sent back to the heads' owners and merged.
   void attend_split(const StepPlan& plan, const AttentionStep& step, StepReport& report);
+  // Each rank of the group's queries over this rank's rows, into partial_out_ / partial_lse_
+  // (value_dim values a row); returns the values a part holds.
+  int64_t split_partials(const StepPlan& plan, const AttentionStep& step, StepReport& report);
   // This rank's rows of the step's tokens, appended to its share of the cache.
   void append_own_rows(const float* kv, const RaggedIndex& index);
   int64_t context_shards() const { return context_group_ != nullptr ? context_group_->world() : 1; }
@@ -127,8 +130,17 @@ class MlaLayer {
     std::vector<int64_t> row_sequence;  // per row
     int64_t rows = 0;
     int64_t padded_len = 0;  // the longest kv_len: the head-major buffers' position count
+    int64_t heads = 0;       // heads expanded
   };
-  void expand_keys_values(const AttentionStep& step, bool as_bf16);
+  // Whose keys and values an expansion makes: this rank's heads from all the cached rows, or under
+  // the split every head of the group from this rank's rows (shard `shard` of `shards`).
+  struct Expansion {
+    int64_t heads = 0;
+    const PackedLinear* wkv_b = nullptr;
+    int64_t shards = 1;
+    int64_t shard = 0;
+  };
+  void expand_keys_values(const AttentionStep& step, bool as_bf16, const Expansion& expansion);
   void gather_latent_rows(const ExpansionRows& rows);
   void scatter_expansion_bf16(const ExpansionRows& rows, bool as_bf16);
   void scatter_expansion_f32(const ExpansionRows& rows);
@@ -143,6 +155,7 @@ class MlaLayer {
   RunConfig run_;
   // The linear layers, prepared once (the fp32 copies in weights_ are released).
   PackedLinear wq_, wq_a_, wq_b_, wkv_a_, wkv_b_, wo_;
+  PackedLinear group_wkv_b_;  // context parallelism: wkv_b of every head of the group, for naive
   bool round_bf16_ = false;
   RopeTable rope_table_;
   int64_t latent_width_ = 0;  // C + dr: one cache row, [c_n | k_pe]

@@ -102,17 +102,20 @@ TEST(MpiLayer, ContextParallelGroupsEqualTheWholeLayer) {
   MpiCommunicator world_comm(*g_session);
   for (const int group_size : group_sizes) {
     MpiCommunicator group(*g_session, group_size);
-    for (const AttentionChoice attention : {AttentionChoice::Fast, AttentionChoice::Standard}) {
-      for (const KvCacheDType cache_dtype : {KvCacheDType::Auto, KvCacheDType::FP8}) {
+    for (int combination = 0; combination < 8; ++combination) {  // path x formulation x cache rows
+      const AttentionChoice attention = combination & 1 ? AttentionChoice::Standard : AttentionChoice::Fast;
+      const FormulationChoice formulation = combination & 2 ? FormulationChoice::Naive : FormulationChoice::Absorb;
+      const KvCacheDType cache_dtype = combination & 4 ? KvCacheDType::FP8 : KvCacheDType::Auto;
+      {
         RunConfig run;
         run.attention = attention;
-        run.formulation = FormulationChoice::Absorb;
+        run.formulation = formulation;
         run.score_chunk_bytes = 4096;
         run.kv_cache.layout = cache_dtype == KvCacheDType::FP8 ? KvCacheLayout::Paged : KvCacheLayout::Dense;
         run.kv_cache.page_size = 2;
         run.kv_cache.dtype = cache_dtype;
-        const std::string name =
-            "group " + std::to_string(group_size) + " " + to_string(attention) + " " + to_string(cache_dtype);
+        const std::string name = "group " + std::to_string(group_size) + " " + to_string(attention) + " " +
+                                 to_string(formulation) + " " + to_string(cache_dtype);
         const LayerWeights whole_weights = load_layer_weights(weights, m, whole(m), ComputeDType::FP32).weights;
         const LayerWeights rank_weights = load_layer_weights(weights, m, shard, ComputeDType::FP32).weights;
         // fp8 rows: each layer quantizes its own fp32 c_n, so a value at a tie may land on the
