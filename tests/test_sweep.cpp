@@ -102,9 +102,24 @@ TEST(Sweep, TheRaggedPhasesDrawTheirSequences) {
                 .find("sweep.kv_distribution: only applies to phase ragged_decode"),
             std::string::npos);
   EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], phase: mixed}\n").find("sweep.chunk: required"), std::string::npos);
-  EXPECT_NE(error_of(kBase + "parallel: {context_parallel: 2}\nsweep: {seq_len: [8]}\n")
-                .find("parallel.context_parallel: 2: mla_bench measures plain tensor parallelism"),
+}
+
+// sweep.context_parallel crosses like the other axes and each point's config carries its groups;
+// groups that do not divide a world, or a CUDA backend beside them, are refused.
+TEST(Sweep, TheContextParallelAxisCrossesAndIsChecked) {
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], world: [2, 4], context_parallel: [4]}\n")
+                .find("sweep.context_parallel: groups of 4 at world 2"),
             std::string::npos);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], world: [2], backend: [cpu, cuda], context_parallel: [1, 2]}\n")
+                .find("sweep.context_parallel: the CUDA backend"),
+            std::string::npos);
+  // The axis crosses like the others; each point's config carries its groups.
+  const Sweep sweep =
+      parse_sweep(kBase + "sweep: {seq_len: [8], world: [2], context_parallel: [1, 2]}\n", "s.yaml", {});
+  ASSERT_EQ(sweep.points.size(), 2u);
+  EXPECT_EQ(sweep.points[1].context_parallel, 2);
+  EXPECT_NE(sweep.points[1].label().find("context_parallel 2"), std::string::npos);
+  EXPECT_EQ(point_config(sweep, sweep.points[1]).parallel.context_parallel, 2);
 }
 
 TEST(Sweep, PointConfigCarriesThePointAndKeepsTheBase) {

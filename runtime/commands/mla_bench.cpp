@@ -84,7 +84,8 @@ const std::vector<std::string> kColumns = {
     "chunk", "kv_len", "start_pos", "step_tokens", "n_local_heads", "reps", "flop", "bytes", "linear_flop",
     "replicated_flop", "gemm_only_ms", "device_peak_bytes", "torch_median_ms", "torch_min_ms", "torch_p90_ms",
     "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep", "weight_bytes", "weight_gbps", "linear_ms",
-    "attention_ms", "device_used_bytes", "kv_distribution", "mean_kv_len", "step_total_tokens", "kv_cache"};
+    "attention_ms", "device_used_bytes", "kv_distribution", "mean_kv_len", "step_total_tokens", "kv_cache",
+    "context_parallel", "kv_pool_bytes"};
 
 // VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
 // restarts the high-water mark from the current RSS), so that each point reports its own peak.
@@ -147,6 +148,7 @@ struct Measurement {
   int64_t device_used_bytes = 0;              // CUDA: what the driver says the process uses
   int64_t weight_bytes = 0;                   // CPU: the weight bytes a step reads (streamed bits or GEMM operands)
   std::string linear_implementation;          // CPU: which GEMM runs the linear layers
+  int64_t kv_pool_bytes = 0;                  // the latent cache's pool on this rank
 };
 
 // Weights are loaded once per (weights, model, world, compute dtype): loading DeepSeek-sized
@@ -191,11 +193,12 @@ struct PointLayer {
   GpuCommunicator gpu_comm;  // parallel.communicator: NCCL, or MPI through host memory
 #endif
   std::unique_ptr<Communicator> comm;
+  std::unique_ptr<Communicator> context_group;  // parallel.context_parallel > 1: this rank's group
   std::unique_ptr<StepExecutor> executor;
 };
 
 // After the timed steps of `tokens` tokens: the device memory at its peak and as the driver sees
-// it (CUDA), or the weight bytes a step reads (CPU).
+// it (CUDA), or the weight bytes a step reads (CPU); the rank's cache pool.
 void record_bytes(const PointLayer& rig, int64_t tokens, Measurement& result) {
 #if MLA_HAVE_CUDA
   if (rig.cuda_layer) {
@@ -204,6 +207,7 @@ void record_bytes(const PointLayer& rig, int64_t tokens, Measurement& result) {
   }
 #endif
   if (rig.cpu_layer) result.weight_bytes = rig.cpu_layer->weight_bytes_read(tokens, result.report.plan.formulation);
+  result.kv_pool_bytes = rig.executor->cache_pool_bytes();
 }
 
 // What a point needs before it is timed, the same on every rank.
@@ -329,7 +333,10 @@ PointLayer Bench::make_layer(const Config& config, const BenchPoint& point, cons
 #endif
     return rig;
   }
-  rig.cpu_layer = std::make_unique<MlaLayer>(config.model, shard, weights, config.run);
+  if (point.context_parallel > 1) {
+    rig.context_group = std::make_unique<MpiCommunicator>(session_, static_cast<int>(point.context_parallel));
+  }
+  rig.cpu_layer = std::make_unique<MlaLayer>(config.model, shard, weights, config.run, rig.context_group.get());
   result.linear_implementation = rig.cpu_layer->linear_implementation();
   rig.comm = std::make_unique<MpiCommunicator>(session_);
   rig.executor = std::make_unique<CpuStepExecutor>(*rig.cpu_layer, *rig.comm);
@@ -828,7 +835,9 @@ ResultRow Bench::csv_row(const PointResult& r) const {
       .add("kv_distribution", point.phase == BenchPhase::RaggedDecode ? to_string(point.kv_distribution) : "")
       .add("mean_kv_len", significant(mean_kv_len(point, sweep_.bench.seed)))
       .add("step_total_tokens", std::to_string(step_total_tokens(point, sweep_.bench.seed)))
-      .add("kv_cache", kv_cache_text(r.setup->config.run.kv_cache));
+      .add("kv_cache", kv_cache_text(r.setup->config.run.kv_cache))
+      .add("context_parallel", std::to_string(point.context_parallel))
+      .add("kv_pool_bytes", measured.kv_pool_bytes > 0 ? std::to_string(measured.kv_pool_bytes) : "");
   return row;
 }
 

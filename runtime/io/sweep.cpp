@@ -72,6 +72,7 @@ std::string BenchPoint::label() const {
   if (phase == BenchPhase::RaggedDecode) text += std::string(" kv ") + to_string(kv_distribution);
   text += std::string(" attention ") + to_string(attention) + " formulation " + to_string(formulation);
   if (threads > 0) text += " threads " + std::to_string(threads);
+  if (context_parallel > 1) text += " context_parallel " + std::to_string(context_parallel);
   return text;
 }
 
@@ -79,7 +80,7 @@ namespace {
 
 // The sweep's axes as read, before crossing.
 struct SweepAxes {
-  std::vector<int64_t> world, batch, seq_len, chunk, threads;
+  std::vector<int64_t> world, batch, seq_len, chunk, threads, context_parallel;
   std::vector<size_t> phase, attention, formulation, compute_dtype, backend, kv_distribution;
 };
 
@@ -220,6 +221,7 @@ void set_point(YAML::Node& root, const BenchPoint& point, uint64_t seed) {
   run["attention"] = to_string(point.attention);
   run["formulation"] = to_string(point.formulation);
   run["threads"] = point.threads;
+  root["parallel"]["context_parallel"] = point.context_parallel;
   // The cache's batch capacity only sizes memory; max_seq_len is kept, since it decides YaRN.
   root["model"]["max_batch_size"] = point.batch;
 }
@@ -242,6 +244,7 @@ SweepAxes read_axes(MapReader& reader, const YAML::Node& section, const Config& 
   axes.compute_dtype =
       choice_list(reader, "compute_dtype", value_names<ComputeDType>(), {static_cast<size_t>(run.compute_dtype)});
   axes.threads = int_list(reader, "threads", 0, 4096, {run.threads});
+  axes.context_parallel = int_list(reader, "context_parallel", 1, 4096, {base.parallel.context_parallel});
   axes.phase = choice_list(reader, "phase", value_names<BenchPhase>(), {0});
   axes.batch = int_list(reader, "batch", 1, 1 << 20, {1});
   if (!reader.has("seq_len")) reader.fail("sweep.seq_len", section, "required: the kv lengths to measure");
@@ -270,12 +273,22 @@ SweepAxes read_axes(MapReader& reader, const YAML::Node& section, const Config& 
 // The combinations no point could run: a world that does not split the heads, a decode step with
 // nothing cached, a chunk longer than its sequence.
 void check_axes(MapReader& reader, const SweepAxes& axes, const Config& base) {
-  if (base.parallel.context_parallel > 1) {
-    throw UserError("parallel.context_parallel: " + std::to_string(base.parallel.context_parallel) +
-                    ": mla_bench measures plain tensor parallelism; run the split cache with mla_run (its step "
-                    "table and rank lines give the times and each rank's cache)");
-  }
   const int64_t n_heads = base.model.n_heads;
+  for (const int64_t group : axes.context_parallel) {
+    if (group == 1) continue;
+    for (const int64_t world : axes.world) {
+      if (world % group != 0 || n_heads % world != 0) {
+        reader.fail("sweep.context_parallel", reader.node("context_parallel"),
+                    "groups of " + std::to_string(group) + " at world " + std::to_string(world) +
+                        ": the groups must divide the world, and every rank hold as many heads");
+      }
+    }
+    const size_t cuda = static_cast<size_t>(Backend::Cuda);
+    if (std::find(axes.backend.begin(), axes.backend.end(), cuda) != axes.backend.end()) {
+      reader.fail("sweep.context_parallel", reader.node("context_parallel"),
+                  "the CUDA backend keeps the whole cache on every rank; sweep it with backend: cpu");
+    }
+  }
   for (int64_t world : axes.world) {
     if (n_heads % world != 0 && !base.parallel.uneven_heads) {
       reader.fail("sweep.world", reader.node("world"),
@@ -307,9 +320,9 @@ void check_axes(MapReader& reader, const SweepAxes& axes, const Config& base) {
 // The chunk axis applies to chunked_prefill and mixed points only (the others have chunk 0), the
 // kv_distribution axis to ragged_decode points only.
 std::vector<BenchPoint> cross_axes(const SweepAxes& axes, const std::string& source_name) {
-  double count =
-      static_cast<double>(axes.world.size() * axes.backend.size() * axes.compute_dtype.size() * axes.threads.size() *
-                          axes.batch.size() * axes.seq_len.size() * axes.attention.size() * axes.formulation.size());
+  double count = static_cast<double>(axes.world.size() * axes.backend.size() * axes.compute_dtype.size() *
+                                     axes.threads.size() * axes.context_parallel.size() * axes.batch.size() *
+                                     axes.seq_len.size() * axes.attention.size() * axes.formulation.size());
   double per_phase = 0;
   for (const size_t phase : axes.phase) {
     const BenchPhase value = static_cast<BenchPhase>(phase);
@@ -343,6 +356,7 @@ std::vector<BenchPoint> cross_axes(const SweepAxes& axes, const std::string& sou
   cross(every(axes.backend), [](BenchPoint& p, size_t v) { p.backend = static_cast<Backend>(v); });
   cross(every(axes.compute_dtype), [](BenchPoint& p, size_t v) { p.compute_dtype = static_cast<ComputeDType>(v); });
   cross(every(axes.threads), [](BenchPoint& p, int64_t v) { p.threads = static_cast<int>(v); });
+  cross(every(axes.context_parallel), [](BenchPoint& p, int64_t v) { p.context_parallel = v; });
   cross(every(axes.phase), [](BenchPoint& p, size_t v) { p.phase = static_cast<BenchPhase>(v); });
   cross(every(axes.batch), [](BenchPoint& p, int64_t v) { p.batch = v; });
   cross(every(axes.seq_len), [](BenchPoint& p, int64_t v) { p.seq_len = v; });

@@ -49,6 +49,7 @@ struct BenchPoint {
   Backend backend = Backend::Cpu;
   ComputeDType compute_dtype = ComputeDType::FP32;
   int threads = 0;
+  int64_t context_parallel = 1;  // parallel.context_parallel: ranks per group splitting the cache
   BenchPhase phase = BenchPhase::Prefill;
   int64_t batch = 1;
   int64_t seq_len = 1;
