@@ -21,6 +21,15 @@ struct AttentionStep {
   // A ragged step (batch, seq and start_pos then unused): its sequences with tokens. The naive
   // buffers hold each sequence's positions padded to the longest, kv_len = index->max_kv_len.
   const RaggedIndex* ragged = nullptr;
+
+  int64_t sequences() const { return ragged != nullptr ? ragged->sequences() : batch; }
+  int64_t tokens() const {
+    return ragged != nullptr ? static_cast<int64_t>(ragged->token_position.size()) : batch * seq;
+  }
+  // Positions sequence b attends to, its new tokens included.
+  int64_t kv_len(int64_t b) const {
+    return ragged != nullptr ? ragged->start_pos[b] + ragged->new_tokens[b] : start_pos + seq;
+  }
 };
 
 // absorb: q_absorbed [B*S, Hl, C + dr], keys = values = the latent cache

@@ -103,6 +103,13 @@ void LatentCache::reserve(const RaggedStep& step) {
   peak_pages_in_use_ = std::max(peak_pages_in_use_, pages_in_use_);
 }
 
+void LatentCache::hold(const RaggedStep& step) {
+  for (const SequenceStep& sequence : step.sequences) {
+    if (sequence.new_tokens > 0)
+      held_len_[static_cast<size_t>(sequence.slot)] = sequence.start_pos + sequence.new_tokens;
+  }
+}
+
 void LatentCache::release(int64_t slot) {
   held_len_[static_cast<size_t>(slot)] = 0;
   if (!shape_.paged) return;

@@ -77,8 +77,8 @@ class LatentCache {
   // rows of them): takes pages from the pool as needed, for all of them or, when the pool is short,
   // for none (CacheFull, naming run.kv_cache.pages).
   void reserve(const RaggedStep& step);
-  // After a step wrote positions [start_pos, len) of slot: the slot holds [0, len).
-  void set_held_len(int64_t slot, int64_t len) { held_len_[static_cast<size_t>(slot)] = len; }
+  // After the step wrote its positions: each sequence with tokens holds [0, start_pos + new_tokens).
+  void hold(const RaggedStep& step);
   // Gives a finished sequence's pages back to the pool (paged; a dense slot keeps its page).
   void release(int64_t slot);
 

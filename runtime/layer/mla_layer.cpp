@@ -249,9 +249,7 @@ StepReport MlaLayer::run_step(const float* x, const uint16_t* x_bf16, const Ragg
   project_queries(x, x_bf16, tokens, amx_attention);
   step_cache_ = cache_.view(index.slot, step_block_table_);
   project_latent(x, x_bf16, index, amx_attention);
-  for (const SequenceStep& sequence : step.sequences) {
-    if (sequence.new_tokens > 0) cache_.set_held_len(sequence.slot, sequence.start_pos + sequence.new_tokens);
-  }
+  cache_.hold(step);
 
   attend(report.plan, attention, amx_attention, report);
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
@@ -364,8 +362,7 @@ void MlaLayer::append_own_rows(const float* kv, const RaggedIndex& index) {
 }
 
 void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_attention, StepReport& report) {
-  const int64_t tokens =
-      step.ragged != nullptr ? static_cast<int64_t>(step.ragged->token_position.size()) : step.batch * step.seq;
+  const int64_t tokens = step.tokens();
   const int64_t heads = shard_.n_local_heads;
   if (context_group_ != nullptr) {
     attend_split(plan, step, report);
@@ -401,8 +398,7 @@ void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_
 // scores; the heads' owners merge what the group sends them into the exact softmax over all the
 // positions. Then Wv (absorb) and wo as ever.
 void MlaLayer::attend_split(const StepPlan& plan, const AttentionStep& step, StepReport& report) {
-  const int64_t tokens =
-      step.ragged != nullptr ? static_cast<int64_t>(step.ragged->token_position.size()) : step.batch * step.seq;
+  const int64_t tokens = step.tokens();
   const int64_t heads = shard_.n_local_heads;
   const int64_t shards = context_shards();
   const int64_t part = split_partials(plan, step, report);
@@ -427,8 +423,7 @@ void MlaLayer::attend_split(const StepPlan& plan, const AttentionStep& step, Ste
 // against keys and values this rank expands from its rows for every head of the group (with the
 // group's wkv_b), head-major: the heads of the group's rank r are r * Hl .. (r + 1) * Hl - 1.
 int64_t MlaLayer::split_partials(const StepPlan& plan, const AttentionStep& step, StepReport& report) {
-  const int64_t tokens =
-      step.ragged != nullptr ? static_cast<int64_t>(step.ragged->token_position.size()) : step.batch * step.seq;
+  const int64_t tokens = step.tokens();
   const int64_t heads = shard_.n_local_heads;
   const int64_t shards = context_shards();
   const int64_t shard = context_group_->rank();
@@ -444,12 +439,8 @@ int64_t MlaLayer::split_partials(const StepPlan& plan, const AttentionStep& step
   float* partial = sized(partial_out_, shards * part);
   float* partial_lse = sized(partial_lse_, shards * tokens * heads);
   int64_t rows_held = 0;  // the most rows of a sequence this rank holds
-  const RaggedIndex* ragged = step.ragged;
-  for (int64_t b = 0; b < (ragged != nullptr ? ragged->sequences() : 1); ++b) {
-    const int64_t positions =
-        ragged != nullptr ? ragged->start_pos[b] + ragged->new_tokens[b] : step.start_pos + step.seq;
-    rows_held = std::max(rows_held, shard_rows(positions, shards, shard));
-  }
+  for (int64_t b = 0; b < step.sequences(); ++b)
+    rows_held = std::max(rows_held, shard_rows(step.kv_len(b), shards, shard));
   for (int64_t source = 0; source < shards; ++source) {  // the heads of the group's rank `source`
     const float* source_queries = queries + source * query_count;
     float* out = partial + source * part;
@@ -561,11 +552,8 @@ void MlaLayer::absorb_outputs(int64_t tokens) {
 void MlaLayer::expand_keys_values(const AttentionStep& step, bool as_bf16, const Expansion& expansion) {
   ExpansionRows rows;
   rows.heads = expansion.heads;
-  const int64_t sequences = step.ragged != nullptr ? step.ragged->sequences() : step.batch;
-  for (int64_t b = 0; b < sequences; ++b) {
-    const int64_t positions =
-        step.ragged != nullptr ? step.ragged->start_pos[b] + step.ragged->new_tokens[b] : step.start_pos + step.seq;
-    const int64_t kv_len = shard_rows(positions, expansion.shards, expansion.shard);
+  for (int64_t b = 0; b < step.sequences(); ++b) {
+    const int64_t kv_len = shard_rows(step.kv_len(b), expansion.shards, expansion.shard);
     rows.first_row.push_back(rows.rows);
     rows.kv_len.push_back(kv_len);
     rows.row_sequence.insert(rows.row_sequence.end(), static_cast<size_t>(kv_len), b);

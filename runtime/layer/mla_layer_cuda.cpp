@@ -309,7 +309,7 @@ StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t s
   project_latent(x, x_staged, tokens, seq, start_pos, nullptr);
   kv_cache_append_cuda(
       {kv_.data(), latent_width_, dense_cache(), model_.max_seq_len, latent_width_, batch, seq, start_pos}, stream_);
-  for (int64_t slot = 0; slot < batch; ++slot) cache_.set_held_len(slot, start_pos + seq);
+  cache_.hold(step);
 
   StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
   if (run_.attention == AttentionChoice::Auto && decode_prefers_standard(report.plan, seq)) {
@@ -369,9 +369,7 @@ StepReport CudaMlaLayer::run_ragged(const float* x, const RaggedStep& step, cons
   append.position = token_position_.data();
   append.cache = view;
   paged_latent_append_cuda(append, stream_);
-  for (const SequenceStep& sequence : step.sequences) {
-    if (sequence.new_tokens > 0) cache_.set_held_len(sequence.slot, sequence.start_pos + sequence.new_tokens);
-  }
+  cache_.hold(step);
 
   // The planner's choice as it stands: the GPU's decode rule (decode_prefers_standard) is about
   // batching sequences into one GEMM, which this route, a sequence at a time, does not do.
