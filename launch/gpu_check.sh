@@ -15,6 +15,7 @@
 #                                           # batching (paged fp8 cache) against the CPU; faults
 #     bash launch/gpu_check.sh bench        # mla_bench's seed table on the GPU with the PyTorch baseline,
 #                                           # its serving-shaped phases (configs/ragged_serving.yaml),
+#                                           # long-context decode (configs/decode_long_context.yaml, reduced),
 #                                           # mla_allreduce_bench (NCCL at world 1, MPI)
 #     bash launch/gpu_check.sh a100         # the kernels as compute_80 PTX (A100 code) and the GPU tests on them
 #     bash launch/gpu_check.sh run          # the reduced check: GPU tests, mla_cuda_bench, PyTorch's seed
@@ -230,6 +231,10 @@ case "${1:-run}" in
       mpirun -np 1 ./build-gpu-full/mla_bench configs/ragged_serving.yaml --overwrite --set "sweep.backend=[cuda]" \
       --set "sweep.compute_dtype=[fp32, bf16]" --set "bench.csv=$out/ragged_serving_gpu.csv" \
       --set "bench.jsonl=$out/ragged_serving_gpu.jsonl"
+    step "mla_bench long-context decode: split-KV kernel vs standard path" 180 bench_decode_long_context.log \
+      mpirun -np 1 ./build-gpu-full/mla_bench configs/decode_long_context.yaml --overwrite \
+      --set "sweep.batch=[1, 32, 128]" --set "sweep.seq_len=[4096, 32768]" \
+      --set "bench.csv=$out/decode_long_context_gpu.csv" --set "bench.jsonl=$out/decode_long_context_gpu.jsonl"
     step "mla_allreduce_bench --transport nccl, world 1" 60 allreduce_nccl.log \
       mpirun -np 1 ./build-gpu-full/mla_allreduce_bench --transport nccl --max-bytes 268435456 --csv "$out/allreduce_nccl_w1.csv"
     step "mla_allreduce_bench --transport mpi, world 2" 60 allreduce_mpi.log \

@@ -280,6 +280,55 @@ TEST(PagedCache, AnExternalPoolKeepsTheSameBooksWithoutHostBytes) {
   EXPECT_EQ(external.pages_free(), 6);
 }
 
+// A forked sequence holds copies of its source's rows in pages of its own: its next steps give the
+// same outputs as the source's would (dense and paged caches, fp32 and fp8 rows); a fork the pool
+// cannot hold is refused whole, and one into a slot that holds positions is refused.
+TEST(PagedCache, AForkedSequenceContinuesAsItsSourceWould) {
+  const LayerShape shape = layer_shapes().front();
+  const ModelArgs& m = shape.model;
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(shape.weights_dtype, 5), m, whole(m), ComputeDType::FP32);
+  const std::vector<std::vector<float>> tokens = slot_tokens(m, 6);
+  for (const KvCacheLayout layout : {KvCacheLayout::Dense, KvCacheLayout::Paged})
+    for (const KvCacheDType dtype : {KvCacheDType::Auto, KvCacheDType::FP8}) {
+      const std::string name = std::string(to_string(layout)) + " " + to_string(dtype);
+      Case c{shape, AttentionChoice::Auto, FormulationChoice::Absorb, layout, dtype};
+      RunConfig run = run_config(c, ComputeDType::FP32);
+      run.kv_cache.page_size = 4;
+      MlaLayer layer(m, whole(m), loaded.weights, run);
+      const auto step_of = [&](int64_t slot, int64_t start_pos, int64_t count, const std::vector<float>& source) {
+        RaggedStep step;
+        step.sequences = {{slot, start_pos, count}};
+        const std::vector<float> x(source.begin() + start_pos * m.dim, source.begin() + (start_pos + count) * m.dim);
+        std::vector<float> y(x.size());
+        layer.forward(x.data(), step, y.data());
+        return y;
+      };
+      step_of(0, 0, 11, tokens[0]);
+      layer.fork_sequence(0, 2);
+      EXPECT_EQ(layer.cache().held_len(2), 11) << name;
+      // Slot 2 continues with slot 0's next token, then slot 0 does: the same bits.
+      const std::vector<float> forked = step_of(2, 11, 2, tokens[0]);
+      const std::vector<float> source = step_of(0, 11, 2, tokens[0]);
+      EXPECT_EQ(0, std::memcmp(forked.data(), source.data(), source.size() * sizeof(float))) << name;
+      EXPECT_THROW(layer.fork_sequence(0, 2), std::invalid_argument) << name << ": slot 2 holds positions";
+      EXPECT_THROW(layer.fork_sequence(1, 1), std::invalid_argument) << name;
+    }
+  RunConfig run;
+  run.kv_cache.layout = KvCacheLayout::Paged;
+  run.kv_cache.page_size = 4;
+  run.kv_cache.pages = 5;
+  MlaLayer layer(m, whole(m), loaded.weights, run);
+  RaggedStep step;
+  step.sequences = {{0, 0, 12}};  // 3 of 5 pages
+  const std::vector<float> x = packed_input(m, tokens, step.sequences);
+  std::vector<float> y(x.size());
+  layer.forward(x.data(), step, y.data());
+  EXPECT_THROW(layer.fork_sequence(0, 1), CacheFull);
+  EXPECT_EQ(layer.cache().pages_free(), 2) << "a refused fork took pages";
+  EXPECT_EQ(layer.cache().held_len(1), 0);
+}
+
 TEST(RaggedStep, BadStepsAreRefusedNamingTheSequence) {
   const LayerShape shape = layer_shapes().front();
   const ModelArgs& m = shape.model;  // max_batch_size 3, max_seq_len 64

@@ -138,6 +138,26 @@ TEST(Sweep, PointConfigCarriesThePointAndKeepsTheBase) {
   EXPECT_TRUE(config.run.output.empty());
 }
 
+// bench.fill fork: a decode or chunked_prefill point of several sequences computes sequence 0 alone
+// (its input one sequence) and copies it; prefill, ragged points and single sequences compute.
+TEST(Sweep, AForkedFillTakesOneSequencesInput) {
+  const Sweep sweep = parse_sweep(kBase + R"(sweep: {seq_len: 40, batch: [1, 3], phase: [decode, prefill, ragged_decode]}
+bench: {fill: fork}
+)",
+                                  "s.yaml");
+  ASSERT_EQ(sweep.bench.fill, BenchFill::Fork);
+  for (const BenchPoint& point : sweep.points) {
+    const bool forks = point.batch == 3 && point.phase == BenchPhase::Decode;
+    EXPECT_EQ(fills_by_fork(point, sweep.bench.fill), forks) << point.label();
+    EXPECT_EQ(point_config(sweep, point).run.input.batch, forks ? 1 : point.batch) << point.label();
+  }
+  EXPECT_EQ(parse_sweep(kBase + "sweep: {seq_len: 8}\n", "s.yaml").bench.fill, BenchFill::Compute);
+  EXPECT_NE(error_of(kBase + "sweep: {seq_len: 8}\nbench: {fill: copy}\n")
+                .find("bench.fill: expected one of compute | fork"),
+            std::string::npos)
+      << error_of(kBase + "sweep: {seq_len: 8}\nbench: {fill: copy}\n");
+}
+
 TEST(Sweep, BadSweepsNameTheKeyAndWhere) {
   EXPECT_NE(error_of(kBase).find("sweep: required section"), std::string::npos) << error_of(kBase);
   EXPECT_NE(error_of(kBase + "sweep: {seq_len: [16], phse: [decode]}\n").find("s.yaml:5: sweep.phse: unknown key"),

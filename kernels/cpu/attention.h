@@ -81,6 +81,11 @@ struct AttentionParams {
   float* lse = nullptr;
 };
 
+// Steps whose sequences bring at most this many new tokens each are decode-shaped (one token, or a
+// few for speculative decoding): under fast_path_max_len auto the planner gives their absorb
+// attention to the fused kernels at any length, and on the GPU they take the split-KV decode kernel.
+inline constexpr int64_t kDecodeMaxNewTokens = 4;
+
 // Fast path: blocks of up to 4 query rows that read the same keys (one head's positions, or
 // every head at one position in absorb) keep their scores in a thread-local tile of 4 x kv_len
 // floats (16 KiB at kv_len 256, in L1), then an exact fp32 softmax and the value product, each

@@ -3,6 +3,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/latent_rows.cuh"
 #include "kernels/cuda/paged_latent.h"
 
 namespace mla {
@@ -12,30 +13,13 @@ namespace {
 // One block per token; a warp per block of 128 latent values (4 values a lane).
 constexpr int kThreads = 128;
 
-struct RowGeometry {
-  int64_t row_bytes = 0;
-  int64_t fp8_blocks = 0;  // ceil(C / 128)
-};
-
-RowGeometry geometry(const PagedLatentView& cache) {
-  return {cache.row_bytes(), (cache.latent_dim + kLatentFp8Block - 1) / kLatentFp8Block};
-}
-
-__device__ uint8_t* row_address(const PagedLatentView& cache, const RowGeometry& shape, int64_t sequence,
-                                int64_t position) {
-  const int32_t page = cache.block_table[sequence * cache.block_table_stride + position / cache.page_size];
-  return cache.pool + (static_cast<int64_t>(page) * cache.page_size + position % cache.page_size) * shape.row_bytes;
-}
+using cuda_detail::latent_row_address;
+using cuda_detail::latent_row_geometry;
+using cuda_detail::LatentRowGeometry;
 
 __device__ void store_bf16(uint8_t* out, int64_t index, float value) {
   const __nv_bfloat16 rounded = __float2bfloat16_rn(value);  // nearest even, as f32_to_bf16_bits
   memcpy(out + index * 2, &rounded, sizeof(rounded));
-}
-
-__device__ float load_bf16(const uint8_t* row, int64_t index) {
-  __nv_bfloat16 value;
-  memcpy(&value, row + index * 2, sizeof(value));
-  return __bfloat162float(value);
 }
 
 // docs/design.md, The latent cache: per block of 128 values scale = max|block| / 448 (1 for an
@@ -60,11 +44,12 @@ __device__ void store_fp8_row(const float* row, int64_t latent_dim, int64_t rope
   for (int64_t i = threadIdx.x; i < rope_dim; i += blockDim.x) store_bf16(rope, i, row[latent_dim + i]);
 }
 
-__global__ void __launch_bounds__(kThreads) paged_latent_append_kernel(PagedLatentAppendParams p, RowGeometry shape) {
+__global__ void __launch_bounds__(kThreads)
+    paged_latent_append_kernel(PagedLatentAppendParams p, LatentRowGeometry shape) {
   const int64_t token = blockIdx.x;
   const PagedLatentView& cache = p.cache;
   const float* row = p.rows + token * p.row_stride;
-  uint8_t* out = row_address(cache, shape, p.sequence[token], p.position[token]);
+  uint8_t* out = latent_row_address(cache, shape, p.sequence[token], p.position[token]);
   const int64_t width = cache.latent_dim + cache.rope_dim;
   if (cache.dtype == LatentDType::F32) {
     for (int64_t i = threadIdx.x; i < width; i += blockDim.x) memcpy(out + i * 4, row + i, sizeof(float));
@@ -75,45 +60,31 @@ __global__ void __launch_bounds__(kThreads) paged_latent_append_kernel(PagedLate
   }
 }
 
-__global__ void __launch_bounds__(kThreads) paged_latent_gather_kernel(PagedLatentGatherParams p, RowGeometry shape) {
+__global__ void __launch_bounds__(kThreads)
+    paged_latent_gather_kernel(PagedLatentGatherParams p, LatentRowGeometry shape) {
   const int64_t index = blockIdx.x;
   const PagedLatentView& cache = p.cache;
   const int64_t sequence = p.sequence != nullptr ? p.sequence[index] : p.only_sequence;
-  const uint8_t* row = row_address(cache, shape, sequence, p.position != nullptr ? p.position[index] : index);
+  const uint8_t* row = latent_row_address(cache, shape, sequence, p.position != nullptr ? p.position[index] : index);
   const int64_t width = cache.latent_dim + cache.rope_dim;
   float* out = p.out + index * width;
-  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
-    float value;
-    if (cache.dtype == LatentDType::F32) {
-      memcpy(&value, row + i * 4, sizeof(value));
-    } else if (cache.dtype == LatentDType::BF16) {
-      value = load_bf16(row, i);
-    } else if (i < cache.latent_dim) {
-      float scale;
-      memcpy(&scale, row + cache.latent_dim + (i / kLatentFp8Block) * 4, sizeof(scale));
-      __nv_fp8_e4m3 code;
-      code.__x = row[i];
-      value = static_cast<float>(code) * scale;  // the code's value is exact in fp32
-    } else {
-      value = load_bf16(row + cache.latent_dim + shape.fp8_blocks * 4, i - cache.latent_dim);
-    }
-    out[i] = value;
-  }
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x)
+    out[i] = cuda_detail::load_latent_value(cache, shape, row, i);
 }
 
 }  // namespace
 
 void paged_latent_append_cuda(const PagedLatentAppendParams& params, cudaStream_t stream) {
   if (params.tokens == 0) return;
-  paged_latent_append_kernel<<<static_cast<unsigned>(params.tokens), kThreads, 0, stream>>>(params,
-                                                                                            geometry(params.cache));
+  paged_latent_append_kernel<<<static_cast<unsigned>(params.tokens), kThreads, 0, stream>>>(
+      params, latent_row_geometry(params.cache));
   CUDA_CHECK_LAUNCH("paged_latent_append_kernel");
 }
 
 void paged_latent_gather_cuda(const PagedLatentGatherParams& params, cudaStream_t stream) {
   if (params.count == 0) return;
-  paged_latent_gather_kernel<<<static_cast<unsigned>(params.count), kThreads, 0, stream>>>(params,
-                                                                                           geometry(params.cache));
+  paged_latent_gather_kernel<<<static_cast<unsigned>(params.count), kThreads, 0, stream>>>(
+      params, latent_row_geometry(params.cache));
   CUDA_CHECK_LAUNCH("paged_latent_gather_kernel");
 }
 

@@ -85,7 +85,7 @@ const std::vector<std::string> kColumns = {
     "replicated_flop", "gemm_only_ms", "device_peak_bytes", "torch_median_ms", "torch_min_ms", "torch_p90_ms",
     "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep", "weight_bytes", "weight_gbps", "linear_ms",
     "attention_ms", "device_used_bytes", "kv_distribution", "mean_kv_len", "step_total_tokens", "kv_cache",
-    "context_parallel", "kv_pool_bytes"};
+    "context_parallel", "kv_pool_bytes", "attention_bytes", "attention_gbps", "step_byte_floor"};
 
 // VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
 // restarts the high-water mark from the current RSS), so that each point reports its own peak.
@@ -149,6 +149,11 @@ struct Measurement {
   int64_t weight_bytes = 0;                   // CPU: the weight bytes a step reads (streamed bits or GEMM operands)
   std::string linear_implementation;          // CPU: which GEMM runs the linear layers
   int64_t kv_pool_bytes = 0;                  // the latent cache's pool on this rank
+  // The attention's compulsory bytes (the latent rows each sequence sees, in their stored dtype,
+  // read once, and the absorbed queries and latent outputs in fp32), and the step's: those, the
+  // weights as stored, the input and the partial output.
+  int64_t attention_bytes = 0;
+  int64_t step_byte_floor = 0;
 };
 
 // Weights are loaded once per (weights, model, world, compute dtype): loading DeepSeek-sized
@@ -197,17 +202,36 @@ struct PointLayer {
   std::unique_ptr<StepExecutor> executor;
 };
 
-// After the timed steps of `tokens` tokens: the device memory at its peak and as the driver sees
-// it (CUDA), or the weight bytes a step reads (CPU); the rank's cache pool.
-void record_bytes(const PointLayer& rig, int64_t tokens, Measurement& result) {
+// After the timed steps: the device memory at its peak and as the driver sees it (CUDA); the
+// weight bytes a step reads (the CPU's streamed or prepared operands, the GPU's weights as held);
+// the rank's cache pool; the attention's and the step's compulsory bytes. kv_lens: each
+// sequence's positions after the step.
+void record_bytes(const PointLayer& rig, const ModelArgs& model, const std::vector<int64_t>& kv_lens, int64_t tokens,
+                  Measurement& result) {
+  const LatentCacheShape* cache = nullptr;
+  int64_t heads = 0;
 #if MLA_HAVE_CUDA
   if (rig.cuda_layer) {
     result.device_bytes = device_memory_use().peak_bytes;
     result.device_used_bytes = device_memory_used_by_driver();
+    result.weight_bytes = rig.cuda_layer->memory().weights_bytes;
+    cache = &rig.cuda_layer->cache().shape();
+    heads = rig.cuda_layer->shard().n_local_heads;
   }
 #endif
-  if (rig.cpu_layer) result.weight_bytes = rig.cpu_layer->weight_bytes_read(tokens, result.report.plan.formulation);
+  if (rig.cpu_layer) {
+    result.weight_bytes = rig.cpu_layer->weight_bytes_read(tokens, result.report.plan.formulation);
+    cache = &rig.cpu_layer->cache().shape();
+    heads = rig.cpu_layer->shard().n_local_heads;
+  }
   result.kv_pool_bytes = rig.executor->cache_pool_bytes();
+  if (cache == nullptr) return;
+  const int64_t row_bytes = latent_row_bytes(cache->dtype, cache->latent_dim, cache->rope_dim);
+  int64_t rows = 0;
+  for (const int64_t kv_len : kv_lens) rows += cache->rows_for(kv_len);
+  const int64_t q_and_out = tokens * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim) * 4;
+  result.attention_bytes = rows * row_bytes + q_and_out;
+  result.step_byte_floor = result.weight_bytes + result.attention_bytes + 2 * tokens * model.dim * 4;
 }
 
 // What a point needs before it is timed, the same on every rank.
@@ -316,6 +340,9 @@ PointLayer Bench::make_layer(const Config& config, const BenchPoint& point, cons
     limits.max_batch = point.batch;
     limits.max_step_len = std::max(point.start_pos(), point.step_len());
     limits.max_kv_len = point.seq_len;
+    if (fills_by_fork(point, sweep_.bench.fill)) {  // the fill is one sequence's step
+      limits.max_step_tokens = std::max(point.start_pos(), point.batch * point.step_len());
+    }
     if (point.ragged()) {  // the untimed steps that fill the caches take a sequence each
       limits.max_step_len = point.seq_len;
       int64_t timed_tokens = 0;
@@ -326,6 +353,7 @@ PointLayer Bench::make_layer(const Config& config, const BenchPoint& point, cons
     }
     reset_device_memory_peak();  // the point's peak, measured (Measurement::device_bytes)
     rig.cuda_layer = std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits);
+    rig.cuda_layer->set_attention_timing(true);
     rig.gpu_comm = make_gpu_communicator(config.parallel.communicator, session_, rig.cuda_layer->stream(),
                                          config.parallel.timeout_s);
     rig.executor =
@@ -404,7 +432,9 @@ Measurement Bench::measure_ragged(const Config& config, const BenchPoint& point,
   }
   time_steps(
       executor, [&] { return executor.forward_ragged(step_x.data(), timed); }, result);
-  record_bytes(rig, timed.total_tokens(), result);
+  std::vector<int64_t> kv_lens;
+  for (const BenchPoint::Sequence& sequence : sequences) kv_lens.push_back(sequence.start_pos + sequence.new_tokens);
+  record_bytes(rig, config.model, kv_lens, timed.total_tokens(), result);
   return result;
 }
 
@@ -417,15 +447,23 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
   PointLayer rig = make_layer(config, point, shard, weights, result);
   StepExecutor& executor = *rig.executor;
 
-  // The cache as serving reaches this step: positions before start_pos, filled untimed.
+  // The cache as serving reaches this step: positions before start_pos, filled untimed. x holds
+  // one sequence where the fill forks (every sequence then takes sequence 0's tokens).
   const auto slice = [&](int64_t from, int64_t count) {
     AlignedVector<float> part(static_cast<size_t>(point.batch * count * dim));
     for (int64_t b = 0; b < point.batch; ++b) {
-      std::copy_n(x.values.data() + (b * x.tokens + from) * dim, count * dim, part.data() + b * count * dim);
+      std::copy_n(x.values.data() + ((b % x.batch) * x.tokens + from) * dim, count * dim,
+                  part.data() + b * count * dim);
     }
     return part;
   };
-  if (start_pos > 0) {
+  if (start_pos > 0 && fills_by_fork(point, sweep_.bench.fill)) {
+    session_.watchdog()->progress("filling the cache (sequence 0, then forked)");
+    RaggedStep first;
+    first.sequences.push_back({0, 0, start_pos});
+    executor.forward_ragged(x.values.data(), first);
+    for (int64_t b = 1; b < point.batch; ++b) executor.fork_sequence(0, b);
+  } else if (start_pos > 0) {
     session_.watchdog()->progress("filling the cache");
     const AlignedVector<float> fill = slice(0, start_pos);
     executor.forward(fill.data(), point.batch, start_pos, 0, nullptr, 0, nullptr);
@@ -443,7 +481,8 @@ Measurement Bench::measure(const Config& config, const BenchPoint& point, const 
       executor,
       [&] { return executor.forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_input_bf16); },
       result);
-  record_bytes(rig, point.batch * step_len, result);
+  record_bytes(rig, config.model, std::vector<int64_t>(static_cast<size_t>(point.batch), start_pos + step_len),
+               point.batch * step_len, result);
   // Once more, untimed, to keep the partial output of sequence 0 (compared with the baseline's).
   executor.forward(step_x.data(), point.batch, step_len, start_pos, nullptr, 0, step_input_bf16);
   std::vector<float> partial(static_cast<size_t>(point.batch * step_len * dim));
@@ -717,9 +756,11 @@ PointSetup Bench::set_up(const BenchPoint& point) {
     check_cache_holds(
         latent_cache_shape(config.model, config.run.kv_cache, config.run.compute_dtype == ComputeDType::BF16),
         point.batch, point.seq_len);
-    check_memory_fits(
-        plan_memory(config.model, config.run, setup.shard, point.batch, point.seq_len, steps, setup.threads),
-        session_.local_size(), available_memory_bytes());
+    if (point.backend != Backend::Cuda) {  // the CPU layer's plan; a GPU's memory is its own
+      check_memory_fits(
+          plan_memory(config.model, config.run, setup.shard, point.batch, point.seq_len, steps, setup.threads),
+          session_.local_size(), available_memory_bytes());
+    }
     session_.watchdog()->progress("loading weights");
     setup.loaded = &weights_.get(config, setup.shard, session_.world());
     setup.x = load_input(config.run.input, config.model, config.run.check_finite);
@@ -781,6 +822,7 @@ ResultRow Bench::csv_row(const PointResult& r) const {
   const BenchPoint& point = r.point;
   const Measurement& measured = r.measured;
   const TimeSummary step = summarize_times(measured.step_ms);
+  const TimeSummary attention = summarize_times(measured.attention_ms);
   const bool has_torch = r.torch.is_object() && r.torch.value("ok", false);
   const double torch_median = has_torch ? r.torch.value("median_ms", NAN) : NAN;
   const bool cpu = point.backend != Backend::Cuda;
@@ -830,14 +872,19 @@ ResultRow Bench::csv_row(const PointResult& r) const {
       .add("weight_gbps",
            measured.weight_bytes > 0 ? significant(static_cast<double>(measured.weight_bytes) / step.median / 1e6) : "")
       .add("linear_ms", cpu ? significant(summarize_times(measured.linear_ms).median) : "")
-      .add("attention_ms", cpu ? significant(summarize_times(measured.attention_ms).median) : "")
+      .add("attention_ms", significant(attention.median))
       .add("device_used_bytes", cpu ? "" : std::to_string(measured.device_used_bytes))
       .add("kv_distribution", point.phase == BenchPhase::RaggedDecode ? to_string(point.kv_distribution) : "")
       .add("mean_kv_len", significant(mean_kv_len(point, sweep_.bench.seed)))
       .add("step_total_tokens", std::to_string(step_total_tokens(point, sweep_.bench.seed)))
       .add("kv_cache", kv_cache_text(r.setup->config.run.kv_cache))
       .add("context_parallel", std::to_string(point.context_parallel))
-      .add("kv_pool_bytes", measured.kv_pool_bytes > 0 ? std::to_string(measured.kv_pool_bytes) : "");
+      .add("kv_pool_bytes", measured.kv_pool_bytes > 0 ? std::to_string(measured.kv_pool_bytes) : "")
+      .add("attention_bytes", std::to_string(measured.attention_bytes))
+      .add("attention_gbps", attention.median > 0
+                                 ? significant(static_cast<double>(measured.attention_bytes) / attention.median / 1e6)
+                                 : "")
+      .add("step_byte_floor", std::to_string(measured.step_byte_floor));
   return row;
 }
 
@@ -923,7 +970,10 @@ int Bench::run() {
       if (point.backend != Backend::Cuda && !point.ragged()) {
         result.gemm_only_ms = time_gemms_alone(result.cost, setup.threads, setup.config.run.compute_dtype);
       }
-      if (!point.ragged()) {
+      if (fills_by_fork(point, sweep_.bench.fill)) {
+        result.torch =
+            Json{{"ok", false}, {"error", "not run: bench.fill fork (the baseline computes every sequence)"}};
+      } else if (!point.ragged()) {
         result.torch = run_baseline(setup.config, point, setup.shard, setup.loaded->weights, setup.x, result.measured,
                                     setup.threads, result.rel_l2);
       }

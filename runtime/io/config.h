@@ -127,7 +127,9 @@ struct KvCacheConfig {
 };
 
 // fast_path_max_len: auto. On the CPU the fused kernel beats the standard path up to about this
-// length (docs/performance.md); the GPU's fused kernels hold a score row of this length on chip.
+// length in prefill (docs/performance.md); the GPU's fused prefill kernels hold a score row of this
+// length on chip. Decode-shaped absorb steps are the fused kernels' at any length under auto
+// (attention_plan.cpp, choose_path).
 inline constexpr int64_t kAutoFastPathMaxLen = 256;
 
 struct RunConfig {
@@ -136,7 +138,8 @@ struct RunConfig {
   AttentionChoice attention = AttentionChoice::Auto;
   FormulationChoice formulation = FormulationChoice::Auto;
   // The fast path takes kv_len up to this. `auto` (the default, fast_path_auto) is each backend's
-  // crossover, kAutoFastPathMaxLen on both today (docs/design.md, The fast path and the standard path).
+  // crossover per phase: kAutoFastPathMaxLen, and any length for decode-shaped absorb steps
+  // (docs/design.md, The fast path and the standard path).
   int64_t fast_path_max_len = 256;
   bool fast_path_auto = true;
   InputConfig input;

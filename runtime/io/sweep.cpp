@@ -33,6 +33,12 @@ const std::vector<std::string>& value_names<KvDistribution>() {
 }
 const char* to_string(KvDistribution value) { return value_name(value); }
 const char* to_string(BaselineChoice value) { return value_name(value); }
+template <>
+const std::vector<std::string>& value_names<BenchFill>() {
+  static const std::vector<std::string> names = {"compute", "fork"};
+  return names;
+}
+const char* to_string(BenchFill value) { return value_name(value); }
 
 int64_t BenchPoint::start_pos() const {
   switch (phase) {
@@ -158,6 +164,7 @@ void parse_bench(MapReader reader, const std::string& name, BenchSettings& bench
   bench.baseline = reader.get_enum("baseline", BaselineChoice::Auto);
   bench.python = reader.get_string("python", ::access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3");
   bench.seed = static_cast<uint64_t>(reader.get_int("seed", static_cast<int64_t>(bench.seed), 0));
+  bench.fill = reader.get_enum("fill", BenchFill::Compute);
   if (bench.csv.empty() || bench.jsonl.empty()) {
     const char* key = bench.csv.empty() ? "csv" : "jsonl";
     reader.fail(reader.path(key), reader.node(key), "expected a file name");
@@ -205,10 +212,11 @@ void strip_to_base(YAML::Node& root, const Origin& origin) {
 }
 
 // The run keys of one point on the base document.
-void set_point(YAML::Node& root, const BenchPoint& point, uint64_t seed) {
+void set_point(YAML::Node& root, const BenchPoint& point, uint64_t seed, BenchFill fill) {
   YAML::Node run = root["run"];
   YAML::Node random;
-  random["batch"] = point.batch;
+  // A forked fill's sequences all take sequence 0's tokens: one sequence's input, however large the batch.
+  random["batch"] = fills_by_fork(point, fill) ? 1 : point.batch;
   random["tokens"] = point.seq_len;
   random["seed"] = seed;
   run["input"]["random"] = random;
@@ -227,11 +235,11 @@ void set_point(YAML::Node& root, const BenchPoint& point, uint64_t seed) {
 }
 
 Config build_point_config(const std::string& text, const std::string& source, const std::vector<std::string>& overrides,
-                          const BenchPoint& point, uint64_t seed) {
+                          const BenchPoint& point, uint64_t seed, BenchFill fill) {
   std::set<std::string> overridden;
   YAML::Node root = load_document(text, source, overrides, overridden);
   strip_to_base(root, Origin{source, &overridden});
-  set_point(root, point, seed);
+  set_point(root, point, seed, fill);
   return parse_config_node(root, source, overridden);
 }
 
@@ -412,7 +420,12 @@ Sweep load_sweep(const std::string& path, const std::vector<std::string>& overri
 }
 
 Config point_config(const Sweep& sweep, const BenchPoint& point) {
-  return build_point_config(sweep.text, sweep.source, sweep.overrides, point, sweep.bench.seed);
+  return build_point_config(sweep.text, sweep.source, sweep.overrides, point, sweep.bench.seed, sweep.bench.fill);
+}
+
+bool fills_by_fork(const BenchPoint& point, BenchFill fill) {
+  return fill == BenchFill::Fork && point.batch > 1 &&
+         (point.phase == BenchPhase::Decode || point.phase == BenchPhase::ChunkedPrefill);
 }
 
 }  // namespace mla

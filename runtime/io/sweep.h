@@ -31,6 +31,15 @@ template <>
 const std::vector<std::string>& value_names<BaselineChoice>();
 const char* to_string(BaselineChoice value);
 
+// How the cache reaches a decode or chunked_prefill point's start position: `compute`, every
+// sequence's positions by one untimed step; `fork`, sequence 0's by a step of its own, copied into
+// the others' pages (LatentCache::fork): what makes long contexts at large batch affordable, with
+// each sequence still reading its own rows.
+enum class BenchFill { Compute, Fork };
+template <>
+const std::vector<std::string>& value_names<BenchFill>();
+const char* to_string(BenchFill value);
+
 struct BenchSettings {
   int64_t warmup = 2;                              // untimed steps before timing
   int64_t min_reps = 5;                            // timed steps, at least
@@ -41,6 +50,7 @@ struct BenchSettings {
   BaselineChoice baseline = BaselineChoice::Auto;  // auto: the PyTorch baseline where torch imports
   std::string python;  // the interpreter of the baseline; default /usr/bin/python3 when present
   uint64_t seed = 2;   // the random inputs' seed
+  BenchFill fill = BenchFill::Compute;
 };
 
 // One measured configuration. kv length at the end of the step = seq_len.
@@ -92,8 +102,12 @@ Sweep parse_sweep(const std::string& yaml_text, const std::string& source_name,
                   const std::vector<std::string>& overrides = {});
 
 // The full config of one point: the base with the point's run keys, random input
-// [batch, seq_len] and a schedule [start_pos, step_len] (or [seq_len]), max_batch_size = batch,
-// no output file.
+// [batch, seq_len] (batch 1 where the cache is filled by forking) and a schedule [start_pos,
+// step_len] (or [seq_len]), max_batch_size = batch, no output file.
 Config point_config(const Sweep& sweep, const BenchPoint& point);
+
+// Whether the point's cache is filled by forking sequence 0 (bench.fill fork, a decode or
+// chunked_prefill point of more than one sequence).
+bool fills_by_fork(const BenchPoint& point, BenchFill fill);
 
 }  // namespace mla

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "kernels/cpu/attention.h"
+
 namespace mla {
 
 const char* to_string(AttentionPath value) { return value == AttentionPath::Fast ? "fast" : "standard"; }
@@ -38,12 +40,17 @@ std::string format(const char* pattern, double a, double b) {
   return text;
 }
 
-// kv_len: the longest sequence's.
-void choose_path(const RunConfig& run, int64_t kv_len, bool has_mask, StepPlan& plan) {
+// kv_len: the longest sequence's; new_tokens: the most of any sequence. Under fast_path_max_len
+// auto a decode-shaped absorb step (at most kDecodeMaxNewTokens new tokens a sequence) is the fused
+// kernel's at any kv_len: measured faster than the standard path there on the CPU
+// (docs/performance.md, Long-context decode), and on the GPU served by the split-KV decode kernel.
+void choose_path(const RunConfig& run, int64_t kv_len, int64_t new_tokens, bool has_mask, StepPlan& plan) {
   const std::string length = "kv_len " + std::to_string(kv_len);
   const std::string limit =
       "fast_path_max_len " + std::to_string(run.fast_path_max_len) + (run.fast_path_auto ? " (auto)" : "");
-  const bool fits = kv_len <= run.fast_path_max_len;
+  const bool decode_any_length = run.fast_path_auto && new_tokens <= kDecodeMaxNewTokens && !has_mask &&
+                                 plan.formulation == Formulation::Absorb && kv_len > run.fast_path_max_len;
+  const bool fits = kv_len <= run.fast_path_max_len || decode_any_length;
   if (run.attention == AttentionChoice::Standard) {
     plan.path = AttentionPath::Standard;
     plan.reason = "run.attention: standard";
@@ -57,20 +64,23 @@ void choose_path(const RunConfig& run, int64_t kv_len, bool has_mask, StepPlan& 
         std::string(run.attention == AttentionChoice::Fast ? "fast path requested, but " : "") + length + " > " + limit;
   } else {
     plan.path = AttentionPath::Fast;
-    plan.reason = run.attention == AttentionChoice::Fast ? "run.attention: fast" : length + " <= " + limit;
+    plan.reason = run.attention == AttentionChoice::Fast ? "run.attention: fast"
+                  : decode_any_length
+                      ? length + " past " + limit + ", but a decode step: auto takes the fused kernel at any length"
+                      : length + " <= " + limit;
   }
 }
 
-void choose_formulation(const RunConfig& run, StepPlan& plan) {
+// The formulation, and the reason's part that says why.
+std::string choose_formulation(const RunConfig& run, StepPlan& plan) {
   const std::string cost =
       format("naive %.3g GFLOP, absorb %.3g GFLOP", plan.naive_flops * 1e-9, plan.absorb_flops * 1e-9);
   if (run.formulation == FormulationChoice::Naive || run.formulation == FormulationChoice::Absorb) {
     plan.formulation = run.formulation == FormulationChoice::Naive ? Formulation::Naive : Formulation::Absorb;
-    plan.reason += std::string("; run.formulation: ") + to_string(plan.formulation) + " (" + cost + ")";
-    return;
+    return std::string("run.formulation: ") + to_string(plan.formulation) + " (" + cost + ")";
   }
   plan.formulation = plan.naive_flops < plan.absorb_flops ? Formulation::Naive : Formulation::Absorb;
-  plan.reason += std::string("; ") + to_string(plan.formulation) + " is cheaper (" + cost + ")";
+  return std::string(to_string(plan.formulation)) + " is cheaper (" + cost + ")";
 }
 
 }  // namespace
@@ -79,22 +89,25 @@ StepPlan plan_step(const ModelArgs& model, const RunConfig& run, const StepShape
   StepPlan plan;
   plan.naive_flops = naive_attention_flops(model, shape);
   plan.absorb_flops = absorb_attention_flops(model, shape);
-  choose_path(run, shape.kv_len(), shape.has_mask, plan);
-  choose_formulation(run, plan);
+  const std::string formulation_reason = choose_formulation(run, plan);
+  choose_path(run, shape.kv_len(), shape.seq, shape.has_mask, plan);
+  plan.reason += "; " + formulation_reason;
   return plan;
 }
 
 StepPlan plan_ragged_step(const ModelArgs& model, const RunConfig& run, const std::vector<StepShape>& sequences) {
   StepPlan plan;
-  int64_t longest = 0;
+  int64_t longest = 0, most_tokens = 0;
   for (const StepShape& sequence : sequences) {
     plan.naive_flops += naive_attention_flops(model, sequence);
     plan.absorb_flops += absorb_attention_flops(model, sequence);
     longest = std::max(longest, sequence.kv_len());
+    most_tokens = std::max(most_tokens, sequence.seq);
   }
-  choose_path(run, longest, false, plan);
+  const std::string formulation_reason = choose_formulation(run, plan);
+  choose_path(run, longest, most_tokens, false, plan);
   if (sequences.size() > 1) plan.reason = "longest " + plan.reason;
-  choose_formulation(run, plan);
+  plan.reason += "; " + formulation_reason;
   return plan;
 }
 

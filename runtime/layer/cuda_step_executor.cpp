@@ -34,6 +34,7 @@ StepReport CudaStepExecutor::forward(const float* x, int64_t batch, int64_t seq,
   }
   StepReport report = layer_.forward_device(x_.data(), batch, seq, start_pos, device_mask, tokens_, partial_.data());
   CUDA_CHECK(cudaStreamSynchronize(layer_.stream()));
+  report.attention_ms = layer_.attention_ms();
   report.time_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   return report;
 }
@@ -43,6 +44,7 @@ StepReport CudaStepExecutor::forward_ragged(const float* x, const RaggedStep& st
   upload_input(x, step.total_tokens());
   StepReport report = layer_.forward_ragged_device(x_.data(), step, partial_.data());
   CUDA_CHECK(cudaStreamSynchronize(layer_.stream()));
+  report.attention_ms = layer_.attention_ms();
   report.time_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   return report;
 }

@@ -1,6 +1,7 @@
 #include "runtime/layer/latent_cache.h"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <random>
 
@@ -118,6 +119,34 @@ void LatentCache::release(int64_t slot) {
   for (auto page = pages.rbegin(); page != pages.rend(); ++page) free_pages_.push_back(*page);
   pages_in_use_ -= static_cast<int64_t>(pages.size());
   pages.clear();
+}
+
+std::vector<LatentCache::PageCopy> LatentCache::fork(int64_t from_slot, int64_t to_slot) {
+  if (from_slot < 0 || from_slot >= shape_.slots || to_slot < 0 || to_slot >= shape_.slots || from_slot == to_slot ||
+      held_len(to_slot) != 0) {
+    throw std::invalid_argument("LatentCache::fork: slot " + std::to_string(to_slot) + " must be another slot than " +
+                                std::to_string(from_slot) + ", within the cache's slots, and hold nothing");
+  }
+  const int64_t len = held_len(from_slot);
+  RaggedStep step;
+  step.sequences.push_back({to_slot, 0, len});
+  reserve(step);
+  const int64_t row_bytes = latent_row_bytes(shape_.dtype, shape_.latent_dim, shape_.rope_dim);
+  const std::vector<int32_t>& from_pages = slot_pages_[static_cast<size_t>(from_slot)];
+  const std::vector<int32_t>& to_pages = slot_pages_[static_cast<size_t>(to_slot)];
+  std::vector<PageCopy> copies;
+  for (int64_t rows = shape_.rows_for(len), page = 0; rows > 0; rows -= shape_.page_size, ++page) {
+    copies.push_back({from_pages[static_cast<size_t>(page)], to_pages[static_cast<size_t>(page)],
+                      std::min(rows, shape_.page_size) * row_bytes});
+  }
+  if (!pool_.empty()) {
+    for (const PageCopy& copy : copies) {
+      std::memcpy(pool_.data() + copy.dst * shape_.page_bytes(), pool_.data() + copy.src * shape_.page_bytes(),
+                  static_cast<size_t>(copy.bytes));
+    }
+  }
+  held_len_[static_cast<size_t>(to_slot)] = len;
+  return copies;
 }
 
 PagedLatentView LatentCache::view(const std::vector<int64_t>& slots, std::vector<int32_t>& table) {

@@ -82,6 +82,17 @@ class LatentCache {
   // Gives a finished sequence's pages back to the pool (paged; a dense slot keeps its page).
   void release(int64_t slot);
 
+  // One page's rows copied to another: `bytes` from the start of page src to page dst.
+  struct PageCopy {
+    int32_t src = 0, dst = 0;
+    int64_t bytes = 0;
+  };
+  // Forks a sequence (parallel sampling, or a benchmark filling many sequences with one prompt's
+  // rows): to_slot, which must hold nothing, gets pages of its own holding copies of from_slot's
+  // rows, and holds the same positions. All pages or none (CacheFull). A host pool is copied here;
+  // for an external one the caller copies the returned pages.
+  std::vector<PageCopy> fork(int64_t from_slot, int64_t to_slot);
+
   int64_t pages_free() const { return static_cast<int64_t>(free_pages_.size()); }
   // The pool's bytes (wherever it lives), and the bytes of the pages held now and at most so far.
   int64_t pool_bytes() const { return shape_.pages * shape_.page_bytes(); }

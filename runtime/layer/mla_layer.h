@@ -33,7 +33,8 @@ struct StepReport {
   double time_ms = 0.0;
   // Where the CPU layer's time went: the linear layers (prepared weights, the naive expansion
   // included) and the attention kernel; the rest is norms, RoPE, the cache append, the absorb
-  // folds and copies. Zero on the CUDA layer, whose work is asynchronous.
+  // folds and copies. The CUDA layer's work is asynchronous: linear_ms stays 0, and attention_ms
+  // is measured by CUDA events where a benchmark asks for it (CudaMlaLayer::set_attention_timing).
   double linear_ms = 0.0;
   double attention_ms = 0.0;
   int64_t attention_workspace_bytes = 0;  // score buffers of the chosen path, all threads
@@ -76,6 +77,8 @@ class MlaLayer {
   StepReport forward(const float* x, const RaggedStep& step, float* y_partial, const uint16_t* x_bf16 = nullptr);
   // A finished sequence: its slot holds nothing and its pages go back to the pool.
   void release_sequence(int64_t slot) { cache_.release(slot); }
+  // to_slot gets a copy of from_slot's cached rows (LatentCache::fork).
+  void fork_sequence(int64_t from_slot, int64_t to_slot) { cache_.fork(from_slot, to_slot); }
 
   LatentCache& cache() { return cache_; }
   const LatentCache& cache() const { return cache_; }

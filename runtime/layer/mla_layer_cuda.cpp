@@ -7,6 +7,7 @@
 
 #include "kernels/cpu/bf16.h"
 #include "kernels/cpu/rope.h"
+#include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/attention_fast.h"
 #include "kernels/cuda/attention_standard.h"
 #include "kernels/cuda/bf16_convert.h"
@@ -94,8 +95,12 @@ CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const
   }
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   try {
+    CUDA_CHECK(cudaEventCreate(&attention_begin_));
+    CUDA_CHECK(cudaEventCreate(&attention_end_));
     allocate(weights);
   } catch (...) {
+    if (attention_begin_ != nullptr) cudaEventDestroy(attention_begin_);
+    if (attention_end_ != nullptr) cudaEventDestroy(attention_end_);
     cudaStreamDestroy(stream_);
     throw;
   }
@@ -104,7 +109,27 @@ CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const
 CudaMlaLayer::~CudaMlaLayer() {
   cudaStreamSynchronize(stream_);  // no kernel may outlive the buffers it writes
   cublas_.reset();
+  cudaEventDestroy(attention_begin_);
+  cudaEventDestroy(attention_end_);
   cudaStreamDestroy(stream_);
+}
+
+void CudaMlaLayer::mark_attention_begin() {
+  if (!time_attention_ || attention_marked_) return;
+  CUDA_CHECK(cudaEventRecord(attention_begin_, stream_));
+  attention_marked_ = true;
+}
+
+void CudaMlaLayer::mark_attention_end() {
+  if (time_attention_) CUDA_CHECK(cudaEventRecord(attention_end_, stream_));
+}
+
+double CudaMlaLayer::attention_ms() {
+  if (!time_attention_ || !attention_marked_) return 0.0;
+  CUDA_CHECK(cudaEventSynchronize(attention_end_));
+  float ms = 0.0f;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, attention_begin_, attention_end_));
+  return ms;
 }
 
 void CudaMlaLayer::allocate(const LayerWeights& w) {
@@ -190,10 +215,12 @@ void CudaMlaLayer::allocate_activations() {
   token_position_ = DeviceBuffer<int64_t>(tokens);
   block_table_ = DeviceBuffer<int32_t>(limits_.max_batch * cache_.shape().pages_per_slot());
   if (!dense_fp32_cache()) latent_rows_ = DeviceBuffer<float>(limits_.max_kv_len * latent_width_);
+  if (absorb_possible && run_.attention != AttentionChoice::Standard)
+    sequence_lists_ = DeviceBuffer<int64_t>(3 * limits_.max_batch);
   memory_.activation_bytes = static_cast<int64_t>(
       x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() + o_.bytes() +
       q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes() + token_sequence_.bytes() +
-      token_position_.bytes() + block_table_.bytes() + latent_rows_.bytes());
+      token_position_.bytes() + block_table_.bytes() + latent_rows_.bytes() + sequence_lists_.bytes());
 }
 
 // The standard path's score buffers, where a step may take that path.
@@ -203,9 +230,7 @@ void CudaMlaLayer::allocate_scores() {
   // passes fast_path_max_len: only then are score buffers needed.
   const bool standard_possible =
       run_.attention == AttentionChoice::Standard || limits_.mask || limits_.max_kv_len > run_.fast_path_max_len;
-  // `auto` may also send a decode step to the standard path (decode_prefers_standard).
-  const bool decode_standard_possible = run_.attention == AttentionChoice::Auto && absorb_possible;
-  if (standard_possible || decode_standard_possible) {
+  if (standard_possible) {
     AttentionParams widest;
     widest.n_heads = shard_.n_local_heads;
     widest.seq = limits_.max_step_len;
@@ -213,7 +238,7 @@ void CudaMlaLayer::allocate_scores() {
     widest.round_to_bf16 = round_bf16_;
     widest.score_split = absorb_possible ? model_.kv_lora_rank : 0;
     const int64_t chunk = attention_standard_cuda_query_chunk(widest, run_.score_chunk_bytes);
-    int64_t floats = standard_possible ? attention_standard_cuda_workspace_floats(widest, chunk) : 0;
+    int64_t floats = attention_standard_cuda_workspace_floats(widest, chunk);
     if (absorb_possible) {
       // A decode step takes several sequences per launch: as many as the score budget allows.
       AttentionParams decode = widest;
@@ -228,7 +253,21 @@ void CudaMlaLayer::allocate_scores() {
     score_buffer_floats_ = attention_uses_split_scores(widest) ? floats / 2 : floats;
     scores_ = DeviceBuffer<float>(floats);
   }
-  memory_.attention_workspace_bytes = static_cast<int64_t>(scores_.bytes());
+  // The decode kernel's partial outputs, where decode steps may take it (takes_decode_kernel): the
+  // absorb formulation, not the standard path alone, and the model's widths within the kernel's.
+  PagedLatentView widths;
+  widths.latent_dim = model_.kv_lora_rank;
+  widths.rope_dim = model_.qk_rope_head_dim;
+  AttentionParams probe;
+  probe.latent_pages = &widths;
+  probe.score_dim = latent_width_;
+  probe.value_dim = model_.kv_lora_rank;
+  if (absorb_possible && run_.attention != AttentionChoice::Standard && attention_decode_applies(probe)) {
+    decode_partial_rows_ = attention_decode_partial_rows();
+    decode_workspace_ =
+        DeviceBuffer<float>(attention_decode_workspace_floats(decode_partial_rows_, model_.kv_lora_rank));
+  }
+  memory_.attention_workspace_bytes = static_cast<int64_t>(scores_.bytes() + decode_workspace_.bytes());
 }
 
 // A GEMM's activation operand a [rows, cols] (row stride `stride`): read in place in fp32 mode;
@@ -300,8 +339,14 @@ StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t s
   if (mask != nullptr && !limits_.mask) {
     throw std::invalid_argument("CudaMlaLayer::forward: a mask, but the layer was sized without one");
   }
+  attention_marked_ = false;
   const RaggedStep step = uniform_step(batch, seq, start_pos);
-  if (!dense_fp32_cache()) return run_ragged(x, step, mask, mask_stride, y_partial);
+  // Decode steps take the decode kernel, which reads the cache through block tables (a dense cache's
+  // table is one page per slot): the route of ragged steps.
+  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
+  if (!dense_fp32_cache() || takes_decode_kernel(report.plan, seq, start_pos + seq, mask != nullptr)) {
+    return run_ragged(x, step, mask, mask_stride, y_partial);
+  }
   check_step_follows_cache("CudaMlaLayer", step, cache_);
   const int64_t tokens = batch * seq;
   const __nv_bfloat16* x_staged = stage_input(x, tokens);
@@ -311,17 +356,18 @@ StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t s
       {kv_.data(), latent_width_, dense_cache(), model_.max_seq_len, latent_width_, batch, seq, start_pos}, stream_);
   cache_.hold(step);
 
-  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
-  if (run_.attention == AttentionChoice::Auto && decode_prefers_standard(report.plan, seq)) {
-    report.plan.path = AttentionPath::Standard;
-    report.plan.reason +=
-        "; on the GPU a decode step takes the standard path, which batches the sequences into "
-        "cuBLAS GEMMs (the fast kernel measured slower for decode)";
-  }
   attend(report.plan, batch, seq, start_pos, mask, mask_stride, report);
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
   linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
   return report;
+}
+
+void CudaMlaLayer::fork_sequence(int64_t from_slot, int64_t to_slot) {
+  const int64_t page_bytes = cache_.shape().page_bytes();
+  for (const LatentCache::PageCopy& copy : cache_.fork(from_slot, to_slot)) {
+    CUDA_CHECK(cudaMemcpyAsync(latent_pool_.data() + copy.dst * page_bytes, latent_pool_.data() + copy.src * page_bytes,
+                               static_cast<size_t>(copy.bytes), cudaMemcpyDeviceToDevice, stream_));
+  }
 }
 
 StepReport CudaMlaLayer::forward_ragged_device(const float* x, const RaggedStep& step, float* y_partial) {
@@ -333,6 +379,7 @@ StepReport CudaMlaLayer::forward_ragged_device(const float* x, const RaggedStep&
 // attention a sequence at a time over its own rows (attend_ragged).
 StepReport CudaMlaLayer::run_ragged(const float* x, const RaggedStep& step, const float* mask, int64_t mask_stride,
                                     float* y_partial) {
+  attention_marked_ = false;
   check_ragged_step("CudaMlaLayer::forward", step, model_.max_batch_size, model_.max_seq_len);
   check_step_follows_cache("CudaMlaLayer", step, cache_);
   step_index_ = ragged_index(step);
@@ -371,10 +418,13 @@ StepReport CudaMlaLayer::run_ragged(const float* x, const RaggedStep& step, cons
   paged_latent_append_cuda(append, stream_);
   cache_.hold(step);
 
-  // The planner's choice as it stands: the GPU's decode rule (decode_prefers_standard) is about
-  // batching sequences into one GEMM, which this route, a sequence at a time, does not do.
   StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, step, index, mask != nullptr);
-  attend_ragged(report.plan, index, view, mask, mask_stride, report);
+  const int64_t max_new_tokens = *std::max_element(index.new_tokens.begin(), index.new_tokens.end());
+  if (takes_decode_kernel(report.plan, max_new_tokens, step.max_kv_len(), mask != nullptr)) {
+    attend_decode(index, view, report);
+  } else {
+    attend_ragged(report.plan, index, view, mask, mask_stride, report);
+  }
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
   linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
   return report;
@@ -388,13 +438,27 @@ const __nv_bfloat16* CudaMlaLayer::stage_input(const float* x, int64_t tokens) {
   return x_bf16_.data();
 }
 
-// The fast kernel gives a decode step over the shared cache one block per sequence (its 16-row
-// tile holds the heads), and each block walks the whole cache through its stages; the standard
-// path batches the sequences into cuBLAS GEMMs that spread over the GPU, and measured faster at
-// every batch tried (docs/cuda_backend.md, "Measured on an H100"). So `auto` sends GPU decode
-// steps to the standard path until the fast kernel splits a sequence's work over more blocks.
-bool CudaMlaLayer::decode_prefers_standard(const StepPlan& plan, int64_t seq) const {
-  return plan.path == AttentionPath::Fast && plan.formulation == Formulation::Absorb && seq == 1 && scores_.size() > 0;
+// A decode-shaped step (a few new tokens per sequence) in the absorb formulation on the fast path
+// takes the split-KV decode kernel, which has no length limit from shared memory: the planner
+// gives such steps the fast path at any kv_len under fast_path_max_len auto. It divides each
+// sequence's keys among blocks until the GPU is full, where the standard path batches sequences
+// into cuBLAS GEMMs over materialized scores and reads each latent row twice (docs/cuda_backend.md,
+// Decode on the GPU). Where the model's widths pass the kernel's, the fused kernel's on-chip
+// limit holds again: past it, the standard path.
+bool CudaMlaLayer::takes_decode_kernel(StepPlan& plan, int64_t max_new_tokens, int64_t kv_len, bool has_mask) const {
+  if (plan.path != AttentionPath::Fast || plan.formulation != Formulation::Absorb || has_mask ||
+      max_new_tokens > kDecodeMaxNewTokens) {
+    return false;
+  }
+  if (decode_workspace_.size() == 0) {
+    if (kv_len > run_.fast_path_max_len) {
+      plan.path = AttentionPath::Standard;
+      plan.reason += "; the model's latent widths pass the decode kernel's, so the standard path";
+    }
+    return false;
+  }
+  plan.reason += "; split-KV decode kernel";
+  return true;
 }
 
 // docs/design.md steps 1-2: q = wq(x) or wq_b(rmsnorm(wq_a(x))).
@@ -504,9 +568,45 @@ void CudaMlaLayer::attend_ragged(const StepPlan& plan, const RaggedIndex& index,
   if (absorb) absorb_outputs(tokens);
 }
 
+void CudaMlaLayer::attend_decode(const RaggedIndex& index, const PagedLatentView& view, StepReport& report) {
+  const int64_t tokens = static_cast<int64_t>(index.token_position.size());
+  const int64_t sequences = index.sequences();
+  const int64_t heads = shard_.n_local_heads;
+  absorb_queries(tokens);
+  // Kept in a member: the copy from pageable memory may still be reading it after upload returns.
+  std::vector<int64_t>& lists = sequence_lists_host_;
+  lists.assign(index.start_pos.begin(), index.start_pos.end());
+  lists.insert(lists.end(), index.new_tokens.begin(), index.new_tokens.end());
+  lists.insert(lists.end(), index.token_offset.begin(), index.token_offset.end());
+  sequence_lists_.upload(lists, stream_);
+
+  AttentionStep step;
+  step.n_heads = heads;
+  step.round_to_bf16 = round_bf16_;
+  step.ragged = &index;
+  AttentionParams p = absorb_attention_params(model_, step, q_absorbed_.data(), nullptr, o_latent_.data());
+  p.latent_pages = &view;
+  p.seq_start_pos = sequence_lists_.data();
+  p.seq_new_tokens = sequence_lists_.data() + sequences;
+  p.seq_token_offset = sequence_lists_.data() + 2 * sequences;
+  const AttentionDecodeSplit split = attention_decode_split(p, tokens, decode_partial_rows_);
+  mark_attention_begin();
+  attention_decode_cuda(p, tokens, split, decode_workspace_.data(), decode_partial_rows_, stream_);
+  mark_attention_end();
+  if (split.splits > 1) {
+    report.attention_workspace_bytes =
+        std::max(report.attention_workspace_bytes,
+                 attention_decode_workspace_floats(split.splits * tokens * heads, model_.kv_lora_rank) *
+                     static_cast<int64_t>(sizeof(float)));
+  }
+  absorb_outputs(tokens);
+}
+
 void CudaMlaLayer::run_attention(AttentionPath path, const AttentionParams& p, StepReport& report) {
+  mark_attention_begin();
   if (path == AttentionPath::Fast) {
     attention_fast_cuda(p, stream_);  // scores stay in shared memory: no workspace
+    mark_attention_end();
     return;
   }
   if (scores_.size() == 0) throw std::logic_error("CudaMlaLayer: standard path planned but no score buffer sized");
@@ -515,6 +615,7 @@ void CudaMlaLayer::run_attention(AttentionPath path, const AttentionParams& p, S
   const int64_t sequences = attention_standard_cuda_sequences_per_call(p, score_buffer_floats_);
   attention_standard_cuda(*cublas_, p, chunk, scores_.data(),
                           attention_uses_split_scores(p) ? scores_.data() + score_buffer_floats_ : nullptr, sequences);
+  mark_attention_end();
   report.attention_workspace_bytes =
       std::max(report.attention_workspace_bytes,
                attention_standard_cuda_workspace_floats(p, chunk, sequences) * static_cast<int64_t>(sizeof(float)));

@@ -84,9 +84,18 @@ class CudaMlaLayer {
   StepReport forward_ragged_device(const float* x, const RaggedStep& step, float* y_partial);
   // A finished sequence's pages go back to the pool.
   void release_sequence(int64_t slot) { cache_.release(slot); }
+  // to_slot gets a copy of from_slot's cached rows (LatentCache::fork), copied on the stream.
+  void fork_sequence(int64_t from_slot, int64_t to_slot);
   // The pages and block tables (the rows themselves are in device memory).
   LatentCache& cache() { return cache_; }
   const LatentCache& cache() const { return cache_; }
+
+  // Benchmarks: CUDA events around each step's attention kernels, from the first to the last (the
+  // decode kernel and its merge, or the fast or standard path's launches, with what runs between
+  // them when a step attends a sequence at a time). attention_ms() waits for the last step's end
+  // event; 0 when timing is off or the step had no attention.
+  void set_attention_timing(bool on) { time_attention_ = on; }
+  double attention_ms();
 
   cudaStream_t stream() const { return stream_; }
   const CudaMemoryReport& memory() const { return memory_; }
@@ -105,7 +114,10 @@ class CudaMlaLayer {
               const __nv_bfloat16* x_staged = nullptr);
   void round_rows(float* values, int64_t rows, int64_t row_stride, int64_t inner, int64_t inner_stride, int64_t width);
   void set_activation_operand(GemmCudaParams& g, const float* values, int64_t rows, int64_t cols, int64_t stride);
-  bool decode_prefers_standard(const StepPlan& plan, int64_t seq) const;
+  // Whether a step of at most max_new_tokens new tokens per sequence, kv_len the longest, takes the
+  // split-KV decode kernel (attention_decode); the plan's reason says so (or its path turns standard
+  // where the kernel cannot serve the model and kv_len passes the fused kernel's limit).
+  bool takes_decode_kernel(StepPlan& plan, int64_t max_new_tokens, int64_t kv_len, bool has_mask) const;
   // Whether uniform steps take the batched route over the dense fp32 cache (else every step goes
   // through the block tables, a sequence at a time).
   bool dense_fp32_cache() const { return !cache_.shape().paged && cache_.shape().dtype == LatentDType::F32; }
@@ -122,7 +134,12 @@ class CudaMlaLayer {
               int64_t mask_stride, StepReport& report);
   void attend_ragged(const StepPlan& plan, const RaggedIndex& index, const PagedLatentView& view, const float* mask,
                      int64_t mask_stride, StepReport& report);
+  // A decode-shaped absorb step: every sequence's attention in one launch (and a merge when the
+  // keys are split), over the rows in place through the block tables.
+  void attend_decode(const RaggedIndex& index, const PagedLatentView& view, StepReport& report);
   void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
+  void mark_attention_begin();
+  void mark_attention_end();
   void absorb_queries(int64_t tokens);
   void absorb_outputs(int64_t tokens);
   // latent: the cache rows of `batch` sequences, kv_len each, batch_stride floats apart.
@@ -138,6 +155,9 @@ class CudaMlaLayer {
   CudaMemoryReport memory_;
 
   cudaStream_t stream_ = nullptr;
+  cudaEvent_t attention_begin_ = nullptr, attention_end_ = nullptr;
+  bool time_attention_ = false;
+  bool attention_marked_ = false;  // this step's begin event is recorded
   std::unique_ptr<CublasContext> cublas_;
 
   DeviceMatrix wq_, wq_a_, wq_b_, wkv_a_, wkv_b_, wo_;
@@ -151,6 +171,12 @@ class CudaMlaLayer {
   RaggedIndex step_index_;
   std::vector<int32_t> block_table_host_;
   DeviceBuffer<float> latent_rows_;  // one sequence's cache rows as fp32, read through its block table
+  // The decode kernel's: the step's per-sequence lists (start_pos, new_tokens, token_offset), and
+  // the partial outputs and log-sum-exps of split keys (decode_partial_rows_ rows).
+  DeviceBuffer<int64_t> sequence_lists_;
+  std::vector<int64_t> sequence_lists_host_;
+  DeviceBuffer<float> decode_workspace_;
+  int64_t decode_partial_rows_ = 0;
 
   // bf16 mode: the step's input rounded to bf16 once, the operand of both GEMMs that read it.
   DeviceBuffer<__nv_bfloat16> x_bf16_;

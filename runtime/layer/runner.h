@@ -92,6 +92,8 @@ class StepExecutor {
   virtual StepReport forward_ragged(const float* x, const RaggedStep& step) = 0;
   // A finished sequence's slot and cache pages are free again.
   virtual void release_sequence(int64_t /*slot*/) {}
+  // to_slot, holding nothing, gets a copy of from_slot's cached rows (LatentCache::fork).
+  virtual void fork_sequence(int64_t from_slot, int64_t to_slot) = 0;
   // The latent cache: its pool, and the bytes of the pages held now (0 where not tracked).
   virtual int64_t cache_pool_bytes() const { return 0; }
   virtual int64_t cache_bytes_in_use() const { return 0; }
@@ -115,6 +117,7 @@ class CpuStepExecutor final : public StepExecutor {
                      int64_t mask_stride, const uint16_t* x_bf16) override;
   StepReport forward_ragged(const float* x, const RaggedStep& step) override;
   void release_sequence(int64_t slot) override { layer_.release_sequence(slot); }
+  void fork_sequence(int64_t from_slot, int64_t to_slot) override { layer_.fork_sequence(from_slot, to_slot); }
   int64_t cache_pool_bytes() const override { return layer_.cache().pool_bytes(); }
   int64_t cache_bytes_in_use() const override { return layer_.cache().bytes_in_use(); }
   int64_t first_non_finite(float& value) override;

@@ -75,6 +75,12 @@ def main():
         check(math.isclose(float(r["gflops"]), flop / median / 1e6, rel_tol=1e-3), f"{where}: gflops != flop / time")
         check(math.isclose(float(r["gbps"]), moved / median / 1e6, rel_tol=1e-3), f"{where}: gbps != bytes / time")
         check(int(r["peak_rss_bytes"]) > 0 and int(r["workspace_bytes"]) > 0, f"{where}: memory not reported")
+        attention_ms, attention_bytes = float(r["attention_ms"]), int(r["attention_bytes"])
+        check(attention_ms > 0 and attention_bytes > 0, f"{where}: attention time or bytes not positive")
+        check(math.isclose(float(r["attention_gbps"]), attention_bytes / attention_ms / 1e6, rel_tol=1e-3),
+              f"{where}: attention_gbps != attention_bytes / attention_ms")
+        check(int(r["step_byte_floor"]) > attention_bytes + int(r["weight_bytes"]),
+              f"{where}: step_byte_floor not above the attention's and the weights' bytes")
         kv_len, total, batch = int(r["kv_len"]), int(r["step_total_tokens"]), int(r["batch"])
         if r["phase"] in ("ragged_decode", "mixed"):  # each sequence has its own start_pos and step_tokens
             check(r["start_pos"] == "" and r["step_tokens"] == "" and kv_len == int(r["seq_len"]),
@@ -90,7 +96,10 @@ def main():
             expected_total = batch * step
         check(total == expected_total, f"{where}: {total} tokens in the step for phase {r['phase']}")
         if r["attention"] != "auto":
-            wanted = r["attention"] if r["attention"] == "standard" or kv_len <= 256 else "standard"
+            # fast_path_max_len auto: 256, but a decode step in absorb takes the fused kernel at any length.
+            decode_absorb = r["phase"] in ("decode", "ragged_decode") and r["formulation_chosen"] == "absorb"
+            fits = kv_len <= 256 or decode_absorb
+            wanted = r["attention"] if r["attention"] == "standard" or fits else "standard"
             check(r["path_chosen"] == wanted, f"{where}: path {r['path_chosen']}, expected {wanted}")
         if r["formulation"] != "auto":
             check(r["formulation_chosen"] == r["formulation"], f"{where}: formulation not the one asked for")

@@ -96,13 +96,23 @@ TEST_F(CudaLayer, FastAndStandardAgreeAndAutoSwitchesPastTheMaxLen) {
   EXPECT_LE(relative_l2_error(automatic.y, standard.y), 2e-6);
   ASSERT_EQ(automatic.steps.size(), 4u);
   EXPECT_EQ(automatic.steps[0].plan.path, AttentionPath::Fast);
-  // A decode step within fast_path_max_len: on the GPU auto takes the standard path, and says why
-  // (CudaMlaLayer::decode_prefers_standard).
-  EXPECT_EQ(automatic.steps[1].plan.path, AttentionPath::Standard);
-  EXPECT_NE(automatic.steps[1].plan.reason.find("on the GPU a decode step"), std::string::npos)
-      << automatic.steps[1].plan.reason;
-  EXPECT_EQ(automatic.steps[2].plan.path, AttentionPath::Standard);
-  EXPECT_EQ(automatic.steps[3].plan.path, AttentionPath::Standard);
+  // Decode steps take the split-KV decode kernel at any kv_len under fast_path_max_len auto, and
+  // say so (the planner's decode rule, CudaMlaLayer::takes_decode_kernel).
+  for (size_t i = 1; i < 4; ++i) {
+    EXPECT_EQ(automatic.steps[i].plan.path, AttentionPath::Fast) << "step " << i;
+    EXPECT_NE(automatic.steps[i].plan.reason.find("split-KV decode kernel"), std::string::npos)
+        << automatic.steps[i].plan.reason;
+  }
+  EXPECT_NE(automatic.steps[2].plan.reason.find("but a decode step"), std::string::npos)
+      << automatic.steps[2].plan.reason;
+  // A number keeps the seed's rule: past it a decode step takes the standard path.
+  RunConfig seed_rule = run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32);
+  seed_rule.fast_path_max_len = 256;
+  seed_rule.fast_path_auto = false;
+  const RunResult numbered = cuda_run(m, seed_rule, whole(m), loaded.weights, x, steps);
+  EXPECT_LE(relative_l2_error(numbered.y, standard.y), 2e-6);
+  EXPECT_EQ(numbered.steps[1].plan.path, AttentionPath::Fast);
+  EXPECT_EQ(numbered.steps[2].plan.path, AttentionPath::Standard);
 }
 
 TEST_F(CudaLayer, AnExplicitMaskMatchesTheCpuLayer) {

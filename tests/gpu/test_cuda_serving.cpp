@@ -121,6 +121,39 @@ TEST_F(CudaServing, RaggedStepsMatchTheCpuLayerOnEveryPathFormulationLayoutAndCa
 
 // The same weights and steps through the dense fp32 cache (the batched route) and through a paged
 // cache of fp32 rows (a sequence at a time through the block tables), with an explicit mask too.
+// Decodes past the fast kernels' shared-memory limit: the GPU takes the split-KV decode kernel
+// (the keys of a sequence over many blocks, merged by log-sum-exp), the CPU its standard path; the
+// results agree on every cache layout and row dtype, with a few tokens per sequence too.
+TEST_F(CudaServing, LongDecodesTakeTheSplitKvKernelAndMatchTheCpuLayer) {
+  const ModelArgs m = model_args(64, 8, 32, 48, 16, 8, 16, 3, 1200);
+  const std::vector<std::vector<float>> tokens = slot_tokens(m, 43);
+  const std::vector<RaggedTestStep> steps = {{{0, 0, 550}, {1, 0, 350}, {2, 0, 40}},
+                                             {{0, 550, 550}, {1, 350, 350}},
+                                             {{0, 1100, 1}, {1, 700, 2}, {2, 40, 1}},
+                                             {{2, 41, 4}, {0, 1101, 1}, {1, 702, 1}}};
+  for (const ComputeDType compute : {ComputeDType::FP32, ComputeDType::BF16}) {
+    const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 44), m, whole(m), compute);
+    for (const KvCacheLayout layout : {KvCacheLayout::Dense, KvCacheLayout::Paged})
+      for (const KvCacheDType cache_dtype : {KvCacheDType::Auto, KvCacheDType::BF16, KvCacheDType::FP8}) {
+        RunConfig run = serving_config(AttentionChoice::Auto, FormulationChoice::Auto, compute, layout, cache_dtype);
+        run.score_chunk_bytes = int64_t{1} << 20;
+        run.kv_cache.page_size = 16;
+        const std::string name =
+            std::string(to_string(compute)) + " " + to_string(layout) + " " + to_string(cache_dtype);
+        const ServingRun want = cpu_steps(m, run, whole(m), loaded.weights, tokens, steps);
+        const ServingRun got =
+            cuda_steps(m, run, whole(m), loaded.weights, tokens, steps, layout == KvCacheLayout::Paged ? 9 : 0);
+        ASSERT_EQ(got.y.size(), want.y.size());
+        for (size_t i = 2; i < got.y.size(); ++i) {
+          EXPECT_LE(relative_l2_error(got.y[i], want.y[i]), bound_for(compute, cache_dtype)) << name << " step " << i;
+          EXPECT_EQ(got.reports[i].plan.path, AttentionPath::Fast) << name << " step " << i;
+          EXPECT_NE(got.reports[i].plan.reason.find("split-KV decode kernel"), std::string::npos)
+              << name << " step " << i << ": " << got.reports[i].plan.reason;
+        }
+      }
+  }
+}
+
 TEST_F(CudaServing, UniformStepsThroughPagedRowsEqualTheDenseCache) {
   const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 2, 32);
   const LoadedWeights loaded =

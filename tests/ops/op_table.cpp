@@ -22,11 +22,6 @@
 
 namespace mla::test {
 
-namespace {
-
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-// Runs `op` reps times (at least once), `reset` before each, untimed; the median of the op's times.
 double time_on_cpu(int reps, const std::function<void()>& reset, const std::function<void()>& op) {
   std::vector<double> times_ms;
   for (int rep = 0; rep < std::max(1, reps); ++rep) {
@@ -37,6 +32,10 @@ double time_on_cpu(int reps, const std::function<void()>& reset, const std::func
   }
   return summarize_times(times_ms).median;
 }
+
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 const std::function<void()> kNothing = [] {};
 
@@ -655,6 +654,7 @@ const std::vector<OpCase>& op_table() {
     add_elementwise_cases(cases);
     add_linear_cases(cases);
     add_attention_cases(cases);
+    add_decode_attention_cases(cases);
     return cases;
   }();
   return table;

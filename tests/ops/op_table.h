@@ -46,6 +46,9 @@ struct OpCase {
 // Every case of every op.
 const std::vector<OpCase>& op_table();
 
+// Runs `op` reps times (at least once), `reset` before each, untimed; the median of the op's times.
+double time_on_cpu(int reps, const std::function<void()>& reset, const std::function<void()>& op);
+
 // ---- the cases, one struct per op ---------------------------------------------------------------
 
 struct RmsNormCase {
@@ -129,6 +132,50 @@ struct AttentionRun {
   int64_t sequences = 1;
 };
 
+// Decode attention over a paged latent cache, the split-KV kernel (kernels/cuda/attention_decode)
+// against attention_fast over the same stored rows: sequences at the given start positions with a
+// few new tokens each, rows of `dtype` in a shuffled pool, one shard of a context-parallel group,
+// the log-sum-exp beside the output.
+struct DecodeAttentionCase {
+  LatentDType dtype;
+  int64_t latent_dim, rope_dim, page_size, heads;
+  std::vector<int64_t> start_pos, new_tokens;
+  int64_t shards = 1, shard = 0;
+  bool bf16 = false;
+  // How the CUDA kernel divides the keys: 0 as attention_decode_split chooses for this device, -1 one
+  // block per sequence (no merge), else this many keys per split.
+  int64_t keys_per_split = 0;
+};
+
+// A case as host data: the stored pool (written by the CPU's paged_latent_append), its block table,
+// the per-sequence lists (start_pos, new_tokens, token_offset); params points into them.
+struct DecodeAttentionData {
+  std::vector<float> q, out, lse;
+  std::vector<uint8_t> pool;
+  std::vector<int32_t> block_table;
+  std::vector<int64_t> lists;
+  PagedLatentView cache;
+  AttentionParams params;
+  int64_t tokens = 0;
+};
+DecodeAttentionData make_decode_attention(const DecodeAttentionCase& c, uint32_t seed);
+// The op's output as the table compares it: the outputs, then the log-sum-exps (-inf, a row that saw
+// no key on this shard, as -1000 so that both sides' can be subtracted).
+std::vector<float> decode_attention_output(const std::vector<float>& out, const std::vector<float>& lse);
+
+// attention_merge: `parts` partial outputs of `rows` rows, some parts seeing no key (lse -inf).
+struct AttentionMergeCase {
+  int64_t parts, rows, dim;
+  bool bf16;
+};
+struct AttentionMergeInputs {
+  std::vector<float> out, lse;
+};
+AttentionMergeInputs attention_merge_inputs(const AttentionMergeCase& c);
+
+// The decode and merge rows of the table (tests/ops/op_table_decode.cpp).
+void add_decode_attention_cases(std::vector<OpCase>& table);
+
 #if MLA_HAVE_CUDA
 // The CUDA side of each op (tests/ops/op_table_cuda.cpp): the same case, on the device.
 OpRun run_cuda(const RmsNormCase& c, int reps);
@@ -141,6 +188,8 @@ OpRun run_cuda(const Bf16ConvertCase& c, int reps);
 OpRun run_cuda(const GemmCase& c, int reps);
 OpRun run_cuda(const FiniteCheckCase& c, int reps);
 OpRun run_cuda(const AttentionCase& c, uint32_t seed, const AttentionRun& how, int reps);
+OpRun run_cuda(const DecodeAttentionCase& c, uint32_t seed, int reps);
+OpRun run_cuda(const AttentionMergeCase& c, int reps);
 #endif
 
 // Inputs both sides of a case share.

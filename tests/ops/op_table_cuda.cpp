@@ -11,7 +11,9 @@
 #include "kernels/cpu/kv_cache_append.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
+#include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/attention_fast.h"
+#include "kernels/cuda/attention_merge.h"
 #include "kernels/cuda/attention_standard.h"
 #include "kernels/cuda/bf16_convert.h"
 #include "kernels/cuda/cuda_check.h"
@@ -280,6 +282,59 @@ OpRun run_cuda(const AttentionCase& c, uint32_t seed, const AttentionRun& how, i
     });
     run.output = to_host(out);
   }
+  return run;
+}
+
+OpRun run_cuda(const DecodeAttentionCase& c, uint32_t seed, int reps) {
+  const DecodeAttentionData d = make_decode_attention(c, seed);
+  DeviceBuffer<uint8_t> pool = to_device(d.pool);
+  DeviceBuffer<int32_t> block_table = to_device(d.block_table);
+  DeviceBuffer<int64_t> lists = to_device(d.lists);
+  DeviceBuffer<float> q = to_device(d.q), out = to_device(d.out), lse = to_device(d.lse);
+  PagedLatentView cache = d.cache;
+  cache.pool = pool.data();
+  cache.block_table = block_table.data();
+  AttentionParams p = d.params;
+  const int64_t sequences = p.batch;
+  p.q = q.data();
+  p.out = out.data();
+  p.lse = lse.data();
+  p.latent_pages = &cache;
+  p.seq_start_pos = lists.data();
+  p.seq_new_tokens = lists.data() + sequences;
+  p.seq_token_offset = lists.data() + 2 * sequences;
+  AttentionDecodeSplit split;
+  int64_t partial_rows = 0;
+  if (c.keys_per_split == 0) {
+    partial_rows = attention_decode_partial_rows();
+    split = attention_decode_split(p, d.tokens, partial_rows);
+  } else if (c.keys_per_split > 0) {
+    split.keys_per_split = c.keys_per_split;
+    split.splits = std::max<int64_t>(1, (p.kv_len + c.keys_per_split - 1) / c.keys_per_split);
+    partial_rows = split.splits * d.tokens * p.n_heads;
+  } else {
+    split.keys_per_split = std::max<int64_t>(32, (p.kv_len + 31) / 32 * 32);
+  }
+  DeviceBuffer<float> workspace(attention_decode_workspace_floats(partial_rows, p.value_dim));
+  Stream stream;
+  OpRun run;
+  run.median_ms = time_on_device(reps, stream.get(), kNothing, [&] {
+    attention_decode_cuda(p, d.tokens, split, workspace.data(), partial_rows, stream.get());
+  });
+  run.output = decode_attention_output(to_host(out), to_host(lse));
+  return run;
+}
+
+OpRun run_cuda(const AttentionMergeCase& c, int reps) {
+  const AttentionMergeInputs in = attention_merge_inputs(c);
+  DeviceBuffer<float> parts_out = to_device(in.out), parts_lse = to_device(in.lse);
+  DeviceBuffer<float> merged = to_device(std::vector<float>(static_cast<size_t>(c.rows * c.dim), kNaN));
+  DeviceBuffer<float> merged_lse = to_device(std::vector<float>(static_cast<size_t>(c.rows), kNaN));
+  const AttentionMergeParams p{parts_out.data(), parts_lse.data(),  c.parts, c.rows, c.dim,
+                               merged.data(),    merged_lse.data(), c.bf16};
+  OpRun run;
+  run.median_ms = time_on_device(reps, nullptr, kNothing, [&] { attention_merge_cuda(p, nullptr); });
+  run.output = decode_attention_output(to_host(merged), to_host(merged_lse));
   return run;
 }
 
