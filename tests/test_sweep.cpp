@@ -141,10 +141,11 @@ TEST(Sweep, PointConfigCarriesThePointAndKeepsTheBase) {
 // bench.fill fork: a decode or chunked_prefill point of several sequences computes sequence 0 alone
 // (its input one sequence) and copies it; prefill, ragged points and single sequences compute.
 TEST(Sweep, AForkedFillTakesOneSequencesInput) {
-  const Sweep sweep = parse_sweep(kBase + R"(sweep: {seq_len: 40, batch: [1, 3], phase: [decode, prefill, ragged_decode]}
+  const Sweep sweep =
+      parse_sweep(kBase + R"(sweep: {seq_len: 40, batch: [1, 3], phase: [decode, prefill, ragged_decode]}
 bench: {fill: fork}
 )",
-                                  "s.yaml");
+                  "s.yaml");
   ASSERT_EQ(sweep.bench.fill, BenchFill::Fork);
   for (const BenchPoint& point : sweep.points) {
     const bool forks = point.batch == 3 && point.phase == BenchPhase::Decode;
@@ -152,9 +153,9 @@ bench: {fill: fork}
     EXPECT_EQ(point_config(sweep, point).run.input.batch, forks ? 1 : point.batch) << point.label();
   }
   EXPECT_EQ(parse_sweep(kBase + "sweep: {seq_len: 8}\n", "s.yaml").bench.fill, BenchFill::Compute);
-  EXPECT_NE(error_of(kBase + "sweep: {seq_len: 8}\nbench: {fill: copy}\n")
-                .find("bench.fill: expected one of compute | fork"),
-            std::string::npos)
+  EXPECT_NE(
+      error_of(kBase + "sweep: {seq_len: 8}\nbench: {fill: copy}\n").find("bench.fill: expected one of compute | fork"),
+      std::string::npos)
       << error_of(kBase + "sweep: {seq_len: 8}\nbench: {fill: copy}\n");
 }
 
