@@ -36,6 +36,18 @@ int64_t shared_bytes(int64_t score_dim) {
   return floats * static_cast<int64_t>(sizeof(float)) + kRows * static_cast<int64_t>(sizeof(double));
 }
 
+// Row values as 16-byte loads, where the rows are whole 16-byte groups (fp32 rows of a multiple of
+// 4 values, bf16 rows of a multiple of 8): a quarter (an eighth) of the load instructions of one
+// value a lane. fp8 rows, and other widths, are read a value at a time.
+enum class RowLoads : int { Scalar, F32x4, Bf16x8 };
+
+RowLoads row_loads(const PagedLatentView& cache) {
+  const int64_t width = cache.row_width();
+  if (cache.dtype == LatentDType::F32 && width % 4 == 0) return RowLoads::F32x4;
+  if (cache.dtype == LatentDType::BF16 && width % 8 == 0) return RowLoads::Bf16x8;
+  return RowLoads::Scalar;
+}
+
 struct DecodeLaunch {
   PagedLatentView cache;
   cuda_detail::LatentRowGeometry shape;
@@ -43,6 +55,7 @@ struct DecodeLaunch {
   int64_t tokens = 0;
   float* partial_out = nullptr;  // [splits, tokens * n_heads, value_dim]; nullptr: write p.out
   float* partial_lse = nullptr;  // [splits, tokens * n_heads]
+  RowLoads loads = RowLoads::Scalar;
 };
 
 // The device side of attention_sequence / shard_rows (kernels/cpu/attention.h).
@@ -66,23 +79,63 @@ __device__ inline int64_t visible_rows(const AttentionParams& p, const SequenceR
   return min(shard_rows_device(sequence.start_pos + s + 1, p.kv_shards, p.kv_shard), sequence.kv_rows);
 }
 
-// Tile rows [tile_start, tile_start + kKeyTile) of sequence b's keys as fp32 in shared memory, a
-// warp per key row (its lanes along the row, so the reads coalesce); rows past `end` are zero.
+constexpr int kLoadRowsPerWarp = kKeyTile / kWarps;
+
+// Tile rows [tile_start, tile_start + kKeyTile) of sequence b's keys as fp32 in shared memory: warp
+// w takes rows w, w + 8, w + 16, w + 24, its lanes along them (the reads coalesce), the loads of all
+// four issued before their stores; rows past `end` are zero.
 __device__ void load_key_tile(const AttentionParams& p, const DecodeLaunch& launch, int64_t b, int64_t tile_start,
                               int64_t end, float* key_tile) {
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int64_t row_width = padded_dim(p.score_dim);
-  for (int k = warp; k < kKeyTile; k += kWarps) {
+  const uint8_t* rows[kLoadRowsPerWarp];
+  float* dst[kLoadRowsPerWarp];
+#pragma unroll
+  for (int j = 0; j < kLoadRowsPerWarp; ++j) {
+    const int k = warp + kWarps * j;
     const int64_t t = tile_start + k;
-    float* dst = key_tile + k * row_width;
-    if (t >= end) {
-      for (int64_t i = lane; i < p.score_dim; i += 32) dst[i] = 0.0f;
-      continue;
+    rows[j] = t < end ? cuda_detail::latent_row_address(launch.cache, launch.shape, b, t) : nullptr;
+    dst[j] = key_tile + k * row_width;
+  }
+  if (launch.loads == RowLoads::F32x4) {
+    for (int64_t c = lane; c < p.score_dim / 4; c += 32) {
+      float4 v[kLoadRowsPerWarp];
+#pragma unroll
+      for (int j = 0; j < kLoadRowsPerWarp; ++j) {
+        v[j] = rows[j] != nullptr ? reinterpret_cast<const float4*>(rows[j])[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int j = 0; j < kLoadRowsPerWarp; ++j) {
+        float* out = dst[j] + 4 * c;
+        out[0] = v[j].x, out[1] = v[j].y, out[2] = v[j].z, out[3] = v[j].w;
+      }
     }
-    const uint8_t* row = cuda_detail::latent_row_address(launch.cache, launch.shape, b, t);
-    for (int64_t i = lane; i < p.score_dim; i += 32)
-      dst[i] = cuda_detail::load_latent_value(launch.cache, launch.shape, row, i);
+  } else if (launch.loads == RowLoads::Bf16x8) {
+    for (int64_t c = lane; c < p.score_dim / 8; c += 32) {
+      uint4 v[kLoadRowsPerWarp];
+#pragma unroll
+      for (int j = 0; j < kLoadRowsPerWarp; ++j) {
+        v[j] = rows[j] != nullptr ? reinterpret_cast<const uint4*>(rows[j])[c] : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int j = 0; j < kLoadRowsPerWarp; ++j) {
+        const uint32_t words[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+        float* out = dst[j] + 8 * c;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {  // a word holds values 2w (low half) and 2w + 1
+          out[2 * w] = __uint_as_float(words[w] << 16);
+          out[2 * w + 1] = __uint_as_float(words[w] & 0xffff0000u);
+        }
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kLoadRowsPerWarp; ++j) {
+      for (int64_t i = lane; i < p.score_dim; i += 32) {
+        dst[j][i] = rows[j] != nullptr ? cuda_detail::load_latent_value(launch.cache, launch.shape, rows[j], i) : 0.0f;
+      }
+    }
   }
 }
 
@@ -334,6 +387,7 @@ void attention_decode_cuda(const AttentionParams& p, int64_t tokens, const Atten
   DecodeLaunch launch;
   launch.cache = *p.latent_pages;
   launch.shape = cuda_detail::latent_row_geometry(launch.cache);
+  launch.loads = row_loads(launch.cache);
   launch.keys_per_split = split.keys_per_split;
   launch.tokens = tokens;
   const int64_t rows_total = tokens * p.n_heads;
