@@ -68,10 +68,14 @@ struct SequenceRows {
 };
 
 __device__ inline SequenceRows sequence_rows(const AttentionParams& p, int64_t b) {
-  SequenceRows rows{b * p.seq, p.seq, p.start_pos, 0};
-  if (p.seq_start_pos != nullptr) rows = {p.seq_token_offset[b], p.seq_new_tokens[b], p.seq_start_pos[b], 0};
-  rows.kv_rows = shard_rows_device(rows.start_pos + rows.new_tokens, p.kv_shards, p.kv_shard);
-  return rows;
+  if (p.seq_start_pos == nullptr) {  // a uniform batch: kv_len as given (this shard's rows of it)
+    const int64_t kv_rows =
+        p.kv_shards > 1 ? shard_rows_device(p.start_pos + p.seq, p.kv_shards, p.kv_shard) : p.kv_len;
+    return {b * p.seq, p.seq, p.start_pos, kv_rows};
+  }
+  const int64_t start_pos = p.seq_start_pos[b], new_tokens = p.seq_new_tokens[b];
+  return {p.seq_token_offset[b], new_tokens, start_pos,
+          shard_rows_device(start_pos + new_tokens, p.kv_shards, p.kv_shard)};
 }
 
 // Rows of this rank's keys that query token s of the sequence sees (causal, in global positions).

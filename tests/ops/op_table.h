@@ -32,6 +32,10 @@ bool backend_present(OpBackend backend);
 struct OpRun {
   std::vector<float> output;
   double median_ms = 0;
+  // Where the output holds parts of different scales (an attention output and its log-sum-exps),
+  // their lengths in order: each part is compared with the twin's by its own normalised error.
+  // Empty: the whole output is one part.
+  std::vector<size_t> parts;
 };
 
 // A row of the table before the backend is chosen.
@@ -159,9 +163,9 @@ struct DecodeAttentionData {
   int64_t tokens = 0;
 };
 DecodeAttentionData make_decode_attention(const DecodeAttentionCase& c, uint32_t seed);
-// The op's output as the table compares it: the outputs, then the log-sum-exps (-inf, a row that saw
-// no key on this shard, as -1000 so that both sides' can be subtracted).
-std::vector<float> decode_attention_output(const std::vector<float>& out, const std::vector<float>& lse);
+// The op's output as the table compares it, in three parts (OpRun::parts): the outputs, the
+// log-sum-exps (0 for a row that saw no key), and a flag per row, 1 where it saw none (lse -inf).
+OpRun decode_attention_output(const std::vector<float>& out, const std::vector<float>& lse);
 
 // attention_merge: `parts` partial outputs of `rows` rows, some parts seeing no key (lse -inf).
 struct AttentionMergeCase {

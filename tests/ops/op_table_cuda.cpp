@@ -317,11 +317,11 @@ OpRun run_cuda(const DecodeAttentionCase& c, uint32_t seed, int reps) {
   }
   DeviceBuffer<float> workspace(attention_decode_workspace_floats(partial_rows, p.value_dim));
   Stream stream;
-  OpRun run;
-  run.median_ms = time_on_device(reps, stream.get(), kNothing, [&] {
+  const double median_ms = time_on_device(reps, stream.get(), kNothing, [&] {
     attention_decode_cuda(p, d.tokens, split, workspace.data(), partial_rows, stream.get());
   });
-  run.output = decode_attention_output(to_host(out), to_host(lse));
+  OpRun run = decode_attention_output(to_host(out), to_host(lse));
+  run.median_ms = median_ms;
   return run;
 }
 
@@ -332,9 +332,9 @@ OpRun run_cuda(const AttentionMergeCase& c, int reps) {
   DeviceBuffer<float> merged_lse = to_device(std::vector<float>(static_cast<size_t>(c.rows), kNaN));
   const AttentionMergeParams p{parts_out.data(), parts_lse.data(),  c.parts, c.rows, c.dim,
                                merged.data(),    merged_lse.data(), c.bf16};
-  OpRun run;
-  run.median_ms = time_on_device(reps, nullptr, kNothing, [&] { attention_merge_cuda(p, nullptr); });
-  run.output = decode_attention_output(to_host(merged), to_host(merged_lse));
+  const double median_ms = time_on_device(reps, nullptr, kNothing, [&] { attention_merge_cuda(p, nullptr); });
+  OpRun run = decode_attention_output(to_host(merged), to_host(merged_lse));
+  run.median_ms = median_ms;
   return run;
 }
 

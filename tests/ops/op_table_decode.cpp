@@ -16,7 +16,6 @@ namespace mla::test {
 namespace {
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-constexpr float kNoKeyLse = -1000.0f;
 
 const char* dtype_name(LatentDType dtype) {
   return dtype == LatentDType::F32 ? "f32" : dtype == LatentDType::BF16 ? "bf16" : "fp8";
@@ -24,10 +23,11 @@ const char* dtype_name(LatentDType dtype) {
 
 OpRun run_cpu(const DecodeAttentionCase& c, uint32_t seed, int reps) {
   DecodeAttentionData d = make_decode_attention(c, seed);
-  OpRun run;
-  run.median_ms = time_on_cpu(
+  d.params.latent_pages = &d.cache;  // d's own view, wherever the return left it
+  const double median_ms = time_on_cpu(
       reps, [] {}, [&] { attention_fast(d.params); });
-  run.output = decode_attention_output(d.out, d.lse);
+  OpRun run = decode_attention_output(d.out, d.lse);
+  run.median_ms = median_ms;
   return run;
 }
 
@@ -36,10 +36,10 @@ OpRun run_cpu(const AttentionMergeCase& c, int reps) {
   std::vector<float> merged(static_cast<size_t>(c.rows * c.dim), kNaN), merged_lse(static_cast<size_t>(c.rows), kNaN);
   const AttentionMergeParams p{in.out.data(), in.lse.data(), c.parts,           c.rows,
                                c.dim,         merged.data(), merged_lse.data(), c.bf16};
-  OpRun run;
-  run.median_ms = time_on_cpu(
+  const double median_ms = time_on_cpu(
       reps, [] {}, [&] { attention_merge(p); });
-  run.output = decode_attention_output(merged, merged_lse);
+  OpRun run = decode_attention_output(merged, merged_lse);
+  run.median_ms = median_ms;
   return run;
 }
 
@@ -99,7 +99,6 @@ DecodeAttentionData make_decode_attention(const DecodeAttentionCase& c, uint32_t
   p.q_head_stride = width;
   p.q_token_stride = c.heads * width;
   p.key_pos_stride = p.value_pos_stride = width;
-  p.latent_pages = &d.cache;
   p.out = d.out.data();
   p.out_head_stride = c.latent_dim;
   p.out_token_stride = c.heads * c.latent_dim;
@@ -119,10 +118,18 @@ DecodeAttentionData make_decode_attention(const DecodeAttentionCase& c, uint32_t
   return d;
 }
 
-std::vector<float> decode_attention_output(const std::vector<float>& out, const std::vector<float>& lse) {
-  std::vector<float> output = out;
-  for (const float value : lse) output.push_back(value == -std::numeric_limits<float>::infinity() ? kNoKeyLse : value);
-  return output;
+OpRun decode_attention_output(const std::vector<float>& out, const std::vector<float>& lse) {
+  OpRun run;
+  run.output = out;
+  std::vector<float> no_key;
+  for (const float value : lse) {
+    const bool none = value == -std::numeric_limits<float>::infinity();
+    run.output.push_back(none ? 0.0f : value);
+    no_key.push_back(none ? 1.0f : 0.0f);
+  }
+  run.output.insert(run.output.end(), no_key.begin(), no_key.end());
+  run.parts = {out.size(), lse.size(), lse.size()};
+  return run;
 }
 
 AttentionMergeInputs attention_merge_inputs(const AttentionMergeCase& c) {
