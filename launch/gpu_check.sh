@@ -198,6 +198,22 @@ case "${1:-run}" in
       "$out/y_requests_${backend}_w1.safetensors" 5e-4
     compare "requests world 2 vs 1, $backend" "$out/y_requests_${backend}_w1.safetensors" \
       "$out/y_requests_${backend}_w2.safetensors" 1e-5
+    # The cache split over context groups (configs/context_parallel.yaml: chunked prefill of 1024
+    # positions, then decodes), ranks sharing the GPU: each against world 1 with the whole cache,
+    # both in the absorb formulation the split takes on the GPU.
+    split_job() {
+      local world=$1 group=$2
+      step "mla_run $backend context_parallel $group, world $world" 180 "context_parallel_g${group}_w$world.log" \
+        mpirun -np "$world" ./build-gpu-full/mla_run configs/context_parallel.yaml --set "run.backend=$backend" \
+        --set run.formulation=absorb --set parallel.communicator=mpi --set "parallel.context_parallel=$group" \
+        --set parallel.check_identical_output=true --set "run.output=$out/y_context_g${group}_w$world.safetensors"
+    }
+    split_job 1 1
+    for split in 2:2 4:2 4:4; do
+      split_job "${split%:*}" "${split#*:}"
+      compare "context_parallel ${split#*:} at world ${split%:*} vs world 1" "$out/y_context_g1_w1.safetensors" \
+        "$out/y_context_g${split#*:}_w${split%:*}.safetensors" 1e-5
+    done
     for mode in exit hang nan; do  # every rank ends, naming the failing one, no output
       if timeout 60 mpirun -np 2 ./build-gpu-full/mla_run configs/example.yaml --set "run.backend=$backend" \
            --set parallel.communicator=mpi --set parallel.timeout_s=10 --set "run.output=$out/y_fault.safetensors" \

@@ -26,4 +26,10 @@ struct GpuCommunicator {
 GpuCommunicator make_gpu_communicator(CommunicatorChoice choice, const MpiSession& session, cudaStream_t stream,
                                       double timeout_s);
 
+// Collective. The gather and exchange of this rank's context group (parallel.context_parallel:
+// ranks [g * group_size, (g + 1) * group_size)), through NCCL or MPI by the same rule; `sum`
+// holds the group's communicator. group_size 1: no group (sum is null), nothing collective.
+GpuCommunicator make_gpu_context_group(CommunicatorChoice choice, const MpiSession& session, int group_size,
+                                       cudaStream_t stream, double timeout_s);
+
 }  // namespace mla

@@ -154,13 +154,17 @@ TEST(PagedAttentionKernel, ShuffledPagesEqualTheDenseRows) {
 }
 
 // The op table's paged_latent rows (their CUDA twin runs in mla_gpu_tests): on the CPU, each row
-// read back is the appended row as its dtype stores it (the fp8 rule as the reference computes it).
+// read back is the appended row as its dtype stores it (the fp8 rule as the reference computes it),
+// taken by index where the case says so.
 TEST(PagedLatentOp, TheCpuTwinStoresEachRowByItsRule) {
   int rows_checked = 0;
   for (const OpCase& op : op_table()) {
     if (op.op != "paged_latent") continue;
     const OpRun run = op.run(OpBackend::CpuPortable, 1);
-    const bool fp8 = op.shape.ends_with("fp8"), bf16 = op.shape.ends_with("bf16");
+    const std::string by_index = " rows by index";
+    const bool indexed = op.shape.ends_with(by_index);
+    const std::string shape = indexed ? op.shape.substr(0, op.shape.size() - by_index.size()) : op.shape;
+    const bool fp8 = shape.ends_with("fp8"), bf16 = shape.ends_with("bf16");
     const int64_t latent = op.shape.starts_with("C 512") ? 512 : 200;
     const int64_t rope = latent == 512 ? 64 : 6;
     const PagedLatentInputs in =
@@ -168,10 +172,11 @@ TEST(PagedLatentOp, TheCpuTwinStoresEachRowByItsRule) {
                              : bf16 ? LatentDType::BF16
                                     : LatentDType::F32,
                              latent, rope, latent == 512 ? 64 : 5,
-                             latent == 512 ? std::vector<int64_t>{70, 1, 130} : std::vector<int64_t>{9, 12}});
+                             latent == 512 ? std::vector<int64_t>{70, 1, 130} : std::vector<int64_t>{9, 12}, indexed});
     const int64_t width = latent + rope;
     for (size_t token = 0; token < in.sequence.size(); ++token) {
-      const float* row = in.rows.data() + token * static_cast<size_t>(width);
+      const int64_t source = indexed ? in.row_index[token] : static_cast<int64_t>(token);  // the row it stores
+      const float* row = in.rows.data() + source * width;
       const float* got = run.output.data() + token * static_cast<size_t>(width);
       const std::vector<double> row_double(row, row + latent);
       const std::vector<double> want_fp8 = fp8 ? ref::fp8_latent_row(row_double.data(), latent) : std::vector<double>{};
@@ -184,7 +189,7 @@ TEST(PagedLatentOp, TheCpuTwinStoresEachRowByItsRule) {
       ++rows_checked;
     }
   }
-  EXPECT_EQ(rows_checked, 3 * (201 + 21));
+  EXPECT_EQ(rows_checked, 3 * (201 + 21 + 21));
 }
 
 }  // namespace

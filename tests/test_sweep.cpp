@@ -105,14 +105,22 @@ TEST(Sweep, TheRaggedPhasesDrawTheirSequences) {
 }
 
 // sweep.context_parallel crosses like the other axes and each point's config carries its groups;
-// groups that do not divide a world, or a CUDA backend beside them, are refused.
+// groups that do not divide a world are refused, and so is a CUDA backend beside them with the
+// naive formulation or the standard path (the CUDA layer attends a split cache with the split-KV
+// kernel, absorb only).
 TEST(Sweep, TheContextParallelAxisCrossesAndIsChecked) {
   EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], world: [2, 4], context_parallel: [4]}\n")
                 .find("sweep.context_parallel: groups of 4 at world 2"),
             std::string::npos);
-  EXPECT_NE(error_of(kBase + "sweep: {seq_len: [8], world: [2], backend: [cpu, cuda], context_parallel: [1, 2]}\n")
-                .find("sweep.context_parallel: the CUDA backend"),
-            std::string::npos);
+  const std::string cuda_axes = "sweep: {seq_len: [8], world: [2], backend: [cpu, cuda], context_parallel: [1, 2], ";
+  for (const char* split_axis : {"formulation: [absorb, naive]}", "attention: [fast, standard]}"}) {
+    EXPECT_NE(error_of(kBase + cuda_axes + std::string(split_axis) + "\n")
+                  .find("sweep.context_parallel: groups of 2 on the CUDA backend take the absorb formulation"),
+              std::string::npos)
+        << split_axis;
+  }
+  EXPECT_EQ(parse_sweep(kBase + cuda_axes + "formulation: [absorb], attention: [fast]}\n", "s.yaml", {}).points.size(),
+            4u);
   // The axis crosses like the others; each point's config carries its groups.
   const Sweep sweep =
       parse_sweep(kBase + "sweep: {seq_len: [8], world: [2], context_parallel: [1, 2]}\n", "s.yaml", {});

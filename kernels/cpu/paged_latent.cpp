@@ -100,7 +100,8 @@ void paged_latent_append(const PagedLatentAppendParams& p) {
   for (int64_t token = 0; token < p.tokens; ++token) {
     const int64_t position = p.position[token];
     uint8_t* page = cache.page(p.sequence[token], position / cache.page_size);
-    store_row(cache, p.rows + token * p.row_stride, page + (position % cache.page_size) * row_bytes);
+    const int64_t row = p.row_index != nullptr ? p.row_index[token] : token;
+    store_row(cache, p.rows + row * p.row_stride, page + (position % cache.page_size) * row_bytes);
   }
 }
 

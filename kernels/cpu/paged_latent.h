@@ -48,6 +48,9 @@ struct PagedLatentAppendParams {
   const int64_t* sequence = nullptr;  // [tokens]: the row of the block table
   const int64_t* position = nullptr;  // [tokens]
   PagedLatentView cache;
+  // [tokens]: the row of `rows` token i stores; nullptr: row i. A rank that keeps only some of a
+  // step's positions (context parallelism) appends its own rows in place, without a copy.
+  const int64_t* row_index = nullptr;
 };
 
 void paged_latent_append(const PagedLatentAppendParams& params);

@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kThreads)
     paged_latent_append_kernel(PagedLatentAppendParams p, LatentRowGeometry shape) {
   const int64_t token = blockIdx.x;
   const PagedLatentView& cache = p.cache;
-  const float* row = p.rows + token * p.row_stride;
+  const float* row = p.rows + (p.row_index != nullptr ? p.row_index[token] : token) * p.row_stride;
   uint8_t* out = latent_row_address(cache, shape, p.sequence[token], p.position[token]);
   const int64_t width = cache.latent_dim + cache.rope_dim;
   if (cache.dtype == LatentDType::F32) {

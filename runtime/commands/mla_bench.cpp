@@ -195,7 +195,8 @@ struct PointLayer {
   std::unique_ptr<MlaLayer> cpu_layer;
 #if MLA_HAVE_CUDA
   std::unique_ptr<CudaMlaLayer> cuda_layer;
-  GpuCommunicator gpu_comm;  // parallel.communicator: NCCL, or MPI through host memory
+  GpuCommunicator gpu_comm;   // parallel.communicator: NCCL, or MPI through host memory
+  GpuCommunicator gpu_group;  // parallel.context_parallel > 1: this rank's group, the same way
 #endif
   std::unique_ptr<Communicator> comm;
   std::unique_ptr<Communicator> context_group;  // parallel.context_parallel > 1: this rank's group
@@ -352,10 +353,15 @@ PointLayer Bench::make_layer(const Config& config, const BenchPoint& point, cons
       limits.max_step_tokens = std::max(point.seq_len, timed_tokens);
     }
     reset_device_memory_peak();  // the point's peak, measured (Measurement::device_bytes)
-    rig.cuda_layer = std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits);
+    rig.cuda_layer =
+        std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits, point.context_parallel);
     rig.cuda_layer->set_attention_timing(true);
     rig.gpu_comm = make_gpu_communicator(config.parallel.communicator, session_, rig.cuda_layer->stream(),
                                          config.parallel.timeout_s);
+    rig.gpu_group =
+        make_gpu_context_group(config.parallel.communicator, session_, static_cast<int>(point.context_parallel),
+                               rig.cuda_layer->stream(), config.parallel.timeout_s);
+    rig.cuda_layer->set_context_group(rig.gpu_group.sum.get());
     rig.executor =
         std::make_unique<CudaStepExecutor>(*rig.cuda_layer, *rig.gpu_comm.sum, std::vector<float>{}, point.seq_len);
 #endif

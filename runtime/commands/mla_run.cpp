@@ -67,15 +67,22 @@ RunResult run_on_cuda(const Config& config, const MpiSession& session, Phases& p
     limits.max_step_len = *std::max_element(steps.begin(), steps.end());
     limits.max_kv_len = x.tokens;
     limits.mask = !mask.empty();
-    layer = std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits);
+    layer = std::make_unique<CudaMlaLayer>(config.model, shard, weights, config.run, limits,
+                                           config.parallel.context_parallel);
     std::printf("%s GPU %d (%s); device memory %s\n", session.label().c_str(), device, properties.name,
                 layer->memory().describe().c_str());
   });
-  GpuCommunicator comm;
+  GpuCommunicator comm, group;
   phases.run([&] {
     comm = make_gpu_communicator(config.parallel.communicator, session, layer->stream(), config.parallel.timeout_s);
+    group = make_gpu_context_group(config.parallel.communicator, session,
+                                   static_cast<int>(config.parallel.context_parallel), layer->stream(),
+                                   config.parallel.timeout_s);
+    layer->set_context_group(group.sum.get());
   });
   std::printf("%s sum over ranks: %s\n", session.label().c_str(), comm.description.c_str());
+  std::printf("%s kv cache: %s, %s\n", session.label().c_str(), describe(layer->cache()).c_str(),
+              describe_context(group.sum.get(), group.description).c_str());
   CudaStepExecutor executor(*layer, *comm.sum, mask, x.tokens);
   return run_schedule(executor, x, steps, mask, options);
 }

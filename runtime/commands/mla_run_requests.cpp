@@ -120,16 +120,22 @@ RequestRunResult run_on_backend(const MpiSession& session, Phases& phases, const
         limits.max_kv_len = std::max(limits.max_kv_len, planned.step.max_kv_len());
         limits.max_step_tokens = std::max(limits.max_step_tokens, planned.step.total_tokens());
       }
-      layer = std::make_unique<CudaMlaLayer>(config.model, job.shard, job.loaded.weights, config.run, limits);
+      layer = std::make_unique<CudaMlaLayer>(config.model, job.shard, job.loaded.weights, config.run, limits,
+                                             config.parallel.context_parallel);
       std::printf("%s %s, GPU %d; kv cache: %s; device memory %s\n", session.label().c_str(),
                   describe(job.shard).c_str(), device, describe(layer->cache()).c_str(),
                   layer->memory().describe().c_str());
     });
-    GpuCommunicator comm;
+    GpuCommunicator comm, group;
     phases.run([&] {
       comm = make_gpu_communicator(config.parallel.communicator, session, layer->stream(), config.parallel.timeout_s);
+      group = make_gpu_context_group(config.parallel.communicator, session,
+                                     static_cast<int>(config.parallel.context_parallel), layer->stream(),
+                                     config.parallel.timeout_s);
+      layer->set_context_group(group.sum.get());
     });
-    std::printf("%s sum over ranks: %s\n", session.label().c_str(), comm.description.c_str());
+    std::printf("%s sum over ranks: %s; kv cache %s\n", session.label().c_str(), comm.description.c_str(),
+                describe_context(group.sum.get(), group.description).c_str());
     CudaStepExecutor executor(*layer, *comm.sum, {}, 0);
     return run_requests(executor, requests, job.inputs, job.plan, options);
   }

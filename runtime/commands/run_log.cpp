@@ -170,10 +170,11 @@ std::unique_ptr<MpiCommunicator> context_group(const MpiSession& session, const 
   return std::make_unique<MpiCommunicator>(session, static_cast<int>(parallel.context_parallel));
 }
 
-std::string describe_context(const Communicator* group) {
+std::string describe_context(const Communicator* group, const std::string& transport) {
   if (group == nullptr) return "shared by both formulations";
   return "positions t % " + std::to_string(group->world()) + " == " + std::to_string(group->rank()) +
-         " of every sequence (context group of " + std::to_string(group->world()) + " ranks)";
+         " of every sequence (context group of " + std::to_string(group->world()) + " ranks" +
+         (transport.empty() ? "" : "; " + transport) + ")";
 }
 
 }  // namespace mla

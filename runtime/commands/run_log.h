@@ -49,7 +49,9 @@ void write_output(const MpiSession& session, Phases& phases, const Config& confi
 
 // parallel.context_parallel > 1: this rank's group (collective over the job); else nullptr.
 std::unique_ptr<MpiCommunicator> context_group(const MpiSession& session, const ParallelConfig& parallel);
-// "shared by both formulations" or "positions t % 4 == 1 of every sequence (context group of 4)".
-std::string describe_context(const Communicator* group);
+// "shared by both formulations" or "positions t % 4 == 1 of every sequence (context group of 4
+// ranks)", with "; <transport>" inside the parentheses when one is named (the CUDA backend's NCCL or
+// MPI).
+std::string describe_context(const Communicator* group, const std::string& transport = "");
 
 }  // namespace mla

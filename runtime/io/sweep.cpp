@@ -291,10 +291,17 @@ void check_axes(MapReader& reader, const SweepAxes& axes, const Config& base) {
                         ": the groups must divide the world, and every rank hold as many heads");
       }
     }
-    const size_t cuda = static_cast<size_t>(Backend::Cuda);
-    if (std::find(axes.backend.begin(), axes.backend.end(), cuda) != axes.backend.end()) {
+    // The CUDA layer attends a split cache with the split-KV kernel, in the absorb formulation.
+    const auto has = [](const std::vector<size_t>& axis, size_t value) {
+      return std::find(axis.begin(), axis.end(), value) != axis.end();
+    };
+    if (has(axes.backend, static_cast<size_t>(Backend::Cuda)) &&
+        (has(axes.formulation, static_cast<size_t>(FormulationChoice::Naive)) ||
+         has(axes.attention, static_cast<size_t>(AttentionChoice::Standard)))) {
       reader.fail("sweep.context_parallel", reader.node("context_parallel"),
-                  "the CUDA backend keeps the whole cache on every rank; sweep it with backend: cpu");
+                  "groups of " + std::to_string(group) +
+                      " on the CUDA backend take the absorb formulation through the split-KV kernel; sweep "
+                      "formulation naive or attention standard with backend: cpu, or apart");
     }
   }
   for (int64_t world : axes.world) {

@@ -40,9 +40,17 @@ void check_context_parallel(const Config& config, int world, Backend backend) {
   }
   if (group == 1) return;
   if (backend == Backend::Cuda) {
-    throw UserError(
-        "parallel.context_parallel: " + std::to_string(group) +
-        ", but the CUDA backend keeps the whole cache on every rank; use run.backend: cpu, or context_parallel: 1");
+    // A rank's share of the cache is attended by the split-KV kernel (absorb), which returns the
+    // log-sum-exps the merge needs.
+    const std::string why = " with parallel.context_parallel " + std::to_string(group) +
+                            " on the CUDA backend, which attends a rank's share of the cache with the split-KV "
+                            "kernel in the absorb formulation";
+    if (config.run.formulation == FormulationChoice::Naive) {
+      throw UserError("run.formulation: naive" + why + "; use absorb or auto");
+    }
+    if (config.run.attention == AttentionChoice::Standard) {
+      throw UserError("run.attention: standard" + why + "; use fast or auto");
+    }
   }
   if (!config.run.mask.empty()) {
     throw UserError("run.mask: an explicit mask with parallel.context_parallel " + std::to_string(group) +

@@ -340,23 +340,14 @@ void MlaLayer::project_latent(const float* x, const uint16_t* x_bf16, const Ragg
 void MlaLayer::append_own_rows(const float* kv, const RaggedIndex& index) {
   const int64_t shards = context_shards();
   const int64_t shard = context_group_->rank();
-  own_sequence_.clear();
-  own_row_.clear();
-  own_rows_.clear();
-  for (size_t token = 0; token < index.token_position.size(); ++token) {
-    const int64_t position = index.token_position[token];
-    if (position % shards != shard) continue;
-    own_sequence_.push_back(index.token_sequence[token]);
-    own_row_.push_back(position / shards);
-    const float* row = kv + static_cast<int64_t>(token) * latent_width_;
-    own_rows_.insert(own_rows_.end(), row, row + latent_width_);
-  }
+  own_rows_ = shard_rows_of_step(index, shards, shard);
   PagedLatentAppendParams append;
-  append.rows = own_rows_.data();
+  append.rows = kv;
   append.row_stride = latent_width_;
-  append.tokens = static_cast<int64_t>(own_row_.size());
-  append.sequence = own_sequence_.data();
-  append.position = own_row_.data();
+  append.tokens = own_rows_.count();
+  append.sequence = own_rows_.sequence.data();
+  append.position = own_rows_.row.data();
+  append.row_index = own_rows_.token.data();
   append.cache = step_cache_;
   paged_latent_append(append);
 }

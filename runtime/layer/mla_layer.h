@@ -191,8 +191,7 @@ class MlaLayer {
   AlignedVector<uint16_t> o_bits_;            // bf16 on the AMX fast path: o as bf16 numbers, instead of o_
   // Context parallelism: this rank's rows of the step's latent, the group's absorbed queries, the
   // partial outputs and log-sum-exps this rank computed for each rank, and those it received.
-  AlignedVector<float> own_rows_;
-  std::vector<int64_t> own_sequence_, own_row_;
+  ShardRows own_rows_;
   AlignedVector<float> group_queries_, partial_out_, partial_lse_, received_out_, received_lse_;
 };
 

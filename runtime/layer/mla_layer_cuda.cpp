@@ -9,6 +9,7 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/attention_fast.h"
+#include "kernels/cuda/attention_merge.h"
 #include "kernels/cuda/attention_standard.h"
 #include "kernels/cuda/bf16_convert.h"
 #include "kernels/cuda/kv_cache_append.h"
@@ -48,6 +49,23 @@ DeviceMatrix upload_matrix(const std::vector<float>& host, int64_t rows, int64_t
   return matrix;
 }
 
+// The split-KV kernel's params for the step's sequences, their lists uploaded, over `view`.
+AttentionParams ragged_latent_params(const ModelArgs& model, const RaggedIndex& index, int64_t heads, bool round_bf16,
+                                     const float* q_absorbed, float* out, const PagedLatentView& view,
+                                     const int64_t* sequence_lists) {
+  AttentionStep step;
+  step.n_heads = heads;
+  step.round_to_bf16 = round_bf16;
+  step.ragged = &index;
+  AttentionParams p = absorb_attention_params(model, step, q_absorbed, nullptr, out);
+  p.latent_pages = &view;
+  const int64_t sequences = index.sequences();
+  p.seq_start_pos = sequence_lists;
+  p.seq_new_tokens = sequence_lists + sequences;
+  p.seq_token_offset = sequence_lists + 2 * sequences;
+  return p;
+}
+
 }  // namespace
 
 std::string CudaMemoryReport::describe() const {
@@ -64,17 +82,19 @@ const void* DeviceMatrix::at_row(int64_t row) const {
 }
 
 CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const LayerWeights& weights,
-                           const RunConfig& run, const CudaLayerLimits& limits)
+                           const RunConfig& run, const CudaLayerLimits& limits, int64_t context_shards)
     : model_(model),
       shard_(shard),
       run_(run),
       limits_(limits),
       round_bf16_(run.compute_dtype == ComputeDType::BF16),
       latent_width_(model.kv_lora_rank + model.qk_rope_head_dim),
+      context_shards_(context_shards),
       // run.kv_cache.dtype auto keeps fp32 rows here in either compute dtype: in bf16 compute they
       // hold bf16 numbers, so the values are those of the CPU layer's bf16 rows, and the kernels
       // read fp32 operands (docs/cuda_backend.md, The latent cache on the GPU).
-      cache_(latent_cache_shape(model, run.kv_cache, /*compute_bf16=*/false), LatentCachePool::External) {
+      cache_(latent_cache_shape(model, run.kv_cache, /*compute_bf16=*/false, context_shards),
+             LatentCachePool::External) {
   if (limits.max_batch < 1 || limits.max_batch > model.max_batch_size || limits.max_step_len < 1 ||
       limits.max_kv_len < limits.max_step_len || limits.max_kv_len > model.max_seq_len ||
       (limits.max_step_tokens != 0 && limits.max_step_tokens < limits.max_step_len)) {
@@ -83,7 +103,22 @@ CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const
                                 ", step tokens " + std::to_string(limits.max_step_tokens) +
                                 ") do not fit the model's cache, or a step's tokens are fewer than a sequence's");
   }
-  if (run.attention != AttentionChoice::Standard) {
+  if (context_shards < 1) {
+    throw std::invalid_argument("CudaMlaLayer: context_shards " + std::to_string(context_shards));
+  }
+  if (context_shards > 1) {
+    // Each rank's share of a sequence's keys is attended by the split-KV kernel, which returns the
+    // log-sum-exps the merge needs; it serves the absorb formulation's shared latent rows.
+    const std::string split = " with parallel.context_parallel " + std::to_string(context_shards) +
+                              " on the CUDA backend: a rank's share of the cache is attended by the split-KV "
+                              "kernel, in the absorb formulation";
+    if (run.formulation == FormulationChoice::Naive)
+      throw UserError("run.formulation: naive" + split + "; use absorb or auto");
+    if (run.attention == AttentionChoice::Standard)
+      throw UserError("run.attention: standard" + split + "; use fast or auto");
+    if (limits.mask) throw std::invalid_argument("CudaMlaLayer: an explicit mask" + split);
+  }
+  if (run.attention != AttentionChoice::Standard && context_shards == 1) {
     const int64_t widest_score = std::max(model.qk_head_dim(), latent_width_);
     const int64_t on_chip = attention_fast_max_kv_len(widest_score);
     if (std::min(run.fast_path_max_len, limits.max_kv_len) > on_chip) {
@@ -188,7 +223,7 @@ void CudaMlaLayer::allocate_activations() {
   const int64_t dv = m.v_head_dim;
   const int64_t tokens = limits_.step_tokens();
   const int64_t kv_rows = limits_.max_batch * limits_.max_kv_len;
-  const bool naive_possible = run_.formulation != FormulationChoice::Absorb;
+  const bool naive_possible = run_.formulation != FormulationChoice::Absorb && context_shards_ == 1;
   const bool absorb_possible = run_.formulation != FormulationChoice::Naive;
   if (round_bf16_) {
     x_bf16_ = DeviceBuffer<__nv_bfloat16>(tokens * m.dim);
@@ -214,13 +249,19 @@ void CudaMlaLayer::allocate_activations() {
   token_sequence_ = DeviceBuffer<int64_t>(tokens);
   token_position_ = DeviceBuffer<int64_t>(tokens);
   block_table_ = DeviceBuffer<int32_t>(limits_.max_batch * cache_.shape().pages_per_slot());
-  if (!dense_fp32_cache()) latent_rows_ = DeviceBuffer<float>(limits_.max_kv_len * latent_width_);
+  if (!dense_fp32_cache() && context_shards_ == 1)
+    latent_rows_ = DeviceBuffer<float>(limits_.max_kv_len * latent_width_);
   if (absorb_possible && run_.attention != AttentionChoice::Standard)
     sequence_lists_ = DeviceBuffer<int64_t>(3 * limits_.max_batch);
-  memory_.activation_bytes = static_cast<int64_t>(
-      x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() + o_.bytes() +
-      q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes() + token_sequence_.bytes() +
-      token_position_.bytes() + block_table_.bytes() + latent_rows_.bytes() + sequence_lists_.bytes());
+  if (context_shards_ > 1) {
+    own_rows_ = DeviceBuffer<int64_t>(3 * tokens);
+    group_queries_ = DeviceBuffer<float>(context_shards_ * tokens * heads * latent_width_);
+  }
+  memory_.activation_bytes =
+      static_cast<int64_t>(x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() +
+                           o_.bytes() + q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes() +
+                           token_sequence_.bytes() + token_position_.bytes() + block_table_.bytes() +
+                           latent_rows_.bytes() + sequence_lists_.bytes() + own_rows_.bytes() + group_queries_.bytes());
 }
 
 // The standard path's score buffers, where a step may take that path.
@@ -228,8 +269,8 @@ void CudaMlaLayer::allocate_scores() {
   const bool absorb_possible = run_.formulation != FormulationChoice::Naive;
   // The standard path serves a step when asked to, when the step has a mask, or when its kv_len
   // passes fast_path_max_len: only then are score buffers needed.
-  const bool standard_possible =
-      run_.attention == AttentionChoice::Standard || limits_.mask || limits_.max_kv_len > run_.fast_path_max_len;
+  const bool standard_possible = context_shards_ == 1 && (run_.attention == AttentionChoice::Standard || limits_.mask ||
+                                                          limits_.max_kv_len > run_.fast_path_max_len);
   if (standard_possible) {
     AttentionParams widest;
     widest.n_heads = shard_.n_local_heads;
@@ -267,7 +308,23 @@ void CudaMlaLayer::allocate_scores() {
     decode_workspace_ =
         DeviceBuffer<float>(attention_decode_workspace_floats(decode_partial_rows_, model_.kv_lora_rank));
   }
-  memory_.attention_workspace_bytes = static_cast<int64_t>(scores_.bytes() + decode_workspace_.bytes());
+  if (context_shards_ > 1) {
+    if (decode_workspace_.size() == 0) {
+      throw UserError("parallel.context_parallel: " + std::to_string(context_shards_) +
+                      " on the CUDA backend attends a rank's share of the cache with the split-KV kernel, but "
+                      "this model's latent rows (kv_lora_rank " +
+                      std::to_string(model_.kv_lora_rank) + " + qk_rope_head_dim " +
+                      std::to_string(model_.qk_rope_head_dim) + ") pass its limits; use context_parallel: 1");
+    }
+    const int64_t rows = context_shards_ * limits_.step_tokens() * shard_.n_local_heads;
+    partial_out_ = DeviceBuffer<float>(rows * model_.kv_lora_rank);
+    received_out_ = DeviceBuffer<float>(rows * model_.kv_lora_rank);
+    partial_lse_ = DeviceBuffer<float>(rows);
+    received_lse_ = DeviceBuffer<float>(rows);
+  }
+  memory_.attention_workspace_bytes =
+      static_cast<int64_t>(scores_.bytes() + decode_workspace_.bytes() + partial_out_.bytes() + received_out_.bytes() +
+                           partial_lse_.bytes() + received_lse_.bytes());
 }
 
 // A GEMM's activation operand a [rows, cols] (row stride `stride`): read in place in fp32 mode;
@@ -344,7 +401,8 @@ StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t s
   // Decode steps take the decode kernel, which reads the cache through block tables (a dense cache's
   // table is one page per slot): the route of ragged steps.
   StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, batch, seq, start_pos, mask != nullptr);
-  if (!dense_fp32_cache() || takes_decode_kernel(report.plan, seq, start_pos + seq, mask != nullptr)) {
+  if (context_shards_ > 1 || !dense_fp32_cache() ||
+      takes_decode_kernel(report.plan, seq, start_pos + seq, mask != nullptr)) {
     return run_ragged(x, step, mask, mask_stride, y_partial);
   }
   check_step_follows_cache("CudaMlaLayer", step, cache_);
@@ -360,6 +418,15 @@ StepReport CudaMlaLayer::forward_device(const float* x, int64_t batch, int64_t s
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
   linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
   return report;
+}
+
+void CudaMlaLayer::set_context_group(Communicator* group) {
+  const int64_t world = group != nullptr ? group->world() : 1;
+  if (world != context_shards_) {
+    throw std::invalid_argument("CudaMlaLayer::set_context_group: a group of " + std::to_string(world) +
+                                " ranks for a layer made for context_shards " + std::to_string(context_shards_));
+  }
+  context_group_ = context_shards_ > 1 ? group : nullptr;
 }
 
 void CudaMlaLayer::fork_sequence(int64_t from_slot, int64_t to_slot) {
@@ -380,6 +447,10 @@ StepReport CudaMlaLayer::forward_ragged_device(const float* x, const RaggedStep&
 StepReport CudaMlaLayer::run_ragged(const float* x, const RaggedStep& step, const float* mask, int64_t mask_stride,
                                     float* y_partial) {
   attention_marked_ = false;
+  if (context_shards_ > 1 && context_group_ == nullptr) {
+    throw std::logic_error("CudaMlaLayer::forward: context_shards " + std::to_string(context_shards_) +
+                           " but no group set (set_context_group)");
+  }
   check_ragged_step("CudaMlaLayer::forward", step, model_.max_batch_size, model_.max_seq_len);
   check_step_follows_cache("CudaMlaLayer", step, cache_);
   step_index_ = ragged_index(step);
@@ -408,19 +479,32 @@ StepReport CudaMlaLayer::run_ragged(const float* x, const RaggedStep& step, cons
   const __nv_bfloat16* x_staged = stage_input(x, tokens);
   project_queries(x, x_staged, tokens);
   project_latent(x, x_staged, tokens, tokens, 0, token_position_.data());
-  PagedLatentAppendParams append;
-  append.rows = kv_.data();
-  append.row_stride = latent_width_;
-  append.tokens = tokens;
-  append.sequence = token_sequence_.data();
-  append.position = token_position_.data();
-  append.cache = view;
-  paged_latent_append_cuda(append, stream_);
+  if (context_shards_ > 1) {
+    append_own_rows(index, view);
+  } else {
+    PagedLatentAppendParams append;
+    append.rows = kv_.data();
+    append.row_stride = latent_width_;
+    append.tokens = tokens;
+    append.sequence = token_sequence_.data();
+    append.position = token_position_.data();
+    append.cache = view;
+    paged_latent_append_cuda(append, stream_);
+  }
   cache_.hold(step);
 
   StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, step, index, mask != nullptr);
   const int64_t max_new_tokens = *std::max_element(index.new_tokens.begin(), index.new_tokens.end());
-  if (takes_decode_kernel(report.plan, max_new_tokens, step.max_kv_len(), mask != nullptr)) {
+  if (context_shards_ > 1) {
+    if (report.plan.formulation != Formulation::Absorb || report.plan.path != AttentionPath::Fast) {
+      report.plan.formulation = Formulation::Absorb;
+      report.plan.path = AttentionPath::Fast;
+      report.plan.reason += "; but the cache is split over a context group: absorb through the split-KV kernel";
+    } else {
+      report.plan.reason += "; the cache split over a context group: the split-KV kernel";
+    }
+    attend_split(index, view, report);
+  } else if (takes_decode_kernel(report.plan, max_new_tokens, step.max_kv_len(), mask != nullptr)) {
     attend_decode(index, view, report);
   } else {
     attend_ragged(report.plan, index, view, mask, mask_stride, report);
@@ -568,27 +652,22 @@ void CudaMlaLayer::attend_ragged(const StepPlan& plan, const RaggedIndex& index,
   if (absorb) absorb_outputs(tokens);
 }
 
-void CudaMlaLayer::attend_decode(const RaggedIndex& index, const PagedLatentView& view, StepReport& report) {
-  const int64_t tokens = static_cast<int64_t>(index.token_position.size());
-  const int64_t sequences = index.sequences();
-  const int64_t heads = shard_.n_local_heads;
-  absorb_queries(tokens);
+void CudaMlaLayer::upload_sequence_lists(const RaggedIndex& index) {
   // Kept in a member: the copy from pageable memory may still be reading it after upload returns.
   std::vector<int64_t>& lists = sequence_lists_host_;
   lists.assign(index.start_pos.begin(), index.start_pos.end());
   lists.insert(lists.end(), index.new_tokens.begin(), index.new_tokens.end());
   lists.insert(lists.end(), index.token_offset.begin(), index.token_offset.end());
   sequence_lists_.upload(lists, stream_);
+}
 
-  AttentionStep step;
-  step.n_heads = heads;
-  step.round_to_bf16 = round_bf16_;
-  step.ragged = &index;
-  AttentionParams p = absorb_attention_params(model_, step, q_absorbed_.data(), nullptr, o_latent_.data());
-  p.latent_pages = &view;
-  p.seq_start_pos = sequence_lists_.data();
-  p.seq_new_tokens = sequence_lists_.data() + sequences;
-  p.seq_token_offset = sequence_lists_.data() + 2 * sequences;
+void CudaMlaLayer::attend_decode(const RaggedIndex& index, const PagedLatentView& view, StepReport& report) {
+  const int64_t tokens = static_cast<int64_t>(index.token_position.size());
+  const int64_t heads = shard_.n_local_heads;
+  absorb_queries(tokens);
+  upload_sequence_lists(index);
+  const AttentionParams p = ragged_latent_params(model_, index, heads, round_bf16_, q_absorbed_.data(),
+                                                 o_latent_.data(), view, sequence_lists_.data());
   const AttentionDecodeSplit split = attention_decode_split(p, tokens, decode_partial_rows_);
   mark_attention_begin();
   attention_decode_cuda(p, tokens, split, decode_workspace_.data(), decode_partial_rows_, stream_);
@@ -599,6 +678,76 @@ void CudaMlaLayer::attend_decode(const RaggedIndex& index, const PagedLatentView
                  attention_decode_workspace_floats(split.splits * tokens * heads, model_.kv_lora_rank) *
                      static_cast<int64_t>(sizeof(float)));
   }
+  absorb_outputs(tokens);
+}
+
+// Position t of a sequence goes to the group's rank t % shards, at its row t / shards: the append
+// kernel takes this rank's tokens' rows of kv_ in place.
+void CudaMlaLayer::append_own_rows(const RaggedIndex& index, const PagedLatentView& view) {
+  const ShardRows own = shard_rows_of_step(index, context_shards_, context_group_->rank());
+  if (own.count() == 0) return;
+  std::vector<int64_t>& lists = own_rows_host_;  // a member: the upload may still read it
+  lists.assign(own.token.begin(), own.token.end());
+  lists.insert(lists.end(), own.sequence.begin(), own.sequence.end());
+  lists.insert(lists.end(), own.row.begin(), own.row.end());
+  own_rows_.upload(lists, stream_);
+  PagedLatentAppendParams append;
+  append.rows = kv_.data();
+  append.row_stride = latent_width_;
+  append.tokens = own.count();
+  append.row_index = own_rows_.data();
+  append.sequence = own_rows_.data() + own.count();
+  append.position = own_rows_.data() + 2 * own.count();
+  append.cache = view;
+  paged_latent_append_cuda(append, stream_);
+}
+
+// docs/design.md, The latent cache split across ranks, steps 2-4: the group's absorbed queries
+// gathered; for the queries of each rank of the group, the attention over this rank's rows with
+// the log-sum-exps (a row that sees none of them yet: output 0, lse -inf); the parts exchanged so
+// that each rank holds its own heads' part from every rank; attention_merge_cuda folds them into
+// the softmax over all of a sequence's positions.
+void CudaMlaLayer::attend_split(const RaggedIndex& index, const PagedLatentView& view, StepReport& report) {
+  const int64_t tokens = static_cast<int64_t>(index.token_position.size());
+  const int64_t heads = shard_.n_local_heads;
+  const int64_t C = model_.kv_lora_rank;
+  const int64_t shards = context_shards_;
+  const int64_t shard = context_group_->rank();
+  const int64_t query_count = tokens * heads * latent_width_;
+  const int64_t part = tokens * heads * C;
+  absorb_queries(tokens);
+  upload_sequence_lists(index);
+  mark_attention_begin();
+  context_group_->allgather(q_absorbed_.data(), query_count, group_queries_.data());
+  int64_t rows_held = 0;  // the most rows of a sequence this rank holds: the kernel's kv_len
+  for (int64_t b = 0; b < index.sequences(); ++b) {
+    rows_held = std::max(rows_held, shard_rows(index.start_pos[b] + index.new_tokens[b], shards, shard));
+  }
+  for (int64_t source = 0; source < shards; ++source) {  // the heads of the group's rank `source`
+    AttentionParams p =
+        ragged_latent_params(model_, index, heads, round_bf16_, group_queries_.data() + source * query_count,
+                             partial_out_.data() + source * part, view, sequence_lists_.data());
+    p.kv_shards = shards;
+    p.kv_shard = shard;
+    p.kv_len = rows_held;
+    p.lse = partial_lse_.data() + source * tokens * heads;
+    const AttentionDecodeSplit split = attention_decode_split(p, tokens, decode_partial_rows_);
+    attention_decode_cuda(p, tokens, split, decode_workspace_.data(), decode_partial_rows_, stream_);
+  }
+  context_group_->alltoall(partial_out_.data(), part, received_out_.data());
+  context_group_->alltoall(partial_lse_.data(), tokens * heads, received_lse_.data());
+  AttentionMergeParams merge;
+  merge.out = received_out_.data();
+  merge.lse = received_lse_.data();
+  merge.parts = shards;
+  merge.rows = tokens * heads;
+  merge.dim = C;
+  merge.merged = o_latent_.data();
+  merge.round_to_bf16 = round_bf16_;
+  attention_merge_cuda(merge, stream_);
+  mark_attention_end();
+  report.attention_workspace_bytes = std::max(
+      report.attention_workspace_bytes, 2 * shards * (part + tokens * heads) * static_cast<int64_t>(sizeof(float)));
   absorb_outputs(tokens);
 }
 

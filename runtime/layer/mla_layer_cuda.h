@@ -17,6 +17,7 @@
 
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/gemm.h"
+#include "parallel/communicator.h"
 #include "parallel/sharding.h"
 #include "runtime/io/config.h"
 #include "runtime/io/weights.h"
@@ -68,8 +69,13 @@ class CudaMlaLayer {
  public:
   // Uses the current CUDA device. Throws UserError when run.fast_path_max_len is longer than the
   // device can keep on chip, CudaError on a device failure (out of memory included).
+  // context_shards (parallel.context_parallel): the ranks of this rank's group, which split every
+  // sequence's cache (docs/design.md, The latent cache split across ranks); this layer then keeps
+  // only its share of the rows, attends with the absorb formulation through the split-KV kernel
+  // (UserError, naming the key, where run.formulation is naive, run.attention standard or the
+  // model's widths pass the kernel's), and needs set_context_group before its first step.
   CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const LayerWeights& weights, const RunConfig& run,
-               const CudaLayerLimits& limits);
+               const CudaLayerLimits& limits, int64_t context_shards = 1);
   ~CudaMlaLayer();
   CudaMlaLayer(const CudaMlaLayer&) = delete;
   CudaMlaLayer& operator=(const CudaMlaLayer&) = delete;
@@ -82,6 +88,10 @@ class CudaMlaLayer {
   // [step.total_tokens(), dim] on the device. Throws CacheFull (naming run.kv_cache.pages) before
   // anything is queued when the pool cannot hold the step.
   StepReport forward_ragged_device(const float* x, const RaggedStep& step, float* y_partial);
+  // The group's collectives, on device memory in stream() order (NcclCommunicator or
+  // HostStagedCommunicator made with stream()); its world() must be context_shards. Not owned.
+  void set_context_group(Communicator* group);
+  int64_t context_shards() const { return context_shards_; }
   // A finished sequence's pages go back to the pool.
   void release_sequence(int64_t slot) { cache_.release(slot); }
   // to_slot gets a copy of from_slot's cached rows (LatentCache::fork), copied on the stream.
@@ -137,6 +147,14 @@ class CudaMlaLayer {
   // A decode-shaped absorb step: every sequence's attention in one launch (and a merge when the
   // keys are split), over the rows in place through the block tables.
   void attend_decode(const RaggedIndex& index, const PagedLatentView& view, StepReport& report);
+  // The step's per-sequence lists (start_pos, new_tokens, token_offset) on the device, for the
+  // split-KV kernel.
+  void upload_sequence_lists(const RaggedIndex& index);
+  // Context parallelism: the step's rows this rank keeps go to its share of the cache; the group's
+  // absorbed queries are gathered, attended over this rank's rows with their log-sum-exps, handed
+  // back to the heads' owners and merged (docs/design.md, The latent cache split across ranks).
+  void append_own_rows(const RaggedIndex& index, const PagedLatentView& view);
+  void attend_split(const RaggedIndex& index, const PagedLatentView& view, StepReport& report);
   void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
   void mark_attention_begin();
   void mark_attention_end();
@@ -151,7 +169,9 @@ class CudaMlaLayer {
   CudaLayerLimits limits_;
   bool round_bf16_ = false;
   int64_t latent_width_ = 0;  // C + dr
-  LatentCache cache_;         // pages and block tables; the rows are in latent_pool_
+  int64_t context_shards_ = 1;
+  Communicator* context_group_ = nullptr;
+  LatentCache cache_;  // pages and block tables (this rank's share of the rows); the rows are in latent_pool_
   CudaMemoryReport memory_;
 
   cudaStream_t stream_ = nullptr;
@@ -177,6 +197,12 @@ class CudaMlaLayer {
   std::vector<int64_t> sequence_lists_host_;
   DeviceBuffer<float> decode_workspace_;
   int64_t decode_partial_rows_ = 0;
+  // Context parallelism: the rows this rank keeps (ShardRows: token, sequence, row), the group's
+  // absorbed queries [shards, tokens, heads, C + dr], the partial outputs and log-sum-exps this
+  // rank computes for every rank of the group, and those it receives for its own heads.
+  DeviceBuffer<int64_t> own_rows_;
+  std::vector<int64_t> own_rows_host_;
+  DeviceBuffer<float> group_queries_, partial_out_, partial_lse_, received_out_, received_lse_;
 
   // bf16 mode: the step's input rounded to bf16 once, the operand of both GEMMs that read it.
   DeviceBuffer<__nv_bfloat16> x_bf16_;

@@ -78,4 +78,16 @@ void check_ragged_step(const char* layer, const RaggedStep& step, int64_t max_ba
   if (step.total_tokens() == 0) throw std::invalid_argument(std::string(layer) + ": a step with no tokens");
 }
 
+ShardRows shard_rows_of_step(const RaggedIndex& index, int64_t shards, int64_t shard) {
+  ShardRows own;
+  for (size_t token = 0; token < index.token_position.size(); ++token) {
+    const int64_t position = index.token_position[token];
+    if (position % shards != shard) continue;
+    own.token.push_back(static_cast<int64_t>(token));
+    own.sequence.push_back(index.token_sequence[token]);
+    own.row.push_back(position / shards);
+  }
+  return own;
+}
+
 }  // namespace mla

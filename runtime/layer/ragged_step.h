@@ -35,6 +35,15 @@ struct RaggedIndex {
 };
 
 RaggedIndex ragged_index(const RaggedStep& step);
+
+// The step's tokens that one rank of a context group keeps (docs/design.md, The latent cache split
+// across ranks: position t on the group's rank t % shards, at its row t / shards): each one's
+// packed token, its sequence (an index into the RaggedIndex's) and its row in this rank's share.
+struct ShardRows {
+  std::vector<int64_t> token, sequence, row;
+  int64_t count() const { return static_cast<int64_t>(token.size()); }
+};
+ShardRows shard_rows_of_step(const RaggedIndex& index, int64_t shards, int64_t shard);
 // Every sequence with tokens at the same start_pos with the same count: the uniform batch.
 bool is_uniform(const RaggedIndex& index);
 

@@ -2,12 +2,8 @@
 // cache), against the CPU layer on the same steps: ragged steps (per-sequence positions and token
 // counts, idle sequences, slots out of order) on every path x formulation x cache layout x cache
 // dtype in both compute precisions; uniform steps through a paged or quantized cache; continuous
-// batching; page exhaustion; emulated tensor parallelism.
-//
-// Bounds against the CPU layer, fp32 compute: 1e-5 with fp32 rows. With bf16 rows 1e-4 and with
-// fp8 rows 5e-4: both layers round their own fp32 c_n, which differ in the last bits (GEMM
-// summation order), so a value at a tie between two codes can land on neighbouring codes, one
-// value off by a bf16 or an e4m3 step (1/8 of the value). bf16 compute: SPEC.md's 2e-2.
+// batching; page exhaustion; emulated tensor parallelism. Bounds against the CPU layer: bound_for
+// (tests/gpu/layer_test_util.h).
 #include <gtest/gtest.h>
 
 #include <string>
@@ -18,6 +14,7 @@
 #include "runtime/layer/mla_layer_cuda.h"
 #include "runtime/layer/request_runner.h"
 #include "tests/gpu/gpu_test_util.h"
+#include "tests/gpu/layer_test_util.h"
 #include "tests/test_util.h"
 
 namespace mla::test {
@@ -34,28 +31,6 @@ RunConfig serving_config(AttentionChoice attention, FormulationChoice formulatio
   run.kv_cache.page_size = 4;  // sequences span several pages
   run.kv_cache.dtype = cache_dtype;
   return run;
-}
-
-double bound_for(ComputeDType compute, KvCacheDType cache_dtype) {
-  if (compute == ComputeDType::BF16) return 2e-2;
-  if (cache_dtype == KvCacheDType::FP8) return 5e-4;
-  if (cache_dtype == KvCacheDType::BF16) return 1e-4;
-  return 1e-5;
-}
-
-// Limits that hold every step of `steps`, and no more (so the standard path's score buffer, sized
-// for the longest kv_len, splits the sequences into query chunks).
-CudaLayerLimits limits_for(const ModelArgs& m, const std::vector<RaggedTestStep>& steps) {
-  CudaLayerLimits limits;
-  limits.max_batch = m.max_batch_size;
-  for (const RaggedTestStep& sequences : steps) {
-    RaggedStep step;
-    step.sequences = sequences;
-    limits.max_step_len = std::max(limits.max_step_len, step.max_new_tokens());
-    limits.max_step_tokens = std::max(limits.max_step_tokens, step.total_tokens());
-    limits.max_kv_len = std::max(limits.max_kv_len, step.max_kv_len());
-  }
-  return limits;
 }
 
 struct ServingRun {

@@ -114,8 +114,13 @@ OpRun run_cpu(const PagedLatentCase& c, int reps) {
   std::vector<uint8_t> pool;
   const PagedLatentView cache{
       nullptr, c.dtype, c.latent_dim, c.rope_dim, c.page_size, in.block_table.data(), in.pages_per_sequence};
-  PagedLatentAppendParams p{in.rows.data(),     c.latent_dim + c.rope_dim, static_cast<int64_t>(in.sequence.size()),
-                            in.sequence.data(), in.position.data(),        cache};
+  PagedLatentAppendParams p{in.rows.data(),
+                            c.latent_dim + c.rope_dim,
+                            static_cast<int64_t>(in.sequence.size()),
+                            in.sequence.data(),
+                            in.position.data(),
+                            cache,
+                            c.indexed ? in.row_index.data() : nullptr};
   OpRun run;
   run.median_ms = time_on_cpu(
       reps,
@@ -328,10 +333,11 @@ void add_elementwise_cases(std::vector<OpCase>& table) {
   for (const LatentDType dtype : {LatentDType::F32, LatentDType::BF16, LatentDType::FP8}) {
     const char* dtype_name = dtype == LatentDType::F32 ? "fp32" : dtype == LatentDType::BF16 ? "bf16" : "fp8";
     for (const PagedLatentCase& c :
-         {PagedLatentCase{dtype, 512, 64, 64, {70, 1, 130}}, PagedLatentCase{dtype, 200, 6, 5, {9, 12}}}) {
+         {PagedLatentCase{dtype, 512, 64, 64, {70, 1, 130}}, PagedLatentCase{dtype, 200, 6, 5, {9, 12}},
+          PagedLatentCase{dtype, 200, 6, 5, {9, 12}, true}}) {
       table.push_back({"paged_latent",
                        "C " + std::to_string(c.latent_dim) + " dr " + std::to_string(c.rope_dim) + " pages of " +
-                           std::to_string(c.page_size) + " " + dtype_name,
+                           std::to_string(c.page_size) + " " + dtype_name + (c.indexed ? " rows by index" : ""),
                        kCudaOnly, 0, runner(c)});
     }
   }
@@ -497,10 +503,18 @@ PagedLatentInputs paged_latent_inputs(const PagedLatentCase& c) {
       in.position.push_back(t);
     }
   }
-  in.rows = random_floats(static_cast<int64_t>(in.sequence.size()) * width, 9, -3.0f, 3.0f);
-  if (!in.rows.empty()) {
-    std::fill(in.rows.begin(), in.rows.begin() + std::min<int64_t>(c.latent_dim, kLatentFp8Block), 0.0f);
-    in.rows[static_cast<size_t>(width + c.latent_dim - 1)] = 1e4f;  // one block's scale set by a large value
+  const int64_t tokens = static_cast<int64_t>(in.sequence.size());
+  in.rows = random_floats((c.indexed ? 2 : 1) * tokens * width, 9, -3.0f, 3.0f);
+  if (c.indexed) {
+    for (int64_t i = 0; i < tokens; ++i) in.row_index.push_back(2 * (tokens - 1 - i) + 1);
+  }
+  if (tokens > 0) {
+    // The first token's row has a zero block; the second's one block's scale set by a large value.
+    const int64_t first = c.indexed ? in.row_index[0] : 0;
+    const int64_t second = c.indexed && tokens > 1 ? in.row_index[1] : 1;
+    std::fill(in.rows.begin() + first * width,
+              in.rows.begin() + first * width + std::min<int64_t>(c.latent_dim, kLatentFp8Block), 0.0f);
+    if (tokens > 1) in.rows[static_cast<size_t>(second * width + c.latent_dim - 1)] = 1e4f;
   }
   in.pages_per_sequence = (most + c.page_size - 1) / c.page_size;
   in.block_table.resize(c.lengths.size() * static_cast<size_t>(in.pages_per_sequence));

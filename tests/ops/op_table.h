@@ -84,6 +84,9 @@ struct PagedLatentCase {
   LatentDType dtype;
   int64_t latent_dim, rope_dim, page_size;
   std::vector<int64_t> lengths;  // positions appended per sequence
+  // The rows taken through row_index: token i stores row 2 (n - 1 - i) + 1 of twice as many rows
+  // (reversed, every other row left out), as a rank of a context group appends only its own.
+  bool indexed = false;
 };
 
 struct StridedCopyCase {
@@ -209,6 +212,7 @@ int64_t fp8_scale_cols(const Fp8DequantCase& c);
 struct PagedLatentInputs {
   std::vector<float> rows;
   std::vector<int64_t> sequence, position;
+  std::vector<int64_t> row_index;  // empty unless the case is indexed
   std::vector<int32_t> block_table;
   int64_t pages_per_sequence = 0;
   int64_t pool_bytes = 0;

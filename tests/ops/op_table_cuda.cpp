@@ -152,14 +152,20 @@ OpRun run_cuda(const PagedLatentCase& c, int reps) {
   const PagedLatentInputs in = paged_latent_inputs(c);
   DeviceBuffer<float> rows = to_device(in.rows);
   DeviceBuffer<int64_t> sequence = to_device(in.sequence), position = to_device(in.position);
+  DeviceBuffer<int64_t> row_index = to_device(in.row_index);
   DeviceBuffer<int32_t> block_table = to_device(in.block_table);
   const std::vector<uint8_t> pool_before(static_cast<size_t>(in.pool_bytes), 0xa5);
   DeviceBuffer<uint8_t> pool = to_device(pool_before);
   const PagedLatentView cache{pool.data(),          c.dtype, c.latent_dim, c.rope_dim, c.page_size, block_table.data(),
                               in.pages_per_sequence};
   const int64_t tokens = static_cast<int64_t>(in.sequence.size());
-  const PagedLatentAppendParams p{rows.data(),     c.latent_dim + c.rope_dim, tokens,
-                                  sequence.data(), position.data(),           cache};
+  const PagedLatentAppendParams p{rows.data(),
+                                  c.latent_dim + c.rope_dim,
+                                  tokens,
+                                  sequence.data(),
+                                  position.data(),
+                                  cache,
+                                  c.indexed ? row_index.data() : nullptr};
   OpRun run;
   run.median_ms = time_on_device(
       reps, nullptr, [&] { upload(pool, pool_before); }, [&] { paged_latent_append_cuda(p, nullptr); });

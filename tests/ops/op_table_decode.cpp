@@ -166,6 +166,10 @@ void add_decode_attention_cases(std::vector<OpCase>& table) {
       // One shard of a context-parallel group, a sequence with no key on it (lse -inf).
       {f32, 61, 16, 4, 11, {0, 1, 50}, {1, 2, 1}, 2, 1},
       {bf16, 61, 16, 8, 11, {0, 9, 333}, {1, 3, 1}, 4, 3, true},
+      // Prefill chunks on a shard (the GPU's split cache attends every step with this kernel):
+      // many query rows a sequence, a first chunk beside a chunk with history, forced splits.
+      {f32, 512, 64, 16, 4, {0, 100}, {70, 33}, 2, 0, false, 32},
+      {bf16, 144, 16, 5, 5, {0, 57}, {40, 9}, 4, 1, true},
       // Value widths of 3 and 4 columns a thread.
       {f32, 700, 32, 16, 3, {200, 77}, {1, 2}},
       {bf16, 800, 16, 16, 2, {129}, {1}, 1, 0, true},
