@@ -43,4 +43,13 @@ HeadShard shard_model_heads(int64_t n_heads, int world, int rank, bool uneven) {
   }
 }
 
+std::vector<int64_t> context_group_heads(const HeadShard& shard, int64_t group_size) {
+  const int first_rank = shard.rank - static_cast<int>(shard.rank % group_size);
+  std::vector<int64_t> heads;
+  for (int64_t r = 0; r < group_size; ++r) {
+    heads.push_back(shard_heads(shard.n_heads, shard.world, first_rank + static_cast<int>(r), true).n_local_heads);
+  }
+  return heads;
+}
+
 }  // namespace mla

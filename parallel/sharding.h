@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace mla {
 
@@ -24,5 +25,9 @@ HeadShard shard_heads(int64_t n_heads, int world, int rank, bool uneven);
 HeadShard shard_model_heads(int64_t n_heads, int world, int rank, bool uneven);
 
 std::string describe(const HeadShard& shard);  // "heads 0-15 of 16 (rank 0 of 1)"
+
+// The heads of each rank of `shard`'s context group (parallel.context_parallel: group_size
+// consecutive ranks of the job), in group order; uneven where the job's split is.
+std::vector<int64_t> context_group_heads(const HeadShard& shard, int64_t group_size);
 
 }  // namespace mla

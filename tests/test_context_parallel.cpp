@@ -173,6 +173,18 @@ TEST(ContextParallelAttention, MergeIgnoresPartsARowDoesNotSee) {
   EXPECT_EQ(merged[2], 0.0f);  // row 1: no part sees a key
   EXPECT_EQ(merged[3], 0.0f);
   EXPECT_EQ(merged_lse[1], -inf);
+
+  // The same parts three rows apart (part_rows), the row between them NaN: the same result.
+  std::vector<float> spaced_out, spaced_lse;
+  for (int part = 0; part < 3; ++part) {
+    spaced_out.insert(spaced_out.end(), out.begin() + part * 4, out.begin() + part * 4 + 4);
+    spaced_out.insert(spaced_out.end(), {std::nanf(""), std::nanf("")});
+    spaced_lse.insert(spaced_lse.end(), {lse[part * 2], lse[part * 2 + 1], std::nanf("")});
+  }
+  std::vector<float> spaced(4), spaced_merged_lse(2);
+  attention_merge({spaced_out.data(), spaced_lse.data(), 3, 2, 2, spaced.data(), spaced_merged_lse.data(), false, 3});
+  EXPECT_EQ(spaced, merged);
+  EXPECT_EQ(spaced_merged_lse, merged_lse);
 }
 
 }  // namespace

@@ -184,6 +184,29 @@ TEST_F(Faults, AStoppedRankIsReportedByItsPeer) {
   }
 }
 
+// A rank of a context group killed (SIGKILL) while the group is inside a step: the job ends
+// within the timeout and its grace, non-zero, naming the rank, and writes nothing. The ranks are
+// held at step 2 (after a prefill and a decode that filled both shares of the cache), so the kill
+// lands inside the run however slow the machine is.
+TEST_F(Faults, AKilledRankOfAContextGroupEndsTheJob) {
+  const std::vector<std::string> sets = {"run.output=" + output(), "parallel.timeout_s=2", "model.n_heads=4",
+                                         "parallel.context_parallel=2",
+                                         "debug={hold: {step: 2}, progress_file: " + dir_.file("progress") + "}"};
+  Background job(mpiexec(2) + mla_run_command(write_config("kill_group.yaml", base_config()), sets),
+                 dir_.file("out.txt"), dir_.file("err.txt"));
+  const pid_t rank1 = wait_for_state(job, dir_.file("progress.rank1"), "held at step 2", std::chrono::seconds(120));
+  ASSERT_GT(rank1, 0) << "rank 1 never reached step 2:\n" << read_text(dir_.file("err.txt"));
+  ASSERT_EQ(kill(rank1, SIGKILL), 0);
+  const auto killed = Clock::now();
+  const int exit_code = job.wait(std::chrono::seconds(2 + 60));
+  const double seconds = std::chrono::duration<double>(Clock::now() - killed).count();
+  const std::string err = read_text(dir_.file("err.txt")) + read_text(dir_.file("out.txt"));
+  EXPECT_NE(exit_code, -1) << "the job did not end " << seconds << " s after rank 1 was killed";
+  EXPECT_NE(exit_code, 0) << err;
+  EXPECT_NE(err.find("rank 1"), std::string::npos) << err;
+  EXPECT_FALSE(std::filesystem::exists(output()));
+}
+
 // A run ended by its own watchdog while it writes y (parallel.timeout_s far below the write's
 // time) reports failure and leaves the old file and no temporary; a run that reports success has
 // written the complete new file. The rename is the commit.

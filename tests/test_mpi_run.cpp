@@ -103,9 +103,9 @@ TEST_F(MlaRunMpi, ContinuousBatchingAtTwoAndFourRanksEqualsOneRank) {
 }
 
 // parallel.context_parallel: groups of 2 at world 2 and 4, of 4 at world 4, every rank keeping its
-// share of each sequence's positions: the same y as world 1 (uniform steps on both paths, and
-// continuous batching over a paged fp8 cache), each rank saying which positions it keeps; bad
-// settings refused naming their key.
+// share of each sequence's positions: the same y as world 1 (uniform steps on both paths and
+// formulations, uneven heads, and continuous batching over a paged fp8 cache), each rank saying
+// which positions it keeps; bad settings refused naming their key.
 TEST_F(MlaRunMpi, ContextParallelGroupsEqualWorldOne) {
   for (const char* plan : {"fast naive", "fast absorb", "standard naive", "standard absorb"}) {
     const std::string attention(plan, std::string(plan).find(' '));
@@ -118,6 +118,19 @@ TEST_F(MlaRunMpi, ContextParallelGroupsEqualWorldOne) {
       const std::vector<float> y = y_of(ranks, four_head_config(), cp_sets);
       ASSERT_EQ(y.size(), world1.size());
       EXPECT_LE(relative_l2(y, to_double(world1)), 1e-5) << ranks << " ranks, groups of " << group << ", " << plan;
+    }
+  }
+  // Uneven heads (5 over 2 and 4 ranks, the first rank holding one more): the blocks the group
+  // exchanges are sized for its most heads.
+  for (const char* formulation : {"naive", "absorb"}) {
+    const std::vector<std::string> sets = {"model.n_heads=5", "parallel.uneven_heads=true",
+                                           std::string("run.formulation=") + formulation};
+    const std::vector<float> world1 = y_of(1, four_head_config(), sets);
+    for (const auto& [ranks, group] : {std::pair{2, 2}, std::pair{4, 2}, std::pair{4, 4}}) {
+      std::vector<std::string> cp_sets = sets;
+      cp_sets.push_back("parallel.context_parallel=" + std::to_string(group));
+      EXPECT_LE(relative_l2(y_of(ranks, four_head_config(), cp_sets), to_double(world1)), 1e-5)
+          << ranks << " ranks, groups of " << group << ", 5 heads, " << formulation;
     }
   }
   const std::string requests =

@@ -62,38 +62,44 @@ TEST(ThreadGroup, AFailingRankEndsTheOthersWaits) {
   }
 }
 
-// A world of 4 threads, each holding one head, in context groups of 2 (ranks 0-1 and 2-3) and of 4:
-// the ragged schedule over a paged cache equals the whole layer in one thread.
+// Worlds of threads in context groups: 4 ranks of one head in groups of 2 (ranks 0-1 and 2-3) and
+// of 4; uneven heads, 4 over 3 ranks (2, 1, 1) in one group and 5 over 4 (2, 1 | 1, 1) in groups of
+// 2. The ragged schedule over a paged cache equals the whole layer in one thread.
 TEST(ThreadGroup, CpuLayersSplittingTheCacheEqualTheWholeLayer) {
-  const ModelArgs m = model_args(48, 4, 16, 24, 8, 6, 10, 3, 24);
-  const WeightsConfig weights = random_weights(WeightDType::BF16, 31);
-  const std::vector<std::vector<float>> tokens = slot_tokens(m, 32);
-  constexpr int kWorld = 4;
-  for (const int group_size : {2, 4}) {
+  struct Split {
+    int world, group_size;
+    int64_t heads;
+  };
+  for (const Split split : {Split{4, 2, 4}, Split{4, 4, 4}, Split{3, 3, 4}, Split{4, 2, 5}}) {
     for (const FormulationChoice formulation : {FormulationChoice::Absorb, FormulationChoice::Naive}) {
+      const ModelArgs m = model_args(48, split.heads, 16, 24, 8, 6, 10, 3, 24);
+      const WeightsConfig weights = random_weights(WeightDType::BF16, 31);
+      const std::vector<std::vector<float>> tokens = slot_tokens(m, 32);
+      const int world_size = split.world, group_size = split.group_size;
       RunConfig run;
       run.formulation = formulation;
       run.attention = formulation == FormulationChoice::Naive ? AttentionChoice::Standard : AttentionChoice::Fast;
       run.kv_cache.layout = KvCacheLayout::Paged;
       run.kv_cache.page_size = 2;
-      const std::string name = "groups of " + std::to_string(group_size) + ", " + to_string(formulation);
+      const std::string name = std::to_string(split.heads) + " heads over " + std::to_string(world_size) +
+                               " ranks in groups of " + std::to_string(group_size) + ", " + to_string(formulation);
       MlaLayer whole_layer(m, whole(m), load_layer_weights(weights, m, whole(m), run.compute_dtype).weights, run);
       SingleProcessCommunicator single;
       CpuStepExecutor whole_executor(whole_layer, single);
       const std::vector<std::vector<float>> want = run_ragged_steps(whole_executor, m, tokens, ragged_test_schedule());
 
-      ThreadGroup world(kWorld);
+      ThreadGroup world(world_size);
       std::vector<std::unique_ptr<ThreadGroup>> groups;
-      for (int g = 0; g < kWorld / group_size; ++g) groups.push_back(std::make_unique<ThreadGroup>(group_size));
-      std::vector<std::vector<std::vector<float>>> got(kWorld);
+      for (int g = 0; g < world_size / group_size; ++g) groups.push_back(std::make_unique<ThreadGroup>(group_size));
+      std::vector<std::vector<std::vector<float>>> got(static_cast<size_t>(world_size));
       world.run([&](int r) {
-        const HeadShard shard = shard_heads(m.n_heads, kWorld, r, false);
+        const HeadShard shard = shard_heads(m.n_heads, world_size, r, /*uneven=*/true);
         Communicator& context_group = groups[r / group_size]->rank(r % group_size);
         MlaLayer layer(m, shard, load_layer_weights(weights, m, shard, run.compute_dtype).weights, run, &context_group);
         CpuStepExecutor executor(layer, world.rank(r));
         got[r] = run_ragged_steps(executor, m, tokens, ragged_test_schedule());
       });
-      for (int r = 0; r < kWorld; ++r) {
+      for (int r = 0; r < world_size; ++r) {
         ASSERT_EQ(got[r].size(), want.size()) << name;
         for (size_t i = 0; i < want.size(); ++i) {
           EXPECT_LE(relative_l2(got[r][i], to_double(want[i])), 1e-5) << name << ", rank " << r << ", step " << i;

@@ -19,6 +19,9 @@ struct AttentionMergeParams {
   float* merged = nullptr;      // [rows, dim]
   float* merged_lse = nullptr;  // [rows], or nullptr
   bool round_to_bf16 = false;   // bf16 activations: the merged output rounded, as an attention output is
+  // Rows from one part to the next in out and lse (0: rows). More than rows where the parts came in
+  // blocks sized for more rows than this rank's (a context group whose ranks hold uneven heads).
+  int64_t part_rows = 0;
 };
 
 // Weights and sums in double. A row no part sees (every lse_p = -inf) comes out 0.

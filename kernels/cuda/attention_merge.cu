@@ -21,12 +21,13 @@ __global__ void __launch_bounds__(kThreads) attention_merge_kernel(AttentionMerg
   __shared__ float row_max;
   __shared__ double row_total;
   const int64_t row = blockIdx.x;
+  const int64_t part_rows = p.part_rows > 0 ? p.part_rows : p.rows;
   if (threadIdx.x == 0) {
     float max_lse = -INFINITY;
-    for (int64_t part = 0; part < p.parts; ++part) max_lse = fmaxf(max_lse, p.lse[part * p.rows + row]);
+    for (int64_t part = 0; part < p.parts; ++part) max_lse = fmaxf(max_lse, p.lse[part * part_rows + row]);
     double total = 0.0;
     for (int64_t part = 0; part < p.parts; ++part) {
-      const float lse = p.lse[part * p.rows + row];
+      const float lse = p.lse[part * part_rows + row];
       weight[part] = max_lse == -INFINITY || lse == -INFINITY ? 0.0 : exp(static_cast<double>(lse) - max_lse);
       total += weight[part];
     }
@@ -39,7 +40,7 @@ __global__ void __launch_bounds__(kThreads) attention_merge_kernel(AttentionMerg
     double sum = 0.0;
     for (int64_t part = 0; part < p.parts; ++part) {
       // A part whose row saw no key has weight 0 and its output may hold anything: skip it.
-      if (weight[part] != 0.0) sum += weight[part] * p.out[(part * p.rows + row) * p.dim + i];
+      if (weight[part] != 0.0) sum += weight[part] * p.out[(part * part_rows + row) * p.dim + i];
     }
     const float value = row_total > 0.0 ? static_cast<float>(sum / row_total) : 0.0f;
     merged[i] = p.round_to_bf16 ? cuda_detail::round_bf16(value) : value;

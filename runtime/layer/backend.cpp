@@ -56,11 +56,6 @@ void check_context_parallel(const Config& config, int world, Backend backend) {
     throw UserError("run.mask: an explicit mask with parallel.context_parallel " + std::to_string(group) +
                     " (the mask's columns are positions, which the group's ranks split); use the causal rule");
   }
-  if (config.model.n_heads % world != 0) {
-    throw UserError("parallel.uneven_heads: model.n_heads " + std::to_string(config.model.n_heads) + " over " +
-                    std::to_string(world) + " ranks with parallel.context_parallel " + std::to_string(group) +
-                    ": every rank of a group must hold as many heads");
-  }
 }
 
 }  // namespace mla

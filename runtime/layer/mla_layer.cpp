@@ -171,14 +171,43 @@ MlaLayer::MlaLayer(const ModelArgs& model, const HeadShard& shard, LayerWeights 
   wkv_b_ = pack(weights_, &LayerWeights::wkv_b, "wkv_b", heads * (model_.qk_nope_head_dim + model_.v_head_dim),
                 model_.kv_lora_rank, precision, /*keep_fp32=*/true);
   wo_ = pack(weights_, &LayerWeights::wo, "wo", model_.dim, heads * model_.v_head_dim, precision);
-  if (context_group_ != nullptr) {
-    // Naive under the split: this rank expands its rows for every head of the group, so it holds
-    // the group's wkv_b, gathered from the ranks that own the heads (collective).
-    std::vector<float> group(static_cast<size_t>(context_shards()) * weights_.wkv_b.size());
-    context_group_->allgather(weights_.wkv_b.data(), static_cast<int64_t>(weights_.wkv_b.size()), group.data());
-    group_wkv_b_ = PackedLinear(group.data(), context_shards() * heads * (model_.qk_nope_head_dim + model_.v_head_dim),
-                                model_.kv_lora_rank, precision);
+  if (context_group_ != nullptr) gather_group_wkv_b(precision);
+}
+
+// The group's ranks are consecutive ranks of the job (MpiCommunicator's groups), so each one's heads
+// follow from the job's head split; with uneven heads the first ones hold one more. Naive under the
+// split: this rank expands its rows for every head of the group, so it holds the group's wkv_b,
+// gathered from the ranks that own the heads (collective), each rank's block padded to the most
+// heads a rank of the group holds.
+void MlaLayer::gather_group_wkv_b(LinearPrecision precision) {
+  const int64_t shards = context_shards();
+  const int group_rank = context_group_->rank();
+  if (shard_.rank % shards != group_rank) {
+    throw std::invalid_argument("MlaLayer: rank " + std::to_string(shard_.rank) + " is rank " +
+                                std::to_string(group_rank) + " of its context group of " + std::to_string(shards) +
+                                ", but the groups are consecutive ranks of the job");
   }
+  group_heads_ = context_group_heads(shard_, shards);
+  group_heads_max_ = *std::max_element(group_heads_.begin(), group_heads_.end());
+  const int64_t head_values = (model_.qk_nope_head_dim + model_.v_head_dim) * model_.kv_lora_rank;
+  const int64_t block = group_heads_max_ * head_values;
+  std::vector<float> mine(static_cast<size_t>(block), 0.0f);
+  std::copy(weights_.wkv_b.begin(), weights_.wkv_b.end(), mine.begin());
+  std::vector<float> gathered(static_cast<size_t>(shards * block));
+  context_group_->allgather(mine.data(), block, gathered.data());
+  std::vector<float> group;
+  for (int64_t r = 0; r < shards; ++r) {
+    const auto first = gathered.begin() + r * block;
+    group.insert(group.end(), first, first + group_heads_[r] * head_values);
+  }
+  group_wkv_b_ = PackedLinear(group.data(), group_head_begin(shards) * (model_.qk_nope_head_dim + model_.v_head_dim),
+                              model_.kv_lora_rank, precision);
+}
+
+int64_t MlaLayer::group_head_begin(int64_t group_rank) const {
+  int64_t begin = 0;
+  for (int64_t r = 0; r < group_rank; ++r) begin += group_heads_[r];
+  return begin;
 }
 
 int64_t MlaLayer::weight_bytes() const {
@@ -388,23 +417,27 @@ void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_
 // queries of every head of the group, the attention over its own rows with the log-sum-exp of the
 // scores; the heads' owners merge what the group sends them into the exact softmax over all the
 // positions. Then Wv (absorb) and wo as ever.
+// The exchanged blocks are sized for the group's most heads (uneven heads): a rank with fewer reads
+// the first rows of each block.
 void MlaLayer::attend_split(const StepPlan& plan, const AttentionStep& step, StepReport& report) {
   const int64_t tokens = step.tokens();
   const int64_t heads = shard_.n_local_heads;
   const int64_t shards = context_shards();
+  const int64_t block_rows = tokens * group_heads_max_;
   const int64_t part = split_partials(plan, step, report);
   float* received = sized(received_out_, shards * part);
-  float* received_lse = sized(received_lse_, shards * tokens * heads);
+  float* received_lse = sized(received_lse_, shards * block_rows);
   context_group_->alltoall(partial_out_.data(), part, received);
-  context_group_->alltoall(partial_lse_.data(), tokens * heads, received_lse);
+  context_group_->alltoall(partial_lse_.data(), block_rows, received_lse);
   const bool absorb = plan.formulation == Formulation::Absorb;
   AttentionMergeParams merge;
   merge.out = received;
   merge.lse = received_lse;
   merge.parts = shards;
   merge.rows = tokens * heads;
+  merge.part_rows = block_rows;
   merge.dim = absorb ? model_.kv_lora_rank : model_.v_head_dim;
-  merge.merged = absorb ? sized(o_latent_, part) : sized(o_, part);
+  merge.merged = absorb ? sized(o_latent_, merge.rows * merge.dim) : sized(o_, merge.rows * merge.dim);
   merge.round_to_bf16 = round_bf16_;
   attention_merge(merge);
   if (absorb) absorb_outputs(tokens);
@@ -412,51 +445,68 @@ void MlaLayer::attend_split(const StepPlan& plan, const AttentionStep& step, Ste
 
 // Absorb: the group's absorbed queries against this rank's latent rows. Naive: the group's queries
 // against keys and values this rank expands from its rows for every head of the group (with the
-// group's wkv_b), head-major: the heads of the group's rank r are r * Hl .. (r + 1) * Hl - 1.
+// group's wkv_b), head-major: the heads of the group's rank r start at group_head_begin(r). Every
+// rank's queries, outputs and log-sum-exps travel in blocks sized for the group's most heads
+// (group_heads_max_), a rank's own heads first in each.
 int64_t MlaLayer::split_partials(const StepPlan& plan, const AttentionStep& step, StepReport& report) {
   const int64_t tokens = step.tokens();
   const int64_t heads = shard_.n_local_heads;
+  const int64_t block_heads = group_heads_max_;
   const int64_t shards = context_shards();
   const int64_t shard = context_group_->rank();
   const bool absorb = plan.formulation == Formulation::Absorb;
   const int64_t query_width = absorb ? latent_width_ : model_.qk_head_dim();
   const int64_t value_dim = absorb ? model_.kv_lora_rank : model_.v_head_dim;
-  const int64_t query_count = tokens * heads * query_width;
-  const int64_t part = tokens * heads * value_dim;
+  const int64_t query_count = tokens * block_heads * query_width;
+  const int64_t part = tokens * block_heads * value_dim;
   if (absorb) absorb_queries(tokens);
+  const float* own_queries = absorb ? q_absorbed_.data() : q_.data();
+  if (heads < block_heads) {  // [tokens, heads, width] into [tokens, block_heads, width]
+    float* padded = sized(padded_queries_, query_count);
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::copy(own_queries + t * heads * query_width, own_queries + (t + 1) * heads * query_width,
+                padded + t * block_heads * query_width);
+    }
+    own_queries = padded;
+  }
   float* queries = sized(group_queries_, shards * query_count);
-  context_group_->allgather(absorb ? q_absorbed_.data() : q_.data(), query_count, queries);
-  if (!absorb) expand_keys_values(step, false, {shards * heads, &group_wkv_b_, shards, shard});
+  context_group_->allgather(own_queries, query_count, queries);
+  const int64_t group_heads = group_head_begin(shards);
+  if (!absorb) expand_keys_values(step, false, {group_heads, &group_wkv_b_, shards, shard});
   float* partial = sized(partial_out_, shards * part);
-  float* partial_lse = sized(partial_lse_, shards * tokens * heads);
+  float* partial_lse = sized(partial_lse_, shards * tokens * block_heads);
   int64_t rows_held = 0;  // the most rows of a sequence this rank holds
   for (int64_t b = 0; b < step.sequences(); ++b)
     rows_held = std::max(rows_held, shard_rows(step.kv_len(b), shards, shard));
   for (int64_t source = 0; source < shards; ++source) {  // the heads of the group's rank `source`
+    AttentionStep source_step = step;
+    source_step.n_heads = group_heads_[source];
     const float* source_queries = queries + source * query_count;
     float* out = partial + source * part;
     AttentionParams params;
     if (absorb) {
-      params = absorb_attention_params(model_, step, source_queries, nullptr, out);
+      params = absorb_attention_params(model_, source_step, source_queries, nullptr, out);
       params.latent_pages = &step_cache_;
     } else {
-      params = naive_head_major_attention_params(model_, step, source_queries, keys_.data(), values_.data(), out);
-      // The expansion holds every head of the group: this source's heads start source * Hl in, and
-      // a sequence's block spans all of them. (No rows here yet: nothing is read.)
+      params =
+          naive_head_major_attention_params(model_, source_step, source_queries, keys_.data(), values_.data(), out);
+      // The expansion holds every head of the group: this source's heads start group_head_begin in,
+      // and a sequence's block spans all of them. (No rows here yet: nothing is read.)
       const int64_t dq = model_.qk_head_dim(), dv = model_.v_head_dim;
       if (rows_held > 0) {
-        params.keys = keys_.data() + source * heads * rows_held * dq;
-        params.values = values_.data() + source * heads * rows_held * dv;
+        params.keys = keys_.data() + group_head_begin(source) * rows_held * dq;
+        params.values = values_.data() + group_head_begin(source) * rows_held * dv;
       }
-      params.key_batch_stride = shards * heads * rows_held * dq;
+      params.key_batch_stride = group_heads * rows_held * dq;
       params.key_head_stride = rows_held * dq;
-      params.value_batch_stride = shards * heads * rows_held * dv;
+      params.value_batch_stride = group_heads * rows_held * dv;
       params.value_head_stride = rows_held * dv;
     }
+    params.q_token_stride = block_heads * query_width;  // the gathered blocks' layout
     params.kv_shards = shards;
     params.kv_shard = shard;
     params.kv_len = rows_held;
-    params.lse = partial_lse + source * tokens * heads;
+    params.lse = partial_lse + source * tokens * block_heads;
     run_attention(plan.path, params, report);
   }
   return part;

@@ -124,6 +124,9 @@ class MlaLayer {
   // This rank's rows of the step's tokens, appended to its share of the cache.
   void append_own_rows(const float* kv, const RaggedIndex& index);
   int64_t context_shards() const { return context_group_ != nullptr ? context_group_->world() : 1; }
+  void gather_group_wkv_b(LinearPrecision precision);
+  // The first of the group's rank `group_rank`'s heads among the heads of the whole group.
+  int64_t group_head_begin(int64_t group_rank) const;
   void absorb_queries(int64_t tokens);
   void absorb_outputs(int64_t tokens);
   // naive: the rows every sequence of the step attends to, gathered from the cache; sequence b's
@@ -158,7 +161,9 @@ class MlaLayer {
   RunConfig run_;
   // The linear layers, prepared once (the fp32 copies in weights_ are released).
   PackedLinear wq_, wq_a_, wq_b_, wkv_a_, wkv_b_, wo_;
-  PackedLinear group_wkv_b_;  // context parallelism: wkv_b of every head of the group, for naive
+  PackedLinear group_wkv_b_;          // context parallelism: wkv_b of every head of the group, for naive
+  std::vector<int64_t> group_heads_;  // context parallelism: the heads of each rank of the group
+  int64_t group_heads_max_ = 0;       // the most of them: the exchanged blocks' heads
   bool round_bf16_ = false;
   RopeTable rope_table_;
   int64_t latent_width_ = 0;  // C + dr: one cache row, [c_n | k_pe]
@@ -193,6 +198,7 @@ class MlaLayer {
   // partial outputs and log-sum-exps this rank computed for each rank, and those it received.
   ShardRows own_rows_;
   AlignedVector<float> group_queries_, partial_out_, partial_lse_, received_out_, received_lse_;
+  AlignedVector<float> padded_queries_;  // this rank's queries in a block of group_heads_max_ heads
 };
 
 }  // namespace mla

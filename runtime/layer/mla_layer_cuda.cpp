@@ -117,6 +117,8 @@ CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const
     if (run.attention == AttentionChoice::Standard)
       throw UserError("run.attention: standard" + split + "; use fast or auto");
     if (limits.mask) throw std::invalid_argument("CudaMlaLayer: an explicit mask" + split);
+    group_heads_ = context_group_heads(shard, context_shards);
+    group_heads_max_ = *std::max_element(group_heads_.begin(), group_heads_.end());
   }
   if (run.attention != AttentionChoice::Standard && context_shards == 1) {
     const int64_t widest_score = std::max(model.qk_head_dim(), latent_width_);
@@ -255,13 +257,14 @@ void CudaMlaLayer::allocate_activations() {
     sequence_lists_ = DeviceBuffer<int64_t>(3 * limits_.max_batch);
   if (context_shards_ > 1) {
     own_rows_ = DeviceBuffer<int64_t>(3 * tokens);
-    group_queries_ = DeviceBuffer<float>(context_shards_ * tokens * heads * latent_width_);
+    group_queries_ = DeviceBuffer<float>(context_shards_ * tokens * group_heads_max_ * latent_width_);
+    if (heads < group_heads_max_) padded_queries_ = DeviceBuffer<float>(tokens * group_heads_max_ * latent_width_);
   }
-  memory_.activation_bytes =
-      static_cast<int64_t>(x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() +
-                           o_.bytes() + q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes() +
-                           token_sequence_.bytes() + token_position_.bytes() + block_table_.bytes() +
-                           latent_rows_.bytes() + sequence_lists_.bytes() + own_rows_.bytes() + group_queries_.bytes());
+  memory_.activation_bytes = static_cast<int64_t>(
+      x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() + o_.bytes() +
+      q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes() + token_sequence_.bytes() +
+      token_position_.bytes() + block_table_.bytes() + latent_rows_.bytes() + sequence_lists_.bytes() +
+      own_rows_.bytes() + group_queries_.bytes() + padded_queries_.bytes());
 }
 
 // The standard path's score buffers, where a step may take that path.
@@ -316,7 +319,7 @@ void CudaMlaLayer::allocate_scores() {
                       std::to_string(model_.kv_lora_rank) + " + qk_rope_head_dim " +
                       std::to_string(model_.qk_rope_head_dim) + ") pass its limits; use context_parallel: 1");
     }
-    const int64_t rows = context_shards_ * limits_.step_tokens() * shard_.n_local_heads;
+    const int64_t rows = context_shards_ * limits_.step_tokens() * group_heads_max_;
     partial_out_ = DeviceBuffer<float>(rows * model_.kv_lora_rank);
     received_out_ = DeviceBuffer<float>(rows * model_.kv_lora_rank);
     partial_lse_ = DeviceBuffer<float>(rows);
@@ -425,6 +428,11 @@ void CudaMlaLayer::set_context_group(Communicator* group) {
   if (world != context_shards_) {
     throw std::invalid_argument("CudaMlaLayer::set_context_group: a group of " + std::to_string(world) +
                                 " ranks for a layer made for context_shards " + std::to_string(context_shards_));
+  }
+  if (group != nullptr && group->rank() != shard_.rank % context_shards_) {
+    throw std::invalid_argument("CudaMlaLayer::set_context_group: rank " + std::to_string(shard_.rank) + " is rank " +
+                                std::to_string(group->rank()) +
+                                " of its group, but the groups are consecutive ranks of the job");
   }
   context_group_ = context_shards_ > 1 ? group : nullptr;
 }
@@ -706,48 +714,64 @@ void CudaMlaLayer::append_own_rows(const RaggedIndex& index, const PagedLatentVi
 // gathered; for the queries of each rank of the group, the attention over this rank's rows with
 // the log-sum-exps (a row that sees none of them yet: output 0, lse -inf); the parts exchanged so
 // that each rank holds its own heads' part from every rank; attention_merge_cuda folds them into
-// the softmax over all of a sequence's positions.
+// the softmax over all of a sequence's positions. Queries, outputs and log-sum-exps travel in
+// blocks of group_heads_max_ heads, a rank's own first.
 void CudaMlaLayer::attend_split(const RaggedIndex& index, const PagedLatentView& view, StepReport& report) {
   const int64_t tokens = static_cast<int64_t>(index.token_position.size());
   const int64_t heads = shard_.n_local_heads;
   const int64_t C = model_.kv_lora_rank;
   const int64_t shards = context_shards_;
   const int64_t shard = context_group_->rank();
-  const int64_t query_count = tokens * heads * latent_width_;
-  const int64_t part = tokens * heads * C;
+  const int64_t block_rows = tokens * group_heads_max_;
+  const int64_t query_count = block_rows * latent_width_;
+  const int64_t part = block_rows * C;
   absorb_queries(tokens);
   upload_sequence_lists(index);
   mark_attention_begin();
-  context_group_->allgather(q_absorbed_.data(), query_count, group_queries_.data());
+  const float* own_queries = q_absorbed_.data();
+  if (heads < group_heads_max_) {
+    StridedCopyParams pad;  // [tokens, heads, C + dr] into [tokens, group_heads_max_, C + dr]
+    pad.src = q_absorbed_.data();
+    pad.src_outer_stride = heads * latent_width_;
+    pad.dst = padded_queries_.data();
+    pad.dst_outer_stride = group_heads_max_ * latent_width_;
+    pad.outer = tokens;
+    pad.width = heads * latent_width_;
+    strided_copy_cuda(pad, stream_);
+    own_queries = padded_queries_.data();
+  }
+  context_group_->allgather(own_queries, query_count, group_queries_.data());
   int64_t rows_held = 0;  // the most rows of a sequence this rank holds: the kernel's kv_len
   for (int64_t b = 0; b < index.sequences(); ++b) {
     rows_held = std::max(rows_held, shard_rows(index.start_pos[b] + index.new_tokens[b], shards, shard));
   }
   for (int64_t source = 0; source < shards; ++source) {  // the heads of the group's rank `source`
-    AttentionParams p =
-        ragged_latent_params(model_, index, heads, round_bf16_, group_queries_.data() + source * query_count,
-                             partial_out_.data() + source * part, view, sequence_lists_.data());
+    AttentionParams p = ragged_latent_params(model_, index, group_heads_[source], round_bf16_,
+                                             group_queries_.data() + source * query_count,
+                                             partial_out_.data() + source * part, view, sequence_lists_.data());
+    p.q_token_stride = group_heads_max_ * latent_width_;  // the gathered blocks' layout
     p.kv_shards = shards;
     p.kv_shard = shard;
     p.kv_len = rows_held;
-    p.lse = partial_lse_.data() + source * tokens * heads;
+    p.lse = partial_lse_.data() + source * block_rows;
     const AttentionDecodeSplit split = attention_decode_split(p, tokens, decode_partial_rows_);
     attention_decode_cuda(p, tokens, split, decode_workspace_.data(), decode_partial_rows_, stream_);
   }
   context_group_->alltoall(partial_out_.data(), part, received_out_.data());
-  context_group_->alltoall(partial_lse_.data(), tokens * heads, received_lse_.data());
+  context_group_->alltoall(partial_lse_.data(), block_rows, received_lse_.data());
   AttentionMergeParams merge;
   merge.out = received_out_.data();
   merge.lse = received_lse_.data();
   merge.parts = shards;
   merge.rows = tokens * heads;
+  merge.part_rows = block_rows;
   merge.dim = C;
   merge.merged = o_latent_.data();
   merge.round_to_bf16 = round_bf16_;
   attention_merge_cuda(merge, stream_);
   mark_attention_end();
-  report.attention_workspace_bytes = std::max(
-      report.attention_workspace_bytes, 2 * shards * (part + tokens * heads) * static_cast<int64_t>(sizeof(float)));
+  report.attention_workspace_bytes = std::max(report.attention_workspace_bytes,
+                                              2 * shards * (part + block_rows) * static_cast<int64_t>(sizeof(float)));
   absorb_outputs(tokens);
 }
 

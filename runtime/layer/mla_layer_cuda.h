@@ -200,9 +200,13 @@ class CudaMlaLayer {
   // Context parallelism: the rows this rank keeps (ShardRows: token, sequence, row), the group's
   // absorbed queries [shards, tokens, heads, C + dr], the partial outputs and log-sum-exps this
   // rank computes for every rank of the group, and those it receives for its own heads.
+  // Every rank's block holds group_heads_max_ heads (uneven heads: the group's most), its own first;
+  // padded_queries_ is this rank's in such a block, where it holds fewer.
   DeviceBuffer<int64_t> own_rows_;
   std::vector<int64_t> own_rows_host_;
-  DeviceBuffer<float> group_queries_, partial_out_, partial_lse_, received_out_, received_lse_;
+  std::vector<int64_t> group_heads_;  // the heads of each rank of the group
+  int64_t group_heads_max_ = 0;
+  DeviceBuffer<float> group_queries_, padded_queries_, partial_out_, partial_lse_, received_out_, received_lse_;
 
   // bf16 mode: the step's input rounded to bf16 once, the operand of both GEMMs that read it.
   DeviceBuffer<__nv_bfloat16> x_bf16_;

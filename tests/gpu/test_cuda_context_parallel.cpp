@@ -33,7 +33,7 @@ std::vector<std::vector<std::vector<float>>> split_cuda_steps(const ModelArgs& m
   std::vector<std::vector<std::vector<float>>> outputs(static_cast<size_t>(world));
   world_group.run([&](int r) {
     CUDA_CHECK(cudaSetDevice(0));  // the current device is per thread
-    const HeadShard shard = shard_heads(m.n_heads, world, r, false);
+    const HeadShard shard = shard_heads(m.n_heads, world, r, /*uneven=*/true);
     const LayerWeights rank_weights = load_layer_weights(weights, m, shard, run.compute_dtype).weights;
     CudaMlaLayer layer(m, shard, rank_weights, run, limits_for(m, steps), group_size);
     EXPECT_EQ(layer.cache().shape().max_seq_len, (m.max_seq_len + group_size - 1) / group_size)
@@ -49,10 +49,10 @@ std::vector<std::vector<std::vector<float>>> split_cuda_steps(const ModelArgs& m
 
 using CudaContextParallel = GpuTest;
 
-// Worlds of 2 and 4 in groups of 2 and 4: the ragged schedule (prefills beside decodes, idle
-// sequences, sequences shorter than the group) through dense and paged caches of fp32, bf16 and
-// fp8 rows, fp32 and bf16 compute, against the CPU layer with the whole cache; every rank's output
-// bit for bit the same.
+// Worlds of 2 and 4 in groups of 2 and 4, and of 3 in one group (4 heads: 2, 1, 1, uneven): the
+// ragged schedule (prefills beside decodes, idle sequences, sequences shorter than the group)
+// through dense and paged caches of fp32, bf16 and fp8 rows, fp32 and bf16 compute, against the
+// CPU layer with the whole cache; every rank's output bit for bit the same.
 TEST_F(CudaContextParallel, GroupsEqualTheWholeCpuLayerOnRaggedSteps) {
   const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 3, 32);
   const WeightsConfig weights = random_weights(WeightDType::BF16, 61);
@@ -73,7 +73,7 @@ TEST_F(CudaContextParallel, GroupsEqualTheWholeCpuLayerOnRaggedSteps) {
       SingleProcessCommunicator single;
       CpuStepExecutor whole_executor(whole_layer, single);
       const std::vector<std::vector<float>> want = run_ragged_steps(whole_executor, m, tokens, steps);
-      for (const Split split : {Split{2, 2}, Split{4, 2}, Split{4, 4}}) {
+      for (const Split split : {Split{2, 2}, Split{4, 2}, Split{4, 4}, Split{3, 3}}) {
         const std::string name = "world " + std::to_string(split.world) + " groups of " +
                                  std::to_string(split.group_size) + " " + to_string(compute) + " " +
                                  to_string(cache_dtype);

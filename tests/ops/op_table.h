@@ -174,6 +174,7 @@ OpRun decode_attention_output(const std::vector<float>& out, const std::vector<f
 struct AttentionMergeCase {
   int64_t parts, rows, dim;
   bool bf16;
+  int64_t part_rows = 0;  // rows from part to part (0: rows); the rows past `rows` hold NaN
 };
 struct AttentionMergeInputs {
   std::vector<float> out, lse;

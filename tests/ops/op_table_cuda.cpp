@@ -336,8 +336,8 @@ OpRun run_cuda(const AttentionMergeCase& c, int reps) {
   DeviceBuffer<float> parts_out = to_device(in.out), parts_lse = to_device(in.lse);
   DeviceBuffer<float> merged = to_device(std::vector<float>(static_cast<size_t>(c.rows * c.dim), kNaN));
   DeviceBuffer<float> merged_lse = to_device(std::vector<float>(static_cast<size_t>(c.rows), kNaN));
-  const AttentionMergeParams p{parts_out.data(), parts_lse.data(),  c.parts, c.rows, c.dim,
-                               merged.data(),    merged_lse.data(), c.bf16};
+  const AttentionMergeParams p{parts_out.data(), parts_lse.data(),  c.parts, c.rows,     c.dim,
+                               merged.data(),    merged_lse.data(), c.bf16,  c.part_rows};
   const double median_ms = time_on_device(reps, nullptr, kNothing, [&] { attention_merge_cuda(p, nullptr); });
   OpRun run = decode_attention_output(to_host(merged), to_host(merged_lse));
   run.median_ms = median_ms;

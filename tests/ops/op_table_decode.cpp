@@ -34,8 +34,8 @@ OpRun run_cpu(const DecodeAttentionCase& c, uint32_t seed, int reps) {
 OpRun run_cpu(const AttentionMergeCase& c, int reps) {
   const AttentionMergeInputs in = attention_merge_inputs(c);
   std::vector<float> merged(static_cast<size_t>(c.rows * c.dim), kNaN), merged_lse(static_cast<size_t>(c.rows), kNaN);
-  const AttentionMergeParams p{in.out.data(), in.lse.data(), c.parts,           c.rows,
-                               c.dim,         merged.data(), merged_lse.data(), c.bf16};
+  const AttentionMergeParams p{in.out.data(), in.lse.data(),     c.parts, c.rows,     c.dim,
+                               merged.data(), merged_lse.data(), c.bf16,  c.part_rows};
   const double median_ms = time_on_cpu(
       reps, [] {}, [&] { attention_merge(p); });
   OpRun run = decode_attention_output(merged, merged_lse);
@@ -134,12 +134,18 @@ OpRun decode_attention_output(const std::vector<float>& out, const std::vector<f
 
 AttentionMergeInputs attention_merge_inputs(const AttentionMergeCase& c) {
   AttentionMergeInputs in;
-  in.out = random_floats(c.parts * c.rows * c.dim, 31);
-  in.lse = random_floats(c.parts * c.rows, 32, -4.0f, 12.0f);
+  const int64_t part_rows = c.part_rows > 0 ? c.part_rows : c.rows;
+  in.out = random_floats(c.parts * part_rows * c.dim, 31);
+  in.lse = random_floats(c.parts * part_rows, 32, -4.0f, 12.0f);
+  for (int64_t part = 0; part < c.parts; ++part) {  // the padding between parts is never read
+    std::fill(in.lse.begin() + part * part_rows + c.rows, in.lse.begin() + (part + 1) * part_rows, kNaN);
+    std::fill(in.out.begin() + (part * part_rows + c.rows) * c.dim, in.out.begin() + (part + 1) * part_rows * c.dim,
+              kNaN);
+  }
   for (int64_t row = 0; row < c.rows; ++row) {
     // Row 0 sees no key in any part; every third row none in part 0 (its output there is garbage).
     if (row == 0) {
-      for (int64_t part = 0; part < c.parts; ++part) in.lse[part * c.rows] = -std::numeric_limits<float>::infinity();
+      for (int64_t part = 0; part < c.parts; ++part) in.lse[part * part_rows] = -std::numeric_limits<float>::infinity();
     } else if (row % 3 == 0) {
       in.lse[row] = -std::numeric_limits<float>::infinity();
       std::fill(in.out.begin() + row * c.dim, in.out.begin() + (row + 1) * c.dim, kNaN);
@@ -189,9 +195,11 @@ void add_decode_attention_cases(std::vector<OpCase>& table) {
     table.push_back({"attention_decode", shape, cuda_only, c.bf16 ? 1e-2 : 1e-5, runner_of(c, seed)});
   }
   for (const AttentionMergeCase& c : {AttentionMergeCase{5, 40, 512, false}, AttentionMergeCase{2, 7, 33, false},
-                                      AttentionMergeCase{64, 16, 512, true}, AttentionMergeCase{1, 3, 10, false}}) {
+                                      AttentionMergeCase{64, 16, 512, true}, AttentionMergeCase{1, 3, 10, false},
+                                      AttentionMergeCase{3, 10, 24, false, 14}}) {
     const std::string shape = std::to_string(c.parts) + " parts rows " + std::to_string(c.rows) + " dim " +
-                              std::to_string(c.dim) + (c.bf16 ? " bf16" : "");
+                              std::to_string(c.dim) + (c.bf16 ? " bf16" : "") +
+                              (c.part_rows > 0 ? " parts " + std::to_string(c.part_rows) + " rows apart" : "");
     table.push_back({"attention_merge", shape, cuda_only, c.bf16 ? 1e-2 : 1e-6, runner_of(c)});
   }
 }
