@@ -251,6 +251,10 @@ case "${1:-run}" in
       mpirun -np 1 ./build-gpu-full/mla_allreduce_bench --transport nccl --max-bytes 268435456 --csv "$out/allreduce_nccl_w1.csv"
     step "mla_allreduce_bench --transport mpi, world 2" 60 allreduce_mpi.log \
       mpirun -np 2 ./build-gpu-full/mla_allreduce_bench --transport mpi --max-bytes 67108864 --csv "$out/allreduce_mpi_w2.csv"
+    step "mla_bench context_parallel 1 vs 2, world 2 sharing the GPU (MPI)" 120 bench_context_parallel.log \
+      mpirun -np 2 ./build-gpu-full/mla_bench configs/context_parallel_sweep.yaml --overwrite \
+      --set "sweep.backend=[cuda]" --set parallel.communicator=mpi --set "bench.csv=$out/context_parallel_gpu.csv" \
+      --set "bench.jsonl=$out/context_parallel_gpu.jsonl"
     # Last, so that a call running out of time loses only this one.
     step "mla_bench long-context decode: split-KV kernel vs standard path" 150 bench_decode_long_context.log \
       mpirun -np 1 ./build-gpu-full/mla_bench configs/decode_long_context.yaml --overwrite \
