@@ -3,6 +3,7 @@
 // cache split over groups in one process (the MPI suite runs the same under mpirun).
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -60,6 +61,16 @@ TEST(ThreadGroup, AFailingRankEndsTheOthersWaits) {
   } catch (const std::invalid_argument& error) {
     EXPECT_EQ(std::string(error.what()), "rank 1 gave up");  // the cause, not the waiters' echo
   }
+  // The same where the waiting rank is in its context group's collective, not the world's.
+  ThreadWorld world(2, 2);
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_THROW(world.run([&](int r) {
+    if (r == 1) throw std::invalid_argument("rank 1 gave up");
+    std::vector<float> values(4, 1.0f), gathered(8);
+    world.context_group(r).allgather(values.data(), 4, gathered.data());
+  }),
+               std::invalid_argument);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(60)) << "the group's waiter was not woken";
 }
 
 // Worlds of threads in context groups: 4 ranks of one head in groups of 2 (ranks 0-1 and 2-3) and
@@ -88,14 +99,12 @@ TEST(ThreadGroup, CpuLayersSplittingTheCacheEqualTheWholeLayer) {
       CpuStepExecutor whole_executor(whole_layer, single);
       const std::vector<std::vector<float>> want = run_ragged_steps(whole_executor, m, tokens, ragged_test_schedule());
 
-      ThreadGroup world(world_size);
-      std::vector<std::unique_ptr<ThreadGroup>> groups;
-      for (int g = 0; g < world_size / group_size; ++g) groups.push_back(std::make_unique<ThreadGroup>(group_size));
+      ThreadWorld world(world_size, group_size);
       std::vector<std::vector<std::vector<float>>> got(static_cast<size_t>(world_size));
       world.run([&](int r) {
         const HeadShard shard = shard_heads(m.n_heads, world_size, r, /*uneven=*/true);
-        Communicator& context_group = groups[r / group_size]->rank(r % group_size);
-        MlaLayer layer(m, shard, load_layer_weights(weights, m, shard, run.compute_dtype).weights, run, &context_group);
+        MlaLayer layer(m, shard, load_layer_weights(weights, m, shard, run.compute_dtype).weights, run,
+                       &world.context_group(r));
         CpuStepExecutor executor(layer, world.rank(r));
         got[r] = run_ragged_steps(executor, m, tokens, ragged_test_schedule());
       });

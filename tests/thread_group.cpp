@@ -90,7 +90,12 @@ void ThreadGroup::abort_all() {
   arrived_.notify_all();
 }
 
-void ThreadGroup::run(const std::function<void(int)>& body) {
+void ThreadGroup::run(const std::function<void(int)>& body, const std::vector<ThreadGroup*>& linked) {
+  for (ThreadGroup* group : linked) {
+    std::lock_guard<std::mutex> lock(group->mutex_);
+    group->aborted_ = false;
+    group->waiting_ = 0;
+  }
   {
     std::lock_guard<std::mutex> lock(mutex_);
     aborted_ = false;
@@ -105,6 +110,7 @@ void ThreadGroup::run(const std::function<void(int)>& body) {
       } catch (...) {
         failures[r] = std::current_exception();
         abort_all();
+        for (ThreadGroup* group : linked) group->abort_all();
       }
     });
   }
@@ -127,6 +133,24 @@ void ThreadGroup::run(const std::function<void(int)>& body) {
     }
   }
   if (first != nullptr) std::rethrow_exception(first);
+}
+
+ThreadWorld::ThreadWorld(int world, int group_size) : group_size_(group_size), world_(world) {
+  if (group_size < 1 || world % group_size != 0) {
+    throw std::invalid_argument("ThreadWorld: groups of " + std::to_string(group_size) + " in a world of " +
+                                std::to_string(world));
+  }
+  for (int g = 0; g < world / group_size; ++g) groups_.push_back(std::make_unique<ThreadGroup>(group_size));
+}
+
+Communicator& ThreadWorld::context_group(int r) {
+  return groups_.at(static_cast<size_t>(r / group_size_))->rank(r % group_size_);
+}
+
+void ThreadWorld::run(const std::function<void(int)>& body) {
+  std::vector<ThreadGroup*> linked;
+  for (const std::unique_ptr<ThreadGroup>& group : groups_) linked.push_back(group.get());
+  world_.run(body, linked);
 }
 
 }  // namespace mla::test

@@ -28,8 +28,9 @@ class ThreadGroup {
   // call. Valid while the group lives.
   Communicator& rank(int r);
   // Runs body(r) on a thread per rank and joins them. When a rank throws, the others' collectives
-  // throw too (no thread waits forever), and the first exception is rethrown here.
-  void run(const std::function<void(int)>& body);
+  // throw too (no thread waits forever), also those of `linked` groups the threads use (a world's
+  // context groups), and the first exception is rethrown here.
+  void run(const std::function<void(int)>& body, const std::vector<ThreadGroup*>& linked = {});
 
  private:
   class RankCommunicator;
@@ -47,6 +48,22 @@ class ThreadGroup {
   int64_t generation_ = 0;
   bool aborted_ = false;
   std::vector<const float*> sends_;  // each rank's send buffer of the current collective
+};
+
+// A world of threads in context groups (parallel.context_parallel) of group_size consecutive
+// ranks: rank r is rank r % group_size of group r / group_size.
+class ThreadWorld {
+ public:
+  ThreadWorld(int world, int group_size);
+  Communicator& rank(int r) { return world_.rank(r); }
+  Communicator& context_group(int r);
+  // As ThreadGroup::run over the world, a failing rank ending the waits in every group too.
+  void run(const std::function<void(int)>& body);
+
+ private:
+  int group_size_;
+  ThreadGroup world_;
+  std::vector<std::unique_ptr<ThreadGroup>> groups_;
 };
 
 }  // namespace mla::test

@@ -27,19 +27,17 @@ std::vector<std::vector<std::vector<float>>> split_cuda_steps(const ModelArgs& m
                                                               const WeightsConfig& weights, int world, int group_size,
                                                               const std::vector<std::vector<float>>& tokens,
                                                               const std::vector<RaggedTestStep>& steps) {
-  ThreadGroup world_group(world);
-  std::vector<std::unique_ptr<ThreadGroup>> groups;
-  for (int g = 0; g < world / group_size; ++g) groups.push_back(std::make_unique<ThreadGroup>(group_size));
+  ThreadWorld threads(world, group_size);
   std::vector<std::vector<std::vector<float>>> outputs(static_cast<size_t>(world));
-  world_group.run([&](int r) {
+  threads.run([&](int r) {
     CUDA_CHECK(cudaSetDevice(0));  // the current device is per thread
     const HeadShard shard = shard_heads(m.n_heads, world, r, /*uneven=*/true);
     const LayerWeights rank_weights = load_layer_weights(weights, m, shard, run.compute_dtype).weights;
     CudaMlaLayer layer(m, shard, rank_weights, run, limits_for(m, steps), group_size);
     EXPECT_EQ(layer.cache().shape().max_seq_len, (m.max_seq_len + group_size - 1) / group_size)
         << "each rank keeps its share of the rows";
-    HostStagedCommunicator sum(world_group.rank(r), layer.stream());
-    HostStagedCommunicator group(groups[r / group_size]->rank(r % group_size), layer.stream());
+    HostStagedCommunicator sum(threads.rank(r), layer.stream());
+    HostStagedCommunicator group(threads.context_group(r), layer.stream());
     layer.set_context_group(&group);
     CudaStepExecutor executor(layer, sum, {}, 0);
     outputs[r] = run_ragged_steps(executor, m, tokens, steps);
