@@ -355,6 +355,47 @@ TEST(RaggedStep, BadStepsAreRefusedNamingTheSequence) {
             std::string::npos);
 }
 
+// A step's tokens in runs: every token in exactly one run, in order; a sequence cut between runs
+// keeps its positions (start_pos moves by the tokens earlier runs took); each run's sequences
+// index the step's from first_sequence on; idle sequences are not in the index at all.
+TEST(RaggedStep, TokenRunsCoverTheStepAtItsPositions) {
+  RaggedStep step;
+  step.sequences = {{4, 10, 3}, {1, 0, 0}, {0, 5, 6}, {2, 0, 1}};
+  const RaggedIndex index = ragged_index(step);  // tokens: slot 4 at 10-12, slot 0 at 5-10, slot 2 at 0
+  for (const int64_t max_tokens : {1, 2, 4, 10, 100}) {
+    int64_t next_token = 0;
+    for (const TokenRun& run : token_runs(index, max_tokens)) {
+      EXPECT_EQ(run.first_token, next_token);
+      EXPECT_LE(run.tokens, max_tokens);
+      EXPECT_EQ(static_cast<int64_t>(run.index.token_position.size()), run.tokens);
+      for (int64_t t = 0; t < run.tokens; ++t) {
+        const int64_t token = run.first_token + t;
+        const int64_t b = run.index.token_sequence[t];
+        EXPECT_EQ(run.index.token_position[t], index.token_position[token]) << max_tokens << " token " << token;
+        EXPECT_EQ(run.first_sequence + b, index.token_sequence[token]) << max_tokens << " token " << token;
+        EXPECT_EQ(run.index.slot[b], index.slot[run.first_sequence + b]);
+        // The token's place in its run's sequence gives its position, as in the step.
+        EXPECT_EQ(run.index.start_pos[b] + (t - run.index.token_offset[b]), index.token_position[token]);
+      }
+      next_token += run.tokens;
+    }
+    EXPECT_EQ(next_token, 10) << max_tokens;
+  }
+  const std::vector<TokenRun> runs = token_runs(index, 4);
+  ASSERT_EQ(runs.size(), 3u);
+  // Run 1 holds the second sequence's tokens at positions 6-9 (its first came in run 0).
+  EXPECT_EQ(runs[1].first_sequence, 1);
+  EXPECT_EQ(runs[1].index.start_pos, std::vector<int64_t>{6});
+  EXPECT_EQ(runs[1].index.new_tokens, std::vector<int64_t>{4});
+  EXPECT_THROW(token_runs(index, 0), std::invalid_argument);
+
+  // This rank's rows of the step (shard 1 of 2: odd positions), each at row position / 2.
+  const ShardRows own = shard_rows_of_step(index, 2, 1);
+  EXPECT_EQ(own.token, (std::vector<int64_t>{1, 3, 5, 7}));  // positions 11, 5, 7, 9
+  EXPECT_EQ(own.sequence, (std::vector<int64_t>{0, 1, 1, 1}));
+  EXPECT_EQ(own.row, (std::vector<int64_t>{5, 2, 3, 4}));
+}
+
 // docs/design.md's fp8 rows: 656 bytes at C = 512, dr = 64; codes and scales as the reference's
 // rule computes them, a partial last block, and an all-zero block (scale 1).
 TEST(Fp8LatentRow, MatchesTheRuleAndItsSize) {

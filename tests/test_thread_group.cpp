@@ -75,13 +75,17 @@ TEST(ThreadGroup, AFailingRankEndsTheOthersWaits) {
 
 // Worlds of threads in context groups: 4 ranks of one head in groups of 2 (ranks 0-1 and 2-3) and
 // of 4; uneven heads, 4 over 3 ranks (2, 1, 1) in one group and 5 over 4 (2, 1 | 1, 1) in groups of
-// 2. The ragged schedule over a paged cache equals the whole layer in one thread.
+// 2; and with a budget (run.score_chunk_bytes) that takes the steps a token or two at a time through
+// the gather and the exchange. The ragged schedule over a paged cache equals the whole layer in one
+// thread.
 TEST(ThreadGroup, CpuLayersSplittingTheCacheEqualTheWholeLayer) {
   struct Split {
     int world, group_size;
     int64_t heads;
+    int64_t run_bytes = 0;  // run.score_chunk_bytes, 0: the default
   };
-  for (const Split split : {Split{4, 2, 4}, Split{4, 4, 4}, Split{3, 3, 4}, Split{4, 2, 5}}) {
+  for (const Split split :
+       {Split{4, 2, 4}, Split{4, 4, 4}, Split{3, 3, 4}, Split{4, 2, 5}, Split{3, 3, 4, 2048}, Split{4, 2, 5, 2048}}) {
     for (const FormulationChoice formulation : {FormulationChoice::Absorb, FormulationChoice::Naive}) {
       const ModelArgs m = model_args(48, split.heads, 16, 24, 8, 6, 10, 3, 24);
       const WeightsConfig weights = random_weights(WeightDType::BF16, 31);
@@ -92,8 +96,10 @@ TEST(ThreadGroup, CpuLayersSplittingTheCacheEqualTheWholeLayer) {
       run.attention = formulation == FormulationChoice::Naive ? AttentionChoice::Standard : AttentionChoice::Fast;
       run.kv_cache.layout = KvCacheLayout::Paged;
       run.kv_cache.page_size = 2;
+      if (split.run_bytes > 0) run.score_chunk_bytes = split.run_bytes;
       const std::string name = std::to_string(split.heads) + " heads over " + std::to_string(world_size) +
-                               " ranks in groups of " + std::to_string(group_size) + ", " + to_string(formulation);
+                               " ranks in groups of " + std::to_string(group_size) + ", " + to_string(formulation) +
+                               ", runs within " + std::to_string(run.score_chunk_bytes) + " bytes";
       MlaLayer whole_layer(m, whole(m), load_layer_weights(weights, m, whole(m), run.compute_dtype).weights, run);
       SingleProcessCommunicator single;
       CpuStepExecutor whole_executor(whole_layer, single);

@@ -148,7 +148,9 @@ struct RunConfig {
   std::string mask;         // optional safetensors file with an additive mask "mask" [T, T]
   int threads = 0;          // 0: every core of the machine
   bool pin_threads = true;  // one CPU per thread (parallel/thread_placement.h), unless OMP_PROC_BIND etc. are set
-  int64_t score_chunk_bytes = int64_t{64} << 20;  // standard path: score buffers, all threads together
+  // The standard path's score buffers, all threads together; under context parallelism also what a
+  // run of the group's gather and exchange holds (context_run_tokens).
+  int64_t score_chunk_bytes = int64_t{64} << 20;
   KvCacheConfig kv_cache;
   // Continuous batching: the most tokens one step carries, decodes and prefill chunks together.
   int64_t max_step_tokens = 512;

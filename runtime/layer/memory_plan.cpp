@@ -43,6 +43,12 @@ double step_elements(const ModelArgs& m, const RunConfig& run, double heads, dou
   return batch * seq * per_token + naive + scores;
 }
 
+// Under the split, a run's gathered queries and exchanged parts, held within run.score_chunk_bytes
+// (context_run_tokens) beside the score buffers.
+double split_run_bytes(const RunConfig& run, int64_t context_parallel) {
+  return context_parallel > 1 ? static_cast<double>(run.score_chunk_bytes) : 0.0;
+}
+
 }  // namespace
 
 std::string MemoryPlan::describe() const {
@@ -76,6 +82,7 @@ MemoryPlan plan_memory(const ModelArgs& m, const RunConfig& run, const HeadShard
                  step_elements(m, run, heads, static_cast<double>(batch), seq, start_pos + seq, threads) * kFloat);
     start_pos += seq;
   }
+  plan.workspace_bytes += split_run_bytes(run, context_parallel);
   return plan;
 }
 
@@ -87,7 +94,8 @@ MemoryPlan plan_request_memory(const ModelArgs& m, const RunConfig& run, const H
   plan.workspace_bytes =
       step_elements(m, run, static_cast<double>(shard.n_local_heads), slots,
                     static_cast<double>(run.max_step_tokens) / slots, static_cast<double>(m.max_seq_len), threads) *
-      kFloat;
+          kFloat +
+      split_run_bytes(run, context_parallel);
   return plan;
 }
 

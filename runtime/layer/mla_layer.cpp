@@ -268,7 +268,9 @@ StepReport MlaLayer::run_step(const float* x, const uint16_t* x_bf16, const Ragg
   StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, step, index, mask != nullptr);
   AttentionStep attention{index.sequences(), index.new_tokens[0], index.start_pos[0], shard_.n_local_heads, mask,
                           mask_stride,       round_bf16_};
-  if (!uniform) attention.ragged = &index;
+  // Under the split the step's attention goes a run of its tokens at a time, which takes the ragged
+  // form (attend_split).
+  if (!uniform || context_group_ != nullptr) attention.ragged = &index;
   // On the AMX fast path q and the attention's output stay bf16 numbers from the GEMM that writes
   // them to the GEMM that reads them.
   const bool amx_attention = context_group_ == nullptr && report.plan.path == AttentionPath::Fast &&
@@ -417,39 +419,61 @@ void MlaLayer::attend(const StepPlan& plan, const AttentionStep& step, bool amx_
 // queries of every head of the group, the attention over its own rows with the log-sum-exp of the
 // scores; the heads' owners merge what the group sends them into the exact softmax over all the
 // positions. Then Wv (absorb) and wo as ever.
-// The exchanged blocks are sized for the group's most heads (uneven heads): a rank with fewer reads
-// the first rows of each block.
+//
+// The step goes a run of its tokens at a time (context_run_tokens), so that the gathered queries and
+// the exchanged parts stay within run.score_chunk_bytes however long a prefill is. The exchanged
+// blocks are sized for the group's most heads (uneven heads): a rank with fewer reads the first
+// rows of each block.
 void MlaLayer::attend_split(const StepPlan& plan, const AttentionStep& step, StepReport& report) {
   const int64_t tokens = step.tokens();
   const int64_t heads = shard_.n_local_heads;
   const int64_t shards = context_shards();
-  const int64_t block_rows = tokens * group_heads_max_;
-  const int64_t part = split_partials(plan, step, report);
-  float* received = sized(received_out_, shards * part);
-  float* received_lse = sized(received_lse_, shards * block_rows);
-  context_group_->alltoall(partial_out_.data(), part, received);
-  context_group_->alltoall(partial_lse_.data(), block_rows, received_lse);
+  const int64_t shard = context_group_->rank();
   const bool absorb = plan.formulation == Formulation::Absorb;
-  AttentionMergeParams merge;
-  merge.out = received;
-  merge.lse = received_lse;
-  merge.parts = shards;
-  merge.rows = tokens * heads;
-  merge.part_rows = block_rows;
-  merge.dim = absorb ? model_.kv_lora_rank : model_.v_head_dim;
-  merge.merged = absorb ? sized(o_latent_, merge.rows * merge.dim) : sized(o_, merge.rows * merge.dim);
-  merge.round_to_bf16 = round_bf16_;
-  attention_merge(merge);
+  const int64_t value_dim = absorb ? model_.kv_lora_rank : model_.v_head_dim;
+  if (absorb) {
+    absorb_queries(tokens);
+  } else {
+    expand_keys_values(step, false, {group_head_begin(shards), &group_wkv_b_, shards, shard});
+  }
+  SplitRows rows;
+  for (int64_t b = 0; b < step.sequences(); ++b)
+    rows.held = std::max(rows.held, shard_rows(step.kv_len(b), shards, shard));
+  float* merged = absorb ? sized(o_latent_, tokens * heads * value_dim) : sized(o_, tokens * heads * value_dim);
+  const int64_t run_tokens = context_run_tokens(shards, group_heads_max_, absorb ? latent_width_ : model_.qk_head_dim(),
+                                                value_dim, run_.score_chunk_bytes);
+  for (const TokenRun& run : token_runs(*step.ragged, run_tokens)) {
+    AttentionStep run_step = step;
+    run_step.ragged = &run.index;
+    rows.first_sequence = run.first_sequence;
+    const int64_t block_rows = run.tokens * group_heads_max_;
+    const int64_t part = split_partials(plan, run_step, run.first_token, rows, report);
+    float* received = sized(received_out_, shards * part);
+    float* received_lse = sized(received_lse_, shards * block_rows);
+    context_group_->alltoall(partial_out_.data(), part, received);
+    context_group_->alltoall(partial_lse_.data(), block_rows, received_lse);
+    AttentionMergeParams merge;
+    merge.out = received;
+    merge.lse = received_lse;
+    merge.parts = shards;
+    merge.rows = run.tokens * heads;
+    merge.part_rows = block_rows;
+    merge.dim = value_dim;
+    merge.merged = merged + run.first_token * heads * value_dim;
+    merge.round_to_bf16 = round_bf16_;
+    attention_merge(merge);
+  }
   if (absorb) absorb_outputs(tokens);
 }
 
-// Absorb: the group's absorbed queries against this rank's latent rows. Naive: the group's queries
-// against keys and values this rank expands from its rows for every head of the group (with the
-// group's wkv_b), head-major: the heads of the group's rank r start at group_head_begin(r). Every
-// rank's queries, outputs and log-sum-exps travel in blocks sized for the group's most heads
-// (group_heads_max_), a rank's own heads first in each.
-int64_t MlaLayer::split_partials(const StepPlan& plan, const AttentionStep& step, StepReport& report) {
-  const int64_t tokens = step.tokens();
+// A run of the step's tokens (run_step, from packed token first_token): the group's queries of
+// those tokens against this rank's rows. Absorb: its latent rows. Naive: keys and values expanded
+// for every head of the group (with the group's wkv_b), head-major: the heads of the group's rank r
+// start at group_head_begin(r). Every rank's queries, outputs and log-sum-exps travel in blocks
+// sized for the group's most heads (group_heads_max_), a rank's own heads first in each.
+int64_t MlaLayer::split_partials(const StepPlan& plan, const AttentionStep& run_step, int64_t first_token,
+                                 const SplitRows& rows, StepReport& report) {
+  const int64_t tokens = run_step.tokens();
   const int64_t heads = shard_.n_local_heads;
   const int64_t block_heads = group_heads_max_;
   const int64_t shards = context_shards();
@@ -459,8 +483,7 @@ int64_t MlaLayer::split_partials(const StepPlan& plan, const AttentionStep& step
   const int64_t value_dim = absorb ? model_.kv_lora_rank : model_.v_head_dim;
   const int64_t query_count = tokens * block_heads * query_width;
   const int64_t part = tokens * block_heads * value_dim;
-  if (absorb) absorb_queries(tokens);
-  const float* own_queries = absorb ? q_absorbed_.data() : q_.data();
+  const float* own_queries = (absorb ? q_absorbed_.data() : q_.data()) + first_token * heads * query_width;
   if (heads < block_heads) {  // [tokens, heads, width] into [tokens, block_heads, width]
     float* padded = sized(padded_queries_, query_count);
     for (int64_t t = 0; t < tokens; ++t) {
@@ -471,41 +494,44 @@ int64_t MlaLayer::split_partials(const StepPlan& plan, const AttentionStep& step
   }
   float* queries = sized(group_queries_, shards * query_count);
   context_group_->allgather(own_queries, query_count, queries);
-  const int64_t group_heads = group_head_begin(shards);
-  if (!absorb) expand_keys_values(step, false, {group_heads, &group_wkv_b_, shards, shard});
   float* partial = sized(partial_out_, shards * part);
   float* partial_lse = sized(partial_lse_, shards * tokens * block_heads);
-  int64_t rows_held = 0;  // the most rows of a sequence this rank holds
-  for (int64_t b = 0; b < step.sequences(); ++b)
-    rows_held = std::max(rows_held, shard_rows(step.kv_len(b), shards, shard));
+  // The run's sequences are the step's from rows.first_sequence on: their rows in the cache's view
+  // and in the expansion start there.
+  PagedLatentView run_cache = step_cache_;
+  run_cache.block_table += rows.first_sequence * run_cache.block_table_stride;
+  const int64_t group_heads = group_head_begin(shards);
   for (int64_t source = 0; source < shards; ++source) {  // the heads of the group's rank `source`
-    AttentionStep source_step = step;
+    AttentionStep source_step = run_step;
     source_step.n_heads = group_heads_[source];
     const float* source_queries = queries + source * query_count;
     float* out = partial + source * part;
     AttentionParams params;
     if (absorb) {
       params = absorb_attention_params(model_, source_step, source_queries, nullptr, out);
-      params.latent_pages = &step_cache_;
+      params.latent_pages = &run_cache;
     } else {
       params =
           naive_head_major_attention_params(model_, source_step, source_queries, keys_.data(), values_.data(), out);
-      // The expansion holds every head of the group: this source's heads start group_head_begin in,
-      // and a sequence's block spans all of them. (No rows here yet: nothing is read.)
+      // The expansion holds every head of the group for each sequence of the step: this source's
+      // heads start group_head_begin in, and a sequence's block spans all of them. (No rows here
+      // yet: nothing is read.)
       const int64_t dq = model_.qk_head_dim(), dv = model_.v_head_dim;
-      if (rows_held > 0) {
-        params.keys = keys_.data() + group_head_begin(source) * rows_held * dq;
-        params.values = values_.data() + group_head_begin(source) * rows_held * dv;
+      params.key_batch_stride = group_heads * rows.held * dq;
+      params.key_head_stride = rows.held * dq;
+      params.value_batch_stride = group_heads * rows.held * dv;
+      params.value_head_stride = rows.held * dv;
+      if (rows.held > 0) {
+        params.keys = keys_.data() + rows.first_sequence * params.key_batch_stride +
+                      group_head_begin(source) * params.key_head_stride;
+        params.values = values_.data() + rows.first_sequence * params.value_batch_stride +
+                        group_head_begin(source) * params.value_head_stride;
       }
-      params.key_batch_stride = group_heads * rows_held * dq;
-      params.key_head_stride = rows_held * dq;
-      params.value_batch_stride = group_heads * rows_held * dv;
-      params.value_head_stride = rows_held * dv;
     }
     params.q_token_stride = block_heads * query_width;  // the gathered blocks' layout
     params.kv_shards = shards;
     params.kv_shard = shard;
-    params.kv_len = rows_held;
+    params.kv_len = rows.held;
     params.lse = partial_lse + source * tokens * block_heads;
     run_attention(plan.path, params, report);
   }

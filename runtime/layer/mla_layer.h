@@ -118,9 +118,16 @@ class MlaLayer {
   // The cache split over the context group: absorb's queries gathered from the group, each
   // rank's partial attention over its rows sent back to the heads' owners and merged.
   void attend_split(const StepPlan& plan, const AttentionStep& step, StepReport& report);
-  // Each rank of the group's queries over this rank's rows, into partial_out_ / partial_lse_
-  // (value_dim values a row); returns the values a part holds.
-  int64_t split_partials(const StepPlan& plan, const AttentionStep& step, StepReport& report);
+  // Where a run's sequences sit among the step's (the cache view's and the naive expansion's
+  // sequence blocks), and the most rows of a sequence this rank holds (the expansion's length).
+  struct SplitRows {
+    int64_t first_sequence = 0;
+    int64_t held = 0;
+  };
+  // Each rank of the group's queries of a run of the step's tokens over this rank's rows, into
+  // partial_out_ / partial_lse_ (value_dim values a row); returns the values a part holds.
+  int64_t split_partials(const StepPlan& plan, const AttentionStep& run_step, int64_t first_token,
+                         const SplitRows& rows, StepReport& report);
   // This rank's rows of the step's tokens, appended to its share of the cache.
   void append_own_rows(const float* kv, const RaggedIndex& index);
   int64_t context_shards() const { return context_group_ != nullptr ? context_group_->world() : 1; }

@@ -257,8 +257,9 @@ void CudaMlaLayer::allocate_activations() {
     sequence_lists_ = DeviceBuffer<int64_t>(3 * limits_.max_batch);
   if (context_shards_ > 1) {
     own_rows_ = DeviceBuffer<int64_t>(3 * tokens);
-    group_queries_ = DeviceBuffer<float>(context_shards_ * tokens * group_heads_max_ * latent_width_);
-    if (heads < group_heads_max_) padded_queries_ = DeviceBuffer<float>(tokens * group_heads_max_ * latent_width_);
+    const int64_t run_tokens = split_run_tokens();
+    group_queries_ = DeviceBuffer<float>(context_shards_ * run_tokens * group_heads_max_ * latent_width_);
+    if (heads < group_heads_max_) padded_queries_ = DeviceBuffer<float>(run_tokens * group_heads_max_ * latent_width_);
   }
   memory_.activation_bytes = static_cast<int64_t>(
       x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() + o_.bytes() +
@@ -319,7 +320,7 @@ void CudaMlaLayer::allocate_scores() {
                       std::to_string(model_.kv_lora_rank) + " + qk_rope_head_dim " +
                       std::to_string(model_.qk_rope_head_dim) + ") pass its limits; use context_parallel: 1");
     }
-    const int64_t rows = context_shards_ * limits_.step_tokens() * group_heads_max_;
+    const int64_t rows = context_shards_ * split_run_tokens() * group_heads_max_;
     partial_out_ = DeviceBuffer<float>(rows * model_.kv_lora_rank);
     received_out_ = DeviceBuffer<float>(rows * model_.kv_lora_rank);
     partial_lse_ = DeviceBuffer<float>(rows);
@@ -710,68 +711,81 @@ void CudaMlaLayer::append_own_rows(const RaggedIndex& index, const PagedLatentVi
   paged_latent_append_cuda(append, stream_);
 }
 
-// docs/design.md, The latent cache split across ranks, steps 2-4: the group's absorbed queries
-// gathered; for the queries of each rank of the group, the attention over this rank's rows with
-// the log-sum-exps (a row that sees none of them yet: output 0, lse -inf); the parts exchanged so
-// that each rank holds its own heads' part from every rank; attention_merge_cuda folds them into
-// the softmax over all of a sequence's positions. Queries, outputs and log-sum-exps travel in
-// blocks of group_heads_max_ heads, a rank's own first.
+// The most tokens of a step that go through the group's gather and exchange at once
+// (context_run_tokens within run.score_chunk_bytes, as the CPU layer), and no more than a step has.
+int64_t CudaMlaLayer::split_run_tokens() const {
+  return std::min(limits_.step_tokens(), context_run_tokens(context_shards_, group_heads_max_, latent_width_,
+                                                            model_.kv_lora_rank, run_.score_chunk_bytes));
+}
+
+// docs/design.md, The latent cache split across ranks, steps 2-4, a run of the step's tokens at a
+// time (split_run_tokens): the group's absorbed queries gathered; for the queries of each rank of
+// the group, the attention over this rank's rows with the log-sum-exps (a row that sees none of
+// them yet: output 0, lse -inf); the parts exchanged so that each rank holds its own heads' part
+// from every rank; attention_merge_cuda folds them into the softmax over all of a sequence's
+// positions. Queries, outputs and log-sum-exps travel in blocks of group_heads_max_ heads, a rank's
+// own first.
 void CudaMlaLayer::attend_split(const RaggedIndex& index, const PagedLatentView& view, StepReport& report) {
   const int64_t tokens = static_cast<int64_t>(index.token_position.size());
   const int64_t heads = shard_.n_local_heads;
   const int64_t C = model_.kv_lora_rank;
   const int64_t shards = context_shards_;
   const int64_t shard = context_group_->rank();
-  const int64_t block_rows = tokens * group_heads_max_;
-  const int64_t query_count = block_rows * latent_width_;
-  const int64_t part = block_rows * C;
   absorb_queries(tokens);
-  upload_sequence_lists(index);
   mark_attention_begin();
-  const float* own_queries = q_absorbed_.data();
-  if (heads < group_heads_max_) {
-    StridedCopyParams pad;  // [tokens, heads, C + dr] into [tokens, group_heads_max_, C + dr]
-    pad.src = q_absorbed_.data();
-    pad.src_outer_stride = heads * latent_width_;
-    pad.dst = padded_queries_.data();
-    pad.dst_outer_stride = group_heads_max_ * latent_width_;
-    pad.outer = tokens;
-    pad.width = heads * latent_width_;
-    strided_copy_cuda(pad, stream_);
-    own_queries = padded_queries_.data();
+  for (const TokenRun& run : token_runs(index, split_run_tokens())) {
+    const int64_t block_rows = run.tokens * group_heads_max_;
+    const int64_t query_count = block_rows * latent_width_;
+    const int64_t part = block_rows * C;
+    // Collectives end every run (they wait for the stream), so the lists' host copy is free again.
+    upload_sequence_lists(run.index);
+    PagedLatentView run_view = view;  // the run's sequences are the step's from first_sequence on
+    run_view.block_table += run.first_sequence * run_view.block_table_stride;
+    const float* own_queries = q_absorbed_.data() + run.first_token * heads * latent_width_;
+    if (heads < group_heads_max_) {
+      StridedCopyParams pad;  // [tokens, heads, C + dr] into [tokens, group_heads_max_, C + dr]
+      pad.src = own_queries;
+      pad.src_outer_stride = heads * latent_width_;
+      pad.dst = padded_queries_.data();
+      pad.dst_outer_stride = group_heads_max_ * latent_width_;
+      pad.outer = run.tokens;
+      pad.width = heads * latent_width_;
+      strided_copy_cuda(pad, stream_);
+      own_queries = padded_queries_.data();
+    }
+    context_group_->allgather(own_queries, query_count, group_queries_.data());
+    int64_t rows_held = 0;  // the most rows of a sequence this rank holds: the kernel's kv_len
+    for (int64_t b = 0; b < run.index.sequences(); ++b) {
+      rows_held = std::max(rows_held, shard_rows(run.index.start_pos[b] + run.index.new_tokens[b], shards, shard));
+    }
+    for (int64_t source = 0; source < shards; ++source) {  // the heads of the group's rank `source`
+      AttentionParams p = ragged_latent_params(model_, run.index, group_heads_[source], round_bf16_,
+                                               group_queries_.data() + source * query_count,
+                                               partial_out_.data() + source * part, run_view, sequence_lists_.data());
+      p.q_token_stride = group_heads_max_ * latent_width_;  // the gathered blocks' layout
+      p.kv_shards = shards;
+      p.kv_shard = shard;
+      p.kv_len = rows_held;
+      p.lse = partial_lse_.data() + source * block_rows;
+      const AttentionDecodeSplit split = attention_decode_split(p, run.tokens, decode_partial_rows_);
+      attention_decode_cuda(p, run.tokens, split, decode_workspace_.data(), decode_partial_rows_, stream_);
+    }
+    context_group_->alltoall(partial_out_.data(), part, received_out_.data());
+    context_group_->alltoall(partial_lse_.data(), block_rows, received_lse_.data());
+    AttentionMergeParams merge;
+    merge.out = received_out_.data();
+    merge.lse = received_lse_.data();
+    merge.parts = shards;
+    merge.rows = run.tokens * heads;
+    merge.part_rows = block_rows;
+    merge.dim = C;
+    merge.merged = o_latent_.data() + run.first_token * heads * C;
+    merge.round_to_bf16 = round_bf16_;
+    attention_merge_cuda(merge, stream_);
+    report.attention_workspace_bytes = std::max(report.attention_workspace_bytes,
+                                                2 * shards * (part + block_rows) * static_cast<int64_t>(sizeof(float)));
   }
-  context_group_->allgather(own_queries, query_count, group_queries_.data());
-  int64_t rows_held = 0;  // the most rows of a sequence this rank holds: the kernel's kv_len
-  for (int64_t b = 0; b < index.sequences(); ++b) {
-    rows_held = std::max(rows_held, shard_rows(index.start_pos[b] + index.new_tokens[b], shards, shard));
-  }
-  for (int64_t source = 0; source < shards; ++source) {  // the heads of the group's rank `source`
-    AttentionParams p = ragged_latent_params(model_, index, group_heads_[source], round_bf16_,
-                                             group_queries_.data() + source * query_count,
-                                             partial_out_.data() + source * part, view, sequence_lists_.data());
-    p.q_token_stride = group_heads_max_ * latent_width_;  // the gathered blocks' layout
-    p.kv_shards = shards;
-    p.kv_shard = shard;
-    p.kv_len = rows_held;
-    p.lse = partial_lse_.data() + source * block_rows;
-    const AttentionDecodeSplit split = attention_decode_split(p, tokens, decode_partial_rows_);
-    attention_decode_cuda(p, tokens, split, decode_workspace_.data(), decode_partial_rows_, stream_);
-  }
-  context_group_->alltoall(partial_out_.data(), part, received_out_.data());
-  context_group_->alltoall(partial_lse_.data(), block_rows, received_lse_.data());
-  AttentionMergeParams merge;
-  merge.out = received_out_.data();
-  merge.lse = received_lse_.data();
-  merge.parts = shards;
-  merge.rows = tokens * heads;
-  merge.part_rows = block_rows;
-  merge.dim = C;
-  merge.merged = o_latent_.data();
-  merge.round_to_bf16 = round_bf16_;
-  attention_merge_cuda(merge, stream_);
   mark_attention_end();
-  report.attention_workspace_bytes = std::max(report.attention_workspace_bytes,
-                                              2 * shards * (part + block_rows) * static_cast<int64_t>(sizeof(float)));
   absorb_outputs(tokens);
 }
 

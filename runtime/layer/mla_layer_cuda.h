@@ -155,6 +155,7 @@ class CudaMlaLayer {
   // back to the heads' owners and merged (docs/design.md, The latent cache split across ranks).
   void append_own_rows(const RaggedIndex& index, const PagedLatentView& view);
   void attend_split(const RaggedIndex& index, const PagedLatentView& view, StepReport& report);
+  int64_t split_run_tokens() const;
   void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
   void mark_attention_begin();
   void mark_attention_end();

@@ -90,4 +90,40 @@ ShardRows shard_rows_of_step(const RaggedIndex& index, int64_t shards, int64_t s
   return own;
 }
 
+std::vector<TokenRun> token_runs(const RaggedIndex& index, int64_t max_tokens) {
+  if (max_tokens < 1) throw std::invalid_argument("token_runs: max_tokens " + std::to_string(max_tokens));
+  const int64_t tokens = static_cast<int64_t>(index.token_position.size());
+  std::vector<TokenRun> runs;
+  for (int64_t first = 0; first < tokens; first += max_tokens) {
+    TokenRun run;
+    run.first_token = first;
+    run.tokens = std::min(max_tokens, tokens - first);
+    run.first_sequence = index.token_sequence[first];
+    const int64_t end = first + run.tokens;
+    for (int64_t b = run.first_sequence; b < index.sequences() && index.token_offset[b] < end; ++b) {
+      const int64_t begin = std::max(first, index.token_offset[b]);
+      const int64_t stop = std::min(end, index.token_offset[b] + index.new_tokens[b]);
+      const int64_t skipped = begin - index.token_offset[b];  // this sequence's tokens in earlier runs
+      const int64_t part = b - run.first_sequence;
+      run.index.slot.push_back(index.slot[b]);
+      run.index.start_pos.push_back(index.start_pos[b] + skipped);
+      run.index.new_tokens.push_back(stop - begin);
+      run.index.token_offset.push_back(begin - first);
+      for (int64_t token = begin; token < stop; ++token) {
+        run.index.token_sequence.push_back(part);
+        run.index.token_position.push_back(index.token_position[token]);
+      }
+    }
+    runs.push_back(std::move(run));
+  }
+  return runs;
+}
+
+int64_t context_run_tokens(int64_t group_size, int64_t block_heads, int64_t query_width, int64_t value_dim,
+                           int64_t budget_bytes) {
+  const int64_t per_token =
+      group_size * block_heads * (query_width + 2 * (value_dim + 1)) * static_cast<int64_t>(sizeof(float));
+  return std::max<int64_t>(1, budget_bytes / std::max<int64_t>(per_token, 1));
+}
+
 }  // namespace mla

@@ -44,6 +44,25 @@ struct ShardRows {
   int64_t count() const { return static_cast<int64_t>(token.size()); }
 };
 ShardRows shard_rows_of_step(const RaggedIndex& index, int64_t shards, int64_t shard);
+
+// A run of a step's packed tokens, [first_token, first_token + tokens), as a step of its own over
+// the same cached rows: the sequences it touches (from first_sequence of the step's, in order),
+// each with the part of its new tokens in the run at their own positions, so that the causal rule
+// and the rows each query sees are the step's. (The context group's gather and exchange go a run
+// at a time to bound what they hold.)
+struct TokenRun {
+  int64_t first_token = 0, tokens = 0, first_sequence = 0;
+  RaggedIndex index;
+};
+// The step's tokens in runs of at most max_tokens (>= 1), in order.
+std::vector<TokenRun> token_runs(const RaggedIndex& index, int64_t max_tokens);
+
+// Tokens a run of a context group's gather and exchange may hold within budget_bytes (at least
+// one): per token, for each of the group's group_size ranks and block_heads heads, the gathered
+// query (query_width floats) and the part sent and received (value_dim + 1 floats each). Every
+// rank of a group comes to the same count, so their collectives pair up.
+int64_t context_run_tokens(int64_t group_size, int64_t block_heads, int64_t query_width, int64_t value_dim,
+                           int64_t budget_bytes);
 // Every sequence with tokens at the same start_pos with the same count: the uniform batch.
 bool is_uniform(const RaggedIndex& index);
 

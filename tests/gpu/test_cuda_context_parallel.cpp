@@ -91,7 +91,8 @@ TEST_F(CudaContextParallel, GroupsEqualTheWholeCpuLayerOnRaggedSteps) {
 
 // Long enough that the split-KV kernel divides a rank's share among blocks (a merge inside each
 // rank's partial attention, then the group's merge): one sequence prefilled in chunks of 96, then
-// decoded, at world 2 in one group.
+// decoded, at world 2 in one group; and with a budget (run.score_chunk_bytes) that takes each chunk
+// through the gather and the exchange in runs of about 30 tokens.
 TEST_F(CudaContextParallel, LongSequencesSplitTheirShareAmongBlocksToo) {
   const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 1, 512);
   const WeightsConfig weights = random_weights(WeightDType::BF16, 63);
@@ -105,10 +106,15 @@ TEST_F(CudaContextParallel, LongSequencesSplitTheirShareAmongBlocksToo) {
   SingleProcessCommunicator single;
   CpuStepExecutor whole_executor(whole_layer, single);
   const std::vector<std::vector<float>> want = run_ragged_steps(whole_executor, m, tokens, steps);
-  const auto got = split_cuda_steps(m, run, weights, 2, 2, tokens, steps);
-  for (int r = 0; r < 2; ++r) {
-    for (size_t i = 0; i < want.size(); ++i) {
-      EXPECT_LE(relative_l2_error(got[r][i], want[i]), 1e-5) << "rank " << r << " step " << i;
+  for (const int64_t run_bytes : {run.score_chunk_bytes, int64_t{64} << 10}) {
+    RunConfig split_run = run;
+    split_run.score_chunk_bytes = run_bytes;
+    const auto got = split_cuda_steps(m, split_run, weights, 2, 2, tokens, steps);
+    for (int r = 0; r < 2; ++r) {
+      for (size_t i = 0; i < want.size(); ++i) {
+        EXPECT_LE(relative_l2_error(got[r][i], want[i]), 1e-5)
+            << "runs within " << run_bytes << " bytes, rank " << r << " step " << i;
+      }
     }
   }
 }
