@@ -249,6 +249,36 @@ TEST(PagedCache, ExhaustionIsAClearErrorAndReleaseFreesPages) {
   EXPECT_EQ(0, std::memcmp(reused.data(), y.data(), y.size() * sizeof(float)));
 }
 
+// Under the split (parallel.context_parallel) a rank's pool holds its share of every slot, dense
+// or paged: 1/G of the whole one, rounded up to whole rows and pages, in every row dtype.
+TEST(PagedCache, ASplitCacheHoldsARanksShareInEitherLayout) {
+  ModelArgs m;
+  m.max_batch_size = 3;
+  m.max_seq_len = 100;
+  m.kv_lora_rank = 24;
+  m.qk_rope_head_dim = 8;
+  for (const KvCacheLayout layout : {KvCacheLayout::Dense, KvCacheLayout::Paged}) {
+    for (const KvCacheDType dtype : {KvCacheDType::FP32, KvCacheDType::BF16, KvCacheDType::FP8}) {
+      KvCacheConfig config;
+      config.layout = layout;
+      config.dtype = dtype;
+      config.page_size = 16;
+      const int64_t whole =
+          latent_cache_shape(m, config, false, 1).pages * latent_cache_shape(m, config, false, 1).page_bytes();
+      for (const int64_t group : {2, 3, 4}) {
+        const LatentCacheShape shape = latent_cache_shape(m, config, false, group);
+        const int64_t rows = (m.max_seq_len + group - 1) / group;
+        EXPECT_EQ(shape.max_seq_len, rows);
+        const int64_t rows_held = layout == KvCacheLayout::Dense ? rows : (rows + 15) / 16 * 16;
+        EXPECT_EQ(shape.pages * shape.page_bytes(), m.max_batch_size * rows_held * latent_row_bytes(shape.dtype, 24, 8))
+            << to_string(layout) << " " << to_string(dtype) << " groups of " << group;
+        EXPECT_LT(shape.pages * shape.page_bytes(), whole / group + m.max_batch_size * 16 * 4 * 32)
+            << to_string(layout) << " " << to_string(dtype) << " groups of " << group;
+      }
+    }
+  }
+}
+
 // The CUDA layer keeps its rows on the device and the pages here: an external pool hands out the
 // same pages and block tables as a host one, holds no bytes of its own and reports the pool's size.
 TEST(PagedCache, AnExternalPoolKeepsTheSameBooksWithoutHostBytes) {

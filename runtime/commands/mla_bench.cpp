@@ -85,7 +85,7 @@ const std::vector<std::string> kColumns = {
     "replicated_flop", "gemm_only_ms", "device_peak_bytes", "torch_median_ms", "torch_min_ms", "torch_p90_ms",
     "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep", "weight_bytes", "weight_gbps", "linear_ms",
     "attention_ms", "device_used_bytes", "kv_distribution", "mean_kv_len", "step_total_tokens", "kv_cache",
-    "context_parallel", "kv_pool_bytes", "attention_bytes", "attention_gbps", "step_byte_floor"};
+    "context_parallel", "kv_pool_bytes", "attention_bytes", "attention_gbps", "step_byte_floor", "context_bytes"};
 
 // VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
 // restarts the high-water mark from the current RSS), so that each point reports its own peak.
@@ -890,7 +890,8 @@ ResultRow Bench::csv_row(const PointResult& r) const {
       .add("attention_gbps", attention.median > 0
                                  ? significant(static_cast<double>(measured.attention_bytes) / attention.median / 1e6)
                                  : "")
-      .add("step_byte_floor", std::to_string(measured.step_byte_floor));
+      .add("step_byte_floor", std::to_string(measured.step_byte_floor))
+      .add("context_bytes", point.context_parallel > 1 ? std::to_string(measured.report.context_bytes) : "");
   return row;
 }
 

@@ -45,7 +45,9 @@ LatentCacheShape latent_cache_shape(const ModelArgs& model, const KvCacheConfig&
     case KvCacheDType::FP8: shape.dtype = LatentDType::FP8; break;
   }
   shape.paged = config.layout == KvCacheLayout::Paged;
-  shape.page_size = shape.paged ? std::min(config.page_size, model.max_seq_len) : model.max_seq_len;
+  // A page never holds more rows than a slot can use: under the split that is this rank's share, so
+  // a dense cache, one page per slot, shrinks with it as a paged one does.
+  shape.page_size = shape.paged ? std::min(config.page_size, shape.max_seq_len) : shape.max_seq_len;
   shape.pages = shape.paged ? (config.pages > 0 ? config.pages : shape.slots * shape.pages_per_slot()) : shape.slots;
   if (shape.pages > std::numeric_limits<int32_t>::max()) {  // block tables hold 32-bit page numbers
     throw UserError("run.kv_cache: " + std::to_string(shape.pages) + " pages are more than a block table can " +

@@ -32,7 +32,7 @@ struct LatentCacheShape {
   int64_t rope_dim = 0;     // dr
   LatentDType dtype = LatentDType::F32;
   bool paged = false;
-  int64_t page_size = 0;  // dense: max_seq_len
+  int64_t page_size = 0;  // dense: max_seq_len (this rank's rows)
   int64_t pages = 0;      // dense: slots
   // parallel.context_parallel: this rank keeps every context_parallel-th position of a sequence
   // (position t at row t / context_parallel), so max_seq_len and page counts are in its rows.

@@ -452,6 +452,9 @@ void MlaLayer::attend_split(const StepPlan& plan, const AttentionStep& step, Ste
     float* received_lse = sized(received_lse_, shards * block_rows);
     context_group_->alltoall(partial_out_.data(), part, received);
     context_group_->alltoall(partial_lse_.data(), block_rows, received_lse);
+    const int64_t query_width = absorb ? latent_width_ : model_.qk_head_dim();
+    report.context_bytes +=
+        (shards - 1) * (block_rows * query_width + part + block_rows) * static_cast<int64_t>(sizeof(float));
     AttentionMergeParams merge;
     merge.out = received;
     merge.lse = received_lse;

@@ -38,6 +38,9 @@ struct StepReport {
   double linear_ms = 0.0;
   double attention_ms = 0.0;
   int64_t attention_workspace_bytes = 0;  // score buffers of the chosen path, all threads
+  // Context parallelism: the bytes this rank received from the rest of its group this step (the
+  // gathered queries, the exchanged partial outputs and log-sum-exps); it sends as many.
+  int64_t context_bytes = 0;
 };
 
 // What both layers (CPU and CUDA) share around a step.

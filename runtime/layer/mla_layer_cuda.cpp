@@ -784,6 +784,7 @@ void CudaMlaLayer::attend_split(const RaggedIndex& index, const PagedLatentView&
     attention_merge_cuda(merge, stream_);
     report.attention_workspace_bytes = std::max(report.attention_workspace_bytes,
                                                 2 * shards * (part + block_rows) * static_cast<int64_t>(sizeof(float)));
+    report.context_bytes += (shards - 1) * (query_count + part + block_rows) * static_cast<int64_t>(sizeof(float));
   }
   mark_attention_end();
   absorb_outputs(tokens);

@@ -37,7 +37,28 @@ def main():
     parser.add_argument("--require-baseline", action="store_true")
     parser.add_argument("--require-baseline-if-torch", metavar="PYTHON",
                         help="require the baseline's columns when this interpreter imports torch")
-    args = parser.parse_args()
+    return run_checks(parser.parse_args())
+
+
+def check_context_bytes(row, config, where):
+    """context_bytes: what a rank receives from the rest of its context group in a step, the
+    gathered queries and the exchanged outputs and log-sum-exps of every token for the group's most
+    heads a rank; empty without a split."""
+    group = int(row["context_parallel"])
+    if group <= 1:
+        check(row["context_bytes"] == "", f"{where}: context_bytes without a split")
+        return
+    model = {key.split(".", 1)[1]: int(float(value)) for key, value in config.items() if key.startswith("model.")}
+    absorb = row["formulation_chosen"] == "absorb"
+    query = model["kv_lora_rank"] + model["qk_rope_head_dim"] if absorb else \
+        model["qk_nope_head_dim"] + model["qk_rope_head_dim"]
+    value = model["kv_lora_rank"] if absorb else model["v_head_dim"]
+    heads = -(-model["n_heads"] // int(row["world"]))  # the first ranks hold one more where uneven
+    expected = (group - 1) * int(row["step_total_tokens"]) * heads * (query + value + 1) * 4
+    check(int(row["context_bytes"]) == expected, f"{where}: context_bytes {row['context_bytes']}, expected {expected}")
+
+
+def run_checks(args):
     if args.require_baseline_if_torch:
         probe = subprocess.run([args.require_baseline_if_torch, "-c", "import torch"], capture_output=True)
         args.require_baseline = probe.returncode == 0
@@ -65,6 +86,7 @@ def main():
 
     for i, r in enumerate(rows):
         where = f"row {i + 2} ({r['phase']} seq {r['seq_len']} {r['attention']}/{r['formulation']} world {r['world']})"
+        check_context_bytes(r, records[i]["config"], where)
         median, low, p90 = float(r["median_ms"]), float(r["min_ms"]), float(r["p90_ms"])
         check(0 < low <= median <= p90, f"{where}: times not 0 < min <= median <= p90: {low} {median} {p90}")
         check(0 <= float(r["allreduce_ms"]) <= p90, f"{where}: all-reduce time {r['allreduce_ms']} outside [0, p90]")
@@ -126,6 +148,18 @@ def main():
             check(int(r["workspace_bytes"]) < int(standard[key]["workspace_bytes"]),
                   f"fast workspace {r['workspace_bytes']} >= standard {standard[key]['workspace_bytes']} at {key}")
     check(compared > 0, "no fast/standard pair with several query rows to compare memory on")
+
+    # The split's memory half: a rank's cache pool falls as 1/G (within rounding to whole pages).
+    def point(r):
+        return (r["world"], r["phase"], r["batch"], r["seq_len"], r["chunk"], r["attention"], r["formulation"],
+                r["kv_cache"])
+    whole = {point(r): r for r in rows if int(r["context_parallel"]) == 1}
+    for r in rows:
+        group = int(r["context_parallel"])
+        if group > 1 and point(r) in whole:
+            base = int(whole[point(r)]["kv_pool_bytes"])
+            check(int(r["kv_pool_bytes"]) * group <= 1.25 * base,
+                  f"groups of {group}: a rank's pool {r['kv_pool_bytes']} is not about 1/{group} of {base}")
 
     for failure in failures:
         print("FAIL:", failure)
