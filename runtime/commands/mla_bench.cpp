@@ -251,7 +251,7 @@ struct PointResult {
   Measurement measured;
   int64_t peak_rss_bytes = 0;
   StepCost cost;
-  double gemm_only_ms = NAN;  // CPU, rank 0
+  double gemm_only_ms = NAN;  // rank 0: the step's GEMMs alone (CPU: the layer's linear code; GPU: cuBLAS)
   double rel_l2 = NAN;        // ours against the baseline's, sequence 0
   Json torch;                 // the baseline's answer; null when it did not run
 };
@@ -554,6 +554,84 @@ double Bench::time_gemms_alone(const StepCost& cost, int threads, ComputeDType c
   }
   return total_ms;
 }
+
+#if MLA_HAVE_CUDA
+// The step's GEMMs alone on the GPU: each shape through cuBLAS as the CUDA layer calls it (bf16
+// operands in bf16 compute, fp32 otherwise; y = x W^T, a per-head fold or unfold as one strided
+// batch), on random operands rounded to bf16 values, timed by CUDA events, best of 3 after a
+// warm-up: the floor the step's linear layers could reach.
+double time_gemms_alone_cuda(const StepCost& cost, ComputeDType compute_dtype) {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t begin = nullptr, end = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaEventCreate(&begin));
+  CUDA_CHECK(cudaEventCreate(&end));
+  struct Release {  // the stream and events go whatever throws
+    cudaStream_t stream;
+    cudaEvent_t begin, end;
+    ~Release() {
+      cudaEventDestroy(begin);
+      cudaEventDestroy(end);
+      cudaStreamDestroy(stream);
+    }
+  } release{stream, begin, end};
+  CublasContext cublas(stream);
+  const bool bf16 = compute_dtype == ComputeDType::BF16;
+  const auto upload = [&](int64_t count, uint64_t key, DeviceBuffer<float>& f32, DeviceBuffer<uint16_t>& bits) {
+    std::vector<float> host(static_cast<size_t>(count));
+    for (size_t i = 0; i < host.size(); ++i) host[i] = round_to_bf16(random_uniform(key, i));
+    // Each copy is waited for: the host vectors go out of scope here.
+    if (!bf16) {
+      f32 = DeviceBuffer<float>(count);
+      f32.upload(host, stream);
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      return static_cast<const void*>(f32.data());
+    }
+    std::vector<uint16_t> host_bits(host.size());
+    for (size_t i = 0; i < host.size(); ++i) host_bits[i] = f32_to_bf16_bits(host[i]);
+    bits = DeviceBuffer<uint16_t>(count);
+    bits.upload(host_bits, stream);
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    return static_cast<const void*>(bits.data());
+  };
+  double total_ms = 0.0;
+  for (const GemmShape& shape : cost.gemms) {
+    DeviceBuffer<float> a_f32, b_f32;
+    DeviceBuffer<uint16_t> a_bits, b_bits;
+    const int64_t b_matrices = shape.prepared_weight ? 1 : shape.batch;
+    GemmCudaParams g;
+    g.transpose_b = true;
+    g.m = shape.m;
+    g.n = shape.n;
+    g.k = shape.k;
+    g.a = upload(shape.batch * shape.m * shape.k, random_stream_key(11, "gemm_only_a"), a_f32, a_bits);
+    g.lda = shape.k;
+    g.stride_a = shape.m * shape.k;
+    g.b = upload(b_matrices * shape.n * shape.k, random_stream_key(11, "gemm_only_b"), b_f32, b_bits);
+    g.ldb = shape.k;
+    g.stride_b = shape.prepared_weight ? 0 : shape.n * shape.k;
+    DeviceBuffer<float> c(shape.batch * shape.m * shape.n);
+    g.c = c.data();
+    g.ldc = shape.n;
+    g.stride_c = shape.m * shape.n;
+    g.batch = shape.batch;
+    g.operands = bf16 ? GemmOperands::BF16 : GemmOperands::F32;
+    gemm_cuda(cublas, g);  // warm-up: cuBLAS chooses its kernel on the first call
+    float best = INFINITY;
+    for (int rep = 0; rep < 3; ++rep) {
+      CUDA_CHECK(cudaEventRecord(begin, stream));
+      gemm_cuda(cublas, g);
+      CUDA_CHECK(cudaEventRecord(end, stream));
+      CUDA_CHECK(cudaEventSynchronize(end));
+      float ms = 0.0f;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, begin, end));
+      best = std::min(best, ms);
+    }
+    total_ms += best;
+  }
+  return total_ms;
+}
+#endif
 
 // The memory bandwidth a decode step is measured against: a 256 MiB copy by `threads` threads,
 // best of 3, counted as STREAM counts it (bytes read + bytes written per second).
@@ -977,6 +1055,11 @@ int Bench::run() {
       if (point.backend != Backend::Cuda && !point.ragged()) {
         result.gemm_only_ms = time_gemms_alone(result.cost, setup.threads, setup.config.run.compute_dtype);
       }
+#if MLA_HAVE_CUDA
+      if (point.backend == Backend::Cuda && !point.ragged()) {
+        result.gemm_only_ms = time_gemms_alone_cuda(result.cost, setup.config.run.compute_dtype);
+      }
+#endif
       if (fills_by_fork(point, sweep_.bench.fill)) {
         result.torch =
             Json{{"ok", false}, {"error", "not run: bench.fill fork (the baseline computes every sequence)"}};
