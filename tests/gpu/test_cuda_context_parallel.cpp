@@ -21,7 +21,7 @@
 namespace mla::test {
 namespace {
 
-// Every rank's outputs of the steps: `world` threads holding one head share each, in context
+// Every rank's outputs of the steps: `world` threads, each holding its share of the heads, in context
 // groups of group_size consecutive ranks.
 std::vector<std::vector<std::vector<float>>> split_cuda_steps(const ModelArgs& m, const RunConfig& run,
                                                               const WeightsConfig& weights, int world, int group_size,
