@@ -39,23 +39,22 @@ void check_context_parallel(const Config& config, int world, Backend backend) {
                     std::to_string(world) + " ranks of this job");
   }
   if (group == 1) return;
-  if (backend == Backend::Cuda) {
-    // A rank's share of the cache is attended by the split-KV kernel (absorb), which returns the
-    // log-sum-exps the merge needs.
-    const std::string why = " with parallel.context_parallel " + std::to_string(group) +
-                            " on the CUDA backend, which attends a rank's share of the cache with the split-KV "
-                            "kernel in the absorb formulation";
-    if (config.run.formulation == FormulationChoice::Naive) {
-      throw UserError("run.formulation: naive" + why + "; use absorb or auto");
-    }
-    if (config.run.attention == AttentionChoice::Standard) {
-      throw UserError("run.attention: standard" + why + "; use fast or auto");
-    }
-  }
+  if (backend == Backend::Cuda) check_cuda_context_split(config.run, group);
   if (!config.run.mask.empty()) {
     throw UserError("run.mask: an explicit mask with parallel.context_parallel " + std::to_string(group) +
                     " (the mask's columns are positions, which the group's ranks split); use the causal rule");
   }
+}
+
+void check_cuda_context_split(const RunConfig& run, int64_t group) {
+  if (group <= 1) return;
+  const std::string why = " with parallel.context_parallel " + std::to_string(group) +
+                          " on the CUDA backend, which attends a rank's share of the cache with the split-KV "
+                          "kernel in the absorb formulation";
+  if (run.formulation == FormulationChoice::Naive)
+    throw UserError("run.formulation: naive" + why + "; use absorb or auto");
+  if (run.attention == AttentionChoice::Standard)
+    throw UserError("run.attention: standard" + why + "; use fast or auto");
 }
 
 }  // namespace mla

@@ -17,8 +17,13 @@ Backend resolve_backend(Backend requested, const std::string& key);
 void check_communicator(Backend backend, CommunicatorChoice communicator);
 
 // parallel.context_parallel against the job: it must divide the world; with more than one rank per
-// group the cache split needs the CPU backend, the causal rule (no run.mask) and the same number of
-// heads on every rank. A UserError naming the key otherwise.
+// group the cache split needs the causal rule (no run.mask), and on the CUDA backend what
+// check_cuda_context_split asks. A UserError naming the key otherwise.
 void check_context_parallel(const Config& config, int world, Backend backend);
+
+// The CUDA layer attends a rank's share of the cache with the split-KV kernel, which returns the
+// log-sum-exps the merge needs and serves the absorb formulation only: with groups of `group` > 1
+// ranks, run.formulation naive or run.attention standard is a UserError naming the key.
+void check_cuda_context_split(const RunConfig& run, int64_t group);
 
 }  // namespace mla

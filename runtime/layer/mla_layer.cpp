@@ -440,8 +440,9 @@ void MlaLayer::attend_split(const StepPlan& plan, const AttentionStep& step, Ste
   for (int64_t b = 0; b < step.sequences(); ++b)
     rows.held = std::max(rows.held, shard_rows(step.kv_len(b), shards, shard));
   float* merged = absorb ? sized(o_latent_, tokens * heads * value_dim) : sized(o_, tokens * heads * value_dim);
-  const int64_t run_tokens = context_run_tokens(shards, group_heads_max_, absorb ? latent_width_ : model_.qk_head_dim(),
-                                                value_dim, run_.score_chunk_bytes);
+  const int64_t query_width = absorb ? latent_width_ : model_.qk_head_dim();
+  const int64_t run_tokens =
+      context_run_tokens(shards, group_heads_max_, query_width, value_dim, run_.score_chunk_bytes);
   for (const TokenRun& run : token_runs(*step.ragged, run_tokens)) {
     AttentionStep run_step = step;
     run_step.ragged = &run.index;
@@ -452,7 +453,6 @@ void MlaLayer::attend_split(const StepPlan& plan, const AttentionStep& step, Ste
     float* received_lse = sized(received_lse_, shards * block_rows);
     context_group_->alltoall(partial_out_.data(), part, received);
     context_group_->alltoall(partial_lse_.data(), block_rows, received_lse);
-    const int64_t query_width = absorb ? latent_width_ : model_.qk_head_dim();
     report.context_bytes +=
         (shards - 1) * (block_rows * query_width + part + block_rows) * static_cast<int64_t>(sizeof(float));
     AttentionMergeParams merge;

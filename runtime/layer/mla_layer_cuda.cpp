@@ -20,6 +20,7 @@
 #include "runtime/base/errors.h"
 #include "runtime/base/units.h"
 #include "runtime/layer/attention_layout.h"
+#include "runtime/layer/backend.h"
 
 namespace mla {
 
@@ -107,16 +108,8 @@ CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const
     throw std::invalid_argument("CudaMlaLayer: context_shards " + std::to_string(context_shards));
   }
   if (context_shards > 1) {
-    // Each rank's share of a sequence's keys is attended by the split-KV kernel, which returns the
-    // log-sum-exps the merge needs; it serves the absorb formulation's shared latent rows.
-    const std::string split = " with parallel.context_parallel " + std::to_string(context_shards) +
-                              " on the CUDA backend: a rank's share of the cache is attended by the split-KV "
-                              "kernel, in the absorb formulation";
-    if (run.formulation == FormulationChoice::Naive)
-      throw UserError("run.formulation: naive" + split + "; use absorb or auto");
-    if (run.attention == AttentionChoice::Standard)
-      throw UserError("run.attention: standard" + split + "; use fast or auto");
-    if (limits.mask) throw std::invalid_argument("CudaMlaLayer: an explicit mask" + split);
+    check_cuda_context_split(run, context_shards);
+    if (limits.mask) throw std::invalid_argument("CudaMlaLayer: an explicit mask with a cache split over a group");
     group_heads_ = context_group_heads(shard, context_shards);
     group_heads_max_ = *std::max_element(group_heads_.begin(), group_heads_.end());
   }
