@@ -16,7 +16,8 @@
 #     bash launch/gpu_check.sh bench        # mla_bench's seed table on the GPU with the PyTorch baseline,
 #                                           # its serving-shaped phases (configs/ragged_serving.yaml),
 #                                           # long-context decode (configs/decode_long_context.yaml, reduced),
-#                                           # mla_allreduce_bench (NCCL at world 1, MPI)
+#                                           # mla_allreduce_bench (NCCL at world 1, MPI), then the seed
+#                                           # table against torch.compile and a CUDA-graph PyTorch
 #     bash launch/gpu_check.sh a100         # the kernels as compute_80 PTX (A100 code) and the GPU tests on them
 #     bash launch/gpu_check.sh run          # the reduced check: GPU tests, mla_cuda_bench, PyTorch's seed
 #                                           # table (no MPI or yaml-cpp needed); GPU_CHECK_TORCH=0 skips PyTorch
@@ -255,11 +256,18 @@ case "${1:-run}" in
       mpirun -np 2 ./build-gpu-full/mla_bench configs/context_parallel_sweep.yaml --overwrite \
       --set "sweep.backend=[cuda]" --set parallel.communicator=mpi --set "bench.csv=$out/context_parallel_gpu.csv" \
       --set "bench.jsonl=$out/context_parallel_gpu.jsonl"
-    # Last, so that a call running out of time loses only this one.
+    # Late in the call, so that one running out of time loses only the last steps.
     step "mla_bench long-context decode: split-KV kernel vs standard path" 150 bench_decode_long_context.log \
       mpirun -np 1 ./build-gpu-full/mla_bench configs/decode_long_context.yaml --overwrite \
       --set "sweep.batch=[1, 128]" --set "sweep.seq_len=[4096, 32768]" \
       --set "bench.csv=$out/decode_long_context_gpu.csv" --set "bench.jsonl=$out/decode_long_context_gpu.jsonl"
+    # The strongest baselines a user would pick beside eager: the same module through torch.compile
+    # (compiled once per point, untimed) and its step captured in a CUDA graph. After everything
+    # else, as compiling takes the longest.
+    step "mla_bench seed table vs torch.compile and a CUDA-graph PyTorch" 200 bench_torch_variants.log \
+      mpirun -np 1 ./build-gpu-full/mla_bench configs/seed_table.yaml --overwrite --set "sweep.backend=[cuda]" \
+      --set "sweep.attention=[auto]" --set "bench.torch_variants=[eager, compile, graph]" --set bench.max_seconds=0.5 \
+      --set "bench.csv=$out/seed_table_torch_variants.csv" --set "bench.jsonl=$out/seed_table_torch_variants.jsonl"
     print_results bench
     ;;
   run)

@@ -19,7 +19,8 @@ Protocol of --serve
 
   {"cmd": "run", "weights": W, "x": X, "y_out": Y, "model": {...}, "batch": B, "start_pos": p,
    "step_len": S, "formulation": "naive"|"absorb"|"auto", "compute_dtype": "fp32"|"bf16",
-   "threads": n, "device": "cpu"|"cuda", "warmup": w, "min_reps": a, "max_seconds": t, "max_reps": b}
+   "threads": n, "device": "cpu"|"cuda", "warmup": w, "min_reps": a, "max_seconds": t, "max_reps": b,
+   "variant": "eager"|"compile"|"graph"}
   - W: safetensors, F32 tensors of this rank's slice: wq [Hl*dq, D] (q_lora_rank == 0) or wq_a
     [q_lora_rank, D], q_norm [q_lora_rank], wq_b [Hl*dq, q_lora_rank]; wkv_a [C+dr, D], kv_norm [C],
     wkv_b [Hl*(dn+dv), C], wo [D, Hl*dv]. Loaded sets are kept by (path, inode, size, mtime), at
@@ -32,11 +33,18 @@ Protocol of --serve
   - The KV cache holds [B, end]; for p > 0 it is first filled untimed by a causal forward of
     positions 0..p-1. Every repetition runs tokens p..end-1 at start_pos p (causal: query p+s sees
     keys t <= p+s). "auto" is naive for S > 1 and absorb for S == 1.
+  - variant (optional, default eager): how the timed step runs. eager: the module as written.
+    compile: the same module through torch.compile (fullgraph, static shapes, compiled afresh for
+    each request, so a guard failing at one point can never fall back to eager unseen); its first
+    call compiles, untimed. graph: the step captured once in a torch.cuda.CUDAGraph (cuda only) and
+    replayed; the cache rows it writes are the same every replay, as in eager's repetitions. The
+    prefix fill is eager in every variant.
   - Timing: w untimed repetitions, then timed ones while fewer than a were timed or their sum is
     below t seconds, never more than b.
   Answer: {"ok": true, "median_ms", "min_ms", "p90_ms", "reps", "formulation" (the one used),
   "threads" (torch.get_num_threads()), "peak_bytes" (cuda: max_memory_allocated since the request
-  started; cpu: null)}.
+  started; cpu: null), "variant", "prepare_s" (compile: the compiling call; graph: warm-up and
+  capture; eager: null)}.
 """
 import argparse
 import json
@@ -381,6 +389,47 @@ def set_threads(threads):
     torch.set_num_threads(threads)
 
 
+VARIANTS = ("eager", "compile", "graph")
+
+
+def compiled_step(layer, step_x, start_pos, formulation, synchronize):
+    """(step, seconds): the layer through torch.compile, compiled by one untimed call."""
+    if not hasattr(torch, "compile"):
+        raise RequestError(f"variant compile: torch {torch.__version__} has no torch.compile (PyTorch >= 2.0 has)")
+    # Guards from an earlier request would recompile here, and past dynamo's recompile limit it runs
+    # the frame eagerly without a word: start every request from an empty cache instead.
+    torch._dynamo.reset()
+    step = torch.compile(layer, fullgraph=True, dynamic=False)
+    synchronize()
+    started = time.perf_counter()
+    step(step_x, start_pos, formulation)
+    synchronize()
+    return step, time.perf_counter() - started
+
+
+def captured_step(layer, step_x, start_pos, formulation, synchronize):
+    """(step, seconds): the layer's step captured in a CUDA graph; step() replays it."""
+    started = time.perf_counter()
+    # Warm-ups on a side stream before capture, as torch.cuda.graphs asks: cuBLAS handles and
+    # workspaces are created there, not inside the graph.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            layer(step_x, start_pos, formulation)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_static = layer(step_x, start_pos, formulation)
+    synchronize()
+
+    def replay(*_):
+        graph.replay()
+        return y_static
+
+    return replay, time.perf_counter() - started
+
+
 def run_request(request, weight_sets):
     shape = ModelShape(request.get("model"))
     batch = field(request, "batch", int, 1)
@@ -392,6 +441,9 @@ def run_request(request, weight_sets):
     warmup, min_reps = field(request, "warmup", int, 0), field(request, "min_reps", int, 1)
     max_reps, max_seconds = field(request, "max_reps", int, 1), field(request, "max_seconds", float, 0)
     paths = {name: field(request, name, str) for name in ("weights", "x", "y_out")}
+    variant = field(request, "variant", str, choices=set(VARIANTS)) if "variant" in request else "eager"
+    if variant == "graph" and device != "cuda":
+        raise RequestError("variant graph: a CUDA graph needs device cuda")
     if device == "cuda":
         if not torch.cuda.is_available():
             raise RequestError("device: cuda requested, but torch.cuda.is_available() is false in this worker")
@@ -413,18 +465,24 @@ def run_request(request, weight_sets):
         layer.allocate_cache(batch, end_pos, formulation)
         if start_pos > 0:
             layer(prefix, 0, formulation)
+        step, prepare_s = layer, None
+        if variant == "compile":
+            step, prepare_s = compiled_step(layer, step_x, start_pos, formulation, synchronize)
+        elif variant == "graph":
+            step, prepare_s = captured_step(layer, step_x, start_pos, formulation, synchronize)
         for _ in range(warmup):
-            layer(step_x, start_pos, formulation)
+            step(step_x, start_pos, formulation)
         times_s, y = [], None
         while len(times_s) < max_reps and (len(times_s) < min_reps or sum(times_s) < max_seconds):
             synchronize()
             started = time.perf_counter()
-            y = layer(step_x, start_pos, formulation)
+            y = step(step_x, start_pos, formulation)
             synchronize()
             times_s.append(time.perf_counter() - started)
     write_f32(paths["y_out"], y[0])
     answer = {"ok": True, **summarize_ms(times_s), "formulation": formulation, "threads": torch.get_num_threads(),
-              "peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None}
+              "peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None, "variant": variant,
+              "prepare_s": prepare_s}
     return answer
 
 
@@ -629,23 +687,47 @@ def self_test():
         write_safetensors_f32(os.path.join(scratch, "w.safetensors"), weights)
         write_f32(os.path.join(scratch, "x.bin"), x[0])
         weight_sets = WeightSets()
+        base_request = {"cmd": "run", "weights": os.path.join(scratch, "w.safetensors"),
+                        "x": os.path.join(scratch, "x.bin"), "y_out": os.path.join(scratch, "y.bin"),
+                        "model": shape_fields, "batch": 2, "threads": 1, "device": "cpu", "warmup": 1, "min_reps": 2,
+                        "max_seconds": 0.0, "max_reps": 3}
+
+        def check_request(label, bound, **fields):
+            """One request through the worker's path; its output against the float64 layer's."""
+            nonlocal failures
+            request = {**base_request, **fields}
+            answer = handle_line(json.dumps(request), weight_sets)
+            variant = request.get("variant", "eager")
+            prepared = answer.get("prepare_s") is None if variant == "eager" else answer.get("prepare_s", 0) > 0
+            if not answer.get("ok") or answer["reps"] != 2 or answer["variant"] != variant or not prepared:
+                failures += 1
+                print(f"FAIL {label}: {answer}", flush=True)
+                return
+            start_pos, step_len = request["start_pos"], request["step_len"]
+            got = read_tokens(request["y_out"], step_len, shape.dim)
+            end_pos = start_pos + step_len
+            want = run_steps(shape, weights, x[:, :end_pos], [end_pos], "naive")[0, start_pos:]
+            check(label, relative_l2(got, want), bound, 100)
+
         for compute, bound in (("fp32", 1e-5), ("bf16", 2e-2)):
             for formulation, start_pos, step_len in (("naive", 0, tokens), ("absorb", tokens - 1, 1), ("auto", 3, 4)):
-                request = {"cmd": "run", "weights": os.path.join(scratch, "w.safetensors"),
-                           "x": os.path.join(scratch, "x.bin"), "y_out": os.path.join(scratch, "y.bin"),
-                           "model": shape_fields, "batch": 2, "start_pos": start_pos, "step_len": step_len,
-                           "formulation": formulation, "compute_dtype": compute, "threads": 1, "device": "cpu",
-                           "warmup": 1, "min_reps": 2, "max_seconds": 0.0, "max_reps": 3}
-                answer = handle_line(json.dumps(request), weight_sets)
-                label = f"request {compute} {formulation} p={start_pos} S={step_len}"
-                if not answer.get("ok") or answer["reps"] != 2:
-                    failures += 1
-                    print(f"FAIL {label}: {answer}", flush=True)
-                    continue
-                got = read_tokens(request["y_out"], step_len, shape.dim)
-                end_pos = start_pos + step_len
-                want = run_steps(shape, weights, x[:, :end_pos], [end_pos], "naive")[0, start_pos:]
-                check(label, relative_l2(got, want), bound, 100)
+                check_request(f"request {compute} {formulation} p={start_pos} S={step_len}", bound,
+                              start_pos=start_pos, step_len=step_len, formulation=formulation, compute_dtype=compute)
+        # The variants compute the same step: compile on this machine's device, graph where CUDA is.
+        variant_devices = [("compile", "cpu")] + ([("graph", "cuda")] if torch.cuda.is_available() else [])
+        for variant, device in variant_devices:
+            if variant == "compile" and not hasattr(torch, "compile"):
+                print(f"SKIPPED variant compile: torch {torch.__version__} has no torch.compile", flush=True)
+                continue
+            for start_pos, step_len in ((0, tokens), (tokens - 1, 1)):
+                check_request(f"request variant {variant} on {device}, p={start_pos} S={step_len}", 1e-5,
+                              start_pos=start_pos, step_len=step_len, formulation="auto", compute_dtype="fp32",
+                              device=device, variant=variant)
+        refused = handle_line(json.dumps({**base_request, "start_pos": 0, "step_len": tokens, "formulation": "auto",
+                                          "compute_dtype": "fp32", "variant": "graph"}), weight_sets)
+        ok = not refused["ok"] and "needs device cuda" in refused["error"]
+        failures += not ok
+        print(f"{'PASS' if ok else 'FAIL'} variant graph on the cpu is refused: {refused.get('error')}", flush=True)
         bad = handle_line(json.dumps({"cmd": "run", "weights": "/nonexistent.safetensors"}), weight_sets)
         ok = not bad["ok"] and "\n" not in bad["error"]
         failures += not ok

@@ -167,6 +167,22 @@ bench: {fill: fork}
       << error_of(kBase + "sweep: {seq_len: 8}\nbench: {fill: copy}\n");
 }
 
+// bench.torch_variants: the baseline's ways of running its step, eager alone unless listed, each once.
+TEST(Sweep, TheBaselineVariantsAreListedOnce) {
+  EXPECT_EQ(parse_sweep(kBase + "sweep: {seq_len: 8}\n", "s.yaml").bench.torch_variants,
+            std::vector<TorchVariant>{TorchVariant::Eager});
+  const Sweep sweep = parse_sweep(kBase + "sweep: {seq_len: 8}\nbench: {torch_variants: [graph, eager]}\n", "s.yaml");
+  EXPECT_EQ(sweep.bench.torch_variants, (std::vector<TorchVariant>{TorchVariant::Graph, TorchVariant::Eager}));
+  EXPECT_EQ(
+      parse_sweep(kBase + "sweep: {seq_len: 8}\nbench: {torch_variants: compile}\n", "s.yaml").bench.torch_variants,
+      std::vector<TorchVariant>{TorchVariant::Compile});
+  const std::string twice = error_of(kBase + "sweep: {seq_len: 8}\nbench: {torch_variants: [compile, compile]}\n");
+  EXPECT_NE(twice.find("bench.torch_variants: lists compile twice"), std::string::npos) << twice;
+  const std::string unknown = error_of(kBase + "sweep: {seq_len: 8}\nbench: {torch_variants: [jit]}\n");
+  EXPECT_NE(unknown.find("bench.torch_variants[0]: expected one of eager | compile | graph"), std::string::npos)
+      << unknown;
+}
+
 TEST(Sweep, BadSweepsNameTheKeyAndWhere) {
   EXPECT_NE(error_of(kBase).find("sweep: required section"), std::string::npos) << error_of(kBase);
   EXPECT_NE(error_of(kBase + "sweep: {seq_len: [16], phse: [decode]}\n").find("s.yaml:5: sweep.phse: unknown key"),

@@ -85,7 +85,9 @@ const std::vector<std::string> kColumns = {
     "replicated_flop", "gemm_only_ms", "device_peak_bytes", "torch_median_ms", "torch_min_ms", "torch_p90_ms",
     "torch_formulation", "speedup_vs_torch", "torch_rel_l2", "sweep", "weight_bytes", "weight_gbps", "linear_ms",
     "attention_ms", "device_used_bytes", "kv_distribution", "mean_kv_len", "step_total_tokens", "kv_cache",
-    "context_parallel", "kv_pool_bytes", "attention_bytes", "attention_gbps", "step_byte_floor", "context_bytes"};
+    "context_parallel", "kv_pool_bytes", "attention_bytes", "attention_gbps", "step_byte_floor", "context_bytes",
+    "torch_peak_bytes", "torch_compile_median_ms", "speedup_vs_torch_compile", "torch_compile_rel_l2",
+    "torch_graph_median_ms", "speedup_vs_torch_graph", "torch_graph_rel_l2"};
 
 // VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
 // restarts the high-water mark from the current RSS), so that each point reports its own peak.
@@ -244,6 +246,13 @@ struct PointSetup {
   int threads = 0;
 };
 
+// One variant of the PyTorch baseline at a point.
+struct BaselineRun {
+  Json answer;          // the worker's answer; null when this variant did not run here
+  double rel_l2 = NAN;  // ours against the baseline's, sequence 0
+  bool ok() const { return answer.is_object() && answer.value("ok", false); }
+};
+
 // A timed point, with what rank 0 measured around it.
 struct PointResult {
   BenchPoint point;
@@ -252,9 +261,14 @@ struct PointResult {
   int64_t peak_rss_bytes = 0;
   StepCost cost;
   double gemm_only_ms = NAN;  // rank 0: the step's GEMMs alone (CPU: the layer's linear code; GPU: cuBLAS)
-  double rel_l2 = NAN;        // ours against the baseline's, sequence 0
-  Json torch;                 // the baseline's answer; null when it did not run
+  std::map<TorchVariant, BaselineRun> torch;  // rank 0: the variants of bench.torch_variants
 };
+
+const BaselineRun& baseline_run(const PointResult& result, TorchVariant variant) {
+  static const BaselineRun not_listed;
+  const auto found = result.torch.find(variant);
+  return found == result.torch.end() ? not_listed : found->second;
+}
 
 class Bench {
  public:
@@ -296,8 +310,9 @@ class Bench {
   Measurement measure_ragged(const Config& config, const BenchPoint& point, const HeadShard& shard,
                              const LayerWeights& weights, const InputTensor& x);
   double time_gemms_alone(const StepCost& cost, int threads, ComputeDType compute_dtype);
-  Json run_baseline(const Config& config, const BenchPoint& point, const HeadShard& shard, const LayerWeights& weights,
-                    const InputTensor& x, const Measurement& measured, int threads, double& rel_l2);
+  BaselineRun run_baseline(const Config& config, const BenchPoint& point, const HeadShard& shard,
+                           const LayerWeights& weights, const InputTensor& x, const Measurement& measured, int threads,
+                           TorchVariant variant);
   std::string baseline_weights_file(const ModelArgs& model, const HeadShard& shard, const LayerWeights& weights);
 
   const MpiSession& session_;
@@ -310,6 +325,14 @@ class Bench {
   std::string scratch_dir_;
   int baseline_weights_generation_ = -1;
   std::string baseline_weights_path_;
+  // Answers by request: points that differ only in our own choices (attention: fast, standard,
+  // auto) give the baseline the same request, which is timed once and its output kept.
+  struct KeptAnswer {
+    Json answer;
+    std::vector<float> output;
+    std::string point;
+  };
+  std::map<std::string, KeptAnswer> baseline_answers_;
   MachineEntries machine_;
   ResultFile csv_, jsonl_;  // rank 0's
 };
@@ -681,14 +704,27 @@ void write_raw_f32(const std::string& path, const float* values, int64_t count) 
   if (!out) throw UserError(path + ": cannot write the baseline's input");
 }
 
-// Rank 0's slice through the PyTorch baseline: same weights (the fp32 compute copies, bf16 values
-// in bf16 mode), same first sequence, same step, same threads. Returns its answer (null when the
-// baseline is not running); rel_l2 compares its partial output of sequence 0 with ours.
-Json Bench::run_baseline(const Config& config, const BenchPoint& point, const HeadShard& shard,
-                         const LayerWeights& weights, const InputTensor& x, const Measurement& measured, int threads,
-                         double& rel_l2) {
-  rel_l2 = NAN;
-  if (!baseline_) return Json();
+// FNV-1a over the bytes of `count` floats: which input a kept baseline answer was timed on.
+uint64_t fingerprint(const float* values, int64_t count) {
+  uint64_t hash = 1469598103934665603ull;
+  const auto* bytes = reinterpret_cast<const unsigned char*>(values);
+  for (size_t i = 0; i < static_cast<size_t>(count) * sizeof(float); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
+  return hash;
+}
+
+// Rank 0's slice through one variant of the PyTorch baseline: same weights (the fp32 compute
+// copies, bf16 values in bf16 mode), same first sequence, same step, same threads. Its output for
+// sequence 0 is compared with ours. A request already answered at an earlier point is not timed
+// again: the answer is kept, with the point that measured it.
+BaselineRun Bench::run_baseline(const Config& config, const BenchPoint& point, const HeadShard& shard,
+                                const LayerWeights& weights, const InputTensor& x, const Measurement& measured,
+                                int threads, TorchVariant variant) {
+  BaselineRun run;
+  if (!baseline_) return run;
+  if (variant == TorchVariant::Graph && point.backend != Backend::Cuda) {
+    run.answer = Json{{"ok", false}, {"error", "not run: a CUDA graph needs a cuda point"}};
+    return run;
+  }
   if (scratch_dir_.empty()) {
     std::string pattern = (std::filesystem::temp_directory_path() / "mla_bench.XXXXXX").string();
     if (::mkdtemp(pattern.data()) == nullptr) throw UserError("mla_bench: cannot create a temporary directory in /tmp");
@@ -697,8 +733,7 @@ Json Bench::run_baseline(const Config& config, const BenchPoint& point, const He
   const ModelArgs& m = config.model;
   const std::string x_path = scratch_dir_ + "/x.bin";
   const std::string y_path = scratch_dir_ + "/y.bin";
-  write_raw_f32(x_path, x.values.data(), point.seq_len * m.dim);  // sequence 0, positions 0 .. seq_len-1
-  std::filesystem::remove(y_path);
+  const int64_t x_count = point.seq_len * m.dim;  // sequence 0, positions 0 .. seq_len-1
   Json request = {{"cmd", "run"},
                   {"weights", baseline_weights_file(m, shard, weights)},
                   {"x", x_path},
@@ -728,26 +763,41 @@ Json Bench::run_baseline(const Config& config, const BenchPoint& point, const He
                   {"warmup", sweep_.bench.warmup},
                   {"min_reps", sweep_.bench.min_reps},
                   {"max_seconds", sweep_.bench.max_seconds},
-                  {"max_reps", sweep_.bench.max_reps}};
-  // Generous: the baseline may be many times slower than we are, and it fills its cache first.
-  const double timeout_s = 600.0 + 20.0 * sweep_.bench.max_seconds;
-  Json answer = baseline_->request(request, timeout_s);
-  if (!answer.is_object()) return Json{{"ok", false}, {"error", "the baseline answered no object"}};
-  if (answer.value("ok", false)) {
-    std::ifstream in(y_path, std::ios::binary);
-    std::vector<float> theirs(measured.partial_first_sequence.size());
-    in.read(reinterpret_cast<char*>(theirs.data()), static_cast<std::streamsize>(theirs.size() * sizeof(float)));
-    if (in.gcount() == static_cast<std::streamsize>(theirs.size() * sizeof(float))) {
-      double diff = 0.0, norm = 0.0;
-      for (size_t i = 0; i < theirs.size(); ++i) {
-        const double d = static_cast<double>(measured.partial_first_sequence[i]) - theirs[i];
-        diff += d * d;
-        norm += static_cast<double>(theirs[i]) * theirs[i];
-      }
-      rel_l2 = std::sqrt(diff / std::max(norm, 1e-300));
+                  {"max_reps", sweep_.bench.max_reps},
+                  {"variant", to_string(variant)}};
+  const std::string key = request.dump() + " weights generation " + std::to_string(weights_.generation()) + " x " +
+                          std::to_string(fingerprint(x.values.data(), x_count));
+  auto kept = baseline_answers_.find(key);
+  const bool timed_before = kept != baseline_answers_.end();
+  if (!timed_before) {
+    write_raw_f32(x_path, x.values.data(), x_count);
+    std::filesystem::remove(y_path);
+    // Generous: the baseline may be many times slower than we are, and it fills its cache first.
+    const double timeout_s = 600.0 + 20.0 * sweep_.bench.max_seconds;
+    KeptAnswer fresh{baseline_->request(request, timeout_s), {}, point.label()};
+    if (!fresh.answer.is_object()) fresh.answer = Json{{"ok", false}, {"error", "the baseline answered no object"}};
+    if (fresh.answer.value("ok", false)) {
+      std::ifstream in(y_path, std::ios::binary);
+      fresh.output.resize(measured.partial_first_sequence.size());
+      const auto bytes = static_cast<std::streamsize>(fresh.output.size() * sizeof(float));
+      in.read(reinterpret_cast<char*>(fresh.output.data()), bytes);
+      if (in.gcount() != bytes) fresh.output.clear();
     }
+    kept = baseline_answers_.emplace(key, std::move(fresh)).first;
   }
-  return answer;
+  run.answer = kept->second.answer;
+  if (timed_before) run.answer["timed_at_point"] = kept->second.point;
+  const std::vector<float>& theirs = kept->second.output;
+  if (!theirs.empty() && theirs.size() == measured.partial_first_sequence.size()) {
+    double diff = 0.0, norm = 0.0;
+    for (size_t i = 0; i < theirs.size(); ++i) {
+      const double d = static_cast<double>(measured.partial_first_sequence[i]) - theirs[i];
+      diff += d * d;
+      norm += static_cast<double>(theirs[i]) * theirs[i];
+    }
+    run.rel_l2 = std::sqrt(diff / std::max(norm, 1e-300));
+  }
+  return run;
 }
 
 Bench::~Bench() {
@@ -907,10 +957,21 @@ ResultRow Bench::csv_row(const PointResult& r) const {
   const Measurement& measured = r.measured;
   const TimeSummary step = summarize_times(measured.step_ms);
   const TimeSummary attention = summarize_times(measured.attention_ms);
-  const bool has_torch = r.torch.is_object() && r.torch.value("ok", false);
-  const double torch_median = has_torch ? r.torch.value("median_ms", NAN) : NAN;
   const bool cpu = point.backend != Backend::Cuda;
-  const auto torch_number = [&](const char* key) { return has_torch ? significant(r.torch.value(key, NAN)) : ""; };
+  const BaselineRun& eager = baseline_run(r, TorchVariant::Eager);
+  const bool has_torch = eager.ok();
+  const double torch_median = has_torch ? eager.answer.value("median_ms", NAN) : NAN;
+  const auto torch_number = [&](const char* key) { return has_torch ? significant(eager.answer.value(key, NAN)) : ""; };
+  // A variant's columns: its median, our speedup over it, its output against ours.
+  const auto variant_columns = [&](TorchVariant variant) {
+    const BaselineRun& run = baseline_run(r, variant);
+    const double median = run.ok() ? run.answer.value("median_ms", NAN) : NAN;
+    return std::vector<std::string>{significant(median), run.ok() ? significant(median / step.median, 4) : "",
+                                    run.ok() ? significant(run.rel_l2, 3) : ""};
+  };
+  const std::vector<std::string> compiled = variant_columns(TorchVariant::Compile);
+  const std::vector<std::string> graphed = variant_columns(TorchVariant::Graph);
+  const Json eager_peak = has_torch ? eager.answer.value("peak_bytes", Json()) : Json();
   ResultRow row;
   row.add("backend", to_string(point.backend))
       .add("world", std::to_string(point.world))
@@ -948,9 +1009,9 @@ ResultRow Bench::csv_row(const PointResult& r) const {
       .add("torch_median_ms", significant(torch_median))
       .add("torch_min_ms", torch_number("min_ms"))
       .add("torch_p90_ms", torch_number("p90_ms"))
-      .add("torch_formulation", has_torch ? r.torch.value("formulation", std::string()) : "")
+      .add("torch_formulation", has_torch ? eager.answer.value("formulation", std::string()) : "")
       .add("speedup_vs_torch", has_torch ? significant(torch_median / step.median, 4) : "")
-      .add("torch_rel_l2", significant(r.rel_l2, 3))
+      .add("torch_rel_l2", has_torch ? significant(eager.rel_l2, 3) : "")
       .add("sweep", sweep_.name)
       .add("weight_bytes", measured.weight_bytes > 0 ? std::to_string(measured.weight_bytes) : "")
       .add("weight_gbps",
@@ -969,7 +1030,14 @@ ResultRow Bench::csv_row(const PointResult& r) const {
                                  ? significant(static_cast<double>(measured.attention_bytes) / attention.median / 1e6)
                                  : "")
       .add("step_byte_floor", std::to_string(measured.step_byte_floor))
-      .add("context_bytes", point.context_parallel > 1 ? std::to_string(measured.report.context_bytes) : "");
+      .add("context_bytes", point.context_parallel > 1 ? std::to_string(measured.report.context_bytes) : "")
+      .add("torch_peak_bytes", eager_peak.is_number() ? std::to_string(eager_peak.get<int64_t>()) : "")
+      .add("torch_compile_median_ms", compiled[0])
+      .add("speedup_vs_torch_compile", compiled[1])
+      .add("torch_compile_rel_l2", compiled[2])
+      .add("torch_graph_median_ms", graphed[0])
+      .add("speedup_vs_torch_graph", graphed[1])
+      .add("torch_graph_rel_l2", graphed[2]);
   return row;
 }
 
@@ -990,7 +1058,18 @@ Json Bench::jsonl_record(const PointResult& r, const ResultRow& row) const {
   }
   for (const auto& [key, value] : config_entries(r.setup->config)) record["config"][key] = value;
   for (const auto& [key, value] : machine_) record["machine"][key] = value;
-  record["baseline"] = r.torch.is_null() ? Json(baseline_note_) : r.torch;
+  // "baseline": the eager variant's answer, or why there is none; the other variants beside it.
+  for (const auto& [variant, run] : r.torch) {
+    const Json answer = run.answer.is_null() ? Json(baseline_note_) : run.answer;
+    if (variant == TorchVariant::Eager) {
+      record["baseline"] = answer;
+    } else {
+      record["baseline_variants"][to_string(variant)] = answer;
+    }
+  }
+  if (!record.contains("baseline")) {
+    record["baseline"] = baseline_ ? Json("not run (bench.torch_variants has no eager)") : Json(baseline_note_);
+  }
   return record;
 }
 
@@ -1008,13 +1087,15 @@ void Bench::print_point(const PointResult& r) const {
     std::printf(", GEMMs alone %.3f ms (in the step: linear %.3f, attention %.3f)", r.gemm_only_ms,
                 summarize_times(measured.linear_ms).median, summarize_times(measured.attention_ms).median);
   }
-  const bool has_torch = r.torch.is_object() && r.torch.value("ok", false);
-  if (has_torch) {
-    const double torch_median = r.torch.value("median_ms", NAN);
-    std::printf("; torch %.3f ms (%s): ours %.2fx, rel L2 %.2g", torch_median,
-                r.torch.value("formulation", std::string()).c_str(), torch_median / step.median, r.rel_l2);
-  } else if (r.torch.is_object()) {
-    std::printf("; torch: %s", r.torch.value("error", std::string("failed")).c_str());
+  for (const auto& [variant, run] : r.torch) {
+    const char* name = variant == TorchVariant::Eager ? "torch" : to_string(variant);
+    if (run.ok()) {
+      const double torch_median = run.answer.value("median_ms", NAN);
+      std::printf("; %s %.3f ms (%s): ours %.2fx, rel L2 %.2g", name, torch_median,
+                  run.answer.value("formulation", std::string()).c_str(), torch_median / step.median, run.rel_l2);
+    } else if (run.answer.is_object()) {
+      std::printf("; %s: %s", name, run.answer.value("error", std::string("failed")).c_str());
+    }
   }
   std::printf("\n");
   std::fflush(stdout);
@@ -1060,12 +1141,14 @@ int Bench::run() {
         result.gemm_only_ms = time_gemms_alone_cuda(result.cost, setup.config.run.compute_dtype);
       }
 #endif
-      if (fills_by_fork(point, sweep_.bench.fill)) {
-        result.torch =
-            Json{{"ok", false}, {"error", "not run: bench.fill fork (the baseline computes every sequence)"}};
-      } else if (!point.ragged()) {
-        result.torch = run_baseline(setup.config, point, setup.shard, setup.loaded->weights, setup.x, result.measured,
-                                    setup.threads, result.rel_l2);
+      for (const TorchVariant variant : sweep_.bench.torch_variants) {
+        if (fills_by_fork(point, sweep_.bench.fill)) {
+          result.torch[variant].answer =
+              Json{{"ok", false}, {"error", "not run: bench.fill fork (the baseline computes every sequence)"}};
+        } else if (!point.ragged()) {
+          result.torch[variant] = run_baseline(setup.config, point, setup.shard, setup.loaded->weights, setup.x,
+                                               result.measured, setup.threads, variant);
+        }
       }
     }
     quiet_barrier(session_);

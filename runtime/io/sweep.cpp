@@ -34,6 +34,12 @@ const std::vector<std::string>& value_names<KvDistribution>() {
 const char* to_string(KvDistribution value) { return value_name(value); }
 const char* to_string(BaselineChoice value) { return value_name(value); }
 template <>
+const std::vector<std::string>& value_names<TorchVariant>() {
+  static const std::vector<std::string> names = {"eager", "compile", "graph"};
+  return names;
+}
+const char* to_string(TorchVariant value) { return value_name(value); }
+template <>
 const std::vector<std::string>& value_names<BenchFill>() {
   static const std::vector<std::string> names = {"compute", "fork"};
   return names;
@@ -163,6 +169,15 @@ void parse_bench(MapReader reader, const std::string& name, BenchSettings& bench
   bench.jsonl = reader.get_string("jsonl", "results/" + name + ".jsonl");
   bench.baseline = reader.get_enum("baseline", BaselineChoice::Auto);
   bench.python = reader.get_string("python", ::access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3");
+  bench.torch_variants.clear();
+  for (const size_t index : choice_list(reader, "torch_variants", value_names<TorchVariant>(), {0})) {
+    const auto variant = static_cast<TorchVariant>(index);
+    if (std::find(bench.torch_variants.begin(), bench.torch_variants.end(), variant) != bench.torch_variants.end()) {
+      reader.fail(reader.path("torch_variants"), reader.node("torch_variants"),
+                  std::string("lists ") + to_string(variant) + " twice");
+    }
+    bench.torch_variants.push_back(variant);
+  }
   bench.seed = static_cast<uint64_t>(reader.get_int("seed", static_cast<int64_t>(bench.seed), 0));
   bench.fill = reader.get_enum("fill", BenchFill::Compute);
   if (bench.csv.empty() || bench.jsonl.empty()) {

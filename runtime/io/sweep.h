@@ -31,6 +31,14 @@ template <>
 const std::vector<std::string>& value_names<BaselineChoice>();
 const char* to_string(BaselineChoice value);
 
+// How the PyTorch baseline runs its step (bench.torch_variants): eager, the module as written;
+// compile, the same module through torch.compile; graph, the step captured in a CUDA graph and
+// replayed (CUDA points only).
+enum class TorchVariant { Eager, Compile, Graph };
+template <>
+const std::vector<std::string>& value_names<TorchVariant>();
+const char* to_string(TorchVariant value);
+
 // How the cache reaches a decode or chunked_prefill point's start position: `compute`, every
 // sequence's positions by one untimed step; `fork`, sequence 0's by a step of its own, copied into
 // the others' pages (LatentCache::fork): what makes long contexts at large batch affordable, with
@@ -49,7 +57,8 @@ struct BenchSettings {
   std::string jsonl;                               // default results/<sweep name>.jsonl
   BaselineChoice baseline = BaselineChoice::Auto;  // auto: the PyTorch baseline where torch imports
   std::string python;  // the interpreter of the baseline; default /usr/bin/python3 when present
-  uint64_t seed = 2;   // the random inputs' seed
+  std::vector<TorchVariant> torch_variants = {TorchVariant::Eager};  // each timed at every point, in this order
+  uint64_t seed = 2;                                                 // the random inputs' seed
   BenchFill fill = BenchFill::Compute;
 };
 

@@ -6,6 +6,11 @@ and (when the PyTorch baseline ran) its output equal to ours within docs/design.
 
 Usage: check_bench_csv.py CSV JSONL [--expect-rows N] [--expect-worlds 1,2]
                           [--require-baseline | --require-baseline-if-torch PYTHON]
+                          [--expect-variants compile,graph]
+
+--expect-variants: the baseline's other variants (bench.torch_variants) at every uniform point, each
+either timed (its columns filled and consistent, its output equal to ours) or not run with a reason
+and empty columns; a CUDA graph never on a cpu point.
 """
 import argparse
 import csv
@@ -35,6 +40,7 @@ def main():
     parser.add_argument("--expect-rows", type=int)
     parser.add_argument("--expect-worlds")
     parser.add_argument("--require-baseline", action="store_true")
+    parser.add_argument("--expect-variants", help="comma-separated: compile, graph")
     parser.add_argument("--require-baseline-if-torch", metavar="PYTHON",
                         help="require the baseline's columns when this interpreter imports torch")
     return run_checks(parser.parse_args())
@@ -56,6 +62,51 @@ def check_context_bytes(row, config, where):
     heads = -(-model["n_heads"] // int(row["world"]))  # the first ranks hold one more where uneven
     expected = (group - 1) * int(row["step_total_tokens"]) * heads * (query + value + 1) * 4
     check(int(row["context_bytes"]) == expected, f"{where}: context_bytes {row['context_bytes']}, expected {expected}")
+
+
+def check_variants(row, record, expected, where):
+    """The compile and graph variants of one row: timed and consistent, or not run with a reason."""
+    variants = record.get("baseline_variants", {})
+    check(sorted(variants) == sorted(expected), f"{where}: baseline variants {sorted(variants)}, expected {expected}")
+    for name, answer in variants.items():
+        columns = [f"torch_{name}_median_ms", f"speedup_vs_torch_{name}", f"torch_{name}_rel_l2"]
+        if isinstance(answer, dict) and answer.get("ok"):
+            check(answer.get("variant") == name, f"{where}: the {name} answer ran variant {answer.get('variant')}")
+            check(name != "graph" or row["backend"] == "cuda", f"{where}: a CUDA graph timed on a cpu point")
+            median = float(row[columns[0]])
+            check(median > 0 and math.isclose(median, answer["median_ms"], rel_tol=1e-4),
+                  f"{where}: {columns[0]} {median} is not the answer's {answer['median_ms']}")
+            check(math.isclose(float(row[columns[1]]), median / float(row["median_ms"]), rel_tol=1e-3),
+                  f"{where}: {columns[1]} != {name} / ours")
+            check(float(row[columns[2]]) <= TOLERANCE[row["compute_dtype"]],
+                  f"{where}: ours vs the {name} baseline differ by {row[columns[2]]}")
+        else:
+            error = answer.get("error", "") if isinstance(answer, dict) else str(answer)
+            check(error and "\n" not in error, f"{where}: the {name} variant did not run and says no reason")
+            check(all(row[c] == "" for c in columns), f"{where}: {name} did not run but its columns are filled")
+            if name == "graph" and row["backend"] != "cuda":
+                check(error.startswith("not run: a CUDA graph needs a cuda point"),
+                      f"{where}: graph on a cpu point: {error}")
+
+
+def check_reused_answers(rows, records):
+    """A baseline answer kept from an earlier point names it, and that point has the same numbers."""
+    by_point = {}
+    for i, record in enumerate(records):
+        answers = {"eager": record.get("baseline")}
+        answers.update(record.get("baseline_variants", {}))
+        for name, answer in answers.items():
+            if not isinstance(answer, dict) or not answer.get("ok"):
+                continue
+            source = answer.get("timed_at_point")
+            if source is None:
+                by_point[(record["point"], name)] = answer
+                continue
+            first = by_point.get((source, name))
+            check(first is not None, f"row {i + 2}: {name} answer kept from {source!r}, not an earlier point")
+            if first is not None:
+                check(first["median_ms"] == answer["median_ms"] and first["reps"] == answer["reps"],
+                      f"row {i + 2}: {name} answer kept from {source!r} differs from it")
 
 
 def run_checks(args):
@@ -133,6 +184,11 @@ def run_checks(args):
             check(error <= TOLERANCE[r["compute_dtype"]], f"{where}: ours vs the baseline differ by {error:.3g}")
         elif args.require_baseline and r["phase"] not in ("ragged_decode", "mixed"):  # uniform steps only
             check(False, f"{where}: no baseline time")
+        check((r["torch_peak_bytes"] != "") == (r["backend"] == "cuda" and r["torch_median_ms"] != ""),
+              f"{where}: torch_peak_bytes '{r['torch_peak_bytes']}' on a {r['backend']} point")
+        if args.expect_variants and r["phase"] not in ("ragged_decode", "mixed"):
+            check_variants(r, records[i], args.expect_variants.split(","), where)
+    check_reused_answers(rows, records)
 
     # The claim's memory half: with several query rows per step the fast path keeps four score rows
     # per thread where the standard path materializes a chunk of rows.
