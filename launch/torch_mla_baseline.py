@@ -43,14 +43,17 @@ Protocol of --serve
     below t seconds, never more than b.
   Answer: {"ok": true, "median_ms", "min_ms", "p90_ms", "reps", "formulation" (the one used),
   "threads" (torch.get_num_threads()), "peak_bytes" (cuda: max_memory_allocated since the request
-  started; cpu: null), "variant", "prepare_s" (compile: the compiling call; graph: warm-up and
-  capture; eager: null)}.
+  started; cpu: null), "process_device_bytes" (cuda: what the driver accounts to this process, from
+  nvidia-smi, with the layer still held; null on the cpu or where the driver does not list this
+  process), "variant", "prepare_s" (compile: the compiling call; graph: warm-up and capture;
+  eager: null)}.
 """
 import argparse
 import json
 import math
 import os
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -392,6 +395,21 @@ def set_threads(threads):
 VARIANTS = ("eager", "compile", "graph")
 
 
+def process_device_bytes():
+    """What the driver accounts to this process over every GPU (nvidia-smi), or None where it does not list it."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    mib, listed = 0, False
+    for line in listing.stdout.splitlines() if listing.returncode == 0 else []:
+        pid, _, used = line.partition(",")
+        if pid.strip() == str(os.getpid()) and used.strip().isdigit():  # "[N/A]" where the driver cannot say
+            mib, listed = mib + int(used), True
+    return mib << 20 if listed else None
+
+
 def compiled_step(layer, step_x, start_pos, formulation, synchronize):
     """(step, seconds): the layer through torch.compile, compiled by one untimed call."""
     if not hasattr(torch, "compile"):
@@ -479,9 +497,11 @@ def run_request(request, weight_sets):
             y = step(step_x, start_pos, formulation)
             synchronize()
             times_s.append(time.perf_counter() - started)
+        process_bytes = process_device_bytes() if device == "cuda" else None  # the layer still held
     write_f32(paths["y_out"], y[0])
     answer = {"ok": True, **summarize_ms(times_s), "formulation": formulation, "threads": torch.get_num_threads(),
-              "peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None, "variant": variant,
+              "peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
+              "process_device_bytes": process_bytes, "variant": variant,
               "prepare_s": prepare_s}
     return answer
 

@@ -24,4 +24,10 @@ void note_device_allocation(int64_t bytes);
 // cuBLAS, NCCL and every buffer of this process, and of any other process on the same device.
 int64_t device_memory_used_by_driver();
 
+// What the driver accounts to this process alone, over every GPU (nvidia-smi's per-process list,
+// whole MiB): its CUDA context, libraries and buffers, none of another process's (a benchmark's
+// PyTorch worker shares the device). -1 where the driver does not list this process: no
+// nvidia-smi, or a sandbox whose process ids are not the driver's.
+int64_t device_memory_used_by_this_process();
+
 }  // namespace mla

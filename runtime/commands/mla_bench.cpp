@@ -87,7 +87,8 @@ const std::vector<std::string> kColumns = {
     "attention_ms", "device_used_bytes", "kv_distribution", "mean_kv_len", "step_total_tokens", "kv_cache",
     "context_parallel", "kv_pool_bytes", "attention_bytes", "attention_gbps", "step_byte_floor", "context_bytes",
     "torch_peak_bytes", "torch_compile_median_ms", "speedup_vs_torch_compile", "torch_compile_rel_l2",
-    "torch_graph_median_ms", "speedup_vs_torch_graph", "torch_graph_rel_l2"};
+    "torch_graph_median_ms", "speedup_vs_torch_graph", "torch_graph_rel_l2", "device_process_bytes",
+    "torch_device_process_bytes"};
 
 // VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
 // restarts the high-water mark from the current RSS), so that each point reports its own peak.
@@ -147,7 +148,8 @@ struct Measurement {
   StepReport report;
   std::vector<float> partial_first_sequence;  // the last step's partial output of sequence 0
   int64_t device_bytes = 0;                   // CUDA: the most held through our allocations (measured)
-  int64_t device_used_bytes = 0;              // CUDA: what the driver says the process uses
+  int64_t device_used_bytes = 0;              // CUDA: what the driver says the device uses, all processes
+  int64_t device_process_bytes = -1;          // CUDA: what the driver accounts to this process; -1 unknown
   int64_t weight_bytes = 0;                   // CPU: the weight bytes a step reads (streamed bits or GEMM operands)
   std::string linear_implementation;          // CPU: which GEMM runs the linear layers
   int64_t kv_pool_bytes = 0;                  // the latent cache's pool on this rank
@@ -217,6 +219,7 @@ void record_bytes(const PointLayer& rig, const ModelArgs& model, const std::vect
   if (rig.cuda_layer) {
     result.device_bytes = device_memory_use().peak_bytes;
     result.device_used_bytes = device_memory_used_by_driver();
+    result.device_process_bytes = device_memory_used_by_this_process();
     result.weight_bytes = rig.cuda_layer->memory().weights_bytes;
     cache = &rig.cuda_layer->cache().shape();
     heads = rig.cuda_layer->shard().n_local_heads;
@@ -971,7 +974,10 @@ ResultRow Bench::csv_row(const PointResult& r) const {
   };
   const std::vector<std::string> compiled = variant_columns(TorchVariant::Compile);
   const std::vector<std::string> graphed = variant_columns(TorchVariant::Graph);
-  const Json eager_peak = has_torch ? eager.answer.value("peak_bytes", Json()) : Json();
+  const auto torch_bytes = [&](const char* key) {
+    const Json value = has_torch ? eager.answer.value(key, Json()) : Json();
+    return value.is_number_integer() && value.get<int64_t>() >= 0 ? std::to_string(value.get<int64_t>()) : "";
+  };
   ResultRow row;
   row.add("backend", to_string(point.backend))
       .add("world", std::to_string(point.world))
@@ -1031,13 +1037,16 @@ ResultRow Bench::csv_row(const PointResult& r) const {
                                  : "")
       .add("step_byte_floor", std::to_string(measured.step_byte_floor))
       .add("context_bytes", point.context_parallel > 1 ? std::to_string(measured.report.context_bytes) : "")
-      .add("torch_peak_bytes", eager_peak.is_number() ? std::to_string(eager_peak.get<int64_t>()) : "")
+      .add("torch_peak_bytes", torch_bytes("peak_bytes"))
       .add("torch_compile_median_ms", compiled[0])
       .add("speedup_vs_torch_compile", compiled[1])
       .add("torch_compile_rel_l2", compiled[2])
       .add("torch_graph_median_ms", graphed[0])
       .add("speedup_vs_torch_graph", graphed[1])
-      .add("torch_graph_rel_l2", graphed[2]);
+      .add("torch_graph_rel_l2", graphed[2])
+      .add("device_process_bytes",
+           !cpu && measured.device_process_bytes >= 0 ? std::to_string(measured.device_process_bytes) : "")
+      .add("torch_device_process_bytes", torch_bytes("process_device_bytes"));
   return row;
 }
 

@@ -186,6 +186,11 @@ def run_checks(args):
             check(False, f"{where}: no baseline time")
         check((r["torch_peak_bytes"] != "") == (r["backend"] == "cuda" and r["torch_median_ms"] != ""),
               f"{where}: torch_peak_bytes '{r['torch_peak_bytes']}' on a {r['backend']} point")
+        if r["backend"] != "cuda":  # the driver's per-process figures are the GPU's
+            check(r["device_process_bytes"] == r["torch_device_process_bytes"] == "",
+                  f"{where}: per-process device bytes on a {r['backend']} point")
+        elif r["device_process_bytes"]:  # at least a CUDA context
+            check(int(r["device_process_bytes"]) > 0, f"{where}: the driver accounts nothing to the process")
         if args.expect_variants and r["phase"] not in ("ragged_decode", "mixed"):
             check_variants(r, records[i], args.expect_variants.split(","), where)
     check_reused_answers(rows, records)

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/device_memory.h"
 #include "runtime/base/errors.h"
 #include "runtime/layer/cuda_step_executor.h"
@@ -186,6 +187,21 @@ TEST_F(CudaLayer, TheFastPathHoldsLessDeviceMemoryAsMeasured) {
   EXPECT_EQ(fast_held.weights, standard_held.weights);
   // bf16 mode keeps the matrices in bf16 (the two norm vectors stay fp32).
   EXPECT_LT(fast_held.weights, loaded.weights.bytes() * 6 / 10);
+}
+
+// The driver's per-process figure (mla_bench's device_process_bytes, which leaves out the PyTorch
+// worker sharing the device) covers what this process holds and grows with a buffer it allocates.
+TEST_F(CudaLayer, TheDriversPerProcessFigureSeesOurBuffers) {
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const int64_t before = device_memory_used_by_this_process();
+  if (before < 0) GTEST_SKIP() << "nvidia-smi does not list this process (no nvidia-smi, or a sandbox's process ids)";
+  EXPECT_GE(before, device_memory_use().in_use_bytes);
+  constexpr int64_t kBlockBytes = int64_t{256} << 20;
+  const DeviceBuffer<float> block(kBlockBytes / static_cast<int64_t>(sizeof(float)));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const int64_t holding = device_memory_used_by_this_process();
+  EXPECT_GE(holding - before, kBlockBytes - (int64_t{2} << 20)) << "whole MiB, less what the driver had reserved";
+  EXPECT_LE(holding, device_memory_used_by_driver()) << "one process above the whole device";
 }
 
 TEST_F(CudaLayer, ATooLongFastPathIsRefusedNamingTheKey) {
