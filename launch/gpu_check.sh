@@ -261,6 +261,13 @@ case "${1:-run}" in
       mpirun -np 1 ./build-gpu-full/mla_bench configs/decode_long_context.yaml --overwrite \
       --set "sweep.batch=[1, 128]" --set "sweep.seq_len=[4096, 32768]" \
       --set "bench.csv=$out/decode_long_context_gpu.csv" --set "bench.jsonl=$out/decode_long_context_gpu.jsonl"
+    # The decode points again with every projection on cuBLAS over its bf16 copy: what streaming
+    # the fp8 codes (kernels/cuda/fp8_linear) gains.
+    step "mla_bench seed-table decode, fp8 streaming off (MLA_CUDA_FP8_STREAM=0)" 90 bench_fp8_stream_off.log \
+      env MLA_CUDA_FP8_STREAM=0 mpirun -x MLA_CUDA_FP8_STREAM -np 1 ./build-gpu-full/mla_bench configs/seed_table.yaml \
+      --overwrite --set "sweep.backend=[cuda]" --set "sweep.phase=[decode]" --set "sweep.attention=[auto]" \
+      --set bench.baseline=none --set "bench.csv=$out/seed_table_decode_fp8_off.csv" \
+      --set "bench.jsonl=$out/seed_table_decode_fp8_off.jsonl"
     # The strongest baselines a user would pick beside eager: the same module through torch.compile
     # (compiled once per point, untimed) and its step captured in a CUDA graph. After everything
     # else, as compiling takes the longest.

@@ -220,7 +220,7 @@ void record_bytes(const PointLayer& rig, const ModelArgs& model, const std::vect
     result.device_bytes = device_memory_use().peak_bytes;
     result.device_used_bytes = device_memory_used_by_driver();
     result.device_process_bytes = device_memory_used_by_this_process();
-    result.weight_bytes = rig.cuda_layer->memory().weights_bytes;
+    result.weight_bytes = rig.cuda_layer->weight_bytes_read(tokens);
     cache = &rig.cuda_layer->cache().shape();
     heads = rig.cuda_layer->shard().n_local_heads;
   }

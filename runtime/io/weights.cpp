@@ -181,9 +181,7 @@ std::vector<float> read_checkpoint_weight(const Checkpoint& checkpoint, const We
   std::vector<float> values = dequantize(codes, scales, rows, cols, blocks(cols), round_to_bf16);
   finish_values(values, where, compute_dtype, check_finite);
   *storage_dtype = "F8_E4M3 (128x128 block scales)";
-  if (compute_dtype == ComputeDType::FP32) {
-    *fp8_out = Fp8Weight{std::move(codes), std::move(scales), blocks(cols), round_to_bf16};
-  }
+  *fp8_out = Fp8Weight{std::move(codes), std::move(scales), blocks(cols), round_to_bf16};
   return values;
 }
 
@@ -229,9 +227,7 @@ std::vector<float> random_weight(const WeightsConfig& config, const WeightSpec& 
   }
   const bool round_to_bf16 = fp8_rounds_to_bf16(compute_dtype, config.fp8_dequant);
   std::vector<float> dequantized = dequantize(codes, scales, rows, cols, local_scale_cols, round_to_bf16);
-  if (compute_dtype == ComputeDType::FP32) {
-    *fp8_out = Fp8Weight{std::move(codes), std::move(scales), local_scale_cols, round_to_bf16};
-  }
+  *fp8_out = Fp8Weight{std::move(codes), std::move(scales), local_scale_cols, round_to_bf16};
   return dequantized;
 }
 

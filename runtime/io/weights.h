@@ -4,8 +4,9 @@
 // bf16 and fp8 checkpoints are converted once, at load: fp8 codes times their 128x128 block
 // scale, rounded to bf16 as DeepSeek's weight_dequant returns them (weights.fp8_dequant: bf16, the
 // default; `exact` keeps the fp32 product in fp32 compute); in bf16 compute every weight is
-// rounded to bf16 as DeepSeek's bf16 path does. In fp32 compute the fp8 codes are kept too, for
-// decode steps that stream them (and round in registers as the loader does).
+// rounded to bf16 as DeepSeek's bf16 path does. The fp8 codes are kept too, for decode steps that
+// stream them and round in registers as the loader does (the CPU layer in fp32 compute, the CUDA
+// layer in bf16); a layer that does not stream them drops them when it prepares its weights.
 #pragma once
 
 #include <cstdint>
@@ -36,8 +37,8 @@ struct LayerWeights {
   std::vector<float> kv_norm;  // [C]
   std::vector<float> wkv_b;    // [Hl*(dn+dv), C], per head dn key rows then dv value rows
   std::vector<float> wo;       // [D, Hl*dv]
-  // fp32 compute on fp8 weights: the codes and scales of each linear weight, by name ("wq_a", ...),
-  // so the CPU layer can stream 1 byte per weight in decode steps. Empty otherwise.
+  // fp8 weights: the codes and scales of each linear weight, by name ("wq_a", ...), so that decode
+  // steps can stream 1 byte per weight. Empty for other storage.
   std::map<std::string, Fp8Weight> fp8;
   // Where each weight came from, by name ("wq_a" -> "ckpt/model0-mp1.safetensors: tensor
   // 'layers.0.attn.wq_a.weight'"), for messages about it after loading.

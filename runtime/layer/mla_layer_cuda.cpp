@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "kernels/cuda/attention_merge.h"
 #include "kernels/cuda/attention_standard.h"
 #include "kernels/cuda/bf16_convert.h"
+#include "kernels/cuda/fp8_linear.h"
 #include "kernels/cuda/kv_cache_append.h"
 #include "kernels/cuda/paged_latent.h"
 #include "kernels/cuda/rmsnorm.h"
@@ -82,6 +84,46 @@ const void* DeviceMatrix::at_row(int64_t row) const {
   return f32.data() + row * cols;
 }
 
+int64_t DeviceMatrix::bytes_read(int64_t step_rows) const {
+  if (streams_fp8() && step_rows <= kFp8LinearMaxRows)
+    return static_cast<int64_t>(fp8_codes.bytes() + fp8_scales.bytes());
+  return static_cast<int64_t>(f32.bytes() + bf16.bytes());
+}
+
+namespace {
+
+// MLA_CUDA_FP8_STREAM=0 keeps every projection on cuBLAS over the bf16 copy (what streaming is
+// measured against); unset or 1, decode steps stream the fp8 codes.
+bool fp8_streaming_enabled() {
+  const char* value = std::getenv("MLA_CUDA_FP8_STREAM");
+  if (value == nullptr || std::string(value) == "1") return true;
+  if (std::string(value) == "0") return false;
+  throw UserError(std::string("MLA_CUDA_FP8_STREAM: expected 0 or 1, got '") + value + "'");
+}
+
+// bf16 compute on an fp8 weight: its codes and scales beside the bf16 copy, for decode steps to
+// stream (kernels/cuda/fp8_linear). A shape the kernel does not take keeps the bf16 copy only.
+void attach_fp8_codes(DeviceMatrix& matrix, const LayerWeights& weights, const char* name, cudaStream_t stream) {
+  const auto found = weights.fp8.find(name);
+  if (found == weights.fp8.end() || !matrix.is_bf16() || !fp8_linear_fits(matrix.rows, matrix.cols)) return;
+  const Fp8Weight& fp8 = found->second;
+  const int64_t scale_rows = (matrix.rows + 127) / 128;
+  if (!fp8.round_to_bf16 || static_cast<int64_t>(fp8.codes.size()) != matrix.rows * matrix.cols ||
+      static_cast<int64_t>(fp8.scales.size()) != scale_rows * fp8.scale_cols || fp8.scale_cols * 128 < matrix.cols) {
+    throw std::invalid_argument(std::string("CudaMlaLayer: the fp8 codes or scales of ") + name +
+                                " do not match its bf16 values");
+  }
+  const std::vector<uint8_t> packed = fp8_linear_pack(fp8.codes.data(), matrix.rows, matrix.cols);
+  matrix.fp8_codes = DeviceBuffer<uint8_t>(static_cast<int64_t>(packed.size()));
+  matrix.fp8_codes.upload(packed, stream);
+  matrix.fp8_scales = DeviceBuffer<float>(static_cast<int64_t>(fp8.scales.size()));
+  matrix.fp8_scales.upload(fp8.scales, stream);
+  matrix.fp8_scale_cols = fp8.scale_cols;
+  CUDA_CHECK(cudaStreamSynchronize(stream));  // `packed` goes out of scope
+}
+
+}  // namespace
+
 CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const LayerWeights& weights,
                            const RunConfig& run, const CudaLayerLimits& limits, int64_t context_shards)
     : model_(model),
@@ -107,6 +149,7 @@ CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const
   if (context_shards < 1) {
     throw std::invalid_argument("CudaMlaLayer: context_shards " + std::to_string(context_shards));
   }
+  stream_fp8_ = fp8_streaming_enabled();
   if (context_shards > 1) {
     check_cuda_context_split(run, context_shards);
     if (limits.mask) throw std::invalid_argument("CudaMlaLayer: an explicit mask with a cache split over a group");
@@ -191,8 +234,23 @@ void CudaMlaLayer::upload_weights(const LayerWeights& w) {
   kv_norm_.upload(w.kv_norm, stream_);
   wkv_b_ = upload_matrix(w.wkv_b, heads * (m.qk_nope_head_dim + m.v_head_dim), C, round_bf16_, stream_);
   wo_ = upload_matrix(w.wo, m.dim, heads * m.v_head_dim, round_bf16_, stream_);
+  if (stream_fp8_) {
+    for (const auto& [matrix, name] : {std::pair<DeviceMatrix*, const char*>{&wq_, "wq"},
+                                       {&wq_a_, "wq_a"},
+                                       {&wq_b_, "wq_b"},
+                                       {&wkv_a_, "wkv_a"},
+                                       {&wo_, "wo"}}) {
+      attach_fp8_codes(*matrix, w, name, stream_);
+    }
+  }
   memory_.weights_bytes = wq_.bytes() + wq_a_.bytes() + wq_b_.bytes() + wkv_a_.bytes() + wkv_b_.bytes() + wo_.bytes() +
                           static_cast<int64_t>(q_norm_.bytes() + kv_norm_.bytes());
+}
+
+int64_t CudaMlaLayer::weight_bytes_read(int64_t tokens) const {
+  int64_t bytes = static_cast<int64_t>(wkv_b_.f32.bytes() + wkv_b_.bf16.bytes() + q_norm_.bytes() + kv_norm_.bytes());
+  for (const DeviceMatrix* matrix : {&wq_, &wq_a_, &wq_b_, &wkv_a_, &wo_}) bytes += matrix->bytes_read(tokens);
+  return bytes;
 }
 
 // The latent cache's pool, zeroed, and the RoPE tables of every position it can hold.
@@ -333,14 +391,18 @@ void CudaMlaLayer::set_activation_operand(GemmCudaParams& g, const float* values
     g.lda = stride;
     return;
   }
+  g.a = stage_bf16(values, rows, cols, stride);
+  g.lda = cols;
+  g.operands = GemmOperands::BF16;
+}
+
+const __nv_bfloat16* CudaMlaLayer::stage_bf16(const float* values, int64_t rows, int64_t cols, int64_t stride) {
   if (rows * cols > bf16_staging_.size()) {
     throw std::logic_error("CudaMlaLayer: bf16 staging buffer too small for " + std::to_string(rows) + " x " +
                            std::to_string(cols));
   }
   f32_to_bf16_cuda({values, stride, bf16_staging_.data(), rows, cols}, stream_);
-  g.a = bf16_staging_.data();
-  g.lda = cols;
-  g.operands = GemmOperands::BF16;
+  return bf16_staging_.data();
 }
 
 void CudaMlaLayer::round_rows(float* values, int64_t rows, int64_t row_stride, int64_t inner, int64_t inner_stride,
@@ -360,6 +422,22 @@ void CudaMlaLayer::round_rows(float* values, int64_t rows, int64_t row_stride, i
 // accumulate in fp32, and y is rounded to bf16, as DeepSeek's bf16 F.linear does.
 void CudaMlaLayer::linear(const float* x, int64_t x_stride, const DeviceMatrix& weight, int64_t rows, float* y,
                           int64_t y_stride, const __nv_bfloat16* x_staged) {
+  if (weight.streams_fp8() && rows <= kFp8LinearMaxRows) {
+    // A decode step: the fp8 codes streamed, dequantized in registers to the bf16 copy's values.
+    Fp8LinearCudaParams p;
+    p.x = x_staged != nullptr ? x_staged : stage_bf16(x, rows, weight.cols, x_stride);
+    p.rows = rows;
+    p.packed_codes = weight.fp8_codes.data();
+    p.block_scales = weight.fp8_scales.data();
+    p.scale_cols = weight.fp8_scale_cols;
+    p.y = y;
+    p.y_stride = y_stride;
+    p.out_features = weight.rows;
+    p.in_features = weight.cols;
+    fp8_linear_cuda(p, stream_);
+    round_rows(y, rows, y_stride, 1, 0, weight.rows);
+    return;
+  }
   GemmCudaParams g;
   g.transpose_b = true;
   g.m = rows;

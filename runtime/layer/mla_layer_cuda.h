@@ -52,17 +52,27 @@ struct CudaMemoryReport {
   std::string describe() const;
 };
 
-// A weight matrix on the device in the compute precision: fp32, or bf16 in bf16 mode.
+// A weight matrix on the device in the compute precision: fp32, or bf16 in bf16 mode. A bf16
+// projection loaded from fp8 also keeps its codes and block scales (fp8_linear's order), which
+// decode steps of up to kFp8LinearMaxRows rows stream instead of the bf16 copy.
 struct DeviceMatrix {
   DeviceBuffer<float> f32;
   DeviceBuffer<__nv_bfloat16> bf16;
+  DeviceBuffer<uint8_t> fp8_codes;
+  DeviceBuffer<float> fp8_scales;
+  int64_t fp8_scale_cols = 0;
   int64_t rows = 0;
   int64_t cols = 0;
 
   bool is_bf16() const { return bf16.size() > 0; }
+  bool streams_fp8() const { return fp8_codes.size() > 0; }
   // Row `row` onward, in whichever precision the matrix is held.
   const void* at_row(int64_t row) const;
-  int64_t bytes() const { return static_cast<int64_t>(f32.bytes() + bf16.bytes()); }
+  int64_t bytes() const {
+    return static_cast<int64_t>(f32.bytes() + bf16.bytes() + fp8_codes.bytes() + fp8_scales.bytes());
+  }
+  // What a step of `rows` rows reads of it: the streamed codes and scales, or the GEMM's operand.
+  int64_t bytes_read(int64_t rows) const;
 };
 
 class CudaMlaLayer {
@@ -109,6 +119,9 @@ class CudaMlaLayer {
 
   cudaStream_t stream() const { return stream_; }
   const CudaMemoryReport& memory() const { return memory_; }
+  // The weight bytes a step of `tokens` tokens reads (the projections streamed as fp8 codes where
+  // they are, the bf16 or fp32 copies otherwise, wkv_b and the norms): its floor's weight part.
+  int64_t weight_bytes_read(int64_t tokens) const;
   const HeadShard& shard() const { return shard_; }
   const ModelArgs& model() const { return model_; }
   const CudaLayerLimits& limits() const { return limits_; }
@@ -124,6 +137,8 @@ class CudaMlaLayer {
               const __nv_bfloat16* x_staged = nullptr);
   void round_rows(float* values, int64_t rows, int64_t row_stride, int64_t inner, int64_t inner_stride, int64_t width);
   void set_activation_operand(GemmCudaParams& g, const float* values, int64_t rows, int64_t cols, int64_t stride);
+  // bf16 mode: `values` (bf16 numbers held in fp32) as dense bf16 in bf16_staging_.
+  const __nv_bfloat16* stage_bf16(const float* values, int64_t rows, int64_t cols, int64_t stride);
   // Whether a step of at most max_new_tokens new tokens per sequence, kv_len the longest, takes the
   // split-KV decode kernel (attention_decode); the plan's reason says so (or its path turns standard
   // where the kernel cannot serve the model and kv_len passes the fused kernel's limit).
@@ -182,6 +197,7 @@ class CudaMlaLayer {
   std::unique_ptr<CublasContext> cublas_;
 
   DeviceMatrix wq_, wq_a_, wq_b_, wkv_a_, wkv_b_, wo_;
+  bool stream_fp8_ = true;  // MLA_CUDA_FP8_STREAM: decode steps stream fp8 codes where they are kept
   DeviceBuffer<float> q_norm_, kv_norm_;
   DeviceBuffer<float> rope_cos_, rope_sin_;  // [max_seq_len, dr / 2]
   // The latent cache's pages (LatentCacheShape): dense fp32, [max_batch_size, max_seq_len, C + dr].

@@ -4,11 +4,13 @@
 // against world 1; the memory report.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/device_memory.h"
+#include "kernels/cuda/fp8_linear.h"
 #include "runtime/base/errors.h"
 #include "runtime/layer/cuda_step_executor.h"
 #include "runtime/layer/mla_layer_cuda.h"
@@ -76,6 +78,74 @@ TEST_F(CudaLayer, MatchesTheCpuLayerOnEveryPathFormulationAndPrecision) {
         }
       }
     }
+  }
+}
+
+// Restores an environment variable when the test ends, however it ends.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    ::setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (old_.empty()) {
+      ::unsetenv(name_);
+    } else {
+      ::setenv(name_, old_.c_str(), 1);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::string old_;
+};
+
+// bf16 compute on fp8 weights: decode steps stream the projections' codes (kernels/cuda/fp8_linear),
+// longer steps read the bf16 copy through cuBLAS; both give the CPU layer's bf16 result, and the
+// same as the layer that never streams (MLA_CUDA_FP8_STREAM=0) up to the GEMMs' summation order.
+TEST_F(CudaLayer, StreamedFp8DecodeMatchesTheCpuLayerAndCublas) {
+  // Every projection in the kernel's shapes: wq_a 128 x 256, wq_b 96 x 128, wkv_a 144 x 256, wo 256 x 64.
+  const ModelArgs m = model_args(256, 2, 128, 128, 32, 16, 32, 3, 64);
+  const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::FP8, 8), m, whole(m), ComputeDType::BF16);
+  ASSERT_EQ(loaded.weights.fp8.size(), 4u) << "the loader keeps the codes in bf16 compute";
+  const InputTensor x = random_input(m, 3, 14, 31);
+  const std::vector<int64_t> steps = {9, 1, 1, 1, 1, 1};  // a prefill, then decodes of 3 rows
+  for (const FormulationChoice formulation : {FormulationChoice::Naive, FormulationChoice::Absorb}) {
+    const RunConfig run = run_config(AttentionChoice::Auto, formulation, ComputeDType::BF16);
+    const RunResult want = layer_run(m, run, whole(m), loaded.weights, x, steps);
+    const RunResult streamed = cuda_run(m, run, whole(m), loaded.weights, x, steps);
+    RunResult unstreamed;
+    {
+      const ScopedEnv off("MLA_CUDA_FP8_STREAM", "0");
+      unstreamed = cuda_run(m, run, whole(m), loaded.weights, x, steps);
+    }
+    const std::string name = to_string(formulation);
+    EXPECT_LE(relative_l2_error(streamed.y, want.y), 2e-2) << name;
+    EXPECT_LE(relative_l2_error(unstreamed.y, want.y), 2e-2) << name;
+    EXPECT_LE(relative_l2_error(streamed.y, unstreamed.y), 1e-2) << name;
+  }
+
+  const CudaLayerLimits limits = limits_for(x, steps, false);
+  const RunConfig run = run_config(AttentionChoice::Auto, FormulationChoice::Absorb, ComputeDType::BF16);
+  const CudaMlaLayer streaming(m, whole(m), loaded.weights, run, limits);
+  // A decode step reads the projections' codes (1 byte each) where a prefill reads their bf16 copy.
+  EXPECT_LT(streaming.weight_bytes_read(3), streaming.weight_bytes_read(kFp8LinearMaxRows + 1));
+  {
+    const ScopedEnv off("MLA_CUDA_FP8_STREAM", "0");
+    const CudaMlaLayer plain(m, whole(m), loaded.weights, run, limits);
+    EXPECT_EQ(plain.weight_bytes_read(3), plain.weight_bytes_read(kFp8LinearMaxRows + 1));
+    EXPECT_GT(streaming.memory().weights_bytes, plain.memory().weights_bytes) << "the codes beside the bf16 copy";
+  }
+  const ScopedEnv bad("MLA_CUDA_FP8_STREAM", "yes");
+  try {
+    const CudaMlaLayer refused(m, whole(m), loaded.weights, run, limits);
+    ADD_FAILURE() << "MLA_CUDA_FP8_STREAM=yes was taken";
+  } catch (const UserError& error) {
+    EXPECT_NE(std::string(error.what()).find("MLA_CUDA_FP8_STREAM: expected 0 or 1, got 'yes'"), std::string::npos)
+        << error.what();
   }
 }
 

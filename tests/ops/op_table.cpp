@@ -255,6 +255,27 @@ OpRun run_cpu(const SkinnyLinearCase& c, int reps) {
   return run;
 }
 
+OpRun run_cpu(const Fp8LinearCase& c, int reps) {
+  const Fp8LinearInputs in = fp8_linear_inputs(c);
+  OpRun run;
+  run.output.assign(static_cast<size_t>(c.rows * c.out_features), kNaN);
+  SkinnyLinearParams p;
+  p.x = in.x.data();
+  p.x_stride = c.in_features;
+  p.rows = c.rows;
+  p.codes = WeightCodes::FP8_E4M3;
+  p.weight = in.codes.data();
+  p.block_scales = in.scales.data();
+  p.scale_cols = in.scale_cols;
+  p.round_fp8_to_bf16 = true;
+  p.y = run.output.data();
+  p.y_stride = c.out_features;
+  p.out_features = c.out_features;
+  p.in_features = c.in_features;
+  run.median_ms = time_on_cpu(reps, kNothing, [&] { skinny_linear(p); });
+  return run;
+}
+
 OpRun run_cpu(const AttentionCase& c, uint32_t seed, const AttentionRun& how, int reps) {
   AttentionData d = make_attention(c, seed);
   OpRun run;
@@ -409,6 +430,18 @@ void add_linear_cases(std::vector<OpCase>& table) {
   }
 }
 
+// The streamed fp8 projection on the tensor cores: one and two row tiles (1, 5, 16 | 17, 32 rows),
+// inputs that fill the block's steps or end inside one, 128-blocks of scales cut by the tiles.
+void add_fp8_linear_cases(std::vector<OpCase>& table) {
+  for (const auto& [out, in] : {std::pair<int64_t, int64_t>{16, 64}, {48, 320}, {144, 1024}, {576, 448}}) {
+    for (const int64_t rows : {int64_t{1}, int64_t{5}, int64_t{16}, int64_t{17}, int64_t{32}}) {
+      table.push_back({"fp8_linear",
+                       std::to_string(rows) + " rows " + std::to_string(in) + " -> " + std::to_string(out), kCudaOnly,
+                       1e-5, runner(Fp8LinearCase{rows, out, in})});
+    }
+  }
+}
+
 void add_attention_cases(std::vector<OpCase>& table) {
   const std::vector<AttentionCase> cases = {
       {false, 2, 9, 0, 3, false, false},    // naive prefill, causal
@@ -458,6 +491,18 @@ void add_attention_cases(std::vector<OpCase>& table) {
 }  // namespace
 
 // ---- inputs -------------------------------------------------------------------------------------
+
+Fp8LinearInputs fp8_linear_inputs(const Fp8LinearCase& c) {
+  Fp8LinearInputs in;
+  in.x = random_floats(c.rows * c.in_features, static_cast<uint32_t>(c.rows * 5 + c.in_features));
+  round_to_bf16_inplace(in.x.data(), static_cast<int64_t>(in.x.size()));
+  for (const float value : random_floats(c.out_features * c.in_features, static_cast<uint32_t>(c.out_features))) {
+    in.codes.push_back(f32_to_fp8_e4m3(value * 448.0f));
+  }
+  in.scale_cols = (c.in_features + kFp8BlockSize - 1) / kFp8BlockSize;
+  in.scales = random_floats(((c.out_features + kFp8BlockSize - 1) / kFp8BlockSize) * in.scale_cols, 11, 0.001f, 0.01f);
+  return in;
+}
 
 std::vector<float> rmsnorm_input(const RmsNormCase& c) { return random_floats(c.rows * c.stride, 1, -3.0f, 3.0f); }
 std::vector<float> rmsnorm_weight(const RmsNormCase& c) { return random_floats(c.dim, 2, 0.5f, 1.5f); }
@@ -667,6 +712,7 @@ const std::vector<OpCase>& op_table() {
     std::vector<OpCase> cases;
     add_elementwise_cases(cases);
     add_linear_cases(cases);
+    add_fp8_linear_cases(cases);
     add_attention_cases(cases);
     add_decode_attention_cases(cases);
     return cases;

@@ -114,6 +114,19 @@ struct SkinnyLinearCase {
   bool x_bf16;  // bf16 compute: x handed over as bf16 numbers (bf16 weights only)
 };
 
+// The bf16 layer's streamed decode projection (kernels/cuda/fp8_linear): fp8 codes with block
+// scales, x holding bf16 values, against skinny_linear with the codes rounded to bf16.
+struct Fp8LinearCase {
+  int64_t rows, out_features, in_features;
+};
+struct Fp8LinearInputs {
+  std::vector<float> x;  // [rows, in_features], bf16 values
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  int64_t scale_cols = 0;
+};
+Fp8LinearInputs fp8_linear_inputs(const Fp8LinearCase& c);
+
 // The two layouts the layer uses: naive (keys and values per head) and absorb (one latent row per
 // position shared by all heads, the value being its first value_dim entries).
 struct AttentionCase {
@@ -195,6 +208,7 @@ OpRun run_cuda(const StridedCopyCase& c, int reps);
 OpRun run_cuda(const Bf16ConvertCase& c, int reps);
 OpRun run_cuda(const GemmCase& c, int reps);
 OpRun run_cuda(const FiniteCheckCase& c, int reps);
+OpRun run_cuda(const Fp8LinearCase& c, int reps);
 OpRun run_cuda(const AttentionCase& c, uint32_t seed, const AttentionRun& how, int reps);
 OpRun run_cuda(const DecodeAttentionCase& c, uint32_t seed, int reps);
 OpRun run_cuda(const AttentionMergeCase& c, int reps);

@@ -20,6 +20,7 @@
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/finite_check.h"
 #include "kernels/cuda/fp8_dequant.h"
+#include "kernels/cuda/fp8_linear.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/kv_cache_append.h"
 #include "kernels/cuda/paged_latent.h"
@@ -247,6 +248,30 @@ OpRun run_cuda(const GemmCase& c, int reps) {
     run.median_ms = time_on_device(reps, stream.get(), kNothing, [&] { gemm_cuda(context, g); });
     run.output = to_host(y);
   }
+  return run;
+}
+
+OpRun run_cuda(const Fp8LinearCase& c, int reps) {
+  const Fp8LinearInputs in = fp8_linear_inputs(c);
+  std::vector<uint16_t> x_bits;
+  for (const float value : in.x) x_bits.push_back(f32_to_bf16_bits(value));
+  DeviceBuffer<uint16_t> x = to_device(x_bits);
+  DeviceBuffer<uint8_t> codes = to_device(fp8_linear_pack(in.codes.data(), c.out_features, c.in_features));
+  DeviceBuffer<float> scales = to_device(in.scales);
+  DeviceBuffer<float> y = to_device(std::vector<float>(static_cast<size_t>(c.rows * c.out_features), kNaN));
+  Fp8LinearCudaParams p;
+  p.x = reinterpret_cast<const __nv_bfloat16*>(x.data());
+  p.rows = c.rows;
+  p.packed_codes = codes.data();
+  p.block_scales = scales.data();
+  p.scale_cols = in.scale_cols;
+  p.y = y.data();
+  p.y_stride = c.out_features;
+  p.out_features = c.out_features;
+  p.in_features = c.in_features;
+  OpRun run;
+  run.median_ms = time_on_device(reps, nullptr, kNothing, [&] { fp8_linear_cuda(p, nullptr); });
+  run.output = to_host(y);
   return run;
 }
 
