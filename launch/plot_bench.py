@@ -11,7 +11,8 @@ its rows are absent:
                          prefill panels
   seed_table_memory.png  attention score workspace, process peak RSS and device peak vs seq_len
   world_scaling.png      time and all-reduce time vs world, and parallel efficiency t(1) / (W t(W))
-  vs_torch.png           ours vs the PyTorch eager baseline of the same rank-0 slice, with the speedups
+  vs_torch.png           ours vs the PyTorch baseline of the same rank-0 slice (eager, and torch.compile
+                         or a CUDA graph where the sweep timed them), with the speedups
   allreduce.png          all-reduce bus bandwidth and time vs message size
 scaling_model.py reads the same CSVs through read_csvs() and pick_config() below.
 """
@@ -439,48 +440,74 @@ def geometric_means(rows, speedups):
     return {b: (first, last, math.exp(sum(logs) / len(logs))) for b, (first, last, logs) in spans.items()}
 
 
-def speedup(row):
-    return row.get("speedup_vs_torch") or row["torch_median_ms"] / row["median_ms"]
+# The baseline's variants (bench.torch_variants): column, legend, colour.
+TORCH_VARIANTS = (("torch_median_ms", "PyTorch eager", "tab:gray"),
+                  ("torch_compile_median_ms", "torch.compile", "tab:orange"),
+                  ("torch_graph_median_ms", "PyTorch in a CUDA graph", "tab:purple"))
+
+
+def timed(row, column):
+    return isinstance(row.get(column), (int, float)) and row[column] > 0
 
 
 def plot_vs_torch(bench, _allreduce, out_dir, title):
-    rows = [r for r in bench if isinstance(r.get("torch_median_ms"), (int, float)) and r["torch_median_ms"] > 0]
+    variants = [v for v in TORCH_VARIANTS if any(timed(r, v[0]) for r in bench)]
+    rows = [r for r in bench if any(timed(r, column) for column, _, _ in variants)]
     if not rows:
-        return "no rows with torch_median_ms (the PyTorch baseline did not run)"
+        return "no rows with a PyTorch time (the baseline did not run)"
     rows.sort(key=lambda r: tuple(order(r.get(c)) for c in ("backend", "phase", "compute_dtype", "seq_len", "batch",
                                                              "attention", "formulation", "world")))
-    labels, speedups = torch_labels(rows), [speedup(r) for r in rows]
-    means = geometric_means(rows, speedups)
-    xs = list(range(len(rows)))
-    fig, (bars, ratio) = plt.subplots(2, 1, figsize=(max(8.0, 0.55 * len(rows) + 3), 8.5), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 2]})
+    labels = torch_labels(rows)
     ours = [r["median_ms"] for r in rows]
-    torch = [r["torch_median_ms"] for r in rows]
-    bars.bar([x - 0.2 for x in xs], ours, 0.4, label="ours (median)", color="tab:blue")
-    bars.bar([x + 0.2 for x in xs], torch, 0.4, label="PyTorch eager (median)", color="tab:gray")
-    auto_log_y(bars, ours + torch)
-    for x, top, s in zip(xs, map(max, ours, torch), speedups):
-        bars.annotate(f"{s:.2f}x", (x, top), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
+    # speedups[v][i]: variant v's time over ours at point i, None where v did not run there.
+    speedups = [[r[column] / r["median_ms"] if timed(r, column) else None for r in rows] for column, _, _ in variants]
+    xs = list(range(len(rows)))
+    width = 0.8 / (1 + len(variants))
+    fig, (bars, ratio) = plt.subplots(2, 1, figsize=(max(8.0, 0.55 * len(rows) * (1 + len(variants)) / 2 + 3), 8.5),
+                                      sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    offset = [(i - len(variants) / 2) * width for i in range(1 + len(variants))]
+    bars.bar([x + offset[0] for x in xs], ours, width, label="ours (median)", color="tab:blue")
+    times = list(ours)
+    for index, (column, name, colour) in enumerate(variants):
+        heights = [r[column] if timed(r, column) else 0 for r in rows]
+        bars.bar([x + offset[index + 1] for x in xs], heights, width, label=f"{name} (median)", color=colour)
+        times += [h for h in heights if h > 0]
+    auto_log_y(bars, times)
     bars.set_ylabel("ms per layer step (rank-0 slice)")
     bars.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     bars.grid(alpha=0.3, axis="y")
-    ratio.bar(xs, speedups, 0.6, color=["tab:green" if s >= 1 else "tab:red" for s in speedups])
+    means_table = []
+    for index, ((_column, name, colour), values) in enumerate(zip(variants, speedups)):
+        at = [(x, v) for x, v in zip(xs, values) if v is not None]
+        ratio.bar([x + offset[index + 1] for x, _ in at], [v for _, v in at], width, color=colour,
+                  edgecolor=["tab:green" if v >= 1 else "tab:red" for _, v in at], linewidth=1.2)
+        timed_rows = [r for r, v in zip(rows, values) if v is not None]
+        for backend, (first, last, mean) in geometric_means(timed_rows, [v for _, v in at]).items():
+            label = f"vs {name}: geometric mean {backend} {mean:.2f}x"
+            ratio.hlines(mean, at[first][0] - 0.4, at[last][0] + 0.4, colors=colour, linestyles="--", label=label)
+            means_table.append((f"**geometric mean, {backend}, vs {name}**", mean))
     ratio.axhline(1.0, color="black", linewidth=0.8, label="parity")
-    for index, (backend, (first, last, mean)) in enumerate(means.items()):
-        name = f"{backend} " if len(means) > 1 else ""
-        ratio.hlines(mean, first - 0.4, last + 0.4, colors=f"C{4 + index}", linestyles="--",
-                     label=f"geometric mean {name}{mean:.2f}x")
-    ratio.set_ylabel("speedup = torch / ours")
+    ratio.set_ylabel("speedup = PyTorch / ours")
     ratio.set_xticks(xs)
     ratio.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     ratio.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ratio.grid(alpha=0.3, axis="y")
-    save(fig, out_dir, "vs_torch.png", "Ours vs the PyTorch eager baseline, same rank-0 slice", title)
-    markdown("vs_torch.png", ["point", "ours ms", "torch ms", "torch formulation", "speedup", "torch rel L2"],
-             [(label, r["median_ms"], r["torch_median_ms"], r.get("torch_formulation"), s, r.get("torch_rel_l2"))
-              for label, r, s in zip(labels, rows, speedups)] +
-             [(f"**geometric mean, {backend}**", None, None, None, mean, None)
-              for backend, (_first, _last, mean) in means.items()])
+    save(fig, out_dir, "vs_torch.png", "Ours vs the PyTorch baseline, same rank-0 slice", title)
+    headers = ["point", "ours ms"]
+    for _column, name, _colour in variants:
+        headers += [f"{name} ms", f"speedup vs {name}"]
+    headers += ["torch formulation", "eager rel L2"]
+    table = []
+    for i, (label, r) in enumerate(zip(labels, rows)):
+        cells = [label, r["median_ms"]]
+        for (column, _name, _colour), values in zip(variants, speedups):
+            cells += [r[column] if timed(r, column) else None, values[i]]
+        table.append(tuple(cells + [r.get("torch_formulation"), r.get("torch_rel_l2")]))
+    for name, mean in means_table:  # the mean under its variant's speedup column
+        cells = [name] + [None] * (len(headers) - 1)
+        cells[headers.index(f"speedup vs {name.split(', vs ')[1].rstrip('*')}")] = mean
+        table.append(tuple(cells))
+    markdown("vs_torch.png", headers, table)
     return None
 
 
