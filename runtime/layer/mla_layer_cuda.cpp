@@ -248,8 +248,8 @@ void CudaMlaLayer::upload_weights(const LayerWeights& w) {
 }
 
 int64_t CudaMlaLayer::weight_bytes_read(int64_t tokens) const {
-  int64_t bytes = static_cast<int64_t>(wkv_b_.f32.bytes() + wkv_b_.bf16.bytes() + q_norm_.bytes() + kv_norm_.bytes());
-  for (const DeviceMatrix* matrix : {&wq_, &wq_a_, &wq_b_, &wkv_a_, &wo_}) bytes += matrix->bytes_read(tokens);
+  int64_t bytes = static_cast<int64_t>(q_norm_.bytes() + kv_norm_.bytes());
+  for (const DeviceMatrix* matrix : {&wq_, &wq_a_, &wq_b_, &wkv_a_, &wkv_b_, &wo_}) bytes += matrix->bytes_read(tokens);
   return bytes;
 }
 
