@@ -16,7 +16,8 @@
 #     bash launch/gpu_check.sh bench        # mla_bench's seed table on the GPU with the PyTorch baseline,
 #                                           # its serving-shaped phases (configs/ragged_serving.yaml),
 #                                           # long-context decode (configs/decode_long_context.yaml, reduced),
-#                                           # mla_allreduce_bench (NCCL at world 1, MPI), then the seed
+#                                           # mla_allreduce_bench (NCCL at world 1, MPI), the decode points
+#                                           # with fp8 streaming and with CUDA graphs off, then the seed
 #                                           # table against torch.compile and a CUDA-graph PyTorch
 #     bash launch/gpu_check.sh a100         # the kernels as compute_80 PTX (A100 code) and the GPU tests on them
 #     bash launch/gpu_check.sh run          # the reduced check: GPU tests, mla_cuda_bench, PyTorch's seed
@@ -287,6 +288,13 @@ case "${1:-run}" in
       --overwrite --set "sweep.backend=[cuda]" --set "sweep.phase=[decode]" --set "sweep.attention=[auto]" \
       --set bench.baseline=none --set "bench.csv=$out/seed_table_decode_fp8_off.csv" \
       --set "bench.jsonl=$out/seed_table_decode_fp8_off.jsonl"
+    # And with every decode step's launches queued one by one (run.cuda_graphs: false): what
+    # replaying the step as one captured graph gains (cuda_graph_replays says which steps replayed).
+    step "mla_bench seed-table decode, CUDA graphs off (run.cuda_graphs: false)" 90 bench_graphs_off.log \
+      mpirun -np 1 ./build-gpu-full/mla_bench configs/seed_table.yaml --overwrite --set "sweep.backend=[cuda]" \
+      --set "sweep.phase=[decode]" --set "sweep.attention=[auto]" --set run.cuda_graphs=false \
+      --set bench.baseline=none --set "bench.csv=$out/seed_table_decode_graphs_off.csv" \
+      --set "bench.jsonl=$out/seed_table_decode_graphs_off.jsonl"
     # The strongest baselines a user would pick beside eager: the same module through torch.compile
     # (compiled once per point, untimed) and its step captured in a CUDA graph. After everything
     # else, as compiling takes the longest.

@@ -88,7 +88,7 @@ const std::vector<std::string> kColumns = {
     "context_parallel", "kv_pool_bytes", "attention_bytes", "attention_gbps", "step_byte_floor", "context_bytes",
     "torch_peak_bytes", "torch_compile_median_ms", "speedup_vs_torch_compile", "torch_compile_rel_l2",
     "torch_graph_median_ms", "speedup_vs_torch_graph", "torch_graph_rel_l2", "device_process_bytes",
-    "torch_device_process_bytes"};
+    "torch_device_process_bytes", "cuda_graph_replays"};
 
 // VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
 // restarts the high-water mark from the current RSS), so that each point reports its own peak.
@@ -150,6 +150,7 @@ struct Measurement {
   int64_t device_bytes = 0;                   // CUDA: the most held through our allocations (measured)
   int64_t device_used_bytes = 0;              // CUDA: what the driver says the device uses, all processes
   int64_t device_process_bytes = -1;          // CUDA: what the driver accounts to this process; -1 unknown
+  int64_t graph_replays = 0;                  // timed steps that were one launch of a captured decode graph (CUDA)
   int64_t weight_bytes = 0;                   // CPU: the weight bytes a step reads (streamed bits or GEMM operands)
   std::string linear_implementation;          // CPU: which GEMM runs the linear layers
   int64_t kv_pool_bytes = 0;                  // the latent cache's pool on this rank
@@ -423,6 +424,7 @@ void Bench::time_steps(StepExecutor& executor, const std::function<StepReport()>
     const auto computed = Clock::now();
     result.linear_ms.push_back(result.report.linear_ms);
     result.attention_ms.push_back(result.report.attention_ms);
+    result.graph_replays += result.report.graph_replayed ? 1 : 0;
     float continue_flag = 0.0f;
     if (session_.rank() == 0) {
       const int64_t reps = static_cast<int64_t>(result.step_ms.size()) + 1;
@@ -1046,7 +1048,8 @@ ResultRow Bench::csv_row(const PointResult& r) const {
       .add("torch_graph_rel_l2", graphed[2])
       .add("device_process_bytes",
            !cpu && measured.device_process_bytes >= 0 ? std::to_string(measured.device_process_bytes) : "")
-      .add("torch_device_process_bytes", torch_bytes("process_device_bytes"));
+      .add("torch_device_process_bytes", torch_bytes("process_device_bytes"))
+      .add("cuda_graph_replays", cpu ? "" : std::to_string(measured.graph_replays));
   return row;
 }
 

@@ -260,6 +260,7 @@ void parse_run(MapReader reader, const Origin& origin, RunConfig& run) {
   run.score_chunk_bytes = reader.get_int("score_chunk_bytes", run.score_chunk_bytes, 4096);
   parse_kv_cache(MapReader(reader.node("kv_cache"), reader.path("kv_cache"), origin), run.kv_cache);
   run.check_finite = reader.get_bool("check_finite", run.check_finite);
+  run.cuda_graphs = reader.get_bool("cuda_graphs", run.cuda_graphs);
   run.log = reader.get_enum("log", StepLog::Table);
   reader.finish();
 }
@@ -417,6 +418,7 @@ std::vector<std::pair<std::string, std::string>> config_entries(const Config& c)
           {"parallel.uneven_heads", text(c.parallel.uneven_heads)},
           {"parallel.context_parallel", text(c.parallel.context_parallel)},
           {"run.check_finite", text(c.run.check_finite)},
+          {"run.cuda_graphs", text(c.run.cuda_graphs)},
           {"run.log", to_string(c.run.log)},
           {"parallel.check_identical_output", text(c.parallel.check_identical_output)},
           {"parallel.timeout_s", text(c.parallel.timeout_s)},

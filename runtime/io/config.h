@@ -154,7 +154,10 @@ struct RunConfig {
   KvCacheConfig kv_cache;
   // Continuous batching: the most tokens one step carries, decodes and prefill chunks together.
   int64_t max_step_tokens = 512;
-  bool check_finite = true;      // refuse non-finite inputs and weights; stop on a non-finite partial output
+  bool check_finite = true;  // refuse non-finite inputs and weights; stop on a non-finite partial output
+  // CUDA backend: a decode step's launches are captured once per shape (docs/cuda_backend.md, The
+  // decode step as one CUDA graph) and replayed; false launches them one by one every step.
+  bool cuda_graphs = true;
   StepLog log = StepLog::Table;  // table: rank 0 prints one table at the end; steps: every rank, every step
 };
 

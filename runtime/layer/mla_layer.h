@@ -41,6 +41,8 @@ struct StepReport {
   // Context parallelism: the bytes this rank received from the rest of its group this step (the
   // gathered queries, the exchanged partial outputs and log-sum-exps); it sends as many.
   int64_t context_bytes = 0;
+  // CUDA: the step was one launch of a captured decode graph (run.cuda_graphs).
+  bool graph_replayed = false;
 };
 
 // What both layers (CPU and CUDA) share around a step.

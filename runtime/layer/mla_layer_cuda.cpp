@@ -189,12 +189,21 @@ CudaMlaLayer::~CudaMlaLayer() {
 
 void CudaMlaLayer::mark_attention_begin() {
   if (!time_attention_ || attention_marked_) return;
-  CUDA_CHECK(cudaEventRecord(attention_begin_, stream_));
+  record_event(attention_begin_);
   attention_marked_ = true;
 }
 
 void CudaMlaLayer::mark_attention_end() {
-  if (time_attention_) CUDA_CHECK(cudaEventRecord(attention_end_, stream_));
+  if (time_attention_) record_event(attention_end_);
+}
+
+// In a graph being captured an event is recorded at each replay only as an external event node.
+void CudaMlaLayer::record_event(cudaEvent_t event) {
+  if (stream_is_capturing(stream_)) {
+    CUDA_CHECK(cudaEventRecordWithFlags(event, stream_, cudaEventRecordExternal));
+  } else {
+    CUDA_CHECK(cudaEventRecord(event, stream_));
+  }
 }
 
 double CudaMlaLayer::attention_ms() {
@@ -556,25 +565,24 @@ StepReport CudaMlaLayer::run_ragged(const float* x, const RaggedStep& step, cons
   view.pool = latent_pool_.data();
   view.block_table = block_table_.data();
 
+  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, step, index, mask != nullptr);
+  const int64_t max_new_tokens = *std::max_element(index.new_tokens.begin(), index.new_tokens.end());
+  if (context_shards_ == 1 && takes_decode_kernel(report.plan, max_new_tokens, step.max_kv_len(), mask != nullptr)) {
+    run_decode_step(x, index, view, y_partial, report);
+    cache_.hold(step);
+    return report;
+  }
+
   const __nv_bfloat16* x_staged = stage_input(x, tokens);
   project_queries(x, x_staged, tokens);
   project_latent(x, x_staged, tokens, tokens, 0, token_position_.data());
   if (context_shards_ > 1) {
     append_own_rows(index, view);
   } else {
-    PagedLatentAppendParams append;
-    append.rows = kv_.data();
-    append.row_stride = latent_width_;
-    append.tokens = tokens;
-    append.sequence = token_sequence_.data();
-    append.position = token_position_.data();
-    append.cache = view;
-    paged_latent_append_cuda(append, stream_);
+    append_step_rows(tokens, view);
   }
   cache_.hold(step);
 
-  StepReport report = plan_step_report(model_, run_, shard_.n_local_heads, step, index, mask != nullptr);
-  const int64_t max_new_tokens = *std::max_element(index.new_tokens.begin(), index.new_tokens.end());
   if (context_shards_ > 1) {
     if (report.plan.formulation != Formulation::Absorb || report.plan.path != AttentionPath::Fast) {
       report.plan.formulation = Formulation::Absorb;
@@ -584,14 +592,23 @@ StepReport CudaMlaLayer::run_ragged(const float* x, const RaggedStep& step, cons
       report.plan.reason += "; the cache split over a context group: the split-KV kernel";
     }
     attend_split(index, view, report);
-  } else if (takes_decode_kernel(report.plan, max_new_tokens, step.max_kv_len(), mask != nullptr)) {
-    attend_decode(index, view, report);
   } else {
     attend_ragged(report.plan, index, view, mask, mask_stride, report);
   }
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
   linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
   return report;
+}
+
+void CudaMlaLayer::append_step_rows(int64_t tokens, const PagedLatentView& view) {
+  PagedLatentAppendParams append;
+  append.rows = kv_.data();
+  append.row_stride = latent_width_;
+  append.tokens = tokens;
+  append.sequence = token_sequence_.data();
+  append.position = token_position_.data();
+  append.cache = view;
+  paged_latent_append_cuda(append, stream_);
 }
 
 // bf16 mode: DeepSeek's activations are bf16 from the embedding on, so x is rounded once and read
@@ -741,24 +758,72 @@ void CudaMlaLayer::upload_sequence_lists(const RaggedIndex& index) {
   sequence_lists_.upload(lists, stream_);
 }
 
-void CudaMlaLayer::attend_decode(const RaggedIndex& index, const PagedLatentView& view, StepReport& report) {
+// A decode-shaped step: its lists go to the device first, then its launches, from the input's bf16
+// copy to the output projection, are queued one by one, or captured into a graph and replayed
+// (run.cuda_graphs; decode_graphs.h says which and when). The keys' split is sized for the kv_len
+// bucket either way, so that both give the same bits.
+void CudaMlaLayer::run_decode_step(const float* x, const RaggedIndex& index, const PagedLatentView& view,
+                                   float* y_partial, StepReport& report) {
   const int64_t tokens = static_cast<int64_t>(index.token_position.size());
-  const int64_t heads = shard_.n_local_heads;
-  absorb_queries(tokens);
   upload_sequence_lists(index);
-  const AttentionParams p = ragged_latent_params(model_, index, heads, round_bf16_, q_absorbed_.data(),
+  const AttentionParams p = ragged_latent_params(model_, index, shard_.n_local_heads, round_bf16_, q_absorbed_.data(),
                                                  o_latent_.data(), view, sequence_lists_.data());
-  const AttentionDecodeSplit split = attention_decode_split(p, tokens, decode_partial_rows_);
-  mark_attention_begin();
-  attention_decode_cuda(p, tokens, split, decode_workspace_.data(), decode_partial_rows_, stream_);
-  mark_attention_end();
+  AttentionParams bucketed = p;
+  bucketed.kv_len = decode_kv_bucket(p.kv_len);
+  const AttentionDecodeSplit split = attention_decode_split(bucketed, tokens, decode_partial_rows_);
   if (split.splits > 1) {
     report.attention_workspace_bytes =
         std::max(report.attention_workspace_bytes,
-                 attention_decode_workspace_floats(split.splits * tokens * heads, model_.kv_lora_rank) *
+                 attention_decode_workspace_floats(split.splits * tokens * shard_.n_local_heads, model_.kv_lora_rank) *
                      static_cast<int64_t>(sizeof(float)));
   }
+  const auto enqueue = [&] { enqueue_decode_step(x, tokens, p, split, y_partial); };
+  if (!run_.cuda_graphs || decode_graphs_failed_) {
+    enqueue();
+    return;
+  }
+  const DecodeGraphKey key{index.sequences(), tokens, p.seq, bucketed.kv_len, x, y_partial, time_attention_};
+  switch (decode_graphs_.action(key)) {
+    case DecodeGraphAction::Eager: enqueue(); return;
+    case DecodeGraphAction::Replay: decode_graphs_.graph(key).launch(stream_); break;
+    case DecodeGraphAction::Capture:
+      try {
+        decode_graphs_.insert(key, StreamGraph::capture(stream_, enqueue)).launch(stream_);
+      } catch (const CudaError& error) {
+        // A driver that cannot capture one of the step's calls: this rank's decode steps launch one
+        // by one from now on (the same bits), and the step runs so. A fault of the device itself
+        // fails again right here, and is thrown from there.
+        std::fprintf(
+            stderr,
+            "rank %d: run.cuda_graphs: a decode step could not be captured (%s); decode steps launch without a graph\n",
+            shard_.rank, error.what());
+        decode_graphs_failed_ = true;
+        decode_graphs_.clear();
+        enqueue();
+        return;
+      }
+      break;
+  }
+  ++decode_graph_replays_;
+  report.graph_replayed = true;
+  attention_marked_ = time_attention_;  // the graph records the attention events
+}
+
+// Everything a decode graph holds: the lists, the block table and the step's input are in device
+// memory already, and every argument here is the same for every step of a DecodeGraphKey.
+void CudaMlaLayer::enqueue_decode_step(const float* x, int64_t tokens, const AttentionParams& p,
+                                       const AttentionDecodeSplit& split, float* y_partial) {
+  const __nv_bfloat16* x_staged = stage_input(x, tokens);
+  project_queries(x, x_staged, tokens);
+  project_latent(x, x_staged, tokens, tokens, 0, token_position_.data());
+  append_step_rows(tokens, *p.latent_pages);
+  absorb_queries(tokens);
+  mark_attention_begin();
+  attention_decode_cuda(p, tokens, split, decode_workspace_.data(), decode_partial_rows_, stream_);
+  mark_attention_end();
   absorb_outputs(tokens);
+  const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
+  linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
 }
 
 // Position t of a sequence goes to the group's rank t % shards, at its row t / shards: the append

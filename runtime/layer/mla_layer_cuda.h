@@ -15,12 +15,15 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/stream_graph.h"
 #include "parallel/communicator.h"
 #include "parallel/sharding.h"
 #include "runtime/io/config.h"
 #include "runtime/io/weights.h"
+#include "runtime/layer/decode_graphs.h"
 #include "runtime/layer/latent_cache.h"
 #include "runtime/layer/mla_layer.h"
 #include "runtime/layer/ragged_step.h"
@@ -117,6 +120,11 @@ class CudaMlaLayer {
   void set_attention_timing(bool on) { time_attention_ = on; }
   double attention_ms();
 
+  // Decode steps captured as CUDA graphs, and steps replayed from one (the capturing step's included),
+  // over the layer's life (run.cuda_graphs): tests check that a replay happened, benchmarks say so.
+  int64_t decode_graphs_captured() const { return decode_graphs_.captured(); }
+  int64_t decode_graph_replays() const { return decode_graph_replays_; }
+
   cudaStream_t stream() const { return stream_; }
   const CudaMemoryReport& memory() const { return memory_; }
   // The weight bytes a step of `tokens` tokens reads (the projections streamed as fp8 codes where
@@ -159,9 +167,15 @@ class CudaMlaLayer {
               int64_t mask_stride, StepReport& report);
   void attend_ragged(const StepPlan& plan, const RaggedIndex& index, const PagedLatentView& view, const float* mask,
                      int64_t mask_stride, StepReport& report);
-  // A decode-shaped absorb step: every sequence's attention in one launch (and a merge when the
-  // keys are split), over the rows in place through the block tables.
-  void attend_decode(const RaggedIndex& index, const PagedLatentView& view, StepReport& report);
+  // The step's rows into the cache through the block tables (token_sequence_, token_position_).
+  void append_step_rows(int64_t tokens, const PagedLatentView& view);
+  // A decode-shaped absorb step: projections, append, every sequence's attention in one launch
+  // (and a merge when the keys are split) over the rows in place, output projection; launched one
+  // by one or as a CUDA graph (run.cuda_graphs).
+  void run_decode_step(const float* x, const RaggedIndex& index, const PagedLatentView& view, float* y_partial,
+                       StepReport& report);
+  void enqueue_decode_step(const float* x, int64_t tokens, const AttentionParams& p, const AttentionDecodeSplit& split,
+                           float* y_partial);
   // The step's per-sequence lists (start_pos, new_tokens, token_offset) on the device, for the
   // split-KV kernel.
   void upload_sequence_lists(const RaggedIndex& index);
@@ -174,6 +188,7 @@ class CudaMlaLayer {
   void run_attention(AttentionPath path, const AttentionParams& params, StepReport& report);
   void mark_attention_begin();
   void mark_attention_end();
+  void record_event(cudaEvent_t event);
   void absorb_queries(int64_t tokens);
   void absorb_outputs(int64_t tokens);
   // latent: the cache rows of `batch` sequences, kv_len each, batch_stride floats apart.
@@ -214,6 +229,12 @@ class CudaMlaLayer {
   std::vector<int64_t> sequence_lists_host_;
   DeviceBuffer<float> decode_workspace_;
   int64_t decode_partial_rows_ = 0;
+  // run.cuda_graphs: decode steps by shape (decode_graphs.h). A rank whose driver could not capture
+  // one stops trying (decode_graphs_failed_).
+  static constexpr size_t kDecodeGraphCapacity = 128;
+  DecodeGraphCache<StreamGraph> decode_graphs_{kDecodeGraphCapacity};
+  bool decode_graphs_failed_ = false;
+  int64_t decode_graph_replays_ = 0;
   // Context parallelism: the rows this rank keeps (ShardRows: token, sequence, row), the group's
   // absorbed queries [shards, tokens, heads, C + dr], the partial outputs and log-sum-exps this
   // rank computes for every rank of the group, and those it receives for its own heads.

@@ -191,6 +191,11 @@ def run_checks(args):
                   f"{where}: per-process device bytes on a {r['backend']} point")
         elif r["device_process_bytes"]:  # at least a CUDA context
             check(int(r["device_process_bytes"]) > 0, f"{where}: the driver accounts nothing to the process")
+        check((r["cuda_graph_replays"] != "") == (r["backend"] == "cuda"),
+              f"{where}: cuda_graph_replays '{r['cuda_graph_replays']}' on a {r['backend']} point")
+        if r["cuda_graph_replays"]:
+            check(0 <= int(r["cuda_graph_replays"]) <= int(r["reps"]),
+                  f"{where}: {r['cuda_graph_replays']} graph replays of {r['reps']} timed steps")
         if args.expect_variants and r["phase"] not in ("ragged_decode", "mixed"):
             check_variants(r, records[i], args.expect_variants.split(","), where)
     check_reused_answers(rows, records)

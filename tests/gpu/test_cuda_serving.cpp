@@ -6,11 +6,16 @@
 // (tests/gpu/layer_test_util.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/device_memory.h"
 #include "runtime/layer/cuda_step_executor.h"
+#include "runtime/layer/decode_graphs.h"
 #include "runtime/layer/mla_layer_cuda.h"
 #include "runtime/layer/request_runner.h"
 #include "tests/gpu/gpu_test_util.h"
@@ -36,6 +41,7 @@ RunConfig serving_config(AttentionChoice attention, FormulationChoice formulatio
 struct ServingRun {
   std::vector<std::vector<float>> y;  // per step
   std::vector<StepReport> reports;
+  int64_t graphs_captured = 0, graph_replays = 0;  // the CUDA layer's decode graphs (run.cuda_graphs)
 };
 
 ServingRun cpu_steps(const ModelArgs& m, const RunConfig& run, const HeadShard& shard, const LayerWeights& weights,
@@ -58,6 +64,8 @@ ServingRun cuda_steps(const ModelArgs& m, const RunConfig& run, const HeadShard&
   CudaStepExecutor executor(layer, comm, {}, 0);
   ServingRun result;
   result.y = run_ragged_steps(executor, m, tokens, steps, &result.reports);
+  result.graphs_captured = layer.decode_graphs_captured();
+  result.graph_replays = layer.decode_graph_replays();
   return result;
 }
 
@@ -126,6 +134,77 @@ TEST_F(CudaServing, LongDecodesTakeTheSplitKvKernelAndMatchTheCpuLayer) {
               << name << " step " << i << ": " << got.reports[i].plan.reason;
         }
       }
+  }
+}
+
+// run.cuda_graphs (docs/cuda_backend.md, The decode step as one CUDA graph): decode steps replayed
+// from graphs captured once per shape give the bits of the same steps launched one by one, at
+// batch 1 and 37, as the longest kv_len crosses from one bucket to the next (a second capture), with
+// a step where one sequence takes 2 tokens (another shape), over dense and paged caches of fp32 and
+// fp8 rows in both compute dtypes; and both agree with the CPU layer. A shape's first step runs
+// without a graph, its second is captured and replayed, later ones replay.
+TEST_F(CudaServing, GraphReplayedDecodesEqualTheSameStepsLaunchedOneByOne) {
+  const ModelArgs m = model_args(64, 8, 32, 48, 16, 8, 16, 37, 128);
+  const std::vector<std::vector<float>> tokens = slot_tokens(m, 45);
+  for (const int64_t batch : {1, 37}) {
+    std::vector<RaggedTestStep> steps(1);
+    std::vector<int64_t> held(static_cast<size_t>(batch));
+    for (int64_t b = 0; b < batch; ++b) {
+      held[static_cast<size_t>(b)] = 50 + b % 9;
+      steps[0].push_back({b, 0, held[static_cast<size_t>(b)]});
+    }
+    // The shapes the decode steps take, in order: (longest kv_len's bucket, most new tokens).
+    std::map<std::pair<int64_t, int64_t>, int64_t> steps_of_shape;
+    for (int64_t d = 0; d < 19; ++d) {
+      RaggedTestStep step;
+      int64_t longest = 0, most = 0;
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t new_tokens = d >= 16 && b == batch / 2 ? 2 : 1;
+        step.push_back({b, held[static_cast<size_t>(b)], new_tokens});
+        held[static_cast<size_t>(b)] += new_tokens;
+        longest = std::max(longest, held[static_cast<size_t>(b)]);
+        most = std::max(most, new_tokens);
+      }
+      ++steps_of_shape[{decode_kv_bucket(longest), most}];
+      steps.push_back(step);
+    }
+    ASSERT_GE(steps_of_shape.size(), 3u) << "the steps should cross a kv bucket and take two token counts";
+    int64_t want_replays = 0;
+    for (const auto& [shape, count] : steps_of_shape) want_replays += count - 1;
+
+    for (const ComputeDType compute : {ComputeDType::FP32, ComputeDType::BF16}) {
+      const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::FP8, 46), m, whole(m), compute);
+      for (const KvCacheLayout layout : {KvCacheLayout::Dense, KvCacheLayout::Paged})
+        for (const KvCacheDType cache_dtype : {KvCacheDType::Auto, KvCacheDType::FP8}) {
+          RunConfig run =
+              serving_config(AttentionChoice::Auto, FormulationChoice::Absorb, compute, layout, cache_dtype);
+          run.score_chunk_bytes = int64_t{1} << 20;
+          run.kv_cache.page_size = 16;
+          const std::string name = "batch " + std::to_string(batch) + " " + to_string(compute) + " " +
+                                   to_string(layout) + " " + to_string(cache_dtype);
+          const uint64_t page_seed = layout == KvCacheLayout::Paged ? 11 : 0;
+          run.cuda_graphs = true;
+          const ServingRun graphed = cuda_steps(m, run, whole(m), loaded.weights, tokens, steps, page_seed);
+          run.cuda_graphs = false;
+          const ServingRun one_by_one = cuda_steps(m, run, whole(m), loaded.weights, tokens, steps, page_seed);
+          const ServingRun want = cpu_steps(m, run, whole(m), loaded.weights, tokens, steps);
+          EXPECT_EQ(graphed.graphs_captured, static_cast<int64_t>(steps_of_shape.size())) << name;
+          EXPECT_EQ(graphed.graph_replays, want_replays) << name;
+          EXPECT_EQ(one_by_one.graphs_captured, 0) << name;
+          ASSERT_EQ(graphed.y.size(), steps.size());
+          ASSERT_EQ(one_by_one.y.size(), steps.size());
+          for (size_t i = 0; i < steps.size(); ++i) {
+            EXPECT_EQ(0, std::memcmp(graphed.y[i].data(), one_by_one.y[i].data(), graphed.y[i].size() * sizeof(float)))
+                << name << " step " << i << ": the replayed step's bits differ from the step launched one by one";
+            EXPECT_LE(relative_l2_error(graphed.y[i], want.y[i]), bound_for(compute, cache_dtype))
+                << name << " step " << i;
+            if (i > 0) {
+              EXPECT_NE(graphed.reports[i].plan.reason.find("split-KV decode kernel"), std::string::npos)
+                  << name << " step " << i << ": " << graphed.reports[i].plan.reason;
+            }
+          }
+        }
+    }
   }
 }
 
