@@ -24,6 +24,8 @@
 #                                           # table (no MPI or yaml-cpp needed); GPU_CHECK_TORCH=0 skips PyTorch
 #     bash launch/gpu_check.sh profile      # per-kernel times of one step by Nsight Compute;
 #                                           # PROFILE_POINTS, PROFILE_KERNEL: see below
+#   core and bench: GPU_TESTS_FILTER (a gtest filter) and GPU_CHECK_STEPS (a regular expression over
+#   the steps' names; the others are SKIPPED) narrow a call to what a short lease must rerun.
 #
 # The GPU machine has CUDA, cmake, ninja and PyTorch (with its NCCL) but no MPI, yaml-cpp,
 # GoogleTest or BLAS. `run` builds with MLA_GPU_CHECK_ONLY (no MPI, yaml-cpp); `core` and `bench`
@@ -100,6 +102,8 @@ build_full() {
     cmake --build build-gpu-full -j "$(nproc)" >> "$out/build_full.log" 2>&1
 }
 
+selected() { [ -z "${GPU_CHECK_STEPS:-}" ] || [[ $1 =~ $GPU_CHECK_STEPS ]]; }
+
 # One line of the summary table: name, status (passed, FAILED, SKIPPED), detail.
 results=()
 record() { results+=("$(printf '%-52s %-8s %s' "$1" "$2" "${3:-}")"); }
@@ -117,10 +121,15 @@ started_at=$(date +%s)
 budget_left() { echo $((started_at + ${GPU_CHECK_BUDGET_S:-540} - $(date +%s))); }
 
 # Runs a step with a time limit; records it as passed, FAILED (exit status and the log's tail) or
-# SKIPPED (no time left in this call).
+# SKIPPED (no time left in this call, or a name GPU_CHECK_STEPS, an extended regular expression,
+# does not match: a short call reruns only the steps it names, e.g. GPU_CHECK_STEPS='graphs|fp8').
 step() {
   local name=$1 limit=$2 log=$out/$3 left
   shift 3
+  if ! selected "$name"; then
+    record "$name" SKIPPED "not in GPU_CHECK_STEPS"
+    return 0
+  fi
   left=$(budget_left)
   if ((left < 20)); then
     record "$name" SKIPPED "no time left in this call (GPU_CHECK_BUDGET_S)"
@@ -148,6 +157,8 @@ compare() {
   local name=$1 want=$2 got=$3 bound=$4
   if { [ ! -e "$want" ] || [ ! -e "$got" ]; } && (($(budget_left) < 20)); then
     record "$name" SKIPPED "no time left in this call to produce both outputs"
+  elif { [ ! -e "$want" ] || [ ! -e "$got" ]; } && [ -n "${GPU_CHECK_STEPS:-}" ]; then
+    record "$name" SKIPPED "a run it compares is not in GPU_CHECK_STEPS"
   elif python3 launch/compare_y.py "$want" "$got" --max-rel-l2 "$bound" --label "$name" >> "$out/compare.log" 2>&1; then
     record "$name" passed "$(tail -n 1 "$out/compare.log" | cut -d: -f2-)"
   else
@@ -234,7 +245,9 @@ case "${1:-run}" in
         "$out/y_context_g${split#*:}_w${split%:*}.safetensors" 1e-5
     done
     for mode in exit hang nan; do  # every rank ends, naming the failing one, no output
-      if (($(budget_left) < 70)); then
+      if ! selected "debug.fail $mode at world 2"; then
+        record "debug.fail $mode at world 2" SKIPPED "not in GPU_CHECK_STEPS"
+      elif (($(budget_left) < 70)); then
         record "debug.fail $mode at world 2" SKIPPED "no time left in this call (GPU_CHECK_BUDGET_S)"
       elif timeout 60 mpirun -np 2 ./build-gpu-full/mla_run configs/example.yaml --set "run.backend=$backend" \
            --set parallel.communicator=mpi --set parallel.timeout_s=10 --set "run.output=$out/y_fault.safetensors" \

@@ -1,5 +1,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
@@ -64,10 +66,10 @@ __global__ void __launch_bounds__(kThreads)
     paged_latent_gather_kernel(PagedLatentGatherParams p, LatentRowGeometry shape) {
   const int64_t index = blockIdx.x;
   const PagedLatentView& cache = p.cache;
-  const int64_t sequence = p.sequence != nullptr ? p.sequence[index] : p.only_sequence;
+  const int64_t sequence = p.sequence != nullptr ? p.sequence[index] : p.only_sequence + blockIdx.y;
   const uint8_t* row = latent_row_address(cache, shape, sequence, p.position != nullptr ? p.position[index] : index);
   const int64_t width = cache.latent_dim + cache.rope_dim;
-  float* out = p.out + index * width;
+  float* out = p.out + (blockIdx.y * p.count + index) * width;
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x)
     out[i] = cuda_detail::load_latent_value(cache, shape, row, i);
 }
@@ -82,9 +84,13 @@ void paged_latent_append_cuda(const PagedLatentAppendParams& params, cudaStream_
 }
 
 void paged_latent_gather_cuda(const PagedLatentGatherParams& params, cudaStream_t stream) {
-  if (params.count == 0) return;
-  paged_latent_gather_kernel<<<static_cast<unsigned>(params.count), kThreads, 0, stream>>>(
-      params, latent_row_geometry(params.cache));
+  if (params.count == 0 || params.sequences == 0) return;
+  if (params.sequences < 0 || params.sequences > 65535 || (params.sequence != nullptr && params.sequences != 1)) {
+    throw std::invalid_argument("paged_latent_gather_cuda: " + std::to_string(params.sequences) +
+                                " sequences (1 to 65535, and 1 with the lists)");
+  }
+  const dim3 grid(static_cast<unsigned>(params.count), static_cast<unsigned>(params.sequences));
+  paged_latent_gather_kernel<<<grid, kThreads, 0, stream>>>(params, latent_row_geometry(params.cache));
   CUDA_CHECK_LAUNCH("paged_latent_gather_kernel");
 }
 

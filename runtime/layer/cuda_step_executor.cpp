@@ -11,6 +11,9 @@ namespace mla {
 CudaStepExecutor::CudaStepExecutor(CudaMlaLayer& layer, Communicator& comm, const std::vector<float>& mask,
                                    int64_t tokens)
     : layer_(layer), comm_(comm), tokens_(tokens), scratch_(1) {
+  float* flag = nullptr;
+  CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&flag), 2 * sizeof(float)));
+  flag_host_.reset(flag);
   const CudaLayerLimits& limits = layer.limits();
   const int64_t capacity = limits.step_tokens() * layer.model().dim;
   x_ = DeviceBuffer<float>(capacity);
@@ -53,7 +56,10 @@ void CudaStepExecutor::upload_input(const float* x, int64_t tokens) {
   if (x == nullptr) throw std::invalid_argument("CudaStepExecutor::forward: no input x (the CUDA layer reads fp32 x)");
   count_ = tokens * layer_.model().dim;
   if (count_ > x_.size()) throw std::invalid_argument("CudaStepExecutor: the step passes the layer's limits");
+  if (input_resident_ && x == uploaded_from_ && count_ == uploaded_count_) return;
   x_.upload(x, count_, layer_.stream());
+  uploaded_from_ = x;
+  uploaded_count_ = count_;
 }
 
 int64_t CudaStepExecutor::first_non_finite(float& value) {
@@ -70,14 +76,20 @@ void CudaStepExecutor::poison_partial() {
   CUDA_CHECK(cudaStreamSynchronize(layer_.stream()));
 }
 
+// The flag rides in the all-reduce behind the partial output; it goes in and comes back through
+// pinned memory, so neither copy is staged by the driver (the stream is idle again when this
+// returns, so the next step may overwrite it).
 float CudaStepExecutor::reduce(float flag) {
-  CUDA_CHECK(cudaMemcpyAsync(partial_.data() + count_, &flag, sizeof(flag), cudaMemcpyHostToDevice, layer_.stream()));
-  comm_.allreduce_sum(partial_.data(), count_ + 1);
-  float summed = 0.0f;
+  float* flag_in = flag_host_.get();
+  float* flag_out = flag_host_.get() + 1;
+  *flag_in = flag;
   CUDA_CHECK(
-      cudaMemcpyAsync(&summed, partial_.data() + count_, sizeof(summed), cudaMemcpyDeviceToHost, layer_.stream()));
+      cudaMemcpyAsync(partial_.data() + count_, flag_in, sizeof(float), cudaMemcpyHostToDevice, layer_.stream()));
+  comm_.allreduce_sum(partial_.data(), count_ + 1);
+  CUDA_CHECK(
+      cudaMemcpyAsync(flag_out, partial_.data() + count_, sizeof(float), cudaMemcpyDeviceToHost, layer_.stream()));
   CUDA_CHECK(cudaStreamSynchronize(layer_.stream()));
-  return summed;
+  return *flag_out;
 }
 
 void CudaStepExecutor::copy_output(float* y) {

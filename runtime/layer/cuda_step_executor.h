@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "kernels/cuda/device_buffer.h"
@@ -30,6 +31,12 @@ class CudaStepExecutor final : public StepExecutor {
   void poison_partial() override;
   float reduce(float flag) override;
   void copy_output(float* y) override;
+  // x uploaded at the first forward after turning it on, then read where it is while the caller
+  // passes the same buffer and tokens (StepExecutor::keep_input_resident).
+  void keep_input_resident(bool on) override {
+    input_resident_ = on;
+    uploaded_from_ = nullptr;
+  }
 
  private:
   CudaMlaLayer& layer_;
@@ -43,6 +50,13 @@ class CudaStepExecutor final : public StepExecutor {
   DeviceBuffer<float> partial_;  // [count + 1]: the partial output, then the flag
   DeviceBuffer<unsigned long long> scratch_;
   int64_t count_ = 0;  // this step's output elements
+  struct FreeHost {
+    void operator()(float* host) const { cudaFreeHost(host); }
+  };
+  std::unique_ptr<float, FreeHost> flag_host_;  // pinned: the flag in, the summed flag out
+  bool input_resident_ = false;
+  const float* uploaded_from_ = nullptr;  // the host x that x_ holds since input_resident_ was set
+  int64_t uploaded_count_ = 0;
 };
 
 }  // namespace mla

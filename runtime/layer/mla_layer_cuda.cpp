@@ -133,10 +133,9 @@ CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const
       round_bf16_(run.compute_dtype == ComputeDType::BF16),
       latent_width_(model.kv_lora_rank + model.qk_rope_head_dim),
       context_shards_(context_shards),
-      // run.kv_cache.dtype auto keeps fp32 rows here in either compute dtype: in bf16 compute they
-      // hold bf16 numbers, so the values are those of the CPU layer's bf16 rows, and the kernels
-      // read fp32 operands (docs/cuda_backend.md, The latent cache on the GPU).
-      cache_(latent_cache_shape(model, run.kv_cache, /*compute_bf16=*/false, context_shards),
+      // run.kv_cache.dtype auto stores the compute dtype, as on the CPU: bf16 rows in bf16 compute
+      // (half the bytes a decode step reads), fp32 rows in fp32 compute.
+      cache_(latent_cache_shape(model, run.kv_cache, run.compute_dtype == ComputeDType::BF16, context_shards),
              LatentCachePool::External) {
   if (limits.max_batch < 1 || limits.max_batch > model.max_batch_size || limits.max_step_len < 1 ||
       limits.max_kv_len < limits.max_step_len || limits.max_kv_len > model.max_seq_len ||
@@ -275,6 +274,14 @@ void CudaMlaLayer::allocate_cache() {
   memory_.kv_cache_bytes = static_cast<int64_t>(latent_pool_.bytes() + rope_cos_.bytes() + rope_sin_.bytes());
 }
 
+// Uniform steps over rows the batched kernels cannot read in place gather a group of sequences'
+// rows into fp32 (attend_gathered): as many as kGatheredRowsBytes holds at max_kv_len, at least
+// one: a bounded copy beside the cache, whose bytes bf16 rows halve.
+int64_t CudaMlaLayer::gathered_sequences() const {
+  const int64_t sequence_bytes = limits_.max_kv_len * latent_width_ * static_cast<int64_t>(sizeof(float));
+  return std::clamp<int64_t>(kGatheredRowsBytes / sequence_bytes, 1, limits_.max_batch);
+}
+
 // The step's buffers at the limits, for the formulations run.formulation allows.
 void CudaMlaLayer::allocate_activations() {
   const ModelArgs& m = model_;
@@ -311,8 +318,9 @@ void CudaMlaLayer::allocate_activations() {
   token_sequence_ = DeviceBuffer<int64_t>(tokens);
   token_position_ = DeviceBuffer<int64_t>(tokens);
   block_table_ = DeviceBuffer<int32_t>(limits_.max_batch * cache_.shape().pages_per_slot());
-  if (!dense_fp32_cache() && context_shards_ == 1)
-    latent_rows_ = DeviceBuffer<float>(limits_.max_kv_len * latent_width_);
+  if (!dense_fp32_cache() && context_shards_ == 1) {
+    latent_rows_ = DeviceBuffer<float>(gathered_sequences() * limits_.max_kv_len * latent_width_);
+  }
   if (absorb_possible && run_.attention != AttentionChoice::Standard)
     sequence_lists_ = DeviceBuffer<int64_t>(3 * limits_.max_batch);
   if (context_shards_ > 1) {
@@ -321,6 +329,10 @@ void CudaMlaLayer::allocate_activations() {
     group_queries_ = DeviceBuffer<float>(context_shards_ * run_tokens * group_heads_max_ * latent_width_);
     if (heads < group_heads_max_) padded_queries_ = DeviceBuffer<float>(run_tokens * group_heads_max_ * latent_width_);
   }
+  // Room for two steps' lists, so that a step's copies never wait for the one before.
+  const int64_t list_bytes =
+      (5 * tokens + 3 * limits_.max_batch) * static_cast<int64_t>(sizeof(int64_t)) + block_table_.bytes();
+  uploads_ = std::make_unique<PinnedUploads>(static_cast<size_t>(std::max<int64_t>(2 * list_bytes, 64 << 10)));
   memory_.activation_bytes = static_cast<int64_t>(
       x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() + o_.bytes() +
       q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes() + token_sequence_.bytes() +
@@ -558,10 +570,10 @@ StepReport CudaMlaLayer::run_ragged(const float* x, const RaggedStep& step, cons
   }
   cache_.reserve(step);  // all pages or none: a CacheFull leaves the cache and the device untouched
 
-  token_sequence_.upload(index.token_sequence, stream_);
-  token_position_.upload(index.token_position, stream_);
+  uploads_->upload(token_sequence_, index.token_sequence, stream_);
+  uploads_->upload(token_position_, index.token_position, stream_);
   PagedLatentView view = cache_.view(index.slot, block_table_host_);
-  block_table_.upload(block_table_host_, stream_);
+  uploads_->upload(block_table_, block_table_host_, stream_);
   view.pool = latent_pool_.data();
   view.block_table = block_table_.data();
 
@@ -592,6 +604,8 @@ StepReport CudaMlaLayer::run_ragged(const float* x, const RaggedStep& step, cons
       report.plan.reason += "; the cache split over a context group: the split-KV kernel";
     }
     attend_split(index, view, report);
+  } else if (is_uniform(index)) {
+    attend_gathered(report.plan, index, view, mask, mask_stride, report);
   } else {
     attend_ragged(report.plan, index, view, mask, mask_stride, report);
   }
@@ -749,13 +763,57 @@ void CudaMlaLayer::attend_ragged(const StepPlan& plan, const RaggedIndex& index,
   if (absorb) absorb_outputs(tokens);
 }
 
+// A uniform step (every sequence at the same positions) over rows the batched kernels cannot read
+// in place (a paged layout, bf16 or fp8 rows): a group of sequences at a time, their rows gathered
+// into one fp32 buffer by one launch (dequantized by the CPU's rule), and the uniform step's
+// kernels over the group, as the dense fp32 cache's route runs them over the whole batch.
+void CudaMlaLayer::attend_gathered(const StepPlan& plan, const RaggedIndex& index, const PagedLatentView& view,
+                                   const float* mask, int64_t mask_stride, StepReport& report) {
+  const int64_t batch = index.sequences();
+  const int64_t seq = index.new_tokens[0];
+  const int64_t start_pos = index.start_pos[0];
+  const int64_t kv_len = start_pos + seq;
+  const int64_t heads = shard_.n_local_heads;
+  const bool absorb = plan.formulation == Formulation::Absorb;
+  if (absorb && q_absorbed_.size() == 0) {
+    throw std::logic_error("CudaMlaLayer: absorb planned but run.formulation is naive");
+  }
+  if (!absorb && keys_.size() == 0) throw std::logic_error("CudaMlaLayer: naive planned but run.formulation is absorb");
+  if (absorb) absorb_queries(batch * seq);
+  const int64_t group = std::max<int64_t>(1, latent_rows_.size() / (kv_len * latent_width_));
+  for (int64_t first = 0; first < batch; first += group) {
+    const int64_t count = std::min(group, batch - first);
+    PagedLatentGatherParams gather;
+    gather.cache = view;
+    gather.only_sequence = first;
+    gather.sequences = count;
+    gather.count = kv_len;
+    gather.out = latent_rows_.data();
+    paged_latent_gather_cuda(gather, stream_);
+    const AttentionStep step{count, seq, start_pos, heads, mask, mask_stride, round_bf16_};
+    const int64_t first_token = first * seq;
+    AttentionParams p;
+    if (absorb) {
+      p = absorb_attention_params(model_, step, q_absorbed_.data() + first_token * heads * latent_width_,
+                                  latent_rows_.data(), o_latent_.data() + first_token * heads * model_.kv_lora_rank);
+      p.key_batch_stride = p.value_batch_stride = kv_len * latent_width_;
+    } else {
+      expand_keys_values(latent_rows_.data(), kv_len * latent_width_, count, kv_len);
+      p = naive_attention_params(model_, step, q_.data() + first_token * heads * model_.qk_head_dim(), keys_.data(),
+                                 kv_expanded_.data(), o_.data() + first_token * heads * model_.v_head_dim);
+    }
+    run_attention(plan.path, p, report);
+  }
+  if (absorb) absorb_outputs(batch * seq);
+}
+
 void CudaMlaLayer::upload_sequence_lists(const RaggedIndex& index) {
-  // Kept in a member: the copy from pageable memory may still be reading it after upload returns.
+  // A member, so that its allocation serves every step (uploads_ copies it before returning).
   std::vector<int64_t>& lists = sequence_lists_host_;
   lists.assign(index.start_pos.begin(), index.start_pos.end());
   lists.insert(lists.end(), index.new_tokens.begin(), index.new_tokens.end());
   lists.insert(lists.end(), index.token_offset.begin(), index.token_offset.end());
-  sequence_lists_.upload(lists, stream_);
+  uploads_->upload(sequence_lists_, lists, stream_);
 }
 
 // A decode-shaped step: its lists go to the device first, then its launches, from the input's bf16
@@ -831,11 +889,11 @@ void CudaMlaLayer::enqueue_decode_step(const float* x, int64_t tokens, const Att
 void CudaMlaLayer::append_own_rows(const RaggedIndex& index, const PagedLatentView& view) {
   const ShardRows own = shard_rows_of_step(index, context_shards_, context_group_->rank());
   if (own.count() == 0) return;
-  std::vector<int64_t>& lists = own_rows_host_;  // a member: the upload may still read it
+  std::vector<int64_t>& lists = own_rows_host_;  // a member: one allocation for every step
   lists.assign(own.token.begin(), own.token.end());
   lists.insert(lists.end(), own.sequence.begin(), own.sequence.end());
   lists.insert(lists.end(), own.row.begin(), own.row.end());
-  own_rows_.upload(lists, stream_);
+  uploads_->upload(own_rows_, lists, stream_);
   PagedLatentAppendParams append;
   append.rows = kv_.data();
   append.row_stride = latent_width_;

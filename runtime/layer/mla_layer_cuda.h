@@ -18,6 +18,7 @@
 #include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/pinned_uploads.h"
 #include "kernels/cuda/stream_graph.h"
 #include "parallel/communicator.h"
 #include "parallel/sharding.h"
@@ -167,6 +168,10 @@ class CudaMlaLayer {
               int64_t mask_stride, StepReport& report);
   void attend_ragged(const StepPlan& plan, const RaggedIndex& index, const PagedLatentView& view, const float* mask,
                      int64_t mask_stride, StepReport& report);
+  void attend_gathered(const StepPlan& plan, const RaggedIndex& index, const PagedLatentView& view, const float* mask,
+                       int64_t mask_stride, StepReport& report);
+  // The sequences whose rows latent_rows_ holds at max_kv_len (attend_gathered's group).
+  int64_t gathered_sequences() const;
   // The step's rows into the cache through the block tables (token_sequence_, token_position_).
   void append_step_rows(int64_t tokens, const PagedLatentView& view);
   // A decode-shaped absorb step: projections, append, every sequence's attention in one launch
@@ -217,12 +222,17 @@ class CudaMlaLayer {
   DeviceBuffer<float> rope_cos_, rope_sin_;  // [max_seq_len, dr / 2]
   // The latent cache's pages (LatentCacheShape): dense fp32, [max_batch_size, max_seq_len, C + dr].
   DeviceBuffer<uint8_t> latent_pool_;
+  // Every step's lists go to the device through pinned host memory (token positions, block tables,
+  // the decode kernel's per-sequence lists, a context group's own rows).
+  std::unique_ptr<PinnedUploads> uploads_;
   // A ragged step's index: each packed token's sequence and position, the step's block table.
   DeviceBuffer<int64_t> token_sequence_, token_position_;
   DeviceBuffer<int32_t> block_table_;
   RaggedIndex step_index_;
   std::vector<int32_t> block_table_host_;
-  DeviceBuffer<float> latent_rows_;  // one sequence's cache rows as fp32, read through its block table
+  // A group of sequences' cache rows as fp32, read through the block tables (gathered_sequences).
+  static constexpr int64_t kGatheredRowsBytes = int64_t{16} << 20;
+  DeviceBuffer<float> latent_rows_;
   // The decode kernel's: the step's per-sequence lists (start_pos, new_tokens, token_offset), and
   // the partial outputs and log-sum-exps of split keys (decode_partial_rows_ rows).
   DeviceBuffer<int64_t> sequence_lists_;

@@ -106,6 +106,10 @@ class StepExecutor {
   // Sums the partial outputs over ranks in place, and `flag` with them; returns the summed flag.
   virtual float reduce(float flag) = 0;
   virtual void copy_output(float* y) = 0;  // the reduced [batch, seq, dim], to host memory
+  // Benchmarks: while on, the caller hands forward the same x again, unchanged, and an executor
+  // that copies x to a device copies it once (at the first forward after turning it on), as a
+  // model's previous layer leaves its output where the next layer reads it. Host layers: nothing.
+  virtual void keep_input_resident(bool /*on*/) {}
 };
 
 // The CPU layer: everything in host memory, the communicator summing host buffers.

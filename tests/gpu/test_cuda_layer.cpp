@@ -274,6 +274,36 @@ TEST_F(CudaLayer, TheDriversPerProcessFigureSeesOurBuffers) {
   EXPECT_LE(holding, device_memory_used_by_driver()) << "one process above the whole device";
 }
 
+// keep_input_resident (mla_bench's timed steps): the first forward after turning it on copies x, and
+// later ones with the same buffer and tokens read the device's copy; turned off, every forward
+// copies again. The host buffer is changed here on purpose to see which copy a step read.
+TEST_F(CudaLayer, AResidentInputIsCopiedOnceAndAgainWhenTurnedOff) {
+  const ModelArgs m = model_args(64, 2, 0, 32, 16, 8, 16, 1, 8);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 12), m, whole(m), ComputeDType::FP32);
+  const RunConfig run = run_config(AttentionChoice::Auto, FormulationChoice::Auto, ComputeDType::FP32);
+  CudaMlaLayer layer(m, whole(m), loaded.weights, run, {1, 2, 2, false});
+  SingleProcessCommunicator comm;
+  CudaStepExecutor executor(layer, comm, {}, 2);
+  std::vector<float> x = random_floats(2 * m.dim, 13);
+  const auto step = [&] {
+    executor.forward(x.data(), 1, 2, 0, nullptr, 0, nullptr);  // positions 0 and 1 again each time
+    executor.reduce(0.0f);
+    std::vector<float> y(x.size());
+    executor.copy_output(y.data());
+    return y;
+  };
+  executor.keep_input_resident(true);
+  const std::vector<float> first = step();
+  for (float& value : x) value *= 2.0f;
+  EXPECT_EQ(step(), first) << "the second step should read the copy the first one made";
+  executor.keep_input_resident(false);
+  const std::vector<float> doubled = step();
+  EXPECT_NE(doubled, first) << "turned off, the step should copy the changed x";
+  executor.keep_input_resident(true);
+  EXPECT_EQ(step(), doubled) << "turned on again, the first step copies";
+}
+
 TEST_F(CudaLayer, ATooLongFastPathIsRefusedNamingTheKey) {
   const ModelArgs m = model_args(64, 2, 0, 512, 16, 64, 16, 1, 20000);
   const LoadedWeights loaded =

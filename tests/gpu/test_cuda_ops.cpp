@@ -2,16 +2,21 @@
 // tests/ops, compare every op with its twin): bounds refused, the choice of kernel, the limits.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <vector>
 
 #include "kernels/cpu/kv_cache_append.h"
+#include "kernels/cpu/paged_latent.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/attention_fast.h"
 #include "kernels/cuda/attention_fast_mma.h"
 #include "kernels/cuda/attention_standard.h"
 #include "kernels/cuda/kv_cache_append.h"
+#include "kernels/cuda/paged_latent.h"
+#include "kernels/cuda/pinned_uploads.h"
 #include "kernels/cuda/rope.h"
+#include "runtime/layer/latent_cache.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/ops/op_table.h"
 
@@ -55,6 +60,83 @@ TEST_F(CudaOps, Bf16StepsTakeTheTensorCoresAndDecodeBatchesSequences) {
   // Decode over the shared cache: as many sequences per launch as the score buffer holds.
   const AttentionData decode = make_attention({true, 3, 1, 70, 11, false, false}, 2);
   EXPECT_EQ(attention_standard_cuda_sequences_per_call(decode.params, 2 * 11 * decode.params.kv_len), 2);
+}
+
+// The gather of a uniform step's rows, a group of sequences by one launch (no lists): sequences 1
+// and 2 of a paged cache with shuffled pages, rows 0 .. 8 each, as the CPU twin reads them, for
+// every row dtype; more sequences than a grid holds, or several with the lists, are refused.
+TEST_F(CudaOps, TheGatherOfAGroupOfSequencesReadsEachAsTheCpuDoes) {
+  for (const LatentDType dtype : {LatentDType::F32, LatentDType::BF16, LatentDType::FP8}) {
+    const PagedLatentCase c{dtype, 200, 6, 4, {9, 12, 10}};
+    const PagedLatentInputs in = paged_latent_inputs(c);
+    const int64_t width = c.latent_dim + c.rope_dim;
+    std::vector<uint8_t> pool(static_cast<size_t>(in.pool_bytes), 0);
+    PagedLatentView cache{pool.data(),          dtype, c.latent_dim, c.rope_dim, c.page_size, in.block_table.data(),
+                          in.pages_per_sequence};
+    paged_latent_append({in.rows.data(), width, static_cast<int64_t>(in.sequence.size()), in.sequence.data(),
+                         in.position.data(), cache});
+    const int64_t first = 1, sequences = 2, rows = 9;
+    std::vector<float> want;
+    std::vector<float> scratch(static_cast<size_t>(width));
+    for (int64_t b = first; b < first + sequences; ++b) {
+      for (int64_t t = 0; t < rows; ++t) {
+        const float* row = paged_latent_rows(cache, b, t / c.page_size, t % c.page_size, 1, scratch.data());
+        want.insert(want.end(), row, row + width);
+      }
+    }
+    DeviceBuffer<uint8_t> device_pool = to_device(pool);
+    DeviceBuffer<int32_t> block_table = to_device(in.block_table);
+    cache.pool = device_pool.data();
+    cache.block_table = block_table.data();
+    DeviceBuffer<float> out(sequences * rows * width);
+    PagedLatentGatherParams gather;
+    gather.cache = cache;
+    gather.only_sequence = first;
+    gather.sequences = sequences;
+    gather.count = rows;
+    gather.out = out.data();
+    paged_latent_gather_cuda(gather, nullptr);
+    CUDA_CHECK(cudaStreamSynchronize(nullptr));
+    EXPECT_EQ(to_host(out), want) << to_string(dtype);
+
+    gather.sequences = 70000;
+    EXPECT_THROW(paged_latent_gather_cuda(gather, nullptr), std::invalid_argument);
+    DeviceBuffer<int64_t> sequence = to_device(std::vector<int64_t>(static_cast<size_t>(rows), 1));
+    gather.sequence = sequence.data();
+    gather.sequences = 2;
+    EXPECT_THROW(paged_latent_gather_cuda(gather, nullptr), std::invalid_argument);
+  }
+}
+
+// A step's lists through the pinned buffer: more copies than it holds at once (it waits and starts
+// again at the front), one larger than the whole buffer (copied from the caller's memory), the
+// source changed as soon as each call returns: every device buffer holds what it was given.
+TEST_F(CudaOps, PinnedUploadsLandInOrderThroughASmallBuffer) {
+  cudaStream_t stream = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  {
+    PinnedUploads uploads(256);
+    std::vector<DeviceBuffer<int64_t>> buffers;
+    std::vector<std::vector<int64_t>> want;
+    std::vector<int64_t> source;
+    for (int64_t i = 0; i < 40; ++i) {
+      const int64_t count = i == 17 ? 100 : 1 + i % 9;  // 800 bytes > 256 once
+      source.assign(static_cast<size_t>(count), 0);
+      for (int64_t k = 0; k < count; ++k) source[static_cast<size_t>(k)] = 1000 * i + k;
+      buffers.emplace_back(count + 2);
+      uploads.upload(buffers.back(), source, stream);
+      want.push_back(source);
+      std::fill(source.begin(), source.end(), -1);  // the copy must not read the caller's memory later
+    }
+    EXPECT_THROW(uploads.upload(buffers.front(), std::vector<int64_t>(50, 1), stream), std::invalid_argument);
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    for (size_t i = 0; i < buffers.size(); ++i) {
+      std::vector<int64_t> got = to_host(buffers[i]);
+      got.resize(want[i].size());
+      EXPECT_EQ(got, want[i]) << "copy " << i;
+    }
+  }
+  CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 // Without a device: the fp32 fast kernel's shared memory at DeepSeek-V3's score widths (absorb
