@@ -149,7 +149,8 @@ struct RunConfig {
   int threads = 0;          // 0: every core of the machine
   bool pin_threads = true;  // one CPU per thread (parallel/thread_placement.h), unless OMP_PROC_BIND etc. are set
   // The standard path's score buffers, all threads together; under context parallelism also what a
-  // run of the group's gather and exchange holds (context_run_tokens).
+  // run of the group's gather and exchange holds (context_run_tokens); on the CUDA backend also the
+  // absorb formulation's folded queries and latent outputs (a run of tokens at a time).
   int64_t score_chunk_bytes = int64_t{64} << 20;
   KvCacheConfig kv_cache;
   // Continuous batching: the most tokens one step carries, decodes and prefill chunks together.

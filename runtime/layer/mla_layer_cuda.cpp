@@ -282,6 +282,20 @@ int64_t CudaMlaLayer::gathered_sequences() const {
   return std::clamp<int64_t>(kGatheredRowsBytes / sequence_bytes, 1, limits_.max_batch);
 }
 
+// The absorb formulation's folded queries and latent outputs take (heads x (C + dr + C)) floats a
+// token: at a prefill's thousands of tokens, more than the rest of the layer. Absorb steps go
+// through them a run of tokens at a time (attend_absorbed), held within run.score_chunk_bytes as
+// the standard path's scores are, but never fewer than a decode step's tokens, which the split-KV
+// kernel attends at once, and the whole step under a context split (its runs are the group's).
+int64_t CudaMlaLayer::absorb_run_tokens() const {
+  const int64_t tokens = limits_.step_tokens();
+  if (context_shards_ > 1) return tokens;
+  const int64_t token_bytes =
+      shard_.n_local_heads * (latent_width_ + model_.kv_lora_rank) * static_cast<int64_t>(sizeof(float));
+  const int64_t decode_tokens = std::min(tokens, kDecodeMaxNewTokens * limits_.max_batch);
+  return std::clamp(run_.score_chunk_bytes / token_bytes, decode_tokens, tokens);
+}
+
 // The step's buffers at the limits, for the formulations run.formulation allows.
 void CudaMlaLayer::allocate_activations() {
   const ModelArgs& m = model_;
@@ -307,8 +321,9 @@ void CudaMlaLayer::allocate_activations() {
   kv_ = DeviceBuffer<float>(tokens * latent_width_);
   o_ = DeviceBuffer<float>(tokens * heads * dv);
   if (absorb_possible) {
-    q_absorbed_ = DeviceBuffer<float>(tokens * heads * latent_width_);
-    o_latent_ = DeviceBuffer<float>(tokens * heads * C);
+    absorb_tokens_ = absorb_run_tokens();
+    q_absorbed_ = DeviceBuffer<float>(absorb_tokens_ * heads * latent_width_);
+    o_latent_ = DeviceBuffer<float>(absorb_tokens_ * heads * C);
   }
   if (naive_possible) {
     kv_expanded_ = DeviceBuffer<float>(kv_rows * heads * (dn + dv));
@@ -702,65 +717,119 @@ void CudaMlaLayer::project_latent(const float* x, const __nv_bfloat16* x_staged,
 
 void CudaMlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int64_t start_pos, const float* mask,
                           int64_t mask_stride, StepReport& report) {
-  const int64_t tokens = batch * seq;
-  const int64_t heads = shard_.n_local_heads;
-  const AttentionStep step{batch, seq, start_pos, heads, mask, mask_stride, round_bf16_};
-  AttentionParams p;
+  check_formulation_buffers(plan.formulation);
   if (plan.formulation == Formulation::Absorb) {
-    if (q_absorbed_.size() == 0) throw std::logic_error("CudaMlaLayer: absorb planned but run.formulation is naive");
-    absorb_queries(tokens);
-    p = absorb_attention_params(model_, step, q_absorbed_.data(), dense_cache(), o_latent_.data());
-  } else {
-    if (keys_.size() == 0) throw std::logic_error("CudaMlaLayer: naive planned but run.formulation is absorb");
-    expand_keys_values(dense_cache(), model_.max_seq_len * latent_width_, batch, start_pos + seq);
-    p = naive_attention_params(model_, step, q_.data(), keys_.data(), kv_expanded_.data(), o_.data());
+    attend_absorbed(plan.path, 0, batch, seq, start_pos, dense_cache(), model_.max_seq_len * latent_width_, mask,
+                    mask_stride, report);
+    return;
   }
-  run_attention(plan.path, p, report);
-  if (plan.formulation == Formulation::Absorb) absorb_outputs(tokens);
+  expand_keys_values(dense_cache(), model_.max_seq_len * latent_width_, batch, start_pos + seq);
+  const AttentionStep step{batch, seq, start_pos, shard_.n_local_heads, mask, mask_stride, round_bf16_};
+  run_attention(plan.path,
+                naive_attention_params(model_, step, q_.data(), keys_.data(), kv_expanded_.data(), o_.data()), report);
+}
+
+void CudaMlaLayer::check_formulation_buffers(Formulation formulation) const {
+  if (formulation == Formulation::Absorb && q_absorbed_.size() == 0) {
+    throw std::logic_error("CudaMlaLayer: absorb planned but run.formulation is naive");
+  }
+  if (formulation == Formulation::Naive && keys_.size() == 0) {
+    throw std::logic_error("CudaMlaLayer: naive planned but run.formulation is absorb");
+  }
+}
+
+// The absorb formulation over `count` sequences of a uniform step, their latent rows from `latent`
+// (`latent_stride` floats apart), their queries from packed token `first_token` on. The folded
+// queries and latent outputs are held for absorb_tokens_ tokens at a time: whole sequences where
+// one fits, else pieces of one sequence's queries, each attending over the keys up to its own last
+// position (the step's rows are all in the cache already; the causal rule and the mask's rows
+// follow the piece's first position).
+void CudaMlaLayer::attend_absorbed(AttentionPath path, int64_t first_token, int64_t count, int64_t seq,
+                                   int64_t start_pos, const float* latent, int64_t latent_stride, const float* mask,
+                                   int64_t mask_stride, StepReport& report) {
+  const int64_t heads = shard_.n_local_heads;
+  const auto attend_run = [&](int64_t first_sequence, int64_t sequences, int64_t first_query, int64_t queries) {
+    const int64_t run_first = first_token + first_sequence * seq + first_query;
+    absorb_queries(run_first, sequences * queries);
+    const AttentionStep step{sequences,
+                             queries,
+                             start_pos + first_query,
+                             heads,
+                             mask != nullptr ? mask + first_query * mask_stride : nullptr,
+                             mask_stride,
+                             round_bf16_};
+    AttentionParams p = absorb_attention_params(model_, step, q_absorbed_.data(),
+                                                latent + first_sequence * latent_stride, o_latent_.data());
+    p.key_batch_stride = p.value_batch_stride = latent_stride;
+    run_attention(path, p, report);
+    absorb_outputs(run_first, sequences * queries);
+  };
+  if (seq <= absorb_tokens_) {
+    const int64_t per_run = absorb_tokens_ / seq;
+    for (int64_t b = 0; b < count; b += per_run) attend_run(b, std::min(per_run, count - b), 0, seq);
+    return;
+  }
+  for (int64_t b = 0; b < count; ++b) {
+    for (int64_t a = 0; a < seq; a += absorb_tokens_) attend_run(b, 1, a, std::min(absorb_tokens_, seq - a));
+  }
 }
 
 // A sequence at a time, each over its own cache rows: in place in a dense fp32 cache, else read
 // through its block table into one fp32 buffer (bf16 and fp8 rows dequantized by the same rule as
 // the CPU's paged_latent_rows). The kernels are the uniform step's, at batch 1; the projections
-// around them still take the whole step at once.
+// around them still take the whole step at once, and the absorb folds a run of consecutive
+// sequences whose tokens fit absorb_tokens_ at once (a longer one in pieces, attend_absorbed).
 void CudaMlaLayer::attend_ragged(const StepPlan& plan, const RaggedIndex& index, const PagedLatentView& view,
                                  const float* mask, int64_t mask_stride, StepReport& report) {
-  const int64_t tokens = static_cast<int64_t>(index.token_position.size());
   const int64_t heads = shard_.n_local_heads;
   const bool absorb = plan.formulation == Formulation::Absorb;
-  if (absorb && q_absorbed_.size() == 0) {
-    throw std::logic_error("CudaMlaLayer: absorb planned but run.formulation is naive");
-  }
-  if (!absorb && keys_.size() == 0) throw std::logic_error("CudaMlaLayer: naive planned but run.formulation is absorb");
-  if (absorb) absorb_queries(tokens);
-  for (int64_t b = 0; b < index.sequences(); ++b) {
+  check_formulation_buffers(plan.formulation);
+  const auto rows_of = [&](int64_t b) -> const float* {
+    if (dense_fp32_cache()) return dense_cache() + index.slot[b] * model_.max_seq_len * latent_width_;
+    PagedLatentGatherParams gather;
+    gather.cache = view;
+    gather.only_sequence = b;
+    gather.count = index.start_pos[b] + index.new_tokens[b];
+    gather.out = latent_rows_.data();
+    paged_latent_gather_cuda(gather, stream_);
+    return latent_rows_.data();
+  };
+  for (int64_t b = 0; b < index.sequences();) {
     const int64_t kv_len = index.start_pos[b] + index.new_tokens[b];
     const int64_t first_token = index.token_offset[b];
-    const float* latent = nullptr;
-    if (dense_fp32_cache()) {
-      latent = dense_cache() + index.slot[b] * model_.max_seq_len * latent_width_;
-    } else {
-      PagedLatentGatherParams gather;
-      gather.cache = view;
-      gather.only_sequence = b;
-      gather.count = kv_len;
-      gather.out = latent_rows_.data();
-      paged_latent_gather_cuda(gather, stream_);
-      latent = latent_rows_.data();
-    }
     const AttentionStep one{1, index.new_tokens[b], index.start_pos[b], heads, mask, mask_stride, round_bf16_};
-    AttentionParams p;
-    if (absorb) {
-      p = absorb_attention_params(model_, one, q_absorbed_.data() + first_token * heads * latent_width_, latent,
-                                  o_latent_.data() + first_token * heads * model_.kv_lora_rank);
-    } else {
+    if (!absorb) {
+      const float* latent = rows_of(b);
       expand_keys_values(latent, kv_len * latent_width_, 1, kv_len);
-      p = naive_attention_params(model_, one, q_.data() + first_token * heads * model_.qk_head_dim(), keys_.data(),
-                                 kv_expanded_.data(), o_.data() + first_token * heads * model_.v_head_dim);
+      run_attention(
+          plan.path,
+          naive_attention_params(model_, one, q_.data() + first_token * heads * model_.qk_head_dim(), keys_.data(),
+                                 kv_expanded_.data(), o_.data() + first_token * heads * model_.v_head_dim),
+          report);
+      ++b;
+      continue;
     }
-    run_attention(plan.path, p, report);
+    if (index.new_tokens[b] > absorb_tokens_) {
+      attend_absorbed(plan.path, first_token, 1, index.new_tokens[b], index.start_pos[b], rows_of(b),
+                      kv_len * latent_width_, mask, mask_stride, report);
+      ++b;
+      continue;
+    }
+    int64_t end = b, run_tokens = 0;
+    while (end < index.sequences() && run_tokens + index.new_tokens[end] <= absorb_tokens_) {
+      run_tokens += index.new_tokens[end++];
+    }
+    absorb_queries(first_token, run_tokens);
+    for (; b < end; ++b) {
+      const int64_t offset = index.token_offset[b] - first_token;
+      const AttentionStep sequence{1, index.new_tokens[b], index.start_pos[b], heads, mask, mask_stride, round_bf16_};
+      run_attention(plan.path,
+                    absorb_attention_params(model_, sequence, q_absorbed_.data() + offset * heads * latent_width_,
+                                            rows_of(b), o_latent_.data() + offset * heads * model_.kv_lora_rank),
+                    report);
+    }
+    absorb_outputs(first_token, run_tokens);
   }
-  if (absorb) absorb_outputs(tokens);
 }
 
 // A uniform step (every sequence at the same positions) over rows the batched kernels cannot read
@@ -775,11 +844,7 @@ void CudaMlaLayer::attend_gathered(const StepPlan& plan, const RaggedIndex& inde
   const int64_t kv_len = start_pos + seq;
   const int64_t heads = shard_.n_local_heads;
   const bool absorb = plan.formulation == Formulation::Absorb;
-  if (absorb && q_absorbed_.size() == 0) {
-    throw std::logic_error("CudaMlaLayer: absorb planned but run.formulation is naive");
-  }
-  if (!absorb && keys_.size() == 0) throw std::logic_error("CudaMlaLayer: naive planned but run.formulation is absorb");
-  if (absorb) absorb_queries(batch * seq);
+  check_formulation_buffers(plan.formulation);
   const int64_t group = std::max<int64_t>(1, latent_rows_.size() / (kv_len * latent_width_));
   for (int64_t first = 0; first < batch; first += group) {
     const int64_t count = std::min(group, batch - first);
@@ -790,21 +855,20 @@ void CudaMlaLayer::attend_gathered(const StepPlan& plan, const RaggedIndex& inde
     gather.count = kv_len;
     gather.out = latent_rows_.data();
     paged_latent_gather_cuda(gather, stream_);
-    const AttentionStep step{count, seq, start_pos, heads, mask, mask_stride, round_bf16_};
     const int64_t first_token = first * seq;
-    AttentionParams p;
     if (absorb) {
-      p = absorb_attention_params(model_, step, q_absorbed_.data() + first_token * heads * latent_width_,
-                                  latent_rows_.data(), o_latent_.data() + first_token * heads * model_.kv_lora_rank);
-      p.key_batch_stride = p.value_batch_stride = kv_len * latent_width_;
-    } else {
-      expand_keys_values(latent_rows_.data(), kv_len * latent_width_, count, kv_len);
-      p = naive_attention_params(model_, step, q_.data() + first_token * heads * model_.qk_head_dim(), keys_.data(),
-                                 kv_expanded_.data(), o_.data() + first_token * heads * model_.v_head_dim);
+      attend_absorbed(plan.path, first_token, count, seq, start_pos, latent_rows_.data(), kv_len * latent_width_, mask,
+                      mask_stride, report);
+      continue;
     }
-    run_attention(plan.path, p, report);
+    expand_keys_values(latent_rows_.data(), kv_len * latent_width_, count, kv_len);
+    const AttentionStep step{count, seq, start_pos, heads, mask, mask_stride, round_bf16_};
+    run_attention(
+        plan.path,
+        naive_attention_params(model_, step, q_.data() + first_token * heads * model_.qk_head_dim(), keys_.data(),
+                               kv_expanded_.data(), o_.data() + first_token * heads * model_.v_head_dim),
+        report);
   }
-  if (absorb) absorb_outputs(batch * seq);
 }
 
 void CudaMlaLayer::upload_sequence_lists(const RaggedIndex& index) {
@@ -875,11 +939,11 @@ void CudaMlaLayer::enqueue_decode_step(const float* x, int64_t tokens, const Att
   project_queries(x, x_staged, tokens);
   project_latent(x, x_staged, tokens, tokens, 0, token_position_.data());
   append_step_rows(tokens, *p.latent_pages);
-  absorb_queries(tokens);
+  absorb_queries(0, tokens);
   mark_attention_begin();
   attention_decode_cuda(p, tokens, split, decode_workspace_.data(), decode_partial_rows_, stream_);
   mark_attention_end();
-  absorb_outputs(tokens);
+  absorb_outputs(0, tokens);
   const int64_t o_width = shard_.n_local_heads * model_.v_head_dim;
   linear(o_.data(), o_width, wo_, tokens, y_partial, model_.dim);
 }
@@ -925,7 +989,7 @@ void CudaMlaLayer::attend_split(const RaggedIndex& index, const PagedLatentView&
   const int64_t C = model_.kv_lora_rank;
   const int64_t shards = context_shards_;
   const int64_t shard = context_group_->rank();
-  absorb_queries(tokens);
+  absorb_queries(0, tokens);
   mark_attention_begin();
   for (const TokenRun& run : token_runs(index, split_run_tokens())) {
     const int64_t block_rows = run.tokens * group_heads_max_;
@@ -981,7 +1045,7 @@ void CudaMlaLayer::attend_split(const RaggedIndex& index, const PagedLatentView&
     report.context_bytes += (shards - 1) * (query_count + part + block_rows) * static_cast<int64_t>(sizeof(float));
   }
   mark_attention_end();
-  absorb_outputs(tokens);
+  absorb_outputs(0, tokens);
 }
 
 void CudaMlaLayer::run_attention(AttentionPath path, const AttentionParams& p, StepReport& report) {
@@ -1004,7 +1068,11 @@ void CudaMlaLayer::run_attention(AttentionPath path, const AttentionParams& p, S
 }
 
 // docs/design.md step 5, absorb: q_lat[h] = Wk[h]^T q_nope[h] (one batched GEMM over heads), next to q_pe[h].
-void CudaMlaLayer::absorb_queries(int64_t tokens) {
+void CudaMlaLayer::absorb_queries(int64_t first_token, int64_t tokens) {
+  if (tokens > absorb_tokens_) {
+    throw std::logic_error("CudaMlaLayer: " + std::to_string(tokens) + " tokens folded at once, the buffers hold " +
+                           std::to_string(absorb_tokens_));
+  }
   const int64_t heads = shard_.n_local_heads;
   const int64_t C = model_.kv_lora_rank;
   const int64_t dn = model_.qk_nope_head_dim;
@@ -1014,7 +1082,8 @@ void CudaMlaLayer::absorb_queries(int64_t tokens) {
   g.m = tokens;
   g.n = C;
   g.k = dn;
-  set_activation_operand(g, q_.data(), tokens, heads * dq, heads * dq);
+  const float* q = q_.data() + first_token * heads * dq;
+  set_activation_operand(g, q, tokens, heads * dq, heads * dq);
   g.stride_a = dq;
   g.b = wkv_b_.at_row(0);  // Wk[h]: rows h * head_rows .. + dn, [dn, C]
   g.ldb = C;
@@ -1027,7 +1096,7 @@ void CudaMlaLayer::absorb_queries(int64_t tokens) {
   if (round_bf16_) round_rows(q_absorbed_.data(), tokens, heads * latent_width_, heads, latent_width_, C);
 
   StridedCopyParams q_pe;
-  q_pe.src = q_.data() + dn;
+  q_pe.src = q + dn;
   q_pe.src_outer_stride = heads * dq;
   q_pe.src_inner_stride = dq;
   q_pe.dst = q_absorbed_.data() + C;
@@ -1040,7 +1109,7 @@ void CudaMlaLayer::absorb_queries(int64_t tokens) {
 }
 
 // docs/design.md step 8, absorb: o[h] = Wv[h] o_lat[h].
-void CudaMlaLayer::absorb_outputs(int64_t tokens) {
+void CudaMlaLayer::absorb_outputs(int64_t first_token, int64_t tokens) {
   const int64_t heads = shard_.n_local_heads;
   const int64_t C = model_.kv_lora_rank;
   const int64_t dv = model_.v_head_dim;
@@ -1055,12 +1124,13 @@ void CudaMlaLayer::absorb_outputs(int64_t tokens) {
   g.b = wkv_b_.at_row(model_.qk_nope_head_dim);  // Wv[h]: [dv, C]
   g.ldb = C;
   g.stride_b = head_rows * C;
-  g.c = o_.data();
+  float* o = o_.data() + first_token * heads * dv;
+  g.c = o;
   g.ldc = heads * dv;
   g.stride_c = dv;
   g.batch = heads;
   gemm_cuda(*cublas_, g);
-  if (round_bf16_) round_rows(o_.data(), tokens, heads * dv, 1, 0, heads * dv);
+  if (round_bf16_) round_rows(o, tokens, heads * dv, 1, 0, heads * dv);
 }
 
 // docs/design.md step 5, naive, from the one latent cache (as the CPU layer): [k_nope | v] = wkv_b c_n

@@ -172,6 +172,7 @@ class CudaMlaLayer {
                        int64_t mask_stride, StepReport& report);
   // The sequences whose rows latent_rows_ holds at max_kv_len (attend_gathered's group).
   int64_t gathered_sequences() const;
+  int64_t absorb_run_tokens() const;
   // The step's rows into the cache through the block tables (token_sequence_, token_position_).
   void append_step_rows(int64_t tokens, const PagedLatentView& view);
   // A decode-shaped absorb step: projections, append, every sequence's attention in one launch
@@ -194,8 +195,14 @@ class CudaMlaLayer {
   void mark_attention_begin();
   void mark_attention_end();
   void record_event(cudaEvent_t event);
-  void absorb_queries(int64_t tokens);
-  void absorb_outputs(int64_t tokens);
+  // Tokens [first_token, first_token + tokens) of the step: q_ folded into q_absorbed_ from its
+  // start; o_latent_ from its start unfolded into o_ (tokens <= absorb_tokens_).
+  void absorb_queries(int64_t first_token, int64_t tokens);
+  void absorb_outputs(int64_t first_token, int64_t tokens);
+  void attend_absorbed(AttentionPath path, int64_t first_token, int64_t count, int64_t seq, int64_t start_pos,
+                       const float* latent, int64_t latent_stride, const float* mask, int64_t mask_stride,
+                       StepReport& report);
+  void check_formulation_buffers(Formulation formulation) const;
   // latent: the cache rows of `batch` sequences, kv_len each, batch_stride floats apart.
   void expand_keys_values(const float* latent, int64_t batch_stride, int64_t batch, int64_t kv_len);
 
@@ -260,6 +267,9 @@ class CudaMlaLayer {
   DeviceBuffer<__nv_bfloat16> x_bf16_;
   DeviceBuffer<__nv_bfloat16> bf16_staging_;  // bf16 mode: a GEMM's activation operand
   DeviceBuffer<float> q_latent_, q_, kv_, q_absorbed_, o_latent_, o_;
+  // The tokens q_absorbed_ and o_latent_ hold: within run.score_chunk_bytes, and at least a decode
+  // step's (the whole step's under a context split); longer absorb steps go a run at a time.
+  int64_t absorb_tokens_ = 0;
   DeviceBuffer<float> kv_expanded_, keys_;  // naive only
   DeviceBuffer<float> scores_;              // standard path only
   int64_t score_buffer_floats_ = 0;         // per buffer; two when bf16 scores are split

@@ -137,6 +137,68 @@ TEST_F(CudaServing, LongDecodesTakeTheSplitKvKernelAndMatchTheCpuLayer) {
   }
 }
 
+// The absorb formulation's folded queries and latent outputs are held for the tokens
+// run.score_chunk_bytes allows (at least a decode step's): longer absorb steps go a run of tokens at
+// a time, whole sequences or pieces of one. A layer whose buffers hold 12 tokens against one that
+// holds every step whole: a uniform prefill of 3 x 40 tokens (pieces of 12 of each sequence), a
+// uniform chunk of 3 x 3 (one run of 9), a ragged step of 40, 1 and 7 tokens (pieces, then a run of
+// 8), decodes; through the block tables (gathered rows: paged, or bf16 in bf16 compute), and
+// through the dense batched route with an explicit mask (its rows follow each piece); both
+// against the CPU layer.
+TEST_F(CudaServing, AbsorbStepsLongerThanItsBuffersGoInRunsOfTokens) {
+  const ModelArgs m = model_args(64, 4, 32, 48, 16, 8, 16, 3, 96);
+  const std::vector<std::vector<float>> tokens = slot_tokens(m, 47);
+  const std::vector<RaggedTestStep> steps = {{{0, 0, 40}, {1, 0, 40}, {2, 0, 40}},
+                                             {{0, 40, 3}, {1, 40, 3}, {2, 40, 3}},
+                                             {{1, 43, 40}, {0, 43, 1}, {2, 43, 7}},
+                                             {{0, 44, 1}, {1, 83, 1}, {2, 50, 1}}};
+  for (const ComputeDType compute : {ComputeDType::FP32, ComputeDType::BF16}) {
+    const LoadedWeights loaded = load_layer_weights(random_weights(WeightDType::BF16, 48), m, whole(m), compute);
+    for (const KvCacheLayout layout : {KvCacheLayout::Dense, KvCacheLayout::Paged})
+      for (const AttentionChoice attention : {AttentionChoice::Fast, AttentionChoice::Standard}) {
+        RunConfig run = serving_config(attention, FormulationChoice::Absorb, compute, layout, KvCacheDType::Auto);
+        run.kv_cache.page_size = 16;
+        const std::string name = std::string(to_string(compute)) + " " + to_string(layout) + " " + to_string(attention);
+        run.score_chunk_bytes = int64_t{1} << 30;  // every step whole
+        const ServingRun whole_steps = cuda_steps(m, run, whole(m), loaded.weights, tokens, steps);
+        run.score_chunk_bytes = 4096;  // 12 tokens: a decode step's of 3 sequences
+        const ServingRun in_runs = cuda_steps(m, run, whole(m), loaded.weights, tokens, steps);
+        const ServingRun want = cpu_steps(m, run, whole(m), loaded.weights, tokens, steps);
+        ASSERT_EQ(in_runs.y.size(), steps.size());
+        for (size_t i = 0; i < steps.size(); ++i) {
+          EXPECT_LE(relative_l2_error(in_runs.y[i], whole_steps.y[i]), compute == ComputeDType::FP32 ? 1e-6 : 5e-3)
+              << name << " step " << i;
+          EXPECT_LE(relative_l2_error(in_runs.y[i], want.y[i]), bound_for(compute, KvCacheDType::Auto))
+              << name << " step " << i;
+        }
+      }
+    // The dense batched route (uniform steps through forward) with a mask, on the standard path.
+    const InputTensor x = random_input(m, 3, 44, 49);
+    std::vector<float> mask(44 * 44, -INFINITY);
+    for (int64_t row = 0; row < 44; ++row)
+      for (int64_t col = 0; col <= row; ++col) mask[row * 44 + col] = (row * 7 + col) % 5 == 0 ? -2.0f : 0.0f;
+    const std::vector<int64_t> schedule = {40, 3, 1};
+    const auto dense_run = [&](int64_t score_chunk_bytes) {
+      RunConfig run = serving_config(AttentionChoice::Auto, FormulationChoice::Absorb, compute, KvCacheLayout::Dense,
+                                     KvCacheDType::FP32);
+      run.score_chunk_bytes = score_chunk_bytes;
+      CudaMlaLayer layer(m, whole(m), loaded.weights, run, CudaLayerLimits{3, 40, 44, true});
+      SingleProcessCommunicator comm;
+      CudaStepExecutor executor(layer, comm, mask, x.tokens);
+      return run_schedule(executor, x, schedule, mask, {});
+    };
+    const RunResult masked_runs = dense_run(4096);
+    EXPECT_LE(relative_l2_error(masked_runs.y, dense_run(int64_t{1} << 30).y),
+              compute == ComputeDType::FP32 ? 1e-6 : 5e-3)
+        << to_string(compute) << " dense, masked";
+    RunConfig cpu_run = serving_config(AttentionChoice::Auto, FormulationChoice::Absorb, compute, KvCacheLayout::Dense,
+                                       KvCacheDType::FP32);
+    EXPECT_LE(relative_l2_error(masked_runs.y, layer_run(m, cpu_run, whole(m), loaded.weights, x, schedule, mask).y),
+              bound_for(compute, KvCacheDType::FP32))
+        << to_string(compute) << " dense, masked, vs the CPU layer";
+  }
+}
+
 // run.cuda_graphs (docs/cuda_backend.md, The decode step as one CUDA graph): decode steps replayed
 // from graphs captured once per shape give the bits of the same steps launched one by one, at
 // batch 1 and 37, as the longest kv_len crosses from one bucket to the next (a second capture), with
