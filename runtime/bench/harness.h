@@ -55,8 +55,9 @@ std::string machine_summary(const MachineEntries& entries);
 
 // The GPU of local rank `local_rank` (device local_rank modulo the node's devices, as the layer
 // chooses it) as entries: gpu_name, gpu_count, gpu_memory_bytes, gpu_sm_clock_mhz,
-// gpu_memory_clock_mhz, cuda_runtime, cuda_driver, nccl. None in a build without CUDA or on a
-// machine without a device.
+// gpu_memory_clock_mhz, cuda_runtime, cuda_driver, nccl, and gpu_copy_gbps, the device's measured
+// copy bandwidth (a 256 MiB device-to-device copy, read + write bytes per second). None in a build
+// without CUDA or on a machine without a device.
 MachineEntries describe_gpu(int local_rank);
 
 // ---- result files ------------------------------------------------------------------------------

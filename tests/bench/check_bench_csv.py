@@ -193,6 +193,7 @@ def run_checks(args):
             check(int(r["device_process_bytes"]) > 0, f"{where}: the driver accounts nothing to the process")
         check((r["cuda_graph_replays"] != "") == (r["backend"] == "cuda"),
               f"{where}: cuda_graph_replays '{r['cuda_graph_replays']}' on a {r['backend']} point")
+        check(r["copy_gbps"] != "" and float(r["copy_gbps"]) > 0, f"{where}: no copy bandwidth ({r['copy_gbps']!r})")
         if r["cuda_graph_replays"]:
             check(0 <= int(r["cuda_graph_replays"]) <= int(r["reps"]),
                   f"{where}: {r['cuda_graph_replays']} graph replays of {r['reps']} timed steps")
