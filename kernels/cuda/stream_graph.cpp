@@ -31,11 +31,11 @@ StreamGraph StreamGraph::capture(cudaStream_t stream, const std::function<void()
     throw;
   }
   StreamGraph captured;
-  const cudaError_t counted = cudaGraphGetNodes(graph, nullptr, &captured.nodes_);
-  const cudaError_t instantiated = cudaGraphInstantiate(&captured.exec_, graph, 0);
+  const cudaError_t status = cudaGraphInstantiate(&captured.exec_, graph, 0);
   cudaGraphDestroy(graph);  // the executable graph is a copy
-  CUDA_CHECK(counted);
-  CUDA_CHECK(instantiated);
+  if (status != cudaSuccess) {
+    throw_cuda_error("cudaGraphInstantiate(&exec, graph, 0)", __FILE__, __LINE__, cudaGetErrorString(status));
+  }
   return captured;
 }
 
@@ -47,7 +47,6 @@ StreamGraph& StreamGraph::operator=(StreamGraph&& other) noexcept {
   if (this != &other) {
     if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
     exec_ = other.exec_;
-    nodes_ = other.nodes_;
     other.exec_ = nullptr;
   }
   return *this;

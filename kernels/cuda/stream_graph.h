@@ -19,17 +19,15 @@ class StreamGraph {
   // naming the call, or enqueue's own).
   static StreamGraph capture(cudaStream_t stream, const std::function<void()>& enqueue);
   ~StreamGraph();
-  StreamGraph(StreamGraph&& other) noexcept : exec_(other.exec_), nodes_(other.nodes_) { other.exec_ = nullptr; }
+  StreamGraph(StreamGraph&& other) noexcept : exec_(other.exec_) { other.exec_ = nullptr; }
   StreamGraph& operator=(StreamGraph&& other) noexcept;
   StreamGraph(const StreamGraph&) = delete;
   StreamGraph& operator=(const StreamGraph&) = delete;
 
   void launch(cudaStream_t stream) const;
-  size_t nodes() const { return nodes_; }  // the launches (and copies, event records) it holds
 
  private:
   cudaGraphExec_t exec_ = nullptr;
-  size_t nodes_ = 0;
 };
 
 // Inside StreamGraph::capture's enqueue: whether `stream` is being captured (an event that must

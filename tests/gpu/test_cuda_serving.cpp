@@ -141,10 +141,10 @@ TEST_F(CudaServing, LongDecodesTakeTheSplitKvKernelAndMatchTheCpuLayer) {
 // run.score_chunk_bytes allows (at least a decode step's): longer absorb steps go a run of tokens at
 // a time, whole sequences or pieces of one. A layer whose buffers hold 12 tokens against one that
 // holds every step whole: a uniform prefill of 3 x 40 tokens (pieces of 12 of each sequence), a
-// uniform chunk of 3 x 3 (one run of 9), a ragged step of 40, 1 and 7 tokens (pieces, then a run of
-// 8), decodes; through the block tables (gathered rows: paged, or bf16 in bf16 compute), and
-// through the dense batched route with an explicit mask (its rows follow each piece); both
-// against the CPU layer.
+// uniform chunk of 3 x 3 (one run of 9 on the standard path; the split-KV kernel's on the fast), a
+// ragged step of 40, 1 and 7 tokens (pieces, then a run of 8), decodes; through the block tables
+// (gathered rows: paged, or bf16 in bf16 compute), and through the dense batched route with an
+// explicit mask (its rows follow each piece); both against the CPU layer.
 TEST_F(CudaServing, AbsorbStepsLongerThanItsBuffersGoInRunsOfTokens) {
   const ModelArgs m = model_args(64, 4, 32, 48, 16, 8, 16, 3, 96);
   const std::vector<std::vector<float>> tokens = slot_tokens(m, 47);
