@@ -35,10 +35,11 @@ int64_t step_tokens(const StepReport& step) {
 }
 
 void print_step(const std::string& label, size_t index, const StepReport& step) {
-  std::printf("%s step %zu: %-7s start_pos %ld tokens %ld kv_len %ld -> %s path, %s (%s); workspace %s; %.3f ms\n",
+  std::printf("%s step %zu: %-7s start_pos %ld tokens %ld kv_len %ld -> %s path, %s (%s); workspace %s; %.3f ms%s\n",
               label.c_str(), index, step_phase(step), step.start_pos, step.seq, step.kv_len, to_string(step.plan.path),
               to_string(step.plan.formulation), step.plan.reason.c_str(),
-              format_bytes(static_cast<double>(step.attention_workspace_bytes)).c_str(), step.time_ms);
+              format_bytes(static_cast<double>(step.attention_workspace_bytes)).c_str(), step.time_ms,
+              step.graph_replayed ? " (one CUDA graph launch)" : "");
 }
 
 namespace {
@@ -77,6 +78,13 @@ void print_step_table(const std::vector<StepReport>& steps, const std::vector<st
     }
     std::printf("%5zu  %-7s  %7ld  %7ld  %-8s  %-11s  %9.3f%s\n", index, step_phase(step), step_tokens(step),
                 step.kv_len, to_string(step.plan.path), to_string(step.plan.formulation), step.time_ms, others.c_str());
+  }
+  const auto replayed =
+      std::count_if(steps.begin(), steps.end(), [](const StepReport& step) { return step.graph_replayed; });
+  if (replayed > 0) {
+    std::printf(
+        "CUDA graphs (run.cuda_graphs): %ld of the %zu steps on rank 0 were one launch of a captured decode step\n",
+        static_cast<long>(replayed), steps.size());
   }
   for (size_t index = 0; index < steps.size(); ++index) {
     const StepReport& step = steps[index];
