@@ -227,7 +227,8 @@ class CudaMlaLayer {
   bool stream_fp8_ = true;  // MLA_CUDA_FP8_STREAM: decode steps stream fp8 codes where they are kept
   DeviceBuffer<float> q_norm_, kv_norm_;
   DeviceBuffer<float> rope_cos_, rope_sin_;  // [max_seq_len, dr / 2]
-  // The latent cache's pages (LatentCacheShape): dense fp32, [max_batch_size, max_seq_len, C + dr].
+  // The latent cache's pages (LatentCacheShape), rows in the cache's dtype: dense, one page of
+  // max_seq_len rows per slot, or paged.
   DeviceBuffer<uint8_t> latent_pool_;
   // Every step's lists go to the device through pinned host memory (token positions, block tables,
   // the decode kernel's per-sequence lists, a context group's own rows).
