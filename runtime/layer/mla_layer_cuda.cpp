@@ -723,10 +723,37 @@ void CudaMlaLayer::attend(const StepPlan& plan, int64_t batch, int64_t seq, int6
                     mask_stride, report);
     return;
   }
-  expand_keys_values(dense_cache(), model_.max_seq_len * latent_width_, batch, start_pos + seq);
-  const AttentionStep step{batch, seq, start_pos, shard_.n_local_heads, mask, mask_stride, round_bf16_};
-  run_attention(plan.path,
-                naive_attention_params(model_, step, q_.data(), keys_.data(), kv_expanded_.data(), o_.data()), report);
+  attend_naive(plan.path, 0, batch, seq, start_pos, dense_cache(), model_.max_seq_len * latent_width_, mask,
+               mask_stride, report);
+}
+
+// The naive formulation over `count` sequences of a uniform step, their latent rows from `latent`
+// (`latent_stride` floats apart), their queries from packed token `first_token` on: the rows
+// expanded into keys and values, then the attention.
+void CudaMlaLayer::attend_naive(AttentionPath path, int64_t first_token, int64_t count, int64_t seq, int64_t start_pos,
+                                const float* latent, int64_t latent_stride, const float* mask, int64_t mask_stride,
+                                StepReport& report) {
+  const int64_t heads = shard_.n_local_heads;
+  expand_keys_values(latent, latent_stride, count, start_pos + seq);
+  const AttentionStep step{count, seq, start_pos, heads, mask, mask_stride, round_bf16_};
+  run_attention(
+      path,
+      naive_attention_params(model_, step, q_.data() + first_token * heads * model_.qk_head_dim(), keys_.data(),
+                             kv_expanded_.data(), o_.data() + first_token * heads * model_.v_head_dim),
+      report);
+}
+
+// Rows 0 .. count - 1 of `sequences` block-table rows from `first` on, as fp32 in latent_rows_ (one
+// launch; bf16 and fp8 rows dequantized by the CPU's rule).
+const float* CudaMlaLayer::gather_rows(const PagedLatentView& view, int64_t first, int64_t sequences, int64_t count) {
+  PagedLatentGatherParams gather;
+  gather.cache = view;
+  gather.only_sequence = first;
+  gather.sequences = sequences;
+  gather.count = count;
+  gather.out = latent_rows_.data();
+  paged_latent_gather_cuda(gather, stream_);
+  return latent_rows_.data();
 }
 
 void CudaMlaLayer::check_formulation_buffers(Formulation formulation) const {
@@ -786,26 +813,14 @@ void CudaMlaLayer::attend_ragged(const StepPlan& plan, const RaggedIndex& index,
   check_formulation_buffers(plan.formulation);
   const auto rows_of = [&](int64_t b) -> const float* {
     if (dense_fp32_cache()) return dense_cache() + index.slot[b] * model_.max_seq_len * latent_width_;
-    PagedLatentGatherParams gather;
-    gather.cache = view;
-    gather.only_sequence = b;
-    gather.count = index.start_pos[b] + index.new_tokens[b];
-    gather.out = latent_rows_.data();
-    paged_latent_gather_cuda(gather, stream_);
-    return latent_rows_.data();
+    return gather_rows(view, b, 1, index.start_pos[b] + index.new_tokens[b]);
   };
   for (int64_t b = 0; b < index.sequences();) {
     const int64_t kv_len = index.start_pos[b] + index.new_tokens[b];
     const int64_t first_token = index.token_offset[b];
-    const AttentionStep one{1, index.new_tokens[b], index.start_pos[b], heads, mask, mask_stride, round_bf16_};
     if (!absorb) {
-      const float* latent = rows_of(b);
-      expand_keys_values(latent, kv_len * latent_width_, 1, kv_len);
-      run_attention(
-          plan.path,
-          naive_attention_params(model_, one, q_.data() + first_token * heads * model_.qk_head_dim(), keys_.data(),
-                                 kv_expanded_.data(), o_.data() + first_token * heads * model_.v_head_dim),
-          report);
+      attend_naive(plan.path, first_token, 1, index.new_tokens[b], index.start_pos[b], rows_of(b),
+                   kv_len * latent_width_, mask, mask_stride, report);
       ++b;
       continue;
     }
@@ -842,32 +857,18 @@ void CudaMlaLayer::attend_gathered(const StepPlan& plan, const RaggedIndex& inde
   const int64_t seq = index.new_tokens[0];
   const int64_t start_pos = index.start_pos[0];
   const int64_t kv_len = start_pos + seq;
-  const int64_t heads = shard_.n_local_heads;
-  const bool absorb = plan.formulation == Formulation::Absorb;
   check_formulation_buffers(plan.formulation);
   const int64_t group = std::max<int64_t>(1, latent_rows_.size() / (kv_len * latent_width_));
   for (int64_t first = 0; first < batch; first += group) {
     const int64_t count = std::min(group, batch - first);
-    PagedLatentGatherParams gather;
-    gather.cache = view;
-    gather.only_sequence = first;
-    gather.sequences = count;
-    gather.count = kv_len;
-    gather.out = latent_rows_.data();
-    paged_latent_gather_cuda(gather, stream_);
-    const int64_t first_token = first * seq;
-    if (absorb) {
-      attend_absorbed(plan.path, first_token, count, seq, start_pos, latent_rows_.data(), kv_len * latent_width_, mask,
-                      mask_stride, report);
-      continue;
+    const float* latent = gather_rows(view, first, count, kv_len);
+    if (plan.formulation == Formulation::Absorb) {
+      attend_absorbed(plan.path, first * seq, count, seq, start_pos, latent, kv_len * latent_width_, mask, mask_stride,
+                      report);
+    } else {
+      attend_naive(plan.path, first * seq, count, seq, start_pos, latent, kv_len * latent_width_, mask, mask_stride,
+                   report);
     }
-    expand_keys_values(latent_rows_.data(), kv_len * latent_width_, count, kv_len);
-    const AttentionStep step{count, seq, start_pos, heads, mask, mask_stride, round_bf16_};
-    run_attention(
-        plan.path,
-        naive_attention_params(model_, step, q_.data() + first_token * heads * model_.qk_head_dim(), keys_.data(),
-                               kv_expanded_.data(), o_.data() + first_token * heads * model_.v_head_dim),
-        report);
   }
 }
 

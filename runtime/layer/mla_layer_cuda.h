@@ -202,6 +202,10 @@ class CudaMlaLayer {
   void attend_absorbed(AttentionPath path, int64_t first_token, int64_t count, int64_t seq, int64_t start_pos,
                        const float* latent, int64_t latent_stride, const float* mask, int64_t mask_stride,
                        StepReport& report);
+  void attend_naive(AttentionPath path, int64_t first_token, int64_t count, int64_t seq, int64_t start_pos,
+                    const float* latent, int64_t latent_stride, const float* mask, int64_t mask_stride,
+                    StepReport& report);
+  const float* gather_rows(const PagedLatentView& view, int64_t first, int64_t sequences, int64_t count);
   void check_formulation_buffers(Formulation formulation) const;
   // latent: the cache rows of `batch` sequences, kv_len each, batch_stride floats apart.
   void expand_keys_values(const float* latent, int64_t batch_stride, int64_t batch, int64_t kv_len);
