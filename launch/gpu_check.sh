@@ -17,8 +17,10 @@
 #                                           # its serving-shaped phases (configs/ragged_serving.yaml),
 #                                           # long-context decode (configs/decode_long_context.yaml, reduced),
 #                                           # mla_allreduce_bench (NCCL at world 1, MPI), the decode points
-#                                           # with fp8 streaming and with CUDA graphs off, then the seed
-#                                           # table against torch.compile and a CUDA-graph PyTorch
+#                                           # with fp8 streaming and with CUDA graphs off, the prefill points
+#                                           # with the flash kernel off, a long causal prefill (flash vs
+#                                           # standard), then the seed table against torch.compile and a
+#                                           # CUDA-graph PyTorch
 #     bash launch/gpu_check.sh a100         # the kernels as compute_80 PTX (A100 code) and the GPU tests on them
 #     bash launch/gpu_check.sh run          # the reduced check: GPU tests, mla_cuda_bench, PyTorch's seed
 #                                           # table (no MPI or yaml-cpp needed); GPU_CHECK_TORCH=0 skips PyTorch
@@ -308,6 +310,21 @@ case "${1:-run}" in
       --set "sweep.phase=[decode]" --set "sweep.attention=[auto]" --set run.cuda_graphs=false \
       --set bench.baseline=none --set "bench.csv=$out/seed_table_decode_graphs_off.csv" \
       --set "bench.jsonl=$out/seed_table_decode_graphs_off.jsonl"
+    # The prefill points' fast path on the kernel that keeps a row's scores on chip over fp32 keys
+    # (MLA_CUDA_FLASH=0, attention_fast_mma) against the flash kernel's rows of the seed table.
+    step "mla_bench seed-table prefill, flash kernel off (MLA_CUDA_FLASH=0)" 90 bench_flash_off.log \
+      env MLA_CUDA_FLASH=0 mpirun -x MLA_CUDA_FLASH -np 1 ./build-gpu-full/mla_bench configs/seed_table.yaml \
+      --overwrite --set "sweep.backend=[cuda]" --set "sweep.phase=[prefill]" --set "sweep.seq_len=[64, 128, 256]" \
+      --set "sweep.attention=[fast]" --set bench.baseline=none --set "bench.csv=$out/seed_table_prefill_flash_off.csv" \
+      --set "bench.jsonl=$out/seed_table_prefill_flash_off.jsonl"
+    # A long causal prefill (batch 4, 4096 positions, naive) on the flash kernel, which has no bound
+    # on kv_len, against the standard path: attention_ms gives the kernel's TFLOP/s.
+    step "mla_bench long causal prefill: flash kernel vs standard path" 120 bench_long_prefill.log \
+      mpirun -np 1 ./build-gpu-full/mla_bench configs/seed_table.yaml --overwrite --set "sweep.backend=[cuda]" \
+      --set "sweep.batch=[4]" --set "sweep.seq_len=[4096]" --set "sweep.phase=[prefill]" \
+      --set "sweep.attention=[fast, standard]" --set run.fast_path_max_len=4096 --set run.formulation=naive \
+      --set bench.baseline=none --set bench.max_seconds=1.0 --set "bench.csv=$out/long_prefill_flash_gpu.csv" \
+      --set "bench.jsonl=$out/long_prefill_flash_gpu.jsonl"
     # The strongest baselines a user would pick beside eager: the same module through torch.compile
     # (compiled once per point, untimed) and its step captured in a CUDA graph. After everything
     # else, as compiling takes the longest.

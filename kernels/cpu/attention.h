@@ -32,16 +32,27 @@ struct AttentionParams {
   float* out = nullptr;  // token (b, s), head h: out + (b * seq + s) * out_token_stride + h * out_head_stride
   int64_t out_token_stride = 0;
   int64_t out_head_stride = 0;
-  // bf16 mode, per-head keys and values (naive) on the AMX fast path only: the operands as bf16
-  // numbers, laid out with the strides above, read (or written) in place of q, keys, values and out
-  // (each of which may then be null). The CPU layer's GEMMs produce bf16 numbers and its output
-  // GEMM reads them; widening them into fp32 buffers for the kernel to round back was two passes
-  // over the step's largest operands. attention_fast_amx_applies says whether a step takes that
-  // path; the other kernels refuse these (require_fp32_operands).
+  // bf16 mode, per-head keys and values (naive) on the CPU's AMX fast path and the GPU's flash
+  // kernel: the operands as bf16 numbers, laid out with the strides above, read (or written) in
+  // place of q, keys, values and out (each of which may then be null). The layers' GEMMs produce
+  // bf16 numbers; widening them into fp32 buffers for the kernel to round back was two passes over
+  // the step's largest operands (and twice their memory). attention_fast_amx_applies and
+  // attention_flash_applies say whether a step takes those kernels; the others refuse these
+  // (require_fp32_operands).
   const uint16_t* q_bf16 = nullptr;
   const uint16_t* key_bf16 = nullptr;
   const uint16_t* value_bf16 = nullptr;
   uint16_t* out_bf16 = nullptr;
+  // bf16 keys in two places (the GPU's flash kernel only, kernels/cuda/attention_flash): dimensions
+  // [key_tail_from, score_dim) of each key read from key_tail_bf16 at these strides instead of
+  // key_bf16. The naive formulation's keys are [k_nope | k_pe]: k_nope is each head's slice of the
+  // expansion's output, k_pe the cache row's rope part shared by every head (head stride 0), and
+  // the kernel reads both where they are rather than from a copy joined per head.
+  const uint16_t* key_tail_bf16 = nullptr;
+  int64_t key_tail_from = 0;
+  int64_t key_tail_batch_stride = 0;
+  int64_t key_tail_pos_stride = 0;
+  int64_t key_tail_head_stride = 0;
 
   int64_t batch = 0;
   int64_t seq = 0;  // S, new tokens this step (ragged: the most of any sequence)

@@ -381,10 +381,12 @@ void check_ragged_and_paged(const AttentionParams& p, const char* kernel) {
 }
 
 void require_fp32_operands(const AttentionParams& p, const char* kernel) {
-  if (p.q_bf16 != nullptr || p.key_bf16 != nullptr || p.value_bf16 != nullptr || p.out_bf16 != nullptr) {
+  if (p.q_bf16 != nullptr || p.key_bf16 != nullptr || p.value_bf16 != nullptr || p.out_bf16 != nullptr ||
+      p.key_tail_bf16 != nullptr) {
     throw std::invalid_argument(std::string(kernel) +
                                 ": q/keys/values/out given as bf16 bits, which only the AMX fast path "
-                                "takes (attention_fast_amx_applies is false for this step)");
+                                "(attention_fast_amx_applies is false for this step) and the GPU's flash "
+                                "kernel take");
   }
 }
 

@@ -240,8 +240,8 @@ void attend_query_block(const AttentionParams& p, int64_t b, int64_t h, int64_t 
 
 bool attention_fast_amx_applies(const AttentionParams& p) {
   return p.round_to_bf16 && p.score_split == 0 && p.key_head_stride != 0 && p.value_head_stride != 0 &&
-         p.seq_start_pos == nullptr && p.latent_pages == nullptr && p.kv_shards == 1 && p.lse == nullptr &&
-         p.seq >= kAmxMinQueryRows && cpu_isa() == CpuIsa::Amx && amx_tiles_permitted();
+         p.key_tail_bf16 == nullptr && p.seq_start_pos == nullptr && p.latent_pages == nullptr && p.kv_shards == 1 &&
+         p.lse == nullptr && p.seq >= kAmxMinQueryRows && cpu_isa() == CpuIsa::Amx && amx_tiles_permitted();
 }
 
 void attention_fast_amx(const AttentionParams& p) {

@@ -1,5 +1,6 @@
 #include "kernels/cuda/attention_fast.h"
 #include "kernels/cuda/attention_fast_mma.h"
+#include "kernels/cuda/attention_flash.h"
 #include "kernels/cuda/attention_rows.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
@@ -138,6 +139,10 @@ int64_t attention_fast_max_kv_len(int64_t score_dim) {
 }
 
 void attention_fast_cuda(const AttentionParams& p, cudaStream_t stream) {
+  if (p.q_bf16 != nullptr || p.key_bf16 != nullptr || p.value_bf16 != nullptr || p.key_tail_bf16 != nullptr) {
+    attention_flash_cuda(p, stream);  // the one kernel that reads bf16 operands; it refuses what it cannot take
+    return;
+  }
   if (p.batch == 0 || p.seq == 0 || p.n_heads == 0) return;
   if (attention_fast_mma_applies(p)) {
     attention_fast_mma_cuda(p, stream);

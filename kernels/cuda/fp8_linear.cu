@@ -1,14 +1,19 @@
-#include <cstring>
 #include <cuda_fp8.h>
 #include <stdexcept>
 #include <string>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/fp8_linear.h"
+#include "kernels/cuda/mma_ops.cuh"
 
 namespace mla {
 
 namespace {
+
+using cuda_detail::commit_copies;
+using cuda_detail::copy_16_async;
+using cuda_detail::mma_bf16_16x8x16;
+using cuda_detail::wait_copies;
 
 // A block computes 16 outputs (two 8-output tiles of the tensor cores) for every row of the step;
 // its four warps take turns over the inputs, 64 at a time, and add their sums at the end in a
@@ -22,40 +27,13 @@ constexpr int kStepInputs = kWarps * kChunk;  // inputs per block step, staged t
 // bf16 per staged row: the 8 extra put the rows' operand reads in different banks.
 constexpr int kXStride = kStepInputs + 8;
 
-__device__ __forceinline__ void copy_16_async(void* shared, const void* global, bool valid) {
-  const auto destination = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  // A source size of 0 reads nothing and writes zeros: rows past the step's and inputs past the
-  // weight's stay zero, so they add nothing to the products.
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(destination), "l"(global), "r"(valid ? 16 : 0));
-}
-
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int kPending>
-__device__ __forceinline__ void wait_copies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
 // Two codes (the low byte first) times the block's scale, each rounded to bf16, as the tensor
 // cores' bf16 pair (the first in the low half). Every e4m3 value is exact in fp16, so the
 // conversion through half is exact; the product rounds as fp8_dequant_blocks' does.
 __device__ __forceinline__ uint32_t dequantize_pair(uint32_t two_codes, float scale) {
   const __half2_raw halves = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_codes), __NV_E4M3);
   const float2 values = __half22float2(__half2(halves));
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(__fmul_rn(values.x, scale), __fmul_rn(values.y, scale));
-  uint32_t bits;
-  memcpy(&bits, &pair, sizeof(bits));
-  return bits;
-}
-
-// c += a b for one 16x8x16 tile: a 16 rows x 16 inputs (row-major fragments), b 16 inputs x 8
-// outputs, fp32 sums.
-__device__ __forceinline__ void mma_bf16_16x8x16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  return cuda_detail::pack_bf16_pair(__fmul_rn(values.x, scale), __fmul_rn(values.y, scale));
 }
 
 // kMTiles 16-row tiles of the step's rows (1: up to 16 rows, 2: up to 32).

@@ -40,6 +40,11 @@ int to_cublas_int(int64_t value, const char* what) {
 void gemm_cuda(CublasContext& context, const GemmCudaParams& p) {
   if (p.m == 0 || p.n == 0 || p.batch == 0) return;
   const bool bf16 = p.operands == GemmOperands::BF16;
+  if (p.c_bf16 != nullptr && (!bf16 || p.beta != 0.0f)) {
+    throw std::invalid_argument("gemm_cuda: a bf16 product needs bf16 operands and beta 0");
+  }
+  void* const c = p.c_bf16 != nullptr ? static_cast<void*>(p.c_bf16) : static_cast<void*>(p.c);
+  const cudaDataType_t c_type = p.c_bf16 != nullptr ? CUDA_R_16BF : CUDA_R_32F;
   const cudaDataType_t operand_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
   // fp32 operands must give fp32 products (docs/design.md's 1e-5): the pedantic compute type keeps
   // cuBLAS off TF32 and other reduced-precision shortcuts, unless they hold bf16 numbers, which
@@ -52,9 +57,8 @@ void gemm_cuda(CublasContext& context, const GemmCudaParams& p) {
   CUBLAS_CHECK(cublasGemmStridedBatchedEx(
       context.handle(), p.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, p.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N,
       to_cublas_int(p.n, "n"), to_cublas_int(p.m, "m"), to_cublas_int(p.k, "k"), &p.alpha, p.b, operand_type,
-      to_cublas_int(p.ldb, "ldb"), p.stride_b, p.a, operand_type, to_cublas_int(p.lda, "lda"), p.stride_a, &p.beta, p.c,
-      CUDA_R_32F, to_cublas_int(p.ldc, "ldc"), p.stride_c, to_cublas_int(p.batch, "batch"), compute,
-      CUBLAS_GEMM_DEFAULT));
+      to_cublas_int(p.ldb, "ldb"), p.stride_b, p.a, operand_type, to_cublas_int(p.lda, "lda"), p.stride_a, &p.beta, c,
+      c_type, to_cublas_int(p.ldc, "ldc"), p.stride_c, to_cublas_int(p.batch, "batch"), compute, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace mla

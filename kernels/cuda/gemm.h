@@ -1,6 +1,6 @@
 // GEMMs through cuBLAS: the twin of kernels/cpu/gemm. Row-major like the CPU side, a batch of
 // matrices at fixed strides (per-head GEMMs in one call), operands fp32 or bf16, the product
-// accumulated and returned in fp32.
+// accumulated in fp32 and returned in fp32 (or rounded to bf16).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -65,6 +65,9 @@ struct GemmCudaParams {
   int64_t stride_b = 0;
   float beta = 0.0f;
   float* c = nullptr;
+  // bf16 operands only: the product rounded to bf16 (to nearest even, as round_rows) and written
+  // here instead of c; beta must be 0. Half the bytes of c, and no rounding pass afterwards.
+  uint16_t* c_bf16 = nullptr;
   int64_t ldc = 0;
   int64_t stride_c = 0;
   int64_t batch = 1;

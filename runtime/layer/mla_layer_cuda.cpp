@@ -10,6 +10,7 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/attention_fast.h"
+#include "kernels/cuda/attention_flash.h"
 #include "kernels/cuda/attention_merge.h"
 #include "kernels/cuda/attention_standard.h"
 #include "kernels/cuda/bf16_convert.h"
@@ -92,13 +93,25 @@ int64_t DeviceMatrix::bytes_read(int64_t step_rows) const {
 
 namespace {
 
+// A kernel choice that a variable turns off for comparison: unset or 1 on, 0 off, else refused.
 // MLA_CUDA_FP8_STREAM=0 keeps every projection on cuBLAS over the bf16 copy (what streaming is
-// measured against); unset or 1, decode steps stream the fp8 codes.
-bool fp8_streaming_enabled() {
-  const char* value = std::getenv("MLA_CUDA_FP8_STREAM");
+// measured against); MLA_CUDA_FLASH=0 gives the naive formulation's fast path fp32 keys and
+// values and the kernel that keeps a row's scores in shared memory (attention_fast_mma).
+bool kernel_switch(const char* variable) {
+  const char* value = std::getenv(variable);
   if (value == nullptr || std::string(value) == "1") return true;
   if (std::string(value) == "0") return false;
-  throw UserError(std::string("MLA_CUDA_FP8_STREAM: expected 0 or 1, got '") + value + "'");
+  throw UserError(std::string(variable) + ": expected 0 or 1, got '" + value + "'");
+}
+
+// Whether bf16 naive steps on the fast path can take the flash kernel with this model's widths
+// (kernels/cuda/attention_flash: bf16 keys and values read in place).
+bool naive_flash_fits(const ModelArgs& model) {
+  AttentionParams probe;
+  probe.round_to_bf16 = true;
+  probe.score_dim = model.qk_head_dim();
+  probe.value_dim = model.v_head_dim;
+  return attention_flash_applies(probe);
 }
 
 // bf16 compute on an fp8 weight: its codes and scales beside the bf16 copy, for decode steps to
@@ -148,15 +161,23 @@ CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const
   if (context_shards < 1) {
     throw std::invalid_argument("CudaMlaLayer: context_shards " + std::to_string(context_shards));
   }
-  stream_fp8_ = fp8_streaming_enabled();
+  stream_fp8_ = kernel_switch("MLA_CUDA_FP8_STREAM");
+  flash_naive_ = round_bf16_ && kernel_switch("MLA_CUDA_FLASH") && run.formulation != FormulationChoice::Absorb &&
+                 run.attention != AttentionChoice::Standard && context_shards == 1 && naive_flash_fits(model);
   if (context_shards > 1) {
     check_cuda_context_split(run, context_shards);
     if (limits.mask) throw std::invalid_argument("CudaMlaLayer: an explicit mask with a cache split over a group");
     group_heads_ = context_group_heads(shard, context_shards);
     group_heads_max_ = *std::max_element(group_heads_.begin(), group_heads_.end());
   }
-  if (run.attention != AttentionChoice::Standard && context_shards == 1) {
-    const int64_t widest_score = std::max(model.qk_head_dim(), latent_width_);
+  // The fast-path kernels that keep a row's scores on chip bound its kv_len; the flash kernel
+  // (bf16 naive) has no bound.
+  int64_t widest_score = 0;
+  if (run.formulation != FormulationChoice::Naive) widest_score = latent_width_;
+  if (run.formulation != FormulationChoice::Absorb && !flash_naive_) {
+    widest_score = std::max(widest_score, model.qk_head_dim());
+  }
+  if (run.attention != AttentionChoice::Standard && context_shards == 1 && widest_score > 0) {
     const int64_t on_chip = attention_fast_max_kv_len(widest_score);
     if (std::min(run.fast_path_max_len, limits.max_kv_len) > on_chip) {
       throw UserError("run.fast_path_max_len: " + std::to_string(run.fast_path_max_len) +
@@ -311,9 +332,10 @@ void CudaMlaLayer::allocate_activations() {
   if (round_bf16_) {
     x_bf16_ = DeviceBuffer<__nv_bfloat16>(tokens * m.dim);
     // The widest activation operand of any GEMM but the first two (x has its own): q_latent, q
-    // (absorb), o_latent (absorb), the cache rows (naive expansion) or o.
+    // (absorb), o_latent (absorb), the cache rows (naive expansion: whole rows, whose rope part
+    // the flash kernel reads as every head's k_pe) or o.
     int64_t staging = tokens * std::max({m.q_lora_rank, heads * dq, heads * C, heads * dv});
-    if (naive_possible) staging = std::max(staging, kv_rows * C);
+    if (naive_possible) staging = std::max(staging, kv_rows * latent_width_);
     bf16_staging_ = DeviceBuffer<__nv_bfloat16>(staging);
   }
   if (m.q_lora_rank > 0) q_latent_ = DeviceBuffer<float>(tokens * m.q_lora_rank);
@@ -325,9 +347,18 @@ void CudaMlaLayer::allocate_activations() {
     q_absorbed_ = DeviceBuffer<float>(absorb_tokens_ * heads * latent_width_);
     o_latent_ = DeviceBuffer<float>(absorb_tokens_ * heads * C);
   }
-  if (naive_possible) {
+  // The naive expansion's output: bf16 for the flash kernel, which reads k_nope and v in place;
+  // fp32, with the keys joined per head, for the other kernels (fp32 compute, the standard path).
+  // Where a step may take either, the bf16 rows use the fp32 expansion's memory (twice their
+  // size): a step takes one route.
+  if (naive_possible && (!flash_naive_ || standard_path_possible())) {
     kv_expanded_ = DeviceBuffer<float>(kv_rows * heads * (dn + dv));
     keys_ = DeviceBuffer<float>(kv_rows * heads * dq);
+  }
+  if (naive_possible && flash_naive_) {
+    if (kv_expanded_.size() == 0) kv_expanded_bf16_ = DeviceBuffer<__nv_bfloat16>(kv_rows * heads * (dn + dv));
+    expanded_bf16_ =
+        kv_expanded_.size() > 0 ? reinterpret_cast<__nv_bfloat16*>(kv_expanded_.data()) : kv_expanded_bf16_.data();
   }
   // A ragged step's index, and (paged or quantized rows) one sequence's rows read back as fp32.
   token_sequence_ = DeviceBuffer<int64_t>(tokens);
@@ -350,19 +381,22 @@ void CudaMlaLayer::allocate_activations() {
   uploads_ = std::make_unique<PinnedUploads>(static_cast<size_t>(std::max<int64_t>(2 * list_bytes, 64 << 10)));
   memory_.activation_bytes = static_cast<int64_t>(
       x_bf16_.bytes() + bf16_staging_.bytes() + q_latent_.bytes() + q_.bytes() + kv_.bytes() + o_.bytes() +
-      q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes() + token_sequence_.bytes() +
-      token_position_.bytes() + block_table_.bytes() + latent_rows_.bytes() + sequence_lists_.bytes() +
-      own_rows_.bytes() + group_queries_.bytes() + padded_queries_.bytes());
+      q_absorbed_.bytes() + o_latent_.bytes() + kv_expanded_.bytes() + keys_.bytes() + kv_expanded_bf16_.bytes() +
+      token_sequence_.bytes() + token_position_.bytes() + block_table_.bytes() + latent_rows_.bytes() +
+      sequence_lists_.bytes() + own_rows_.bytes() + group_queries_.bytes() + padded_queries_.bytes());
+}
+
+// The standard path serves a step when asked to, when the step has a mask, or when its kv_len
+// passes fast_path_max_len (without a context split, which attends by the split-KV kernel).
+bool CudaMlaLayer::standard_path_possible() const {
+  return context_shards_ == 1 &&
+         (run_.attention == AttentionChoice::Standard || limits_.mask || limits_.max_kv_len > run_.fast_path_max_len);
 }
 
 // The standard path's score buffers, where a step may take that path.
 void CudaMlaLayer::allocate_scores() {
   const bool absorb_possible = run_.formulation != FormulationChoice::Naive;
-  // The standard path serves a step when asked to, when the step has a mask, or when its kv_len
-  // passes fast_path_max_len: only then are score buffers needed.
-  const bool standard_possible = context_shards_ == 1 && (run_.attention == AttentionChoice::Standard || limits_.mask ||
-                                                          limits_.max_kv_len > run_.fast_path_max_len);
-  if (standard_possible) {
+  if (standard_path_possible()) {
     AttentionParams widest;
     widest.n_heads = shard_.n_local_heads;
     widest.seq = limits_.max_step_len;
@@ -734,13 +768,31 @@ void CudaMlaLayer::attend_naive(AttentionPath path, int64_t first_token, int64_t
                                 const float* latent, int64_t latent_stride, const float* mask, int64_t mask_stride,
                                 StepReport& report) {
   const int64_t heads = shard_.n_local_heads;
-  expand_keys_values(latent, latent_stride, count, start_pos + seq);
+  const bool flash = path == AttentionPath::Fast && flash_naive_;
+  if (!flash && keys_.size() == 0) {
+    throw std::logic_error("CudaMlaLayer: a naive step off the flash kernel, but its fp32 keys were not sized");
+  }
+  expand_keys_values(latent, latent_stride, count, start_pos + seq, flash);
   const AttentionStep step{count, seq, start_pos, heads, mask, mask_stride, round_bf16_};
-  run_attention(
-      path,
-      naive_attention_params(model_, step, q_.data() + first_token * heads * model_.qk_head_dim(), keys_.data(),
-                             kv_expanded_.data(), o_.data() + first_token * heads * model_.v_head_dim),
-      report);
+  AttentionParams p = naive_attention_params(model_, step, q_.data() + first_token * heads * model_.qk_head_dim(),
+                                             flash ? nullptr : keys_.data(), flash ? nullptr : kv_expanded_.data(),
+                                             o_.data() + first_token * heads * model_.v_head_dim);
+  if (flash) {
+    // k_nope and v: each head's slices of the expansion's bf16 rows (the values' strides); k_pe:
+    // the rope part of the cache rows' bf16 copy, one for every head.
+    const auto* expanded = reinterpret_cast<const uint16_t*>(expanded_bf16_);
+    p.key_bf16 = expanded;
+    p.key_batch_stride = p.value_batch_stride;
+    p.key_pos_stride = p.value_pos_stride;
+    p.key_head_stride = p.value_head_stride;
+    p.value_bf16 = expanded + model_.qk_nope_head_dim;
+    p.key_tail_bf16 = reinterpret_cast<const uint16_t*>(bf16_staging_.data()) + model_.kv_lora_rank;
+    p.key_tail_from = model_.qk_nope_head_dim;
+    p.key_tail_batch_stride = p.kv_len * latent_width_;
+    p.key_tail_pos_stride = latent_width_;
+    p.key_tail_head_stride = 0;
+  }
+  run_attention(path, p, report);
 }
 
 // Rows 0 .. count - 1 of `sequences` block-table rows from `first` on, as fp32 in latent_rows_ (one
@@ -760,7 +812,7 @@ void CudaMlaLayer::check_formulation_buffers(Formulation formulation) const {
   if (formulation == Formulation::Absorb && q_absorbed_.size() == 0) {
     throw std::logic_error("CudaMlaLayer: absorb planned but run.formulation is naive");
   }
-  if (formulation == Formulation::Naive && keys_.size() == 0) {
+  if (formulation == Formulation::Naive && keys_.size() == 0 && expanded_bf16_ == nullptr) {
     throw std::logic_error("CudaMlaLayer: naive planned but run.formulation is absorb");
   }
 }
@@ -1137,7 +1189,8 @@ void CudaMlaLayer::absorb_outputs(int64_t first_token, int64_t tokens) {
 // docs/design.md step 5, naive, from the one latent cache (as the CPU layer): [k_nope | v] = wkv_b c_n
 // for every cached position, and k = [k_nope | k_pe] per head. One GEMM and one copy per part
 // for the whole batch: per-sequence launches cost more than the work at decode-sized steps.
-void CudaMlaLayer::expand_keys_values(const float* latent, int64_t batch_stride, int64_t batch, int64_t kv_len) {
+void CudaMlaLayer::expand_keys_values(const float* latent, int64_t batch_stride, int64_t batch, int64_t kv_len,
+                                      bool bf16_keys) {
   const int64_t heads = shard_.n_local_heads;
   const int64_t C = model_.kv_lora_rank;
   const int64_t dn = model_.qk_nope_head_dim;
@@ -1154,14 +1207,15 @@ void CudaMlaLayer::expand_keys_values(const float* latent, int64_t batch_stride,
   g.ldc = kv_width;
   if (round_bf16_) {
     // The cache rows are bf16 numbers: every sequence's first kv_len rows gathered into one
-    // dense bf16 operand.
-    if (batch * kv_len * C > bf16_staging_.size()) {
+    // dense bf16 operand, whole (the flash kernel reads their rope part as k_pe).
+    if (batch * kv_len * latent_width_ > bf16_staging_.size()) {
       throw std::logic_error("CudaMlaLayer: bf16 staging buffer too small for the expansion");
     }
-    f32_to_bf16_cuda({latent, latent_width_, bf16_staging_.data(), batch * kv_len, C, kv_len, batch_stride}, stream_);
+    f32_to_bf16_cuda({latent, latent_width_, bf16_staging_.data(), batch * kv_len, latent_width_, kv_len, batch_stride},
+                     stream_);
     g.m = batch * kv_len;
     g.a = bf16_staging_.data();
-    g.lda = C;
+    g.lda = latent_width_;
     g.operands = GemmOperands::BF16;
   } else {
     g.m = kv_len;
@@ -1170,6 +1224,13 @@ void CudaMlaLayer::expand_keys_values(const float* latent, int64_t batch_stride,
     g.stride_a = batch_stride;
     g.stride_c = kv_len * kv_width;
     g.batch = batch;
+  }
+  if (bf16_keys) {
+    // The flash kernel reads the product in place: rounded to bf16 by the GEMM, no joined keys.
+    g.c = nullptr;
+    g.c_bf16 = reinterpret_cast<uint16_t*>(expanded_bf16_);
+    gemm_cuda(*cublas_, g);
+    return;
   }
   gemm_cuda(*cublas_, g);
   if (round_bf16_) round_rows(kv_expanded_.data(), batch * kv_len, kv_width, 1, 0, kv_width);

@@ -207,8 +207,10 @@ class CudaMlaLayer {
                     StepReport& report);
   const float* gather_rows(const PagedLatentView& view, int64_t first, int64_t sequences, int64_t count);
   void check_formulation_buffers(Formulation formulation) const;
-  // latent: the cache rows of `batch` sequences, kv_len each, batch_stride floats apart.
-  void expand_keys_values(const float* latent, int64_t batch_stride, int64_t batch, int64_t kv_len);
+  // latent: the cache rows of `batch` sequences, kv_len each, batch_stride floats apart. bf16_keys:
+  // into expanded_bf16_ for the flash kernel; else fp32 keys_ and kv_expanded_.
+  void expand_keys_values(const float* latent, int64_t batch_stride, int64_t batch, int64_t kv_len, bool bf16_keys);
+  bool standard_path_possible() const;
 
   ModelArgs model_;
   HeadShard shard_;
@@ -229,6 +231,9 @@ class CudaMlaLayer {
 
   DeviceMatrix wq_, wq_a_, wq_b_, wkv_a_, wkv_b_, wo_;
   bool stream_fp8_ = true;  // MLA_CUDA_FP8_STREAM: decode steps stream fp8 codes where they are kept
+  // bf16 naive steps on the fast path take the flash kernel over bf16 keys and values
+  // (MLA_CUDA_FLASH, the model's widths within the kernel's).
+  bool flash_naive_ = false;
   DeviceBuffer<float> q_norm_, kv_norm_;
   DeviceBuffer<float> rope_cos_, rope_sin_;  // [max_seq_len, dr / 2]
   // The latent cache's pages (LatentCacheShape), rows in the cache's dtype: dense, one page of
@@ -275,9 +280,13 @@ class CudaMlaLayer {
   // The tokens q_absorbed_ and o_latent_ hold: within run.score_chunk_bytes, and at least a decode
   // step's (the whole step's under a context split); longer absorb steps go a run at a time.
   int64_t absorb_tokens_ = 0;
-  DeviceBuffer<float> kv_expanded_, keys_;  // naive only
-  DeviceBuffer<float> scores_;              // standard path only
-  int64_t score_buffer_floats_ = 0;         // per buffer; two when bf16 scores are split
+  DeviceBuffer<float> kv_expanded_, keys_;  // naive, off the flash kernel
+  // naive on the flash kernel: its bf16 rows, in kv_expanded_bf16_ or in kv_expanded_'s memory
+  // where that is allocated too (allocate_activations).
+  DeviceBuffer<__nv_bfloat16> kv_expanded_bf16_;
+  __nv_bfloat16* expanded_bf16_ = nullptr;
+  DeviceBuffer<float> scores_;       // standard path only
+  int64_t score_buffer_floats_ = 0;  // per buffer; two when bf16 scores are split
 };
 
 }  // namespace mla

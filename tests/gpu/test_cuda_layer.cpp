@@ -103,6 +103,20 @@ class ScopedEnv {
   std::string old_;
 };
 
+// A kernel switch (MLA_CUDA_*) set to something else than 0 or 1: `construct` (the layer) refuses
+// it with a UserError naming the variable and the value.
+template <typename Construct>
+void expect_switch_refused(const char* variable, const char* value, Construct construct) {
+  const ScopedEnv bad(variable, value);
+  try {
+    construct();
+    ADD_FAILURE() << variable << "=" << value << " was taken";
+  } catch (const UserError& error) {
+    const std::string want = std::string(variable) + ": expected 0 or 1, got '" + value + "'";
+    EXPECT_NE(std::string(error.what()).find(want), std::string::npos) << error.what();
+  }
+}
+
 // bf16 compute on fp8 weights: decode steps stream the projections' codes (kernels/cuda/fp8_linear),
 // longer steps read the bf16 copy through cuBLAS; both give the CPU layer's bf16 result, and the
 // same as the layer that never streams (MLA_CUDA_FP8_STREAM=0) up to the GEMMs' summation order.
@@ -139,14 +153,56 @@ TEST_F(CudaLayer, StreamedFp8DecodeMatchesTheCpuLayerAndCublas) {
     EXPECT_EQ(plain.weight_bytes_read(3), plain.weight_bytes_read(kFp8LinearMaxRows + 1));
     EXPECT_GT(streaming.memory().weights_bytes, plain.memory().weights_bytes) << "the codes beside the bf16 copy";
   }
-  const ScopedEnv bad("MLA_CUDA_FP8_STREAM", "yes");
-  try {
-    const CudaMlaLayer refused(m, whole(m), loaded.weights, run, limits);
-    ADD_FAILURE() << "MLA_CUDA_FP8_STREAM=yes was taken";
-  } catch (const UserError& error) {
-    EXPECT_NE(std::string(error.what()).find("MLA_CUDA_FP8_STREAM: expected 0 or 1, got 'yes'"), std::string::npos)
-        << error.what();
+  expect_switch_refused("MLA_CUDA_FP8_STREAM", "yes", [&] { CudaMlaLayer(m, whole(m), loaded.weights, run, limits); });
+}
+
+// bf16 naive steps on the fast path take the flash kernel over bf16 keys and values read in place
+// (k_pe from the cache rows' bf16 copy, one for every head): the CPU layer's result, and the
+// kernel that keeps a row's scores on chip (MLA_CUDA_FLASH=0) up to the probabilities' rounding,
+// without the fp32 keys and expansion; and, with no bound on kv_len, a 600-position prefill on the
+// fast path.
+TEST_F(CudaLayer, FlashNaiveStepsMatchTheCpuLayerWithoutFp32Keys) {
+  // Widths in whole 16-byte chunks (the kernel's cp.async copies): dq 48, dv 32, rows of 128 + 16.
+  const ModelArgs m = model_args(256, 4, 64, 128, 32, 16, 32, 2, 700);
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 9), m, whole(m), ComputeDType::BF16);
+  const InputTensor x = random_input(m, 2, 150, 41);
+  const std::vector<int64_t> steps = {70, 64, 1, 15};  // past a 64-row block and a 64-key stage, a decode, a chunk
+  const RunConfig run = run_config(AttentionChoice::Fast, FormulationChoice::Naive, ComputeDType::BF16);
+  const RunResult want = layer_run(m, run, whole(m), loaded.weights, x, steps);
+  const RunResult flash = cuda_run(m, run, whole(m), loaded.weights, x, steps);
+  RunResult score_rows;
+  {
+    const ScopedEnv off("MLA_CUDA_FLASH", "0");
+    score_rows = cuda_run(m, run, whole(m), loaded.weights, x, steps);
   }
+  EXPECT_LE(relative_l2_error(flash.y, want.y), 2e-2);
+  EXPECT_LE(relative_l2_error(score_rows.y, want.y), 2e-2);
+  EXPECT_LE(relative_l2_error(flash.y, score_rows.y), 1e-2);
+
+  // Per cached row and head: fp32 keys (dq) and expansion (dn + dv) without the flash kernel; the
+  // expansion in bf16 with it.
+  const CudaLayerLimits limits = limits_for(x, steps, false);
+  const CudaMlaLayer on(m, whole(m), loaded.weights, run, limits);
+  {
+    const ScopedEnv off("MLA_CUDA_FLASH", "0");
+    const CudaMlaLayer off_layer(m, whole(m), loaded.weights, run, limits);
+    const int64_t head_rows = limits.max_batch * limits.max_kv_len * m.n_heads;
+    const int64_t expanded = m.qk_nope_head_dim + m.v_head_dim;
+    EXPECT_EQ(off_layer.memory().activation_bytes - on.memory().activation_bytes,
+              head_rows * (4 * (m.qk_head_dim() + expanded) - 2 * expanded));
+  }
+
+  RunConfig long_run = run;
+  long_run.fast_path_max_len = 700;
+  const InputTensor long_x = random_input(m, 1, 600, 43);
+  const RunResult long_want = layer_run(m, long_run, whole(m), loaded.weights, long_x, {600});
+  const RunResult long_got = cuda_run(m, long_run, whole(m), loaded.weights, long_x, {600});
+  ASSERT_EQ(long_got.steps.size(), 1u);
+  EXPECT_EQ(long_got.steps[0].plan.path, AttentionPath::Fast);
+  EXPECT_LE(relative_l2_error(long_got.y, long_want.y), 2e-2);
+
+  expect_switch_refused("MLA_CUDA_FLASH", "2", [&] { CudaMlaLayer(m, whole(m), loaded.weights, run, limits); });
 }
 
 TEST_F(CudaLayer, FastAndStandardAgreeAndAutoSwitchesPastTheMaxLen) {

@@ -442,6 +442,21 @@ void add_fp8_linear_cases(std::vector<OpCase>& table) {
   }
 }
 
+std::string attention_shape(const AttentionCase& c) {
+  return std::string(c.absorb ? "absorb" : "naive") + " batch " + std::to_string(c.batch) + " seq " +
+         std::to_string(c.seq) + " start " + std::to_string(c.start_pos) + " heads " + std::to_string(c.heads) +
+         (c.main_dim > 0 ? " dim " + std::to_string(c.main_dim) : "") + (c.mask ? " mask" : "") + flags(c.bf16);
+}
+
+// The flash kernel (one dot product per score, bf16 operands read in place) against the CPU's
+// attention_fast over the same numbers, with the keys joined and with k_pe apart.
+void add_flash_cases(std::vector<OpCase>& table, const AttentionCase& c, uint32_t seed, const std::string& shape) {
+  table.push_back({"attention_flash", shape + " keys joined", kCudaOnly, 1e-2,
+                   attention_runner(c, seed, {0, 1, FlashOperands::Joined})});
+  table.push_back({"attention_flash", shape + " k_pe apart", kCudaOnly, 1e-2,
+                   attention_runner(c, seed, {0, 1, FlashOperands::TailApart})});
+}
+
 void add_attention_cases(std::vector<OpCase>& table) {
   const std::vector<AttentionCase> cases = {
       {false, 2, 9, 0, 3, false, false},    // naive prefill, causal
@@ -464,18 +479,29 @@ void add_attention_cases(std::vector<OpCase>& table) {
       {false, 1, 256, 0, 2, false, true, 128, 64, 128},
       {true, 2, 1, 255, 16, false, true, 512, 64, 512},
       {true, 1, 4, 100, 16, false, true, 512, 64, 512},
+      // bf16 naive for the flash kernel: one query, rows past a block of 64 and past a stage of 64
+      // keys, 37 sequences, a chunk at an offset.
+      {false, 1, 1, 0, 3, false, true},
+      {false, 37, 17, 0, 3, false, true},
+      {false, 2, 15, 240, 1, false, true, 128, 64, 128},
+      {false, 1, 255, 0, 2, false, true, 128, 64, 128},
+      {false, 1, 65, 0, 1, true, true, 128, 64, 128},
+  };
+  // The flash kernel alone: kv_len past what the kernels that keep a row's scores on chip take.
+  const std::vector<AttentionCase> flash_only_cases = {
+      {false, 2, 17, 300, 2, false, true, 128, 64, 128},
+      {false, 1, 130, 1000, 1, false, true, 128, 64, 128},
+      {false, 1, 9, 700, 2, true, true},
   };
   uint32_t seed = 100;
   for (const AttentionCase& c : cases) {
     seed += 10;
-    const std::string shape = std::string(c.absorb ? "absorb" : "naive") + " batch " + std::to_string(c.batch) +
-                              " seq " + std::to_string(c.seq) + " start " + std::to_string(c.start_pos) + " heads " +
-                              std::to_string(c.heads) + (c.main_dim > 0 ? " dim " + std::to_string(c.main_dim) : "") +
-                              (c.mask ? " mask" : "") + flags(c.bf16);
+    const std::string shape = attention_shape(c);
     const double tolerance = c.bf16 ? 1e-2 : 1e-5;
     std::vector<OpBackend> fast_backends = {OpBackend::Cuda};
     if (c.bf16 && !c.absorb && c.seq >= 16) fast_backends.push_back(OpBackend::CpuAmx);
     table.push_back({"attention_fast", shape, fast_backends, tolerance, attention_runner(c, seed, {0, 1})});
+    if (c.bf16 && !c.absorb) add_flash_cases(table, c, seed, shape);
     for (const int64_t chunk : {int64_t{1}, int64_t{4}, c.seq}) {
       if ((chunk == 4 && c.seq <= 4) || (chunk == c.seq && c.seq == 1)) continue;  // a chunk listed already
       table.push_back({"attention_standard", shape + " query chunk " + std::to_string(chunk), kCudaOnly, tolerance,
@@ -485,6 +511,10 @@ void add_attention_cases(std::vector<OpCase>& table) {
       table.push_back({"attention_standard", shape + " 2 sequences a launch", kCudaOnly, tolerance,
                        attention_runner(c, seed, {1, 2})});
     }
+  }
+  for (const AttentionCase& c : flash_only_cases) {
+    seed += 10;
+    add_flash_cases(table, c, seed, attention_shape(c));
   }
 }
 

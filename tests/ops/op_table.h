@@ -147,9 +147,15 @@ AttentionData make_attention(const AttentionCase& c, uint32_t seed);
 
 // The standard path's query chunk (0: the fast path) and, for decode over the shared cache,
 // sequences per launch.
+// How the GPU's fast path is handed the bf16 operands: as fp32 buffers (attention_fast_mma), or as
+// bf16 buffers read in place by the flash kernel, the keys joined or with their last dimensions
+// (naive's k_pe) in a buffer of their own at another layout.
+enum class FlashOperands { None, Joined, TailApart };
+
 struct AttentionRun {
   int64_t standard_chunk = 0;
   int64_t sequences = 1;
+  FlashOperands flash = FlashOperands::None;
 };
 
 // Decode attention over a paged latent cache, the split-KV kernel (kernels/cuda/attention_decode)

@@ -286,6 +286,55 @@ OpRun run_cuda(const FiniteCheckCase& c, int reps) {
   return run;
 }
 
+std::vector<uint16_t> bf16_bits_of(const std::vector<float>& values) {
+  std::vector<uint16_t> bits;
+  bits.reserve(values.size());
+  for (const float value : values) bits.push_back(f32_to_bf16_bits(value));
+  return bits;
+}
+
+// The case's operands as bf16 buffers for the flash kernel (the fp32 pointers cleared). TailApart:
+// the queries as bf16 too, and the keys' last dimensions (k_pe's place) from a buffer of their own,
+// laid out head-major, while their places in the joined buffer hold NaN: a kernel that read them
+// there would write NaN.
+void set_flash_operands(const AttentionCase& c, const AttentionData& d, FlashOperands how, AttentionParams& p,
+                        DeviceBuffer<uint16_t>& q_bits, DeviceBuffer<uint16_t>& key_bits,
+                        DeviceBuffer<uint16_t>& value_bits, DeviceBuffer<uint16_t>& tail_bits) {
+  std::vector<uint16_t> keys = bf16_bits_of(d.keys);
+  value_bits = to_device(bf16_bits_of(d.values));
+  p.value_bf16 = value_bits.data();
+  p.keys = p.values = nullptr;
+  if (how == FlashOperands::TailApart) {
+    q_bits = to_device(bf16_bits_of(d.q));
+    p.q_bf16 = q_bits.data();
+    p.q = nullptr;
+    const int64_t width = c.rope_dim > 0 ? c.rope_dim : 8;
+    const int64_t from = p.score_dim - width;
+    const int64_t positions = p.key_batch_stride / p.key_pos_stride;
+    std::vector<uint16_t> tail(static_cast<size_t>(c.batch * c.heads * positions * width));
+    for (int64_t b = 0; b < c.batch; ++b) {
+      for (int64_t h = 0; h < c.heads; ++h) {
+        for (int64_t t = 0; t < positions; ++t) {
+          for (int64_t i = 0; i < width; ++i) {
+            const int64_t joined = b * p.key_batch_stride + t * p.key_pos_stride + h * p.key_head_stride + from + i;
+            tail[static_cast<size_t>(((b * c.heads + h) * positions + t) * width + i)] =
+                keys[static_cast<size_t>(joined)];
+            keys[static_cast<size_t>(joined)] = 0x7fc0;  // NaN
+          }
+        }
+      }
+    }
+    tail_bits = to_device(tail);
+    p.key_tail_bf16 = tail_bits.data();
+    p.key_tail_from = from;
+    p.key_tail_batch_stride = c.heads * positions * width;
+    p.key_tail_head_stride = positions * width;
+    p.key_tail_pos_stride = width;
+  }
+  key_bits = to_device(keys);
+  p.key_bf16 = key_bits.data();
+}
+
 OpRun run_cuda(const AttentionCase& c, uint32_t seed, const AttentionRun& how, int reps) {
   const AttentionData d = make_attention(c, seed);
   DeviceBuffer<float> q = to_device(d.q), keys = to_device(d.keys), values = to_device(d.values);
@@ -298,6 +347,10 @@ OpRun run_cuda(const AttentionCase& c, uint32_t seed, const AttentionRun& how, i
   p.out = out.data();
   Stream stream;
   OpRun run;
+  DeviceBuffer<uint16_t> q_bits, key_bits, value_bits, tail_bits;
+  if (how.flash != FlashOperands::None) {  // attention_fast_cuda sends bf16 operands to the flash kernel
+    set_flash_operands(c, d, how.flash, p, q_bits, key_bits, value_bits, tail_bits);
+  }
   if (how.standard_chunk == 0) {
     run.median_ms = time_on_device(reps, stream.get(), kNothing, [&] { attention_fast_cuda(p, stream.get()); });
     run.output = to_host(out);
