@@ -317,12 +317,13 @@ case "${1:-run}" in
       --overwrite --set "sweep.backend=[cuda]" --set "sweep.phase=[prefill]" --set "sweep.seq_len=[64, 128, 256]" \
       --set "sweep.attention=[fast]" --set bench.baseline=none --set "bench.csv=$out/seed_table_prefill_flash_off.csv" \
       --set "bench.jsonl=$out/seed_table_prefill_flash_off.jsonl"
-    # A long causal prefill (batch 4, 4096 positions, naive) on the flash kernel, which has no bound
-    # on kv_len, against the standard path: attention_ms gives the kernel's TFLOP/s.
-    step "mla_bench long causal prefill: flash kernel vs standard path" 120 bench_long_prefill.log \
+    # A long causal prefill (batch 4, 4096 positions) on the flash kernels, which have no bound on
+    # kv_len, against the standard path, in both formulations: attention_tflops is the kernels' rate.
+    step "mla_bench long causal prefill: flash kernels vs standard path" 150 bench_long_prefill.log \
       mpirun -np 1 ./build-gpu-full/mla_bench configs/seed_table.yaml --overwrite --set "sweep.backend=[cuda]" \
       --set "sweep.batch=[4]" --set "sweep.seq_len=[4096]" --set "sweep.phase=[prefill]" \
-      --set "sweep.attention=[fast, standard]" --set run.fast_path_max_len=4096 --set run.formulation=naive \
+      --set "sweep.attention=[fast, standard]" --set run.fast_path_max_len=4096 \
+      --set "sweep.formulation=[naive, absorb]" \
       --set bench.baseline=none --set bench.max_seconds=1.0 --set "bench.csv=$out/long_prefill_flash_gpu.csv" \
       --set "bench.jsonl=$out/long_prefill_flash_gpu.jsonl"
     # The strongest baselines a user would pick beside eager: the same module through torch.compile

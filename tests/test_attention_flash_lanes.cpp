@@ -1,5 +1,6 @@
 // The lanes of kernels/cuda/attention_flash, replayed on the CPU: one warp's products over a stage
-// (16 query rows, 64 keys, 48 score dimensions, 32 value columns) through the lane addresses and
+// (narrow: 16 query rows, 64 keys, 48 score dimensions, 32 value columns; wide: its share of a
+// 32-key stage and the probabilities shared through memory) through the lane addresses and
 // accumulator positions of kernels/cuda/attention_flash_lanes.h, with ldmatrix (.x4, and .trans)
 // and mma.m16n8k16 emulated as the PTX ISA defines them. The scores must be Q K^T, each row's 64
 // scores must sit in the 4 lanes the kernel's shuffles gather (lane / 4 the same), and the value
@@ -164,6 +165,89 @@ TEST(AttentionFlashLanes, AWarpsFragmentsGiveTheScoresAndTheValueProduct) {
     }
   }
   EXPECT_LE(worst, 1e-2 * largest) << "value product";  // a bf16 rounding apart at most; a wrong lane is 100x off
+}
+
+// The wide kernel's warp (column group 1 of 2, row warp 0): its two 8-key score tiles of a 32-key
+// stage over 64 dimensions, loaded 32 at a time (wide_key_cell); its probabilities stored into the
+// shared tile by pairs, as the kernel stores them, beside the other group's; the tile read back as
+// the row operand (query_cell over it), times the key rows' columns 32-63 read transposed
+// (value_cell): P V over all 32 keys, for the group's 32 value columns.
+TEST(AttentionFlashLanes, AWideWarpsProbabilitiesGoThroughSharedMemory) {
+  constexpr int kRows = 16, kKeys = 32, kTiles = 2, kGroup = 1, kDims = 64, kValueCols = 32;
+  const Tile q = random_tile(kRows, kDims, 4), keys = random_tile(kKeys, kDims, 5);
+  const auto direct_score = [&](int row, int key) {
+    double s = 0.0;
+    for (int d = 0; d < kDims; ++d) s += static_cast<double>(q.at(row, d)) * keys.at(key, d);
+    return s;
+  };
+
+  std::array<Accumulator, kTiles> score{};
+  for (int k0 = 0; k0 < kDims; k0 += 32) {
+    const Operand q_low = load_matrices(q, 0, k0, flash_lanes::query_cell, false);
+    const Operand q_high = load_matrices(q, 0, k0 + 16, flash_lanes::query_cell, false);
+    for (int tt = 0; tt < kTiles; ++tt) {
+      const Operand key_operand =
+          load_matrices(keys, (kGroup * kTiles + tt) * 8, k0, flash_lanes::wide_key_cell, false);
+      mma(score[tt], q_low, 0, 1, key_operand);
+      mma(score[tt], q_high, 2, 3, key_operand);
+    }
+  }
+  // The probabilities' tile: the other group's keys as its warp would leave them, this warp's
+  // places NaN until its stores fill them.
+  Tile probs{std::vector<float>(kRows * (kKeys + 8), 0.0f), kKeys + 8};
+  for (int row = 0; row < kRows; ++row) {
+    for (int key = 0; key < kKeys; ++key) {
+      const bool mine = key / (8 * kTiles) == kGroup;
+      probs.values[static_cast<size_t>(row * probs.ld + key)] =
+          mine ? NAN : round_to_bf16(static_cast<float>(direct_score(row, key)));
+    }
+  }
+  double worst = 0.0;
+  for (int tt = 0; tt < kTiles; ++tt) {
+    for (int lane = 0; lane < 32; ++lane) {
+      for (int half = 0; half < 2; ++half) {
+        const int row = flash_lanes::accumulator_row(lane, 2 * half);
+        const int col = (kGroup * kTiles + tt) * 8 + flash_lanes::accumulator_col(lane, 2 * half);
+        for (int j = 0; j < 2; ++j) {
+          worst = std::max(worst, std::abs(score[tt][lane][2 * half + j] - direct_score(row, col + j)));
+          probs.values[static_cast<size_t>(row * probs.ld + col + j)] = round_to_bf16(score[tt][lane][2 * half + j]);
+        }
+      }
+    }
+  }
+  EXPECT_LE(worst, 1e-4) << "scores";
+  for (int row = 0; row < kRows; ++row) {
+    for (int key = 0; key < kKeys; ++key) ASSERT_FALSE(std::isnan(probs.at(row, key))) << row << " " << key;
+  }
+
+  std::array<Accumulator, kValueCols / 8> out{};
+  const int first_value_col = kGroup * kValueCols;
+  for (int k0 = 0; k0 < kKeys / 16; ++k0) {
+    const Operand prob_operand = load_matrices(probs, 0, k0 * 16, flash_lanes::query_cell, false);
+    for (int vt = 0; vt < kValueCols / 16; ++vt) {
+      const Operand value_operand =
+          load_matrices(keys, k0 * 16, first_value_col + vt * 16, flash_lanes::value_cell, true);
+      mma(out[2 * vt], prob_operand, 0, 1, value_operand);
+      mma(out[2 * vt + 1], prob_operand, 2, 3, value_operand);
+    }
+  }
+  worst = 0.0;
+  double largest = 0.0;
+  for (int nt = 0; nt < kValueCols / 8; ++nt) {
+    for (int lane = 0; lane < 32; ++lane) {
+      for (int e = 0; e < 4; ++e) {
+        const int row = flash_lanes::accumulator_row(lane, e);
+        const int col = nt * 8 + flash_lanes::accumulator_col(lane, e);
+        double want = 0.0;
+        for (int key = 0; key < kKeys; ++key) {
+          want += static_cast<double>(probs.at(row, key)) * keys.at(key, first_value_col + col);
+        }
+        worst = std::max(worst, std::abs(out[nt][lane][e] - want));
+        largest = std::max(largest, std::abs(want));
+      }
+    }
+  }
+  EXPECT_LE(worst, 1e-5 * largest) << "value product";  // the same bf16 operands: the sums' order apart
 }
 
 }  // namespace

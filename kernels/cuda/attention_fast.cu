@@ -139,8 +139,10 @@ int64_t attention_fast_max_kv_len(int64_t score_dim) {
 }
 
 void attention_fast_cuda(const AttentionParams& p, cudaStream_t stream) {
-  if (p.q_bf16 != nullptr || p.key_bf16 != nullptr || p.value_bf16 != nullptr || p.key_tail_bf16 != nullptr) {
-    attention_flash_cuda(p, stream);  // the one kernel that reads bf16 operands; it refuses what it cannot take
+  if (p.q_bf16 != nullptr || p.key_bf16 != nullptr || p.value_bf16 != nullptr || p.key_tail_bf16 != nullptr ||
+      p.latent_pages != nullptr) {
+    // The one kernel that reads bf16 operands or cache pages in place; it refuses what it cannot take.
+    attention_flash_cuda(p, stream);
     return;
   }
   if (p.batch == 0 || p.seq == 0 || p.n_heads == 0) return;

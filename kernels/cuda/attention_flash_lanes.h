@@ -28,6 +28,10 @@ MLA_FLASH_LANE_FN TileCell query_cell(int lane) { return {lane % 16, (lane / 16)
 // 0-7 of dimensions 0-7 and 8-15 (b0, b1 of the first), then keys 8-15 (of the second).
 MLA_FLASH_LANE_FN TileCell key_cell(int lane) { return {lane % 8 + (lane / 16) * 8, ((lane / 8) % 2) * 8}; }
 
+// The wide kernel's: 8 keys x 32 dimensions as the column operands of two k16 steps of one 8-key
+// tile: dimensions 0-7 and 8-15 (b0, b1 of the first step), then 16-23 and 24-31 (of the second).
+MLA_FLASH_LANE_FN TileCell wide_key_cell(int lane) { return {lane % 8, (lane / 8) * 8}; }
+
 // 16 positions x 16 value columns (positions stored as rows), read transposed, as the column
 // operands of two 8-column tiles: positions 0-7 and 8-15 of columns 0-7 (b0, b1 of the first),
 // then of columns 8-15 (of the second).

@@ -88,7 +88,7 @@ const std::vector<std::string> kColumns = {
     "context_parallel", "kv_pool_bytes", "attention_bytes", "attention_gbps", "step_byte_floor", "context_bytes",
     "torch_peak_bytes", "torch_compile_median_ms", "speedup_vs_torch_compile", "torch_compile_rel_l2",
     "torch_graph_median_ms", "speedup_vs_torch_graph", "torch_graph_rel_l2", "device_process_bytes",
-    "torch_device_process_bytes", "cuda_graph_replays", "copy_gbps"};
+    "torch_device_process_bytes", "cuda_graph_replays", "copy_gbps", "attention_flop", "attention_tflops"};
 
 // VmHWM (peak resident set) of this process, and its reset (Linux >= 4.0: writing 5 to clear_refs
 // restarts the high-water mark from the current RSS), so that each point reports its own peak.
@@ -1054,7 +1054,9 @@ ResultRow Bench::csv_row(const PointResult& r) const {
            !cpu && measured.device_process_bytes >= 0 ? std::to_string(measured.device_process_bytes) : "")
       .add("torch_device_process_bytes", torch_bytes("process_device_bytes"))
       .add("cuda_graph_replays", cpu ? "" : std::to_string(measured.graph_replays))
-      .add("copy_gbps", machine_entry(machine_, cpu ? "copy_gbps" : "gpu_copy_gbps"));
+      .add("copy_gbps", machine_entry(machine_, cpu ? "copy_gbps" : "gpu_copy_gbps"))
+      .add("attention_flop", significant(r.cost.attention_flop, 10))
+      .add("attention_tflops", attention.median > 0 ? significant(r.cost.attention_flop / attention.median / 1e9) : "");
   return row;
 }
 

@@ -104,14 +104,36 @@ bool kernel_switch(const char* variable) {
   throw UserError(std::string(variable) + ": expected 0 or 1, got '" + value + "'");
 }
 
-// Whether bf16 naive steps on the fast path can take the flash kernel with this model's widths
-// (kernels/cuda/attention_flash: bf16 keys and values read in place).
+// Whether bf16 steps on the fast path can take the flash kernel with this model's widths
+// (kernels/cuda/attention_flash): naive over bf16 keys and values read in place, absorb over the
+// cache's bf16 rows read through the block tables.
 bool naive_flash_fits(const ModelArgs& model) {
   AttentionParams probe;
   probe.round_to_bf16 = true;
   probe.score_dim = model.qk_head_dim();
   probe.value_dim = model.v_head_dim;
   return attention_flash_applies(probe);
+}
+
+bool absorb_flash_fits(const ModelArgs& model) {
+  PagedLatentView rows;
+  rows.dtype = LatentDType::BF16;
+  rows.latent_dim = model.kv_lora_rank;
+  rows.rope_dim = model.qk_rope_head_dim;
+  AttentionParams probe;
+  probe.round_to_bf16 = true;
+  probe.latent_pages = &rows;
+  probe.score_dim = rows.row_width();
+  probe.score_split = model.kv_lora_rank;
+  probe.value_dim = model.kv_lora_rank;
+  return attention_flash_applies(probe);
+}
+
+// Sequence b's rows of a step's view: its block-table row as the view's first.
+PagedLatentView sequence_pages(const PagedLatentView& view, int64_t b) {
+  PagedLatentView pages = view;
+  pages.block_table += b * view.block_table_stride;
+  return pages;
 }
 
 // bf16 compute on an fp8 weight: its codes and scales beside the bf16 copy, for decode steps to
@@ -162,18 +184,21 @@ CudaMlaLayer::CudaMlaLayer(const ModelArgs& model, const HeadShard& shard, const
     throw std::invalid_argument("CudaMlaLayer: context_shards " + std::to_string(context_shards));
   }
   stream_fp8_ = kernel_switch("MLA_CUDA_FP8_STREAM");
-  flash_naive_ = round_bf16_ && kernel_switch("MLA_CUDA_FLASH") && run.formulation != FormulationChoice::Absorb &&
-                 run.attention != AttentionChoice::Standard && context_shards == 1 && naive_flash_fits(model);
+  const bool flash = round_bf16_ && kernel_switch("MLA_CUDA_FLASH") && run.attention != AttentionChoice::Standard &&
+                     context_shards == 1;
+  flash_naive_ = flash && run.formulation != FormulationChoice::Absorb && naive_flash_fits(model);
+  flash_absorb_ = flash && run.formulation != FormulationChoice::Naive && cache_.shape().dtype == LatentDType::BF16 &&
+                  absorb_flash_fits(model);
   if (context_shards > 1) {
     check_cuda_context_split(run, context_shards);
     if (limits.mask) throw std::invalid_argument("CudaMlaLayer: an explicit mask with a cache split over a group");
     group_heads_ = context_group_heads(shard, context_shards);
     group_heads_max_ = *std::max_element(group_heads_.begin(), group_heads_.end());
   }
-  // The fast-path kernels that keep a row's scores on chip bound its kv_len; the flash kernel
-  // (bf16 naive) has no bound.
+  // The fast-path kernels that keep a row's scores on chip bound its kv_len; the flash kernel has
+  // no bound.
   int64_t widest_score = 0;
-  if (run.formulation != FormulationChoice::Naive) widest_score = latent_width_;
+  if (run.formulation != FormulationChoice::Naive && !flash_absorb_) widest_score = latent_width_;
   if (run.formulation != FormulationChoice::Absorb && !flash_naive_) {
     widest_score = std::max(widest_score, model.qk_head_dim());
   }
@@ -825,7 +850,7 @@ void CudaMlaLayer::check_formulation_buffers(Formulation formulation) const {
 // follow the piece's first position).
 void CudaMlaLayer::attend_absorbed(AttentionPath path, int64_t first_token, int64_t count, int64_t seq,
                                    int64_t start_pos, const float* latent, int64_t latent_stride, const float* mask,
-                                   int64_t mask_stride, StepReport& report) {
+                                   int64_t mask_stride, StepReport& report, const PagedLatentView* pages) {
   const int64_t heads = shard_.n_local_heads;
   const auto attend_run = [&](int64_t first_sequence, int64_t sequences, int64_t first_query, int64_t queries) {
     const int64_t run_first = first_token + first_sequence * seq + first_query;
@@ -837,9 +862,15 @@ void CudaMlaLayer::attend_absorbed(AttentionPath path, int64_t first_token, int6
                              mask != nullptr ? mask + first_query * mask_stride : nullptr,
                              mask_stride,
                              round_bf16_};
-    AttentionParams p = absorb_attention_params(model_, step, q_absorbed_.data(),
-                                                latent + first_sequence * latent_stride, o_latent_.data());
+    AttentionParams p =
+        absorb_attention_params(model_, step, q_absorbed_.data(),
+                                pages != nullptr ? nullptr : latent + first_sequence * latent_stride, o_latent_.data());
     p.key_batch_stride = p.value_batch_stride = latent_stride;
+    PagedLatentView run_pages;
+    if (pages != nullptr) {
+      run_pages = sequence_pages(*pages, first_sequence);
+      p.latent_pages = &run_pages;
+    }
     run_attention(path, p, report);
     absorb_outputs(run_first, sequences * queries);
   };
@@ -863,7 +894,10 @@ void CudaMlaLayer::attend_ragged(const StepPlan& plan, const RaggedIndex& index,
   const int64_t heads = shard_.n_local_heads;
   const bool absorb = plan.formulation == Formulation::Absorb;
   check_formulation_buffers(plan.formulation);
+  // The flash kernel reads an absorb step's bf16 rows in place through the sequence's pages.
+  const bool in_place = absorb && plan.path == AttentionPath::Fast && flash_absorb_;
   const auto rows_of = [&](int64_t b) -> const float* {
+    if (in_place) return nullptr;
     if (dense_fp32_cache()) return dense_cache() + index.slot[b] * model_.max_seq_len * latent_width_;
     return gather_rows(view, b, 1, index.start_pos[b] + index.new_tokens[b]);
   };
@@ -877,8 +911,9 @@ void CudaMlaLayer::attend_ragged(const StepPlan& plan, const RaggedIndex& index,
       continue;
     }
     if (index.new_tokens[b] > absorb_tokens_) {
+      const PagedLatentView pages = sequence_pages(view, b);
       attend_absorbed(plan.path, first_token, 1, index.new_tokens[b], index.start_pos[b], rows_of(b),
-                      kv_len * latent_width_, mask, mask_stride, report);
+                      kv_len * latent_width_, mask, mask_stride, report, in_place ? &pages : nullptr);
       ++b;
       continue;
     }
@@ -890,10 +925,11 @@ void CudaMlaLayer::attend_ragged(const StepPlan& plan, const RaggedIndex& index,
     for (; b < end; ++b) {
       const int64_t offset = index.token_offset[b] - first_token;
       const AttentionStep sequence{1, index.new_tokens[b], index.start_pos[b], heads, mask, mask_stride, round_bf16_};
-      run_attention(plan.path,
-                    absorb_attention_params(model_, sequence, q_absorbed_.data() + offset * heads * latent_width_,
-                                            rows_of(b), o_latent_.data() + offset * heads * model_.kv_lora_rank),
-                    report);
+      AttentionParams p = absorb_attention_params(model_, sequence, q_absorbed_.data() + offset * heads * latent_width_,
+                                                  rows_of(b), o_latent_.data() + offset * heads * model_.kv_lora_rank);
+      const PagedLatentView pages = sequence_pages(view, b);
+      if (in_place) p.latent_pages = &pages;
+      run_attention(plan.path, p, report);
     }
     absorb_outputs(first_token, run_tokens);
   }
@@ -910,6 +946,11 @@ void CudaMlaLayer::attend_gathered(const StepPlan& plan, const RaggedIndex& inde
   const int64_t start_pos = index.start_pos[0];
   const int64_t kv_len = start_pos + seq;
   check_formulation_buffers(plan.formulation);
+  if (plan.formulation == Formulation::Absorb && plan.path == AttentionPath::Fast && flash_absorb_) {
+    // The flash kernel reads the bf16 rows in place: no gather, every sequence at once.
+    attend_absorbed(plan.path, 0, batch, seq, start_pos, nullptr, 0, mask, mask_stride, report, &view);
+    return;
+  }
   const int64_t group = std::max<int64_t>(1, latent_rows_.size() / (kv_len * latent_width_));
   for (int64_t first = 0; first < batch; first += group) {
     const int64_t count = std::min(group, batch - first);

@@ -199,9 +199,10 @@ class CudaMlaLayer {
   // start; o_latent_ from its start unfolded into o_ (tokens <= absorb_tokens_).
   void absorb_queries(int64_t first_token, int64_t tokens);
   void absorb_outputs(int64_t first_token, int64_t tokens);
+  // pages: the step's bf16 rows for the flash kernel to read in place (latent then unused).
   void attend_absorbed(AttentionPath path, int64_t first_token, int64_t count, int64_t seq, int64_t start_pos,
                        const float* latent, int64_t latent_stride, const float* mask, int64_t mask_stride,
-                       StepReport& report);
+                       StepReport& report, const PagedLatentView* pages = nullptr);
   void attend_naive(AttentionPath path, int64_t first_token, int64_t count, int64_t seq, int64_t start_pos,
                     const float* latent, int64_t latent_stride, const float* mask, int64_t mask_stride,
                     StepReport& report);
@@ -234,6 +235,9 @@ class CudaMlaLayer {
   // bf16 naive steps on the fast path take the flash kernel over bf16 keys and values
   // (MLA_CUDA_FLASH, the model's widths within the kernel's).
   bool flash_naive_ = false;
+  // bf16 absorb steps on the fast path take it over the cache's bf16 rows, read through the block
+  // tables without a gather (MLA_CUDA_FLASH, run.kv_cache dtype bf16: auto's in bf16 compute).
+  bool flash_absorb_ = false;
   DeviceBuffer<float> q_norm_, kv_norm_;
   DeviceBuffer<float> rope_cos_, rope_sin_;  // [max_seq_len, dr / 2]
   // The latent cache's pages (LatentCacheShape), rows in the cache's dtype: dense, one page of

@@ -152,6 +152,10 @@ def run_checks(args):
         check(attention_ms > 0 and attention_bytes > 0, f"{where}: attention time or bytes not positive")
         check(math.isclose(float(r["attention_gbps"]), attention_bytes / attention_ms / 1e6, rel_tol=1e-3),
               f"{where}: attention_gbps != attention_bytes / attention_ms")
+        attention_flop = float(r["attention_flop"])
+        check(0 < attention_flop < flop, f"{where}: attention_flop {attention_flop} not within (0, flop)")
+        check(math.isclose(float(r["attention_tflops"]), attention_flop / attention_ms / 1e9, rel_tol=1e-3),
+              f"{where}: attention_tflops != attention_flop / attention_ms")
         check(int(r["step_byte_floor"]) > attention_bytes + int(r["weight_bytes"]),
               f"{where}: step_byte_floor not above the attention's and the weights' bytes")
         kv_len, total, batch = int(r["kv_len"]), int(r["step_total_tokens"]), int(r["batch"])

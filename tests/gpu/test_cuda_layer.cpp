@@ -205,6 +205,43 @@ TEST_F(CudaLayer, FlashNaiveStepsMatchTheCpuLayerWithoutFp32Keys) {
   expect_switch_refused("MLA_CUDA_FLASH", "2", [&] { CudaMlaLayer(m, whole(m), loaded.weights, run, limits); });
 }
 
+// bf16 absorb steps on the fast path take the flash kernel over the cache's bf16 rows, read in
+// place through the block tables (dense and paged), heads packed into a block's rows: the CPU
+// layer's result, and the kernel that reads the gathered fp32 rows (MLA_CUDA_FLASH=0) up to the
+// probabilities' rounding; a 600-position prefill on the fast path too.
+TEST_F(CudaLayer, FlashAbsorbStepsReadTheBf16CacheInPlace) {
+  const ModelArgs m = model_args(256, 4, 64, 128, 32, 16, 32, 2, 700);  // rows of 128 + 16
+  const LoadedWeights loaded =
+      load_layer_weights(random_weights(WeightDType::BF16, 10), m, whole(m), ComputeDType::BF16);
+  const InputTensor x = random_input(m, 2, 150, 42);
+  const std::vector<int64_t> steps = {70, 64, 1, 15};  // past a 64-row block and 32-key stages, a decode, a chunk
+  for (const KvCacheLayout layout : {KvCacheLayout::Dense, KvCacheLayout::Paged}) {
+    RunConfig run = run_config(AttentionChoice::Fast, FormulationChoice::Absorb, ComputeDType::BF16);
+    run.kv_cache.layout = layout;
+    run.kv_cache.page_size = 16;
+    const RunResult want = layer_run(m, run, whole(m), loaded.weights, x, steps);
+    const RunResult flash = cuda_run(m, run, whole(m), loaded.weights, x, steps);
+    RunResult gathered;
+    {
+      const ScopedEnv off("MLA_CUDA_FLASH", "0");
+      gathered = cuda_run(m, run, whole(m), loaded.weights, x, steps);
+    }
+    const std::string name = layout == KvCacheLayout::Paged ? "paged" : "dense";
+    EXPECT_LE(relative_l2_error(flash.y, want.y), 2e-2) << name;
+    EXPECT_LE(relative_l2_error(gathered.y, want.y), 2e-2) << name;
+    EXPECT_LE(relative_l2_error(flash.y, gathered.y), 1e-2) << name;
+  }
+
+  RunConfig long_run = run_config(AttentionChoice::Fast, FormulationChoice::Absorb, ComputeDType::BF16);
+  long_run.fast_path_max_len = 700;
+  const InputTensor long_x = random_input(m, 1, 600, 44);
+  const RunResult long_want = layer_run(m, long_run, whole(m), loaded.weights, long_x, {600});
+  const RunResult long_got = cuda_run(m, long_run, whole(m), loaded.weights, long_x, {600});
+  ASSERT_EQ(long_got.steps.size(), 1u);
+  EXPECT_EQ(long_got.steps[0].plan.path, AttentionPath::Fast);
+  EXPECT_LE(relative_l2_error(long_got.y, long_want.y), 2e-2);
+}
+
 TEST_F(CudaLayer, FastAndStandardAgreeAndAutoSwitchesPastTheMaxLen) {
   const ModelArgs m = model_args(64, 4, 32, 48, 16, 8, 16, 2, 300);
   const LoadedWeights loaded =

@@ -448,13 +448,18 @@ std::string attention_shape(const AttentionCase& c) {
          (c.main_dim > 0 ? " dim " + std::to_string(c.main_dim) : "") + (c.mask ? " mask" : "") + flags(c.bf16);
 }
 
-// The flash kernel (one dot product per score, bf16 operands read in place) against the CPU's
-// attention_fast over the same numbers, with the keys joined and with k_pe apart.
+// The flash kernel (bf16 operands read in place, an online softmax) against the CPU's
+// attention_fast over the same numbers: the keys joined, k_pe apart, and in absorb the rows as a
+// bf16 cache's pages.
 void add_flash_cases(std::vector<OpCase>& table, const AttentionCase& c, uint32_t seed, const std::string& shape) {
   table.push_back({"attention_flash", shape + " keys joined", kCudaOnly, 1e-2,
                    attention_runner(c, seed, {0, 1, FlashOperands::Joined})});
   table.push_back({"attention_flash", shape + " k_pe apart", kCudaOnly, 1e-2,
                    attention_runner(c, seed, {0, 1, FlashOperands::TailApart})});
+  if (c.absorb) {
+    table.push_back({"attention_flash", shape + " pages", kCudaOnly, 1e-2,
+                     attention_runner(c, seed, {0, 1, FlashOperands::Pages})});
+  }
 }
 
 void add_attention_cases(std::vector<OpCase>& table) {
@@ -487,11 +492,15 @@ void add_attention_cases(std::vector<OpCase>& table) {
       {false, 1, 255, 0, 2, false, true, 128, 64, 128},
       {false, 1, 65, 0, 1, true, true, 128, 64, 128},
   };
-  // The flash kernel alone: kv_len past what the kernels that keep a row's scores on chip take.
+  // The flash kernel alone: kv_len past what the kernels that keep a row's scores on chip take,
+  // and absorb chunks (heads packed into a block's rows).
   const std::vector<AttentionCase> flash_only_cases = {
       {false, 2, 17, 300, 2, false, true, 128, 64, 128},
       {false, 1, 130, 1000, 1, false, true, 128, 64, 128},
       {false, 1, 9, 700, 2, true, true},
+      {true, 2, 9, 600, 16, false, true, 512, 64, 512},
+      {true, 1, 70, 0, 3, false, true, 512, 64, 512},
+      {true, 3, 5, 40, 7, false, true, 128, 32, 128},
   };
   uint32_t seed = 100;
   for (const AttentionCase& c : cases) {
@@ -501,7 +510,7 @@ void add_attention_cases(std::vector<OpCase>& table) {
     std::vector<OpBackend> fast_backends = {OpBackend::Cuda};
     if (c.bf16 && !c.absorb && c.seq >= 16) fast_backends.push_back(OpBackend::CpuAmx);
     table.push_back({"attention_fast", shape, fast_backends, tolerance, attention_runner(c, seed, {0, 1})});
-    if (c.bf16 && !c.absorb) add_flash_cases(table, c, seed, shape);
+    if (c.bf16) add_flash_cases(table, c, seed, shape);
     for (const int64_t chunk : {int64_t{1}, int64_t{4}, c.seq}) {
       if ((chunk == 4 && c.seq <= 4) || (chunk == c.seq && c.seq == 1)) continue;  // a chunk listed already
       table.push_back({"attention_standard", shape + " query chunk " + std::to_string(chunk), kCudaOnly, tolerance,

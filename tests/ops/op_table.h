@@ -149,8 +149,9 @@ AttentionData make_attention(const AttentionCase& c, uint32_t seed);
 // sequences per launch.
 // How the GPU's fast path is handed the bf16 operands: as fp32 buffers (attention_fast_mma), or as
 // bf16 buffers read in place by the flash kernel, the keys joined or with their last dimensions
-// (naive's k_pe) in a buffer of their own at another layout.
-enum class FlashOperands { None, Joined, TailApart };
+// (k_pe) in a buffer of their own at another layout, or (shared keys) as a bf16 latent cache's
+// pages in a shuffled pool, read through a block table.
+enum class FlashOperands { None, Joined, TailApart, Pages };
 
 struct AttentionRun {
   int64_t standard_chunk = 0;

@@ -2,6 +2,7 @@
 // poisoned with NaN beforehand, so an element it does not write shows up), timed by CUDA events.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cuda_bf16.h>
 #include <limits>
 #include <vector>
@@ -293,46 +294,87 @@ std::vector<uint16_t> bf16_bits_of(const std::vector<float>& values) {
   return bits;
 }
 
-// The case's operands as bf16 buffers for the flash kernel (the fp32 pointers cleared). TailApart:
-// the queries as bf16 too, and the keys' last dimensions (k_pe's place) from a buffer of their own,
-// laid out head-major, while their places in the joined buffer hold NaN: a kernel that read them
-// there would write NaN.
+// The flash kernel's bf16 operands and the buffers and block table that hold them.
+struct FlashInputs {
+  DeviceBuffer<uint16_t> q, keys, values, tail, pool;
+  DeviceBuffer<int32_t> block_table;
+  PagedLatentView pages;
+};
+
+// The case's operands as bf16 buffers for the flash kernel (the fp32 pointers cleared); shared
+// keys (absorb) give their values as the key rows. TailApart: the queries as bf16 too, and the
+// keys' last dimensions (k_pe's place) from a buffer of their own, laid out head-major, while their
+// places in the joined buffer hold NaN: a kernel that read them there would write NaN. Pages: the
+// rows in pages of 16 positions, every other page of a pool taken in reverse order.
 void set_flash_operands(const AttentionCase& c, const AttentionData& d, FlashOperands how, AttentionParams& p,
-                        DeviceBuffer<uint16_t>& q_bits, DeviceBuffer<uint16_t>& key_bits,
-                        DeviceBuffer<uint16_t>& value_bits, DeviceBuffer<uint16_t>& tail_bits) {
+                        FlashInputs& in) {
   std::vector<uint16_t> keys = bf16_bits_of(d.keys);
-  value_bits = to_device(bf16_bits_of(d.values));
-  p.value_bf16 = value_bits.data();
+  const int64_t positions = p.key_batch_stride / p.key_pos_stride;
   p.keys = p.values = nullptr;
-  if (how == FlashOperands::TailApart) {
-    q_bits = to_device(bf16_bits_of(d.q));
-    p.q_bf16 = q_bits.data();
-    p.q = nullptr;
-    const int64_t width = c.rope_dim > 0 ? c.rope_dim : 8;
-    const int64_t from = p.score_dim - width;
-    const int64_t positions = p.key_batch_stride / p.key_pos_stride;
-    std::vector<uint16_t> tail(static_cast<size_t>(c.batch * c.heads * positions * width));
+  if (how == FlashOperands::Pages) {
+    constexpr int64_t kPageSize = 16;
+    const int64_t pages_per_sequence = (positions + kPageSize - 1) / kPageSize;
+    const int64_t pool_pages = 2 * c.batch * pages_per_sequence;
+    std::vector<uint16_t> pool(static_cast<size_t>(pool_pages * kPageSize * p.score_dim), 0x7fc0);
+    std::vector<int32_t> table;
     for (int64_t b = 0; b < c.batch; ++b) {
-      for (int64_t h = 0; h < c.heads; ++h) {
+      for (int64_t i = 0; i < pages_per_sequence; ++i) {
+        const auto page = static_cast<int32_t>(pool_pages - 1 - 2 * (b * pages_per_sequence + i));
+        table.push_back(page);
+        for (int64_t r = 0; r < kPageSize && i * kPageSize + r < positions; ++r) {
+          const int64_t t = i * kPageSize + r;
+          std::copy_n(keys.begin() + b * p.key_batch_stride + t * p.key_pos_stride, p.score_dim,
+                      pool.begin() + (page * kPageSize + r) * p.score_dim);
+        }
+      }
+    }
+    in.pool = to_device(pool);
+    in.block_table = to_device(table);
+    in.pages.pool = reinterpret_cast<uint8_t*>(in.pool.data());
+    in.pages.dtype = LatentDType::BF16;
+    in.pages.latent_dim = p.score_split;
+    in.pages.rope_dim = p.score_dim - p.score_split;
+    in.pages.page_size = kPageSize;
+    in.pages.block_table = in.block_table.data();
+    in.pages.block_table_stride = pages_per_sequence;
+    p.latent_pages = &in.pages;
+    return;
+  }
+  if (how == FlashOperands::TailApart) {
+    in.q = to_device(bf16_bits_of(d.q));
+    p.q_bf16 = in.q.data();
+    p.q = nullptr;
+    const int64_t width = c.rope_dim > 0 ? c.rope_dim : c.absorb ? 16 : 8;
+    const int64_t from = p.score_dim - width;
+    const int64_t heads = p.key_head_stride == 0 ? 1 : c.heads;
+    std::vector<uint16_t> tail(static_cast<size_t>(c.batch * heads * positions * width));
+    for (int64_t b = 0; b < c.batch; ++b) {
+      for (int64_t h = 0; h < heads; ++h) {
         for (int64_t t = 0; t < positions; ++t) {
           for (int64_t i = 0; i < width; ++i) {
             const int64_t joined = b * p.key_batch_stride + t * p.key_pos_stride + h * p.key_head_stride + from + i;
-            tail[static_cast<size_t>(((b * c.heads + h) * positions + t) * width + i)] =
+            tail[static_cast<size_t>(((b * heads + h) * positions + t) * width + i)] =
                 keys[static_cast<size_t>(joined)];
             keys[static_cast<size_t>(joined)] = 0x7fc0;  // NaN
           }
         }
       }
     }
-    tail_bits = to_device(tail);
-    p.key_tail_bf16 = tail_bits.data();
+    in.tail = to_device(tail);
+    p.key_tail_bf16 = in.tail.data();
     p.key_tail_from = from;
-    p.key_tail_batch_stride = c.heads * positions * width;
-    p.key_tail_head_stride = positions * width;
+    p.key_tail_batch_stride = heads * positions * width;
+    p.key_tail_head_stride = heads > 1 ? positions * width : 0;
     p.key_tail_pos_stride = width;
   }
-  key_bits = to_device(keys);
-  p.key_bf16 = key_bits.data();
+  in.keys = to_device(keys);
+  p.key_bf16 = in.keys.data();
+  if (c.absorb) {
+    p.value_bf16 = p.key_bf16;  // the latent rows: the values are their first value_dim columns
+  } else {
+    in.values = to_device(bf16_bits_of(d.values));
+    p.value_bf16 = in.values.data();
+  }
 }
 
 OpRun run_cuda(const AttentionCase& c, uint32_t seed, const AttentionRun& how, int reps) {
@@ -347,9 +389,9 @@ OpRun run_cuda(const AttentionCase& c, uint32_t seed, const AttentionRun& how, i
   p.out = out.data();
   Stream stream;
   OpRun run;
-  DeviceBuffer<uint16_t> q_bits, key_bits, value_bits, tail_bits;
+  FlashInputs flash;
   if (how.flash != FlashOperands::None) {  // attention_fast_cuda sends bf16 operands to the flash kernel
-    set_flash_operands(c, d, how.flash, p, q_bits, key_bits, value_bits, tail_bits);
+    set_flash_operands(c, d, how.flash, p, flash);
   }
   if (how.standard_chunk == 0) {
     run.median_ms = time_on_device(reps, stream.get(), kNothing, [&] { attention_fast_cuda(p, stream.get()); });
