@@ -104,9 +104,9 @@ bool kernel_switch(const char* variable) {
   throw UserError(std::string(variable) + ": expected 0 or 1, got '" + value + "'");
 }
 
-// Whether bf16 steps on the fast path can take the flash kernel with this model's widths
-// (kernels/cuda/attention_flash): naive over bf16 keys and values read in place, absorb over the
-// cache's bf16 rows read through the block tables.
+// Whether bf16 steps on the fast path can take the flash kernels with this model's widths
+// (kernels/cuda/attention_flash): naive over bf16 keys and values read in place (naive_flash_fits),
+// absorb over the cache's bf16 rows read through the block tables (absorb_flash_fits).
 bool naive_flash_fits(const ModelArgs& model) {
   AttentionParams probe;
   probe.round_to_bf16 = true;
@@ -389,7 +389,8 @@ void CudaMlaLayer::allocate_activations() {
   token_sequence_ = DeviceBuffer<int64_t>(tokens);
   token_position_ = DeviceBuffer<int64_t>(tokens);
   block_table_ = DeviceBuffer<int32_t>(limits_.max_batch * cache_.shape().pages_per_slot());
-  if (!dense_fp32_cache() && context_shards_ == 1) {
+  // Not where every step reads the rows in place: absorb alone, on the flash kernel.
+  if (!dense_fp32_cache() && context_shards_ == 1 && (naive_possible || !flash_absorb_ || standard_path_possible())) {
     latent_rows_ = DeviceBuffer<float>(gathered_sequences() * limits_.max_kv_len * latent_width_);
   }
   if (absorb_possible && run_.attention != AttentionChoice::Standard)
@@ -823,6 +824,9 @@ void CudaMlaLayer::attend_naive(AttentionPath path, int64_t first_token, int64_t
 // Rows 0 .. count - 1 of `sequences` block-table rows from `first` on, as fp32 in latent_rows_ (one
 // launch; bf16 and fp8 rows dequantized by the CPU's rule).
 const float* CudaMlaLayer::gather_rows(const PagedLatentView& view, int64_t first, int64_t sequences, int64_t count) {
+  if (latent_rows_.size() < sequences * count * latent_width_) {
+    throw std::logic_error("CudaMlaLayer: rows gathered, but no buffer was sized for them");
+  }
   PagedLatentGatherParams gather;
   gather.cache = view;
   gather.only_sequence = first;
