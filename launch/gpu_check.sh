@@ -317,11 +317,12 @@ case "${1:-run}" in
       --overwrite --set "sweep.backend=[cuda]" --set "sweep.phase=[prefill]" --set "sweep.seq_len=[64, 128, 256]" \
       --set "sweep.attention=[fast]" --set bench.baseline=none --set "bench.csv=$out/seed_table_prefill_flash_off.csv" \
       --set "bench.jsonl=$out/seed_table_prefill_flash_off.jsonl"
-    # A long causal prefill (batch 4, 4096 positions) on the flash kernels, which have no bound on
-    # kv_len, against the standard path, in both formulations: attention_tflops is the kernels' rate.
-    step "mla_bench long causal prefill: flash kernels vs standard path" 150 bench_long_prefill.log \
+    # Long causal prefills (batch 4, 1024 and 4096 positions) on the flash kernels, which have no
+    # bound on kv_len, against the standard path, in both formulations: attention_tflops is the
+    # kernels' rate, and where fast beats standard past 256 is what auto's GPU rule should say.
+    step "mla_bench long causal prefill: flash kernels vs standard path" 180 bench_long_prefill.log \
       mpirun -np 1 ./build-gpu-full/mla_bench configs/seed_table.yaml --overwrite --set "sweep.backend=[cuda]" \
-      --set "sweep.batch=[4]" --set "sweep.seq_len=[4096]" --set "sweep.phase=[prefill]" \
+      --set "sweep.batch=[4]" --set "sweep.seq_len=[1024, 4096]" --set "sweep.phase=[prefill]" \
       --set "sweep.attention=[fast, standard]" --set run.fast_path_max_len=4096 \
       --set "sweep.formulation=[naive, absorb]" \
       --set bench.baseline=none --set bench.max_seconds=1.0 --set "bench.csv=$out/long_prefill_flash_gpu.csv" \

@@ -8,9 +8,11 @@
 // kernel itself runs (its op-table rows); this checks the index arithmetic without one.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/bf16.h"
@@ -90,6 +92,25 @@ void mma(Accumulator& c, const std::array<std::array<Pair, 4>, 32>& a, int b0, i
   }
 }
 
+// Over a warp's 16 x 8 tiles (tile nt holds columns nt * 8 ..), each register where
+// accumulator_row / accumulator_col place it against want(row, column): the largest difference,
+// and the largest |want|.
+template <size_t kTiles, typename Want>
+std::pair<double, double> worst_error(const std::array<Accumulator, kTiles>& tiles, Want want) {
+  double worst = 0.0, largest = 0.0;
+  for (size_t nt = 0; nt < kTiles; ++nt) {
+    for (int lane = 0; lane < 32; ++lane) {
+      for (int e = 0; e < 4; ++e) {
+        const double w = want(flash_lanes::accumulator_row(lane, e),
+                              static_cast<int>(nt) * 8 + flash_lanes::accumulator_col(lane, e));
+        worst = std::max(worst, std::abs(tiles[nt][lane][e] - w));
+        largest = std::max(largest, std::abs(w));
+      }
+    }
+  }
+  return {worst, largest};
+}
+
 TEST(AttentionFlashLanes, AWarpsFragmentsGiveTheScoresAndTheValueProduct) {
   constexpr int kRows = 16, kKeys = 64, kDims = 48, kValueCols = 32;
   const Tile q = random_tile(kRows, kDims, 1), keys = random_tile(kKeys, kDims, 2),
@@ -106,25 +127,24 @@ TEST(AttentionFlashLanes, AWarpsFragmentsGiveTheScoresAndTheValueProduct) {
       mma(score[2 * pair + 1], q_operand, 2, 3, key_operand);
     }
   }
-  // Every (row, key) once, at the place accumulator_row / accumulator_col say, held by a lane whose
-  // lane / 4 is row % 8, in the register half row / 8.
+  const auto direct_score = [&](int row, int key) {
+    double s = 0.0;
+    for (int d = 0; d < kDims; ++d) s += static_cast<double>(q.at(row, d)) * keys.at(key, d);
+    return s;
+  };
+  EXPECT_LE(worst_error(score, direct_score).first, 1e-4) << "scores";
+  // Every (row, key) once, held by a lane whose lane / 4 is row % 8, in the register half row / 8.
   std::vector<int> seen(kRows * kKeys, 0);
-  double worst = 0.0;
   for (int st = 0; st < kKeys / 8; ++st) {
     for (int lane = 0; lane < 32; ++lane) {
       for (int e = 0; e < 4; ++e) {
         const int row = flash_lanes::accumulator_row(lane, e);
-        const int key = st * 8 + flash_lanes::accumulator_col(lane, e);
-        ++seen[static_cast<size_t>(row * kKeys + key)];
+        ++seen[static_cast<size_t>(row * kKeys + st * 8 + flash_lanes::accumulator_col(lane, e))];
         EXPECT_EQ(row % 8, lane / 4);
         EXPECT_EQ(row / 8, e / 2);
-        double want = 0.0;
-        for (int d = 0; d < kDims; ++d) want += static_cast<double>(q.at(row, d)) * keys.at(key, d);
-        worst = std::max(worst, std::abs(score[st][lane][e] - want));
       }
     }
   }
-  EXPECT_LE(worst, 1e-4) << "scores";
   for (const int count : seen) ASSERT_EQ(count, 1);
 
   // The value product: the score accumulators of tiles 2 k0 and 2 k0 + 1, rounded to bf16, as the
@@ -145,26 +165,16 @@ TEST(AttentionFlashLanes, AWarpsFragmentsGiveTheScoresAndTheValueProduct) {
       mma(out[2 * vt + 1], probs, 2, 3, value_operand);
     }
   }
-  worst = 0.0;
-  double largest = 0.0;
-  for (int nt = 0; nt < kValueCols / 8; ++nt) {
-    for (int lane = 0; lane < 32; ++lane) {
-      for (int e = 0; e < 4; ++e) {
-        const int row = flash_lanes::accumulator_row(lane, e);
-        const int col = nt * 8 + flash_lanes::accumulator_col(lane, e);
-        double want = 0.0;
-        for (int key = 0; key < kKeys; ++key) {
-          // The score as the warp holds it (checked above), rounded as the kernel packs it.
-          double s = 0.0;
-          for (int d = 0; d < kDims; ++d) s += static_cast<double>(q.at(row, d)) * keys.at(key, d);
-          want += static_cast<double>(round_to_bf16(static_cast<float>(s))) * values.at(key, col);
-        }
-        worst = std::max(worst, std::abs(out[nt][lane][e] - want));
-        largest = std::max(largest, std::abs(want));
-      }
+  // Against the scores as the warp holds them (checked above), rounded as the kernel packs them: a
+  // bf16 rounding apart at most, where a wrong lane is 100x off.
+  const auto [worst, largest] = worst_error(out, [&](int row, int col) {
+    double want = 0.0;
+    for (int key = 0; key < kKeys; ++key) {
+      want += static_cast<double>(round_to_bf16(static_cast<float>(direct_score(row, key)))) * values.at(key, col);
     }
-  }
-  EXPECT_LE(worst, 1e-2 * largest) << "value product";  // a bf16 rounding apart at most; a wrong lane is 100x off
+    return want;
+  });
+  EXPECT_LE(worst, 1e-2 * largest) << "value product";
 }
 
 // The wide kernel's warp (column group 1 of 2, row warp 0): its two 8-key score tiles of a 32-key
@@ -231,23 +241,15 @@ TEST(AttentionFlashLanes, AWideWarpsProbabilitiesGoThroughSharedMemory) {
       mma(out[2 * vt + 1], prob_operand, 2, 3, value_operand);
     }
   }
-  worst = 0.0;
-  double largest = 0.0;
-  for (int nt = 0; nt < kValueCols / 8; ++nt) {
-    for (int lane = 0; lane < 32; ++lane) {
-      for (int e = 0; e < 4; ++e) {
-        const int row = flash_lanes::accumulator_row(lane, e);
-        const int col = nt * 8 + flash_lanes::accumulator_col(lane, e);
-        double want = 0.0;
-        for (int key = 0; key < kKeys; ++key) {
-          want += static_cast<double>(probs.at(row, key)) * keys.at(key, first_value_col + col);
-        }
-        worst = std::max(worst, std::abs(out[nt][lane][e] - want));
-        largest = std::max(largest, std::abs(want));
-      }
+  // The same bf16 operands: the sums' order apart.
+  const auto [value_worst, largest] = worst_error(out, [&](int row, int col) {
+    double want = 0.0;
+    for (int key = 0; key < kKeys; ++key) {
+      want += static_cast<double>(probs.at(row, key)) * keys.at(key, first_value_col + col);
     }
-  }
-  EXPECT_LE(worst, 1e-5 * largest) << "value product";  // the same bf16 operands: the sums' order apart
+    return want;
+  });
+  EXPECT_LE(value_worst, 1e-5 * largest) << "value product";
 }
 
 }  // namespace

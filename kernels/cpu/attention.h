@@ -32,13 +32,13 @@ struct AttentionParams {
   float* out = nullptr;  // token (b, s), head h: out + (b * seq + s) * out_token_stride + h * out_head_stride
   int64_t out_token_stride = 0;
   int64_t out_head_stride = 0;
-  // bf16 mode, per-head keys and values (naive) on the CPU's AMX fast path and the GPU's flash
-  // kernel: the operands as bf16 numbers, laid out with the strides above, read (or written) in
-  // place of q, keys, values and out (each of which may then be null). The layers' GEMMs produce
-  // bf16 numbers; widening them into fp32 buffers for the kernel to round back was two passes over
-  // the step's largest operands (and twice their memory). attention_fast_amx_applies and
-  // attention_flash_applies say whether a step takes those kernels; the others refuse these
-  // (require_fp32_operands).
+  // bf16 mode, on the CPU's AMX fast path (per-head keys and values: naive) and the GPU's flash
+  // kernels (per-head or shared): the operands as bf16 numbers, laid out with the strides above,
+  // read (or written) in place of q, keys, values and out (each of which may then be null). The
+  // layers' GEMMs produce bf16 numbers; widening them into fp32 buffers for the kernel to round
+  // back was two passes over the step's largest operands (and twice their memory).
+  // attention_fast_amx_applies and attention_flash_applies say whether a step takes those
+  // kernels; the others refuse these (require_fp32_operands).
   const uint16_t* q_bf16 = nullptr;
   const uint16_t* key_bf16 = nullptr;
   const uint16_t* value_bf16 = nullptr;
@@ -68,7 +68,8 @@ struct AttentionParams {
   const int64_t* seq_token_offset = nullptr;
   // Keys and values shared by every head (absorb) read through the latent cache's block tables
   // (row b of the table is sequence b) instead of keys/values; key_pos_stride = value_pos_stride
-  // = C + dr then describe the fp32 rows paged_latent_rows returns.
+  // = C + dr then describe the fp32 rows paged_latent_rows returns. (The GPU's flash kernel reads
+  // bf16 pages in place.)
   const PagedLatentView* latent_pages = nullptr;
   int64_t score_dim = 0;
   // bf16 only: DeepSeek's absorb code computes the latent part [0, score_split) and the rope part

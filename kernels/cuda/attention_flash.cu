@@ -45,9 +45,9 @@ __host__ __device__ inline int round_up(int64_t value, int step) {
 // Shared memory: the queries [kRows][ldq], two stages of keys [keys][ldk], then (narrow) two of
 // values [keys][ldv] or (wide) the probabilities [kRows][ldp] and each column group's row maxima
 // and sums. Rows are padded by 8 bf16 (16 bytes): ldmatrix reads 8 rows of 16 bytes at a time, and
-// these strides put them in 8 different bank groups. A score's first part (latent, or the whole
-// naive key) sits in columns [0, tail_at), its rope part from tail_at on; everything past the
-// operands' widths is zeros.
+// these strides put them in 8 different bank groups. A key's first part (the latent part, naive's
+// k_nope, or the whole key) sits in columns [0, tail_at), the rest (k_pe) from tail_at on;
+// everything past the operands' widths is zeros.
 struct FlashLayout {
   int keys = 0;        // positions per stage
   int main_width = 0;  // the score's first part (main_width_of)
@@ -296,6 +296,41 @@ __device__ __forceinline__ float advance_row(float& running_max, float& running_
   return base;
 }
 
+template <int kTiles>
+__device__ __forceinline__ void set_zero(float (&tiles)[kTiles][4]) {
+#pragma unroll
+  for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) tiles[t][e] = 0.0f;
+  }
+}
+
+// A row's value across the 4 lanes that hold it (lane / 4 the same): the maximum, or the sum.
+__device__ __forceinline__ float quad_max(float value) {
+  value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, 1));
+  return fmaxf(value, __shfl_xor_sync(0xffffffffu, value, 2));
+}
+__device__ __forceinline__ float quad_sum(float value) {
+  value += __shfl_xor_sync(0xffffffffu, value, 1);
+  return value + __shfl_xor_sync(0xffffffffu, value, 2);
+}
+
+// out += probabilities (the 16 x 16 row operand: 16 rows, 16 positions) x the values of those
+// positions: `values` points at the first position's row (row stride ld), at the first of the
+// kValueTiles 16-column tiles this warp sums.
+template <int kValueTiles>
+__device__ __forceinline__ void add_value_products(float (&out_sum)[2 * kValueTiles][4], const uint32_t (&probs)[4],
+                                                   const __nv_bfloat16* values, int ld,
+                                                   const flash_lanes::TileCell& value_at) {
+#pragma unroll
+  for (int vt = 0; vt < kValueTiles; ++vt) {
+    uint32_t value_operand[4];
+    load_matrices_x4<true>(value_operand, values + value_at.row * ld + vt * 16 + value_at.col);
+    mma_bf16_16x8x16(out_sum[2 * vt], probs, value_operand[0], value_operand[1]);
+    mma_bf16_16x8x16(out_sum[2 * vt + 1], probs, value_operand[2], value_operand[3]);
+  }
+}
+
 // Writes a row's outputs (8-column tiles `tiles`, from column `first_col`): the sums divided by the
 // row's exp sum and rounded to bf16; zeros where it sees nothing.
 template <int kTiles>
@@ -340,11 +375,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 2)
   float running_max[2] = {-INFINITY, -INFINITY};
   float running_sum[2] = {0.0f, 0.0f};  // this thread's share; the row's 4 threads add theirs at the end
   float out_sum[2 * kValueTiles][4];
-#pragma unroll
-  for (int nt = 0; nt < 2 * kValueTiles; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) out_sum[nt][e] = 0.0f;
-  }
+  set_zero(out_sum);
   const flash_lanes::TileCell query_at = flash_lanes::query_cell(lane);
   const flash_lanes::TileCell key_at = flash_lanes::key_cell(lane);
   const flash_lanes::TileCell value_at = flash_lanes::value_cell(lane);
@@ -374,11 +405,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 2)
 
     // Scores: the warp's 16 rows x 64 keys, summed over the score dimensions 16 at a time.
     float score[kScoreTiles][4];
-#pragma unroll
-    for (int st = 0; st < kScoreTiles; ++st) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) score[st][e] = 0.0f;
-    }
+    set_zero(score);
     for (int k0 = 0; k0 < l.dim_pad; k0 += 16) {
       uint32_t q_operand[4];
       load_matrices_x4<false>(q_operand, q_tile + (warp * 16 + query_at.row) * l.ldq + k0 + query_at.col);
@@ -405,8 +432,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 2)
           stage_max = fmaxf(stage_max, score[st][e]);
         }
       }
-      stage_max = fmaxf(stage_max, __shfl_xor_sync(0xffffffffu, stage_max, 1));
-      stage_max = fmaxf(stage_max, __shfl_xor_sync(0xffffffffu, stage_max, 2));
+      stage_max = quad_max(stage_max);
       const float base = advance_row(running_max[half], running_sum[half], out_sum, half, stage_max);
 #pragma unroll
       for (int st = 0; st < kScoreTiles; ++st) {
@@ -426,22 +452,13 @@ __global__ void __launch_bounds__(kNarrowThreads, 2)
                                         pack_bf16_pair(score[2 * k0][2], score[2 * k0][3]),
                                         pack_bf16_pair(score[2 * k0 + 1][0], score[2 * k0 + 1][1]),
                                         pack_bf16_pair(score[2 * k0 + 1][2], score[2 * k0 + 1][3])};
-#pragma unroll
-      for (int vt = 0; vt < kValueTiles; ++vt) {
-        uint32_t value_operand[4];
-        load_matrices_x4<true>(value_operand, values + (k0 * 16 + value_at.row) * l.ldv + vt * 16 + value_at.col);
-        mma_bf16_16x8x16(out_sum[2 * vt], prob_operand, value_operand[0], value_operand[1]);
-        mma_bf16_16x8x16(out_sum[2 * vt + 1], prob_operand, value_operand[2], value_operand[3]);
-      }
+      add_value_products<kValueTiles>(out_sum, prob_operand, values + k0 * 16 * l.ldv, l.ldv, value_at);
     }
   }
 
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    float sum = running_sum[half];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    write_outputs(p, block, rows, half, lane, sum, out_sum, 0);
+    write_outputs(p, block, rows, half, lane, quad_sum(running_sum[half]), out_sum, 0);
   }
 }
 
@@ -473,11 +490,7 @@ __global__ void __launch_bounds__(kRowWarps* kGroups * 32, 2 / kGroups)
   float running_max[2] = {-INFINITY, -INFINITY};
   float running_sum[2] = {0.0f, 0.0f};  // over this warp's keys; the groups add theirs at the end
   float out_sum[2 * kValueTiles][4];
-#pragma unroll
-  for (int nt = 0; nt < 2 * kValueTiles; ++nt) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) out_sum[nt][e] = 0.0f;
-  }
+  set_zero(out_sum);
   const flash_lanes::TileCell query_at = flash_lanes::query_cell(lane);
   const flash_lanes::TileCell key_at = flash_lanes::wide_key_cell(lane);
   const flash_lanes::TileCell value_at = flash_lanes::value_cell(lane);
@@ -505,11 +518,8 @@ __global__ void __launch_bounds__(kRowWarps* kGroups * 32, 2 / kGroups)
     // Scores of this warp's 8-key tiles: the first part and the rope part summed apart, 32
     // dimensions (two k16 steps) a load.
     float main_sum[kTiles][4], tail_sum[kTiles][4];
-#pragma unroll
-    for (int tt = 0; tt < kTiles; ++tt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) main_sum[tt][e] = tail_sum[tt][e] = 0.0f;
-    }
+    set_zero(main_sum);
+    set_zero(tail_sum);
     const auto add_products = [&](int k0, float(&sums)[kTiles][4]) {
       uint32_t q_low[4], q_high[4];
       load_matrices_x4<false>(q_low, q_tile + (row_warp * 16 + query_at.row) * l.ldq + k0 + query_at.col);
@@ -540,8 +550,7 @@ __global__ void __launch_bounds__(kRowWarps* kGroups * 32, 2 / kGroups)
           warp_max = fmaxf(warp_max, main_sum[tt][e]);
         }
       }
-      warp_max = fmaxf(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, 1));
-      warp_max = fmaxf(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, 2));
+      warp_max = quad_max(warp_max);
       if (lane % 4 == 0) row_max_part[group * kRows + my_row[half]] = warp_max;
     }
     __syncthreads();
@@ -571,23 +580,14 @@ __global__ void __launch_bounds__(kRowWarps* kGroups * 32, 2 / kGroups)
     for (int k0 = 0; k0 < kWideKeys / 16; ++k0) {
       uint32_t prob_operand[4];
       load_matrices_x4<false>(prob_operand, probs + (row_warp * 16 + query_at.row) * l.ldp + k0 * 16 + query_at.col);
-#pragma unroll
-      for (int vt = 0; vt < kValueTiles; ++vt) {
-        uint32_t value_operand[4];
-        load_matrices_x4<true>(value_operand,
-                               keys + (k0 * 16 + value_at.row) * l.ldk + first_value_col + vt * 16 + value_at.col);
-        mma_bf16_16x8x16(out_sum[2 * vt], prob_operand, value_operand[0], value_operand[1]);
-        mma_bf16_16x8x16(out_sum[2 * vt + 1], prob_operand, value_operand[2], value_operand[3]);
-      }
+      add_value_products<kValueTiles>(out_sum, prob_operand, keys + k0 * 16 * l.ldk + first_value_col, l.ldk, value_at);
     }
   }
 
   // Each row's exp sum: its 4 threads, then its groups.
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    float sum = running_sum[half];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float sum = quad_sum(running_sum[half]);
     if (lane % 4 == 0) row_sum_part[group * kRows + my_row[half]] = sum;
   }
   __syncthreads();
