@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
@@ -21,6 +23,29 @@ class GpuTest : public ::testing::Test {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
     CUDA_CHECK(cudaSetDevice(0));
   }
+};
+
+// Restores an environment variable when the test ends, however it ends (the layer's kernel
+// switches, MLA_CUDA_*, are read from the environment).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    ::setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (old_.empty()) {
+      ::unsetenv(name_);
+    } else {
+      ::setenv(name_, old_.c_str(), 1);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::string old_;
 };
 
 template <typename T>

@@ -81,28 +81,6 @@ TEST_F(CudaLayer, MatchesTheCpuLayerOnEveryPathFormulationAndPrecision) {
   }
 }
 
-// Restores an environment variable when the test ends, however it ends.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    ::setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (old_.empty()) {
-      ::unsetenv(name_);
-    } else {
-      ::setenv(name_, old_.c_str(), 1);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::string old_;
-};
-
 // A kernel switch (MLA_CUDA_*) set to something else than 0 or 1: `construct` (the layer) refuses
 // it with a UserError naming the variable and the value.
 template <typename Construct>

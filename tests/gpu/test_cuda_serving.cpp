@@ -274,7 +274,7 @@ TEST_F(CudaServing, GraphReplayedDecodesEqualTheSameStepsLaunchedOneByOne) {
 // in bf16 compute) take their rows gathered a group of sequences at a time (attend_gathered), with
 // an explicit mask too: against the dense fp32 cache's batched route on the same steps (fp32:
 // 1e-5; bf16, where only the order of fp32 sums may differ and move a bf16 rounding: 5e-3), and
-// against the CPU layer.
+// against the CPU layer; the flash kernels' route (bf16) against the CPU layer.
 TEST_F(CudaServing, UniformStepsThroughGatheredRowsEqualTheDenseFp32Cache) {
   const ModelArgs m = model_args(72, 4, 24, 36, 12, 6, 10, 2, 32);
   const InputTensor x = random_input(m, 2, 10, 44);
@@ -295,20 +295,26 @@ TEST_F(CudaServing, UniformStepsThroughGatheredRowsEqualTheDenseFp32Cache) {
           CudaStepExecutor executor(layer, comm, step_mask, x.tokens);
           return run_schedule(executor, x, steps, step_mask, {});
         };
-        const RunResult dense = run_with(KvCacheLayout::Dense, KvCacheDType::FP32);
         const double bound = compute == ComputeDType::FP32 ? 1e-5 : 5e-3;
         const std::string name =
             std::string(to_string(compute)) + " " + to_string(formulation) + (masked ? " masked" : "");
+        const RunConfig cpu_run =
+            serving_config(AttentionChoice::Auto, formulation, compute, KvCacheLayout::Paged, KvCacheDType::Auto);
+        const RunResult want = layer_run(m, cpu_run, whole(m), loaded.weights, x, steps, step_mask);
+        // bf16 steps on the fast path take the flash kernels, absorb's reading the bf16 rows in place
+        // (no gather) where the dense fp32 cache takes the kernel over fp32 rows: the flash route is
+        // held to the CPU layer, the gathered route (MLA_CUDA_FLASH=0) to the dense cache's.
+        const RunResult flash = run_with(KvCacheLayout::Paged, KvCacheDType::Auto);
+        EXPECT_LE(relative_l2_error(flash.y, want.y), bound_for(compute, KvCacheDType::Auto)) << name << " flash";
+        const ScopedEnv gathered_route("MLA_CUDA_FLASH", "0");
+        const RunResult dense = run_with(KvCacheLayout::Dense, KvCacheDType::FP32);
         const RunResult paged = run_with(KvCacheLayout::Paged, KvCacheDType::Auto);
         EXPECT_LE(relative_l2_error(paged.y, dense.y), bound) << name << " paged";
         if (compute == ComputeDType::BF16) {
           EXPECT_LE(relative_l2_error(run_with(KvCacheLayout::Dense, KvCacheDType::Auto).y, dense.y), bound)
               << name << " dense bf16 rows";
         }
-        const RunConfig cpu_run =
-            serving_config(AttentionChoice::Auto, formulation, compute, KvCacheLayout::Paged, KvCacheDType::Auto);
-        EXPECT_LE(relative_l2_error(paged.y, layer_run(m, cpu_run, whole(m), loaded.weights, x, steps, step_mask).y),
-                  bound_for(compute, KvCacheDType::Auto))
+        EXPECT_LE(relative_l2_error(paged.y, want.y), bound_for(compute, KvCacheDType::Auto))
             << name << " vs the CPU layer";
       }
     }
