@@ -11,6 +11,7 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/attention_fast.h"
 #include "kernels/cuda/attention_fast_mma.h"
+#include "kernels/cuda/attention_flash.h"
 #include "kernels/cuda/attention_standard.h"
 #include "kernels/cuda/kv_cache_append.h"
 #include "kernels/cuda/paged_latent.h"
@@ -147,6 +148,33 @@ TEST(CudaKernelLimits, TheFastKernelFitsAnA100AtTheDefaultMaxLen) {
   constexpr int64_t kA100SharedBytesPerBlock = 163 * 1024;
   EXPECT_LE(attention_fast_shared_bytes(576, 256), kA100SharedBytesPerBlock);
   EXPECT_LE(attention_fast_shared_bytes(192, 256), kA100SharedBytesPerBlock);
+}
+
+// Without a device: the flash kernels' shared memory at DeepSeek-V3's widths (naive: keys of 128 +
+// 64, 128 value columns; absorb: bf16 rows of 512 + 64 read through pages, 512 value columns) fits
+// an A100's 163 KiB per block at any kv_len, so their fast path has no length bound there either.
+TEST(CudaKernelLimits, TheFlashKernelsFitAnA100AtAnyLength) {
+  constexpr int64_t kA100SharedBytesPerBlock = 163 * 1024;
+  PagedLatentView rows;
+  rows.dtype = LatentDType::BF16;
+  rows.latent_dim = 512;
+  rows.rope_dim = 64;
+  AttentionParams naive, absorb;
+  naive.round_to_bf16 = absorb.round_to_bf16 = true;
+  naive.score_dim = 192;
+  naive.value_dim = 128;
+  absorb.latent_pages = &rows;
+  absorb.score_dim = 576;
+  absorb.score_split = 512;
+  absorb.value_dim = 512;
+  for (AttentionParams* p : {&naive, &absorb}) {
+    p->kv_len = 64;
+    const int64_t at_64 = attention_flash_shared_bytes(*p);
+    EXPECT_GT(at_64, 48 * 1024) << "score_dim " << p->score_dim;  // opted into, as dynamic shared memory
+    EXPECT_LE(at_64, kA100SharedBytesPerBlock) << "score_dim " << p->score_dim;
+    p->kv_len = int64_t{1} << 20;
+    EXPECT_EQ(attention_flash_shared_bytes(*p), at_64) << "score_dim " << p->score_dim;
+  }
 }
 
 TEST_F(CudaOps, FastKernelKeepsTheDefaultMaxLenOnChip) {
