@@ -676,8 +676,8 @@ bool shape_served(const AttentionParams& p) {
   const FlashShape shape = flash_shape(p);
   // The wide kernel reads the values from the staged key rows: their first value_dim columns,
   // which its computed columns must not run past.
-  const bool wide_fits = shape.groups == 0 ||
-                         (p.value_dim <= main_width && layout_for(p, shape).value_cols <= layout_for(p, shape).dim_pad);
+  const FlashLayout layout = layout_for(p, shape);
+  const bool wide_fits = shape.groups == 0 || (p.value_dim <= main_width && layout.value_cols <= layout.dim_pad);
   return p.round_to_bf16 && p.seq_start_pos == nullptr && pages_bf16 && p.kv_shards == 1 && p.lse == nullptr &&
          p.out_bf16 == nullptr && p.score_dim > 0 && main_width > 0 && main_width <= p.score_dim &&
          (p.score_split == 0 || p.score_split == main_width) && shape.value_tiles != 0 && wide_fits &&

@@ -1252,15 +1252,17 @@ void CudaMlaLayer::expand_keys_values(const float* latent, int64_t batch_stride,
   g.ldc = kv_width;
   if (round_bf16_) {
     // The cache rows are bf16 numbers: every sequence's first kv_len rows gathered into one
-    // dense bf16 operand, whole (the flash kernel reads their rope part as k_pe).
-    if (batch * kv_len * latent_width_ > bf16_staging_.size()) {
+    // dense bf16 operand, c_n for the GEMM, and whole rows for the flash kernel (their rope part
+    // is its k_pe).
+    const int64_t staged_cols = bf16_keys ? latent_width_ : C;
+    if (batch * kv_len * staged_cols > bf16_staging_.size()) {
       throw std::logic_error("CudaMlaLayer: bf16 staging buffer too small for the expansion");
     }
-    f32_to_bf16_cuda({latent, latent_width_, bf16_staging_.data(), batch * kv_len, latent_width_, kv_len, batch_stride},
+    f32_to_bf16_cuda({latent, latent_width_, bf16_staging_.data(), batch * kv_len, staged_cols, kv_len, batch_stride},
                      stream_);
     g.m = batch * kv_len;
     g.a = bf16_staging_.data();
-    g.lda = latent_width_;
+    g.lda = staged_cols;
     g.operands = GemmOperands::BF16;
   } else {
     g.m = kv_len;
